@@ -1,0 +1,344 @@
+"""The `iiot` command line.
+
+Conventions: `--help` on every command, progress on stderr for long work, results on stdout,
+errors on stderr with exit code 1 (bad input or failed work) or 2 (wrong usage).
+Each part of the platform adds its own command group (`iiot edge`, `iiot lake`, `iiot ml`,
+`iiot stream`) from a module of its own; a group appears once its module exists.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from iiot import logs
+from iiot.catalog import CatalogError, load_catalog
+from iiot.contract import Validator
+from iiot.simulator import DEFAULT_START, FleetConfig, FleetSimulator, write_simulation
+
+app = typer.Typer(
+    name="iiot",
+    help="Edge-to-cloud industrial IoT platform: simulate, validate, and run every part locally.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+catalog_app = typer.Typer(help="Inspect and check the metric catalog.", no_args_is_help=True)
+app.add_typer(catalog_app, name="catalog")
+
+stdout = Console()
+stderr = Console(stderr=True)
+
+# Command groups owned by other parts: (name, module with a Typer `app`).
+SUBCOMMAND_GROUPS = (
+    ("edge", "sensor_buffer.cli"),
+    ("lake", "spark_jobs.cli"),
+    ("ml", "ml_pipeline.cli"),
+    ("stream", "kda_sql.cli"),
+)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print `error: message` on stderr and return the exit to raise."""
+    stderr.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=stderr,
+        transient=False,
+    )
+
+
+@app.callback()
+def main_options(
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "WARNING",
+    log_json: Annotated[bool, typer.Option(help="Structured JSON logs on stderr.")] = True,
+) -> None:
+    logs.configure(log_level, json_format=log_json)
+
+
+def _parse_start(value: str) -> datetime:
+    try:
+        start = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise typer.BadParameter(
+            f"{value!r} is not an ISO-8601 time such as 2026-01-05T00:00Z"
+        ) from exc
+    if start.tzinfo is None:
+        raise typer.BadParameter(f"{value!r} has no time zone; add Z for UTC")
+    return start
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path | None, typer.Option(help="Directory for the output files.")] = None,
+    factories: Annotated[int, typer.Option(min=1, help="Number of factories.")] = 2,
+    machines: Annotated[int, typer.Option(min=1, help="Machines per factory.")] = 10,
+    hours: Annotated[float, typer.Option(min=0.001, help="Simulated duration.")] = 24.0,
+    interval_ms: Annotated[int, typer.Option(help="Sampling interval per sensor.")] = 10_000,
+    seed: Annotated[int, typer.Option(help="Random seed: same seed, same output.")] = 0,
+    start: Annotated[
+        str, typer.Option(help="Start time, ISO-8601 with zone.")
+    ] = DEFAULT_START.isoformat(),
+    fmt: Annotated[
+        str, typer.Option("--format", help="Comma-separated: parquet, jsonl.")
+    ] = "parquet,jsonl",
+    malformed_rate: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of malformed JSON payloads.")
+    ] = 0.001,
+    mtbf_hours: Annotated[float, typer.Option(min=1.0, help="Mean time between failures.")] = 120.0,
+    publish: Annotated[
+        str | None, typer.Option(help="Publish to a broker instead, e.g. mqtt://127.0.0.1:1883.")
+    ] = None,
+    rate: Annotated[
+        float, typer.Option(min=0.0, help="Readings/s when publishing; 0 = max.")
+    ] = 0.0,
+    catalog: Annotated[Path | None, typer.Option(help="Metric catalog YAML.")] = None,
+) -> None:
+    """Simulate a factory fleet: readings, failures and maintenance records.
+
+    Writes readings.parquet and readings.jsonl (the case study's JSON, with malformed payloads
+    mixed in), failures.csv, maintenance_records.csv, machines.csv and manifest.json to --out,
+    or publishes the readings to an MQTT broker with --publish.
+    """
+    if (out is None) == (publish is None):
+        raise fail("give exactly one of --out DIR or --publish mqtt://HOST:PORT", 2)
+    try:
+        config = FleetConfig(
+            factories=factories,
+            machines_per_factory=machines,
+            start=_parse_start(start),
+            hours=hours,
+            interval_ms=interval_ms,
+            seed=seed,
+            malformed_rate=malformed_rate,
+            mtbf_hours=mtbf_hours,
+        )
+        simulator = FleetSimulator(config, load_catalog(catalog))
+    except (ValueError, CatalogError) as exc:
+        raise fail(str(exc), 2) from exc
+    if publish is not None:
+        from iiot.publisher import publish as publish_readings
+
+        with progress_bar() as bar:
+            task = bar.add_task("publishing", total=config.expected_readings)
+            try:
+                summary = publish_readings(
+                    simulator.chunks(),
+                    publish,
+                    rate=rate,
+                    malformed_rate=malformed_rate,
+                    seed=seed,
+                    on_message=lambda n: bar.advance(task, n),
+                )
+            except (OSError, ValueError) as exc:
+                raise fail(f"cannot publish to {publish}: {exc}") from exc
+        stdout.print(
+            f"published {summary.readings} readings in {summary.messages} messages "
+            f"({summary.malformed} malformed) in {summary.seconds:.1f} s"
+        )
+        return
+    assert out is not None
+    formats = tuple(part.strip() for part in fmt.split(",") if part.strip())
+    with progress_bar() as bar:
+        task = bar.add_task("simulating", total=simulator.chunk_count)
+        try:
+            result = write_simulation(
+                simulator, out, formats=formats, on_chunk=lambda _n: bar.advance(task)
+            )
+        except ValueError as exc:
+            raise fail(str(exc), 2) from exc
+    stdout.print(
+        f"wrote {result.readings:,} readings from {config.machines} machines "
+        f"({result.failures} failures, {result.maintenance} maintenance jobs) to {out}"
+    )
+    stdout.print(f"generated {result.readings_per_second:,.0f} readings per second")
+    malformed = sum(result.malformed.values())
+    if "jsonl" in formats:
+        stdout.print(f"malformed JSON payloads mixed in: {malformed}")
+
+
+@app.command()
+def validate(
+    files: Annotated[list[Path], typer.Argument(help="JSON, JSON-lines or compact batch files.")],
+    catalog: Annotated[Path | None, typer.Option(help="Metric catalog YAML.")] = None,
+    quarantine: Annotated[
+        Path | None, typer.Option(help="Write rejects here as JSON lines with their reasons.")
+    ] = None,
+) -> None:
+    """Validate payload files against the reading contract; exit 1 when anything is rejected.
+
+    A .jsonl file is one payload per line; a .json file is one payload; any other file is read
+    as one compact batch.
+    """
+    from iiot.wire import validate_payload
+
+    try:
+        validator = Validator(load_catalog(catalog))
+    except CatalogError as exc:
+        raise fail(str(exc), 2) from exc
+    accepted = 0
+    reasons: Counter[str] = Counter()
+    sink = quarantine.open("w") if quarantine else None
+    try:
+        for path in files:
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise fail(f"{path}: {exc.strerror}", 2) from exc
+            payloads = data.splitlines() if path.suffix == ".jsonl" else [data]
+            for line_number, payload in enumerate(payloads, start=1):
+                if not payload.strip():
+                    continue
+                outcome = validate_payload(payload, validator)
+                accepted += outcome.accepted
+                for reject in outcome.rejects:
+                    reasons[reject.reason] += 1
+                    if sink:
+                        record = {
+                            "file": str(path),
+                            "line": line_number,
+                            "index": reject.index,
+                            "reason": reject.reason,
+                            "payload": reject.payload.decode("utf-8", "replace"),
+                        }
+                        sink.write(json.dumps(record) + "\n")
+    finally:
+        if sink:
+            sink.close()
+    stdout.print(f"accepted {accepted} readings, rejected {sum(reasons.values())}")
+    if reasons:
+        table = Table("rejects", "reason")
+        for reason, count in reasons.most_common(20):
+            table.add_row(str(count), reason)
+        stdout.print(table)
+        raise typer.Exit(1)
+
+
+@catalog_app.command("show")
+def catalog_show(
+    path: Annotated[
+        Path | None, typer.Argument(help="Catalog YAML; default config/metrics.yaml.")
+    ] = None,
+) -> None:
+    """Print the catalog's metrics, units, ranges and thresholds."""
+    try:
+        catalog = load_catalog(path)
+    except CatalogError as exc:
+        raise fail(str(exc)) from exc
+    table = Table(
+        "metric",
+        "unit",
+        "valid range",
+        "edge min/max (hyst., debounce)",
+        "stream warn/crit",
+        "rapid change",
+        title=f"{catalog.source} (digest {catalog.digest})",
+    )
+
+    def shown(limit: float | None) -> str:
+        return "-" if limit is None else f"{limit:g}"
+
+    for name, metric in catalog.items():
+        edge, stream, rapid = metric.edge, metric.stream, metric.rapid_change
+        table.add_row(
+            name,
+            metric.unit,
+            f"[{metric.valid_range.min:g}, {metric.valid_range.max:g}]",
+            f"{shown(edge.min)} / {shown(edge.max)} ({edge.hysteresis:g}, {edge.debounce})",
+            f"{stream.warning:g} / {stream.critical:g}" if stream else "-",
+            f"stddev > {rapid.stddev_limit:g} over {rapid.window_seconds} s" if rapid else "-",
+        )
+    stdout.print(table)
+
+
+@catalog_app.command("check")
+def catalog_check(
+    path: Annotated[
+        Path | None, typer.Argument(help="Catalog YAML; default config/metrics.yaml.")
+    ] = None,
+) -> None:
+    """Check a catalog file; exit 1 with the problems when it is invalid."""
+    try:
+        catalog = load_catalog(path)
+    except CatalogError as exc:
+        raise fail(str(exc)) from exc
+    stdout.print(f"{catalog.source}: {len(catalog)} metrics, valid (digest {catalog.digest})")
+
+
+@app.command()
+def demo(
+    work_dir: Annotated[Path, typer.Option(help="Where the run writes its files.")] = Path(".demo"),
+    factories: Annotated[int, typer.Option(min=1)] = 2,
+    machines: Annotated[int, typer.Option(min=1, help="Machines per factory.")] = 10,
+    hours: Annotated[float, typer.Option(min=0.01)] = 24.0,
+    interval_ms: Annotated[int, typer.Option()] = 10_000,
+    seed: Annotated[int, typer.Option()] = 1,
+    step: Annotated[
+        list[str] | None, typer.Option(help="Run only these steps (repeatable).")
+    ] = None,
+) -> None:
+    """Run the platform's main job locally on embedded defaults, then print a summary."""
+    from iiot.platform import DemoContext, run_demo
+
+    context = DemoContext(
+        work_dir=work_dir,
+        fleet=FleetConfig(
+            factories=factories,
+            machines_per_factory=machines,
+            hours=hours,
+            interval_ms=interval_ms,
+            seed=seed,
+        ),
+        catalog=load_catalog(),
+    )
+    with progress_bar() as bar:
+        tasks: dict[str, Any] = {}
+
+        def report(description: str, done: int, total: int) -> None:
+            if description not in tasks:
+                tasks[description] = bar.add_task(description, total=total)
+            bar.update(tasks[description], completed=done, total=total)
+
+        context.progress = report
+        results = run_demo(context, only=set(step) if step else None)
+    for title, figures in results.items():
+        table = Table("figure", "value", title=title, title_justify="left")
+        for name, value in figures.items():
+            table.add_row(name, str(value))
+        stdout.print(table)
+    stdout.print(f"demo finished; files are under {work_dir}/")
+
+
+def _register_groups() -> None:
+    for name, module_name in SUBCOMMAND_GROUPS:
+        if importlib.util.find_spec(module_name.split(".")[0]) is None:
+            continue
+        if importlib.util.find_spec(module_name) is None:
+            continue
+        app.add_typer(importlib.import_module(module_name).app, name=name)
+
+
+def main() -> None:
+    _register_groups()
+    app(prog_name="iiot")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Lambda functions: lambdas/<function>/ holds handler.py (thin), models.py and service.py."""

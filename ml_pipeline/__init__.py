@@ -1,0 +1,1 @@
+"""Predictive maintenance: labels, shared features, training, evaluation, compilation, pipeline."""

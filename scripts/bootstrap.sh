@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Set up what a make target needs on a fresh machine, idempotently:
+#   1. Debian packages (installed with apt-get when running as root, else a clear message),
+#   2. the virtual environment .venv with the project and the target's optional dependencies,
+#      pinned by constraints.txt.
+# Usage: scripts/bootstrap.sh TARGET    (TARGET: demo | test | synth | bench)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+target=${1:?usage: scripts/bootstrap.sh demo|test|synth|bench}
+case "$target" in
+  demo)  extras="demo";  debs="mosquitto" ;;
+  test)  extras="all";   debs="mosquitto influxdb gcc-aarch64-linux-gnu libc6-dev-arm64-cross" ;;
+  synth) extras="cdk";   debs="" ;;
+  bench) extras="all";   debs="mosquitto influxdb gcc-aarch64-linux-gnu libc6-dev-arm64-cross" ;;
+  *) echo "bootstrap: unknown target '$target' (demo, test, synth or bench)" >&2; exit 2 ;;
+esac
+
+say() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*" >&2; }
+
+# --- Debian packages ---------------------------------------------------------------------
+missing=()
+for pkg in $debs; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    say "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "bootstrap: missing Debian packages: ${missing[*]}" >&2
+    echo "bootstrap: install them first:  sudo apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+# The Debian packages start their daemons; the project starts its own on 127.0.0.1 instead.
+for service in mosquitto influxdb; do
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$service" 2>/dev/null; then
+    systemctl stop "$service" >/dev/null 2>&1 || true
+  fi
+done
+
+# --- Python ------------------------------------------------------------------------------
+python=""
+for candidate in "${PYTHON:-}" python3.11 python3.12 python3.13 python3; do
+  [ -n "$candidate" ] || continue
+  if command -v "$candidate" >/dev/null 2>&1 &&
+     "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    python=$candidate; break
+  fi
+done
+if [ -z "$python" ]; then
+  echo "bootstrap: Python 3.11 or newer is required (set PYTHON=/path/to/python3.11)" >&2
+  exit 1
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv with $("$python" --version)"
+  "$python" -m venv .venv
+fi
+if [ ! -x .venv/bin/uv ]; then
+  say "installing uv into .venv"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check "uv==0.13.9"
+fi
+
+stamp=".venv/.installed-$extras"
+digest=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$digest" ]; then
+  say "installing the project with [$extras] (pinned by constraints.txt)"
+  .venv/bin/uv pip install --quiet --python .venv/bin/python -c constraints.txt -e ".[$extras]"
+  echo "$digest" > "$stamp"
+fi

@@ -1,0 +1,1 @@
+"""Bronze/silver/gold Spark jobs on Delta Lake: pure transforms, one I/O module, job wiring."""

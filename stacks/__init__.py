@@ -1,0 +1,1 @@
+"""CDK stacks, one per deployable concern; reusable Constructs live in stacks/constructs/."""

@@ -1,0 +1,163 @@
+import csv
+import json
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from iiot.contract import Validator
+from iiot.simulator import (
+    HOUR_MS,
+    SENSOR_FAULT_CODE,
+    FleetConfig,
+    FleetSimulator,
+    write_simulation,
+)
+from iiot.wire import validate_json
+
+
+def simulate(catalog, **changes):
+    config = FleetConfig(
+        **{"factories": 1, "machines_per_factory": 4, "hours": 6, "seed": 3, **changes}
+    )
+    return FleetSimulator(config, catalog)
+
+
+def all_readings(simulator):
+    from iiot.contract import ReadingColumns
+
+    return ReadingColumns.concat(list(simulator.chunks()))
+
+
+def test_same_seed_same_output_different_seed_different_output(catalog):
+    first, again = all_readings(simulate(catalog)), all_readings(simulate(catalog))
+    other = all_readings(simulate(catalog, seed=4))
+    assert np.array_equal(first.value, again.value)
+    assert np.array_equal(first.timestamp, again.timestamp)
+    assert not np.array_equal(first.value[:1000], other.value[:1000])
+
+
+def test_fleet_shape_ids_units_and_interval(catalog):
+    sim = simulate(catalog, factories=2, machines_per_factory=3, interval_ms=5000)
+    columns = all_readings(sim)
+    assert len(sim.series) == 2 * 3 * 5
+    assert {key.factory_id for key in sim.series} == {"F01", "F02"}
+    assert all(key.unit == catalog[key.metric].unit for key in sim.series)
+    assert all(key.sensor_id.startswith(key.machine_id) for key in sim.series)
+    first_series = columns.timestamp[columns.series_index == 0]
+    assert set(np.diff(first_series)) <= {5000} | {
+        5000 * k for k in range(2, 400)
+    }  # gaps = dropouts
+    assert len(columns) <= sim.config.expected_readings
+
+
+def test_values_are_at_catalog_resolution_and_mostly_valid(catalog):
+    sim = simulate(catalog, hours=12)
+    columns = all_readings(sim)
+    validator = Validator(catalog, clock=lambda: 2e9)
+    outcome = validator.validate_columns(columns)
+    assert len(outcome.rejects) < 0.001 * len(columns)  # spikes and fault codes only
+    for position in range(0, len(columns), 997):
+        metric = sim.series[columns.series_index[position]].metric
+        decimals = catalog[metric].decimals
+        assert round(columns.value[position], decimals) == columns.value[position]
+    assert (columns.value == SENSOR_FAULT_CODE).sum() < 0.001 * len(columns)
+
+
+def test_shift_pattern_shows_in_rpm(catalog):
+    sim = simulate(catalog, hours=24, mtbf_hours=10_000, machines_per_factory=6)
+    columns = all_readings(sim)
+    rpm = np.array([key.metric == "rpm" for key in sim.series])[columns.series_index]
+    hour = (columns.timestamp % (24 * HOUR_MS)) // HOUR_MS
+    day = columns.value[rpm & (hour >= 8) & (hour < 13)]
+    night = columns.value[rpm & ((hour >= 23) | (hour < 5))]
+    assert np.median(day) > np.median(night) * 1.1
+
+
+def test_degradation_shows_in_vibration_hours_before_each_failure(catalog):
+    sim = simulate(catalog, machines_per_factory=12, hours=96, mtbf_hours=60, seed=5)
+    columns = all_readings(sim)
+    bearing = [
+        f
+        for f in sim.failures
+        if f.failure_mode == "bearing_wear"
+        and f.failed_at_ms - 30 * HOUR_MS > sim.config.start_ms
+        and f.failed_at_ms - f.degradation_start_ms > 12 * HOUR_MS
+    ]
+    assert bearing, "the scenario should contain bearing failures with history before them"
+    for failure in bearing:
+        index = next(
+            i
+            for i, key in enumerate(sim.series)
+            if key.machine_id == failure.machine_id and key.metric == "vibration"
+        )
+        series = columns.series_index == index
+        ts, value = columns.timestamp[series], columns.value[series]
+        healthy = value[
+            (ts >= failure.degradation_start_ms - 6 * HOUR_MS) & (ts < failure.degradation_start_ms)
+        ]
+        late = value[(ts >= failure.failed_at_ms - 3 * HOUR_MS) & (ts < failure.failed_at_ms)]
+        if len(healthy) > 10 and len(late) > 10:
+            assert np.median(late) > 1.5 * np.median(healthy), failure
+
+
+def test_failures_have_corrective_maintenance_and_machines_stop(catalog):
+    sim = simulate(catalog, machines_per_factory=10, hours=72, mtbf_hours=50)
+    assert sim.failures
+    corrective = {m.failure_id: m for m in sim.maintenance if m.kind == "corrective"}
+    for failure in sim.failures:
+        job = corrective[failure.failure_id]
+        assert job.started_at_ms == failure.failed_at_ms
+        assert job.completed_at_ms == failure.repaired_at_ms > failure.failed_at_ms
+        assert failure.degradation_start_ms <= failure.failed_at_ms
+    columns = all_readings(sim)
+    failure = sim.failures[0]
+    index = next(
+        i
+        for i, key in enumerate(sim.series)
+        if key.machine_id == failure.machine_id and key.metric == "rpm"
+    )
+    during = (
+        (columns.series_index == index)
+        & (columns.timestamp > failure.failed_at_ms)
+        & (columns.timestamp < failure.repaired_at_ms)
+    )
+    stopped = columns.value[during]
+    assert len(stopped) > 0
+    assert np.median(stopped) < 20
+
+
+def test_write_simulation_files(tmp_path, catalog):
+    sim = simulate(catalog, hours=3, malformed_rate=0.01)
+    summary = write_simulation(sim, tmp_path, formats=("parquet", "jsonl"))
+    assert set(summary.files) >= {
+        "readings.parquet",
+        "readings.jsonl",
+        "failures.csv",
+        "maintenance_records.csv",
+        "machines.csv",
+        "manifest.json",
+    }
+    table = pq.read_table(tmp_path / "readings.parquet")
+    assert table.num_rows == summary.readings
+    assert str(table.schema.field("timestamp").type) == "timestamp[ms, tz=UTC]"
+    lines = (tmp_path / "readings.jsonl").read_bytes().splitlines()
+    assert len(lines) == summary.readings
+    validator = Validator(catalog, clock=lambda: 2e9)
+    rejected = sum(bool(validate_json(line, validator).rejects) for line in lines)
+    malformed = sum(summary.malformed.values())
+    assert malformed > 0
+    assert malformed <= rejected <= malformed + 0.001 * len(lines)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["readings"] == summary.readings
+    with (tmp_path / "machines.csv").open() as handle:
+        assert len(list(csv.DictReader(handle))) == 4
+
+
+def test_invalid_configuration_is_explained():
+    with pytest.raises(ValueError, match="interval must be between"):
+        FleetConfig(interval_ms=10)
+    with pytest.raises(ValueError, match="time zone"):
+        FleetConfig(start=datetime(2026, 1, 1))
+    FleetConfig(start=datetime(2026, 1, 1, tzinfo=UTC))
