@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any, NamedTuple
 
 import msgspec
@@ -26,7 +27,13 @@ from iiot.catalog import MetricCatalog
 
 # Ids become MQTT topic levels, S3 partition values and InfluxDB tags: keep them plain.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+_ID_RE = re.compile(ID_PATTERN)
+ID_RULE = "1-128 letters, digits, '_', '.', ':' or '-', starting with a letter or digit"
+# For low-volume messages the decoder checks the pattern itself. Readings arrive by the hundred
+# thousand and their ids repeat, so the Validator checks them against a cache of ids already
+# seen instead (a regex per field would cost 5x the whole decode: bench/contract.py).
 Identifier = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
+ReadingId = Annotated[str, msgspec.Meta(max_length=128)]
 MetricName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 UnitName = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
 TimestampMs = Annotated[int, msgspec.Meta(ge=0)]
@@ -39,9 +46,9 @@ class Reading(msgspec.Struct, frozen=True, gc=False):
     """One sensor reading. `timestamp` is milliseconds since the Unix epoch, UTC."""
 
     timestamp: TimestampMs
-    factory_id: Identifier
-    machine_id: Identifier
-    sensor_id: Identifier
+    factory_id: ReadingId
+    machine_id: ReadingId
+    sensor_id: ReadingId
     metric: MetricName
     value: float
     unit: UnitName
@@ -179,16 +186,41 @@ class Reject(msgspec.Struct, frozen=True):
     index: int | None = None
 
 
-@dataclass
 class Validated:
-    """The outcome of validating one payload: accepted readings and quarantined rejects."""
+    """The outcome of validating one payload: accepted readings and quarantined rejects.
 
-    columns: ReadingColumns
-    rejects: list[Reject] = field(default_factory=list)
+    The accepted readings are available both as `readings` (objects) and as `columns`
+    (arrays); whichever form the validation did not produce is built on first use.
+    """
+
+    def __init__(
+        self,
+        columns: ReadingColumns | None = None,
+        rejects: list[Reject] | None = None,
+        *,
+        readings: list[Reading] | None = None,
+    ) -> None:
+        if (columns is None) == (readings is None):
+            raise ValueError("give exactly one of columns or readings")
+        self._columns = columns
+        self._readings = readings
+        self.rejects: list[Reject] = rejects if rejects is not None else []
+
+    @property
+    def columns(self) -> ReadingColumns:
+        if self._columns is None:
+            self._columns = ReadingColumns.from_readings(self._readings or [])
+        return self._columns
+
+    @property
+    def readings(self) -> list[Reading]:
+        if self._readings is None:
+            self._readings = self.columns.to_readings()
+        return self._readings
 
     @property
     def accepted(self) -> int:
-        return len(self.columns)
+        return len(self._readings) if self._readings is not None else len(self._columns or ())
 
 
 class Validator:
@@ -214,13 +246,33 @@ class Validator:
             name: (metric.valid_range.min, metric.valid_range.max)
             for name, metric in catalog.items()
         }
+        self._known_ids: set[str] = set()
+
+    _KNOWN_IDS_CAP = 1_000_000  # a gateway sees thousands of sensors; bound the cache anyway
+
+    def _id_problem(self, *fields: tuple[str, str]) -> str | None:
+        """Check ids against the pattern, remembering the good ones."""
+        known = self._known_ids
+        for name, value in fields:
+            if value in known:
+                continue
+            if not _ID_RE.match(value):
+                return f"{name}: {value!r} is not a valid id ({ID_RULE})"
+            if len(known) >= self._KNOWN_IDS_CAP:
+                known.clear()
+            known.add(value)
+        return None
 
     def _latest_allowed_ms(self) -> int:
         return int(self._clock() * 1000) + self.max_future_ms
 
     def problem(self, reading: Reading, latest_allowed_ms: int | None = None) -> str | None:
-        """Why `reading` breaks the catalog's rules, or None when it is valid."""
-        return self._problem(
+        """Why `reading` breaks the contract or the catalog's rules, or None when it is valid."""
+        return self._id_problem(
+            ("factory_id", reading.factory_id),
+            ("machine_id", reading.machine_id),
+            ("sensor_id", reading.sensor_id),
+        ) or self._problem(
             reading.metric,
             reading.unit,
             reading.value,
@@ -269,25 +321,54 @@ class Validator:
         their places in the payload; both default to the readings' own order and encoding.
         """
         latest = self._latest_allowed_ms()
+        units, ranges, known = self.catalog.units, self._ranges, self._known_ids
+        infinite = (-math.inf, math.inf)
+        earliest = EARLIEST_TIMESTAMP_MS
+        check_range = self.check_range
+        # Fast pass: one tight loop of cheap checks; anything doubtful gets the full check below.
+        doubtful = [
+            position
+            for position, r in enumerate(readings)
+            if not (
+                r.unit == units.get(r.metric)
+                and (ranges[r.metric] if check_range else infinite)[0]
+                <= r.value
+                <= (ranges[r.metric] if check_range else infinite)[1]
+                and earliest <= r.timestamp <= latest
+                and r.factory_id in known
+                and r.machine_id in known
+                and r.sensor_id in known
+            )
+        ]
+        reasons = {position: self.problem(readings[position], latest) for position in doubtful}
+        if not any(reasons.values()):
+            return Validated(readings=list(readings))
         rejects = []
         good = []
-        problem = self._problem
         for position, r in enumerate(readings):
-            reason = problem(r.metric, r.unit, r.value, r.timestamp, latest)
+            reason = reasons.get(position)
             if reason is None:
                 good.append(r)
             else:
                 raw = raw_items[position] if raw_items is not None else _encode_lenient(r)
                 where = positions[position] if positions is not None else position
                 rejects.append(Reject(reason, raw, where))
-        return Validated(ReadingColumns.from_readings(good), rejects)
+        return Validated(readings=good, rejects=rejects)
 
     def validate_columns(self, columns: ReadingColumns) -> Validated:
         """Vectorized validation of a columnar batch; rejects carry each reading as JSON."""
         n = len(columns)
         if n == 0:
             return Validated(columns)
-        series_reason = [self._series_problem(key.metric, key.unit) for key in columns.series]
+        series_reason = [
+            self._id_problem(
+                ("factory_id", key.factory_id),
+                ("machine_id", key.machine_id),
+                ("sensor_id", key.sensor_id),
+            )
+            or self._series_problem(key.metric, key.unit)
+            for key in columns.series
+        ]
         bad = np.zeros(n, dtype=bool)
         if any(series_reason):
             bad_series = np.array([reason is not None for reason in series_reason])

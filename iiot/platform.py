@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from iiot.catalog import MetricCatalog
-from iiot.contract import ReadingColumns, Validator
+from iiot.contract import Reading, ReadingColumns, Validator
 from iiot.simulator import FleetConfig, FleetSimulator, SimulationSummary, write_simulation
 from iiot.wire import encode_batch, validate_json
 
@@ -76,7 +76,7 @@ def contract_step(context: DemoContext) -> Figures:
     """Validate every JSON line against the contract, quarantine rejects, batch the rest."""
     # The simulated history is in the past; allow any past time but keep the future check.
     validator = Validator(context.catalog)
-    accepted: list[ReadingColumns] = []
+    accepted: list[Reading] = []
     reasons: Counter[str] = Counter()
     lines = (context.simulation_dir / "readings.jsonl").read_bytes().splitlines()
     began = time.perf_counter()
@@ -86,8 +86,7 @@ def contract_step(context: DemoContext) -> Figures:
         for start in range(0, len(lines), step):
             for line in lines[start : start + step]:
                 outcome = validate_json(line, validator)
-                if outcome.accepted:
-                    accepted.append(outcome.columns)
+                accepted.extend(outcome.readings)
                 for reject in outcome.rejects:
                     reasons[reject.reason.split(":")[0]] += 1
                     sink.write(
@@ -95,7 +94,7 @@ def contract_step(context: DemoContext) -> Figures:
                     )
             context.progress("validating payloads", min(start + step, len(lines)), len(lines))
     seconds = time.perf_counter() - began
-    columns = ReadingColumns.concat(accepted)
+    columns = ReadingColumns.from_readings(accepted)
     json_bytes = sum(len(line) + 1 for line in lines)
     batch_bytes = sum(
         len(encode_batch(columns.take(slice(i, i + 10_000))))

@@ -150,6 +150,10 @@ def decode_json(payload: bytes) -> DecodedJson:
             return _decode_json_lenient(payload)
     if first == b"{":
         try:
+            return DecodedJson([_decode_one(payload)], [], [], [])
+        except msgspec.DecodeError:
+            pass  # an envelope, the case study's spelling, or a bad reading: look closer
+        try:
             head = _decode_raw_object(payload)
         except msgspec.DecodeError:
             return _decode_json_lenient(payload)
@@ -536,7 +540,7 @@ def validate_batch(payload: bytes, validator: Validator) -> tuple[Batch | None, 
     try:
         batch = decode_batch(payload)
     except WireFormatError as exc:
-        return None, Validated(ReadingColumns.empty(), [Reject(str(exc), _truncate(payload), None)])
+        return None, Validated(readings=[], rejects=[Reject(str(exc), _truncate(payload), None)])
     return batch, validator.validate_columns(batch.columns)
 
 
