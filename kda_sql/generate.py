@@ -1,0 +1,190 @@
+"""Render the Flink SQL rules from the metric catalog: one source of truth for every threshold.
+
+The templates in `kda_sql/templates/` hold two kinds of placeholder:
+
+* ``{{name}}``: catalog values (thresholds, valid ranges, window sizes), filled here;
+* ``${name}``: deployment parameters (connector options, watermark delay, window slide), left in
+  the rendered SQL and filled by `kda_sql.runner` from the application properties.
+
+The rendered SQL for the project's catalog is checked in under `kda_sql/sql/` (what reviewers
+read and what the Managed Flink application ships); a test asserts it is up to date, and
+`iiot stream render` rewrites it after a catalog change.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from iiot.catalog import MetricCatalog
+
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
+RENDERED_DIR = Path(__file__).resolve().parent / "sql"
+# Execution order: the runner sorts the rendered files by name.
+TABLE_FILES = ("00_readings_table.sql", "01_anomalies_table.sql", "02_valid_readings_view.sql")
+SEVERITY_FILE = "10_severity_rules.sql"
+_PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+_INDENT = "      "
+
+
+@dataclass(frozen=True)
+class RuleSummary:
+    """One rendered rule and where its numbers come from, for `iiot stream rules` and notes."""
+
+    rule: str
+    metric: str
+    condition: str
+    catalog_source: str
+
+
+def _number(value: float) -> str:
+    """A DOUBLE literal Flink parses the same way on every locale (always with a decimal)."""
+    text = repr(float(value))
+    return text if ("e" in text or "." in text) else f"{text}.0"
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _fill(template: str, values: dict[str, str]) -> str:
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in values:
+            raise KeyError(f"template placeholder {{{{{name}}}}} has no catalog value")
+        return values[name]
+
+    return _PLACEHOLDER.sub(replace, template)
+
+
+def _template(name: str) -> str:
+    return (TEMPLATE_DIR / name).read_text()
+
+
+def _catalog_values(catalog: MetricCatalog) -> dict[str, str]:
+    return {"catalog_source": "config/metrics.yaml", "catalog_digest": catalog.digest}
+
+
+def _joined(lines: Iterable[str], separator: str) -> str:
+    return separator.join(lines)
+
+
+def render(catalog: MetricCatalog) -> dict[str, str]:
+    """File name -> rendered SQL (one statement per file) for this catalog."""
+    common = _catalog_values(catalog)
+    rendered: dict[str, str] = {}
+    rendered[TABLE_FILES[0]] = _template("readings_table.sql")
+    rendered[TABLE_FILES[1]] = _template("anomalies_table.sql")
+    valid = [
+        f"(metric = {_quote(name)} AND unit = {_quote(m.unit)} "
+        f"AND `value` BETWEEN {_number(m.valid_range.min)} AND {_number(m.valid_range.max)})"
+        for name, m in sorted(catalog.items())
+    ]
+    rendered[TABLE_FILES[2]] = _fill(
+        _template("valid_readings_view.sql"),
+        {**common, "valid_conditions": _INDENT + _joined(valid, f"\n{_INDENT}OR ")},
+    )
+
+    severity = {name: m.stream for name, m in sorted(catalog.items()) if m.stream is not None}
+    if severity:
+        rendered[SEVERITY_FILE] = _fill(
+            _template("severity_rules.sql"),
+            {
+                **common,
+                "severity_cases": "\n".join(
+                    f"{_INDENT}WHEN metric = {_quote(name)} AND `value` > "
+                    f"{_number(rule.critical)} THEN 'CRITICAL'\n"
+                    f"{_INDENT}WHEN metric = {_quote(name)} THEN 'WARNING'"
+                    for name, rule in severity.items()
+                ),
+                "threshold_cases": "\n".join(
+                    f"{_INDENT}WHEN metric = {_quote(name)} AND `value` > "
+                    f"{_number(rule.critical)} THEN {_number(rule.critical)}\n"
+                    f"{_INDENT}WHEN metric = {_quote(name)} THEN {_number(rule.warning)}"
+                    for name, rule in severity.items()
+                ),
+                "severity_conditions": "    "
+                + _joined(
+                    (
+                        f"(metric = {_quote(name)} AND `value` > {_number(rule.warning)})"
+                        for name, rule in severity.items()
+                    ),
+                    "\n    OR ",
+                ),
+            },
+        )
+
+    # HOP windows have one size per query: one query per distinct window size in the catalog.
+    by_window: dict[int, dict[str, float]] = {}
+    for name, m in sorted(catalog.items()):
+        if m.rapid_change is not None:
+            by_window.setdefault(m.rapid_change.window_seconds, {})[name] = (
+                m.rapid_change.stddev_limit
+            )
+    for position, (window_seconds, limits) in enumerate(sorted(by_window.items())):
+        rendered[f"{20 + position}_rapid_change_{window_seconds}s.sql"] = _fill(
+            _template("rapid_change.sql"),
+            {
+                **common,
+                "window_seconds": str(window_seconds),
+                "metric_list": ", ".join(_quote(name) for name in limits),
+                "limit_cases": "\n".join(
+                    f"{_INDENT}WHEN {_quote(name)} THEN {_number(limit)}"
+                    for name, limit in limits.items()
+                ),
+            },
+        )
+    return rendered
+
+
+def rule_summaries(catalog: MetricCatalog) -> list[RuleSummary]:
+    """Every rule the rendered SQL applies, with the catalog entry it comes from."""
+    rules = []
+    for name, m in sorted(catalog.items()):
+        if m.stream is not None:
+            rules.append(
+                RuleSummary(
+                    f"{name.upper()}_HIGH",
+                    name,
+                    f"WARNING > {m.stream.warning:g} {m.unit}, "
+                    f"CRITICAL > {m.stream.critical:g} {m.unit}",
+                    f"metrics.{name}.stream",
+                )
+            )
+    for name, m in sorted(catalog.items()):
+        if m.rapid_change is not None:
+            rules.append(
+                RuleSummary(
+                    "RAPID_CHANGE",
+                    name,
+                    f"stddev over {m.rapid_change.window_seconds} s > "
+                    f"{m.rapid_change.stddev_limit:g} {m.unit}",
+                    f"metrics.{name}.rapid_change",
+                )
+            )
+    return rules
+
+
+def write_rendered(catalog: MetricCatalog, out_dir: Path = RENDERED_DIR) -> list[Path]:
+    """Write the rendered SQL into `out_dir`, removing stale rendered files; return the paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rendered = render(catalog)
+    for stale in out_dir.glob("*.sql"):
+        if stale.name not in rendered:
+            stale.unlink()
+    paths = []
+    for name, text in rendered.items():
+        path = out_dir / name
+        path.write_text(text)
+        paths.append(path)
+    return paths
+
+
+def stale_files(catalog: MetricCatalog, out_dir: Path = RENDERED_DIR) -> list[str]:
+    """Names of rendered files that differ from (or are missing for, or extra to) the catalog."""
+    rendered = render(catalog)
+    present = {path.name: path.read_text() for path in out_dir.glob("*.sql")}
+    names = sorted(set(rendered) | set(present))
+    return [name for name in names if rendered.get(name) != present.get(name)]

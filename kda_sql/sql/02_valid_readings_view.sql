@@ -1,0 +1,18 @@
+-- Readings the rules may look at: known metric with the catalog's unit, value inside the
+-- physically valid range (outside it is a sensor fault, quarantined upstream, never alerted on),
+-- timestamp in milliseconds (not before 2000).
+-- Rendered from the metric catalog (config/metrics.yaml, digest c79723468fd4d143).
+CREATE TEMPORARY VIEW valid_readings AS
+SELECT *
+FROM readings
+WHERE `timestamp` >= 946684800000
+  AND factory_id IS NOT NULL
+  AND machine_id IS NOT NULL
+  AND `value` IS NOT NULL
+  AND (
+      (metric = 'flow_rate' AND unit = 'L/min' AND `value` BETWEEN 0.0 AND 2000.0)
+      OR (metric = 'pressure' AND unit = 'bar' AND `value` BETWEEN 0.0 AND 500.0)
+      OR (metric = 'rpm' AND unit = 'rpm' AND `value` BETWEEN 0.0 AND 10000.0)
+      OR (metric = 'temperature' AND unit = 'degC' AND `value` BETWEEN -40.0 AND 250.0)
+      OR (metric = 'vibration' AND unit = 'mm/s' AND `value` BETWEEN 0.0 AND 100.0)
+  )

@@ -1,0 +1,14 @@
+-- Readings the rules may look at: known metric with the catalog's unit, value inside the
+-- physically valid range (outside it is a sensor fault, quarantined upstream, never alerted on),
+-- timestamp in milliseconds (not before 2000).
+-- Rendered from the metric catalog ({{catalog_source}}, digest {{catalog_digest}}).
+CREATE TEMPORARY VIEW valid_readings AS
+SELECT *
+FROM readings
+WHERE `timestamp` >= 946684800000
+  AND factory_id IS NOT NULL
+  AND machine_id IS NOT NULL
+  AND `value` IS NOT NULL
+  AND (
+{{valid_conditions}}
+  )
