@@ -1,0 +1,268 @@
+"""Wiring: configuration + transport + store + ingest + thresholds + uploader + health.
+
+`SensorBuffer` owns three threads: ingest (micro-batches, group commit, local alerts), upload
+(anomalies first, then the backlog) and health. The transport is injected: `main()` builds the
+Greengrass IPC one on a gateway; `iiot edge run` builds the MQTT 5 one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from iiot.anomaly import Anomaly, encode_anomaly
+from iiot.catalog import MetricCatalog, load_catalog
+from iiot.contract import Validator
+from iiot.wire import HEADER_SIZE, is_batch
+from sensor_buffer.config import BufferConfig, from_component_config
+from sensor_buffer.health import HealthTracker
+from sensor_buffer.ingest import Incoming, Ingestor, IngestResult
+from sensor_buffer.store import FullEvent, Store
+from sensor_buffer.thresholds import ThresholdChecker
+from sensor_buffer.transport import Transport
+from sensor_buffer.uploader import Uploader
+
+log = logging.getLogger(__name__)
+
+_JSON_BYTES_PER_READING = 150  # to size micro-batches before decoding
+_MAINTENANCE_INTERVAL_S = 60.0
+_FULL_ALERT_INTERVAL_S = 60.0
+
+
+def _estimate_readings(payload: bytes) -> int:
+    if is_batch(payload) and len(payload) >= HEADER_SIZE:
+        # header: magic(5) version flags reserved batch_id(16) count(u32) ...
+        return int.from_bytes(payload[24:28], "little") or 1
+    return len(payload) // _JSON_BYTES_PER_READING + 1
+
+
+class SensorBuffer:
+    """The component. `start()` connects and runs; `stop()` drains the last micro-batch."""
+
+    def __init__(
+        self,
+        config: BufferConfig,
+        transport: Transport,
+        catalog: MetricCatalog,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config.with_catalog(catalog)
+        self.transport = transport
+        self._clock = clock
+        self.store = Store(
+            self.config.db_path,
+            producer=f"{config.factory_id}/{config.gateway_id}",
+            synchronous=config.synchronous,
+            max_disk_bytes=config.max_disk_bytes,
+            full_policy=config.full_policy,
+            downsample_factor=config.downsample_factor,
+            retention_ms=int(config.retention_days * 86_400_000),
+            clock=clock,
+        )
+        self.checker = ThresholdChecker(self.config.thresholds, self.store.series.__getitem__)
+        self.ingestor = Ingestor(
+            self.store,
+            Validator(catalog, clock=clock),
+            self.checker,
+            on_alerts=self._publish_alerts,
+            max_block_readings=config.commit_max_readings,
+            clock=clock,
+        )
+        self.uploader = Uploader(self.store, transport.publish_cloud, self.config)
+        self.health = HealthTracker(self.store, clock)
+        self._queue: queue.Queue[Incoming] = queue.Queue(maxsize=200_000)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._last_full_alert = 0.0
+        self.alerts_published = 0
+        self.last_status: dict[str, Any] = {}
+
+    # ---------------------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        for name, target in (
+            ("ingest", self._ingest_loop),
+            ("upload", lambda: self.uploader.run(self._stop)),
+            ("health", self._health_loop),
+        ):
+            thread = threading.Thread(target=target, name=f"sensor-buffer-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        self.transport.start(self.config.topics_in, self.on_message)
+        log.info(
+            "sensor buffer started",
+            extra={
+                "db": str(self.config.db_path),
+                "topics": list(self.config.topics_in),
+                "next_seq": self.store.next_seq,
+                "acked_seq": self.store.acked_seq,
+            },
+        )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self.uploader.wake.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        self.transport.stop()
+        self.publish_status()
+        self.store.close()
+
+    def on_message(self, topic: str, payload: bytes, ack: Callable[[], None] | None) -> None:
+        """Transport callback: hand over to the ingest thread (never blocks on the database)."""
+        self._queue.put(Incoming(topic, payload, int(self._clock() * 1000), ack))
+
+    # ------------------------------------------------------------------------------ ingest
+
+    def _ingest_loop(self) -> None:
+        interval = self.config.commit_interval_ms / 1000
+        limit = self.config.commit_max_readings
+        pending: list[Incoming] = []
+        estimate = 0
+        deadline: float | None = None
+        next_maintenance = time.monotonic() + _MAINTENANCE_INTERVAL_S
+        while True:
+            stopping = self._stop.is_set()
+            timeout = 0.2 if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                item = self._queue.get(timeout=0 if stopping else timeout)
+                pending.append(item)
+                estimate += _estimate_readings(item.payload)
+                while estimate < limit:
+                    item = self._queue.get_nowait()
+                    pending.append(item)
+                    estimate += _estimate_readings(item.payload)
+            except queue.Empty:
+                pass
+            now = time.monotonic()
+            if pending and deadline is None:
+                deadline = now + interval
+            if pending and (estimate >= limit or now >= (deadline or now) or stopping):
+                self._process(pending)
+                pending, estimate, deadline = [], 0, None
+                continue
+            if stopping and self._queue.empty():
+                return
+            if now >= next_maintenance:
+                next_maintenance = now + _MAINTENANCE_INTERVAL_S
+                try:
+                    dropped = self.store.maintenance()
+                    if dropped:
+                        log.warning(
+                            "retention dropped unsent readings", extra={"readings": dropped}
+                        )
+                except Exception:
+                    log.exception("maintenance failed")
+
+    def _process(self, items: list[Incoming]) -> IngestResult | None:
+        try:
+            result = self.ingestor.process(items)
+        except Exception:
+            # Never crash on input; a storage error leaves the payloads unacknowledged, so the
+            # broker redelivers them.
+            log.exception("ingest micro-batch failed", extra={"payloads": len(items)})
+            return None
+        if result.full_events:
+            self._full_alert(result.full_events)
+        self.uploader.wake.set()
+        return result
+
+    def _publish_alerts(self, anomalies: list[Anomaly]) -> None:
+        for anomaly in anomalies:
+            self.transport.publish_local(self.config.local_alerts_topic, encode_anomaly(anomaly))
+            self.alerts_published += 1
+
+    def _full_alert(self, events: list[FullEvent]) -> None:
+        readings = sum(e.readings for e in events)
+        policies = sorted({e.policy for e in events})
+        log.warning("buffer full", extra={"policies": policies, "readings": readings})
+        now = self._clock()
+        if now - self._last_full_alert < _FULL_ALERT_INTERVAL_S:
+            return
+        self._last_full_alert = now
+        alert = Anomaly(
+            factory_id=self.config.factory_id,
+            machine_id=self.config.gateway_id,
+            metric="buffer_bytes",
+            anomaly_type="BUFFER_FULL",
+            severity="CRITICAL" if "reject_new" in policies else "WARNING",
+            value=float(self.store.used_bytes),
+            threshold=float(self.store.max_disk_bytes),
+            timestamp=int(now * 1000),
+            source="edge",
+            message=f"disk cap reached: {'/'.join(policies)} affected {readings} readings",
+        )
+        self._publish_alerts([alert])
+
+    # ------------------------------------------------------------------------------ health
+
+    def status(self) -> dict[str, Any]:
+        return self.health.snapshot(
+            {
+                "queue": self._queue.qsize(),
+                "in_flight": self.uploader.in_flight,
+                "alerts_published": self.alerts_published,
+                "publish_failures": self.uploader.publish_failures,
+                "wire_bytes_acked": self.uploader.wire_bytes_acked,
+            }
+        )
+
+    def publish_status(self) -> dict[str, Any]:
+        status = self.status()
+        self.last_status = status
+        log.info("sensor buffer status", extra=status)
+        payload = msgspec.json.encode(status)
+        try:
+            self.transport.publish_local(self.config.status, payload)
+        except Exception:
+            log.debug("status publish failed", exc_info=True)
+        return status
+
+    def _health_loop(self) -> None:
+        while not self._stop.wait(self.config.health_interval_s):
+            try:
+                self.publish_status()
+            except Exception:
+                log.exception("health report failed")
+
+
+def run_until_signalled(buffer: SensorBuffer) -> None:
+    """Run until SIGTERM/SIGINT (what Greengrass and a terminal send), then stop cleanly."""
+    stopped = threading.Event()
+
+    def handle(_signum: int, _frame: Any) -> None:
+        stopped.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    buffer.start()
+    stopped.wait()
+    buffer.stop()
+
+
+def main() -> None:
+    """Greengrass entry point (the recipe's Run step): configuration and transport from IPC."""
+    from iiot import logs
+    from sensor_buffer.transport_ipc import IpcTransport, read_component_configuration
+
+    logs.configure(os.environ.get("SENSOR_BUFFER_LOG_LEVEL", "INFO"))
+    catalog = load_catalog()
+    raw = read_component_configuration()
+    factory_id = raw.get("factoryId") or os.environ.get("AWS_IOT_THING_NAME", "")
+    data_dir = Path(os.environ.get("SENSOR_BUFFER_DATA_DIR", raw.get("dataDir") or "data"))
+    config = from_component_config(raw, catalog=catalog, factory_id=factory_id, data_dir=data_dir)
+    run_until_signalled(SensorBuffer(config, IpcTransport(), catalog))
+
+
+if __name__ == "__main__":
+    main()

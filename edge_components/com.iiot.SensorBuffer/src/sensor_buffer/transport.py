@@ -1,0 +1,73 @@
+"""What the component needs from a message transport, and nothing more.
+
+`main.py` builds one (Greengrass IPC on a gateway, MQTT 5 for local runs and tests) and injects
+it; the logic sees plain callbacks and futures, so tests can use `MemoryTransport`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Protocol
+
+# (topic, payload, ack): call ack() once the payload is durably handled; None when the
+# transport cannot defer acknowledgements (Greengrass IPC local pub/sub).
+MessageHandler = Callable[[str, bytes, Callable[[], None] | None], None]
+
+
+class Transport(Protocol):
+    def start(self, topics: tuple[str, ...], on_message: MessageHandler) -> None:
+        """Connect and subscribe to the input topics."""
+
+    def publish_local(self, topic: str, payload: bytes) -> None:
+        """Publish on the gateway's local bus (alerts, status): fire and forget."""
+
+    def publish_cloud(self, topic: str, payload: bytes) -> Future[None]:
+        """Publish to the cloud at QoS 1; the future resolves on the broker's PUBACK."""
+
+    def stop(self) -> None:
+        """Disconnect; pending publishes fail their futures."""
+
+
+class MemoryTransport:
+    """An in-process transport for unit tests: records publishes, acknowledges on demand."""
+
+    def __init__(self, *, auto_ack: bool = True) -> None:
+        self.auto_ack = auto_ack
+        self.local: list[tuple[str, bytes]] = []
+        self.cloud: list[tuple[str, bytes]] = []
+        self.pending: list[Future[None]] = []
+        self.handler: MessageHandler | None = None
+        self.fail_next = 0
+        self._lock = threading.Lock()
+
+    def start(self, topics: tuple[str, ...], on_message: MessageHandler) -> None:
+        self.handler = on_message
+
+    def deliver(self, topic: str, payload: bytes) -> None:
+        assert self.handler is not None
+        self.handler(topic, payload, None)
+
+    def publish_local(self, topic: str, payload: bytes) -> None:
+        with self._lock:
+            self.local.append((topic, payload))
+
+    def publish_cloud(self, topic: str, payload: bytes) -> Future[None]:
+        future: Future[None] = Future()
+        with self._lock:
+            if self.fail_next:
+                self.fail_next -= 1
+                future.set_exception(ConnectionError("simulated outage"))
+                return future
+            self.cloud.append((topic, payload))
+            if self.auto_ack:
+                future.set_result(None)
+            else:
+                self.pending.append(future)
+        return future
+
+    def stop(self) -> None:
+        for future in self.pending:
+            if not future.done():
+                future.set_exception(ConnectionError("transport stopped"))
