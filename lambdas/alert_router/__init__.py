@@ -1,0 +1,1 @@
+"""Alert router: anomalies -> repeat suppression -> readable SNS alerts, escalation."""

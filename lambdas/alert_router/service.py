@@ -1,0 +1,149 @@
+"""The alert router's logic: suppress repeats, write a message a person can read, escalate.
+
+Repeat suppression is keyed on factory, machine, anomaly type and metric (two different
+metrics above their limits are two problems, even when the edge calls both THRESHOLD_HIGH).
+The cooldown runs on the anomalies' event time, not the wall clock, so a replay or a backlog
+drained late alerts exactly as the live stream would have. A higher severity breaks through a
+cooldown held by a lower one (a WARNING followed by a CRITICAL pages the on-call person).
+Adapters are injected: DynamoDB/SNS in the Lambda (`repository.py`), in-memory in the demo.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Protocol
+
+from iiot.anomaly import SEVERITY_ORDER, Anomaly
+from lambdas.alert_router.models import Decision, Notification
+
+log = logging.getLogger(__name__)
+SUBJECT_LIMIT = 100  # SNS e-mail subjects: at most 100 printable ASCII characters
+
+
+class CooldownStore(Protocol):
+    def claim(self, key: str, *, anomaly: Anomaly, until_ms: int) -> bool:
+        """Record an alert for `key` unless one of equal or higher severity holds it past
+        `anomaly.timestamp`; True when this anomaly may alert."""
+        ...
+
+    def release(self, key: str, *, anomaly: Anomaly) -> None:
+        """Undo this anomaly's claim (its notification failed; a retry must not be suppressed)."""
+        ...
+
+
+class Notifier(Protocol):
+    def publish(self, notification: Notification) -> None: ...
+
+
+def cooldown_key(anomaly: Anomaly) -> str:
+    return "#".join((anomaly.factory_id, anomaly.machine_id, anomaly.anomaly_type, anomaly.metric))
+
+
+def _number(value: float) -> str:
+    return f"{value:.6g}"
+
+
+def _time(timestamp_ms: int) -> str:
+    moment = datetime.fromtimestamp(timestamp_ms / 1000, UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{timestamp_ms % 1000:03d} UTC"
+
+
+def _what(anomaly: Anomaly, unit: str) -> tuple[str, str]:
+    """(short phrase for the subject, value line for the body)."""
+    with_unit = f" {unit}" if unit else ""
+    value = f"{_number(anomaly.value)}{with_unit}"
+    limit = f"{_number(anomaly.threshold)}{with_unit}" if anomaly.threshold is not None else None
+    if anomaly.anomaly_type == "RAPID_CHANGE":
+        phrase = f"changing fast (stddev {value}" + (f" > {limit})" if limit else ")")
+        return phrase, f"standard deviation {value} over the window"
+    if anomaly.anomaly_type == "FAILURE_PREDICTED":
+        return f"failure predicted (p={_number(anomaly.value)})", f"probability {value}"
+    if anomaly.anomaly_type.endswith("_LOW"):
+        return f"{value} below {limit}" if limit else f"{value} too low", value
+    if anomaly.anomaly_type.endswith("_HIGH"):
+        return f"{value} above {limit}" if limit else f"{value} too high", value
+    return f"{anomaly.anomaly_type.lower().replace('_', ' ')} ({value})", value
+
+
+def format_notification(anomaly: Anomaly, unit: str = "") -> Notification:
+    """The SNS message: subject and body that say what, where, how bad and when."""
+    phrase, value_line = _what(anomaly, unit)
+    subject = f"[{anomaly.severity}] {anomaly.factory_id}/{anomaly.machine_id}: {anomaly.metric} "
+    subject = (subject + phrase).encode("ascii", "replace").decode()
+    if len(subject) > SUBJECT_LIMIT:
+        subject = subject[: SUBJECT_LIMIT - 3] + "..."
+    threshold = (
+        f"{_number(anomaly.threshold)}{' ' + unit if unit else ''}"
+        if anomaly.threshold is not None
+        else "-"
+    )
+    sensor = f" (sensor {anomaly.sensor_id})" if anomaly.sensor_id else ""
+    lines = [
+        f"{anomaly.severity}: {anomaly.anomaly_type} on machine {anomaly.machine_id}",
+        "",
+        f"Factory:    {anomaly.factory_id}",
+        f"Machine:    {anomaly.machine_id}",
+        f"Metric:     {anomaly.metric}{sensor}",
+        f"Value:      {value_line}",
+        f"Threshold:  {threshold}",
+        f"Severity:   {anomaly.severity}",
+        f"Time:       {_time(anomaly.timestamp)}",
+        f"Detected by: {anomaly.source}",
+    ]
+    if anomaly.message:
+        lines.append(f"Detail:     {anomaly.message}")
+    lines += ["", f"Anomaly id: {anomaly.anomaly_id}"]
+    return Notification(
+        subject=subject,
+        body="\n".join(lines),
+        attributes={
+            "severity": anomaly.severity,
+            "factory_id": anomaly.factory_id,
+            "machine_id": anomaly.machine_id,
+            "anomaly_type": anomaly.anomaly_type,
+        },
+        escalate=anomaly.severity == "CRITICAL",
+    )
+
+
+class AlertService:
+    """Decides per anomaly: alert, escalate, suppress as a repeat, or only log."""
+
+    def __init__(
+        self,
+        *,
+        cooldown_store: CooldownStore,
+        alerts: Notifier,
+        escalation: Notifier,
+        cooldown_seconds: int,
+        units: Mapping[str, str] | None = None,
+    ) -> None:
+        self._store = cooldown_store
+        self._alerts = alerts
+        self._escalation = escalation
+        self._cooldown_ms = cooldown_seconds * 1000
+        self._units = dict(units or {})
+
+    def route(self, anomaly: Anomaly) -> Decision:
+        if (
+            anomaly.state == "CLEARED"
+            or SEVERITY_ORDER[anomaly.severity] < SEVERITY_ORDER["WARNING"]
+        ):
+            return Decision.NOT_ALERTED
+        key = cooldown_key(anomaly)
+        if not self._store.claim(
+            key, anomaly=anomaly, until_ms=anomaly.timestamp + self._cooldown_ms
+        ):
+            return Decision.SUPPRESSED
+        notification = format_notification(anomaly, self._units.get(anomaly.metric, ""))
+        try:
+            self._alerts.publish(notification)
+            if notification.escalate:
+                self._escalation.publish(notification)
+        except Exception:
+            # Nobody was told (or the on-call was not): free the slot so the retry alerts.
+            self._store.release(key, anomaly=anomaly)
+            raise
+        return Decision.ESCALATED if notification.escalate else Decision.SENT
