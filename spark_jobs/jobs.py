@@ -1,0 +1,338 @@
+"""Bronze -> silver -> gold: the jobs, wiring `transforms` to `io`. Incremental and idempotent.
+
+* **bronze** appends the landed raw batches whose batch id it has not seen, each run tagged with
+  the next `ingest_seq`.
+* **silver** processes only bronze rows above its watermark (the last `ingest_seq` it finished):
+  decode, check against the catalog, quarantine rejects (`MERGE`, insert-only, keyed by batch and
+  position), and `MERGE INTO` the readings exactly once per (sensor_id, timestamp). Rolling
+  features are recomputed from each affected series' earliest new reading on (late data changes
+  the statistics of the readings after it), with the stored rows before it as the frames' context.
+* **gold** recomputes the daily aggregates of the (event_date, factory_id) partitions that silver
+  changed since gold's watermark, and merges them.
+
+Each job records its watermark last: a crash before that makes the next run redo work whose
+merges change nothing twice. A run with nothing new does no write at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import date, timedelta
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F  # noqa: N812  (the PySpark convention)
+
+from iiot.contract import DEFAULT_MAX_FUTURE_MS
+from spark_jobs import io, transforms
+from spark_jobs.transforms import QualityRule
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+BRONZE_PARTITIONS = ("ingest_date",)
+QUARANTINE_KEYS = ("batch_id", "position", "item")
+MACHINE_DAILY_KEYS = ("event_date", "factory_id", "machine_id", "metric")
+FACTORY_DAILY_KEYS = ("event_date", "factory_id")
+
+
+@dataclass(frozen=True)
+class LakeSettings:
+    """The silver job's parameters (defaults: the case study's 100 readings and 3 sigma)."""
+
+    last_n: int = 100
+    time_window_ms: int = 3_600_000
+    sigma: float = 3.0
+    min_periods: int = 10
+    # Stored readings before a series' first new reading that are read as window context; must
+    # span `last_n` readings and `time_window_ms` (6 h: 100 readings at up to one per 3.6 min).
+    lookback_ms: int = 6 * 3_600_000
+    max_future_ms: int = DEFAULT_MAX_FUTURE_MS
+
+    def __post_init__(self) -> None:
+        if self.lookback_ms < self.time_window_ms:
+            raise ValueError(
+                f"lookback_ms ({self.lookback_ms}) must cover time_window_ms "
+                f"({self.time_window_ms}), or window statistics after late data are cut short"
+            )
+
+
+@dataclass
+class StepResult:
+    """What one job did (figures for progress, the CLI and the demo)."""
+
+    job: str
+    source_seq: int = 0
+    rows_in: int = 0
+    rows_written: int = 0
+    quarantined: int = 0
+    duplicates: int = 0
+    partitions: int = 0
+    seconds: float = 0.0
+    skipped: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def figures(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v not in (None, {}, 0) or k == "job"}
+
+
+def _nothing(_message: str) -> None:
+    return None
+
+
+# ---------------------------------------------------------------------------------- bronze
+
+
+def run_bronze(
+    spark: SparkSession,
+    paths: io.LakePaths,
+    *,
+    progress: Progress = _nothing,
+    now_ms: int | None = None,
+) -> StepResult:
+    """Append landed raw batches not seen before to bronze (one new `ingest_seq` per run)."""
+    began = time.perf_counter()
+    result = StepResult("bronze")
+    landed_files = io.read_landed(spark, paths.landing)
+    if landed_files is None:
+        result.skipped = f"nothing has landed under {paths.landing}"
+        return result
+    progress("bronze: listing landed batches")
+    landed = transforms.split_landed_files(landed_files)
+    exists = io.table_exists(spark, paths.bronze)
+    if exists:
+        bronze = io.read_table(spark, paths.bronze)
+        last_seq = int(bronze.agg(F.max("ingest_seq")).collect()[0][0] or 0)
+        fresh = transforms.new_batches(landed, bronze.select("batch_id"))
+    else:
+        last_seq = 0
+        fresh = landed.dropDuplicates(["batch_id"])
+    ingest_seq = last_seq + 1
+    rows = transforms.with_ingest_metadata(
+        fresh, ingest_seq, int(time.time() * 1000) if now_ms is None else now_ms
+    ).cache()
+    try:
+        count = rows.count()
+        if count == 0:
+            result.skipped = "no new batches"
+        else:
+            progress(f"bronze: appending {count} new batches (ingest_seq {ingest_seq})")
+            io.append(rows, paths.bronze, partition_by=BRONZE_PARTITIONS)
+            result.source_seq = ingest_seq
+            result.rows_written = count
+    finally:
+        rows.unpersist()
+    result.seconds = time.perf_counter() - began
+    return result
+
+
+# ---------------------------------------------------------------------------------- silver
+
+
+def run_silver(
+    spark: SparkSession,
+    paths: io.LakePaths,
+    rules: dict[str, QualityRule],
+    *,
+    settings: LakeSettings = LakeSettings(),
+    progress: Progress = _nothing,
+) -> StepResult:
+    """Decode, check and merge the bronze batches silver has not processed yet."""
+    began = time.perf_counter()
+    result = StepResult("silver")
+    if not io.table_exists(spark, paths.bronze):
+        result.skipped = "bronze does not exist yet"
+        return result
+    watermark = io.read_watermark(spark, paths, "silver")
+    bronze = io.read_table(spark, paths.bronze)
+    top = int(bronze.agg(F.max("ingest_seq")).collect()[0][0] or 0)
+    if top <= watermark:
+        result.skipped = f"bronze has nothing after ingest_seq {watermark}"
+        return result
+    result.source_seq = top
+    progress(f"silver: decoding bronze ingest_seq {watermark + 1}..{top}")
+    new_bronze = bronze.filter((F.col("ingest_seq") > watermark) & (F.col("ingest_seq") <= top))
+    checked = transforms.quality_check(
+        transforms.decode_payloads(new_bronze), rules, max_future_ms=settings.max_future_ms
+    ).cache()
+    try:
+        result.quarantined = _quarantine(spark, paths, checked, progress)
+        accepted = transforms.accepted_readings(checked)
+        result.rows_in = accepted.count()
+        readings = transforms.with_time_dimensions(transforms.dedupe_readings(accepted)).cache()
+        try:
+            _merge_readings(spark, paths, readings, settings, result, progress)
+        finally:
+            readings.unpersist()
+    finally:
+        checked.unpersist()
+    io.write_watermark(spark, paths, "silver", top)
+    result.seconds = time.perf_counter() - began
+    return result
+
+
+def _quarantine(
+    spark: SparkSession, paths: io.LakePaths, checked: DataFrame, progress: Progress
+) -> int:
+    rejects = transforms.quarantine_records(checked).cache()
+    try:
+        count = rejects.count()
+        if count == 0:
+            return 0
+        progress(f"silver: quarantining {count} rejects")
+        if io.table_exists(spark, paths.quarantine):
+            io.merge(spark, rejects, paths.quarantine, keys=QUARANTINE_KEYS, update_columns=None)
+        else:
+            io.append(rejects, paths.quarantine, partition_by=("ingest_date",))
+        return count
+    finally:
+        rejects.unpersist()
+
+
+def _merge_readings(
+    spark: SparkSession,
+    paths: io.LakePaths,
+    readings: DataFrame,
+    settings: LakeSettings,
+    result: StepResult,
+    progress: Progress,
+) -> None:
+    partitions = [
+        (row["event_date"], row["factory_id"])
+        for row in readings.select(*transforms.PARTITION_COLUMNS).distinct().collect()
+    ]
+    result.partitions = len(partitions)
+    if not partitions:
+        return
+    features = _feature_settings(settings)
+    if not io.table_exists(spark, paths.silver):
+        count = readings.count()
+        result.rows_written = count
+        result.duplicates = result.rows_in - count
+        progress(f"silver: writing {count} readings into {len(partitions)} partitions")
+        rows = transforms.silver_rows(transforms.rolling_features(readings, **features))
+        io.append(rows, paths.silver, partition_by=transforms.PARTITION_COLUMNS)
+        return
+    silver = io.read_table(spark, paths.silver, transforms.SILVER_COLUMNS)
+    touched = silver.filter(io.partition_predicate(partitions, alias=None))
+    # Readings already in silver (redelivered batches, duplicate readings) are not new.
+    fresh = readings.join(
+        touched.select(*transforms.READING_KEY), list(transforms.READING_KEY), "left_anti"
+    ).cache()
+    try:
+        count = fresh.count()
+        result.duplicates = result.rows_in - count
+        if count == 0:
+            return
+        starts = transforms.series_starts(fresh).cache()
+        first_day = _day(min(row["_start"] for row in starts.collect()) - settings.lookback_ms)
+        context = silver.filter(F.col("event_date") >= F.lit(first_day))
+        window = transforms.recompute_window(
+            context, fresh, starts, lookback_ms=settings.lookback_ms
+        )
+        changed = transforms.changed_rows(transforms.rolling_features(window, **features))
+        changed_partitions = {
+            (row["event_date"], row["factory_id"])
+            for row in changed.select(*transforms.PARTITION_COLUMNS).distinct().collect()
+        }
+        result.partitions = len(changed_partitions)
+        progress(f"silver: merging {count} new readings into {len(changed_partitions)} partitions")
+        io.merge(
+            spark,
+            changed,
+            paths.silver,
+            keys=(*transforms.PARTITION_COLUMNS, *transforms.READING_KEY),
+            update_columns=(*transforms.FEATURE_COLUMNS, "ingest_seq"),
+            target_filter=io.partition_predicate(changed_partitions),
+        )
+        result.rows_written = count
+        starts.unpersist()
+    finally:
+        fresh.unpersist()
+
+
+def _feature_settings(settings: LakeSettings) -> dict[str, Any]:
+    return {
+        "last_n": settings.last_n,
+        "time_window_ms": settings.time_window_ms,
+        "sigma": settings.sigma,
+        "min_periods": settings.min_periods,
+    }
+
+
+def _day(epoch_ms: int) -> date:
+    return date(1970, 1, 1) + timedelta(days=epoch_ms // transforms.DAY_MS)
+
+
+# ------------------------------------------------------------------------------------ gold
+
+
+def run_gold(
+    spark: SparkSession, paths: io.LakePaths, *, progress: Progress = _nothing
+) -> StepResult:
+    """Recompute the daily aggregates of the partitions silver changed since the last run."""
+    began = time.perf_counter()
+    result = StepResult("gold")
+    if not io.table_exists(spark, paths.silver):
+        result.skipped = "silver does not exist yet"
+        return result
+    watermark = io.read_watermark(spark, paths, "gold")
+    silver = io.read_table(spark, paths.silver, transforms.SILVER_COLUMNS)
+    changes = (
+        silver.filter(F.col("ingest_seq") > watermark)
+        .groupBy(*transforms.PARTITION_COLUMNS)
+        .agg(F.max("ingest_seq").alias("seq"))
+        .collect()
+    )
+    if not changes:
+        result.skipped = f"silver has nothing after ingest_seq {watermark}"
+        return result
+    top = max(int(row["seq"]) for row in changes)
+    partitions = [(row["event_date"], row["factory_id"]) for row in changes]
+    result.source_seq = top
+    result.partitions = len(partitions)
+    progress(f"gold: recomputing {len(partitions)} (event_date, factory_id) partitions")
+    affected = silver.filter(io.partition_predicate(partitions, alias=None))
+    for uri, frame, keys in (
+        (paths.machine_daily, transforms.machine_daily(affected), MACHINE_DAILY_KEYS),
+        (paths.factory_daily, transforms.factory_daily(affected), FACTORY_DAILY_KEYS),
+    ):
+        if io.table_exists(spark, uri):
+            columns = [c for c in frame.columns if c not in keys]
+            io.merge(
+                spark,
+                frame,
+                uri,
+                keys=keys,
+                update_columns=columns,
+                target_filter=io.partition_predicate(partitions),
+            )
+        else:
+            io.append(frame, uri, partition_by=("event_date",))
+    io.write_watermark(spark, paths, "gold", top)
+    result.seconds = time.perf_counter() - began
+    return result
+
+
+# ------------------------------------------------------------------------------------- all
+
+
+def run_all(
+    spark: SparkSession,
+    paths: io.LakePaths,
+    rules: dict[str, QualityRule],
+    *,
+    settings: LakeSettings = LakeSettings(),
+    progress: Progress = _nothing,
+) -> list[StepResult]:
+    """bronze -> silver -> gold."""
+    results = [run_bronze(spark, paths, progress=progress)]
+    results.append(run_silver(spark, paths, rules, settings=settings, progress=progress))
+    results.append(run_gold(spark, paths, progress=progress))
+    for step in results:
+        log.info("lake job finished", extra=step.figures())
+    return results

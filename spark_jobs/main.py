@@ -1,0 +1,79 @@
+"""EMR Serverless entry point: `spark-submit spark_jobs/main.py --job all --lake-root s3://...`.
+
+On EMR the job runs on the session EMR creates (Apache Spark with delta-spark; see the README
+for the Spark properties and the Python archive holding `iiot` and `spark_jobs`). Locally,
+`--engine sail` starts the embedded Sail server instead, so the same command runs on a laptop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+JOBS = ("bronze", "silver", "gold", "all", "maintain")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="spark_jobs.main", description=__doc__)
+    parser.add_argument("--job", choices=JOBS, required=True)
+    parser.add_argument("--lake-root", required=True, help="s3://bucket/prefix or file:///dir")
+    parser.add_argument(
+        "--engine",
+        choices=("spark", "sail"),
+        default="spark",
+        help="spark: the session of the cluster (EMR); sail: start Sail in this process",
+    )
+    parser.add_argument("--retention-hours", type=int, default=168)
+    return parser.parse_args(argv)
+
+
+def run(spark: object, job: str, lake_root: str, retention_hours: int) -> list[dict[str, object]]:
+    """Run one job (or all) on `spark`; return each job's figures."""
+    from iiot.catalog import load_catalog
+    from spark_jobs import io, jobs
+    from spark_jobs.transforms import quality_rules
+
+    paths = io.LakePaths.from_root(lake_root)
+    rules = quality_rules(load_catalog())
+    if job == "maintain":
+        for uri in paths.tables().values():
+            if not io.table_exists(spark, uri):  # type: ignore[arg-type]
+                continue
+            spectrum = uri in (paths.silver, paths.machine_daily, paths.factory_daily)
+            for statement in io.maintenance_statements(
+                uri, retention_hours=retention_hours, spectrum=spectrum
+            ):
+                spark.sql(statement).collect()  # type: ignore[attr-defined]
+        return [{"job": "maintain", "tables": len(paths.tables())}]
+    steps = {
+        "bronze": lambda: [jobs.run_bronze(spark, paths)],  # type: ignore[arg-type]
+        "silver": lambda: [jobs.run_silver(spark, paths, rules)],  # type: ignore[arg-type]
+        "gold": lambda: [jobs.run_gold(spark, paths)],  # type: ignore[arg-type]
+        "all": lambda: jobs.run_all(spark, paths, rules),  # type: ignore[arg-type]
+    }
+    return [result.figures() for result in steps[job]()]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    if args.engine == "sail":
+        from spark_jobs.engine import sail_session
+
+        with sail_session() as spark:
+            figures = run(spark, args.job, args.lake_root, args.retention_hours)
+    else:
+        from pyspark.sql import SparkSession
+
+        spark = SparkSession.builder.appName(f"iiot-lake-{args.job}").getOrCreate()
+        spark.conf.set("spark.sql.session.timeZone", "UTC")
+        figures = run(spark, args.job, args.lake_root, args.retention_hours)
+    print(json.dumps(figures, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
