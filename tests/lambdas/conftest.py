@@ -102,3 +102,15 @@ def kinesis_event(payloads: list[bytes], *, first_sequence: int = 1) -> dict[str
             for i, payload in enumerate(payloads)
         ]
     }
+
+
+@pytest.fixture(scope="session")
+def influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Debian's InfluxDB 1.6 on free 127.0.0.1 ports, temp dirs; stopped by its PID."""
+    from .influxd import start_influxd
+
+    server = start_influxd(tmp_path_factory.mktemp("influxd"))
+    try:
+        yield server
+    finally:
+        server.stop()

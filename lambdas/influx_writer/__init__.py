@@ -1,0 +1,1 @@
+"""InfluxDB writer: Kinesis telemetry (JSON v1 and compact batches) -> InfluxDB points."""

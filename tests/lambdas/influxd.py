@@ -1,0 +1,104 @@
+"""A real InfluxDB 1.x server (Debian's `influxd`) on 127.0.0.1 for the writer's tests."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CONFIG = """
+reporting-disabled = true
+bind-address = "127.0.0.1:{rpc_port}"
+[meta]
+  dir = "{root}/meta"
+  logging-enabled = false
+[data]
+  dir = "{root}/data"
+  wal-dir = "{root}/wal"
+  query-log-enabled = false
+  wal-fsync-delay = "0s"
+[monitor]
+  store-enabled = false
+[subscriber]
+  enabled = false
+[continuous_queries]
+  enabled = false
+[retention]
+  enabled = false
+[http]
+  enabled = true
+  bind-address = "127.0.0.1:{http_port}"
+  log-enabled = false
+  pprof-enabled = false
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class InfluxServer:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def query(self, influxql: str, database: str | None = None) -> list[dict[str, Any]]:
+        """Run InfluxQL; return the result's series (timestamps as epoch milliseconds)."""
+        params = {"q": influxql, "epoch": "ms"}
+        if database:
+            params["db"] = database
+        data = urllib.parse.urlencode(params).encode()
+        with urllib.request.urlopen(f"{self.url}/query", data=data, timeout=10) as response:
+            body = json.loads(response.read())
+        result = body["results"][0]
+        if "error" in result:
+            raise RuntimeError(result["error"])
+        return list(result.get("series", []))
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+def start_influxd(root: Path, *, startup_timeout_s: float = 60.0) -> InfluxServer:
+    binary = shutil.which("influxd")
+    if binary is None:
+        raise RuntimeError("influxd is not installed: `apt-get install influxdb` (Debian)")
+    http_port, rpc_port = free_port(), free_port()
+    config = root / "influxdb.conf"
+    config.write_text(CONFIG.format(root=root, http_port=http_port, rpc_port=rpc_port))
+    log_path = root / "influxd.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [binary, "-config", str(config)], stdout=log, stderr=subprocess.STDOUT
+        )
+    server = InfluxServer(f"http://127.0.0.1:{http_port}", process, log_path)
+    deadline = time.monotonic() + startup_timeout_s
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"influxd exited ({process.returncode}): {log_path.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{server.url}/ping", timeout=2) as response:
+                if response.status == 204:
+                    return server
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        if time.monotonic() > deadline:
+            server.stop()
+            raise RuntimeError(f"influxd did not answer /ping: {log_path.read_text()[-2000:]}")
+        time.sleep(0.2)
