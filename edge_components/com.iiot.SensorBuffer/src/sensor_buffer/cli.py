@@ -41,6 +41,7 @@ def run(
     max_publishes_per_s: Annotated[float, typer.Option(help="Upload publish rate cap.")] = 80.0,
     max_bytes_per_s: Annotated[float, typer.Option(help="Upload bandwidth cap.")] = 400 * 1024,
     health_interval_s: Annotated[float, typer.Option(help="Status period.")] = 30.0,
+    backoff_max_s: Annotated[float, typer.Option(help="Longest retry delay.")] = 30.0,
     catalog: Annotated[Path | None, typer.Option(help="Metric catalog YAML.")] = None,
 ) -> None:
     """Run the component against MQTT brokers until SIGTERM/Ctrl-C."""
@@ -65,6 +66,7 @@ def run(
             max_publishes_per_s=max_publishes_per_s,
             max_bytes_per_s=max_bytes_per_s,
             health_interval_s=health_interval_s,
+            backoff_max_s=backoff_max_s,
         )
     except (CatalogError, ConfigError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
