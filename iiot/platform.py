@@ -46,6 +46,7 @@ class DemoContext:
 DEMO_STEPS: list[tuple[str, str]] = [
     ("simulate", "iiot.platform:simulate_step"),
     ("contract", "iiot.platform:contract_step"),
+    ("lake", "spark_jobs.demo:lake_step"),
 ]
 
 

@@ -27,6 +27,7 @@ from iiot.wire import BATCH_MAGIC, HEADER_SIZE
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
+STD_FLOOR = 1e-6  # below any real deviation of readings at the catalog's resolutions
 JSON_CHUNK_LINES = 5_000
 _BODY_LENGTH = struct.Struct("<I")  # at offset 28 of the compact batch header
 
@@ -474,12 +475,19 @@ def with_time_dimensions(readings: DataFrame) -> DataFrame:
 
 
 def dedupe_readings(readings: DataFrame) -> DataFrame:
-    """One row per (sensor_id, timestamp): the first ingested copy (deterministic tie-breaks)."""
-    first = Window.partitionBy(*READING_KEY).orderBy("ingest_seq", "batch_id", "position", "item")
+    """One row per (sensor_id, timestamp): the first ingested copy (deterministic tie-breaks).
+
+    An aggregation (the minimum of a struct led by the ingestion order) rather than a
+    `row_number` window: it needs no sort, which makes it several times faster on Sail.
+    """
+    order = ("ingest_seq", "batch_id", "position", "item")
+    rest = [c for c in readings.columns if c not in (*READING_KEY, *order)]
+    first = F.min(F.struct(*order, *rest)).alias("_first")
     return (
-        readings.withColumn("_copy", F.row_number().over(first))
-        .filter(F.col("_copy") == 1)
-        .drop("_copy")
+        readings.groupBy(*READING_KEY)
+        .agg(first)
+        .select(*READING_KEY, *[F.col(f"_first.{c}").alias(c) for c in (*order, *rest)])
+        .select(*readings.columns)
     )
 
 
@@ -496,28 +504,39 @@ def rolling_features(
     * `rolling_count/mean/std`: over the last `last_n` readings, this one included
       (`rowsBetween(-(last_n - 1), 0)`; the seeds' `rowsBetween(100, 0)` is an empty frame);
     * `window_mean/max`: over the readings of the last `time_window_ms` milliseconds;
-    * `zscore`: this value against the mean and deviation of the `last_n` readings *before* it,
-      so a spike does not dilute its own baseline; `is_anomaly` when |zscore| > `sigma` and the
-      baseline holds at least `min_periods` readings.
+    * `zscore`: this value against the mean and deviation of the `last_n` readings *before* it
+      (the previous row's rolling statistics), so a spike does not dilute its own baseline;
+      `is_anomaly` when |zscore| > `sigma` and that baseline holds at least `min_periods`.
+
+    A deviation below `STD_FLOOR` counts as 0: sliding-window variance is computed
+    incrementally on some engines (Sail), which leaves rounding noise, even NaN, where the
+    readings are constant; sensor resolutions make any real deviation far larger.
     """
     if last_n < 2:
         raise ValueError(f"last_n must be at least 2 readings, got {last_n}")
-    ordered = Window.partitionBy(*SERIES).orderBy("timestamp")
+    ordered = Window.partitionBy(*SERIES).orderBy("timestamp", "sensor_id")
     last = ordered.rowsBetween(-(last_n - 1), 0)
-    before = ordered.rowsBetween(-last_n, -1)
-    recent = ordered.rangeBetween(-time_window_ms, 0)
+    recent = Window.partitionBy(*SERIES).orderBy("timestamp").rangeBetween(-time_window_ms, 0)
     value = F.col("value")
-    baseline_mean = F.avg(value).over(before)
-    baseline_std = F.stddev_samp(value).over(before)
-    baseline_count = F.count(value).over(before)
-    zscore = F.when(baseline_std > 0, (value - baseline_mean) / baseline_std)
+    raw_std = F.stddev_samp(value).over(last)
+    previous = {
+        name: F.lag(name, 1).over(ordered)
+        for name in ("rolling_count", "rolling_mean", "rolling_std")
+    }
+    zscore = F.when(
+        previous["rolling_std"] > 0,
+        (value - previous["rolling_mean"]) / previous["rolling_std"],
+    )
     return (
         readings.withColumn("rolling_count", F.count(value).over(last).cast("int"))
         .withColumn("rolling_mean", F.avg(value).over(last))
-        .withColumn("rolling_std", F.stddev_samp(value).over(last))
+        .withColumn(
+            "rolling_std",
+            F.when(F.isnan(raw_std) | (raw_std < STD_FLOOR), F.lit(0.0)).otherwise(raw_std),
+        )
         .withColumn("window_mean", F.avg(value).over(recent))
         .withColumn("window_max", F.max(value).over(recent))
-        .withColumn("_baseline_count", baseline_count)
+        .withColumn("_baseline_count", F.coalesce(previous["rolling_count"], F.lit(0)))
         .withColumn("zscore", zscore)
         .withColumn(
             "is_anomaly",
