@@ -47,6 +47,7 @@ DEMO_STEPS: list[tuple[str, str]] = [
     ("simulate", "iiot.platform:simulate_step"),
     ("contract", "iiot.platform:contract_step"),
     ("lake", "spark_jobs.demo:lake_step"),
+    ("stream", "kda_sql.demo:stream_step"),
 ]
 
 

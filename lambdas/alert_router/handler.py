@@ -9,6 +9,7 @@ alerts twice. Logic: `service.AlertService`; adapters: `repository.py`.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -123,7 +124,7 @@ def record_handler(record: KinesisStreamRecord) -> None:
     )
 
 
-def dispatch(event: dict[str, Any] | list[Any], context: LambdaContext) -> dict[str, Any]:
+def dispatch(event: dict[str, Any] | list[Any], context: LambdaContext) -> Mapping[str, Any]:
     """Kinesis batch -> partial batch response; IoT rule message -> routed directly."""
     dependencies().idempotency.register_lambda_context(context)
     if isinstance(event, dict) and event.get("Records"):
@@ -143,5 +144,5 @@ def dispatch(event: dict[str, Any] | list[Any], context: LambdaContext) -> dict[
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics
-def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+def handler(event: dict[str, Any], context: LambdaContext) -> Mapping[str, Any]:
     return dispatch(event, context)

@@ -9,6 +9,7 @@ hash). Logic: `service.InfluxWriterService`; adapters: `repository.py`.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from functools import cache
 from typing import Any
@@ -105,7 +106,7 @@ def record_handler(record: KinesisStreamRecord) -> None:
     logger.info("record written", extra={**origin, **outcome})
 
 
-def dispatch(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+def dispatch(event: dict[str, Any], context: LambdaContext) -> Mapping[str, Any]:
     dependencies().idempotency.register_lambda_context(context)
     return process_partial_response(
         event=event, record_handler=record_handler, processor=processor, context=context
@@ -115,5 +116,5 @@ def dispatch(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics
-def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+def handler(event: dict[str, Any], context: LambdaContext) -> Mapping[str, Any]:
     return dispatch(event, context)

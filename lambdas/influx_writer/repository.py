@@ -5,6 +5,7 @@ factory, never at import time."""
 
 from __future__ import annotations
 
+import atexit
 import base64
 import json
 import urllib.error
@@ -32,7 +33,7 @@ class InfluxV2Writer:
         from influxdb_client.client.write_api import SYNCHRONOUS
 
         self._client = client
-        self._write_api = client.write_api(write_options=SYNCHRONOUS)
+        self._write_api: Any = client.write_api(write_options=SYNCHRONOUS)
         self._bucket = bucket
         self._org = org
 
@@ -40,7 +41,7 @@ class InfluxV2Writer:
     def connect(cls, url: str, credentials: dict[str, str], *, bucket: str, org: str,
                 timeout_ms: int = 10_000) -> InfluxV2Writer:  # fmt: skip
         """A writer from the secret's `token`, or its `username` and `password`."""
-        from influxdb_client import InfluxDBClient
+        from influxdb_client.client.influxdb_client import InfluxDBClient
 
         if credentials.get("token"):
             client = InfluxDBClient(
@@ -60,7 +61,14 @@ class InfluxV2Writer:
                 "the InfluxDB secret needs `token`, or `username` and `password` "
                 f"(found keys: {sorted(credentials)})"
             )
-        return cls(client, bucket=bucket, org=org)
+        writer = cls(client, bucket=bucket, org=org)
+        # Close before interpreter shutdown: the client's finaliser fails once modules are gone.
+        atexit.register(writer.close)
+        return writer
+
+    def close(self) -> None:
+        self._write_api = None
+        self._client.close()
 
     def write(self, lines: list[str]) -> None:
         from influxdb_client.rest import ApiException
