@@ -62,8 +62,8 @@ CREATE TABLE IF NOT EXISTS anomalies (
 CREATE TABLE IF NOT EXISTS quarantine (
     id INTEGER PRIMARY KEY AUTOINCREMENT, received_ms INTEGER NOT NULL, topic TEXT NOT NULL,
     reason TEXT NOT NULL, item_index INTEGER, payload BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS seen_payloads (digest BLOB PRIMARY KEY) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS seen_order (id INTEGER PRIMARY KEY AUTOINCREMENT, digest BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS seen_digests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, digests BLOB NOT NULL);
 """
 
 COUNTERS = (
@@ -250,12 +250,11 @@ class Store:
             self.series.append(series_key)
             self.series_ids[series_key] = sid
         self._new_series: list[int] = []
-        self.seen: dict[bytes, None] = dict.fromkeys(
-            row[0]
-            for row in db.execute(
-                "SELECT digest FROM seen_order ORDER BY id DESC LIMIT ?", (self._seen_kept,)
-            )
-        )
+        # Digests of recently committed payloads, 16 bytes each, one row per commit.
+        self.seen: dict[bytes, None] = {}
+        for (blob,) in db.execute("SELECT digests FROM seen_digests ORDER BY id"):
+            self.seen.update(dict.fromkeys(blob[i : i + 16] for i in range(0, len(blob), 16)))
+        self._trim_seen_memory()
         self._pending_digests: list[bytes] = []
 
     def close(self) -> None:
@@ -357,12 +356,8 @@ class Store:
                     )
                     self._bump("quarantined", len(quarantine))
                 if digests:
-                    db.executemany(
-                        "INSERT OR IGNORE INTO seen_payloads (digest) VALUES (?)",
-                        [(d,) for d in digests],
-                    )
-                    db.executemany(
-                        "INSERT INTO seen_order (digest) VALUES (?)", [(d,) for d in digests]
+                    db.execute(
+                        "INSERT INTO seen_digests (digests) VALUES (?)", (b"".join(digests),)
                     )
                 self._write_meta()
                 db.execute("COMMIT")
@@ -497,12 +492,11 @@ class Store:
 
     def _trim_tables(self) -> None:
         """Bound the bookkeeping tables: seen digests and the quarantine keep their newest rows."""
+        # Keep enough commits to hold `seen_payloads_kept` digests (a commit holds at most
+        # one digest per payload; redeliveries come from the last few commits anyway).
         self._db.execute(
-            "DELETE FROM seen_order WHERE id <= (SELECT MAX(id) FROM seen_order) - ?",
-            (self._seen_kept,),
-        )
-        self._db.execute(
-            "DELETE FROM seen_payloads WHERE digest NOT IN (SELECT digest FROM seen_order)"
+            "DELETE FROM seen_digests WHERE id <= (SELECT MAX(id) FROM seen_digests) - ?",
+            (max(1, self._seen_kept // 1000),),
         )
         self._db.execute(
             "DELETE FROM quarantine WHERE id <= (SELECT MAX(id) FROM quarantine) - 100000"
