@@ -13,6 +13,10 @@ against the contract, encode points, write them in batches with retries, dead-le
 * A 4xx other than 429 means the server refuses these lines (400) or this writer (401/403/404):
   refused lines are dead-lettered with the server's reason; an auth or bucket problem fails the
   record loudly, since every record would fail the same way.
+* With a forwarder, the accepted readings then go on as JSON rows (one reading per Kinesis
+  record) to the stream the Flink rules read: this is where compact batches become rows. A
+  retried record forwards its rows again; the rules tolerate that (same anomaly ids, which the
+  alert router de-duplicates).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from iiot.contract import Validator
+from iiot.contract import ReadingColumns, Validator
 from iiot.wire import is_batch, peek_batch_id, validate_payload
 from lambdas.influx_writer.line_protocol import encode_columns
 from lambdas.influx_writer.models import RecordOutcome, WriteError, WriteFailedError
@@ -41,6 +45,13 @@ class PointWriter(Protocol):
 
 class DeadLetter(Protocol):
     def send(self, *, reason: str, payload: bytes, origin: dict[str, str]) -> None: ...
+
+
+class ReadingsForwarder(Protocol):
+    def forward(self, columns: ReadingColumns) -> int:
+        """Send the accepted readings on as one JSON row each (the Flink rules' source);
+        return how many; raise WriteFailedError when they could not all be sent."""
+        ...
 
 
 def idempotency_key(payload: bytes) -> str:
@@ -60,6 +71,7 @@ class InfluxWriterService:
         writer: PointWriter,
         dead_letter: DeadLetter,
         validator: Validator,
+        forwarder: ReadingsForwarder | None = None,
         batch_points: int = 5000,
         max_attempts: int = 5,
         base_backoff_s: float = 0.2,
@@ -68,6 +80,7 @@ class InfluxWriterService:
     ) -> None:
         self._writer = writer
         self._dead_letter = dead_letter
+        self._forwarder = forwarder
         self._validator = validator
         self._batch_points = batch_points
         self._max_attempts = max_attempts
@@ -101,6 +114,8 @@ class InfluxWriterService:
             chunk = lines[start : start + self._batch_points]
             written = self._write_with_retries(chunk, origin, outcome)
             outcome.points += written
+        if self._forwarder is not None and len(validated.columns):
+            outcome.forwarded = self._forwarder.forward(validated.columns)
         return outcome
 
     def _write_with_retries(
