@@ -19,9 +19,10 @@ test:  ## lint, type-check and run the whole test suite (what CI runs)
 	$(BIN)/mypy
 	$(BIN)/pytest
 
-synth:  ## synthesize the CDK app (placeholder until the infrastructure lands)
+synth:  ## synthesize every stack of dev, staging and prod into cdk.out (CDK CLI 2.x, cdk-nag)
 	@scripts/bootstrap.sh synth
-	@echo "synth: the CDK stacks are not written yet (issue: infrastructure)"
+	JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION=20 CDK_DISABLE_CLI_TELEMETRY=true \
+	  node_modules/.bin/cdk synth --quiet --no-notices
 
 bench:  ## run every benchmark in bench/ and print its figures
 	@scripts/bootstrap.sh bench

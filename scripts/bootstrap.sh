@@ -72,3 +72,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$digest" ]; then
   .venv/bin/uv pip install --quiet --python .venv/bin/python -c constraints.txt -e ".[$extras]"
   echo "$digest" > "$stamp"
 fi
+
+# --- CDK CLI (synth): aws-cdk 2.x pinned by package.json ------------------------------------
+if [ "$target" = synth ] && [ ! -x node_modules/.bin/cdk ]; then
+  say "installing the CDK CLI (package.json)"
+  npm install --no-audit --no-fund --silent
+fi

@@ -1,0 +1,155 @@
+"""Anomaly alerting: the anomaly stream (Flink rules and gateways write to it), the operators'
+alert topic, and the alert router Lambda that reads the stream and notifies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import Duration, RemovalPolicy, Stack
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_kinesis as kinesis
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_lambda_event_sources as sources
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from config.environments import Environment
+from stacks import artifacts
+from stacks.constructs.access import acknowledge
+from stacks.constructs.python_function import PythonFunction
+
+
+class AlertingStack(Stack):
+    def __init__(
+        self, scope: Construct, construct_id: str, *, env_config: Environment, **kwargs: Any
+    ) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        self.key = kms.Key(
+            self,
+            "AlertKey",
+            alias=f"alias/{env_config.prefix}-alerts",
+            description="Encrypts the alert topic and the alert router's dead-letter queue",
+            enable_key_rotation=True,
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+        self.anomalies = kinesis.Stream(
+            self,
+            "Anomalies",
+            stream_name=f"{env_config.prefix}-anomalies",
+            stream_mode=kinesis.StreamMode.ON_DEMAND,
+            retention_period=Duration.hours(env_config.kinesis_retention_hours),
+            encryption=kinesis.StreamEncryption.MANAGED,
+        )
+        self.alert_topic = sns.Topic(
+            self,
+            "AlertTopic",
+            topic_name=f"{env_config.prefix}-alerts",
+            display_name="IIoT equipment alerts",
+            master_key=self.key,
+            enforce_ssl=True,
+        )
+        self.router: lambda_.Function | None = None
+        if artifacts.ALERT_ROUTER.present():
+            self._router(env_config)
+        else:
+            artifacts.ALERT_ROUTER.report_gap(self, "anomalies are kept on the stream, unrouted")
+
+    def _router(self, env_config: Environment) -> None:
+        removal = RemovalPolicy.DESTROY
+
+        def table(name: str, partition_key: str, ttl: str) -> dynamodb.Table:
+            return dynamodb.Table(
+                self,
+                name,
+                partition_key=dynamodb.Attribute(
+                    name=partition_key, type=dynamodb.AttributeType.STRING
+                ),
+                billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
+                encryption=dynamodb.TableEncryption.CUSTOMER_MANAGED,
+                encryption_key=self.key,
+                point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
+                    point_in_time_recovery_enabled=True
+                ),
+                time_to_live_attribute=ttl,
+                removal_policy=removal,
+            )
+
+        # Cooldown per machine/metric/type (lambdas/alert_router/repository.py) and the
+        # Powertools idempotency records keyed on anomaly_id (default attribute names).
+        cooldowns = table("Cooldowns", "pk", "expires_at")
+        idempotency = table("Idempotency", "id", "expiration")
+        self.escalation_topic = sns.Topic(
+            self,
+            "EscalationTopic",
+            topic_name=f"{env_config.prefix}-alerts-critical",
+            display_name="IIoT critical equipment alerts (escalation)",
+            master_key=self.key,
+            enforce_ssl=True,
+        )
+        dead_letters = sqs.Queue(
+            self,
+            "RouterDeadLetters",
+            encryption=sqs.QueueEncryption.KMS,
+            encryption_master_key=self.key,
+            enforce_ssl=True,
+            retention_period=Duration.days(14),
+        )
+        acknowledge(
+            dead_letters,
+            "This queue is the dead-letter queue itself: the router sends invalid anomalies to "
+            "it and the stream mapping sends batches that failed every retry.",
+            "AwsSolutions-SQS3",
+        )
+        function = PythonFunction(
+            self,
+            "AlertRouter",
+            function_dir=artifacts.ALERT_ROUTER.path().parent,
+            description="Routes anomalies from the anomaly stream to the alert topics",
+            environment={
+                "ALERT_TOPIC_ARN": self.alert_topic.topic_arn,
+                "ESCALATION_TOPIC_ARN": self.escalation_topic.topic_arn,
+                "COOLDOWN_TABLE": cooldowns.table_name,
+                "IDEMPOTENCY_TABLE": idempotency.table_name,
+                "DEAD_LETTER_QUEUE_URL": dead_letters.queue_url,
+                "POWERTOOLS_SERVICE_NAME": "alert-router",
+                "POWERTOOLS_METRICS_NAMESPACE": "IIoT",
+                "IIOT_ENVIRONMENT": env_config.name,
+            },
+            log_retention_days=env_config.log_retention_days,
+            timeout=Duration.seconds(30),
+        )
+        self.router = function.function
+        self.alert_topic.grant_publish(self.router)
+        self.escalation_topic.grant_publish(self.router)
+        cooldowns.grant_read_write_data(self.router)
+        idempotency.grant_read_write_data(self.router)
+        dead_letters.grant_send_messages(self.router)
+        self.router.add_event_source(
+            sources.KinesisEventSource(
+                self.anomalies,
+                starting_position=lambda_.StartingPosition.TRIM_HORIZON,
+                batch_size=100,
+                max_batching_window=Duration.seconds(1),
+                bisect_batch_on_error=True,
+                retry_attempts=5,
+                report_batch_item_failures=True,
+                on_failure=sources.SqsDlq(dead_letters),
+            )
+        )
+        self.router_dead_letters = dead_letters
+        acknowledge(
+            function.role,
+            "X-Ray PutTraceSegments and PutTelemetryRecords (active tracing) do not support "
+            "resource-level permissions.",
+            "AwsSolutions-IAM5[Resource::*]",
+        )
+        acknowledge(
+            function.role,
+            "CDK's grants for the KMS-encrypted topics, tables and queue: envelope encryption "
+            "needs GenerateDataKey*/ReEncrypt* variants, and the statement is limited to the "
+            "alerting stack's own key.",
+            "AwsSolutions-IAM5[Action::kms:GenerateDataKey*]",
+            "AwsSolutions-IAM5[Action::kms:ReEncrypt*]",
+        )

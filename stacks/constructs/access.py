@@ -1,0 +1,73 @@
+"""Least-privilege grants with exact actions, and cdk-nag acknowledgments that carry reasons.
+
+CDK's `grant_*` helpers use action wildcards (`s3:GetObject*`, `kms:GenerateDataKey*`) and
+resource ARNs that cdk-nag reports under hashed logical ids. Lake access is granted here with
+exact actions on deterministic bucket names instead, so the only wildcard left is "any object
+in this bucket (or prefix)", acknowledged once per grant with the reason.
+"""
+
+from __future__ import annotations
+
+from aws_cdk import Acknowledgment, Aws, Stack, Validations
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from constructs import IConstruct
+
+READ_ACTIONS = ("s3:GetObject", "s3:GetObjectVersion")
+WRITE_ACTIONS = ("s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload")
+LIST_ACTIONS = ("s3:ListBucket", "s3:GetBucketLocation")
+
+
+def acknowledge(scope: IConstruct, reason: str, *finding_ids: str) -> None:
+    """Acknowledge cdk-nag findings on `scope` and its children, each with the same reason."""
+    Validations.of(scope).acknowledge(
+        *(Acknowledgment(id=finding_id, reason=reason) for finding_id in finding_ids)
+    )
+
+
+def bucket_name(prefix: str, layer: str) -> str:
+    """`iiot-dev-bronze-<account>-<region>`: unique per account and region, and known to every
+    stack without a cross-stack reference."""
+    return f"{prefix}-{layer}-{Aws.ACCOUNT_ID}-{Aws.REGION}"
+
+
+def _rendered(prefix: str, layer: str) -> str:
+    """How cdk-nag prints the bucket's ARN (pseudo parameters as <AWS::...>)."""
+    return f"arn:<AWS::Partition>:s3:::{prefix}-{layer}-<AWS::AccountId>-<AWS::Region>"
+
+
+def grant_bucket(
+    principal: iam.IGrantable,
+    ack_scope: IConstruct,
+    *,
+    prefix: str,
+    layer: str,
+    write: bool,
+    key: kms.IKey | None = None,
+    path: str = "",
+    why: str,
+) -> None:
+    """Read (and write) the objects under `path` of a lake bucket, list the bucket, and use
+    its KMS key; acknowledge the object wildcard with `why`."""
+    stack = Stack.of(ack_scope)
+    name = bucket_name(prefix, layer)
+    bucket_arn = stack.format_arn(service="s3", region="", account="", resource=name)
+    actions = READ_ACTIONS + (WRITE_ACTIONS if write else ())
+    principal.grant_principal.add_to_principal_policy(
+        iam.PolicyStatement(actions=list(actions), resources=[f"{bucket_arn}/{path}*"])
+    )
+    principal.grant_principal.add_to_principal_policy(
+        iam.PolicyStatement(actions=list(LIST_ACTIONS), resources=[bucket_arn])
+    )
+    if key is not None:
+        key_actions = ["kms:Decrypt"] + (["kms:Encrypt", "kms:GenerateDataKey"] if write else [])
+        principal.grant_principal.add_to_principal_policy(
+            iam.PolicyStatement(actions=key_actions, resources=[key.key_arn])
+        )
+    acknowledge(
+        ack_scope,
+        f"Object-level access to the {layer} bucket{f' under {path}' if path else ''}: {why}. "
+        "Object keys (dates, factories, Delta files) are created at run time, so the "
+        "resource is the bucket's key space, with exact actions only.",
+        f"AwsSolutions-IAM5[Resource::{_rendered(prefix, layer)}/{path}*]",
+    )

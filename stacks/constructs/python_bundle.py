@@ -1,0 +1,112 @@
+"""Bundle Python code and its dependencies on this machine, without Docker.
+
+The asset directory gets the given source folders (the function or component code and the
+`iiot` core) plus the dependencies installed by uv for the target platform (manylinux wheels
+only, pinned by constraints.txt), so the result does not depend on the build machine's OS.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jsii
+from aws_cdk import BundlingOptions, DockerImage, ILocalBundling
+
+from stacks.artifacts import ROOT
+
+# Bundling always runs on this machine; CDK's BundlingOptions still wants an image to fall back
+# to, and "scratch" (the empty image) makes any accidental Docker fallback fail at once.
+NO_DOCKER = DockerImage.from_registry("scratch")
+_IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", "tests", "*.egg-info")
+CONSTRAINTS = ROOT / "constraints.txt"
+
+
+def _files(folder: Path) -> Iterable[Path]:
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+            yield path
+
+
+def source_hash(
+    copies: Sequence[tuple[Path, str]], requirements: Sequence[str], *extra: str
+) -> str:
+    """A content hash of everything that goes into the bundle (files, requirements, pins)."""
+    digest = hashlib.sha256()
+    for source, target in copies:
+        for path in _files(source) if source.is_dir() else [source]:
+            digest.update(f"{target}/{path.relative_to(source.parent)}".encode())
+            digest.update(path.read_bytes())
+    digest.update("\n".join(sorted(requirements)).encode())
+    if requirements:
+        digest.update(CONSTRAINTS.read_bytes())
+    for item in extra:
+        digest.update(item.encode())
+    return digest.hexdigest()
+
+
+@jsii.implements(ILocalBundling)
+class LocalPythonBundling:
+    """Copy `copies` (source, target folder in the bundle: "" for the root) and install
+    `requirements` for `platform` / `python_version` into the bundle."""
+
+    def __init__(
+        self,
+        *,
+        copies: Sequence[tuple[Path, str]],
+        requirements: Sequence[str],
+        platform: str,
+        python_version: str,
+    ) -> None:
+        self.copies = tuple(copies)
+        self.requirements = tuple(requirements)
+        self.platform = platform
+        self.python_version = python_version
+
+    def try_bundle(self, output_dir: str, options: Any) -> bool:
+        del options  # the Docker-side options (image, command) do not apply here
+        out = Path(output_dir)
+        for source, target in self.copies:
+            destination = out / target / source.name if target else out / source.name
+            if source.is_dir():
+                shutil.copytree(source, destination, ignore=_IGNORED, dirs_exist_ok=True)
+            else:
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, destination)
+        if self.requirements:
+            command = [
+                sys.executable,
+                "-m",
+                "uv",
+                "pip",
+                "install",
+                "--quiet",
+                "--target",
+                str(out),
+                "--python-platform",
+                self.platform,
+                "--python-version",
+                self.python_version,
+                "--only-binary",
+                ":all:",
+                "--constraint",
+                str(CONSTRAINTS),
+                *self.requirements,
+            ]
+            result = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
+            if result.returncode != 0:
+                raise RuntimeError(
+                    f"installing {', '.join(self.requirements)} for {self.platform} failed "
+                    f"(uv exit {result.returncode}): {result.stderr.strip()[-2000:]}"
+                )
+        return True
+
+
+def local_bundling(bundling: LocalPythonBundling) -> BundlingOptions:
+    """BundlingOptions that only ever bundle locally."""
+    return BundlingOptions(image=NO_DOCKER, local=bundling, command=["false"])

@@ -1,0 +1,215 @@
+"""AWS IoT Core for the factory gateways: thing type, a thing group per factory, the gateways'
+IoT policy, the Greengrass token-exchange role, and the rules that route uploads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import RemovalPolicy, Stack
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_iot as iot
+from aws_cdk import aws_kinesis as kinesis
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from config.environments import Environment
+from iiot import topics
+from stacks.constructs.access import acknowledge
+from stacks.constructs.python_function import log_retention
+
+THING = "${iot:Connection.Thing.ThingName}"  # an IoT policy variable, not a CDK token
+# The namespace the gateway buffer's health metrics are published under (CloudWatch).
+GATEWAY_METRICS_NAMESPACE = "IIoT/Gateway"
+
+
+class IotStack(Stack):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        env_config: Environment,
+        telemetry: kinesis.IStream,
+        anomalies: kinesis.IStream,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        prefix = env_config.prefix
+        self.thing_type = iot.CfnThingType(
+            self,
+            "GatewayType",
+            thing_type_name=f"{prefix}-gateway",
+            thing_type_properties=iot.CfnThingType.ThingTypePropertiesProperty(
+                thing_type_description="Greengrass v2 core device on a factory's network",
+                searchable_attributes=["factory_id"],
+            ),
+        )
+        self.thing_groups: dict[str, iot.CfnThingGroup] = {}
+        for factory in env_config.factories:
+            self.thing_groups[factory] = iot.CfnThingGroup(
+                self,
+                f"Factory-{factory}",
+                thing_group_name=f"{prefix}-{factory}",
+                thing_group_properties=iot.CfnThingGroup.ThingGroupPropertiesProperty(
+                    thing_group_description=f"Gateways of factory {factory}",
+                    attribute_payload=iot.CfnThingGroup.AttributePayloadProperty(
+                        attributes={"factory_id": factory}
+                    ),
+                ),
+            )
+
+        # Greengrass token exchange: what components may do with the core device's credentials.
+        self.token_exchange_role = iam.Role(
+            self,
+            "TokenExchangeRole",
+            assumed_by=iam.ServicePrincipal("credentials.iot.amazonaws.com"),
+            description="Greengrass core devices: bulk telemetry to Kinesis, gateway metrics",
+        )
+        telemetry.grant_write(self.token_exchange_role)
+        self.token_exchange_role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["cloudwatch:PutMetricData"],
+                resources=["*"],
+                conditions={"StringEquals": {"cloudwatch:namespace": GATEWAY_METRICS_NAMESPACE}},
+            )
+        )
+        acknowledge(
+            self.token_exchange_role,
+            "cloudwatch:PutMetricData has no resource-level permissions; the statement is "
+            f"limited to the gateway namespace {GATEWAY_METRICS_NAMESPACE} by condition.",
+            "AwsSolutions-IAM5[Resource::*]",
+        )
+        self.role_alias = iot.CfnRoleAlias(
+            self,
+            "TokenExchangeRoleAlias",
+            role_alias=f"{prefix}-gateway-token-exchange",
+            role_arn=self.token_exchange_role.role_arn,
+            credential_duration_seconds=3600,
+        )
+        self.policy = iot.CfnPolicy(
+            self,
+            "GatewayPolicy",
+            policy_name=f"{prefix}-gateway",
+            policy_document=self._gateway_policy(),
+        )
+
+        # Rules: uploads go to Kinesis; failed actions are logged.
+        errors = logs.LogGroup(
+            self,
+            "RuleErrors",
+            retention=log_retention(env_config.log_retention_days),
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+        rule_role = iam.Role(
+            self,
+            "RuleRole",
+            assumed_by=iam.ServicePrincipal("iot.amazonaws.com"),
+            description="IoT rules: put uploads into Kinesis, log failed actions",
+        )
+        telemetry.grant_write(rule_role)
+        anomalies.grant_write(rule_role)
+        errors.grant_write(rule_role)
+        error_action = iot.CfnTopicRule.ActionProperty(
+            cloudwatch_logs=iot.CfnTopicRule.CloudwatchLogsActionProperty(
+                log_group_name=errors.log_group_name, role_arn=rule_role.role_arn
+            )
+        )
+
+        def rule(
+            name: str, sql: str, stream: kinesis.IStream, partition_key: str, description: str
+        ) -> iot.CfnTopicRule:
+            return iot.CfnTopicRule(
+                self,
+                name,
+                topic_rule_payload=iot.CfnTopicRule.TopicRulePayloadProperty(
+                    description=description,
+                    sql=sql,
+                    aws_iot_sql_version="2016-03-23",
+                    rule_disabled=False,
+                    actions=[
+                        iot.CfnTopicRule.ActionProperty(
+                            kinesis=iot.CfnTopicRule.KinesisActionProperty(
+                                stream_name=stream.stream_name,
+                                partition_key=partition_key,
+                                role_arn=rule_role.role_arn,
+                            )
+                        )
+                    ],
+                    error_action=error_action,
+                ),
+            )
+
+        # Compact batches are binary: a bare SELECT * passes them through unchanged.
+        self.telemetry_rule = rule(
+            "TelemetryRule",
+            f"SELECT * FROM '{topics.SENSOR_DATA}'",  # noqa: S608 (IoT SQL from a constant)
+            telemetry,
+            "${newuuid()}",
+            "Gateway batch uploads -> telemetry stream",
+        )
+        # Anomalies keep per-machine order on the anomaly stream, which the alert router reads.
+        self.anomaly_rule = rule(
+            "AnomalyRule",
+            f"SELECT * FROM '{topics.ANOMALIES}'",  # noqa: S608 (IoT SQL from a constant)
+            anomalies,
+            "${factory_id}/${machine_id}",
+            "Gateway anomalies -> anomaly stream -> alert router",
+        )
+
+    def _gateway_policy(self) -> dict[str, Any]:
+        """Least privilege for a Greengrass core device: its own client id, its own
+        `$aws/things/<thing>/` topics, the platform's two upload topics, its token exchange."""
+        region, account = self.region, self.account
+        topic = f"arn:{self.partition}:iot:{region}:{account}:topic"
+        topic_filter = f"arn:{self.partition}:iot:{region}:{account}:topicfilter"
+        own = f"$aws/things/{THING}"
+        return {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Action": "iot:Connect",
+                    "Resource": f"arn:{self.partition}:iot:{region}:{account}:client/{THING}",
+                    "Condition": {"Bool": {"iot:Connection.Thing.IsAttached": "true"}},
+                },
+                {
+                    "Effect": "Allow",
+                    "Action": "iot:Publish",
+                    "Resource": [
+                        f"{topic}/{topics.SENSOR_DATA}",
+                        f"{topic}/{topics.ANOMALIES}",
+                        f"{topic}/{own}/*",
+                    ],
+                },
+                {
+                    "Effect": "Allow",
+                    "Action": "iot:Subscribe",
+                    "Resource": f"{topic_filter}/{own}/*",
+                },
+                {"Effect": "Allow", "Action": "iot:Receive", "Resource": f"{topic}/{own}/*"},
+                {
+                    "Effect": "Allow",
+                    "Action": [
+                        "iot:GetThingShadow",
+                        "iot:UpdateThingShadow",
+                        "iot:DeleteThingShadow",
+                    ],
+                    "Resource": f"arn:{self.partition}:iot:{region}:{account}:thing/{THING}",
+                },
+                {
+                    "Effect": "Allow",
+                    "Action": "iot:AssumeRoleWithCertificate",
+                    "Resource": self.role_alias.attr_role_alias_arn,
+                },
+                {
+                    "Effect": "Allow",
+                    "Action": [
+                        "greengrass:GetComponentVersionArtifact",
+                        "greengrass:ResolveComponentCandidates",
+                        "greengrass:GetDeploymentConfiguration",
+                        "greengrass:ListThingGroupsForCoreDevice",
+                    ],
+                    "Resource": "*",
+                },
+            ],
+        }

@@ -1,0 +1,347 @@
+"""The Delta Lake on S3: bronze/silver/gold, artifacts and logs buckets, the Glue catalog that
+Redshift Spectrum reads (symlink manifests), and the scheduled Spark run on EMR Serverless."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from aws_cdk import AssetHashType, Duration, RemovalPolicy, Stack
+from aws_cdk import aws_emrserverless as emrs
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_glue as glue
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3_assets as s3_assets
+from aws_cdk import aws_stepfunctions as sfn
+from constructs import Construct
+
+from config.environments import Environment
+from stacks import artifacts
+from stacks.artifacts import ROOT
+from stacks.constructs.access import acknowledge, bucket_name, grant_bucket
+from stacks.constructs.python_bundle import LocalPythonBundling, local_bundling, source_hash
+from stacks.constructs.python_function import log_retention
+from stacks.constructs.secure_bucket import SecureBucket
+
+EMR_RELEASE = "emr-7.12.0"
+# EMR ships Delta Lake; these jars turn it on (no Maven download at run time).
+DELTA_CONF = (
+    "--conf spark.jars=/usr/share/aws/delta/lib/delta-spark.jar,"
+    "/usr/share/aws/delta/lib/delta-storage.jar "
+    "--conf spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension "
+    "--conf spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog"
+)
+LAKE_JOBS = ("bronze", "silver", "gold")
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    comment: str = ""
+
+
+@dataclass(frozen=True)
+class DeltaTable:
+    """A Delta table that Redshift Spectrum reads through its symlink manifest."""
+
+    name: str
+    layer: str
+    columns: tuple[Column, ...]
+    partition_keys: tuple[Column, ...] = ()
+    comment: str = ""
+
+
+READING_COLUMNS = (
+    Column("timestamp", "bigint", "event time, UTC milliseconds"),
+    Column("factory_id", "string"),
+    Column("machine_id", "string"),
+    Column("sensor_id", "string"),
+    Column("metric", "string"),
+    Column("value", "double"),
+    Column("unit", "string"),
+)
+TABLES = (
+    DeltaTable(
+        "silver_readings",
+        "silver",
+        READING_COLUMNS,
+        comment="validated, de-duplicated readings (the reading contract's columns)",
+    ),
+)
+
+
+class LakeStack(Stack):
+    def __init__(
+        self, scope: Construct, construct_id: str, *, env_config: Environment, **kwargs: Any
+    ) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        lake = env_config.lake
+        keep = env_config.keep_data_on_delete
+        self.key = kms.Key(
+            self,
+            "LakeKey",
+            alias=f"alias/{env_config.prefix}-lake",
+            description="Encrypts the lake buckets, the Glue catalog objects and job logs",
+            enable_key_rotation=True,
+            removal_policy=RemovalPolicy.RETAIN if keep else RemovalPolicy.DESTROY,
+        )
+        self.prefix = prefix = env_config.prefix
+        self.logs = SecureBucket(
+            self,
+            "Logs",
+            bucket_name=bucket_name(prefix, "logs"),
+            lifecycle=lake.logs,
+            keep_on_delete=keep,
+        ).bucket
+        acknowledge(
+            self.logs,
+            "This is the access-log target of every other bucket; logging its own access into "
+            "itself would loop.",
+            "AwsSolutions-S1",
+        )
+
+        def layer(name: str) -> Any:
+            return SecureBucket(
+                self,
+                name.capitalize(),
+                bucket_name=bucket_name(prefix, name),
+                lifecycle=lake.layers()[name],
+                keep_on_delete=keep,
+                key=self.key,
+                access_logs=self.logs,
+            ).bucket
+
+        self.bronze = layer("bronze")
+        self.silver = layer("silver")
+        self.gold = layer("gold")
+        self.artifacts = layer("artifacts")
+        self.layers = {"bronze": self.bronze, "silver": self.silver, "gold": self.gold}
+
+        self.database_name = f"iiot_{env_config.name}_lake"
+        database = glue.CfnDatabase(
+            self,
+            "Database",
+            catalog_id=self.account,
+            database_input=glue.CfnDatabase.DatabaseInputProperty(
+                name=self.database_name,
+                description="Delta tables of the IIoT lake (symlink manifests for Spectrum)",
+            ),
+        )
+        self.tables = {}
+        for table in TABLES:
+            cfn_table = glue.CfnTable(
+                self,
+                f"Table{table.name.title().replace('_', '')}",
+                catalog_id=self.account,
+                database_name=self.database_name,
+                table_input=_table_input(table, self.layers[table.layer].bucket_name),
+            )
+            cfn_table.add_resource_dependency(database)
+            self.tables[table.name] = cfn_table
+
+        self.spark_role = iam.Role(
+            self,
+            "SparkJobRole",
+            assumed_by=iam.ServicePrincipal("emr-serverless.amazonaws.com"),
+            description="EMR Serverless lake jobs: read bronze, write silver and gold",
+        )
+        for layer, write in (("bronze", False), ("silver", True), ("gold", True)):
+            grant_bucket(
+                self.spark_role,
+                self.spark_role,
+                prefix=prefix,
+                layer=layer,
+                write=write,
+                key=self.key,
+                why="the Spark jobs read bronze and MERGE into silver and gold",
+            )
+        grant_bucket(
+            self.spark_role,
+            self.spark_role,
+            prefix=prefix,
+            layer="logs",
+            write=True,
+            path="emr/",
+            why="EMR Serverless writes the job runs' driver and executor logs",
+        )
+        self.spark_app = emrs.CfnApplication(
+            self,
+            "SparkApplication",
+            name=f"{env_config.prefix}-lake",
+            release_label=EMR_RELEASE,
+            type="SPARK",
+            architecture="ARM64",
+            auto_start_configuration=emrs.CfnApplication.AutoStartConfigurationProperty(
+                enabled=True
+            ),
+            auto_stop_configuration=emrs.CfnApplication.AutoStopConfigurationProperty(
+                enabled=True, idle_timeout_minutes=10
+            ),
+            maximum_capacity=emrs.CfnApplication.MaximumAllowedResourcesProperty(
+                cpu=f"{lake.spark_max_vcpu} vCPU", memory=f"{lake.spark_max_memory_gb} GB"
+            ),
+        )
+        self.state_machine: sfn.StateMachine | None = None
+        if artifacts.SPARK_JOBS.present():
+            self._schedule_jobs(env_config)
+        else:
+            artifacts.SPARK_JOBS.report_gap(self, "no lake state machine or schedule")
+
+    def _schedule_jobs(self, env_config: Environment) -> None:
+        copies = [(ROOT / "iiot", ""), (ROOT / "spark_jobs", "")]
+        py_files = s3_assets.Asset(
+            self,
+            "SparkPyFiles",
+            path=str(ROOT / "spark_jobs"),
+            asset_hash_type=AssetHashType.CUSTOM,
+            asset_hash=source_hash(copies, []),
+            bundling=local_bundling(
+                LocalPythonBundling(copies=copies, requirements=[], platform="", python_version="")
+            ),
+        )
+        entry_point = s3_assets.Asset(
+            self, "SparkEntryPoint", path=str(artifacts.SPARK_JOBS.path())
+        )
+        for asset in (py_files, entry_point):
+            self.spark_role.add_to_policy(
+                iam.PolicyStatement(
+                    actions=["s3:GetObject"],
+                    resources=[f"{asset.bucket.bucket_arn}/{asset.s3_object_key}"],
+                )
+            )
+        state = sfn.Pass(self, "Start")
+        chain: sfn.IChainable = state
+        previous: Any = state
+        for job in LAKE_JOBS:
+            step = sfn.CustomState(
+                self,
+                f"Run{job.capitalize()}",
+                state_json={
+                    "Type": "Task",
+                    "Resource": "arn:aws:states:::emr-serverless:startJobRun.sync",
+                    "Parameters": {
+                        "ApplicationId": self.spark_app.attr_application_id,
+                        "ExecutionRoleArn": self.spark_role.role_arn,
+                        "Name": f"lake-{job}",
+                        "JobDriver": {
+                            "SparkSubmit": {
+                                "EntryPoint": entry_point.s3_object_url,
+                                "EntryPointArguments": [
+                                    "--job",
+                                    job,
+                                    "--lake-root",
+                                    f"s3://{self.bronze.bucket_name}",
+                                ],
+                                "SparkSubmitParameters": f"--py-files {py_files.s3_object_url} "
+                                + DELTA_CONF,
+                            }
+                        },
+                        "ConfigurationOverrides": {
+                            "MonitoringConfiguration": {
+                                "S3MonitoringConfiguration": {
+                                    "LogUri": f"s3://{self.logs.bucket_name}/emr/"
+                                }
+                            }
+                        },
+                    },
+                    "Retry": [
+                        {
+                            "ErrorEquals": ["States.TaskFailed"],
+                            "IntervalSeconds": 300,
+                            "MaxAttempts": 2,
+                            "BackoffRate": 2,
+                        }
+                    ],
+                },
+            )
+            previous.next(step)
+            previous = step
+        del chain
+        log_group = logs.LogGroup(
+            self,
+            "LakeRunLogs",
+            retention=log_retention(env_config.log_retention_days),
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+        self.state_machine = sfn.StateMachine(
+            self,
+            "LakeRun",
+            definition_body=sfn.DefinitionBody.from_chainable(state),
+            timeout=Duration.hours(6),
+            tracing_enabled=True,
+            logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL),
+        )
+        self.state_machine.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=[
+                    "emr-serverless:StartJobRun",
+                    "emr-serverless:GetJobRun",
+                    "emr-serverless:CancelJobRun",
+                ],
+                resources=[self.spark_app.attr_arn, f"{self.spark_app.attr_arn}/jobruns/*"],
+            )
+        )
+        self.spark_role.grant_pass_role(self.state_machine)
+        acknowledge(
+            self.state_machine,
+            "X-Ray (PutTraceSegments, PutTelemetryRecords, GetSampling*) and the CloudWatch "
+            "Logs vended-log delivery actions that Step Functions logging needs do not support "
+            "resource-level permissions.",
+            "AwsSolutions-IAM5[Resource::*]",
+        )
+        acknowledge(
+            self.state_machine,
+            "A .sync EMR Serverless task polls and cancels the job runs it starts; their ids "
+            "exist only at run time, under this one application.",
+            "AwsSolutions-IAM5[Resource::<SparkApplication.Arn>/jobruns/*]",
+        )
+        self.state_machine.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
+                resources=[
+                    self.format_arn(
+                        service="events",
+                        resource="rule",
+                        resource_name="StepFunctionsGetEventsForEMRServerlessJobRule",
+                    )
+                ],
+            )
+        )
+        events.Rule(
+            self,
+            "LakeSchedule",
+            description="Runs bronze -> silver -> gold",
+            schedule=events.Schedule.expression(env_config.lake.schedule_cron),
+            targets=[targets.SfnStateMachine(self.state_machine)],
+        )
+
+
+def _table_input(table: DeltaTable, bucket_name: str) -> glue.CfnTable.TableInputProperty:
+    location = f"s3://{bucket_name}/{table.name}"
+
+    def columns(items: tuple[Column, ...]) -> list[glue.CfnTable.ColumnProperty]:
+        return [
+            glue.CfnTable.ColumnProperty(name=c.name, type=c.type, comment=c.comment or None)
+            for c in items
+        ]
+
+    return glue.CfnTable.TableInputProperty(
+        name=table.name,
+        description=table.comment,
+        table_type="EXTERNAL_TABLE",
+        parameters={"EXTERNAL": "TRUE", "delta.location": location},
+        partition_keys=columns(table.partition_keys) or None,
+        storage_descriptor=glue.CfnTable.StorageDescriptorProperty(
+            columns=columns(table.columns),
+            location=f"{location}/_symlink_format_manifest/",
+            input_format="org.apache.hadoop.hive.ql.io.SymlinkTextInputFormat",
+            output_format="org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat",
+            serde_info=glue.CfnTable.SerdeInfoProperty(
+                serialization_library="org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"
+            ),
+        ),
+    )

@@ -1,0 +1,161 @@
+"""Build every stack of one environment, wired together (used by app.py and the tests)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aws_cdk import App, Stack, Tags, Validations
+from aws_cdk import Environment as CdkEnvironment
+from cdk_nag import AwsSolutionsChecks
+
+from config.environments import Environment, environments
+from stacks.alerting_stack import AlertingStack
+from stacks.artifacts import ROOT
+from stacks.ingestion_stack import IngestionStack
+from stacks.iot_stack import IotStack
+from stacks.lake_stack import LakeStack
+from stacks.monitoring_stack import Monitored, MonitoringStack
+from stacks.network_stack import NetworkStack
+from stacks.timeseries_stack import TimeSeriesStack
+from stacks.warehouse_stack import WarehouseStack
+
+CDK_JSON = ROOT / "cdk.json"
+
+
+def feature_flags(cdk_json: Path = CDK_JSON) -> dict[str, Any]:
+    """cdk.json's context (feature flags), so `python app.py` builds what `cdk synth` does."""
+    context: dict[str, Any] = json.loads(cdk_json.read_text())["context"]
+    return context
+
+
+def build_app(app: App, names: list[str] | None = None) -> dict[str, Platform]:
+    """Every selected environment's stacks (default: all), checked by cdk-nag AwsSolutions."""
+    configs = environments()
+    unknown = sorted(set(names or []) - set(configs))
+    if unknown:
+        raise SystemExit(f"unknown environment {unknown}: choose from {', '.join(configs)}")
+    platforms = {name: build_platform(app, configs[name]) for name in names or list(configs)}
+    Validations.of(app).add_plugins(AwsSolutionsChecks(app))
+    return platforms
+
+
+@dataclass
+class Platform:
+    """The stacks of one environment, by concern."""
+
+    stacks: dict[str, Stack] = field(default_factory=dict)
+
+
+def build_platform(app: App, env_config: Environment) -> Platform:
+    env = (
+        CdkEnvironment(account=env_config.account, region=env_config.region)
+        if env_config.account and env_config.region
+        else None
+    )
+    prefix = env_config.prefix
+    platform = Platform()
+
+    def add(concern: str, stack: Stack) -> Stack:
+        Tags.of(stack).add("project", "iiot-platform")
+        Tags.of(stack).add("environment", env_config.name)
+        Tags.of(stack).add("concern", concern)
+        platform.stacks[concern] = stack
+        return stack
+
+    def description(text: str) -> str:
+        return f"IIoT platform ({env_config.name}): {text}"
+
+    network = NetworkStack(
+        app,
+        f"{prefix}-network",
+        env=env,
+        env_config=env_config,
+        description=description("VPC for the private data stores"),
+    )
+    add("network", network)
+    lake = LakeStack(
+        app,
+        f"{prefix}-lake",
+        env=env,
+        env_config=env_config,
+        description=description("Delta Lake buckets, Glue catalog, EMR Serverless runs"),
+    )
+    add("lake", lake)
+    ingestion = IngestionStack(
+        app,
+        f"{prefix}-ingestion",
+        env=env,
+        env_config=env_config,
+        lake_key=lake.key,
+        description=description("telemetry stream and Firehose to bronze"),
+    )
+    ingestion.add_stack_dependency(lake, "Firehose writes to the bronze bucket")
+    add("ingestion", ingestion)
+    alerting = AlertingStack(
+        app,
+        f"{prefix}-alerting",
+        env=env,
+        env_config=env_config,
+        description=description("anomaly stream, alert topic and router"),
+    )
+    add("alerting", alerting)
+    iot = IotStack(
+        app,
+        f"{prefix}-iot",
+        env=env,
+        env_config=env_config,
+        telemetry=ingestion.telemetry,
+        anomalies=alerting.anomalies,
+        description=description("IoT Core things, policy, token exchange and rules"),
+    )
+    add("iot", iot)
+    warehouse = WarehouseStack(
+        app,
+        f"{prefix}-warehouse",
+        env=env,
+        env_config=env_config,
+        vpc=network.vpc,
+        subnets=network.data_subnets,
+        lake_key=lake.key,
+        lake_layers=("silver", "gold"),
+        glue_database=lake.database_name,
+        description=description("Redshift Serverless with Spectrum over the lake"),
+    )
+    add("warehouse", warehouse)
+    timeseries = TimeSeriesStack(
+        app,
+        f"{prefix}-timeseries",
+        env=env,
+        env_config=env_config,
+        vpc=network.vpc,
+        subnets=network.data_subnets,
+        telemetry=ingestion.telemetry,
+        logs_bucket=lake.logs,
+        description=description("Timestream for InfluxDB and its writer"),
+    )
+    add("timeseries", timeseries)
+
+    functions = {}
+    if alerting.router is not None:
+        functions["AlertRouter"] = alerting.router
+    if timeseries.writer is not None:
+        functions["InfluxWriter"] = timeseries.writer
+    monitoring = MonitoringStack(
+        app,
+        f"{prefix}-monitoring",
+        env=env,
+        env_config=env_config,
+        monitored=Monitored(
+            telemetry=ingestion.telemetry,
+            anomalies=alerting.anomalies,
+            delivery_stream_name=ingestion.delivery_stream_name,
+            functions=functions,
+            flink_application_name=None,
+        ),
+        description=description("alarms and dashboard"),
+    )
+    add("monitoring", monitoring)
+    return platform

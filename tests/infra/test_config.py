@@ -1,0 +1,83 @@
+"""config/environments.py: sizing from the workload, and validation that names the problem."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from config.environments import (
+    ConfigError,
+    LayerLifecycle,
+    Workload,
+    environments,
+)
+
+
+def test_shards_follow_the_larger_of_the_record_and_byte_limits() -> None:
+    # 1M readings/s in 2000-reading batches: 500 records/s but 6 MB/s -> bytes decide.
+    workload = Workload(
+        readings_per_second=1_000_000, readings_per_batch=2000, bytes_per_reading=6, headroom=1.0
+    )
+    assert workload.shards() == 6
+    # Tiny batches: 10K records/s -> records decide.
+    chatty = Workload(
+        readings_per_second=10_000, readings_per_batch=1, bytes_per_reading=6, headroom=1.0
+    )
+    assert chatty.shards() == 10
+    assert Workload(readings_per_second=1, readings_per_batch=1, bytes_per_reading=1).shards() == 1
+
+
+def test_headroom_adds_shards() -> None:
+    workload = Workload(
+        readings_per_second=1_000_000, readings_per_batch=2000, bytes_per_reading=6, headroom=1.25
+    )
+    assert workload.shards() == 8
+
+
+def test_environments_differ_only_in_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CDK_DEFAULT_ACCOUNT", "111111111111")
+    monkeypatch.setenv("CDK_DEFAULT_REGION", "eu-west-1")
+    envs = environments()
+    assert set(envs) == {"dev", "staging", "prod"}
+    assert {env.account for env in envs.values()} == {"111111111111"}
+    assert {env.region for env in envs.values()} == {"eu-west-1"}
+    assert envs["prod"].kinesis_shards() is None  # on-demand
+    assert envs["dev"].kinesis_shards() == 1
+    assert envs["prod"].keep_data_on_delete
+    assert not envs["dev"].keep_data_on_delete
+    assert len(envs["prod"].factories) == 50
+
+
+def test_account_and_region_are_never_hard_coded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CDK_DEFAULT_ACCOUNT", raising=False)
+    monkeypatch.delenv("CDK_DEFAULT_REGION", raising=False)
+    for env in environments().values():
+        assert env.account is None
+        assert env.region is None
+
+
+@pytest.mark.parametrize(
+    ("lifecycle", "problem"),
+    [
+        (LayerLifecycle(infrequent_access_after_days=10), "at least 30 days"),
+        (LayerLifecycle(infrequent_access_after_days=30, glacier_after_days=40), r"30\+ days"),
+        (LayerLifecycle(glacier_after_days=90, expire_after_days=60), "must come after"),
+    ],
+)
+def test_invalid_lifecycle_is_rejected_with_the_reason(
+    lifecycle: LayerLifecycle, problem: str
+) -> None:
+    dev = environments()["dev"]
+    broken = dataclasses.replace(dev, lake=dataclasses.replace(dev.lake, bronze=lifecycle))
+    with pytest.raises(ConfigError, match=problem) as error:
+        broken.validate()
+    assert "bronze" in str(error.value)
+
+
+def test_bad_factory_ids_are_rejected() -> None:
+    dev = environments()["dev"]
+    with pytest.raises(ConfigError, match="factory id 'plant 1'"):
+        dataclasses.replace(dev, factories=("plant 1",)).validate()
+    with pytest.raises(ConfigError, match="unique"):
+        dataclasses.replace(dev, factories=("a", "a")).validate()

@@ -1,0 +1,390 @@
+"""What matters in each stack: encryption, access, lifecycle, sizing and wiring."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from aws_cdk.assertions import Match, Template
+
+from config.environments import environments
+from iiot import topics
+from tests.infra.conftest import Synth
+
+
+def template(synth: Synth, env: str, concern: str) -> Template:
+    return Template.from_json(synth.template(env, concern))
+
+
+def resources(synth: Synth, env: str, concern: str, kind: str) -> dict[str, dict[str, Any]]:
+    return {
+        name: body
+        for name, body in synth.template(env, concern)["Resources"].items()
+        if body["Type"] == kind
+    }
+
+
+def statements(synth: Synth, env: str, concern: str) -> list[dict[str, Any]]:
+    found = []
+    for body in resources(synth, env, concern, "AWS::IAM::Policy").values():
+        found += body["Properties"]["PolicyDocument"]["Statement"]
+    return found
+
+
+# --- network -------------------------------------------------------------------------------
+
+
+def test_network_is_isolated_in_three_azs_with_flow_logs(synth: Synth) -> None:
+    network = template(synth, "dev", "network")
+    network.resource_count_is("AWS::EC2::NatGateway", 0)
+    network.resource_count_is("AWS::EC2::InternetGateway", 0)
+    network.resource_count_is("AWS::EC2::Subnet", 3)
+    network.has_resource_properties("AWS::EC2::FlowLog", {"TrafficType": "REJECT"})
+    endpoints = resources(synth, "dev", "network", "AWS::EC2::VPCEndpoint").values()
+    services = json.dumps([e["Properties"]["ServiceName"] for e in endpoints])
+    for service in ("secretsmanager", "sqs", "sts", "s3", "dynamodb"):
+        assert f".{service}" in services, service
+    for endpoint in endpoints:
+        if endpoint["Properties"]["VpcEndpointType"] == "Interface":
+            assert endpoint["Properties"]["PrivateDnsEnabled"] is True
+
+
+# --- lake ----------------------------------------------------------------------------------
+
+
+def test_every_lake_bucket_is_private_encrypted_tls_only_and_versioned(synth: Synth) -> None:
+    lake = synth.template("dev", "lake")
+    buckets = resources(synth, "dev", "lake", "AWS::S3::Bucket")
+    assert len(buckets) == 5  # logs, bronze, silver, gold, artifacts
+    for name, bucket in buckets.items():
+        props = bucket["Properties"]
+        assert props["PublicAccessBlockConfiguration"] == {
+            "BlockPublicAcls": True,
+            "BlockPublicPolicy": True,
+            "IgnorePublicAcls": True,
+            "RestrictPublicBuckets": True,
+        }, name
+        assert props["VersioningConfiguration"] == {"Status": "Enabled"}
+        sse = props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
+        algorithm = sse["ServerSideEncryptionByDefault"]["SSEAlgorithm"]
+        if name.startswith("Logs"):
+            assert algorithm == "AES256"  # S3 access logs cannot go to an SSE-KMS bucket
+        else:
+            assert algorithm == "aws:kms"
+            assert props["LoggingConfiguration"]["DestinationBucketName"]
+    policies = resources(synth, "dev", "lake", "AWS::S3::BucketPolicy")
+    assert len(policies) == 5
+    for policy in policies.values():
+        denies = [
+            s for s in policy["Properties"]["PolicyDocument"]["Statement"] if s["Effect"] == "Deny"
+        ]
+        conditions = json.dumps([s.get("Condition") for s in denies])
+        assert '"aws:SecureTransport": "false"' in conditions
+        assert '"s3:TlsVersion": 1.2' in conditions
+    assert lake["Resources"]  # the template is not empty
+
+
+def test_lake_key_rotates(synth: Synth) -> None:
+    template(synth, "dev", "lake").has_resource_properties(
+        "AWS::KMS::Key", {"EnableKeyRotation": True}
+    )
+
+
+@pytest.mark.parametrize("env", ["dev", "prod"])
+def test_lifecycle_tiers_follow_the_environment_config(synth: Synth, env: str) -> None:
+    settings = environments()[env].lake
+    for layer, lifecycle in settings.layers().items():
+        bucket = next(
+            body
+            for name, body in resources(synth, env, "lake", "AWS::S3::Bucket").items()
+            if name.startswith(layer.capitalize())
+        )
+        rule = bucket["Properties"]["LifecycleConfiguration"]["Rules"][0]
+        transitions = {
+            t["StorageClass"]: t["TransitionInDays"] for t in rule.get("Transitions", [])
+        }
+        expected = {}
+        if lifecycle.infrequent_access_after_days is not None:
+            expected["STANDARD_IA"] = lifecycle.infrequent_access_after_days
+        if lifecycle.glacier_after_days is not None:
+            expected["GLACIER"] = lifecycle.glacier_after_days
+        assert transitions == expected, layer
+        assert rule.get("ExpirationInDays") == lifecycle.expire_after_days, layer
+        assert rule["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 7}
+
+
+def test_prod_keeps_data_when_a_stack_is_deleted(synth: Synth) -> None:
+    for env, policy in (("prod", "Retain"), ("dev", "Delete")):
+        for bucket in resources(synth, env, "lake", "AWS::S3::Bucket").values():
+            assert bucket["DeletionPolicy"] == policy, env
+
+
+def test_glue_tables_read_delta_symlink_manifests(synth: Synth) -> None:
+    tables = resources(synth, "dev", "lake", "AWS::Glue::Table").values()
+    assert tables
+    for table in tables:
+        assert table["Properties"]["DatabaseName"] == "iiot_dev_lake"
+        storage = table["Properties"]["TableInput"]["StorageDescriptor"]
+        assert storage["InputFormat"] == "org.apache.hadoop.hive.ql.io.SymlinkTextInputFormat"
+        assert "_symlink_format_manifest/" in json.dumps(storage["Location"])
+
+
+def test_emr_serverless_application_stops_when_idle(synth: Synth) -> None:
+    template(synth, "dev", "lake").has_resource_properties(
+        "AWS::EMRServerless::Application",
+        {
+            "Type": "SPARK",
+            "AutoStopConfiguration": {"Enabled": True, "IdleTimeoutMinutes": 10},
+            "MaximumCapacity": {"Cpu": "16 vCPU", "Memory": "64 GB"},
+        },
+    )
+
+
+def test_spark_role_reads_bronze_and_writes_only_silver_and_gold(synth: Synth) -> None:
+    writes = [s for s in statements(synth, "dev", "lake") if "s3:PutObject" in s["Action"]]
+    targets = json.dumps([s["Resource"] for s in writes])
+    assert "iiot-dev-silver-" in targets
+    assert "iiot-dev-gold-" in targets
+    assert "iiot-dev-bronze-" not in targets
+    for statement in statements(synth, "dev", "lake"):
+        actions = (
+            statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        )
+        assert not [a for a in actions if a.startswith("s3:") and "*" in a], statement
+
+
+# --- ingestion -----------------------------------------------------------------------------
+
+
+def test_stream_is_sized_from_the_workload(synth: Synth) -> None:
+    envs = environments()
+    dev = template(synth, "dev", "ingestion")
+    dev.has_resource_properties(
+        "AWS::Kinesis::Stream",
+        {
+            "ShardCount": envs["dev"].workload.shards(),
+            "StreamModeDetails": {"StreamMode": "PROVISIONED"},
+            "StreamEncryption": {"EncryptionType": "KMS", "KeyId": "alias/aws/kinesis"},
+        },
+    )
+    staging = template(synth, "staging", "ingestion")
+    staging.has_resource_properties(
+        "AWS::Kinesis::Stream", {"ShardCount": envs["staging"].workload.shards()}
+    )
+    template(synth, "prod", "ingestion").has_resource_properties(
+        "AWS::Kinesis::Stream", {"StreamModeDetails": {"StreamMode": "ON_DEMAND"}}
+    )
+
+
+def test_firehose_delivers_compressed_partitioned_encrypted_batches(synth: Synth) -> None:
+    template(synth, "dev", "ingestion").has_resource_properties(
+        "AWS::KinesisFirehose::DeliveryStream",
+        {
+            "DeliveryStreamType": "KinesisStreamAsSource",
+            "ExtendedS3DestinationConfiguration": {
+                "CompressionFormat": "GZIP",
+                "Prefix": Match.string_like_regexp(r"date=!\{timestamp:yyyy-MM-dd\}"),
+                "ErrorOutputPrefix": Match.string_like_regexp("firehose:error-output-type"),
+                "EncryptionConfiguration": {"KMSEncryptionConfig": Match.any_value()},
+                "CloudWatchLoggingOptions": {"Enabled": True},
+            },
+        },
+    )
+
+
+# --- IoT -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env", ["dev", "prod"])
+def test_one_thing_group_per_factory(synth: Synth, env: str) -> None:
+    groups = resources(synth, env, "iot", "AWS::IoT::ThingGroup")
+    names = sorted(g["Properties"]["ThingGroupName"] for g in groups.values())
+    assert names == sorted(f"iiot-{env}-{f}" for f in environments()[env].factories)
+
+
+def test_gateway_policy_is_limited_to_the_thing_itself(synth: Synth) -> None:
+    policy = next(iter(resources(synth, "dev", "iot", "AWS::IoT::Policy").values()))
+    document = json.dumps(policy["Properties"]["PolicyDocument"])
+    statements_ = policy["Properties"]["PolicyDocument"]["Statement"]
+    connect = next(s for s in statements_ if s["Action"] == "iot:Connect")
+    assert "client/${iot:Connection.Thing.ThingName}" in json.dumps(connect["Resource"])
+    assert connect["Condition"] == {"Bool": {"iot:Connection.Thing.IsAttached": "true"}}
+    assert '"iot:*"' not in document
+    for statement in statements_:
+        if statement["Action"] in ("iot:Subscribe", "iot:Receive"):
+            assert "$aws/things/${iot:Connection.Thing.ThingName}/" in json.dumps(
+                statement["Resource"]
+            )
+    publish = next(s for s in statements_ if s["Action"] == "iot:Publish")
+    published = json.dumps(publish["Resource"])
+    assert topics.SENSOR_DATA in published
+    assert topics.ANOMALIES in published
+
+
+def test_token_exchange_role_can_only_write_telemetry_and_gateway_metrics(synth: Synth) -> None:
+    iot = template(synth, "dev", "iot")
+    iot.has_resource_properties(
+        "AWS::IAM::Role",
+        {
+            "AssumeRolePolicyDocument": {
+                "Statement": [
+                    Match.object_like({"Principal": {"Service": "credentials.iot.amazonaws.com"}})
+                ]
+            }
+        },
+    )
+    iot.has_resource_properties("AWS::IoT::RoleAlias", {"CredentialDurationSeconds": 3600})
+    actions = {
+        a
+        for s in statements(synth, "dev", "iot")
+        for a in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]])
+    }
+    assert "s3:*" not in actions
+    assert "kinesis:*" not in actions
+    metric = next(
+        s for s in statements(synth, "dev", "iot") if s["Action"] == "cloudwatch:PutMetricData"
+    )
+    assert metric["Condition"] == {"StringEquals": {"cloudwatch:namespace": "IIoT/Gateway"}}
+
+
+def test_rules_route_uploads_to_kinesis_and_log_errors(synth: Synth) -> None:
+    rules = resources(synth, "dev", "iot", "AWS::IoT::TopicRule")
+    sql = {r["Properties"]["TopicRulePayload"]["Sql"] for r in rules.values()}
+    assert sql == {f"SELECT * FROM '{topics.SENSOR_DATA}'", f"SELECT * FROM '{topics.ANOMALIES}'"}
+    for rule in rules.values():
+        payload = rule["Properties"]["TopicRulePayload"]
+        assert "Kinesis" in payload["Actions"][0]
+        assert "CloudwatchLogs" in payload["ErrorAction"]
+
+
+# --- alerting ------------------------------------------------------------------------------
+
+
+def test_alert_topics_are_encrypted_and_tls_only(synth: Synth) -> None:
+    alerting = template(synth, "dev", "alerting")
+    alerting.has_resource_properties("AWS::SNS::Topic", {"KmsMasterKeyId": Match.any_value()})
+    for topic in resources(synth, "dev", "alerting", "AWS::SNS::Topic").values():
+        assert topic["Properties"]["KmsMasterKeyId"]
+
+
+def test_alert_router_reads_the_anomaly_stream_with_partial_failures(synth: Synth) -> None:
+    alerting = template(synth, "dev", "alerting")
+    alerting.has_resource_properties(
+        "AWS::Lambda::EventSourceMapping",
+        {
+            "FunctionResponseTypes": ["ReportBatchItemFailures"],
+            "BisectBatchOnFunctionError": True,
+            "DestinationConfig": {"OnFailure": {"Destination": Match.any_value()}},
+        },
+    )
+    alerting.has_resource_properties(
+        "AWS::Lambda::Function",
+        {
+            "Handler": "lambdas.alert_router.handler.handler",
+            "Architectures": ["arm64"],
+            "TracingConfig": {"Mode": "Active"},
+        },
+    )
+
+
+def test_alert_router_gets_every_setting_it_requires(synth: Synth) -> None:
+    from lambdas.alert_router.models import AlertSettings
+
+    function = next(iter(resources(synth, "dev", "alerting", "AWS::Lambda::Function").values()))
+    variables = function["Properties"]["Environment"]["Variables"]
+    # from_environ raises KeyError for a required variable the stack does not set.
+    AlertSettings.from_environ(dict.fromkeys(variables, "set-by-the-stack"))
+
+
+def test_alert_tables_have_point_in_time_recovery_and_ttl(synth: Synth) -> None:
+    tables = resources(synth, "dev", "alerting", "AWS::DynamoDB::Table")
+    assert len(tables) == 2
+    for table in tables.values():
+        props = table["Properties"]
+        assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+        assert props["TimeToLiveSpecification"]["Enabled"] is True
+        assert props["SSESpecification"]["SSEEnabled"] is True
+
+
+# --- warehouse and time series -------------------------------------------------------------
+
+
+def test_redshift_is_private_encrypted_with_managed_credentials(synth: Synth) -> None:
+    warehouse = template(synth, "dev", "warehouse")
+    warehouse.has_resource_properties(
+        "AWS::RedshiftServerless::Namespace",
+        {
+            "ManageAdminPassword": True,
+            "KmsKeyId": Match.any_value(),
+            "LogExports": ["userlog", "connectionlog", "useractivitylog"],
+        },
+    )
+    warehouse.has_resource_properties(
+        "AWS::RedshiftServerless::Workgroup",
+        {"PubliclyAccessible": False, "BaseCapacity": 8, "SubnetIds": Match.any_value()},
+    )
+    workgroup = next(
+        iter(resources(synth, "dev", "warehouse", "AWS::RedshiftServerless::Workgroup").values())
+    )
+    assert len(workgroup["Properties"]["SubnetIds"]) == 3
+
+
+def test_spectrum_reads_the_lake_and_creates_the_external_schema(synth: Synth) -> None:
+    warehouse = synth.template("dev", "warehouse")
+    text = json.dumps(warehouse)
+    assert "CREATE EXTERNAL SCHEMA IF NOT EXISTS lake FROM DATA CATALOG" in text
+    assert "iiot_dev_lake" in text
+    for statement in statements(synth, "dev", "warehouse"):
+        actions = (
+            statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        )
+        assert "s3:PutObject" not in actions
+
+
+@pytest.mark.parametrize(
+    ("env", "deployment"), [("dev", "SINGLE_AZ"), ("prod", "WITH_MULTIAZ_STANDBY")]
+)
+def test_influxdb_is_private_with_credentials_in_secrets_manager(
+    synth: Synth, env: str, deployment: str
+) -> None:
+    timeseries = template(synth, env, "timeseries")
+    timeseries.has_resource_properties(
+        "AWS::Timestream::InfluxDBInstance",
+        {"PubliclyAccessible": False, "DeploymentType": deployment},
+    )
+    instance = next(
+        iter(resources(synth, env, "timeseries", "AWS::Timestream::InfluxDBInstance").values())
+    )
+    # A dynamic reference: the password never appears in the template.
+    assert "{{resolve:secretsmanager:" in json.dumps(instance["Properties"]["Password"])
+    timeseries.has_resource_properties(
+        "AWS::SecretsManager::Secret", {"KmsKeyId": Match.any_value()}
+    )
+
+
+# --- monitoring ----------------------------------------------------------------------------
+
+
+def test_alarms_cover_every_moving_part(synth: Synth) -> None:
+    alarms = resources(synth, "dev", "monitoring", "AWS::CloudWatch::Alarm")
+    metrics = {a["Properties"].get("MetricName") for a in alarms.values()}
+    assert {
+        "GetRecords.IteratorAgeMilliseconds",
+        "DeliveryToS3.Success",
+        "BacklogReadings",
+        "Errors",
+    } <= metrics
+    for alarm in alarms.values():
+        assert alarm["Properties"]["AlarmActions"], "every alarm notifies the operations topic"
+    template(synth, "dev", "monitoring").resource_count_is("AWS::CloudWatch::Dashboard", 1)
+
+
+def test_influx_writer_gets_every_setting_it_requires(synth: Synth) -> None:
+    from lambdas.influx_writer.models import WriterSettings
+
+    function = next(iter(resources(synth, "dev", "timeseries", "AWS::Lambda::Function").values()))
+    assert function["Properties"]["Handler"] == "lambdas.influx_writer.handler.handler"
+    assert function["Properties"]["VpcConfig"]["SubnetIds"]
+    variables = function["Properties"]["Environment"]["Variables"]
+    WriterSettings.from_environ(dict.fromkeys(variables, "set-by-the-stack"))
