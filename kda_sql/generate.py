@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from iiot.catalog import MetricCatalog
+from iiot.catalog import DEFAULT_CATALOG_PATH, MetricCatalog
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 RENDERED_DIR = Path(__file__).resolve().parent / "sql"
@@ -64,7 +64,10 @@ def _template(name: str) -> str:
 
 
 def _catalog_values(catalog: MetricCatalog) -> dict[str, str]:
-    return {"catalog_source": "config/metrics.yaml", "catalog_digest": catalog.digest}
+    # The project's catalog by its repository path (stable across machines), others by name.
+    source = Path(catalog.source)
+    shown = "config/metrics.yaml" if source == DEFAULT_CATALOG_PATH else source.name
+    return {"catalog_source": shown, "catalog_digest": catalog.digest}
 
 
 def _joined(lines: Iterable[str], separator: str) -> str:
