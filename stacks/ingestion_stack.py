@@ -17,11 +17,15 @@ from config.environments import Environment
 from stacks.constructs.access import acknowledge, bucket_name, grant_bucket
 from stacks.constructs.python_function import log_retention
 
-# Compact batches carry their own length (iiot/wire.py header), so concatenated records in one
-# bronze object split back without a delimiter. Factory ids are inside the compressed batch
-# body, so bronze is partitioned by arrival time; silver partitions by factory and date.
-BRONZE_PREFIX = "readings/date=!{timestamp:yyyy-MM-dd}/hour=!{timestamp:HH}/"
-ERROR_PREFIX = "errors/!{firehose:error-output-type}/date=!{timestamp:yyyy-MM-dd}/"
+# Raw batches land under the lake's landing/ prefix, where the bronze job reads them
+# (spark_jobs/io.py). Compact batches carry their own length (iiot/wire.py header), so the
+# records Firehose concatenates into one object split back without a delimiter. They are
+# zstd-compressed by the gateway already, so Firehose adds no compression of its own (GZIP
+# would gain nothing on compressed bytes and the bronze job reads the batches as landed).
+# Factory ids are inside the compressed body: landing is partitioned by arrival date and
+# hour, silver by event date and factory. Failed records go outside landing/.
+LANDING_PREFIX = "landing/date=!{timestamp:yyyy-MM-dd}/hour=!{timestamp:HH}/"
+ERROR_PREFIX = "firehose-errors/!{firehose:error-output-type}/date=!{timestamp:yyyy-MM-dd}/"
 
 
 class IngestionStack(Stack):
@@ -63,15 +67,17 @@ class IngestionStack(Stack):
         )
         self.telemetry.grant_read(role)
         delivery_logs.grant_write(role)
-        grant_bucket(
-            role,
-            role,
-            prefix=prefix,
-            layer="bronze",
-            write=True,
-            key=lake_key,
-            why="Firehose writes date-partitioned batch files and error records",
-        )
+        for path in ("landing/", "firehose-errors/"):
+            grant_bucket(
+                role,
+                role,
+                prefix=prefix,
+                layer="lake",
+                path=path,
+                write=True,
+                key=lake_key,
+                why="Firehose writes date-partitioned batch files and failed records",
+            )
         self.to_bronze = firehose.CfnDeliveryStream(
             self,
             "ToBronze",
@@ -82,12 +88,12 @@ class IngestionStack(Stack):
             ),
             extended_s3_destination_configuration=firehose.CfnDeliveryStream.ExtendedS3DestinationConfigurationProperty(
                 bucket_arn=self.format_arn(
-                    service="s3", region="", account="", resource=bucket_name(prefix, "bronze")
+                    service="s3", region="", account="", resource=bucket_name(prefix, "lake")
                 ),
                 role_arn=role.role_arn,
-                prefix=BRONZE_PREFIX,
+                prefix=LANDING_PREFIX,
                 error_output_prefix=ERROR_PREFIX,
-                compression_format="GZIP",
+                compression_format="UNCOMPRESSED",
                 buffering_hints=firehose.CfnDeliveryStream.BufferingHintsProperty(
                     interval_in_seconds=300, size_in_m_bs=128
                 ),

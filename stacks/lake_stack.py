@@ -1,5 +1,11 @@
-"""The Delta Lake on S3: bronze/silver/gold, artifacts and logs buckets, the Glue catalog that
-Redshift Spectrum reads (symlink manifests), and the scheduled Spark run on EMR Serverless."""
+"""The Delta Lake on S3, the Glue catalog that Redshift Spectrum reads (symlink manifests), and
+the scheduled Spark run on EMR Serverless.
+
+The Spark jobs (spark_jobs/) address the lake as one root with a prefix per layer
+(`landing/`, `bronze/`, `silver/`, `gold/`, `_state/`), so the layers are prefixes of one
+lake bucket, each with its own lifecycle tiers from the environment config; artifacts and
+logs have buckets of their own.
+"""
 
 from __future__ import annotations
 
@@ -37,6 +43,12 @@ DELTA_CONF = (
 LAKE_JOBS = ("bronze", "silver", "gold")
 
 
+# Key prefixes of the lake bucket (spark_jobs/io.py: LakePaths). Firehose lands raw batches
+# under landing/ (the bronze job's input); they age like bronze.
+LANDING = "landing/"
+LAYER_PREFIXES = {"bronze": "bronze/", "silver": "silver/", "gold": "gold/"}
+
+
 @dataclass(frozen=True)
 class Column:
     name: str
@@ -46,30 +58,55 @@ class Column:
 
 @dataclass(frozen=True)
 class DeltaTable:
-    """A Delta table that Redshift Spectrum reads through its symlink manifest."""
+    """A Delta table that Redshift Spectrum reads through its symlink manifests."""
 
     name: str
-    layer: str
+    path: str  # under the lake root
     columns: tuple[Column, ...]
     partition_keys: tuple[Column, ...] = ()
     comment: str = ""
 
 
-READING_COLUMNS = (
-    Column("timestamp", "bigint", "event time, UTC milliseconds"),
-    Column("factory_id", "string"),
-    Column("machine_id", "string"),
-    Column("sensor_id", "string"),
-    Column("metric", "string"),
-    Column("value", "double"),
-    Column("unit", "string"),
-)
+def _columns(spec: str) -> tuple[Column, ...]:
+    return tuple(Column(*item.split()) for item in spec.split(",") if item.strip())
+
+
+# The Spectrum-facing tables of spark_jobs (transforms.SILVER_COLUMNS, machine_daily,
+# factory_daily), partitioned as the jobs write them.
 TABLES = (
     DeltaTable(
         "silver_readings",
-        "silver",
-        READING_COLUMNS,
-        comment="validated, de-duplicated readings (the reading contract's columns)",
+        "silver/readings",
+        _columns(
+            "machine_id string, sensor_id string, metric string, unit string, timestamp bigint,"
+            "event_time timestamp, value double, hour int, is_weekend boolean, shift string,"
+            "rolling_count int, rolling_mean double, rolling_std double, window_mean double,"
+            "window_max double, zscore double, is_anomaly boolean, batch_id string,"
+            "ingest_seq bigint"
+        ),
+        _columns("event_date date, factory_id string"),
+        "validated, de-duplicated readings with their rolling features",
+    ),
+    DeltaTable(
+        "gold_machine_daily",
+        "gold/machine_daily",
+        _columns(
+            "factory_id string, machine_id string, metric string, reading_count bigint,"
+            "mean_value double, min_value double, max_value double, std_value double,"
+            "anomaly_count bigint"
+        ),
+        _columns("event_date date"),
+        "per machine, day and metric",
+    ),
+    DeltaTable(
+        "gold_factory_daily",
+        "gold/factory_daily",
+        _columns(
+            "factory_id string, active_machines bigint, active_sensors bigint,"
+            "reading_count bigint, anomaly_count bigint, machines_with_anomalies bigint"
+        ),
+        _columns("event_date date"),
+        "per factory and day",
     ),
 )
 
@@ -94,7 +131,7 @@ class LakeStack(Stack):
             self,
             "Logs",
             bucket_name=bucket_name(prefix, "logs"),
-            lifecycle=lake.logs,
+            lifecycle={"": lake.logs},
             keep_on_delete=keep,
         ).bucket
         acknowledge(
@@ -104,22 +141,28 @@ class LakeStack(Stack):
             "AwsSolutions-S1",
         )
 
-        def layer(name: str) -> Any:
-            return SecureBucket(
-                self,
-                name.capitalize(),
-                bucket_name=bucket_name(prefix, name),
-                lifecycle=lake.layers()[name],
-                keep_on_delete=keep,
-                key=self.key,
-                access_logs=self.logs,
-            ).bucket
-
-        self.bronze = layer("bronze")
-        self.silver = layer("silver")
-        self.gold = layer("gold")
-        self.artifacts = layer("artifacts")
-        self.layers = {"bronze": self.bronze, "silver": self.silver, "gold": self.gold}
+        tiers = {LANDING: lake.bronze} | {
+            prefix: lake.layers()[layer] for layer, prefix in LAYER_PREFIXES.items()
+        }
+        self.lake = SecureBucket(
+            self,
+            "Lake",
+            bucket_name=bucket_name(prefix, "lake"),
+            lifecycle=tiers,
+            keep_on_delete=keep,
+            key=self.key,
+            access_logs=self.logs,
+        ).bucket
+        self.artifacts = SecureBucket(
+            self,
+            "Artifacts",
+            bucket_name=bucket_name(prefix, "artifacts"),
+            lifecycle={"": lake.artifacts},
+            keep_on_delete=keep,
+            key=self.key,
+            access_logs=self.logs,
+        ).bucket
+        self.lake_root = f"s3://{self.lake.bucket_name}"
 
         self.database_name = f"iiot_{env_config.name}_lake"
         database = glue.CfnDatabase(
@@ -138,7 +181,7 @@ class LakeStack(Stack):
                 f"Table{table.name.title().replace('_', '')}",
                 catalog_id=self.account,
                 database_name=self.database_name,
-                table_input=_table_input(table, self.layers[table.layer].bucket_name),
+                table_input=_table_input(table, self.lake_root),
             )
             cfn_table.add_resource_dependency(database)
             self.tables[table.name] = cfn_table
@@ -149,16 +192,16 @@ class LakeStack(Stack):
             assumed_by=iam.ServicePrincipal("emr-serverless.amazonaws.com"),
             description="EMR Serverless lake jobs: read bronze, write silver and gold",
         )
-        for layer, write in (("bronze", False), ("silver", True), ("gold", True)):
-            grant_bucket(
-                self.spark_role,
-                self.spark_role,
-                prefix=prefix,
-                layer=layer,
-                write=write,
-                key=self.key,
-                why="the Spark jobs read bronze and MERGE into silver and gold",
-            )
+        grant_bucket(
+            self.spark_role,
+            self.spark_role,
+            prefix=prefix,
+            layer="lake",
+            write=True,
+            key=self.key,
+            why="the Spark jobs read landed batches and write the bronze, silver and gold "
+            "Delta tables and their watermarks under the one lake root",
+        )
         grant_bucket(
             self.spark_role,
             self.spark_role,
@@ -234,7 +277,7 @@ class LakeStack(Stack):
                                     "--job",
                                     job,
                                     "--lake-root",
-                                    f"s3://{self.bronze.bucket_name}",
+                                    self.lake_root,
                                 ],
                                 "SparkSubmitParameters": f"--py-files {py_files.s3_object_url} "
                                 + DELTA_CONF,
@@ -320,8 +363,8 @@ class LakeStack(Stack):
         )
 
 
-def _table_input(table: DeltaTable, bucket_name: str) -> glue.CfnTable.TableInputProperty:
-    location = f"s3://{bucket_name}/{table.name}"
+def _table_input(table: DeltaTable, lake_root: str) -> glue.CfnTable.TableInputProperty:
+    location = f"{lake_root}/{table.path}"
 
     def columns(items: tuple[Column, ...]) -> list[glue.CfnTable.ColumnProperty]:
         return [

@@ -120,7 +120,7 @@ def build_platform(app: App, env_config: Environment) -> Platform:
         vpc=network.vpc,
         subnets=network.data_subnets,
         lake_key=lake.key,
-        lake_layers=("silver", "gold"),
+        lake_paths=("silver/", "gold/"),
         glue_database=lake.database_name,
         description=description("Redshift Serverless with Spectrum over the lake"),
     )

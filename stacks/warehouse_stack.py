@@ -32,7 +32,7 @@ class WarehouseStack(Stack):
         vpc: ec2.IVpc,
         subnets: ec2.SubnetSelection,
         lake_key: kms.IKey,
-        lake_layers: tuple[str, ...],
+        lake_paths: tuple[str, ...],
         glue_database: str,
         **kwargs: Any,
     ) -> None:
@@ -44,15 +44,16 @@ class WarehouseStack(Stack):
             assumed_by=iam.ServicePrincipal("redshift.amazonaws.com"),
             description="Redshift Spectrum: read the lake's Delta tables and their Glue catalog",
         )
-        for layer in lake_layers:
+        for path in lake_paths:
             grant_bucket(
                 self.spectrum_role,
                 self.spectrum_role,
                 prefix=prefix,
-                layer=layer,
+                layer="lake",
+                path=path,
                 write=False,
                 key=lake_key,
-                why="Spectrum reads the Delta tables' Parquet files",
+                why="Spectrum reads the Delta tables' manifests and Parquet files",
             )
         catalog = f"arn:{self.partition}:glue:{self.region}:{self.account}"
         self.spectrum_role.add_to_policy(

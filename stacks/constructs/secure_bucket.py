@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
@@ -10,41 +12,49 @@ from constructs import Construct
 from config.environments import LayerLifecycle
 
 
-def lifecycle_rules(lifecycle: LayerLifecycle) -> list[s3.LifecycleRule]:
-    """The layer's storage tiers, plus cleanup of old versions and failed multipart uploads."""
-    transitions = []
-    if lifecycle.infrequent_access_after_days is not None:
-        transitions.append(
-            s3.Transition(
-                storage_class=s3.StorageClass.INFREQUENT_ACCESS,
-                transition_after=Duration.days(lifecycle.infrequent_access_after_days),
+def lifecycle_rules(
+    tiers: Mapping[str, LayerLifecycle], *, noncurrent_days: int = 30
+) -> list[s3.LifecycleRule]:
+    """One rule per key prefix ("" for the whole bucket): the layer's storage tiers, plus
+    cleanup of old versions and failed multipart uploads."""
+    rules = []
+    for prefix, lifecycle in tiers.items():
+        transitions = []
+        if lifecycle.infrequent_access_after_days is not None:
+            transitions.append(
+                s3.Transition(
+                    storage_class=s3.StorageClass.INFREQUENT_ACCESS,
+                    transition_after=Duration.days(lifecycle.infrequent_access_after_days),
+                )
+            )
+        if lifecycle.glacier_after_days is not None:
+            transitions.append(
+                s3.Transition(
+                    storage_class=s3.StorageClass.GLACIER,
+                    transition_after=Duration.days(lifecycle.glacier_after_days),
+                )
+            )
+        expiration = (
+            Duration.days(lifecycle.expire_after_days)
+            if lifecycle.expire_after_days is not None
+            else None
+        )
+        rules.append(
+            s3.LifecycleRule(
+                id=f"tiers-{prefix.strip('/') or 'all'}",
+                prefix=prefix or None,
+                transitions=transitions or None,
+                expiration=expiration,
+                noncurrent_version_expiration=Duration.days(noncurrent_days),
+                abort_incomplete_multipart_upload_after=Duration.days(7),
             )
         )
-    if lifecycle.glacier_after_days is not None:
-        transitions.append(
-            s3.Transition(
-                storage_class=s3.StorageClass.GLACIER,
-                transition_after=Duration.days(lifecycle.glacier_after_days),
-            )
-        )
-    expiration = (
-        Duration.days(lifecycle.expire_after_days)
-        if lifecycle.expire_after_days is not None
-        else None
-    )
-    return [
-        s3.LifecycleRule(
-            id="tiers",
-            transitions=transitions or None,
-            expiration=expiration,
-            noncurrent_version_expiration=Duration.days(30),
-            abort_incomplete_multipart_upload_after=Duration.days(7),
-        )
-    ]
+    return rules
 
 
 class SecureBucket(Construct):
-    """A private bucket: KMS (or S3-managed for log targets), TLS 1.2+, versioned, logged."""
+    """A private bucket: KMS (or S3-managed for log targets), TLS 1.2+, versioned, logged;
+    `lifecycle` maps key prefixes ("" for all keys) to their storage tiers."""
 
     def __init__(
         self,
@@ -52,7 +62,7 @@ class SecureBucket(Construct):
         construct_id: str,
         *,
         bucket_name: str,
-        lifecycle: LayerLifecycle,
+        lifecycle: Mapping[str, LayerLifecycle],
         keep_on_delete: bool,
         key: kms.IKey | None = None,
         access_logs: s3.IBucket | None = None,

@@ -56,7 +56,7 @@ def test_network_is_isolated_in_three_azs_with_flow_logs(synth: Synth) -> None:
 def test_every_lake_bucket_is_private_encrypted_tls_only_and_versioned(synth: Synth) -> None:
     lake = synth.template("dev", "lake")
     buckets = resources(synth, "dev", "lake", "AWS::S3::Bucket")
-    assert len(buckets) == 5  # logs, bronze, silver, gold, artifacts
+    assert len(buckets) == 3  # logs, lake (landing/bronze/silver/gold prefixes), artifacts
     for name, bucket in buckets.items():
         props = bucket["Properties"]
         assert props["PublicAccessBlockConfiguration"] == {
@@ -74,7 +74,7 @@ def test_every_lake_bucket_is_private_encrypted_tls_only_and_versioned(synth: Sy
             assert algorithm == "aws:kms"
             assert props["LoggingConfiguration"]["DestinationBucketName"]
     policies = resources(synth, "dev", "lake", "AWS::S3::BucketPolicy")
-    assert len(policies) == 5
+    assert len(policies) == 3
     for policy in policies.values():
         denies = [
             s for s in policy["Properties"]["PolicyDocument"]["Statement"] if s["Effect"] == "Deny"
@@ -91,16 +91,31 @@ def test_lake_key_rotates(synth: Synth) -> None:
     )
 
 
+def _lifecycle_rules(synth: Synth, env: str, bucket: str) -> dict[str, dict[str, Any]]:
+    body = next(
+        body
+        for name, body in resources(synth, env, "lake", "AWS::S3::Bucket").items()
+        if name.startswith(bucket)
+    )
+    return {
+        rule.get("Prefix", ""): rule
+        for rule in body["Properties"]["LifecycleConfiguration"]["Rules"]
+    }
+
+
 @pytest.mark.parametrize("env", ["dev", "prod"])
 def test_lifecycle_tiers_follow_the_environment_config(synth: Synth, env: str) -> None:
     settings = environments()[env].lake
-    for layer, lifecycle in settings.layers().items():
-        bucket = next(
-            body
-            for name, body in resources(synth, env, "lake", "AWS::S3::Bucket").items()
-            if name.startswith(layer.capitalize())
-        )
-        rule = bucket["Properties"]["LifecycleConfiguration"]["Rules"][0]
+    expected_by_prefix = {
+        ("Lake", "landing/"): settings.bronze,
+        ("Lake", "bronze/"): settings.bronze,
+        ("Lake", "silver/"): settings.silver,
+        ("Lake", "gold/"): settings.gold,
+        ("Artifacts", ""): settings.artifacts,
+        ("Logs", ""): settings.logs,
+    }
+    for (bucket, prefix), lifecycle in expected_by_prefix.items():
+        rule = _lifecycle_rules(synth, env, bucket)[prefix]
         transitions = {
             t["StorageClass"]: t["TransitionInDays"] for t in rule.get("Transitions", [])
         }
@@ -109,9 +124,32 @@ def test_lifecycle_tiers_follow_the_environment_config(synth: Synth, env: str) -
             expected["STANDARD_IA"] = lifecycle.infrequent_access_after_days
         if lifecycle.glacier_after_days is not None:
             expected["GLACIER"] = lifecycle.glacier_after_days
-        assert transitions == expected, layer
-        assert rule.get("ExpirationInDays") == lifecycle.expire_after_days, layer
+        assert transitions == expected, (bucket, prefix)
+        assert rule.get("ExpirationInDays") == lifecycle.expire_after_days, (bucket, prefix)
         assert rule["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 7}
+
+
+def test_lake_layout_matches_the_spark_jobs(synth: Synth) -> None:
+    from spark_jobs.io import LakePaths
+
+    paths = LakePaths.from_root("s3://lake")
+    prefixes = {
+        paths.landing: "landing",
+        paths.bronze: "bronze/",
+        paths.silver: "silver/",
+        paths.machine_daily: "gold/",
+        paths.factory_daily: "gold/",
+    }
+    for uri, prefix in prefixes.items():  # the prefixes the lifecycle tiers apply to
+        assert uri.startswith(f"s3://lake/{prefix}"), uri
+    locations = json.dumps(
+        [
+            t["Properties"]["TableInput"]["Parameters"]["delta.location"]
+            for t in resources(synth, "dev", "lake", "AWS::Glue::Table").values()
+        ]
+    )
+    for table in (paths.silver, paths.machine_daily, paths.factory_daily):
+        assert table.removeprefix("s3://lake") in locations, table
 
 
 def test_prod_keeps_data_when_a_stack_is_deleted(synth: Synth) -> None:
@@ -141,12 +179,12 @@ def test_emr_serverless_application_stops_when_idle(synth: Synth) -> None:
     )
 
 
-def test_spark_role_reads_bronze_and_writes_only_silver_and_gold(synth: Synth) -> None:
+def test_spark_role_writes_the_lake_and_only_its_log_prefix(synth: Synth) -> None:
     writes = [s for s in statements(synth, "dev", "lake") if "s3:PutObject" in s["Action"]]
     targets = json.dumps([s["Resource"] for s in writes])
-    assert "iiot-dev-silver-" in targets
-    assert "iiot-dev-gold-" in targets
-    assert "iiot-dev-bronze-" not in targets
+    assert "iiot-dev-lake-" in targets
+    assert "/emr/*" in targets
+    assert "iiot-dev-artifacts-" not in targets
     for statement in statements(synth, "dev", "lake"):
         actions = (
             statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
@@ -177,14 +215,14 @@ def test_stream_is_sized_from_the_workload(synth: Synth) -> None:
     )
 
 
-def test_firehose_delivers_compressed_partitioned_encrypted_batches(synth: Synth) -> None:
+def test_firehose_lands_partitioned_encrypted_batches_where_bronze_reads(synth: Synth) -> None:
     template(synth, "dev", "ingestion").has_resource_properties(
         "AWS::KinesisFirehose::DeliveryStream",
         {
             "DeliveryStreamType": "KinesisStreamAsSource",
             "ExtendedS3DestinationConfiguration": {
-                "CompressionFormat": "GZIP",
-                "Prefix": Match.string_like_regexp(r"date=!\{timestamp:yyyy-MM-dd\}"),
+                "CompressionFormat": "UNCOMPRESSED",
+                "Prefix": Match.string_like_regexp(r"^landing/date=!\{timestamp:yyyy-MM-dd\}"),
                 "ErrorOutputPrefix": Match.string_like_regexp("firehose:error-output-type"),
                 "EncryptionConfiguration": {"KMSEncryptionConfig": Match.any_value()},
                 "CloudWatchLoggingOptions": {"Enabled": True},
