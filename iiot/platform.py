@@ -48,6 +48,7 @@ DEMO_STEPS: list[tuple[str, str]] = [
     ("contract", "iiot.platform:contract_step"),
     ("lake", "spark_jobs.demo:lake_step"),
     ("stream", "kda_sql.demo:stream_step"),
+    ("edge", "sensor_buffer.demo:edge_step"),
 ]
 
 

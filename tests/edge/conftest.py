@@ -52,7 +52,8 @@ class Broker:
             f"persistence {'true' if self.persistent else 'false'}",
             f"persistence_location {self.directory}/",
             "autosave_interval 1",
-            "log_dest none",
+            f"log_dest file {self.directory}/mosquitto.log",
+            "log_type all",
         ]
         config.write_text("\n".join(lines) + "\n")
         self.process = subprocess.Popen(

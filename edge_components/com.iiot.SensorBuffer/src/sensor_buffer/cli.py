@@ -15,6 +15,11 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def edge() -> None:
+    """The gateway's SensorBuffer component (store-and-forward, thresholds, uploads)."""
+
+
 @app.command()
 def run(
     factory: Annotated[str, typer.Option(help="Factory id (input topic factory/F/readings).")],

@@ -47,6 +47,7 @@ class _Client:
     ) -> None:
         host, port = parse_broker(url)
         self.connected = threading.Event()
+        self.stopping = False
         self._on_connected = on_connected
         connect = mqtt5.ConnectPacket(
             client_id=client_id,
@@ -83,7 +84,8 @@ class _Client:
 
     def _disconnected(self, data: mqtt5.LifecycleDisconnectData) -> None:
         self.connected.clear()
-        log.warning("mqtt disconnected", extra={"error": str(data.exception)})
+        level = logging.INFO if self.stopping else logging.WARNING
+        log.log(level, "mqtt disconnected", extra={"error": str(data.exception)})
 
     def publish(self, topic: str, payload: bytes, qos: mqtt5.QoS) -> Any:
         return self.client.publish(mqtt5.PublishPacket(topic=topic, payload=payload, qos=qos))
@@ -169,4 +171,5 @@ class MqttTransport:
     def stop(self) -> None:
         for client in (self._local, self._cloud):
             if client is not None:
+                client.stopping = True
                 client.client.stop()

@@ -1,0 +1,30 @@
+"""The edge step of `make demo` runs end to end on a small fleet and reports its figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sensor_buffer.demo import edge_step
+
+from iiot.catalog import MetricCatalog
+from iiot.platform import DEMO_STEPS, DemoContext
+from iiot.simulator import FleetConfig
+
+
+@pytest.mark.slow
+def test_edge_step_buffers_uploads_and_quarantines(tmp_path: Path, catalog: MetricCatalog) -> None:
+    context = DemoContext(
+        work_dir=tmp_path,
+        fleet=FleetConfig(
+            factories=1, machines_per_factory=3, hours=1, malformed_rate=0.01, seed=4
+        ),
+        catalog=catalog,
+    )
+    figures = edge_step(context)
+    assert figures["readings uploaded (unique batches)"] == figures["readings buffered (committed)"]
+    assert figures["readings buffered (committed)"] > 0
+    assert figures["backlog left"] == 0
+    assert figures["quarantined"] >= figures["malformed payloads published"] > 0
+    assert figures["wire bytes/reading"] < 15
+    assert ("edge", "sensor_buffer.demo:edge_step") in DEMO_STEPS
