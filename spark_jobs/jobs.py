@@ -49,8 +49,8 @@ class LakeSettings:
     sigma: float = 3.0
     min_periods: int = 10
     # Stored readings before a series' first new reading that are read as window context; must
-    # span `last_n` readings and `time_window_ms` (6 h: 100 readings at up to one per 3.6 min).
-    lookback_ms: int = 6 * 3_600_000
+    # span `last_n` readings and `time_window_ms` (2 h: 100 readings at up to one per 72 s).
+    lookback_ms: int = 2 * 3_600_000
     max_future_ms: int = DEFAULT_MAX_FUTURE_MS
 
     def __post_init__(self) -> None:
@@ -114,18 +114,15 @@ def run_bronze(
     ingest_seq = last_seq + 1
     rows = transforms.with_ingest_metadata(
         fresh, ingest_seq, int(time.time() * 1000) if now_ms is None else now_ms
-    ).cache()
-    try:
-        count = rows.count()
-        if count == 0:
-            result.skipped = "no new batches"
-        else:
-            progress(f"bronze: appending {count} new batches (ingest_seq {ingest_seq})")
-            io.append(rows, paths.bronze, partition_by=BRONZE_PARTITIONS)
-            result.source_seq = ingest_seq
-            result.rows_written = count
-    finally:
-        rows.unpersist()
+    )
+    count = rows.count()
+    if count == 0:
+        result.skipped = "no new batches"
+    else:
+        progress(f"bronze: appending {count} new batches (ingest_seq {ingest_seq})")
+        io.append(rows, paths.bronze, partition_by=BRONZE_PARTITIONS)
+        result.source_seq = ingest_seq
+        result.rows_written = count
     result.seconds = time.perf_counter() - began
     return result
 
@@ -158,18 +155,20 @@ def run_silver(
     new_bronze = bronze.filter((F.col("ingest_seq") > watermark) & (F.col("ingest_seq") <= top))
     checked = transforms.quality_check(
         transforms.decode_payloads(new_bronze), rules, max_future_ms=settings.max_future_ms
-    ).cache()
-    try:
-        result.quarantined = _quarantine(spark, paths, checked, progress)
-        accepted = transforms.accepted_readings(checked)
-        result.rows_in = accepted.count()
-        readings = transforms.with_time_dimensions(transforms.dedupe_readings(accepted)).cache()
-        try:
-            _merge_readings(spark, paths, readings, settings, result, progress)
-        finally:
-            readings.unpersist()
-    finally:
-        checked.unpersist()
+    )
+    # No .cache(): Sail's cache made these plans far slower than decoding twice.
+    result.quarantined = _quarantine(spark, paths, checked, progress)
+    accepted = transforms.with_time_dimensions(transforms.accepted_readings(checked))
+    counts = (
+        accepted.groupBy(*transforms.PARTITION_COLUMNS)
+        .agg(F.count("*").alias("n"), F.min("timestamp").alias("first"))
+        .collect()
+    )
+    result.rows_in = sum(int(row["n"]) for row in counts)
+    partitions = [(row["event_date"], row["factory_id"]) for row in counts]
+    earliest = min((int(row["first"]) for row in counts), default=0)
+    readings = transforms.dedupe_readings(accepted)
+    _merge_readings(spark, paths, readings, partitions, earliest, settings, result, progress)
     io.write_watermark(spark, paths, "silver", top)
     result.seconds = time.perf_counter() - began
     return result
@@ -178,81 +177,95 @@ def run_silver(
 def _quarantine(
     spark: SparkSession, paths: io.LakePaths, checked: DataFrame, progress: Progress
 ) -> int:
-    rejects = transforms.quarantine_records(checked).cache()
-    try:
-        count = rejects.count()
-        if count == 0:
-            return 0
-        progress(f"silver: quarantining {count} rejects")
-        if io.table_exists(spark, paths.quarantine):
-            io.merge(spark, rejects, paths.quarantine, keys=QUARANTINE_KEYS, update_columns=None)
-        else:
-            io.append(rejects, paths.quarantine, partition_by=("ingest_date",))
-        return count
-    finally:
-        rejects.unpersist()
+    rejects = transforms.quarantine_records(checked)
+    count = rejects.count()
+    if count == 0:
+        return 0
+    progress(f"silver: quarantining {count} rejects")
+    if io.table_exists(spark, paths.quarantine):
+        io.merge(spark, rejects, paths.quarantine, keys=QUARANTINE_KEYS, update_columns=None)
+    else:
+        io.append(rejects, paths.quarantine, partition_by=("ingest_date",))
+    return count
 
 
 def _merge_readings(
     spark: SparkSession,
     paths: io.LakePaths,
     readings: DataFrame,
+    partitions: list[tuple[Any, str]],
+    earliest: int,
     settings: LakeSettings,
     result: StepResult,
     progress: Progress,
 ) -> None:
-    partitions = [
-        (row["event_date"], row["factory_id"])
-        for row in readings.select(*transforms.PARTITION_COLUMNS).distinct().collect()
-    ]
     result.partitions = len(partitions)
     if not partitions:
         return
     features = _feature_settings(settings)
     if not io.table_exists(spark, paths.silver):
-        count = readings.count()
-        result.rows_written = count
-        result.duplicates = result.rows_in - count
-        progress(f"silver: writing {count} readings into {len(partitions)} partitions")
+        progress(f"silver: writing {result.rows_in} readings into {len(partitions)} partitions")
         rows = transforms.silver_rows(transforms.rolling_features(readings, **features))
         io.append(rows, paths.silver, partition_by=transforms.PARTITION_COLUMNS)
+        result.rows_written = io.read_table(spark, paths.silver).count()
+        result.duplicates = result.rows_in - result.rows_written
         return
     silver = io.read_table(spark, paths.silver, transforms.SILVER_COLUMNS)
-    touched = silver.filter(io.partition_predicate(partitions, alias=None))
+    touched = silver.filter(io.partition_predicate(partitions, alias=None)).filter(
+        F.col("timestamp") >= F.lit(earliest)
+    )
     # Readings already in silver (redelivered batches, duplicate readings) are not new.
     fresh = readings.join(
         touched.select(*transforms.READING_KEY), list(transforms.READING_KEY), "left_anti"
-    ).cache()
-    try:
-        count = fresh.count()
-        result.duplicates = result.rows_in - count
-        if count == 0:
-            return
-        starts = transforms.series_starts(fresh).cache()
-        first_day = _day(min(row["_start"] for row in starts.collect()) - settings.lookback_ms)
-        context = silver.filter(F.col("event_date") >= F.lit(first_day))
-        window = transforms.recompute_window(
-            context, fresh, starts, lookback_ms=settings.lookback_ms
-        )
-        changed = transforms.changed_rows(transforms.rolling_features(window, **features))
-        changed_partitions = {
+    )
+    # One row per machine and metric: few, so taken as data for the rest of the run.
+    start_rows = transforms.series_starts(fresh).collect()
+    count = sum(int(row["_new"]) for row in start_rows)
+    result.duplicates = result.rows_in - count
+    if count == 0:
+        return
+    starts = spark.createDataFrame(
+        [tuple(row) for row in start_rows],
+        "machine_id string, metric string, _start long, _new long",
+    )
+    context_from = min(int(row["_start"]) for row in start_rows) - settings.lookback_ms
+    context = silver.filter(F.col("event_date") >= F.lit(_day(context_from))).filter(
+        F.col("timestamp") >= F.lit(context_from)
+    )
+    window = transforms.rolling_features(
+        transforms.recompute_window(context, fresh, starts, lookback_ms=settings.lookback_ms),
+        **features,
+    )
+    # Late readings change the statistics of stored readings after them: update those first
+    # (the window is re-read by each merge, and stays the same while the new rows are absent).
+    if transforms.late_series(context, starts).count() > 0:
+        updates = transforms.changed_rows(window, new=False)
+        changed = [
             (row["event_date"], row["factory_id"])
-            for row in changed.select(*transforms.PARTITION_COLUMNS).distinct().collect()
-        }
-        result.partitions = len(changed_partitions)
-        progress(f"silver: merging {count} new readings into {len(changed_partitions)} partitions")
+            for row in updates.select(*transforms.PARTITION_COLUMNS).distinct().collect()
+        ]
+        result.extra["late partitions updated"] = len(changed)
+        progress(f"silver: late data: updating statistics in {len(changed)} partitions")
         io.merge(
             spark,
-            changed,
+            updates,
             paths.silver,
             keys=(*transforms.PARTITION_COLUMNS, *transforms.READING_KEY),
             update_columns=(*transforms.FEATURE_COLUMNS, "ingest_seq"),
-            target_filter=io.partition_predicate(changed_partitions),
+            insert=False,
+            target_filter=io.partition_predicate(changed),
         )
-        result.rows_written = count
-        starts.unpersist()
-    finally:
-        fresh.unpersist()
+    progress(f"silver: merging {count} new readings")
+    # New readings: an insert-only MERGE (exactly once per key, and no file is rewritten).
+    io.merge(
+        spark,
+        transforms.changed_rows(window, new=True),
+        paths.silver,
+        keys=(*transforms.PARTITION_COLUMNS, *transforms.READING_KEY),
+        update_columns=None,
+        target_filter=io.partition_predicate(partitions),
+    )
+    result.rows_written = count
 
 
 def _feature_settings(settings: LakeSettings) -> dict[str, Any]:

@@ -149,6 +149,7 @@ def test_late_data_gives_the_same_lake_as_one_complete_run(
     land_columns(incremental, columns.take(late), "late", seed=4)
     _bronze, silver, gold = run(sail, incremental, catalog)
     assert silver.rows_written == int(late.sum()) - silver.duplicates
+    assert silver.extra["late partitions updated"] >= 1
     assert gold.partitions >= 1
 
     for uri_complete, uri_incremental in (
