@@ -1,0 +1,1 @@
+"""com.iiot.FailurePredictor: per-machine features, compiled model, alerts on the gateway."""

@@ -1,0 +1,97 @@
+"""The component's configuration, validated: a bad update is rejected with its reasons."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from ml_pipeline.features import MachineInfo
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message lists every problem."""
+
+
+@dataclass(frozen=True)
+class PredictorConfig:
+    factory_id: str
+    model_dir: str
+    predict_every_readings: int = 25  # per machine: predict after this many new readings ...
+    predict_every_seconds: float = 60.0  # ... or once this much event time has passed
+    alert_threshold: float = 0.8
+    clear_threshold: float = 0.6  # hysteresis: the alert clears only below this
+    shutdown_threshold: float = 0.95
+    shutdown_requests_enabled: bool = False  # off unless the site opts in
+    shutdown_request_ttl_seconds: float = 900.0
+    model_poll_seconds: float = 10.0
+    machines: Mapping[str, MachineInfo] = field(default_factory=dict)
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> PredictorConfig:
+        """From the Greengrass component configuration (camelCase keys, as in recipe.yaml)."""
+        problems: list[str] = []
+
+        def number(key: str, default: float, *, low: float, high: float) -> float:
+            value = raw.get(key, default)
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                problems.append(f"{key} must be a number, got {value!r}")
+                return default
+            if not low <= value <= high:
+                problems.append(f"{key} must be within [{low}, {high}], got {value}")
+            return value
+
+        factory_id = str(raw.get("factoryId", "")).strip()
+        if not factory_id:
+            problems.append("factoryId is required")
+        model_dir = str(raw.get("modelDir", "")).strip()
+        if not model_dir:
+            problems.append("modelDir is required (the FailureModel component's artifact path)")
+        every = number("predictEveryReadings", 25, low=1, high=1_000_000)
+        seconds = number("predictEverySeconds", 60.0, low=0.0, high=86_400.0)
+        alert = number("alertThreshold", 0.8, low=0.0, high=1.0)
+        clear = number("clearThreshold", 0.6, low=0.0, high=1.0)
+        shutdown = number("shutdownThreshold", 0.95, low=0.0, high=1.0)
+        ttl = number("shutdownRequestTtlSeconds", 900.0, low=1.0, high=86_400.0)
+        poll = number("modelPollSeconds", 10.0, low=0.1, high=86_400.0)
+        if clear >= alert:
+            problems.append(f"clearThreshold ({clear}) must be below alertThreshold ({alert})")
+        if shutdown < alert:
+            problems.append(f"shutdownThreshold ({shutdown}) must be at least alertThreshold")
+        enabled = raw.get("shutdownRequestsEnabled", False)
+        if isinstance(enabled, str):
+            enabled = enabled.strip().lower() == "true"
+        machines: dict[str, MachineInfo] = {}
+        for machine_id, info in (raw.get("machines") or {}).items():
+            if not isinstance(info, Mapping):
+                problems.append(f"machines.{machine_id} must be a mapping with model/installedOn")
+                continue
+            installed = info.get("installedOn")
+            installed_ms = None
+            if installed:
+                try:
+                    day = datetime.fromisoformat(str(installed)).replace(tzinfo=UTC)
+                    installed_ms = int(day.timestamp() * 1000)
+                except ValueError:
+                    problems.append(f"machines.{machine_id}.installedOn is not a date: {installed}")
+            machines[str(machine_id)] = MachineInfo(
+                str(machine_id), str(info.get("model", "")), installed_ms
+            )
+        if problems:
+            raise ConfigError("invalid FailurePredictor configuration: " + "; ".join(problems))
+        return cls(
+            factory_id=factory_id,
+            model_dir=model_dir,
+            predict_every_readings=int(every),
+            predict_every_seconds=seconds,
+            alert_threshold=alert,
+            clear_threshold=clear,
+            shutdown_threshold=shutdown,
+            shutdown_requests_enabled=bool(enabled),
+            shutdown_request_ttl_seconds=ttl,
+            model_poll_seconds=poll,
+            machines=machines,
+        )

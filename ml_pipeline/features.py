@@ -1,0 +1,467 @@
+"""The one feature definition, computed two ways: in batch (training) and per reading (gateway).
+
+Features describe a machine "as of" its latest reading. Per metric (from the metric's own
+readings up to and including its latest one):
+
+* ``last``                  the latest value
+* ``mean_<n>``, ``std_<n>``  mean and population standard deviation of the last ``n`` readings
+                            (fewer at the start of a series; std needs two)
+* ``slope_<n>``             least-squares trend per reading over the last ``n`` readings (the
+                            largest count window; needs two)
+* ``mean_<m>min``, ``max_<m>min``, ``count_<m>min``  over the readings in the time window
+                            ``(t - m minutes, t]`` ending at the metric's latest reading
+
+Per machine: hours since the last completed maintenance (NaN when none is known), the machine
+model's code and its age in days at the latest reading (when the spec asks for metadata).
+
+`batch_machine_features` computes every row of one machine's stream with vectorized numpy
+(training over the lake's silver data); `MachineFeatureState` updates the same vector with O(1)
+amortized work per reading (the gateway). `tests/ml/test_features.py` proves they agree.
+
+This module must stay importable on a gateway: numpy and the standard library only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+PUMP_MODELS = ("CP-200", "CP-400", "SP-100")
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What to compute. Equal specs give equal feature vectors, in the order of `names`."""
+
+    metrics: tuple[str, ...]
+    count_windows: tuple[int, ...] = (6, 30)
+    time_windows_minutes: tuple[int, ...] = (60,)
+    maintenance: bool = True
+    machine_models: tuple[str, ...] = PUMP_MODELS  # empty: no machine metadata features
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.metrics:
+            raise ValueError("a feature spec needs at least one metric")
+        if not self.count_windows or min(self.count_windows) < 2:
+            raise ValueError(f"count windows must be at least 2 readings: {self.count_windows}")
+        if any(m <= 0 for m in self.time_windows_minutes):
+            raise ValueError(f"time windows must be positive: {self.time_windows_minutes}")
+
+    @property
+    def slope_window(self) -> int:
+        return max(self.count_windows)
+
+    @property
+    def metric_feature_names(self) -> tuple[str, ...]:
+        names = ["last"]
+        for n in self.count_windows:
+            names += [f"mean_{n}", f"std_{n}"]
+        names.append(f"slope_{self.slope_window}")
+        for m in self.time_windows_minutes:
+            names += [f"mean_{m}min", f"max_{m}min", f"count_{m}min"]
+        return tuple(names)
+
+    @property
+    def per_metric(self) -> int:
+        return len(self.metric_feature_names)
+
+    @property
+    def machine_feature_names(self) -> tuple[str, ...]:
+        names = []
+        if self.maintenance:
+            names.append("hours_since_maintenance")
+        if self.machine_models:
+            names += ["machine_model", "age_days"]
+        return tuple(names)
+
+    @property
+    def names(self) -> list[str]:
+        return [
+            f"{metric}__{name}" for metric in self.metrics for name in self.metric_feature_names
+        ] + list(self.machine_feature_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
+        return cls(
+            metrics=tuple(data["metrics"]),
+            count_windows=tuple(data["count_windows"]),
+            time_windows_minutes=tuple(data["time_windows_minutes"]),
+            maintenance=bool(data["maintenance"]),
+            machine_models=tuple(data["machine_models"]),
+            version=int(data.get("version", 1)),
+        )
+
+
+@dataclass(frozen=True)
+class MachineInfo:
+    """What the gateway's configuration (or machines.csv) says about a machine."""
+
+    machine_id: str
+    model: str = ""
+    installed_ms: int | None = None
+
+
+def model_code(spec: FeatureSpec, model: str) -> float:
+    return float(spec.machine_models.index(model)) if model in spec.machine_models else math.nan
+
+
+# ------------------------------------------------------------------------------ incremental
+
+
+class _CountWindow:
+    """Sums over the last `n` values, centred on a reference refreshed every `n` appends.
+
+    Centring keeps the sums small (no cancellation for a flat signal); the exact refresh from
+    the buffer every `n` appends stops rounding from accumulating, at amortized O(1) cost.
+    """
+
+    __slots__ = ("count", "n", "ref", "s1", "s2", "since_refresh", "sj")
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.count = 0
+        self.ref = 0.0
+        self.s1 = self.s2 = self.sj = 0.0
+        self.since_refresh = 0
+
+    def push(self, x: float, buffer: deque[float]) -> None:
+        """`buffer` already holds `x` as its newest element (and at least `n` values if full)."""
+        self.since_refresh += 1
+        if self.count == 0 or self.since_refresh >= self.n:
+            self._refresh(buffer)
+            return
+        d = x - self.ref
+        if self.count == self.n:
+            old = buffer[-self.n - 1] - self.ref
+            self.s1 -= old
+            self.s2 -= old * old
+            # every remaining value moves one index down; the oldest (index 0) leaves
+            self.sj -= self.s1
+            self.count -= 1
+        self.sj += self.count * d
+        self.s1 += d
+        self.s2 += d * d
+        self.count += 1
+        # After a level shift (a pump stopping) the reference is far from the values and
+        # s2/k - mean^2 cancels: refresh then, so that a flat window's std is exactly 0.
+        k = self.count
+        m = self.s1 / k
+        if m * m > 1e6 * (self.s2 / k - m * m):
+            self._refresh(buffer)
+
+    def _refresh(self, buffer: deque[float]) -> None:
+        k = min(len(buffer), self.n)
+        values = [buffer[i] for i in range(len(buffer) - k, len(buffer))]
+        self.ref = sum(values) / k
+        s1 = s2 = sj = 0.0
+        for j, v in enumerate(values):
+            d = v - self.ref
+            s1 += d
+            s2 += d * d
+            sj += j * d
+        self.s1, self.s2, self.sj, self.count = s1, s2, sj, k
+        self.since_refresh = 0
+
+    def mean(self) -> float:
+        return self.ref + self.s1 / self.count
+
+    def std(self) -> float:
+        if self.count < 2:
+            return math.nan
+        m = self.s1 / self.count
+        return math.sqrt(max(self.s2 / self.count - m * m, 0.0))
+
+    def slope(self) -> float:
+        k = self.count
+        if k < 2:
+            return math.nan
+        return (self.sj - (k - 1) / 2 * self.s1) / (k * (k * k - 1) / 12)
+
+
+class _TimeWindow:
+    """Mean, max and count over `(t - span, t]`: a deque with a centred running sum and a
+    monotonic deque for the max (amortized O(1) per value)."""
+
+    __slots__ = ("items", "maxima", "ref", "s1", "since_refresh", "span_ms")
+
+    def __init__(self, span_ms: int) -> None:
+        self.span_ms = span_ms
+        self.items: deque[tuple[int, float]] = deque()
+        self.maxima: deque[tuple[int, float]] = deque()
+        self.ref = 0.0
+        self.s1 = 0.0
+        self.since_refresh = 0
+
+    def push(self, t: int, x: float) -> None:
+        items, maxima = self.items, self.maxima
+        cutoff = t - self.span_ms
+        while items and items[0][0] <= cutoff:
+            self.s1 -= items.popleft()[1] - self.ref
+        while maxima and maxima[0][0] <= cutoff:
+            maxima.popleft()
+        items.append((t, x))
+        while maxima and maxima[-1][1] <= x:
+            maxima.pop()
+        maxima.append((t, x))
+        self.since_refresh += 1
+        if len(items) == 1 or self.since_refresh >= len(items):
+            self.ref = sum(v for _, v in items) / len(items)
+            self.s1 = sum(v - self.ref for _, v in items)
+            self.since_refresh = 0
+        else:
+            self.s1 += x - self.ref
+
+    def mean(self) -> float:
+        return self.ref + self.s1 / len(self.items)
+
+    def max(self) -> float:
+        return self.maxima[0][1]
+
+
+class _SeriesState:
+    __slots__ = ("buffer", "counts", "slope_window", "times")
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        self.buffer: deque[float] = deque(maxlen=spec.slope_window + 1)
+        self.counts = [_CountWindow(n) for n in spec.count_windows]
+        self.slope_window = self.counts[spec.count_windows.index(spec.slope_window)]
+        self.times = [_TimeWindow(m * 60_000) for m in spec.time_windows_minutes]
+
+
+class MachineFeatureState:
+    """One machine's features, updated reading by reading (the gateway's side).
+
+    `vector` is a float64 array in `spec.names` order, kept current: each reading rewrites
+    only its own metric's slots and the machine slots, so reading it costs nothing.
+    """
+
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        machine: MachineInfo,
+        maintenance_completed_ms: Sequence[int] = (),
+    ) -> None:
+        self.spec = spec
+        self.machine = machine
+        self._metric_index = {m: i for i, m in enumerate(spec.metrics)}
+        self._series = [_SeriesState(spec) for _ in spec.metrics]
+        self._pending_maintenance = deque(sorted(maintenance_completed_ms))
+        self.last_maintenance_ms: int | None = None
+        self.vector: FloatArray = np.full(len(spec.names), np.nan)
+        self._machine_offset = len(spec.metrics) * spec.per_metric
+        self._model_code = model_code(spec, machine.model)
+        self.last_timestamp_ms: int | None = None
+        self.readings = 0
+
+    def add_maintenance(self, completed_ms: int) -> None:
+        """A maintenance job completed (takes effect from the first reading at or after it)."""
+        pending = self._pending_maintenance
+        pending.append(completed_ms)
+        if len(pending) > 1 and pending[-2] > completed_ms:
+            self._pending_maintenance = deque(sorted(pending))
+
+    def update(self, timestamp_ms: int, metric: str, value: float) -> bool:
+        """Fold one reading in; False (and no change) for a metric the spec does not use."""
+        position = self._metric_index.get(metric)
+        if position is None:
+            return False
+        series = self._series[position]
+        series.buffer.append(value)
+        out = self.vector
+        base = position * self.spec.per_metric
+        out[base] = value
+        slot = base + 1
+        for window in series.counts:
+            window.push(value, series.buffer)
+            out[slot] = window.mean()
+            out[slot + 1] = window.std()
+            slot += 2
+        out[slot] = series.slope_window.slope()
+        slot += 1
+        for span in series.times:
+            span.push(timestamp_ms, value)
+            out[slot] = span.mean()
+            out[slot + 1] = span.max()
+            out[slot + 2] = len(span.items)
+            slot += 3
+        self._update_machine(timestamp_ms)
+        self.readings += 1
+        return True
+
+    def _update_machine(self, t: int) -> None:
+        self.last_timestamp_ms = t
+        slot = self._machine_offset
+        spec = self.spec
+        if spec.maintenance:
+            pending = self._pending_maintenance
+            while pending and pending[0] <= t:
+                self.last_maintenance_ms = pending.popleft()
+            self.vector[slot] = (
+                (t - self.last_maintenance_ms) / HOUR_MS
+                if self.last_maintenance_ms is not None
+                else math.nan
+            )
+            slot += 1
+        if spec.machine_models:
+            self.vector[slot] = self._model_code
+            installed = self.machine.installed_ms
+            self.vector[slot + 1] = (t - installed) / DAY_MS if installed is not None else math.nan
+
+
+# ------------------------------------------------------------------------------------ batch
+
+
+def _window_stats(values: FloatArray, n: int) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Mean, population std and per-reading slope over the last `n` values at every position
+    (fewer at the start), each computed exactly from its window (two-pass)."""
+    length = len(values)
+    padded = np.concatenate([np.full(n - 1, np.nan), values])
+    windows = np.lib.stride_tricks.sliding_window_view(padded, n)  # (length, n)
+    valid = ~np.isnan(windows)
+    k = valid.sum(axis=1).astype(np.float64)
+    filled = np.where(valid, windows, 0.0)
+    mean = filled.sum(axis=1) / k
+    dev = np.where(valid, windows - mean[:, None], 0.0)
+    var = (dev * dev).sum(axis=1) / k
+    std = np.where(k >= 2, np.sqrt(var), np.nan)
+    # positions within the available part of the window: 0..k-1 (slope is shift-invariant)
+    j = np.arange(n, dtype=np.float64)[None, :] - (n - k)[:, None]
+    jbar = (k - 1) / 2
+    sjj = k * (k * k - 1) / 12
+    with np.errstate(invalid="ignore", divide="ignore"):
+        slope = np.where(
+            k >= 2, (np.where(valid, j - jbar[:, None], 0.0) * dev).sum(axis=1) / sjj, np.nan
+        )
+    assert len(mean) == length
+    return mean, std, slope
+
+
+def _range_max(values: FloatArray, starts: IntArray) -> FloatArray:
+    """max(values[starts[i] : i + 1]) for every i, with a sparse table (O(L log L))."""
+    length = len(values)
+    table = [values]
+    span = 1
+    while span * 2 <= length:
+        prev = table[-1]
+        table.append(np.maximum(prev[:-span], prev[span:]))
+        span *= 2
+    ends = np.arange(length)
+    sizes = ends - starts + 1
+    level = np.floor(np.log2(sizes)).astype(np.int64)
+    out = np.empty(length)
+    for lv in np.unique(level):
+        rows = np.flatnonzero(level == lv)
+        block = table[lv]
+        width = 1 << int(lv)
+        out[rows] = np.maximum(block[starts[rows]], block[ends[rows] - width + 1])
+    return out
+
+
+def _series_features(
+    spec: FeatureSpec, timestamps: IntArray, values: FloatArray
+) -> npt.NDArray[np.float64]:
+    """Per-reading features of one metric's series, in `metric_feature_names` order."""
+    columns = [values]
+    for n in spec.count_windows:
+        mean, std, slope = _window_stats(values, n)
+        columns += [mean, std]
+        if n == spec.slope_window:
+            slope_column = slope
+    columns.append(slope_column)
+    if len(values):
+        centre = float(values.mean())
+        cumulative = np.concatenate([[0.0], np.cumsum(values - centre)])
+    positions = np.arange(len(values))
+    for minutes in spec.time_windows_minutes:
+        starts = np.searchsorted(timestamps, timestamps - minutes * 60_000, side="right")
+        count = (positions - starts + 1).astype(np.float64)
+        if len(values):
+            mean = centre + (cumulative[positions + 1] - cumulative[starts]) / count
+            maximum = _range_max(values, starts.astype(np.int64))
+        else:
+            mean = maximum = np.empty(0)
+        columns += [mean, maximum, count]
+    return np.column_stack(columns) if len(values) else np.empty((0, spec.per_metric))
+
+
+def batch_machine_features(
+    spec: FeatureSpec,
+    timestamps: IntArray,
+    metrics: Sequence[str] | npt.NDArray[Any],
+    values: FloatArray,
+    machine: MachineInfo,
+    maintenance_completed_ms: Sequence[int] = (),
+    rows: IntArray | None = None,
+) -> FloatArray:
+    """Features as of every reading (or of `rows`) of one machine's stream.
+
+    The stream must be in arrival order (time order; ties keep their order), exactly what the
+    gateway sees. Returns float64 (len(rows), len(spec.names)).
+    """
+    timestamps = np.asarray(timestamps, dtype=np.int64)
+    values = np.asarray(values, dtype=np.float64)
+    metrics = np.asarray(metrics)
+    length = len(timestamps)
+    if rows is None:
+        rows = np.arange(length)
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.full((len(rows), len(spec.names)), np.nan)
+    positions = np.arange(length)
+    for m, metric in enumerate(spec.metrics):
+        member = metrics == metric
+        index = np.flatnonzero(member)
+        if not len(index):
+            continue
+        features = _series_features(spec, timestamps[index], values[index])
+        # forward-fill: each row sees its metric's latest reading at or before it
+        latest = np.maximum.accumulate(np.where(member, positions, -1))[rows]
+        seen = latest >= 0
+        series_position = np.searchsorted(index, latest[seen])
+        out[np.flatnonzero(seen), m * spec.per_metric : (m + 1) * spec.per_metric] = features[
+            series_position
+        ]
+    # a row's machine features use its own timestamp, but only rows of used metrics count
+    used = np.isin(metrics, np.asarray(spec.metrics))
+    last_used = np.maximum.accumulate(np.where(used, positions, -1))[rows]
+    t = np.where(last_used >= 0, timestamps[np.maximum(last_used, 0)], -1)
+    slot = len(spec.metrics) * spec.per_metric
+    valid = last_used >= 0
+    if spec.maintenance:
+        done = np.sort(np.asarray(maintenance_completed_ms, dtype=np.int64))
+        k = np.searchsorted(done, t, side="right")
+        has = valid & (k > 0)
+        column = np.full(len(rows), np.nan)
+        column[has] = (t[has] - done[k[has] - 1]) / HOUR_MS
+        out[:, slot] = column
+        slot += 1
+    if spec.machine_models:
+        out[valid, slot] = model_code(spec, machine.model)
+        if machine.installed_ms is not None:
+            out[valid, slot + 1] = (t[valid] - machine.installed_ms) / DAY_MS
+    return out
+
+
+@dataclass
+class FeatureTable:
+    """Feature rows of many machines with their identity and time (the training input)."""
+
+    names: list[str]
+    x: FloatArray
+    machine_id: npt.NDArray[np.str_]
+    timestamp: IntArray
+    extra: dict[str, Any] = field(default_factory=dict)

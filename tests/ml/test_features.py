@@ -1,0 +1,102 @@
+"""One feature definition, two computations: batch (training) and incremental (gateway)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from iiot.catalog import MetricCatalog
+from ml_pipeline.dataset import default_spec, read_history, read_streams
+from ml_pipeline.features import (
+    DAY_MS,
+    FeatureSpec,
+    MachineFeatureState,
+    MachineInfo,
+    batch_machine_features,
+)
+
+
+def incremental(spec, stream_t, stream_m, stream_v, machine, maintenance):  # type: ignore[no-untyped-def]
+    state = MachineFeatureState(spec, machine, maintenance)
+    rows = np.empty((len(stream_t), len(spec.names)))
+    for i, (t, m, v) in enumerate(
+        zip(stream_t.tolist(), stream_m.tolist(), stream_v.tolist(), strict=True)
+    ):
+        state.update(t, m, v)
+        rows[i] = state.vector
+    return rows
+
+
+def assert_same(batch: np.ndarray, online: np.ndarray) -> None:
+    assert batch.shape == online.shape
+    assert (np.isnan(batch) == np.isnan(online)).all(), "missing features differ"
+    np.testing.assert_allclose(online, batch, rtol=1e-6, atol=1e-6, equal_nan=True)
+
+
+def test_batch_and_incremental_features_are_equal_on_a_simulated_stream(
+    run_dir, catalog: MetricCatalog
+) -> None:
+    spec = default_spec()
+    history = read_history(run_dir)
+    streams = list(read_streams(run_dir, history, catalog))[:3]
+    assert streams, "the simulation produced no streams"
+    for stream in streams:
+        maintenance = history.maintenance_completed.get(stream.machine.machine_id, [])
+        batch = batch_machine_features(
+            spec, stream.timestamp, stream.metric, stream.value, stream.machine, maintenance
+        )
+        online = incremental(
+            spec, stream.timestamp, stream.metric, stream.value, stream.machine, maintenance
+        )
+        assert_same(batch, online)
+        # the stream really exercises the definition: full windows, trends, maintenance
+        assert np.isfinite(batch[-1]).sum() == len(spec.names) - (0 if maintenance else 1)
+
+
+def test_equal_on_hard_streams_flat_sensor_ties_gaps_and_unknown_metrics() -> None:
+    spec = FeatureSpec(metrics=("a", "b"), count_windows=(3, 8), time_windows_minutes=(5,))
+    rng = np.random.default_rng(3)
+    n = 4000
+    t = np.sort(rng.integers(0, n * 20_000, n)).astype(np.int64)  # ties and uneven gaps
+    m = rng.choice(np.array(["a", "b", "other"]), n)
+    v = rng.normal(1500.0, 3.0, n)
+    v[500:900] = 1500.25  # a stuck sensor: std exactly 0, no cancellation noise
+    v[2000:2100] *= 100.0  # a jump of two orders of magnitude
+    machine = MachineInfo("M", "CP-400", installed_ms=-400 * DAY_MS)
+    maintenance = [int(t[1000]), int(t[3000]) + 1]
+    batch = batch_machine_features(spec, t, m, v, machine, maintenance)
+    online = incremental(spec, t, m, v, machine, maintenance)
+    assert_same(batch, online)
+    std_8 = spec.names.index("a__std_8")
+    flat = (np.arange(n) > 700) & (np.arange(n) < 880) & (m == "a")
+    assert (online[flat, std_8] == 0).all() or np.abs(online[flat, std_8]).max() < 1e-9
+
+
+def test_first_readings_give_partial_windows_and_missing_values() -> None:
+    spec = FeatureSpec(metrics=("a",), count_windows=(3,), time_windows_minutes=(1,))
+    state = MachineFeatureState(spec, MachineInfo("M"))
+    assert np.isnan(state.vector).all()
+    state.update(0, "a", 2.0)
+    named = dict(zip(spec.names, state.vector.tolist(), strict=True))
+    assert named["a__last"] == 2.0
+    assert named["a__mean_3"] == 2.0
+    assert np.isnan(named["a__std_3"])
+    assert np.isnan(named["a__slope_3"])
+    state.update(1000, "a", 4.0)
+    state.update(2000, "a", 6.0)
+    state.update(3000, "a", 8.0)
+    named = dict(zip(spec.names, state.vector.tolist(), strict=True))
+    assert named["a__mean_3"] == pytest.approx(6.0)
+    assert named["a__slope_3"] == pytest.approx(2.0)
+    assert named["a__count_1min"] == 4.0
+    assert named["a__max_1min"] == 8.0
+    assert np.isnan(named["hours_since_maintenance"])  # no maintenance known
+    assert not state.update(4000, "humidity", 1.0)
+
+
+def test_spec_round_trips_and_rejects_nonsense() -> None:
+    spec = default_spec()
+    assert FeatureSpec.from_dict(spec.to_dict()) == spec
+    assert len(spec.names) == len(set(spec.names))
+    with pytest.raises(ValueError, match="count windows"):
+        FeatureSpec(metrics=("a",), count_windows=(1,))

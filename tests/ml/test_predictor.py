@@ -1,0 +1,241 @@
+"""The FailurePredictor component's logic, without Greengrass: features, alerts, requests, swap."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import pytest
+from failure_predictor.config import ConfigError, PredictorConfig
+from failure_predictor.main import build
+from failure_predictor.messages import ShutdownConfirmation
+from failure_predictor.model_loader import ModelHandle
+from failure_predictor.predictor import FailurePredictor
+from failure_predictor.transport import MemoryTransport
+
+from iiot import topics
+from iiot.anomaly import decode_anomaly
+from iiot.catalog import MetricCatalog
+from iiot.contract import Reading
+from iiot.wire import encode_json
+from ml_pipeline.dataset import read_history, read_streams
+from ml_pipeline.features import MachineInfo, batch_machine_features
+from ml_pipeline.runtime import Manifest
+
+FACTORY = "F01"
+
+
+class ScriptedModel:
+    """A model whose probabilities the test chooses, with a real manifest."""
+
+    backend = "scripted"
+
+    def __init__(self, manifest: Manifest, probabilities: list[float]) -> None:
+        self.manifest = manifest
+        self.probabilities = list(probabilities)
+        self.seen: list[np.ndarray] = []
+
+    def predict_one(self, features: np.ndarray) -> float:
+        self.seen.append(features.copy())
+        return self.probabilities.pop(0) if self.probabilities else 0.0
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        return np.array([self.predict_one(row) for row in np.atleast_2d(features)])
+
+
+def config(compiled_dir: Path, **overrides: Any) -> PredictorConfig:
+    raw = {
+        "factoryId": FACTORY,
+        "modelDir": str(compiled_dir),
+        "predictEveryReadings": 5,
+        "predictEverySeconds": 3600,
+    }
+    raw.update(overrides)
+    return PredictorConfig.from_mapping(raw)
+
+
+def scripted(
+    compiled_dir: Path, catalog: MetricCatalog, probabilities: list[float], **overrides: Any
+) -> tuple[FailurePredictor, ScriptedModel, list[tuple[str, bytes]]]:
+    model = ScriptedModel(Manifest.read(compiled_dir), probabilities)
+    handle = ModelHandle(compiled_dir, loader=lambda _d: model)
+    published: list[tuple[str, bytes]] = []
+    predictor = FailurePredictor(
+        config(compiled_dir, **overrides),
+        handle,
+        lambda t, p: published.append((t, p)),
+        catalog,
+        clock=lambda: 1_800_000_000.0,
+    )
+    return predictor, model, published
+
+
+def feed(predictor: FailurePredictor, n: int, machine: str = "F01-M001") -> None:
+    for i in range(n):
+        predictor.on_reading(1_767_000_000_000 + i * 10_000, machine, "temperature", 60.0 + i)
+
+
+def on(published: list[tuple[str, bytes]], topic: str) -> list[dict[str, Any]]:
+    return [json.loads(p) for t, p in published if t == topic]
+
+
+def test_predicts_every_k_readings_with_the_shared_features(
+    compiled_dir: Path, catalog: MetricCatalog, run_dir: Path
+) -> None:
+    predictor, model, published = scripted(compiled_dir, catalog, [])
+    history = read_history(run_dir)
+    stream = next(read_streams(run_dir, history, catalog))
+    machine = stream.machine.machine_id
+    n = 200
+    for t, m, v in zip(
+        stream.timestamp[:n].tolist(), stream.metric[:n], stream.value[:n].tolist(), strict=True
+    ):
+        predictor.on_reading(t, machine, str(m), v)
+    predictions = on(published, f"factory/{FACTORY}/predictions")
+    assert len(predictions) == n // 5
+    # the gateway's config knows nothing of the machine here: no model/age metadata
+    # what the model saw is the batch definition of the same stream at the same readings
+    spec = model.manifest.feature_spec
+    rows = np.arange(4, n, 5)
+    batch = batch_machine_features(
+        spec,
+        stream.timestamp[:n],
+        stream.metric[:n],
+        stream.value[:n],
+        MachineInfo(machine),
+        rows=rows,
+    )
+    np.testing.assert_allclose(np.array(model.seen), batch, rtol=1e-6, atol=1e-6)
+
+
+def test_alert_raises_at_threshold_and_clears_only_below_the_hysteresis(
+    compiled_dir: Path, catalog: MetricCatalog
+) -> None:
+    probabilities = [0.5, 0.85, 0.7, 0.65, 0.9, 0.59, 0.2]
+    predictor, _, published = scripted(compiled_dir, catalog, probabilities)
+    feed(predictor, 5 * len(probabilities))
+    alerts = [decode_anomaly(p) for t, p in published if t == topics.LOCAL_ALERTS]
+    assert [a.state for a in alerts] == ["RAISED", "CLEARED"]
+    assert alerts[0].anomaly_type == "FAILURE_PREDICTED"
+    assert alerts[0].source == "model"
+    assert alerts[0].value == pytest.approx(0.85)
+    # the same anomaly goes to the cloud topic
+    assert len([1 for t, _ in published if t == topics.ANOMALIES]) == 2
+    flags = [p["alert"] for p in on(published, f"factory/{FACTORY}/predictions")]
+    assert flags == [False, True, True, True, True, False, False]
+
+
+def test_no_shutdown_request_unless_enabled(compiled_dir: Path, catalog: MetricCatalog) -> None:
+    predictor, _, published = scripted(compiled_dir, catalog, [0.99, 0.99])
+    feed(predictor, 10)
+    assert not on(published, f"factory/{FACTORY}/shutdown/requests")
+
+
+def test_shutdown_is_a_request_that_only_an_operator_confirms(
+    compiled_dir: Path, catalog: MetricCatalog
+) -> None:
+    predictor, _, published = scripted(
+        compiled_dir, catalog, [0.97, 0.98, 0.99], shutdownRequestsEnabled=True
+    )
+    feed(predictor, 15)
+    requests = on(published, f"factory/{FACTORY}/shutdown/requests")
+    assert len(requests) == 1  # one open request per machine, not one per prediction
+    request = requests[0]
+    assert request["confirm_topic"] == f"factory/{FACTORY}/shutdown/confirmations"
+    assert not on(published, f"factory/{FACTORY}/shutdown/decisions")
+    predictor.on_confirmation(
+        msgspec.json.encode(ShutdownConfirmation(request_id="other", operator="x", approved=True))
+    )
+    assert not on(published, f"factory/{FACTORY}/shutdown/decisions")
+    predictor.on_confirmation(
+        msgspec.json.encode(
+            ShutdownConfirmation(request_id=request["request_id"], operator="ana", approved=True)
+        )
+    )
+    decisions = on(published, f"factory/{FACTORY}/shutdown/decisions")
+    assert decisions[0]["status"] == "CONFIRMED"
+    assert decisions[0]["operator"] == "ana"
+
+
+def test_model_update_swaps_in_place_and_keeps_feature_state(
+    compiled_dir: Path, catalog: MetricCatalog, tmp_path: Path
+) -> None:
+    deployed = tmp_path / "failure_model"
+    shutil.copytree(compiled_dir, deployed)
+    published: list[tuple[str, bytes]] = []
+    predictor = FailurePredictor(
+        config(deployed), ModelHandle(deployed), lambda t, p: published.append((t, p)), catalog
+    )
+    assert predictor.model.model is not None
+    assert predictor.model.model.backend == "compiled"
+    feed(predictor, 12)
+    state = predictor.machines["F01-M001"].state
+    readings_before = state.readings
+    # a new FailureModel version lands: new manifest (new version), same features
+    manifest = json.loads((deployed / "manifest.json").read_text())
+    manifest["model_version"] = "test-2"
+    (deployed / "manifest.json").write_text(json.dumps(manifest))
+    assert predictor.refresh_model()
+    assert predictor.model.model.manifest.model_version == "test-2"
+    assert predictor.machines["F01-M001"].state is state
+    assert state.readings == readings_before
+    feed(predictor, 5)
+    versions = {p["model_version"] for p in on(published, f"factory/{FACTORY}/predictions")}
+    assert versions == {"test-1", "test-2"}
+    # a broken update is rejected and the current model keeps serving
+    (deployed / "failure_model-x86_64.so").write_bytes(b"broken")
+    manifest["model_version"] = "test-3"
+    (deployed / "manifest.json").write_text(json.dumps(manifest))
+    assert not predictor.refresh_model()
+    assert predictor.model.model.manifest.model_version == "test-2"
+
+
+def test_payloads_are_validated_and_wired_through_a_transport(
+    compiled_dir: Path, catalog: MetricCatalog
+) -> None:
+    transport = MemoryTransport()
+    predictor = build(config(compiled_dir), transport)
+    assert f"factory/{FACTORY}/readings" in transport.topics
+    good = [
+        Reading(
+            1_767_000_000_000 + i * 1000, FACTORY, "F01-M002", "F01-M002-rpm", "rpm", 1400.0, "rpm"
+        )
+        for i in range(10)
+    ]
+    transport.deliver(f"factory/{FACTORY}/readings", encode_json(good))
+    transport.deliver(f"factory/{FACTORY}/readings", b'{"garbage": true}')
+    assert predictor.counters.readings == 10
+    assert predictor.counters.rejected == 1
+    assert len([1 for t, _ in transport.published if t.endswith("/predictions")]) == 2
+
+
+def test_configuration_is_validated_with_reasons() -> None:
+    with pytest.raises(ConfigError) as error:
+        PredictorConfig.from_mapping(
+            {"factoryId": "", "alertThreshold": 0.5, "clearThreshold": 0.7, "modelDir": "m"}
+        )
+    message = str(error.value)
+    assert "factoryId is required" in message
+    assert "clearThreshold" in message
+    parsed = PredictorConfig.from_mapping(
+        {
+            "factoryId": "F01",
+            "modelDir": "m",
+            "shutdownRequestsEnabled": "true",
+            "machines": {"F01-M001": {"model": "CP-400", "installedOn": "2020-01-01"}},
+        }
+    )
+    assert parsed.shutdown_requests_enabled
+    assert parsed.machines["F01-M001"].model == "CP-400"
+
+
+def test_only_the_transport_module_imports_awsiot() -> None:
+    source = Path(__file__).parents[2] / "edge_components/com.iiot.FailurePredictor/src"
+    importers = sorted(
+        p.name for p in source.rglob("*.py") if "awsiot" in p.read_text().replace("`awsiot`", "")
+    )
+    assert importers == ["transport_ipc.py"]

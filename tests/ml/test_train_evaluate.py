@@ -1,0 +1,115 @@
+"""Training: no leakage across time or machines, imbalance handled, script mode; evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ml_pipeline.evaluate import evaluate, pr_auc
+from ml_pipeline.labels import FailureEvent
+from ml_pipeline.train import load_table, save_table, split_by_time_and_machine
+
+
+def test_split_keeps_test_machines_and_the_future_out_of_training(feature_table) -> None:
+    split = split_by_time_and_machine(feature_table)
+    machines = feature_table.machine_id
+    assert not set(machines[split.train]) & set(split.test_machines)
+    assert set(machines[split.test]) <= set(split.test_machines)
+    assert feature_table.timestamp[split.train].max() < split.cut_ms
+    assert feature_table.timestamp[split.test].min() >= split.cut_ms
+    # a training row's label never knows a failure after the cut: rows whose horizon crosses
+    # the cut are positive only through failures before it, or excluded
+    horizon = feature_table.extra["horizon_ms"]
+    late = feature_table.timestamp[split.train] + horizon > split.cut_ms
+    late_positive = split.train_label[late] == 1
+    failures_before_cut = [
+        f for f in feature_table.extra["failures"] if f.failed_at_ms < split.cut_ms
+    ]
+    for row in np.flatnonzero(late)[late_positive]:
+        t = feature_table.timestamp[split.train][row]
+        machine = machines[split.train][row]
+        assert any(
+            f.machine_id == machine and t < f.failed_at_ms <= t + horizon
+            for f in failures_before_cut
+        )
+
+
+def test_feature_table_round_trips_through_npz(feature_table, tmp_path: Path) -> None:
+    save_table(feature_table, tmp_path / "features.npz")
+    loaded = load_table(tmp_path / "features.npz")
+    np.testing.assert_array_equal(loaded.x, feature_table.x)
+    np.testing.assert_array_equal(loaded.extra["label"], feature_table.extra["label"])
+    assert loaded.extra["failures"] == feature_table.extra["failures"]
+    assert loaded.extra["spec"] == feature_table.extra["spec"]
+
+
+def test_training_writes_model_and_metrics(model_dir: Path) -> None:
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    for key in ("pr_auc", "precision", "recall", "lead_time_hours", "false_alarms_per_machine_day"):
+        assert key in metrics
+    assert metrics["split"]["train_positive_rows"] > 0
+    info = json.loads((model_dir / "training.json").read_text())
+    assert info["model_version"] == "test-1"
+    assert info["threshold"] == 0.8
+    # the model learned something real from the simulated degradation
+    assert metrics["pr_auc"] > (metrics["positive_rows"] / metrics["rows"])
+
+
+def test_train_runs_as_a_sagemaker_script_mode_entry_point(
+    feature_table, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ml_pipeline import train
+
+    channel = tmp_path / "channel"
+    save_table(feature_table, channel / "features.npz")
+    monkeypatch.setenv("SM_CHANNEL_TRAIN", str(channel))
+    monkeypatch.setenv("SM_MODEL_DIR", str(tmp_path / "model"))
+    monkeypatch.setenv("SM_OUTPUT_DATA_DIR", str(tmp_path / "output"))
+    assert train.main(["--rounds", "5"]) == 0
+    assert (tmp_path / "model" / "model.json").exists()
+    assert json.loads((tmp_path / "output" / "metrics.json").read_text())["rows"] > 0
+
+
+def test_pr_auc_matches_scikit_learn() -> None:
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(0)
+    label = (rng.random(500) < 0.1).astype(np.int8)
+    prob = np.round(np.clip(label * 0.3 + rng.random(500) * 0.7, 0, 1), 2)  # with ties
+    assert pr_auc(label, prob) == pytest.approx(average_precision_score(label, prob))
+
+
+def test_lead_time_and_false_alarms_on_a_known_case() -> None:
+    hour = 3_600_000
+    t = np.arange(0, 100) * hour  # one machine, hourly rows
+    failure = FailureEvent("M1", 80 * hour, 84 * hour)
+    label = np.zeros(100, dtype=np.int8)
+    label[56:80] = 1
+    label[80:84] = -1
+    prob = np.zeros(100)
+    prob[70:80] = 0.9  # fires 10 h before the failure
+    prob[20:23] = 0.85  # one false alarm episode
+    metrics = evaluate(prob, label, np.array(["M1"] * 100), t, [failure], threshold=0.8)
+    assert metrics["failures_caught"] == 1
+    assert metrics["lead_time_hours"]["median"] == pytest.approx(10.0)
+    assert metrics["false_alarms"] == 1
+    assert metrics["false_alarms_per_machine_day"] == pytest.approx(1 / (99 / 24))
+    assert metrics["precision"] == pytest.approx(10 / 13)
+    assert metrics["recall"] == pytest.approx(10 / 24)
+
+
+def test_evaluate_command_writes_the_metrics_json(
+    model_dir: Path, run_dir: Path, tmp_path: Path
+) -> None:
+    from ml_pipeline.dataset import build_table
+    from ml_pipeline.evaluate_job import evaluate_model_dir
+    from ml_pipeline.train import save_table
+
+    table = build_table(run_dir, sample_ms=10 * 60_000)
+    save_table(table, tmp_path / "features.npz")
+    metrics = evaluate_model_dir(model_dir, tmp_path / "features.npz", tmp_path / "m.json")
+    assert json.loads((tmp_path / "m.json").read_text())["pr_auc"] == metrics["pr_auc"]
+    assert metrics["model_version"] == "test-1"
