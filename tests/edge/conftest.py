@@ -7,6 +7,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -84,14 +85,16 @@ class Broker:
 
 
 @pytest.fixture
-def broker_factory(tmp_path: Path) -> Iterator[Callable[..., Broker]]:
+def broker_factory() -> Iterator[Callable[..., Broker]]:
     if not os.path.exists(MOSQUITTO):
         pytest.fail("mosquitto is not installed (scripts/bootstrap.sh test installs it)")
     brokers: list[Broker] = []
 
     def make(*, persistent: bool = False) -> Broker:
-        directory = tmp_path / f"broker{len(brokers)}"
-        directory.mkdir()
+        # Started as root, mosquitto drops to its own user: its log and persistence files need
+        # a directory that user can reach and write (pytest's tmp_path is private to root).
+        directory = Path(tempfile.mkdtemp(prefix="iiot-edge-broker-"))
+        directory.chmod(0o777)
         broker = Broker(free_port(), directory, persistent)
         broker.start()
         brokers.append(broker)
@@ -100,6 +103,7 @@ def broker_factory(tmp_path: Path) -> Iterator[Callable[..., Broker]]:
     yield make
     for broker in brokers:
         broker.stop()
+        shutil.rmtree(broker.directory, ignore_errors=True)
 
 
 def simulated(

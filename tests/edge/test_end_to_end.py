@@ -241,6 +241,8 @@ def test_cloud_outage_backlog_drains_completely_and_in_order(
     cloud.stop()  # IoT Core unreachable while readings keep arriving
     publish([columns.take(slice(half, None))], local.url, client_id="sensors-outage-2")
     time.sleep(3)
+    # the consumer's session (and what was queued for it) survives the broker's restart
+    assert (cloud.directory / "mosquitto.db").exists()
     cloud.start()
     expected = valid(columns, catalog)
     try:

@@ -130,8 +130,10 @@ class MqttTransport:
     def _received(self, data: mqtt5.PublishReceivedData) -> None:
         packet = data.publish_packet
         ack = None
-        if packet.qos == mqtt5.QoS.AT_LEAST_ONCE and data.acquire_publish_acknowledgement_control:
-            handle = data.acquire_publish_acknowledgement_control()
+        # Manual PUBACK control arrived in awscrt 0.2x; older releases acknowledge on return.
+        acquire = getattr(data, "acquire_publish_acknowledgement_control", None)
+        if packet.qos == mqtt5.QoS.AT_LEAST_ONCE and acquire is not None:
+            handle = acquire()
             local = self._local
 
             def ack() -> None:
