@@ -27,4 +27,6 @@ def test_edge_step_buffers_uploads_and_quarantines(tmp_path: Path, catalog: Metr
     assert figures["backlog left"] == 0
     assert figures["quarantined"] >= figures["malformed payloads published"] > 0
     assert figures["wire bytes/reading"] < 15
+    assert figures["threshold alerts (local)"] >= 1
+    assert figures["local alert latency ms (probe)"] is not None
     assert ("edge", "sensor_buffer.demo:edge_step") in DEMO_STEPS
