@@ -8,6 +8,7 @@ CDK CLI sets from the AWS profile); without them the stacks are environment-agno
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -136,6 +137,9 @@ class Environment:
     flink_parallelism_per_kpu: int
     edge_rollout: EdgeRollout
     alarm_email: str | None = None
+    # The com.iiot.FailureModel version the gateways run (published by the ML stack's flow
+    # after a model is approved); None: the gateways run the buffer without prediction.
+    edge_model_version: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -286,4 +290,11 @@ def environments() -> dict[str, Environment]:
         ),
         alarm_email=os.environ.get("IIOT_ALARM_EMAIL"),
     )
-    return {env.name: env.validate() for env in (dev, staging, prod)}
+    model_versions = {
+        name: os.environ.get(f"IIOT_EDGE_MODEL_VERSION_{name.upper()}") or None
+        for name in ("dev", "staging", "prod")
+    }
+    return {
+        env.name: dataclasses.replace(env, edge_model_version=model_versions[env.name]).validate()
+        for env in (dev, staging, prod)
+    }

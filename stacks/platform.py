@@ -14,11 +14,13 @@ from cdk_nag import AwsSolutionsChecks
 from config.environments import Environment, environments
 from stacks.alerting_stack import AlertingStack
 from stacks.artifacts import ROOT
+from stacks.edge_stack import EdgeStack
 from stacks.ingestion_stack import IngestionStack
 from stacks.iot_stack import IotStack
 from stacks.lake_stack import LakeStack
 from stacks.monitoring_stack import Monitored, MonitoringStack
 from stacks.network_stack import NetworkStack
+from stacks.streaming_stack import StreamingStack
 from stacks.timeseries_stack import TimeSeriesStack
 from stacks.warehouse_stack import WarehouseStack
 
@@ -112,6 +114,16 @@ def build_platform(app: App, env_config: Environment) -> Platform:
         description=description("IoT Core things, policy, token exchange and rules"),
     )
     add("iot", iot)
+    streaming = StreamingStack(
+        app,
+        f"{prefix}-streaming",
+        env=env,
+        env_config=env_config,
+        telemetry=ingestion.telemetry,
+        anomalies=alerting.anomalies,
+        description=description("Flink SQL stream rules (Managed Service for Apache Flink)"),
+    )
+    add("streaming", streaming)
     warehouse = WarehouseStack(
         app,
         f"{prefix}-warehouse",
@@ -138,6 +150,17 @@ def build_platform(app: App, env_config: Environment) -> Platform:
     )
     add("timeseries", timeseries)
 
+    edge = EdgeStack(
+        app,
+        f"{prefix}-edge",
+        env=env,
+        env_config=env_config,
+        thing_group_arns={f: group.attr_arn for f, group in iot.thing_groups.items()},
+        token_exchange_role=iot.token_exchange_role,
+        description=description("Greengrass component versions and factory deployments"),
+    )
+    add("edge", edge)
+
     functions = {}
     if alerting.router is not None:
         functions["AlertRouter"] = alerting.router
@@ -153,7 +176,7 @@ def build_platform(app: App, env_config: Environment) -> Platform:
             anomalies=alerting.anomalies,
             delivery_stream_name=ingestion.delivery_stream_name,
             functions=functions,
-            flink_application_name=None,
+            flink_application_name=streaming.application_name,
         ),
         description=description("alarms and dashboard"),
     )

@@ -11,7 +11,8 @@ import hashlib
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +53,8 @@ def source_hash(
 
 @jsii.implements(ILocalBundling)
 class LocalPythonBundling:
-    """Copy `copies` (source, target folder in the bundle: "" for the root) and install
-    `requirements` for `platform` / `python_version` into the bundle."""
+    """Copy `copies` (source, target folder in the bundle: "" for the root), write `files`
+    (relative path -> text) and install `requirements` for `platform` / `python_version`."""
 
     def __init__(
         self,
@@ -62,8 +63,12 @@ class LocalPythonBundling:
         requirements: Sequence[str],
         platform: str,
         python_version: str,
+        files: Mapping[str, str] | None = None,
+        exclude: Sequence[str] = (),
     ) -> None:
+        self.exclude = tuple(exclude)
         self.copies = tuple(copies)
+        self.files = dict(files or {})
         self.requirements = tuple(requirements)
         self.platform = platform
         self.python_version = python_version
@@ -78,6 +83,9 @@ class LocalPythonBundling:
             else:
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(source, destination)
+        for relative, content in self.files.items():
+            (out / relative).parent.mkdir(parents=True, exist_ok=True)
+            (out / relative).write_text(content)
         if self.requirements:
             command = [
                 sys.executable,
@@ -98,7 +106,15 @@ class LocalPythonBundling:
                 str(CONSTRAINTS),
                 *self.requirements,
             ]
-            result = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
+            with tempfile.TemporaryDirectory() as scratch:
+                if self.exclude:
+                    excludes = Path(scratch) / "excludes.txt"
+                    excludes.write_text("\n".join(self.exclude) + "\n")
+                    command[-len(self.requirements) : -len(self.requirements)] = [
+                        "--excludes",
+                        str(excludes),
+                    ]
+                result = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
             if result.returncode != 0:
                 raise RuntimeError(
                     f"installing {', '.join(self.requirements)} for {self.platform} failed "

@@ -26,6 +26,8 @@ ARCHITECTURE = lambda_.Architecture.ARM_64
 PLATFORM = "aarch64-manylinux_2_28"  # Amazon Linux 2023 (glibc 2.34) runs these
 # The core's command-line dependencies are of no use in a function; boto3 is in the runtime.
 _NOT_BUNDLED = {"typer", "rich", "boto3"}
+# Pulled in by aws-xray-sdk, provided by the Lambda Python runtime (about 30 MB).
+RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer")
 
 
 def lambda_requirements() -> list[str]:
@@ -68,6 +70,7 @@ class PythonFunction(Construct):
             requirements=requirements,
             platform=PLATFORM,
             python_version=PYTHON_VERSION,
+            exclude=RUNTIME_PROVIDED,
         )
         self.log_group = logs.LogGroup(
             self,
@@ -92,7 +95,9 @@ class PythonFunction(Construct):
             code=lambda_.Code.from_asset(
                 str(function_dir),
                 asset_hash_type=AssetHashType.CUSTOM,
-                asset_hash=source_hash(copies, requirements, PLATFORM, PYTHON_VERSION),
+                asset_hash=source_hash(
+                    copies, requirements, PLATFORM, PYTHON_VERSION, *RUNTIME_PROVIDED
+                ),
                 bundling=local_bundling(bundling),
             ),
             environment=dict(environment),

@@ -25,6 +25,8 @@ CONCERNS = (
     "warehouse",
     "timeseries",
     "monitoring",
+    "streaming",
+    "edge",
 )
 
 

@@ -426,3 +426,97 @@ def test_influx_writer_gets_every_setting_it_requires(synth: Synth) -> None:
     assert function["Properties"]["VpcConfig"]["SubnetIds"]
     variables = function["Properties"]["Environment"]["Variables"]
     WriterSettings.from_environ(dict.fromkeys(variables, "set-by-the-stack"))
+
+
+# --- streaming -----------------------------------------------------------------------------
+
+
+def test_flink_runs_the_sql_runner_from_the_kinesis_streams(synth: Synth) -> None:
+    application = next(
+        iter(resources(synth, "dev", "streaming", "AWS::KinesisAnalyticsV2::Application").values())
+    )
+    props = application["Properties"]
+    assert props["RuntimeEnvironment"].startswith("FLINK-")
+    configuration = props["ApplicationConfiguration"]
+    groups = {
+        g["PropertyGroupId"]: g["PropertyMap"]
+        for g in configuration["EnvironmentProperties"]["PropertyGroups"]
+    }
+    assert groups["kinesis.analytics.flink.run.options"]["python"] == "kda_sql/runner.py"
+    rules = groups["StreamRules"]  # kda_sql/runner.py: PROPERTY_GROUP
+    assert rules["source.connector"] == "kinesis"
+    assert rules["sink.connector"] == "kinesis"
+    assert "Telemetry" in json.dumps(rules["source.stream.arn"])
+    assert "Anomalies" in json.dumps(rules["sink.stream.arn"])
+    assert configuration["ApplicationSnapshotConfiguration"] == {"SnapshotsEnabled": True}
+    code = configuration["ApplicationCodeConfiguration"]
+    assert code["CodeContentType"] == "ZIPFILE"
+
+
+def test_flink_property_group_is_the_runners(synth: Synth) -> None:
+    from kda_sql import runner
+
+    application = next(
+        iter(resources(synth, "dev", "streaming", "AWS::KinesisAnalyticsV2::Application").values())
+    )
+    groups = application["Properties"]["ApplicationConfiguration"]["EnvironmentProperties"]
+    assert runner.PROPERTY_GROUP in {g["PropertyGroupId"] for g in groups["PropertyGroups"]}
+
+
+# --- edge ----------------------------------------------------------------------------------
+
+
+def test_components_are_published_with_their_recipe_and_asset(synth: Synth) -> None:
+    versions = resources(synth, "dev", "edge", "AWS::GreengrassV2::ComponentVersion")
+    recipes = [json.dumps(v["Properties"]["InlineRecipe"]) for v in versions.values()]
+    names = {
+        name
+        for name in ("com.iiot.SensorBuffer", "com.iiot.FailurePredictor")
+        if any(name in r for r in recipes)
+    }
+    assert names == {"com.iiot.SensorBuffer", "com.iiot.FailurePredictor"}
+    for recipe in recipes:
+        assert "BUCKET_NAME" not in recipe  # the gdk placeholder is replaced by the asset
+        assert "cdk-hnb659fds-assets" in recipe
+
+
+@pytest.mark.parametrize("env", ["dev", "prod"])
+def test_one_deployment_per_factory_with_rollout_and_abort(synth: Synth, env: str) -> None:
+    config = environments()[env]
+    deployments = resources(synth, env, "edge", "AWS::GreengrassV2::Deployment")
+    assert len(deployments) == len(config.factories)
+    for deployment in deployments.values():
+        job = deployment["Properties"]["IotJobConfiguration"]
+        assert job["JobExecutionsRolloutConfig"]["MaximumPerMinute"] == (
+            config.edge_rollout.max_per_minute
+        )
+        criteria = job["AbortConfig"]["CriteriaList"][0]
+        assert criteria["ThresholdPercentage"] == config.edge_rollout.failure_threshold_percent
+        assert deployment["Properties"]["DeploymentPolicies"]["FailureHandlingPolicy"] == "ROLLBACK"
+        # No model published in this synth: the gateways run the buffer alone.
+        assert set(deployment["Properties"]["Components"]) == {"com.iiot.SensorBuffer"}
+
+
+def test_deployments_configure_the_catalogs_thresholds(synth: Synth, catalog: Any) -> None:
+    deployment = next(
+        iter(resources(synth, "dev", "edge", "AWS::GreengrassV2::Deployment").values())
+    )
+    merge = json.loads(
+        deployment["Properties"]["Components"]["com.iiot.SensorBuffer"]["ConfigurationUpdate"][
+            "Merge"
+        ]
+    )
+    assert merge["factoryId"] in environments()["dev"].factories
+    for name, metric in catalog.items():
+        assert merge["thresholds"][name]["max"] == metric.edge.max
+        assert merge["thresholds"][name]["debounce"] == metric.edge.debounce
+    topics_ = json.dumps(merge["accessControl"])
+    assert f"factory/{merge['factoryId']}/readings" in topics_
+
+
+def test_gateways_may_fetch_exactly_the_component_artifacts(synth: Synth) -> None:
+    policy = next(iter(resources(synth, "dev", "edge", "AWS::IAM::Policy").values()))
+    statement = policy["Properties"]["PolicyDocument"]["Statement"][0]
+    assert statement["Action"] == "s3:GetObject"
+    assert "*" not in json.dumps(statement["Resource"])
+    assert "TokenExchangeRole" in json.dumps(policy["Properties"]["Roles"])
