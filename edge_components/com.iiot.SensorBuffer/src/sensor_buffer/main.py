@@ -161,6 +161,12 @@ class SensorBuffer:
                         log.warning(
                             "retention dropped unsent readings", extra={"readings": dropped}
                         )
+                        self._buffer_alert(
+                            "BUFFER_RETENTION_DROP",
+                            "WARNING",
+                            f"retention ({self.config.retention_days:g} days) dropped "
+                            f"{dropped} unsent readings",
+                        )
                 except Exception:
                     log.exception("maintenance failed")
 
@@ -186,23 +192,32 @@ class SensorBuffer:
         readings = sum(e.readings for e in events)
         policies = sorted({e.policy for e in events})
         log.warning("buffer full", extra={"policies": policies, "readings": readings})
-        now = self._clock()
-        if now - self._last_full_alert < _FULL_ALERT_INTERVAL_S:
+        if self._clock() - self._last_full_alert < _FULL_ALERT_INTERVAL_S:
             return
-        self._last_full_alert = now
+        self._last_full_alert = self._clock()
+        self._buffer_alert(
+            "BUFFER_FULL",
+            "CRITICAL" if "reject_new" in policies else "WARNING",
+            f"disk cap reached: {'/'.join(policies)} affected {readings} readings",
+        )
+
+    def _buffer_alert(self, kind: str, severity: str, message: str) -> None:
+        """An alert about the buffer itself: on the local alerts topic and to the cloud."""
         alert = Anomaly(
             factory_id=self.config.factory_id,
             machine_id=self.config.gateway_id,
             metric="buffer_bytes",
-            anomaly_type="BUFFER_FULL",
-            severity="CRITICAL" if "reject_new" in policies else "WARNING",
+            anomaly_type=kind,
+            severity=severity,  # type: ignore[arg-type]
             value=float(self.store.used_bytes),
             threshold=float(self.store.max_disk_bytes),
-            timestamp=int(now * 1000),
+            timestamp=int(self._clock() * 1000),
             source="edge",
-            message=f"disk cap reached: {'/'.join(policies)} affected {readings} readings",
+            message=message,
         )
         self._publish_alerts([alert])
+        self.store.add_anomalies([(alert.anomaly_id, encode_anomaly(alert))])
+        self.uploader.wake.set()
 
     # ------------------------------------------------------------------------------ health
 

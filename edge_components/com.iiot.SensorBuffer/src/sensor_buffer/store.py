@@ -648,6 +648,15 @@ class Store:
             ).fetchall()
         return [PendingAnomaly(*row) for row in rows]
 
+    def add_anomalies(self, anomalies: Sequence[tuple[str, bytes]]) -> None:
+        """Queue anomalies for the cloud outside an ingest commit (buffer alerts)."""
+        now_ms = int(self._clock() * 1000)
+        with self._lock:
+            self._db.executemany(
+                "INSERT INTO anomalies (anomaly_id, payload, created_ms) VALUES (?, ?, ?)",
+                [(aid, payload, now_ms) for aid, payload in anomalies],
+            )
+
     def ack_anomaly(self, row_id: int) -> None:
         with self._lock:
             self._db.execute("DELETE FROM anomalies WHERE id = ?", (row_id,))

@@ -1,0 +1,163 @@
+"""The wired component with in-memory and fake Greengrass transports."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import ClassVar
+
+import msgspec
+import pytest
+from sensor_buffer.config import BufferConfig
+from sensor_buffer.main import SensorBuffer
+from sensor_buffer.transport import MemoryTransport
+
+from iiot.anomaly import decode_anomaly
+from iiot.catalog import MetricCatalog
+from iiot.contract import Reading
+
+
+def wait_for(condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError("timed out")
+
+
+def readings(n: int, start: int | None = None) -> bytes:
+    start = start or int(time.time() * 1000) - 3_600_000
+    rng = random.Random(start)
+    return msgspec.json.encode(
+        [
+            Reading(start + i, "F1", "M1", "M1-temp", "temperature", rng.uniform(30, 90), "degC")
+            for i in range(n)
+        ]
+    )
+
+
+def test_full_disk_raises_a_buffer_alert_locally_and_to_the_cloud(
+    tmp_path: Path, catalog: MetricCatalog
+) -> None:
+    transport = MemoryTransport(auto_ack=False)  # the cloud never acknowledges: the disk fills
+    config = BufferConfig(
+        factory_id="F1",
+        data_dir=tmp_path,
+        max_disk_bytes=30_000,
+        full_policy="reject_new",
+        batch_linger_ms=10_000_000,
+        health_interval_s=3600,
+    )
+    buffer = SensorBuffer(config, transport, catalog)
+    buffer.start()
+    try:
+        for i in range(40):
+            transport.deliver(
+                "factory/F1/readings", readings(500, start=1_790_000_000_000 + i * 1000)
+            )
+        wait_for(lambda: buffer.store.counters["rejected_full"] > 0)
+        wait_for(lambda: any(t == config.anomalies_topic for t, _ in transport.cloud))
+    finally:
+        buffer.stop()
+    local = [decode_anomaly(p) for t, p in transport.local if t == config.local_alerts_topic]
+    assert [a.anomaly_type for a in local] == ["BUFFER_FULL"]
+    assert local[0].severity == "CRITICAL"
+    cloud = [decode_anomaly(p) for t, p in transport.cloud if t == config.anomalies_topic]
+    assert cloud[0].anomaly_id == local[0].anomaly_id
+
+
+def test_status_is_published_and_reports_the_backlog(
+    tmp_path: Path, catalog: MetricCatalog
+) -> None:
+    transport = MemoryTransport(auto_ack=False)
+    config = BufferConfig(
+        factory_id="F1", data_dir=tmp_path, batch_linger_ms=10_000_000, health_interval_s=0.2
+    )
+    buffer = SensorBuffer(config, transport, catalog)
+    buffer.start()
+    try:
+        transport.deliver("factory/F1/readings", readings(100))
+        transport.deliver("factory/F1/readings", b"not json")
+
+        def status_with_backlog() -> bool:
+            for topic, payload in transport.local:
+                if topic == config.status and json.loads(payload)["backlog_readings"] == 100:
+                    return True
+            return False
+
+        wait_for(status_with_backlog)
+    finally:
+        buffer.stop()
+    status = buffer.last_status
+    assert status["backlog_readings"] == 100
+    assert status["quarantined"] == 1
+    assert status["oldest_unsent_age_s"] is not None
+    assert status["backlog_bytes"] > 0
+
+
+class FakeIpcClient:
+    """Stands in for GreengrassCoreIPCClientV2: records calls, hands out futures."""
+
+    instances: ClassVar[list[FakeIpcClient]] = []
+
+    def __init__(self) -> None:
+        self.subscriptions: dict[str, object] = {}
+        self.local: list[tuple[str, bytes]] = []
+        self.cloud: list[tuple[str, str, bytes, Future]] = []
+        FakeIpcClient.instances.append(self)
+
+    def subscribe_to_topic(self, *, topic, receive_mode, on_stream_event, on_stream_error):
+        self.subscriptions[topic] = on_stream_event
+        return object(), type("Operation", (), {"close": lambda self: None})()
+
+    def publish_to_topic_async(self, *, topic, publish_message):
+        self.local.append((topic, publish_message.binary_message.message))
+
+    def publish_to_iot_core_async(self, *, topic_name, qos, payload):
+        future: Future = Future()
+        self.cloud.append((topic_name, qos, payload, future))
+        return future
+
+    def close(self) -> None:
+        pass
+
+
+def test_greengrass_ipc_transport_maps_messages_and_pubacks(monkeypatch) -> None:
+    import sensor_buffer.transport_ipc as ipc
+    from awsiot.greengrasscoreipc.model import (
+        BinaryMessage,
+        MessageContext,
+        SubscriptionResponseMessage,
+    )
+
+    monkeypatch.setattr(ipc, "GreengrassCoreIPCClientV2", FakeIpcClient)
+    transport = ipc.IpcTransport()
+    got: list[tuple[str, bytes, object]] = []
+    transport.start(("factory/F1/readings",), lambda t, p, a: got.append((t, p, a)))
+    client = FakeIpcClient.instances[-1]
+    client.subscriptions["factory/F1/readings"](
+        SubscriptionResponseMessage(
+            binary_message=BinaryMessage(
+                message=b"[]", context=MessageContext(topic="factory/F1/readings")
+            )
+        )
+    )
+    assert got == [("factory/F1/readings", b"[]", None)]
+    transport.publish_local("factory/local/alerts", b"alert")
+    assert client.local == [("factory/local/alerts", b"alert")]
+    future = transport.publish_cloud("factory/sensor/data", b"batch")
+    topic, qos, payload, ipc_future = client.cloud[0]
+    assert (topic, payload) == ("factory/sensor/data", b"batch")
+    assert qos == "1"  # QOS.AT_LEAST_ONCE
+    assert not future.done()
+    ipc_future.set_result(None)  # IoT Core's PUBACK arrived
+    assert future.result(1) is None
+    failing = transport.publish_cloud("factory/sensor/data", b"batch")
+    client.cloud[1][3].set_exception(TimeoutError("no PUBACK"))
+    with pytest.raises(TimeoutError):
+        failing.result(1)
+    transport.stop()
