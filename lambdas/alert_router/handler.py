@@ -100,7 +100,11 @@ def route_once(anomaly: Anomaly) -> str:
     metrics.add_metric(name=f"Anomalies_{decision}", unit=MetricUnit.Count, value=1)
     logger.info(
         "anomaly routed",
-        extra={"decision": decision, "anomaly_id": anomaly.anomaly_id, "key": anomaly.machine_id},
+        extra={
+            "decision": decision,
+            "anomaly_id": anomaly.anomaly_id,
+            "machine_id": anomaly.machine_id,
+        },
     )
     return decision
 
