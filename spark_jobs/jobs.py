@@ -156,37 +156,40 @@ def run_silver(
     checked = transforms.quality_check(
         transforms.decode_payloads(new_bronze), rules, max_future_ms=settings.max_future_ms
     )
-    # No .cache(): Sail's cache made these plans far slower than decoding twice.
-    result.quarantined = _quarantine(spark, paths, checked, progress)
-    accepted = transforms.with_time_dimensions(transforms.accepted_readings(checked))
-    counts = (
-        accepted.groupBy(*transforms.PARTITION_COLUMNS)
+    # One pass for the figures the merges need (rejects, partitions, earliest reading); no
+    # .cache(): Sail's cache made these plans far slower than decoding again.
+    stats = (
+        transforms.with_time_dimensions(checked)
+        .groupBy(
+            F.col("reject_reason").isNotNull().alias("rejected"), *transforms.PARTITION_COLUMNS
+        )
         .agg(F.count("*").alias("n"), F.min("timestamp").alias("first"))
         .collect()
     )
+    counts = [row for row in stats if not row["rejected"]]
+    rejected = sum(int(row["n"]) for row in stats if row["rejected"])
+    if rejected:
+        progress(f"silver: quarantining {rejected} rejects")
+        _quarantine(spark, paths, checked)
+        result.quarantined = rejected
     result.rows_in = sum(int(row["n"]) for row in counts)
     partitions = [(row["event_date"], row["factory_id"]) for row in counts]
     earliest = min((int(row["first"]) for row in counts), default=0)
-    readings = transforms.dedupe_readings(accepted)
+    readings = transforms.with_time_dimensions(
+        transforms.dedupe_readings(transforms.accepted_readings(checked))
+    )
     _merge_readings(spark, paths, readings, partitions, earliest, settings, result, progress)
     io.write_watermark(spark, paths, "silver", top)
     result.seconds = time.perf_counter() - began
     return result
 
 
-def _quarantine(
-    spark: SparkSession, paths: io.LakePaths, checked: DataFrame, progress: Progress
-) -> int:
+def _quarantine(spark: SparkSession, paths: io.LakePaths, checked: DataFrame) -> None:
     rejects = transforms.quarantine_records(checked)
-    count = rejects.count()
-    if count == 0:
-        return 0
-    progress(f"silver: quarantining {count} rejects")
     if io.table_exists(spark, paths.quarantine):
         io.merge(spark, rejects, paths.quarantine, keys=QUARANTINE_KEYS, update_columns=None)
     else:
         io.append(rejects, paths.quarantine, partition_by=("ingest_date",))
-    return count
 
 
 def _merge_readings(
@@ -204,7 +207,7 @@ def _merge_readings(
         return
     features = _feature_settings(settings)
     if not io.table_exists(spark, paths.silver):
-        progress(f"silver: writing {result.rows_in} readings into {len(partitions)} partitions")
+        progress(f"silver: writing {result.rows_in} accepted readings (duplicates included)")
         rows = transforms.silver_rows(transforms.rolling_features(readings, **features))
         io.append(rows, paths.silver, partition_by=transforms.PARTITION_COLUMNS)
         result.rows_written = io.read_table(spark, paths.silver).count()
