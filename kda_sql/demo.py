@@ -38,15 +38,16 @@ def route_alerts(
 def stream_step(context: DemoContext) -> dict[str, Any]:
     source = context.simulation_dir / "readings.jsonl"
     out_dir = context.work_dir / "stream"
-    context.progress("stream: PyFlink environment", 0, 3)
+    # one bar, three stages: PyFlink environment, Flink SQL rules, alert router
+    context.progress("stream rules (PyFlink) and alerts", 0, 3)
     ensure_flink_env()
-    context.progress("stream: Flink SQL rules", 1, 3)
+    context.progress("stream rules (PyFlink) and alerts", 1, 3)
     run = run_rules(source, out_dir / "anomalies")
     anomalies = [decode_anomaly(line) for line in run.output_lines]
-    context.progress("stream: alert router", 2, 3)
+    context.progress("stream rules (PyFlink) and alerts", 2, 3)
     decisions, alerts, escalation = route_alerts(anomalies, dict(context.catalog.units))
     _write_alerts(out_dir / "alerts.txt", alerts)
-    context.progress("stream: alert router", 3, 3)
+    context.progress("stream rules (PyFlink) and alerts", 3, 3)
     events = _count_lines(source)
     by_rule = Counter(
         f"{a.anomaly_type} {a.severity}" if a.anomaly_type != "RAPID_CHANGE" else a.anomaly_type
