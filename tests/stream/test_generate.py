@@ -112,3 +112,9 @@ def test_cli_render_check_and_rules(tmp_path: Path):
     result = cli.invoke(app, ["rules"])
     assert "RAPID_CHANGE" in result.output
     assert "VIBRATION_HIGH" in result.output
+
+
+def test_cli_run_local_names_a_missing_input(tmp_path: Path):
+    result = CliRunner().invoke(app, ["run-local", str(tmp_path / "missing.jsonl")])
+    assert result.exit_code == 1
+    assert "no such file or folder" in " ".join(result.output.split())
