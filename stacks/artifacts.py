@@ -41,7 +41,7 @@ ALERT_ROUTER = Artifact("alert router Lambda", ("lambdas/alert_router/handler.py
 INFLUX_WRITER = Artifact("InfluxDB writer Lambda", ("lambdas/influx_writer/handler.py",))
 FLINK_SQL = Artifact("Flink SQL application", ("kda_sql/runner.py",))
 SPARK_JOBS = Artifact("Spark lake jobs", ("spark_jobs/main.py",))
-ML_PIPELINE = Artifact("SageMaker pipeline definition", ("ml_pipeline/pipeline.py",))
+ML_PIPELINE = Artifact("SageMaker pipeline definition", ("ml_pipeline/sagemaker_pipeline.py",))
 COMPONENT_NAMES = ("com.iiot.SensorBuffer", "com.iiot.FailurePredictor", "com.iiot.FailureModel")
 COMPONENTS = {
     name: Artifact(
@@ -50,6 +50,7 @@ COMPONENTS = {
     )
     for name in COMPONENT_NAMES
 }
+FAILURE_MODEL_RECIPE = "edge_components/com.iiot.FailureModel/recipe.yaml"
 ALL = (ALERT_ROUTER, INFLUX_WRITER, FLINK_SQL, SPARK_JOBS, ML_PIPELINE, *COMPONENTS.values())
 
 

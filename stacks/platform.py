@@ -18,6 +18,7 @@ from stacks.edge_stack import EdgeStack
 from stacks.ingestion_stack import IngestionStack
 from stacks.iot_stack import IotStack
 from stacks.lake_stack import LakeStack
+from stacks.ml_stack import MlStack
 from stacks.monitoring_stack import Monitored, MonitoringStack
 from stacks.network_stack import NetworkStack
 from stacks.streaming_stack import StreamingStack
@@ -150,6 +151,17 @@ def build_platform(app: App, env_config: Environment) -> Platform:
     )
     add("timeseries", timeseries)
 
+    ml = MlStack(
+        app,
+        f"{prefix}-ml",
+        env=env,
+        env_config=env_config,
+        lake_key=lake.key,
+        token_exchange_role=iot.token_exchange_role,
+        description=description("model registry, training pipeline, model publishing"),
+    )
+    ml.add_stack_dependency(lake, "the pipeline reads the lake and writes artifacts")
+    add("ml", ml)
     edge = EdgeStack(
         app,
         f"{prefix}-edge",

@@ -31,6 +31,7 @@ def test_every_environment_synthesizes_every_stack(synth: Synth) -> None:
             "monitoring",
             "streaming",
             "edge",
+            "ml",
         } <= concerns, env
 
 

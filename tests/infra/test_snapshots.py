@@ -27,6 +27,7 @@ CONCERNS = (
     "monitoring",
     "streaming",
     "edge",
+    "ml",
 )
 
 

@@ -520,3 +520,59 @@ def test_gateways_may_fetch_exactly_the_component_artifacts(synth: Synth) -> Non
     assert statement["Action"] == "s3:GetObject"
     assert "*" not in json.dumps(statement["Resource"])
     assert "TokenExchangeRole" in json.dumps(policy["Properties"]["Roles"])
+
+
+# --- ML ------------------------------------------------------------------------------------
+
+
+def test_model_registry_and_pipeline_with_the_generated_definition(synth: Synth) -> None:
+    ml = template(synth, "dev", "ml")
+    ml.has_resource_properties(
+        "AWS::SageMaker::ModelPackageGroup", {"ModelPackageGroupName": "iiot-dev-failure-model"}
+    )
+    pipelines = resources(synth, "dev", "ml", "AWS::SageMaker::Pipeline")
+    if "SageMaker pipeline definition" in synth.missing_artifacts:
+        assert not pipelines
+        return
+    pipeline = next(iter(pipelines.values()))
+    body = pipeline["Properties"]["PipelineDefinition"]["PipelineDefinitionBody"]
+    text, variables = body["Fn::Sub"]
+    definition = json.loads(text)
+    assert [step["Name"] for step in definition["Steps"]][:3] == ["Features", "Train", "Evaluate"]
+    # Every placeholder of the generated definition is substituted by the stack.
+    for name in ("PlatformImageUri", "SageMakerExecutionRoleName", "SageMakerExecutionRoleArn"):
+        if "${" + name + "}" in text:
+            assert name in variables
+
+
+def test_approval_starts_the_publish_flow(synth: Synth) -> None:
+    ml = template(synth, "dev", "ml")
+    ml.has_resource_properties(
+        "AWS::Events::Rule",
+        {
+            "EventPattern": {
+                "source": ["aws.sagemaker"],
+                "detail-type": ["SageMaker Model Package State Change"],
+                "detail": {
+                    "ModelPackageGroupName": ["iiot-dev-failure-model"],
+                    "ModelApprovalStatus": ["Approved"],
+                },
+            }
+        },
+    )
+    machine = next(iter(resources(synth, "dev", "ml", "AWS::StepFunctions::StateMachine").values()))
+    definition = json.dumps(machine["Properties"]["DefinitionString"])
+    for state in ("DescribeModelPackage", "PublishComponent", "Notify"):
+        assert state in definition
+    project = next(iter(resources(synth, "dev", "ml", "AWS::CodeBuild::Project").values()))
+    buildspec = project["Properties"]["Source"]["BuildSpec"]
+    assert "create-component-version" in buildspec
+    assert "component/failure_model.zip" in buildspec  # the pipeline's compile output
+
+
+def test_gateways_may_read_only_published_models(synth: Synth) -> None:
+    policies = resources(synth, "dev", "ml", "AWS::IAM::Policy")
+    gateway = next(p for p in policies.values() if "TokenExchangeRole" in json.dumps(p))
+    statement = gateway["Properties"]["PolicyDocument"]["Statement"][0]
+    assert statement["Action"] == "s3:GetObject"
+    assert "greengrass/com.iiot.FailureModel/*" in json.dumps(statement["Resource"])
