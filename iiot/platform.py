@@ -49,6 +49,7 @@ DEMO_STEPS: list[tuple[str, str]] = [
     ("lake", "spark_jobs.demo:lake_step"),
     ("stream", "kda_sql.demo:stream_step"),
     ("edge", "sensor_buffer.demo:edge_step"),
+    ("ml", "ml_pipeline.demo:ml_step"),
 ]
 
 
