@@ -239,3 +239,39 @@ def test_only_the_transport_module_imports_awsiot() -> None:
         p.name for p in source.rglob("*.py") if "awsiot" in p.read_text().replace("`awsiot`", "")
     )
     assert importers == ["transport_ipc.py"]
+
+
+def test_recipe_grants_exactly_the_topics_the_component_uses() -> None:
+    import yaml
+    from failure_predictor import messages
+
+    root = Path(__file__).parents[2] / "edge_components"
+    recipe = yaml.safe_load((root / "com.iiot.FailurePredictor/recipe.yaml").read_text())
+    defaults = recipe["ComponentConfiguration"]["DefaultConfiguration"]
+    access = defaults["accessControl"]
+    local = next(iter(access["aws.greengrass.ipc.pubsub"].values()))["resources"]
+    cloud = next(iter(access["aws.greengrass.ipc.mqttproxy"].values()))["resources"]
+    factory = "{iot:thingName}"
+    used = {
+        topics.readings_topic(factory),
+        topics.LOCAL_ALERTS,
+        *(
+            messages.topic(t, factory)
+            for t in (
+                messages.PREDICTIONS,
+                messages.MAINTENANCE,
+                messages.SHUTDOWN_REQUESTS,
+                messages.SHUTDOWN_CONFIRMATIONS,
+                messages.SHUTDOWN_DECISIONS,
+            )
+        ),
+    }
+    assert set(local) == used
+    assert cloud == [topics.ANOMALIES]
+    # shutdown requests stay off unless a deployment enables them
+    assert defaults["shutdownRequestsEnabled"] is False
+    parsed = PredictorConfig.from_mapping({**defaults, "factoryId": "F01"})
+    assert parsed.alert_threshold == 0.8
+    model_recipe = yaml.safe_load((root / "com.iiot.FailureModel/recipe.yaml").read_text())
+    assert model_recipe["ComponentName"] == "com.iiot.FailureModel"
+    assert "com.iiot.FailureModel" in recipe["ComponentDependencies"]
