@@ -56,7 +56,7 @@ def run(
             results = [jobs.run_silver(spark, paths, rules, settings=settings, progress=progress)]
         else:
             results = [jobs.run_gold(spark, paths, progress=progress)]
-    table = Table("job", "new rows", "quarantined", "duplicates", "partitions", "seconds", "note")
+    table = Table("job", "new rows", "quarantined", "duplicates", "partitions", "seconds")
     for r in results:
         table.add_row(
             r.job,
@@ -65,9 +65,11 @@ def run(
             str(r.duplicates),
             str(r.partitions),
             f"{r.seconds:.2f}",
-            r.skipped or "",
         )
     stdout.print(table)
+    for r in results:
+        if r.skipped:
+            stdout.print(f"{r.job}: {r.skipped}", highlight=False)
 
 
 @app.command("maintain")

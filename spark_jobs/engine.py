@@ -39,7 +39,8 @@ def sail_session(*, ip: str = "127.0.0.1", port: int = 0) -> Iterator[Any]:
     server.start(background=True)
     try:
         host, bound_port = server.listening_address
-        spark = SparkSession.builder.remote(f"sc://{host}:{bound_port}").getOrCreate()
+        # create(), not getOrCreate(): never reuse (and then stop) another server's session
+        spark = SparkSession.builder.remote(f"sc://{host}:{bound_port}").create()
         try:
             spark.conf.set("spark.sql.session.timeZone", "UTC")
             spark.conf.set("spark.sql.shuffle.partitions", str(SHUFFLE_PARTITIONS))

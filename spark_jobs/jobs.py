@@ -49,8 +49,9 @@ class LakeSettings:
     sigma: float = 3.0
     min_periods: int = 10
     # Stored readings before a series' first new reading that are read as window context; must
-    # span `last_n` readings and `time_window_ms` (2 h: 100 readings at up to one per 72 s).
-    lookback_ms: int = 2 * 3_600_000
+    # span `last_n` readings and `time_window_ms` (1 h: 100 readings at up to one per 36 s; the
+    # gateways sample at 1-10 s).
+    lookback_ms: int = 3_600_000
     max_future_ms: int = DEFAULT_MAX_FUTURE_MS
 
     def __post_init__(self) -> None:

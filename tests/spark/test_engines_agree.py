@@ -29,7 +29,7 @@ def bronze_rows(simulation: Path) -> list[tuple[Any, ...]]:
     from iiot.wire import encode_batch
 
     lines = (simulation / "readings.jsonl").read_bytes()
-    files = [("landing/json/a.jsonl", lines[: 400_000])]
+    files = [("landing/json/a.jsonl", lines[:400_000])]
     columns = columns_from_arrow(pq.read_table(simulation / "readings.parquet"))
     for i in range(3):
         part = columns.take(slice(i * 3000, (i + 1) * 3000))
