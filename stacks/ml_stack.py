@@ -14,6 +14,8 @@ version (IIOT_EDGE_MODEL_VERSION_<ENV>) and `cdk deploy` the edge stack.
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib.metadata
 import os
 import subprocess
 import sys
@@ -38,6 +40,7 @@ from config.environments import Environment
 from stacks import artifacts
 from stacks.artifacts import ROOT
 from stacks.constructs.access import acknowledge, bucket_name, grant_bucket
+from stacks.constructs.python_bundle import BUNDLE_CACHE
 from stacks.constructs.python_function import log_retention
 
 MODEL_COMPONENT = "com.iiot.FailureModel"
@@ -77,7 +80,16 @@ PUBLISH_BUILDSPEC: dict[str, Any] = {
 @functools.cache
 def pipeline_definition() -> tuple[str | None, str]:
     """(definition JSON, "") from ml_pipeline, or (None, why not): generated in a subprocess,
-    as a build step, so the stacks never import the ML code."""
+    as a build step, so the stacks never import the ML code; cached by the generator's source
+    and the SDK version (generating imports the SDK: about 20 s)."""
+    try:
+        sdk = importlib.metadata.version("sagemaker")
+    except importlib.metadata.PackageNotFoundError:
+        return None, "the sagemaker package is not installed (pip install -e '.[sagemaker]')"
+    digest = hashlib.sha256(artifacts.ML_PIPELINE.path().read_bytes() + sdk.encode()).hexdigest()
+    cached = BUNDLE_CACHE / f"sagemaker-pipeline-{digest[:32]}.json"
+    if cached.exists():
+        return cached.read_text(), ""
     command = [
         sys.executable,
         "-c",
@@ -95,6 +107,8 @@ def pipeline_definition() -> tuple[str | None, str]:
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
         return None, f"generating the definition failed: {last}"
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(result.stdout)
     return result.stdout, ""
 
 

@@ -24,8 +24,12 @@ from stacks.artifacts import ROOT
 # Bundling always runs on this machine; CDK's BundlingOptions still wants an image to fall back
 # to, and "scratch" (the empty image) makes any accidental Docker fallback fail at once.
 NO_DOCKER = DockerImage.from_registry("scratch")
+_MARKER = shutil.ignore_patterns(".complete")
 _IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", "tests", "*.egg-info")
 CONSTRAINTS = ROOT / "constraints.txt"
+# Finished bundles by content hash, reused by later syntheses (the dependency install is the
+# slow part). Inside cdk.out, so `make clean` removes it and git ignores it.
+BUNDLE_CACHE = ROOT / "cdk.out" / ".bundle-cache"
 
 
 def _files(folder: Path) -> Iterable[Path]:
@@ -65,8 +69,10 @@ class LocalPythonBundling:
         python_version: str,
         files: Mapping[str, str] | None = None,
         exclude: Sequence[str] = (),
+        cache_key: str | None = None,
     ) -> None:
         self.exclude = tuple(exclude)
+        self.cache_key = cache_key
         self.copies = tuple(copies)
         self.files = dict(files or {})
         self.requirements = tuple(requirements)
@@ -75,7 +81,21 @@ class LocalPythonBundling:
 
     def try_bundle(self, output_dir: str, options: Any) -> bool:
         del options  # the Docker-side options (image, command) do not apply here
-        out = Path(output_dir)
+        cached = BUNDLE_CACHE / self.cache_key if self.cache_key else None
+        if cached is not None and (cached / ".complete").exists():
+            shutil.copytree(cached, output_dir, dirs_exist_ok=True, ignore=_MARKER)
+            return True
+        self._bundle(Path(output_dir))
+        if cached is not None:
+            staging = cached.with_name(f"{cached.name}.partial")
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(output_dir, staging)
+            (staging / ".complete").touch()
+            shutil.rmtree(cached, ignore_errors=True)
+            staging.rename(cached)
+        return True
+
+    def _bundle(self, out: Path) -> None:
         for source, target in self.copies:
             destination = out / target / source.name if target else out / source.name
             if source.is_dir():
@@ -120,7 +140,6 @@ class LocalPythonBundling:
                     f"installing {', '.join(self.requirements)} for {self.platform} failed "
                     f"(uv exit {result.returncode}): {result.stderr.strip()[-2000:]}"
                 )
-        return True
 
 
 def local_bundling(bundling: LocalPythonBundling) -> BundlingOptions:

@@ -65,12 +65,16 @@ class PythonFunction(Construct):
             (ROOT / "iiot", ""),
             (ROOT / "config" / "metrics.yaml", "config"),
         ]
+        content_hash = source_hash(
+            copies, requirements, PLATFORM, PYTHON_VERSION, *RUNTIME_PROVIDED
+        )
         bundling = LocalPythonBundling(
             copies=copies,
             requirements=requirements,
             platform=PLATFORM,
             python_version=PYTHON_VERSION,
             exclude=RUNTIME_PROVIDED,
+            cache_key=f"lambda-{content_hash}",
         )
         self.log_group = logs.LogGroup(
             self,
@@ -95,9 +99,7 @@ class PythonFunction(Construct):
             code=lambda_.Code.from_asset(
                 str(function_dir),
                 asset_hash_type=AssetHashType.CUSTOM,
-                asset_hash=source_hash(
-                    copies, requirements, PLATFORM, PYTHON_VERSION, *RUNTIME_PROVIDED
-                ),
+                asset_hash=content_hash,
                 bundling=local_bundling(bundling),
             ),
             environment=dict(environment),
