@@ -164,7 +164,12 @@ class Component:
             except subprocess.TimeoutExpired:
                 os.kill(self.process.pid, signal.SIGKILL)
                 self.process.wait(10)
-        assert self.process is None or self.process.returncode in (0, -signal.SIGKILL)
+        # 0: clean stop; -SIGTERM: stopped before it installed its handler (still starting)
+        assert self.process is None or self.process.returncode in (
+            0,
+            -signal.SIGKILL,
+            -signal.SIGTERM,
+        )
 
     @property
     def db(self) -> Path:

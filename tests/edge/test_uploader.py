@@ -151,3 +151,19 @@ def test_token_bucket_waits_for_refill() -> None:
     assert bucket.wait_time(5) == 0.5
     clock.now += 0.5
     assert bucket.wait_time(5) == 0.0
+
+
+def test_a_refused_batch_is_not_overtaken_by_newer_ones(tmp_path: Path) -> None:
+    clock = Clock()
+    store, transport, uploader, config = setup(
+        tmp_path, clock, commit_max_readings=100, batch_max_readings=100, backoff_initial_s=0.5
+    )
+    for i in range(6):
+        add(store, 100, start=1_700_000_000_000 + i * 1_000_000)
+    transport.fail_next = 1  # e.g. the connection is not back yet for the first publish
+    drain(uploader, clock)
+    sent = [
+        decode_batch(p).first_seq for topic, p in transport.cloud if topic == config.upload_topic
+    ]
+    assert sent == sorted(sent)
+    assert len(sent) == 6

@@ -703,7 +703,8 @@ class Store:
 
 def iter_stored(path: Path) -> Iterable[tuple[int, SeriesKey, int, float]]:
     """(seq, series, timestamp, value) of every reading in a buffer file (tests, tooling)."""
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    # Read-write on purpose: after a crash the first connection must be able to recover the WAL.
+    db = sqlite3.connect(path, timeout=10)
     try:
         series = {
             row[0]: SeriesKey(*row[1:])

@@ -25,6 +25,7 @@ from sensor_buffer.store import OutboxEntry, Store
 log = logging.getLogger(__name__)
 
 Publish = Callable[[str, bytes], "Future[None]"]
+_REFUSED_WAIT_S = 0.01  # after an immediate refusal: collect it, then back off
 
 
 class TokenBucket:
@@ -147,7 +148,9 @@ class Uploader:
     def _gate(self, size: int) -> float:
         return max(self._publishes.wait_time(1), self._bytes.wait_time(size))
 
-    def _start(self, flight: _Flight, topic: str, payload: bytes) -> None:
+    def _start(self, flight: _Flight, topic: str, payload: bytes) -> bool:
+        """Publish; False when the transport refused at once (e.g. not connected): the caller
+        stops for this step, so nothing newer overtakes the refused message."""
         self._publishes.take(1)
         self._bytes.take(len(payload))
         self._in_flight[(flight.kind, flight.key)] = flight
@@ -158,6 +161,7 @@ class Uploader:
             future = Future()
             future.set_exception(exc)
         future.add_done_callback(lambda f: self._on_done(flight, f))
+        return not (future.done() and future.exception() is not None)
 
     def _send_anomalies(self) -> float:
         for pending in self.store.pending_anomalies(limit=50):
@@ -166,9 +170,10 @@ class Uploader:
             wait = self._gate(len(pending.payload))
             if wait:
                 return wait
-            self._start(
+            if not self._start(
                 _Flight("anomaly", pending.row_id), self.config.anomalies_topic, pending.payload
-            )
+            ):
+                return _REFUSED_WAIT_S
         return 0.0
 
     def _send_batches(self) -> float:
@@ -235,13 +240,15 @@ class Uploader:
         wait = self._gate(len(payload))
         if wait:
             return wait
-        self._start(
+        accepted = self._start(
             _Flight("batch", entry.first_seq, entry.batch_id, count, len(payload)),
             self.config.upload_topic,
             payload,
         )
         self.batches_sent += 1
         self.readings_sent += count
+        if not accepted:
+            return _REFUSED_WAIT_S
         return 0.0
 
     @property
