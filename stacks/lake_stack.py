@@ -40,7 +40,9 @@ DELTA_CONF = (
     "--conf spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension "
     "--conf spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog"
 )
-LAKE_JOBS = ("bronze", "silver", "gold")
+# spark_jobs/main.py --job values, in order; `maintain` compacts, vacuums and writes the symlink
+# manifests Redshift Spectrum reads.
+LAKE_JOBS = ("bronze", "silver", "gold", "maintain")
 
 
 # Key prefixes of the lake bucket (spark_jobs/io.py: LakePaths). Firehose lands raw batches
@@ -357,7 +359,7 @@ class LakeStack(Stack):
         events.Rule(
             self,
             "LakeSchedule",
-            description="Runs bronze -> silver -> gold",
+            description="Runs bronze -> silver -> gold -> maintain (Spectrum manifests)",
             schedule=events.Schedule.expression(env_config.lake.schedule_cron),
             targets=[targets.SfnStateMachine(self.state_machine)],
         )

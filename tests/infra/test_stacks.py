@@ -576,3 +576,24 @@ def test_gateways_may_read_only_published_models(synth: Synth) -> None:
     statement = gateway["Properties"]["PolicyDocument"]["Statement"][0]
     assert statement["Action"] == "s3:GetObject"
     assert "greengrass/com.iiot.FailureModel/*" in json.dumps(statement["Resource"])
+
+
+def test_lake_run_submits_each_job_in_order_on_a_schedule(synth: Synth) -> None:
+    from spark_jobs.main import JOBS
+
+    machine = next(
+        iter(resources(synth, "dev", "lake", "AWS::StepFunctions::StateMachine").values())
+    )
+    definition = json.dumps(machine["Properties"]["DefinitionString"])
+    positions = [
+        definition.index(f'\\"--job\\",\\"{job}\\"')
+        for job in ("bronze", "silver", "gold", "maintain")
+    ]
+    assert positions == sorted(positions)
+    assert {"bronze", "silver", "gold", "maintain"} <= set(JOBS)
+    assert "emr-serverless:startJobRun.sync" in definition
+    assert "--lake-root" in definition
+    assert "--py-files" in definition
+    template(synth, "dev", "lake").has_resource_properties(
+        "AWS::Events::Rule", {"ScheduleExpression": environments()["dev"].lake.schedule_cron}
+    )
