@@ -32,8 +32,9 @@ def pinned_requirements() -> str:
     return "".join(pins.get(name, name) + "\n" for name in REQUIREMENTS)
 
 
-def build(version: str = "NEXT_PATCH") -> Path:
-    out = HERE / "greengrass-build"
+def build(version: str = "NEXT_PATCH", out: Path | None = None) -> Path:
+    """Write greengrass-build/{recipes,artifacts} (GDK's layout); return the artifact zip."""
+    out = out or HERE / "greengrass-build"
     artifacts = out / "artifacts" / NAME / version
     artifacts.mkdir(parents=True, exist_ok=True)
     (out / "recipes").mkdir(parents=True, exist_ok=True)
