@@ -38,6 +38,10 @@ BUILT_HERE = {
     ),
 }
 THING = "{iot:thingName}"
+# AWS-provided component that relays the buffer's local status topic to IoT Core, where a rule
+# turns the health snapshots into CloudWatch metrics (iot stack).
+MQTT_BRIDGE = "aws.greengrass.clientdevices.mqtt.Bridge"
+MQTT_BRIDGE_VERSION = "2.3.0"
 
 
 def edge_thresholds(catalog: MetricCatalog) -> dict[str, dict[str, Any]]:
@@ -134,6 +138,22 @@ class EdgeStack(Stack):
                 )
                 for name in deployed
             }
+            specs[MQTT_BRIDGE] = greengrass.CfnDeployment.ComponentDeploymentSpecificationProperty(
+                component_version=MQTT_BRIDGE_VERSION,
+                configuration_update=greengrass.CfnDeployment.ComponentConfigurationUpdateProperty(
+                    merge=json.dumps(
+                        {
+                            "mqttTopicMapping": {
+                                "GatewayStatus": {
+                                    "topic": f"factory/{factory}/gateway/status",
+                                    "source": "Pubsub",
+                                    "target": "IotCore",
+                                }
+                            }
+                        }
+                    )
+                ),
+            )
             if env_config.edge_model_version and FAILURE_PREDICTOR in deployed:
                 specs[FAILURE_MODEL] = (
                     greengrass.CfnDeployment.ComponentDeploymentSpecificationProperty(

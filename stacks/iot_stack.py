@@ -18,8 +18,13 @@ from stacks.constructs.access import acknowledge
 from stacks.constructs.python_function import log_retention
 
 THING = "${iot:Connection.Thing.ThingName}"  # an IoT policy variable, not a CDK token
-# The namespace the gateway buffer's health metrics are published under (CloudWatch).
+FACTORY = "${iot:Connection.Thing.Attributes[factory_id]}"  # the gateway thing's attribute
+# The gateway buffer's health snapshots (sensor_buffer/health.py) on its status topic, relayed
+# from the gateway's local broker by the MQTT bridge (edge stack), become CloudWatch metrics.
+GATEWAY_STATUS_TOPIC = "factory/+/gateway/status"
 GATEWAY_METRICS_NAMESPACE = "IIoT/Gateway"
+GATEWAY_BACKLOG_METRIC = "BacklogReadings"
+GATEWAY_OLDEST_UNSENT_METRIC = "OldestUnsentAgeSeconds"
 
 
 class IotStack(Stack):
@@ -147,6 +152,7 @@ class IotStack(Stack):
             "${newuuid()}",
             "Gateway batch uploads -> telemetry stream",
         )
+        self._health_metrics(rule_role, error_action)
         # Anomalies keep per-machine order on the anomaly stream, which the alert router reads.
         self.anomaly_rule = rule(
             "AnomalyRule",
@@ -154,6 +160,50 @@ class IotStack(Stack):
             anomalies,
             "${factory_id}/${machine_id}",
             "Gateway anomalies -> anomaly stream -> alert router",
+        )
+
+    def _health_metrics(self, rule_role: iam.Role, error_action: Any) -> None:
+        """Gateway health snapshots -> CloudWatch metrics (the backlog alarm's source)."""
+        rule_role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["cloudwatch:PutMetricData"],
+                resources=["*"],
+                conditions={"StringEquals": {"cloudwatch:namespace": GATEWAY_METRICS_NAMESPACE}},
+            )
+        )
+        acknowledge(
+            rule_role,
+            "cloudwatch:PutMetricData has no resource-level permissions; the statement is "
+            f"limited to the gateway namespace {GATEWAY_METRICS_NAMESPACE} by condition.",
+            "AwsSolutions-IAM5[Resource::*]",
+        )
+
+        def metric(name: str, field: str, unit: str) -> iot.CfnTopicRule.ActionProperty:
+            return iot.CfnTopicRule.ActionProperty(
+                cloudwatch_metric=iot.CfnTopicRule.CloudwatchMetricActionProperty(
+                    metric_namespace=GATEWAY_METRICS_NAMESPACE,
+                    metric_name=name,
+                    metric_value=f"${{{field}}}",
+                    metric_unit=unit,
+                    role_arn=rule_role.role_arn,
+                )
+            )
+
+        self.health_rule = iot.CfnTopicRule(
+            self,
+            "GatewayHealthRule",
+            topic_rule_payload=iot.CfnTopicRule.TopicRulePayloadProperty(
+                description="Gateway buffer health -> CloudWatch (backlog, oldest unsent)",
+                sql="SELECT backlog_readings, oldest_unsent_age_s "  # noqa: S608
+                f"FROM '{GATEWAY_STATUS_TOPIC}'",
+                aws_iot_sql_version="2016-03-23",
+                rule_disabled=False,
+                actions=[
+                    metric(GATEWAY_BACKLOG_METRIC, "backlog_readings", "Count"),
+                    metric(GATEWAY_OLDEST_UNSENT_METRIC, "oldest_unsent_age_s", "Seconds"),
+                ],
+                error_action=error_action,
+            ),
         )
 
     def _gateway_policy(self) -> dict[str, Any]:
@@ -178,6 +228,7 @@ class IotStack(Stack):
                     "Resource": [
                         f"{topic}/{topics.SENSOR_DATA}",
                         f"{topic}/{topics.ANOMALIES}",
+                        f"{topic}/factory/{FACTORY}/gateway/status",
                         f"{topic}/{own}/*",
                     ],
                 },

@@ -18,10 +18,10 @@ from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
 
 from config.environments import Environment
-from stacks.iot_stack import GATEWAY_METRICS_NAMESPACE
+from stacks.iot_stack import GATEWAY_BACKLOG_METRIC, GATEWAY_METRICS_NAMESPACE
 
-# The gateway buffer's health metric: readings stored and not yet uploaded, per gateway.
-GATEWAY_BACKLOG_METRIC = "BacklogReadings"
+# The gateway buffer's health metric: readings stored and not yet uploaded (the largest of any
+# gateway reporting in the period).
 GATEWAY_BACKLOG_ALARM_READINGS = 1_000_000  # about 50 s of a 20K readings/s factory
 ITERATOR_AGE_ALARM = Duration.minutes(5)
 

@@ -288,12 +288,38 @@ def test_token_exchange_role_can_only_write_telemetry_and_gateway_metrics(synth:
 
 def test_rules_route_uploads_to_kinesis_and_log_errors(synth: Synth) -> None:
     rules = resources(synth, "dev", "iot", "AWS::IoT::TopicRule")
-    sql = {r["Properties"]["TopicRulePayload"]["Sql"] for r in rules.values()}
-    assert sql == {f"SELECT * FROM '{topics.SENSOR_DATA}'", f"SELECT * FROM '{topics.ANOMALIES}'"}
-    for rule in rules.values():
-        payload = rule["Properties"]["TopicRulePayload"]
+    by_sql = {r["Properties"]["TopicRulePayload"]["Sql"]: r for r in rules.values()}
+    for topic in (topics.SENSOR_DATA, topics.ANOMALIES):
+        payload = by_sql[f"SELECT * FROM '{topic}'"]["Properties"]["TopicRulePayload"]
         assert "Kinesis" in payload["Actions"][0]
-        assert "CloudwatchLogs" in payload["ErrorAction"]
+    for rule in rules.values():
+        assert "CloudwatchLogs" in rule["Properties"]["TopicRulePayload"]["ErrorAction"]
+
+
+def test_gateway_health_becomes_the_metric_the_backlog_alarm_watches(synth: Synth) -> None:
+    from sensor_buffer.config import STATUS_TOPIC
+
+    rules = resources(synth, "dev", "iot", "AWS::IoT::TopicRule").values()
+    health = next(
+        r for r in rules if "gateway/status" in r["Properties"]["TopicRulePayload"]["Sql"]
+    )
+    payload = health["Properties"]["TopicRulePayload"]
+    assert STATUS_TOPIC.format(factory_id="+") in payload["Sql"]
+    metrics = {
+        a["CloudwatchMetric"]["MetricName"]: a["CloudwatchMetric"] for a in payload["Actions"]
+    }
+    assert metrics["BacklogReadings"]["MetricValue"] == "${backlog_readings}"
+    alarm = next(
+        a
+        for a in resources(synth, "dev", "monitoring", "AWS::CloudWatch::Alarm").values()
+        if a["Properties"].get("MetricName") == "BacklogReadings"
+    )
+    assert alarm["Properties"]["Namespace"] == metrics["BacklogReadings"]["MetricNamespace"]
+    # The gateways may publish their status, only under their own factory attribute.
+    policy = next(iter(resources(synth, "dev", "iot", "AWS::IoT::Policy").values()))
+    assert "factory/${iot:Connection.Thing.Attributes[factory_id]}/gateway/status" in json.dumps(
+        policy["Properties"]["PolicyDocument"]
+    )
 
 
 # --- alerting ------------------------------------------------------------------------------
@@ -493,8 +519,11 @@ def test_one_deployment_per_factory_with_rollout_and_abort(synth: Synth, env: st
         criteria = job["AbortConfig"]["CriteriaList"][0]
         assert criteria["ThresholdPercentage"] == config.edge_rollout.failure_threshold_percent
         assert deployment["Properties"]["DeploymentPolicies"]["FailureHandlingPolicy"] == "ROLLBACK"
-        # No model published in this synth: the gateways run the buffer alone.
-        assert set(deployment["Properties"]["Components"]) == {"com.iiot.SensorBuffer"}
+        # No model published in this synth: the gateways run the buffer (and its status relay).
+        assert set(deployment["Properties"]["Components"]) == {
+            "com.iiot.SensorBuffer",
+            "aws.greengrass.clientdevices.mqtt.Bridge",
+        }
 
 
 def test_deployments_configure_the_catalogs_thresholds(synth: Synth, catalog: Any) -> None:
