@@ -8,6 +8,7 @@ a batch and a reading land exactly once whatever the route.
 
 from __future__ import annotations
 
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -88,6 +89,7 @@ def lake_step(context: DemoContext) -> Figures:
     from spark_jobs.transforms import quality_rules
 
     lake_dir = context.work_dir / "lake"
+    shutil.rmtree(lake_dir, ignore_errors=True)  # the demo builds its lake from scratch
     paths = io.LakePaths.from_root(lake_dir)
     landed = land_simulation(context.simulation_dir, io.local_path(paths.landing))
     steps = 4
