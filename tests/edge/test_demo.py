@@ -22,10 +22,17 @@ def test_edge_step_buffers_uploads_and_quarantines(tmp_path: Path, catalog: Metr
         catalog=catalog,
     )
     figures = edge_step(context)
-    assert figures["readings uploaded (unique batches)"] == figures["readings buffered (committed)"]
-    assert figures["readings buffered (committed)"] > 0
+    assert (
+        figures["readings uploaded (unique batches)"]
+        == figures["readings buffered (committed, incl. 3 probe)"]
+    )
+    assert figures["readings buffered (committed, incl. 3 probe)"] > 0
     assert figures["backlog left"] == 0
-    assert figures["quarantined"] >= figures["malformed payloads published"] > 0
+    assert (
+        figures["quarantined (malformed + sensor faults)"]
+        >= figures["malformed payloads published"]
+        > 0
+    )
     assert figures["wire bytes/reading"] < 15
     assert figures["threshold alerts (local)"] >= 1
     assert figures["local alert latency ms (probe)"] is not None

@@ -113,8 +113,8 @@ def edge_step(context: DemoContext) -> Figures:
     return {
         "readings published": summary.readings,
         "malformed payloads published": summary.malformed,
-        "readings buffered (committed)": status.get("readings_committed", 0),
-        "quarantined": status.get("quarantined", 0),
+        "readings buffered (committed, incl. 3 probe)": status.get("readings_committed", 0),
+        "quarantined (malformed + sensor faults)": status.get("quarantined", 0),
         "readings uploaded (unique batches)": uploaded,
         "upload batches": len(unique),
         "wire bytes/reading": round(wire_bytes / max(uploaded, 1), 2),
