@@ -161,3 +161,57 @@ def test_greengrass_ipc_transport_maps_messages_and_pubacks(monkeypatch) -> None
     with pytest.raises(TimeoutError):
         failing.result(1)
     transport.stop()
+
+
+def test_configuration_updates_are_validated_before_they_apply(catalog: MetricCatalog) -> None:
+    from awsiot.greengrasscoreipc.model import (
+        ValidateConfigurationUpdateEvent,
+        ValidateConfigurationUpdateEvents,
+    )
+    from sensor_buffer.config import default_configuration
+    from sensor_buffer.main import validation_problem
+    from sensor_buffer.transport_ipc import ConfigurationWatch
+
+    class Client:
+        def __init__(self) -> None:
+            self.reports: list = []
+            self.handlers: dict = {}
+
+        def subscribe_to_validate_configuration_updates(self, *, on_stream_event):
+            self.handlers["validate"] = on_stream_event
+            return None, type("Operation", (), {"close": lambda self: None})()
+
+        def subscribe_to_configuration_update(self, *, key_path, on_stream_event):
+            self.handlers["update"] = on_stream_event
+            return None, type("Operation", (), {"close": lambda self: None})()
+
+        def send_configuration_validity_report(self, *, configuration_validity_report):
+            self.reports.append(configuration_validity_report)
+
+        def close(self) -> None:
+            pass
+
+    client = Client()
+    changes: list[int] = []
+    watch = ConfigurationWatch(
+        lambda raw: validation_problem(raw, catalog), lambda: changes.append(1), client
+    )
+    watch.start()
+    good = {**default_configuration(catalog), "factoryId": "F1"}
+    bad = {**good, "fullPolicy": "panic"}
+    for document, deployment in ((good, "d1"), (bad, "d2")):
+        client.handlers["validate"](
+            ValidateConfigurationUpdateEvents(
+                validate_configuration_update_event=ValidateConfigurationUpdateEvent(
+                    configuration=document, deployment_id=deployment
+                )
+            )
+        )
+    assert [(r.deployment_id, r.status) for r in client.reports] == [
+        ("d1", "ACCEPTED"),
+        ("d2", "REJECTED"),
+    ]
+    assert "full_policy" in client.reports[1].message
+    client.handlers["update"](None)
+    assert changes == [1]
+    watch.stop()

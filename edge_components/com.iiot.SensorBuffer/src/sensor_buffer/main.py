@@ -265,18 +265,61 @@ def run_until_signalled(buffer: SensorBuffer) -> None:
     buffer.stop()
 
 
+def gateway_config(raw: dict[str, Any], catalog: MetricCatalog) -> BufferConfig:
+    """The component configuration on a gateway: factoryId defaults to the thing name, the data
+    directory to the component's work folder (set by the recipe)."""
+    factory_id = raw.get("factoryId") or os.environ.get("AWS_IOT_THING_NAME", "")
+    data_dir = Path(os.environ.get("SENSOR_BUFFER_DATA_DIR", raw.get("dataDir") or "data"))
+    return from_component_config(raw, catalog=catalog, factory_id=factory_id, data_dir=data_dir)
+
+
+def validation_problem(raw: dict[str, Any], catalog: MetricCatalog) -> str | None:
+    """Why a configuration update must be refused, or None (the deployment reports it)."""
+    try:
+        gateway_config(raw, catalog)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def main() -> None:
-    """Greengrass entry point (the recipe's Run step): configuration and transport from IPC."""
+    """Greengrass entry point (the recipe's Run step): configuration and transport from IPC.
+
+    A configuration update is validated before the nucleus applies it (a bad one fails the
+    deployment with the reason); an applied update restarts the buffer in-process with it.
+    """
     from iiot import logs
-    from sensor_buffer.transport_ipc import IpcTransport, read_component_configuration
+    from sensor_buffer.transport_ipc import (
+        ConfigurationWatch,
+        IpcTransport,
+        read_component_configuration,
+    )
 
     logs.configure(os.environ.get("SENSOR_BUFFER_LOG_LEVEL", "INFO"))
     catalog = load_catalog()
-    raw = read_component_configuration()
-    factory_id = raw.get("factoryId") or os.environ.get("AWS_IOT_THING_NAME", "")
-    data_dir = Path(os.environ.get("SENSOR_BUFFER_DATA_DIR", raw.get("dataDir") or "data"))
-    config = from_component_config(raw, catalog=catalog, factory_id=factory_id, data_dir=data_dir)
-    run_until_signalled(SensorBuffer(config, IpcTransport(), catalog))
+    stopped = threading.Event()
+    changed = threading.Event()
+
+    def handle(_signum: int, _frame: Any) -> None:
+        stopped.set()
+        changed.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    watch = ConfigurationWatch(lambda raw: validation_problem(raw, catalog), changed.set)
+    watch.start()
+    try:
+        while not stopped.is_set():
+            changed.clear()
+            config = gateway_config(read_component_configuration(), catalog)
+            buffer = SensorBuffer(config, IpcTransport(), catalog)
+            buffer.start()
+            changed.wait()
+            buffer.stop()
+            if not stopped.is_set():
+                log.info("configuration changed; restarting the buffer with it")
+    finally:
+        watch.stop()
 
 
 if __name__ == "__main__":

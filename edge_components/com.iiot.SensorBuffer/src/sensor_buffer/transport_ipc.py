@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
@@ -18,9 +19,13 @@ from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
 from awsiot.greengrasscoreipc.model import (
     QOS,
     BinaryMessage,
+    ConfigurationUpdateEvents,
+    ConfigurationValidityReport,
+    ConfigurationValidityStatus,
     PublishMessage,
     ReceiveMode,
     SubscriptionResponseMessage,
+    ValidateConfigurationUpdateEvents,
 )
 
 from sensor_buffer.transport import MessageHandler
@@ -36,6 +41,60 @@ def read_component_configuration() -> dict[str, Any]:
         return dict(json.loads(json.dumps(response.value)))
     finally:
         client.close()
+
+
+class ConfigurationWatch:
+    """Validates configuration updates before the nucleus applies them, and reports changes.
+
+    `validate(document)` returns None when the document is acceptable, else the reason (the
+    deployment then fails with it); `on_change()` runs after an accepted update is applied.
+    """
+
+    def __init__(
+        self,
+        validate: Callable[[dict[str, Any]], str | None],
+        on_change: Callable[[], None],
+        client: GreengrassCoreIPCClientV2 | None = None,
+    ) -> None:
+        self._client = client or GreengrassCoreIPCClientV2()
+        self._validate = validate
+        self._on_change = on_change
+        self._operations: list[Any] = []
+
+    def start(self) -> None:
+        _, validation = self._client.subscribe_to_validate_configuration_updates(
+            on_stream_event=self._validation_event
+        )
+        _, updates = self._client.subscribe_to_configuration_update(
+            key_path=[], on_stream_event=self._update_event
+        )
+        self._operations += [validation, updates]
+
+    def _validation_event(self, event: ValidateConfigurationUpdateEvents) -> None:
+        update = event.validate_configuration_update_event
+        if update is None:
+            return
+        reason = self._validate(dict(update.configuration or {}))
+        self._client.send_configuration_validity_report(
+            configuration_validity_report=ConfigurationValidityReport(
+                status=ConfigurationValidityStatus.ACCEPTED
+                if reason is None
+                else ConfigurationValidityStatus.REJECTED,
+                deployment_id=update.deployment_id,
+                message=reason or "valid",
+            )
+        )
+
+    def _update_event(self, _event: ConfigurationUpdateEvents) -> None:
+        self._on_change()
+
+    def stop(self) -> None:
+        for operation in self._operations:
+            try:
+                operation.close()
+            except Exception:
+                log.debug("closing a configuration subscription failed", exc_info=True)
+        self._client.close()
 
 
 class IpcTransport:
