@@ -344,7 +344,10 @@ def _decimal_places(
         scale = 10.0**decimals
         with np.errstate(invalid="ignore", over="ignore"):
             scaled = np.round(value * scale)
-            exact = (np.abs(scaled) < 2**53) & ((scaled / scale).view(np.int64) == bits)
+            representable = np.abs(scaled) < 2**53  # also False for NaN and infinities
+            # Check through the integers the decoder will see (this also catches -0.0).
+            integers = np.where(representable, scaled, 0).astype(np.int64)
+            exact = representable & ((integers / scale).view(np.int64) == bits)
         per_series = (
             np.logical_and.reduceat(exact, starts[nonempty]) if nonempty.any() else exact[:0]
         )

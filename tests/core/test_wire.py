@@ -77,6 +77,17 @@ def test_batch_round_trip_is_bit_exact(columns, level):
     assert canonical(batch.columns) == canonical(columns)
 
 
+@pytest.mark.parametrize("values", [[-0.0], [-0.0, 1.5, 2.25], [0.0, -0.0]])
+def test_negative_zero_survives_alone_or_among_decimals(values):
+    columns = ReadingColumns(
+        SERIES[:1],
+        np.zeros(len(values), np.int32),
+        np.arange(len(values), dtype=np.int64),
+        np.array(values),
+    )
+    assert canonical(decode_batch(encode_batch(columns)).columns) == canonical(columns)
+
+
 def test_negative_zero_and_subnormals_survive():
     values = np.array([-0.0, 0.0, 5e-324, -1.5, 1e300])
     columns = ReadingColumns(
