@@ -10,11 +10,15 @@ and a manifest naming the model version, the feature list and order, and each fi
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +49,27 @@ def compiler_for(arch: str) -> str:
     )
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """TL2cgen's C++ logger writes to file descriptor 1; keep stdout for the command's JSON."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def generate_c(model_file: Path, out_dir: Path) -> list[Path]:
     """TL2cgen's C sources for the XGBoost model (several translation units, built in parallel)."""
     import tl2cgen
     import treelite
 
     model = treelite.frontend.load_xgboost_model(str(model_file))
-    tl2cgen.generate_c_code(model, dirpath=str(out_dir), params={"parallel_comp": 4})
+    with _stdout_to_stderr():
+        tl2cgen.generate_c_code(model, dirpath=str(out_dir), params={"parallel_comp": 4})
     return sorted(out_dir.glob("*.c"))
 
 

@@ -82,6 +82,12 @@ def ml_step(context: DemoContext) -> Figures:
         context.catalog,
     )
     run_history = read_history(run_dir)
+    # the maintenance system tells the gateway about completed jobs (time since maintenance)
+    for machine_id, completions in run_history.maintenance_completed.items():
+        for completed in completions:
+            predictor.on_maintenance(
+                json.dumps({"machine_id": machine_id, "completed_at_ms": completed}).encode()
+            )
     streams = list(read_streams(run_dir, run_history, context.catalog))
     timestamps = np.concatenate([s.timestamp for s in streams])
     order = np.argsort(timestamps, kind="stable")

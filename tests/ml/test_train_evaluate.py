@@ -113,3 +113,25 @@ def test_evaluate_command_writes_the_metrics_json(
     metrics = evaluate_model_dir(model_dir, tmp_path / "features.npz", tmp_path / "m.json")
     assert json.loads((tmp_path / "m.json").read_text())["pr_auc"] == metrics["pr_auc"]
     assert metrics["model_version"] == "test-1"
+
+
+def test_cli_features_then_train(run_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ml_pipeline.cli import app
+
+    runner = CliRunner()
+    features = runner.invoke(
+        app, ["features", "--data", str(run_dir), "--out", str(tmp_path / "f.npz")]
+    )
+    assert features.exit_code == 0, features.output
+    assert json.loads(features.output)["positive"] > 0
+    trained = runner.invoke(
+        app,
+        ["train", "--data", str(tmp_path / "f.npz"), "--out", str(tmp_path / "m"), "--rounds", "5"],
+    )
+    assert trained.exit_code == 0, trained.output
+    assert "pr_auc" in json.loads(trained.output)
+    missing = runner.invoke(app, ["features", "--data", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 1
+    assert "missing" in missing.output
