@@ -275,3 +275,62 @@ def test_recipe_grants_exactly_the_topics_the_component_uses() -> None:
     model_recipe = yaml.safe_load((root / "com.iiot.FailureModel/recipe.yaml").read_text())
     assert model_recipe["ComponentName"] == "com.iiot.FailureModel"
     assert "com.iiot.FailureModel" in recipe["ComponentDependencies"]
+
+
+def test_runs_against_a_real_mqtt_broker(broker, compiled_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """main.build with the plain MQTT transport: readings in, predictions out, on mosquitto."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+    from failure_predictor.transport_mqtt import MqttTransport
+
+    received: list[bytes] = []
+    got_enough = threading.Event()
+    subscribed = threading.Event()
+    listener = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+
+    def on_message(_client, _userdata, message):  # type: ignore[no-untyped-def]
+        received.append(bytes(message.payload))
+        if len(received) >= 2:
+            got_enough.set()
+
+    listener.on_message = on_message
+    listener.on_subscribe = lambda *_args: subscribed.set()
+    listener.connect("127.0.0.1", broker.port)
+    listener.subscribe(f"factory/{FACTORY}/predictions", qos=1)
+    listener.loop_start()
+    transport = MqttTransport("127.0.0.1", broker.port)
+    try:
+        assert subscribed.wait(10)
+        predictor = build(config(compiled_dir), transport)
+        readings = [
+            Reading(
+                1_767_000_000_000 + i * 1000,
+                FACTORY,
+                "F01-M003",
+                "F01-M003-vibration",
+                "vibration",
+                3.0 + i / 100,
+                "mm/s",
+            )
+            for i in range(10)
+        ]
+        publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        publisher.connect("127.0.0.1", broker.port)
+        publisher.loop_start()
+        # the predictor subscribes asynchronously: publish until its first readings arrive
+        for _ in range(50):
+            publisher.publish(f"factory/{FACTORY}/readings", encode_json(readings), qos=1)
+            if got_enough.wait(0.2):
+                break
+        publisher.loop_stop()
+        publisher.disconnect()
+        assert got_enough.is_set()
+        prediction = json.loads(received[0])
+        assert prediction["machine_id"] == "F01-M003"
+        assert prediction["backend"] == "compiled"
+        assert predictor.counters.predictions >= 2
+    finally:
+        transport.stop()
+        listener.loop_stop()
+        listener.disconnect()
