@@ -71,6 +71,10 @@ class LakePaths:
     def state(self) -> str:
         return self._join("_state", "watermarks")
 
+    @property
+    def changes(self) -> str:
+        return self._join("_state", "silver_changes")
+
     def tables(self) -> dict[str, str]:
         """Every Delta table of the lake by name (the state table last)."""
         return {
@@ -80,6 +84,7 @@ class LakePaths:
             "gold.machine_daily": self.machine_daily,
             "gold.factory_daily": self.factory_daily,
             "_state.watermarks": self.state,
+            "_state.silver_changes": self.changes,
         }
 
     @property
@@ -234,6 +239,29 @@ def write_watermark(spark: SparkSession, paths: LakePaths, consumer: str, seq: i
         "consumer string, seq long, updated_ms long",
     )
     append(frame, paths.state)
+
+
+def record_changes(
+    spark: SparkSession, paths: LakePaths, seq: int, partitions: Iterable[tuple[Any, str]]
+) -> None:
+    """Record the (event_date, factory_id) partitions silver changed in run `seq` (for gold)."""
+    rows = [(int(seq), event_date, factory_id) for event_date, factory_id in set(partitions)]
+    if rows:
+        frame = spark.createDataFrame(rows, "seq long, event_date date, factory_id string")
+        append(frame, paths.changes)
+
+
+def read_changes(spark: SparkSession, paths: LakePaths, after_seq: int) -> list[Any]:
+    """(event_date, factory_id, max seq) of the partitions silver changed after `after_seq`."""
+    if not table_exists(spark, paths.changes):
+        return []
+    return (
+        read_table(spark, paths.changes)
+        .filter(F.col("seq") > after_seq)
+        .groupBy("event_date", "factory_id")
+        .agg(F.max("seq").alias("seq"))
+        .collect()
+    )
 
 
 # ------------------------------------------------------------------------------ maintenance

@@ -179,7 +179,10 @@ def run_silver(
     readings = transforms.with_time_dimensions(
         transforms.dedupe_readings(transforms.accepted_readings(checked))
     )
-    _merge_readings(spark, paths, readings, partitions, earliest, settings, result, progress)
+    changed = _merge_readings(
+        spark, paths, readings, partitions, earliest, settings, result, progress
+    )
+    io.record_changes(spark, paths, top, changed)
     io.write_watermark(spark, paths, "silver", top)
     result.seconds = time.perf_counter() - began
     return result
@@ -202,10 +205,11 @@ def _merge_readings(
     settings: LakeSettings,
     result: StepResult,
     progress: Progress,
-) -> None:
+) -> set[tuple[Any, str]]:
+    """Merge the readings; return the (event_date, factory_id) partitions that changed."""
     result.partitions = len(partitions)
     if not partitions:
-        return
+        return set()
     features = _feature_settings(settings)
     if not io.table_exists(spark, paths.silver):
         progress(f"silver: writing {result.rows_in} accepted readings (duplicates included)")
@@ -213,7 +217,7 @@ def _merge_readings(
         io.append(rows, paths.silver, partition_by=transforms.PARTITION_COLUMNS)
         result.rows_written = io.read_table(spark, paths.silver).count()
         result.duplicates = result.rows_in - result.rows_written
-        return
+        return set(partitions)
     silver = io.read_table(spark, paths.silver, transforms.SILVER_COLUMNS)
     touched = silver.filter(io.partition_predicate(partitions, alias=None)).filter(
         F.col("timestamp") >= F.lit(earliest)
@@ -227,7 +231,7 @@ def _merge_readings(
     count = sum(int(row["_new"]) for row in start_rows)
     result.duplicates = result.rows_in - count
     if count == 0:
-        return
+        return set()
     starts = spark.createDataFrame(
         [tuple(row) for row in start_rows],
         "machine_id string, metric string, _start long, _new long",
@@ -240,6 +244,7 @@ def _merge_readings(
         transforms.recompute_window(context, fresh, starts, lookback_ms=settings.lookback_ms),
         **features,
     )
+    touched_partitions = set(partitions)
     # Late readings change the statistics of stored readings after them: update those first
     # (the window is re-read by each merge, and stays the same while the new rows are absent).
     if transforms.late_series(context, starts).count() > 0:
@@ -249,6 +254,7 @@ def _merge_readings(
             for row in updates.select(*transforms.PARTITION_COLUMNS).distinct().collect()
         ]
         result.extra["late partitions updated"] = len(changed)
+        touched_partitions.update(changed)
         progress(f"silver: late data: updating statistics in {len(changed)} partitions")
         io.merge(
             spark,
@@ -270,6 +276,7 @@ def _merge_readings(
         target_filter=io.partition_predicate(partitions),
     )
     result.rows_written = count
+    return touched_partitions
 
 
 def _feature_settings(settings: LakeSettings) -> dict[str, Any]:
@@ -299,14 +306,9 @@ def run_gold(
         return result
     watermark = io.read_watermark(spark, paths, "gold")
     silver = io.read_table(spark, paths.silver, transforms.SILVER_COLUMNS)
-    changes = (
-        silver.filter(F.col("ingest_seq") > watermark)
-        .groupBy(*transforms.PARTITION_COLUMNS)
-        .agg(F.max("ingest_seq").alias("seq"))
-        .collect()
-    )
+    changes = io.read_changes(spark, paths, watermark)
     if not changes:
-        result.skipped = f"silver has nothing after ingest_seq {watermark}"
+        result.skipped = f"silver has changed nothing after ingest_seq {watermark}"
         return result
     top = max(int(row["seq"]) for row in changes)
     partitions = [(row["event_date"], row["factory_id"]) for row in changes]
