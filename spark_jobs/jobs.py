@@ -245,6 +245,7 @@ def _merge_readings(
         **features,
     )
     touched_partitions = set(partitions)
+    progress(f"silver: {count} new readings in {len(start_rows)} series; checking for late data")
     # Late readings change the statistics of stored readings after them: update those first
     # (the window is re-read by each merge, and stays the same while the new rows are absent).
     if transforms.late_series(context, starts).count() > 0:
@@ -316,9 +317,13 @@ def run_gold(
     result.partitions = len(partitions)
     progress(f"gold: recomputing {len(partitions)} (event_date, factory_id) partitions")
     affected = silver.filter(io.partition_predicate(partitions, alias=None))
+    # Aggregated once: machine-days are few (machines x metrics per day), so they are taken as
+    # data, merged, and the factory-days are computed from them without reading silver again.
+    machine_frame = transforms.machine_daily(affected)
+    machine_days = spark.createDataFrame(machine_frame.collect(), machine_frame.schema)
     for uri, frame, keys in (
-        (paths.machine_daily, transforms.machine_daily(affected), MACHINE_DAILY_KEYS),
-        (paths.factory_daily, transforms.factory_daily(affected), FACTORY_DAILY_KEYS),
+        (paths.machine_daily, machine_days, MACHINE_DAILY_KEYS),
+        (paths.factory_daily, transforms.factory_daily(machine_days), FACTORY_DAILY_KEYS),
     ):
         if io.table_exists(spark, uri):
             columns = [c for c in frame.columns if c not in keys]

@@ -617,9 +617,10 @@ def silver_rows(readings: DataFrame) -> DataFrame:
 
 
 def machine_daily(silver: DataFrame) -> DataFrame:
-    """Per machine, day and metric: readings, mean, min, max, deviation and anomalies."""
+    """Per machine, day and metric: readings, sensors, mean, min, max, deviation, anomalies."""
     return silver.groupBy("event_date", "factory_id", "machine_id", "metric").agg(
         F.count("*").cast("long").alias("reading_count"),
+        F.countDistinct("sensor_id").cast("long").alias("sensor_count"),
         F.avg("value").alias("mean_value"),
         F.min("value").alias("min_value"),
         F.max("value").alias("max_value"),
@@ -628,14 +629,16 @@ def machine_daily(silver: DataFrame) -> DataFrame:
     )
 
 
-def factory_daily(silver: DataFrame) -> DataFrame:
-    """Per factory and day: active machines (distinct, not rows), readings and anomalies."""
-    return silver.groupBy("event_date", "factory_id").agg(
+def factory_daily(machine_days: DataFrame) -> DataFrame:
+    """Per factory and day, from `machine_daily`'s rows: active machines (distinct machines,
+    not rows), active sensors (a sensor belongs to one machine and metric, so the per-machine
+    counts add up), readings, anomalies and machines with anomalies."""
+    return machine_days.groupBy("event_date", "factory_id").agg(
         F.countDistinct("machine_id").cast("long").alias("active_machines"),
-        F.countDistinct("sensor_id").cast("long").alias("active_sensors"),
-        F.count("*").cast("long").alias("reading_count"),
-        F.sum(F.col("is_anomaly").cast("long")).alias("anomaly_count"),
-        F.countDistinct(F.when(F.col("is_anomaly"), F.col("machine_id")))
+        F.sum("sensor_count").cast("long").alias("active_sensors"),
+        F.sum("reading_count").cast("long").alias("reading_count"),
+        F.sum("anomaly_count").cast("long").alias("anomaly_count"),
+        F.countDistinct(F.when(F.col("anomaly_count") > 0, F.col("machine_id")))
         .cast("long")
         .alias("machines_with_anomalies"),
     )

@@ -41,7 +41,7 @@ def bronze_rows(simulation: Path) -> list[tuple[Any, ...]]:
     return rows
 
 
-def pipeline(spark: Any, rows: list[tuple[Any, ...]], catalog: Any) -> tuple[Any, Any, Any]:
+def pipeline(spark: Any, rows: list[tuple[Any, ...]], catalog: Any) -> tuple[Any, Any, Any, Any]:
     bronze = spark.createDataFrame(rows, BRONZE_SCHEMA)
     checked = transforms.quality_check(
         transforms.decode_payloads(bronze),
@@ -60,7 +60,8 @@ def pipeline(spark: Any, rows: list[tuple[Any, ...]], catalog: Any) -> tuple[Any
         )
     )
     quarantine = transforms.quarantine_records(checked).drop("ingested_at")
-    return silver, quarantine, transforms.factory_daily(silver)
+    machine = transforms.machine_daily(silver)
+    return silver, quarantine, machine, transforms.factory_daily(machine)
 
 
 def test_sail_and_classic_spark_agree(

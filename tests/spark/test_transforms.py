@@ -156,12 +156,13 @@ def test_factory_daily_counts_distinct_active_machines(spark: Any) -> None:
         sigma=3.0,
         min_periods=2,
     )
-    out = transforms.factory_daily(silver).select(
-        "event_date", "factory_id", "active_machines", "reading_count"
+    out = transforms.factory_daily(transforms.machine_daily(silver)).select(
+        "event_date", "factory_id", "active_machines", "active_sensors", "reading_count"
     )
     expected = spark.createDataFrame(
-        [(date(2026, 1, 5), "F01", 2, 4)],
-        "event_date date, factory_id string, active_machines long, reading_count long",
+        [(date(2026, 1, 5), "F01", 2, 3, 4)],
+        "event_date date, factory_id string, active_machines long, active_sensors long, "
+        "reading_count long",
     )
     assert_df_equality(out, expected, ignore_nullable=True)
 
