@@ -93,6 +93,9 @@ class LakeSettings:
     schedule_cron: str  # EventBridge cron of the bronze -> silver -> gold run, UTC
     spark_max_vcpu: int
     spark_max_memory_gb: int
+    # Raw files under landing/ are kept in bronze once ingested; the bronze job lists all of
+    # landing/ every run, so landed objects expire after a few days.
+    landing_expire_after_days: int = 7
 
     def layers(self) -> Mapping[str, LayerLifecycle]:
         return {

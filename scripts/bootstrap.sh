@@ -11,7 +11,7 @@ target=${1:?usage: scripts/bootstrap.sh demo|test|synth|bench}
 case "$target" in
   demo)  extras="demo";  debs="mosquitto" ;;
   test)  extras="all";   debs="mosquitto influxdb gcc-aarch64-linux-gnu libc6-dev-arm64-cross" ;;
-  synth) extras="cdk,sagemaker"; debs="" ;;  # sagemaker: the ML pipeline definition
+  synth) extras="cdk";   debs="" ;;
   bench) extras="all";   debs="mosquitto influxdb gcc-aarch64-linux-gnu libc6-dev-arm64-cross" ;;
   *) echo "bootstrap: unknown target '$target' (demo, test, synth or bench)" >&2; exit 2 ;;
 esac

@@ -24,7 +24,7 @@ from aws_cdk import aws_s3_assets as s3_assets
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
-from config.environments import Environment
+from config.environments import Environment, LayerLifecycle
 from stacks import artifacts
 from stacks.artifacts import ROOT
 from stacks.constructs.access import acknowledge, bucket_name, grant_bucket
@@ -46,7 +46,7 @@ LAKE_JOBS = ("bronze", "silver", "gold", "maintain")
 
 
 # Key prefixes of the lake bucket (spark_jobs/io.py: LakePaths). Firehose lands raw batches
-# under landing/ (the bronze job's input); they age like bronze.
+# under landing/ (the bronze job's input); bronze keeps their bytes, so landing is transient.
 LANDING = "landing/"
 LAYER_PREFIXES = {"bronze": "bronze/", "silver": "silver/", "gold": "gold/"}
 
@@ -143,7 +143,8 @@ class LakeStack(Stack):
             "AwsSolutions-S1",
         )
 
-        tiers = {LANDING: lake.bronze} | {
+        landing = LayerLifecycle(expire_after_days=lake.landing_expire_after_days)
+        tiers = {LANDING: landing} | {
             prefix: lake.layers()[layer] for layer, prefix in LAYER_PREFIXES.items()
         }
         self.lake = SecureBucket(

@@ -13,12 +13,6 @@ version (IIOT_EDGE_MODEL_VERSION_<ENV>) and `cdk deploy` the edge stack.
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import importlib.metadata
-import os
-import subprocess
-import sys
 from typing import Any
 
 from aws_cdk import ArnFormat, Duration, Fn, RemovalPolicy, Stack
@@ -40,7 +34,6 @@ from config.environments import Environment
 from stacks import artifacts
 from stacks.artifacts import ROOT
 from stacks.constructs.access import acknowledge, bucket_name, grant_bucket
-from stacks.constructs.python_bundle import BUNDLE_CACHE
 from stacks.constructs.python_function import log_retention
 
 MODEL_COMPONENT = "com.iiot.FailureModel"
@@ -77,41 +70,6 @@ PUBLISH_BUILDSPEC: dict[str, Any] = {
 }
 
 
-@functools.cache
-def pipeline_definition() -> tuple[str | None, str]:
-    """(definition JSON, "") from ml_pipeline, or (None, why not): generated in a subprocess,
-    as a build step, so the stacks never import the ML code; cached by the generator's source
-    and the SDK version (generating imports the SDK: about 20 s)."""
-    try:
-        sdk = importlib.metadata.version("sagemaker")
-    except importlib.metadata.PackageNotFoundError:
-        return None, "the sagemaker package is not installed (pip install -e '.[sagemaker]')"
-    digest = hashlib.sha256(artifacts.ML_PIPELINE.path().read_bytes() + sdk.encode()).hexdigest()
-    cached = BUNDLE_CACHE / f"sagemaker-pipeline-{digest[:32]}.json"
-    if cached.exists():
-        return cached.read_text(), ""
-    command = [
-        sys.executable,
-        "-c",
-        "from ml_pipeline.sagemaker_pipeline import definition_json;"
-        "print(definition_json(), end='')",
-    ]
-    environment = {**os.environ, "SAGEMAKER_VALIDATE_ROLE": "false"}
-    try:
-        result = subprocess.run(  # noqa: S603
-            command, capture_output=True, text=True, check=False, timeout=300, env=environment,
-            cwd=ROOT,
-        )  # fmt: skip
-    except subprocess.TimeoutExpired:
-        return None, "generating the definition took more than 300 s"
-    if result.returncode != 0:
-        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        return None, f"generating the definition failed: {last}"
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    cached.write_text(result.stdout)
-    return result.stdout, ""
-
-
 class MlStack(Stack):
     def __init__(
         self,
@@ -146,11 +104,7 @@ class MlStack(Stack):
         self.execution_role = self._execution_role(prefix, lake_key)
         self.pipeline: sagemaker.CfnPipeline | None = None
         if artifacts.ML_PIPELINE.present():
-            definition, problem = pipeline_definition()
-            if definition is None:
-                artifacts.ML_PIPELINE.report_gap(self, f"no pipeline: {problem}")
-            else:
-                self._pipeline(definition, env_config)
+            self._pipeline(artifacts.ML_PIPELINE.path().read_text(), env_config)
         else:
             artifacts.ML_PIPELINE.report_gap(self, "no pipeline")
         self._publish_flow(env_config, lake_key)

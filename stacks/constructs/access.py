@@ -67,7 +67,7 @@ def grant_bucket(
     acknowledge(
         ack_scope,
         f"Object-level access to the {layer} bucket{f' under {path}' if path else ''}: {why}. "
-        "Object keys (dates, factories, Delta files) are created at run time, so the "
-        "resource is the bucket's key space, with exact actions only.",
+        "The object keys are created at run time, so the resource is the key space "
+        f"{f'under {path}' if path else 'of the bucket'}, with exact actions only.",
         f"AwsSolutions-IAM5[Resource::{_rendered(prefix, layer)}/{path}*]",
     )

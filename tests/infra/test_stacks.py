@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from aws_cdk.assertions import Match, Template
 
-from config.environments import environments
+from config.environments import LayerLifecycle, environments
 from iiot import topics
 from tests.infra.conftest import Synth
 
@@ -107,7 +107,7 @@ def _lifecycle_rules(synth: Synth, env: str, bucket: str) -> dict[str, dict[str,
 def test_lifecycle_tiers_follow_the_environment_config(synth: Synth, env: str) -> None:
     settings = environments()[env].lake
     expected_by_prefix = {
-        ("Lake", "landing/"): settings.bronze,
+        ("Lake", "landing/"): LayerLifecycle(expire_after_days=settings.landing_expire_after_days),
         ("Lake", "bronze/"): settings.bronze,
         ("Lake", "silver/"): settings.silver,
         ("Lake", "gold/"): settings.gold,
