@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 target=${1:?usage: scripts/bootstrap.sh demo|test|synth|bench}
 case "$target" in
-  demo)  extras="demo";  debs="mosquitto" ;;
+  demo)  extras="demo";  debs="mosquitto gcc-aarch64-linux-gnu libc6-dev-arm64-cross" ;;
   test)  extras="all";   debs="mosquitto influxdb gcc-aarch64-linux-gnu libc6-dev-arm64-cross" ;;
   synth) extras="cdk";   debs="" ;;
   bench) extras="all";   debs="mosquitto influxdb gcc-aarch64-linux-gnu libc6-dev-arm64-cross" ;;
