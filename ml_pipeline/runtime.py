@@ -15,7 +15,10 @@ import ctypes
 import hashlib
 import json
 import logging
+import os
 import platform
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -91,6 +94,23 @@ class Model(Protocol):
     def predict(self, features: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]: ...
 
 
+def _load_private_copy(library: Path) -> ctypes.CDLL:
+    """dlopen a private copy of `library`, then unlink the copy.
+
+    The serving model must not depend on the deployed file staying as it is: a library
+    rewritten in place while mapped crashes the process (SIGBUS), and dlopen of a path already
+    loaded returns the old handle, so an in-place update would never take effect. The unlinked
+    copy stays mapped for as long as the model is in use.
+    """
+    descriptor, name = tempfile.mkstemp(prefix="failure-model-", suffix=".so")
+    try:
+        with os.fdopen(descriptor, "wb") as copy, library.open("rb") as source:
+            shutil.copyfileobj(source, copy)
+        return ctypes.CDLL(name)
+    finally:
+        os.unlink(name)
+
+
 class CompiledModel:
     """A TL2cgen-generated native library called through ctypes, one row at a time.
 
@@ -102,7 +122,7 @@ class CompiledModel:
 
     def __init__(self, library: Path, manifest: Manifest) -> None:
         self.manifest = manifest
-        self._lib = ctypes.CDLL(str(library))
+        self._lib = _load_private_copy(library)
         self._lib.get_num_feature.restype = ctypes.c_int32
         n = int(self._lib.get_num_feature())
         if n != len(manifest.feature_names):
