@@ -52,6 +52,17 @@ class IngestionStack(Stack):
             retention_period=Duration.hours(env_config.kinesis_retention_hours),
             encryption=kinesis.StreamEncryption.MANAGED,
         )
+        # Decoded readings, one JSON row each, for the Flink stream rules: gateways upload
+        # compact batches, which Flink SQL cannot read, so the InfluxDB writer forwards the
+        # readings it accepted here. On demand: its rate is readings/s, not batches/s.
+        self.readings = kinesis.Stream(
+            self,
+            "Readings",
+            stream_name=f"{prefix}-readings",
+            stream_mode=kinesis.StreamMode.ON_DEMAND,
+            retention_period=Duration.hours(env_config.kinesis_retention_hours),
+            encryption=kinesis.StreamEncryption.MANAGED,
+        )
         delivery_logs = logs.LogGroup(
             self,
             "DeliveryLogs",

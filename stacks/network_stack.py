@@ -61,6 +61,7 @@ class NetworkStack(Stack):
             ("SecretsManager", ec2.InterfaceVpcEndpointAwsService.SECRETS_MANAGER),
             ("Sts", ec2.InterfaceVpcEndpointAwsService.STS),
             ("Sqs", ec2.InterfaceVpcEndpointAwsService.SQS),
+            ("Kinesis", ec2.InterfaceVpcEndpointAwsService.KINESIS_STREAMS),
         ):
             self.vpc.add_interface_endpoint(
                 name,

@@ -120,7 +120,7 @@ def build_platform(app: App, env_config: Environment) -> Platform:
         f"{prefix}-streaming",
         env=env,
         env_config=env_config,
-        telemetry=ingestion.telemetry,
+        readings=ingestion.readings,
         anomalies=alerting.anomalies,
         description=description("Flink SQL stream rules (Managed Service for Apache Flink)"),
     )
@@ -146,6 +146,7 @@ def build_platform(app: App, env_config: Environment) -> Platform:
         vpc=network.vpc,
         subnets=network.data_subnets,
         telemetry=ingestion.telemetry,
+        readings=ingestion.readings,
         logs_bucket=lake.logs,
         description=description("Timestream for InfluxDB and its writer"),
     )

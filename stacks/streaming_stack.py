@@ -1,7 +1,7 @@
 """Streaming rules: the Flink SQL of kda_sql/ on Amazon Managed Service for Apache Flink.
 
 The application package is `kda_sql/runner.py` + the rendered `kda_sql/sql/*.sql` (a PyFlink
-application), reading the telemetry stream and writing anomalies to the anomaly stream, which
+application), reading the decoded readings stream and writing anomalies to the anomaly stream, which
 the alert router reads. The rules' parameters are the runner's `StreamRules` property group.
 
 Connector: the Kinesis SQL connector for Flink 1.20,
@@ -46,7 +46,7 @@ class StreamingStack(Stack):
         construct_id: str,
         *,
         env_config: Environment,
-        telemetry: kinesis.IStream,
+        readings: kinesis.IStream,
         anomalies: kinesis.IStream,
         **kwargs: Any,
     ) -> None:
@@ -93,9 +93,9 @@ class StreamingStack(Stack):
             self,
             "ApplicationRole",
             assumed_by=iam.ServicePrincipal("kinesisanalytics.amazonaws.com"),
-            description="Stream rules: read telemetry, write anomalies, read the code package",
+            description="Stream rules: read readings, write anomalies, read the code package",
         )
-        telemetry.grant_read(role)
+        readings.grant_read(role)
         anomalies.grant_write(role)
         log_group.grant_write(role)
         role.add_to_policy(
@@ -116,7 +116,7 @@ class StreamingStack(Stack):
         rules = {
             "parallelism": str(env_config.flink_parallelism),
             "source.connector": "kinesis",
-            "source.stream.arn": telemetry.stream_arn,
+            "source.stream.arn": readings.stream_arn,
             "source.aws.region": self.region,
             "source.source.init.position": "LATEST",
             "source.format": "json",

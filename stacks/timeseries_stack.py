@@ -39,6 +39,7 @@ class TimeSeriesStack(Stack):
         vpc: ec2.IVpc,
         subnets: ec2.SubnetSelection,
         telemetry: kinesis.IStream,
+        readings: kinesis.IStream,
         logs_bucket: s3.IBucket,
         **kwargs: Any,
     ) -> None:
@@ -109,7 +110,7 @@ class TimeSeriesStack(Stack):
         )
         self.writer: lambda_.Function | None = None
         if artifacts.INFLUX_WRITER.present():
-            self._writer(env_config, vpc, subnets, telemetry)
+            self._writer(env_config, vpc, subnets, telemetry, readings)
         else:
             artifacts.INFLUX_WRITER.report_gap(self, "telemetry is not written to InfluxDB")
 
@@ -119,6 +120,7 @@ class TimeSeriesStack(Stack):
         vpc: ec2.IVpc,
         subnets: ec2.SubnetSelection,
         telemetry: kinesis.IStream,
+        readings: kinesis.IStream,
     ) -> None:
         writer_group = ec2.SecurityGroup(
             self,
@@ -174,6 +176,8 @@ class TimeSeriesStack(Stack):
                 "INFLUXDB_BUCKET": BUCKET,
                 "IDEMPOTENCY_TABLE": idempotency.table_name,
                 "DEAD_LETTER_QUEUE_URL": dead_letters.queue_url,
+                # Accepted readings go on as JSON rows to the stream the Flink rules read.
+                "READINGS_STREAM_NAME": readings.stream_name,
                 "POWERTOOLS_SERVICE_NAME": "influx-writer",
                 "POWERTOOLS_METRICS_NAMESPACE": "IIoT",
                 "IIOT_ENVIRONMENT": env_config.name,
@@ -189,6 +193,7 @@ class TimeSeriesStack(Stack):
         self.credentials.grant_read(self.writer)
         idempotency.grant_read_write_data(self.writer)
         dead_letters.grant_send_messages(self.writer)
+        readings.grant_write(self.writer)
         self.writer.add_event_source(
             sources.KinesisEventSource(
                 telemetry,

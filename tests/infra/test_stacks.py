@@ -454,6 +454,22 @@ def test_influx_writer_gets_every_setting_it_requires(synth: Synth) -> None:
     WriterSettings.from_environ(dict.fromkeys(variables, "set-by-the-stack"))
 
 
+def test_influx_writer_forwards_decoded_readings_to_the_stream_rules(synth: Synth) -> None:
+    function = next(iter(resources(synth, "dev", "timeseries", "AWS::Lambda::Function").values()))
+    stream_name = function["Properties"]["Environment"]["Variables"]["READINGS_STREAM_NAME"]
+    assert "Readings" in json.dumps(stream_name)
+    writes = [
+        s
+        for s in statements(synth, "dev", "timeseries")
+        if "kinesis:PutRecords" in s["Action"] and "Readings" in json.dumps(s["Resource"])
+    ]
+    assert writes, "the writer may put records on the readings stream"
+    endpoints = resources(synth, "dev", "network", "AWS::EC2::VPCEndpoint")
+    assert any(
+        "kinesis-streams" in json.dumps(e["Properties"]["ServiceName"]) for e in endpoints.values()
+    )
+
+
 # --- streaming -----------------------------------------------------------------------------
 
 
@@ -472,7 +488,9 @@ def test_flink_runs_the_sql_runner_from_the_kinesis_streams(synth: Synth) -> Non
     rules = groups["StreamRules"]  # kda_sql/runner.py: PROPERTY_GROUP
     assert rules["source.connector"] == "kinesis"
     assert rules["sink.connector"] == "kinesis"
-    assert "Telemetry" in json.dumps(rules["source.stream.arn"])
+    # Flink SQL reads JSON rows: the decoded readings stream, not the compact-batch uploads.
+    assert "Readings" in json.dumps(rules["source.stream.arn"])
+    assert "Telemetry" not in json.dumps(rules["source.stream.arn"])
     assert "Anomalies" in json.dumps(rules["sink.stream.arn"])
     assert configuration["ApplicationSnapshotConfiguration"] == {"SnapshotsEnabled": True}
     code = configuration["ApplicationCodeConfiguration"]
