@@ -31,29 +31,90 @@ def free_port() -> int:
 
 @dataclass
 class Mosquitto:
-    """A running private broker; `url` is what `--broker` options take."""
+    """A private broker bound to 127.0.0.1; `url` is what `--broker` options take.
+
+    `persistent` keeps sessions and queued messages across `stop()`/`start()` (outage tests).
+    """
 
     port: int
-    process: subprocess.Popen[bytes]
-    log_path: Path
+    directory: Path
+    persistent: bool = False
+    process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def create(cls, *, persistent: bool = False, port: int | None = None) -> Mosquitto:
+        """Start one in a fresh directory; `close()` stops it and removes the directory."""
+        # Started as root, mosquitto drops to its own user: its log and persistence files need
+        # a directory that user can write (a private temporary directory is not).
+        directory = Path(tempfile.mkdtemp(prefix="iiot-mosquitto-"))
+        directory.chmod(0o777)
+        broker = cls(port or free_port(), directory, persistent)
+        broker.start()
+        return broker
 
     @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "mosquitto.log"
+
+    def start(self) -> None:
+        config = self.directory / "mosquitto.conf"
+        config.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "max_inflight_messages 0\n"
+            "max_queued_messages 0\n"
+            "max_queued_bytes 0\n"
+            "message_size_limit 0\n"
+            f"persistence {'true' if self.persistent else 'false'}\n"
+            f"persistence_location {self.directory}/\n"
+            "autosave_interval 1\n"
+            f"log_dest file {self.log_path}\n"
+        )
+        # Fixed arguments: the broker binary found on PATH and the config file written above.
+        self.process = subprocess.Popen(  # noqa: S603
+            [_binary(), "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                log = (
+                    self.log_path.read_text(errors="replace")[-500:]
+                    if self.log_path.exists()
+                    else ""
+                )
+                raise BrokerError(f"mosquitto exited with {self.process.returncode}: {log}")
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 0.2),
+            ):
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise BrokerError(f"mosquitto did not listen on 127.0.0.1:{self.port} within 10 s")
+
     def stop(self) -> None:
-        if self.process.poll() is None:
+        """Stop the process this object started (by its PID), keeping the directory."""
+        if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self.process = None
 
     def restart(self) -> None:
-        """Start again on the same port (for outage tests: stop, wait, restart)."""
+        """Stop and start again on the same port (for outage tests)."""
         self.stop()
-        self.process = _spawn(self.port, self.log_path.parent)
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def _binary() -> str:
@@ -68,42 +129,11 @@ def _binary() -> str:
     return found
 
 
-def _spawn(port: int, directory: Path) -> subprocess.Popen[bytes]:
-    config = directory / "mosquitto.conf"
-    config.write_text(
-        f"listener {port} 127.0.0.1\n"
-        "allow_anonymous true\n"
-        "persistence false\n"
-        "max_queued_messages 1000000\n"
-        "max_inflight_messages 0\n"
-        "message_size_limit 0\n"
-        f"log_dest file {directory / 'mosquitto.log'}\n"
-    )
-    # Fixed arguments: the broker binary found on PATH and a config file written just above.
-    process = subprocess.Popen(  # noqa: S603
-        [_binary(), "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            log = (directory / "mosquitto.log").read_text(errors="replace")[-500:]
-            raise BrokerError(f"mosquitto exited with {process.returncode}: {log}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return process
-        time.sleep(0.05)
-    process.kill()
-    raise BrokerError(f"mosquitto did not listen on 127.0.0.1:{port} within 10 s")
-
-
 @contextlib.contextmanager
-def mosquitto(port: int | None = None) -> Iterator[Mosquitto]:
+def mosquitto(*, persistent: bool = False, port: int | None = None) -> Iterator[Mosquitto]:
     """A private broker for the duration of the block."""
-    with tempfile.TemporaryDirectory(prefix="iiot-mosquitto-") as directory:
-        chosen = port or free_port()
-        broker = Mosquitto(
-            chosen, _spawn(chosen, Path(directory)), Path(directory) / "mosquitto.log"
-        )
-        try:
-            yield broker
-        finally:
-            broker.stop()
+    broker = Mosquitto.create(persistent=persistent, port=port)
+    try:
+        yield broker
+    finally:
+        broker.close()
