@@ -12,12 +12,12 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_event_sources as sources
 from aws_cdk import aws_sns as sns
-from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from config.environments import Environment
 from stacks import artifacts
 from stacks.constructs.access import acknowledge
+from stacks.constructs.dead_letters import dead_letter_queue
 from stacks.constructs.python_function import PythonFunction
 
 
@@ -88,19 +88,8 @@ class AlertingStack(Stack):
             master_key=self.key,
             enforce_ssl=True,
         )
-        dead_letters = sqs.Queue(
-            self,
-            "RouterDeadLetters",
-            encryption=sqs.QueueEncryption.KMS,
-            encryption_master_key=self.key,
-            enforce_ssl=True,
-            retention_period=Duration.days(14),
-        )
-        acknowledge(
-            dead_letters,
-            "This queue is the dead-letter queue itself: the router sends invalid anomalies to "
-            "it and the stream mapping sends batches that failed every retry.",
-            "AwsSolutions-SQS3",
+        dead_letters = dead_letter_queue(
+            self, "RouterDeadLetters", self.key, sender="the router (invalid anomalies)"
         )
         function = PythonFunction(
             self,

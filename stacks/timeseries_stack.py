@@ -14,13 +14,13 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_event_sources as sources
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_secretsmanager as secretsmanager
-from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_timestream as timestream
 from constructs import Construct
 
 from config.environments import Environment
 from stacks import artifacts
 from stacks.constructs.access import acknowledge
+from stacks.constructs.dead_letters import dead_letter_queue
 from stacks.constructs.python_function import PythonFunction
 
 INFLUX_PORT = 8086
@@ -150,19 +150,8 @@ class TimeSeriesStack(Stack):
             time_to_live_attribute="expiration",
             removal_policy=RemovalPolicy.DESTROY,
         )
-        dead_letters = sqs.Queue(
-            self,
-            "WriterDeadLetters",
-            encryption=sqs.QueueEncryption.KMS,
-            encryption_master_key=self.key,
-            enforce_ssl=True,
-            retention_period=Duration.days(14),
-        )
-        acknowledge(
-            dead_letters,
-            "This queue is the dead-letter queue itself: the writer sends batches it cannot "
-            "decode to it and the stream mapping sends batches that failed every retry.",
-            "AwsSolutions-SQS3",
+        dead_letters = dead_letter_queue(
+            self, "WriterDeadLetters", self.key, sender="the writer (undecodable batches)"
         )
         function = PythonFunction(
             self,
