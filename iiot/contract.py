@@ -378,12 +378,11 @@ class Validator:
         bad |= ~np.isfinite(value)
         bad |= (ts < EARLIEST_TIMESTAMP_MS) | (ts > latest)
         if self.check_range:
-            low = np.array(
-                [self._ranges.get(k.metric, (-np.inf, np.inf))[0] for k in columns.series]
-            )
-            high = np.array(
-                [self._ranges.get(k.metric, (-np.inf, np.inf))[1] for k in columns.series]
-            )
+            bounds = np.array(
+                [self._ranges.get(k.metric, (-np.inf, np.inf)) for k in columns.series],
+                dtype=np.float64,
+            ).reshape(-1, 2)
+            low, high = bounds[:, 0], bounds[:, 1]
             if len(columns.series):
                 idx = columns.series_index
                 with np.errstate(invalid="ignore"):
