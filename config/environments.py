@@ -143,9 +143,6 @@ class Environment:
     # The com.iiot.FailureModel version the gateways run (published by the ML stack's flow
     # after a model is approved); None: the gateways run the buffer without prediction.
     edge_model_version: str | None = None
-    # The tag of the ML container image (pushed to the ML stack's ECR repository) the
-    # training pipeline runs.
-    ml_image_tag: str = "latest"
     tags: Mapping[str, str] = field(default_factory=dict)
 
     @property

@@ -4,7 +4,8 @@
       -> PR-AUC >= MinPrAuc ? -> register the model package -> compile for the gateways
                                   (processing: TL2cgen x86_64 + aarch64 -> failure_model.zip)
 
-Every job runs the platform's own container image (built from this repository by the CDK app),
+Every job runs the platform's own container image (ml_pipeline/container/Dockerfile, built
+while the CDK app deploys),
 whose entry points are this package's modules: ``iiot ml features``, the image's ``train``
 command = ``python -m ml_pipeline.train`` (script mode: SM_CHANNEL_TRAIN / SM_MODEL_DIR),
 ``python -m ml_pipeline.evaluate_job`` and ``iiot ml compile``. Nothing account-specific is

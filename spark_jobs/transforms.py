@@ -5,7 +5,7 @@ unchanged on Sail (the embedded local engine), on classic local PySpark (the tes
 two) and on Apache Spark with delta-spark on EMR Serverless.
 
 Payload decoding uses the core's wire formats (`iiot.wire`) inside `mapInArrow`: the executors
-need the `iiot` package (locally it is installed; on EMR it ships in the job's Python archive).
+need the `iiot` package (locally it is installed; on EMR it is in the application's image).
 Time columns are computed with integer arithmetic on UTC epoch milliseconds, so that no engine's
 session time zone can move a reading to another day, hour or shift.
 """

@@ -10,9 +10,10 @@ logs have buckets of their own.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from aws_cdk import AssetHashType, Duration, RemovalPolicy, Stack
+from aws_cdk import Duration, RemovalPolicy, Stack
 from aws_cdk import aws_emrserverless as emrs
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
@@ -28,7 +29,8 @@ from config.environments import Environment, LayerLifecycle
 from stacks import artifacts
 from stacks.artifacts import ROOT
 from stacks.constructs.access import acknowledge, bucket_name, grant_bucket
-from stacks.constructs.python_bundle import LocalPythonBundling, local_bundling, source_hash
+from stacks.constructs.deploy_time_image import DeployTimeImage, stage_context
+from stacks.constructs.python_bundle import project_requirements
 from stacks.constructs.python_function import log_retention
 from stacks.constructs.secure_bucket import SecureBucket
 
@@ -40,6 +42,14 @@ DELTA_CONF = (
     "--conf spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension "
     "--conf spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog"
 )
+# The image's interpreter (spark_jobs/container/Dockerfile): EMR 7 runs Python 3.9 by default.
+SPARK_PYTHON_VERSION = "3.11"
+SPARK_PYTHON = f"/usr/bin/python{SPARK_PYTHON_VERSION}"
+PYTHON_CONF = (
+    f"--conf spark.emr-serverless.driverEnv.PYSPARK_DRIVER_PYTHON={SPARK_PYTHON} "
+    f"--conf spark.emr-serverless.driverEnv.PYSPARK_PYTHON={SPARK_PYTHON} "
+    f"--conf spark.executorEnv.PYSPARK_PYTHON={SPARK_PYTHON}"
+)
 # spark_jobs/main.py --job values, in order; `maintain` compacts, vacuums and writes the symlink
 # manifests Redshift Spectrum reads.
 LAKE_JOBS = ("bronze", "silver", "gold", "maintain")
@@ -49,6 +59,19 @@ LAKE_JOBS = ("bronze", "silver", "gold", "maintain")
 # under landing/ (the bronze job's input); bronze keeps their bytes, so landing is transient.
 LANDING = "landing/"
 LAYER_PREFIXES = {"bronze": "bronze/", "silver": "silver/", "gold": "gold/"}
+
+
+def spark_image_context() -> Path:
+    """The lake jobs' image context: spark_jobs/container/Dockerfile, the jobs, the core and
+    the catalog, and the core's dependencies plus pyarrow for aarch64 Linux, Python 3.11."""
+    return stage_context(
+        "spark",
+        dockerfile=ROOT / "spark_jobs" / "container" / "Dockerfile",
+        copies=[(ROOT / "iiot", ""), (ROOT / "spark_jobs", ""), (ROOT / "config", "")],
+        requirements=[*project_requirements(leave_out=("typer", "rich")), "pyarrow"],
+        architecture="arm64",
+        python_version=SPARK_PYTHON_VERSION,
+    )
 
 
 @dataclass(frozen=True)
@@ -214,6 +237,13 @@ class LakeStack(Stack):
             path="emr/",
             why="EMR Serverless writes the job runs' driver and executor logs",
         )
+        self.spark_image: DeployTimeImage | None = None
+        image_configuration = None
+        if artifacts.SPARK_JOBS.present():
+            self.spark_image = self._spark_image(env_config)
+            image_configuration = emrs.CfnApplication.ImageConfigurationInputProperty(
+                image_uri=self.spark_image.image_uri
+            )
         self.spark_app = emrs.CfnApplication(
             self,
             "SparkApplication",
@@ -230,6 +260,7 @@ class LakeStack(Stack):
             maximum_capacity=emrs.CfnApplication.MaximumAllowedResourcesProperty(
                 cpu=f"{lake.spark_max_vcpu} vCPU", memory=f"{lake.spark_max_memory_gb} GB"
             ),
+            image_configuration=image_configuration,
         )
         self.state_machine: sfn.StateMachine | None = None
         if artifacts.SPARK_JOBS.present():
@@ -237,28 +268,44 @@ class LakeStack(Stack):
         else:
             artifacts.SPARK_JOBS.report_gap(self, "no lake state machine or schedule")
 
-    def _schedule_jobs(self, env_config: Environment) -> None:
-        copies = [(ROOT / "iiot", ""), (ROOT / "spark_jobs", "")]
-        py_files = s3_assets.Asset(
+    def _spark_image(self, env_config: Environment) -> DeployTimeImage:
+        """EMR's Spark image plus Python 3.11 with `iiot`, `spark_jobs` and their dependencies;
+        EMR Serverless pulls it for this account's applications only."""
+        image = DeployTimeImage(
             self,
-            "SparkPyFiles",
-            path=str(ROOT / "spark_jobs"),
-            asset_hash_type=AssetHashType.CUSTOM,
-            asset_hash=source_hash(copies, []),
-            bundling=local_bundling(
-                LocalPythonBundling(copies=copies, requirements=[], platform="", python_version="")
-            ),
+            "SparkImage",
+            repository_name=f"{env_config.prefix}-spark",
+            context=spark_image_context(),
+            architecture="arm64",
+            keep_images=env_config.keep_data_on_delete,
+            build_args={"EMR_RELEASE": EMR_RELEASE},
         )
+        image.repository.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="EmrServerlessPull",
+                principals=[iam.ServicePrincipal("emr-serverless.amazonaws.com")],
+                actions=["ecr:BatchGetImage", "ecr:DescribeImages", "ecr:GetDownloadUrlForLayer"],
+                conditions={
+                    "StringLike": {
+                        "aws:SourceArn": self.format_arn(
+                            service="emr-serverless", resource="/applications", resource_name="*"
+                        )
+                    }
+                },
+            )
+        )
+        return image
+
+    def _schedule_jobs(self, env_config: Environment) -> None:
         entry_point = s3_assets.Asset(
             self, "SparkEntryPoint", path=str(artifacts.SPARK_JOBS.path())
         )
-        for asset in (py_files, entry_point):
-            self.spark_role.add_to_policy(
-                iam.PolicyStatement(
-                    actions=["s3:GetObject"],
-                    resources=[f"{asset.bucket.bucket_arn}/{asset.s3_object_key}"],
-                )
+        self.spark_role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["s3:GetObject"],
+                resources=[f"{entry_point.bucket.bucket_arn}/{entry_point.s3_object_key}"],
             )
+        )
         state = sfn.Pass(self, "Start")
         chain: sfn.IChainable = state
         previous: Any = state
@@ -282,8 +329,7 @@ class LakeStack(Stack):
                                     "--lake-root",
                                     self.lake_root,
                                 ],
-                                "SparkSubmitParameters": f"--py-files {py_files.s3_object_url} "
-                                + DELTA_CONF,
+                                "SparkSubmitParameters": f"{PYTHON_CONF} {DELTA_CONF}",
                             }
                         },
                         "ConfigurationOverrides": {

@@ -1,5 +1,6 @@
 """Machine learning: the model registry (a SageMaker model package group), the training
-pipeline from ml_pipeline/ with its role and container repository, and the flow that turns an
+pipeline from ml_pipeline/ with its role and container image (built during deployment from
+ml_pipeline/container/Dockerfile), and the flow that turns an
 approved model into a new com.iiot.FailureModel component version for the gateways.
 
 Flow: the pipeline trains, evaluates, registers the model (PendingManualApproval) and compiles
@@ -13,11 +14,11 @@ version (IIOT_EDGE_MODEL_VERSION_<ENV>) and `cdk deploy` the edge stack.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from aws_cdk import ArnFormat, Duration, Fn, RemovalPolicy, Stack
 from aws_cdk import aws_codebuild as codebuild
-from aws_cdk import aws_ecr as ecr
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
@@ -34,9 +35,12 @@ from config.environments import Environment
 from stacks import artifacts
 from stacks.artifacts import ROOT
 from stacks.constructs.access import acknowledge, bucket_name, grant_bucket
+from stacks.constructs.deploy_time_image import DeployTimeImage, stage_context
+from stacks.constructs.python_bundle import project_requirements
 from stacks.constructs.python_function import log_retention
 
 MODEL_COMPONENT = "com.iiot.FailureModel"
+ML_PYTHON = "3.11"  # the image's interpreter (ml_pipeline/container/Dockerfile)
 PUBLISHED_PREFIX = f"greengrass/{MODEL_COMPONENT}/"
 
 # CodeBuild: copy the pipeline's compiled zip next to the other artifacts and register the
@@ -70,6 +74,19 @@ PUBLISH_BUILDSPEC: dict[str, Any] = {
 }
 
 
+def ml_image_context() -> Path:
+    """The pipeline image's build context: ml_pipeline/container/Dockerfile, the project's
+    packages and the core + `ml` dependencies for x86_64 Linux, Python 3.11."""
+    return stage_context(
+        "ml",
+        dockerfile=ROOT / "ml_pipeline" / "container" / "Dockerfile",
+        copies=[(ROOT / "iiot", ""), (ROOT / "ml_pipeline", ""), (ROOT / "config", "")],
+        requirements=project_requirements("ml"),
+        architecture="x86_64",
+        python_version=ML_PYTHON,
+    )
+
+
 class MlStack(Stack):
     def __init__(
         self,
@@ -90,17 +107,15 @@ class MlStack(Stack):
             model_package_group_name=self.group_name,
             model_package_group_description="Failure-prediction models for the gateways",
         )
-        self.image_repository = ecr.Repository(
+        self.image = DeployTimeImage(
             self,
             "PlatformImage",
             repository_name=f"{prefix}-ml",
-            image_scan_on_push=True,
-            encryption=ecr.RepositoryEncryption.KMS,
-            lifecycle_rules=[ecr.LifecycleRule(max_image_count=20)],
-            removal_policy=RemovalPolicy.RETAIN
-            if env_config.keep_data_on_delete
-            else RemovalPolicy.DESTROY,
+            context=ml_image_context(),
+            architecture="x86_64",
+            keep_images=env_config.keep_data_on_delete,
         )
+        self.image_repository = self.image.repository
         self.execution_role = self._execution_role(prefix, lake_key)
         self.pipeline: sagemaker.CfnPipeline | None = None
         if artifacts.ML_PIPELINE.present():
@@ -208,7 +223,6 @@ class MlStack(Stack):
         return role
 
     def _pipeline(self, definition: str, env_config: Environment) -> None:
-        image = f"{self.image_repository.repository_uri}:{env_config.ml_image_tag}"
         self.pipeline = sagemaker.CfnPipeline(
             self,
             "TrainingPipeline",
@@ -223,7 +237,7 @@ class MlStack(Stack):
                         for name, value in {
                             "SageMakerExecutionRoleArn": self.execution_role.role_arn,
                             "SageMakerExecutionRoleName": self.execution_role.role_name,
-                            "PlatformImageUri": image,
+                            "PlatformImageUri": self.image.image_uri,
                         }.items()
                         if f"${{{name}}}" in definition
                     },

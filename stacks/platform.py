@@ -122,6 +122,7 @@ def build_platform(app: App, env_config: Environment) -> Platform:
         env_config=env_config,
         readings=ingestion.readings,
         anomalies=alerting.anomalies,
+        lake_key=lake.key,
         description=description("Flink SQL stream rules (Managed Service for Apache Flink)"),
     )
     add("streaming", streaming)

@@ -5,38 +5,85 @@ application), reading the decoded readings stream and writing anomalies to the a
 the alert router reads. The rules' parameters are the runner's `StreamRules` property group.
 
 Connector: the Kinesis SQL connector for Flink 1.20,
-    org.apache.flink:flink-sql-connector-kinesis:5.0.0-1.20 (Maven Central)
-is a jar that this build cannot download (no Maven here). Point IIOT_FLINK_CONNECTOR_JAR at
-the jar when synthesizing for a deployment and it is packaged as lib/<jar> and named in the
-`jarfile` run option; without it the synth prints a warning and the application would fail at
-its first Kinesis table.
+    org.apache.flink:flink-sql-connector-kinesis:5.0.0-1.20
+is a jar from Maven Central, which the machine that synthesizes cannot reach. The package is
+therefore assembled in the cloud while the stack deploys: deploy-time-build runs a CodeBuild job
+(its NodejsBuild construct, which runs any shell commands; Maven is on CodeBuild's standard
+image) that fetches the jar with Maven, checksums enforced, adds it as lib/<jar> next to the
+code and writes `application.zip` under a content-addressed key of the artifacts bucket. The
+application is created only after that job has succeeded, and names the jar in its `jarfile`
+run option.
 """
 
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aws_cdk import Annotations, ArnFormat, AssetHashType, RemovalPolicy, Stack
+from aws_cdk import ArnFormat, RemovalPolicy, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kinesis as kinesis
 from aws_cdk import aws_kinesisanalyticsv2 as flink
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
-from aws_cdk import aws_s3_assets as s3_assets
+from aws_cdk import aws_s3 as s3
+from cdklabs.deploy_time_build import AssetConfig, NodejsBuild
 from constructs import Construct
 
 from config.environments import Environment
 from stacks import artifacts
 from stacks.artifacts import ROOT
-from stacks.constructs.python_bundle import LocalPythonBundling, local_bundling, source_hash
+from stacks.constructs.access import bucket_name
+from stacks.constructs.deploy_time_image import (
+    acknowledge_build_project,
+    acknowledge_deploy_time_build,
+)
+from stacks.constructs.python_bundle import BUNDLE_CACHE, LocalPythonBundling, source_hash
 from stacks.constructs.python_function import log_retention
 
 RUNTIME = "FLINK-1_20"
-CONNECTOR_COORDINATES = "org.apache.flink:flink-sql-connector-kinesis:5.0.0-1.20"
-CONNECTOR_JAR_VARIABLE = "IIOT_FLINK_CONNECTOR_JAR"
+CONNECTOR_GROUP, CONNECTOR_ARTIFACT, CONNECTOR_VERSION = (
+    "org.apache.flink",
+    "flink-sql-connector-kinesis",
+    "5.0.0-1.20",
+)
+CONNECTOR_COORDINATES = f"{CONNECTOR_GROUP}:{CONNECTOR_ARTIFACT}:{CONNECTOR_VERSION}"
+CONNECTOR_JAR = f"{CONNECTOR_ARTIFACT}-{CONNECTOR_VERSION}.jar"
+# Maven's own copy goal (pinned), run in the package folder; -C fails on a checksum mismatch.
+FETCH_CONNECTOR = (
+    "mvn --batch-mode --quiet --strict-checksums "
+    "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy "
+    f"-Dartifact={CONNECTOR_COORDINATES} -DoutputDirectory=lib"
+)
+PACKAGE_PREFIX = "flink/"
+# The write half of CDK's bucket and key grants, as cdk-nag names them.
+WRITE_WILDCARDS = ("s3:Abort*", "s3:DeleteObject*", "kms:GenerateDataKey*", "kms:ReEncrypt*")
 RUN_OPTIONS = "kinesis.analytics.flink.run.options"
 RULES_GROUP = "StreamRules"  # kda_sql/runner.py: PROPERTY_GROUP
+
+
+@dataclass(frozen=True)
+class Package:
+    """Where the application package is, and the build that writes it."""
+
+    bucket_arn: str
+    key: str
+    build: NodejsBuild
+
+
+def stage_code() -> tuple[Path, str]:
+    """kda_sql/runner.py and kda_sql/sql/ staged under cdk.out, and their content hash."""
+    copies = [(ROOT / "kda_sql" / "runner.py", "kda_sql"), (ROOT / "kda_sql" / "sql", "kda_sql")]
+    content_hash = source_hash(copies, [])
+    staged = BUNDLE_CACHE / f"flink-{content_hash[:24]}"
+    if not staged.is_dir():
+        partial = staged.with_name(f"{staged.name}.partial")
+        LocalPythonBundling(
+            copies=copies, requirements=[], platform="", python_version=""
+        ).try_bundle(str(partial), None)
+        partial.rename(staged)
+    return staged, content_hash
 
 
 class StreamingStack(Stack):
@@ -48,6 +95,7 @@ class StreamingStack(Stack):
         env_config: Environment,
         readings: kinesis.IStream,
         anomalies: kinesis.IStream,
+        lake_key: kms.IKey,
         **kwargs: Any,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
@@ -56,32 +104,7 @@ class StreamingStack(Stack):
             artifacts.FLINK_SQL.report_gap(self, "no stream rules application")
             return
         prefix = env_config.prefix
-        jar_path = os.environ.get(CONNECTOR_JAR_VARIABLE)
-        jar = Path(jar_path) if jar_path else None
-        if jar is not None and not jar.is_file():
-            raise FileNotFoundError(f"{CONNECTOR_JAR_VARIABLE}={jar_path}: no such file")
-        copies = [
-            (ROOT / "kda_sql" / "runner.py", "kda_sql"),
-            (ROOT / "kda_sql" / "sql", "kda_sql"),
-        ]
-        if jar is not None:
-            copies.append((jar, "lib"))
-        else:
-            Annotations.of(self).add_warning_v2(
-                "iiot:flink-connector",
-                f"the Kinesis SQL connector jar ({CONNECTOR_COORDINATES}) is not packaged: set "
-                f"{CONNECTOR_JAR_VARIABLE} to its path before deploying the stream rules",
-            )
-        code = s3_assets.Asset(
-            self,
-            "ApplicationCode",
-            path=str(ROOT / "kda_sql"),
-            asset_hash_type=AssetHashType.CUSTOM,
-            asset_hash=source_hash(copies, []),
-            bundling=local_bundling(
-                LocalPythonBundling(copies=copies, requirements=[], platform="", python_version="")
-            ),
-        )
+        package = self._package(prefix, lake_key)
         log_group = logs.LogGroup(
             self,
             "Logs",
@@ -101,8 +124,11 @@ class StreamingStack(Stack):
         role.add_to_policy(
             iam.PolicyStatement(
                 actions=["s3:GetObject", "s3:GetObjectVersion"],
-                resources=[f"{code.bucket.bucket_arn}/{code.s3_object_key}"],
+                resources=[f"{package.bucket_arn}/{package.key}"],
             )
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(actions=["kms:Decrypt"], resources=[lake_key.key_arn])
         )
         role.add_to_policy(
             iam.PolicyStatement(
@@ -110,9 +136,7 @@ class StreamingStack(Stack):
                 resources=[log_group.log_group_arn],
             )
         )
-        run_options = {"python": "kda_sql/runner.py"}
-        if jar is not None:
-            run_options["jarfile"] = f"lib/{jar.name}"
+        run_options = {"python": "kda_sql/runner.py", "jarfile": f"lib/{CONNECTOR_JAR}"}
         rules = {
             "parallelism": str(env_config.flink_parallelism),
             "source.connector": "kinesis",
@@ -139,7 +163,7 @@ class StreamingStack(Stack):
                     code_content_type="ZIPFILE",
                     code_content=flink.CfnApplication.CodeContentProperty(
                         s3_content_location=flink.CfnApplication.S3ContentLocationProperty(
-                            bucket_arn=code.bucket.bucket_arn, file_key=code.s3_object_key
+                            bucket_arn=package.bucket_arn, file_key=package.key
                         )
                     ),
                 ),
@@ -172,7 +196,7 @@ class StreamingStack(Stack):
                 ),
             ),
         )
-        application.node.add_dependency(role)
+        application.node.add_dependency(role, package.build)
         logging = flink.CfnApplicationCloudWatchLoggingOption(
             self,
             "StreamRulesLogging",
@@ -189,3 +213,53 @@ class StreamingStack(Stack):
         )
         logging.add_resource_dependency(application)
         self.application = application
+
+    def _package(self, prefix: str, lake_key: kms.IKey) -> Package:
+        code, content_hash = stage_code()
+        key_prefix = f"{PACKAGE_PREFIX}{content_hash[:24]}/"
+        artifacts_bucket = s3.Bucket.from_bucket_attributes(
+            self,
+            "ArtifactsBucket",
+            bucket_name=bucket_name(prefix, "artifacts"),
+            encryption_key=lake_key,
+        )
+        build = NodejsBuild(
+            self,
+            "ApplicationPackage",
+            assets=[AssetConfig(path=str(code), extract_path="app")],
+            destination_bucket=artifacts_bucket,
+            destination_key_prefix=key_prefix,
+            nodejs_version=22,  # the build image's runtime; nothing here runs Node.js
+            build_commands=[
+                FETCH_CONNECTOR,
+                "mkdir -p ../package",
+                "zip -qr ../package/application.zip kda_sql lib",
+            ],
+            output_source_directory="../package",
+        )
+        project = build.node.find_child("Project")
+        acknowledge_build_project(
+            project,
+            "deploy-time-build's package job fetches the connector with Maven and writes "
+            "application.zip under the content-addressed flink/ prefix of the artifacts "
+            "bucket: the library's read/write grant on that one bucket and its KMS key "
+            "(with CDK's action wildcards); its only output is that object, stored with "
+            "the bucket's default KMS encryption.",
+            f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:s3:::{prefix}-artifacts-"
+            "<AWS::AccountId>-<AWS::Region>/*]",
+            *(
+                f"AwsSolutions-IAM5[Action::{action}]"
+                for action in (
+                    "s3:Abort*",
+                    "s3:DeleteObject*",
+                    "kms:GenerateDataKey*",
+                    "kms:ReEncrypt*",
+                )
+            ),
+        )
+        acknowledge_deploy_time_build(self)
+        return Package(
+            bucket_arn=artifacts_bucket.bucket_arn,
+            key=f"{key_prefix}application.zip",
+            build=build,
+        )

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,16 @@ CONSTRAINTS = ROOT / "constraints.txt"
 # Finished bundles by content hash, reused by later syntheses (the dependency install is the
 # slow part). Inside cdk.out, so `make clean` removes it and git ignores it.
 BUNDLE_CACHE = ROOT / "cdk.out" / ".bundle-cache"
+
+
+def project_requirements(*extras: str, leave_out: Iterable[str] = ()) -> list[str]:
+    """The core's dependencies plus the given extras of pyproject.toml, minus `leave_out`."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = [*project["dependencies"]]
+    for extra in extras:
+        names += project["optional-dependencies"][extra]
+    skipped = set(leave_out)
+    return sorted({name for name in names if name.split("[")[0] not in skipped})
 
 
 def _files(folder: Path) -> Iterable[Path]:

@@ -6,7 +6,6 @@ retention, X-Ray tracing and arm64 (Graviton: cheaper per GB-second for this I/O
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -18,7 +17,12 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from stacks.artifacts import ROOT
-from stacks.constructs.python_bundle import LocalPythonBundling, local_bundling, source_hash
+from stacks.constructs.python_bundle import (
+    LocalPythonBundling,
+    local_bundling,
+    project_requirements,
+    source_hash,
+)
 
 RUNTIME = lambda_.Runtime.PYTHON_3_14
 PYTHON_VERSION = "3.14"
@@ -32,9 +36,7 @@ RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer")
 
 def lambda_requirements() -> list[str]:
     """The core's dependencies and the `lambdas` extra from pyproject.toml, minus the above."""
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    names = [*project["dependencies"], *project["optional-dependencies"]["lambdas"]]
-    return sorted({name for name in names if name.split("[")[0] not in _NOT_BUNDLED})
+    return project_requirements("lambdas", leave_out=_NOT_BUNDLED)
 
 
 class PythonFunction(Construct):

@@ -52,7 +52,6 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Synth:
             "CDK_DEFAULT_ACCOUNT",
             "CDK_DEFAULT_REGION",
             "IIOT_ALARM_EMAIL",
-            "IIOT_FLINK_CONNECTOR_JAR",
         ) or variable.startswith("IIOT_EDGE_MODEL_VERSION_"):
             os.environ.pop(variable)
     import aws_cdk as cdk

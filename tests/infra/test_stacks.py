@@ -25,10 +25,12 @@ def resources(synth: Synth, env: str, concern: str, kind: str) -> dict[str, dict
     }
 
 
-def statements(synth: Synth, env: str, concern: str) -> list[dict[str, Any]]:
+def statements(synth: Synth, env: str, concern: str, role: str = "") -> list[dict[str, Any]]:
+    """The policy statements of a stack, or of the roles whose logical id contains `role`."""
     found = []
     for body in resources(synth, env, concern, "AWS::IAM::Policy").values():
-        found += body["Properties"]["PolicyDocument"]["Statement"]
+        if role in json.dumps(body["Properties"].get("Roles", [])):
+            found += body["Properties"]["PolicyDocument"]["Statement"]
     return found
 
 
@@ -180,12 +182,13 @@ def test_emr_serverless_application_stops_when_idle(synth: Synth) -> None:
 
 
 def test_spark_role_writes_the_lake_and_only_its_log_prefix(synth: Synth) -> None:
-    writes = [s for s in statements(synth, "dev", "lake") if "s3:PutObject" in s["Action"]]
+    spark = statements(synth, "dev", "lake", role="SparkJobRole")
+    writes = [s for s in spark if "s3:PutObject" in s["Action"]]
     targets = json.dumps([s["Resource"] for s in writes])
     assert "iiot-dev-lake-" in targets
     assert "/emr/*" in targets
     assert "iiot-dev-artifacts-" not in targets
-    for statement in statements(synth, "dev", "lake"):
+    for statement in spark:
         actions = (
             statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
         )
@@ -611,9 +614,11 @@ def test_approval_starts_the_publish_flow(synth: Synth) -> None:
     definition = json.dumps(machine["Properties"]["DefinitionString"])
     for state in ("DescribeModelPackage", "PublishComponent", "Notify"):
         assert state in definition
-    project = next(iter(resources(synth, "dev", "ml", "AWS::CodeBuild::Project").values()))
-    buildspec = project["Properties"]["Source"]["BuildSpec"]
-    assert "create-component-version" in buildspec
+    buildspecs = [
+        project["Properties"]["Source"]["BuildSpec"]
+        for project in resources(synth, "dev", "ml", "AWS::CodeBuild::Project").values()
+    ]
+    buildspec = next(spec for spec in buildspecs if "create-component-version" in spec)
     assert "component/failure_model.zip" in buildspec  # the pipeline's compile output
 
 
@@ -640,7 +645,96 @@ def test_lake_run_submits_each_job_in_order_on_a_schedule(synth: Synth) -> None:
     assert {"bronze", "silver", "gold", "maintain"} <= set(JOBS)
     assert "emr-serverless:startJobRun.sync" in definition
     assert "--lake-root" in definition
-    assert "--py-files" in definition
+    # The jobs run on the application's image, with its Python 3.11 (EMR's default is 3.9).
+    assert "PYSPARK_PYTHON=/usr/bin/python3.11" in definition
+    assert "spark.executorEnv.PYSPARK_PYTHON=/usr/bin/python3.11" in definition
     template(synth, "dev", "lake").has_resource_properties(
         "AWS::Events::Rule", {"ScheduleExpression": environments()["dev"].lake.schedule_cron}
     )
+
+
+# --- artifacts built during deployment ------------------------------------------------------
+
+
+def _image_builds(synth: Synth, concern: str) -> list[dict[str, Any]]:
+    return [
+        body["Properties"]
+        for body in resources(synth, "dev", concern, "Custom::CDKContainerImageBuild").values()
+    ]
+
+
+def test_lake_jobs_run_on_the_image_built_from_the_repository(synth: Synth) -> None:
+    from stacks.lake_stack import EMR_RELEASE
+
+    (build,) = _image_builds(synth, "lake")
+    # Built for the application's architecture, from EMR's image of the same release.
+    assert "--platform linux/arm64" in build["buildCommand"]
+    assert f"--build-arg EMR_RELEASE={EMR_RELEASE}" in build["buildCommand"]
+    (application,) = resources(synth, "dev", "lake", "AWS::EMRServerless::Application").values()
+    props = application["Properties"]
+    assert props["Architecture"] == "ARM64"
+    assert props["ReleaseLabel"] == EMR_RELEASE
+    image = json.dumps(props["ImageConfiguration"]["ImageUri"])
+    assert "SparkImageRepository" in image
+    assert "ImageTag" in image
+    # EMR Serverless may pull it, for this account's applications only.
+    (repository,) = resources(synth, "dev", "lake", "AWS::ECR::Repository").values()
+    (pull,) = repository["Properties"]["RepositoryPolicyText"]["Statement"]
+    assert pull["Principal"] == {"Service": "emr-serverless.amazonaws.com"}
+    assert sorted(pull["Action"]) == [
+        "ecr:BatchGetImage",
+        "ecr:DescribeImages",
+        "ecr:GetDownloadUrlForLayer",
+    ]
+    assert "/applications/*" in json.dumps(pull["Condition"]["StringLike"]["aws:SourceArn"])
+    assert repository["Properties"]["ImageScanningConfiguration"] == {"ScanOnPush": True}
+    assert repository["Properties"]["EncryptionConfiguration"] == {"EncryptionType": "KMS"}
+
+
+def test_pipeline_steps_run_the_image_built_from_the_repository(synth: Synth) -> None:
+    (build,) = _image_builds(synth, "ml")
+    assert "--platform linux/amd64" in build["buildCommand"]
+    (pipeline,) = resources(synth, "dev", "ml", "AWS::SageMaker::Pipeline").values()
+    _, variables = pipeline["Properties"]["PipelineDefinition"]["PipelineDefinitionBody"]["Fn::Sub"]
+    image = json.dumps(variables["PlatformImageUri"])
+    assert "PlatformImageRepository" in image
+    assert "ImageTag" in image
+    (repository,) = resources(synth, "dev", "ml", "AWS::ECR::Repository").values()
+    assert repository["Properties"]["ImageScanningConfiguration"] == {"ScanOnPush": True}
+
+
+def test_flink_package_is_built_with_the_connector_before_the_application(synth: Synth) -> None:
+    from stacks.streaming_stack import CONNECTOR_COORDINATES, CONNECTOR_JAR
+
+    streaming = synth.template("dev", "streaming")["Resources"]
+    ((build_id, build),) = resources(synth, "dev", "streaming", "Custom::CDKNodejsBuild").items()
+    props = build["Properties"]
+    commands = " && ".join(props["buildCommands"])
+    assert f"-Dartifact={CONNECTOR_COORDINATES}" in commands
+    assert "--strict-checksums" in commands
+    assert "iiot-dev-artifacts-" in json.dumps(props["destinationBucketName"])
+    prefix = props["destinationKeyPrefix"]
+    assert prefix.startswith("flink/")
+    (application_id,) = [
+        name
+        for name, body in streaming.items()
+        if body["Type"] == "AWS::KinesisAnalyticsV2::Application"
+    ]
+    application = streaming[application_id]
+    assert build_id in application["DependsOn"]
+    configuration = application["Properties"]["ApplicationConfiguration"]
+    location = configuration["ApplicationCodeConfiguration"]["CodeContent"]["S3ContentLocation"]
+    assert location["FileKey"] == f"{prefix}application.zip"
+    assert "iiot-dev-artifacts-" in json.dumps(location["BucketARN"])
+    groups = {
+        g["PropertyGroupId"]: g["PropertyMap"]
+        for g in configuration["EnvironmentProperties"]["PropertyGroups"]
+    }
+    assert groups["kinesis.analytics.flink.run.options"]["jarfile"] == f"lib/{CONNECTOR_JAR}"
+    # The application reads exactly its package.
+    reads = [
+        s
+        for s in statements(synth, "dev", "streaming", role="ApplicationRole")
+        if "s3:GetObject" in s["Action"]
+    ]
+    assert [f"{prefix}application.zip" in json.dumps(s["Resource"]) for s in reads] == [True]
