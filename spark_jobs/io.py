@@ -284,6 +284,17 @@ def maintenance_statements(uri: str, *, retention_hours: int, spectrum: bool) ->
     return statements
 
 
+def register_partitions_statement(table: str) -> str:
+    """`MSCK REPAIR TABLE` for a catalog table (`database.table`) over a symlink manifest: adds
+    the partitions whose manifest folders exist and the catalog lacks. Redshift Spectrum and
+    Athena read only registered partitions; on EMR the catalog is the Glue Data Catalog."""
+    parts = table.split(".")
+    if len(parts) != 2 or not all(part.replace("_", "").isalnum() for part in parts):
+        raise ValueError(f"catalog table {table!r}: expected database.table (letters, digits, _)")
+    database, name = parts
+    return f"MSCK REPAIR TABLE `{database}`.`{name}` ADD PARTITIONS"
+
+
 @dataclass
 class MaintenanceResult:
     table: str

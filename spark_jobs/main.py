@@ -1,7 +1,8 @@
 """EMR Serverless entry point: `spark-submit spark_jobs/main.py --job all --lake-root s3://...`.
 
 On EMR the job runs on the session EMR creates (Apache Spark with delta-spark; see the README
-for the Spark properties and the Python archive holding `iiot` and `spark_jobs`). Locally,
+for the Spark properties; the application's image, spark_jobs/container/Dockerfile, holds
+Python 3.11 with `iiot` and `spark_jobs`). Locally,
 `--engine sail` starts the embedded Sail server instead, so the same command runs on a laptop.
 """
 
@@ -27,10 +28,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="spark: the session of the cluster (EMR); sail: start Sail in this process",
     )
     parser.add_argument("--retention-hours", type=int, default=168)
+    parser.add_argument(
+        "--catalog-tables",
+        default="",
+        help="maintain: comma-separated database.table catalog tables over the symlink "
+        "manifests whose new partitions to register (the Glue tables Spectrum reads)",
+    )
     return parser.parse_args(argv)
 
 
-def run(spark: object, job: str, lake_root: str, retention_hours: int) -> list[dict[str, object]]:
+def run(
+    spark: object,
+    job: str,
+    lake_root: str,
+    retention_hours: int,
+    catalog_tables: Sequence[str] = (),
+) -> list[dict[str, object]]:
     """Run one job (or all) on `spark`; return each job's figures."""
     from iiot.catalog import load_catalog
     from spark_jobs import io, jobs
@@ -47,7 +60,16 @@ def run(spark: object, job: str, lake_root: str, retention_hours: int) -> list[d
                 uri, retention_hours=retention_hours, spectrum=spectrum
             ):
                 spark.sql(statement).collect()  # type: ignore[attr-defined]
-        return [{"job": "maintain", "tables": len(paths.tables())}]
+        # After the manifests: a new day or factory is a new partition folder to register.
+        for table in catalog_tables:
+            spark.sql(io.register_partitions_statement(table)).collect()  # type: ignore[attr-defined]
+        return [
+            {
+                "job": "maintain",
+                "tables": len(paths.tables()),
+                "catalog_tables_repaired": len(catalog_tables),
+            }
+        ]
     steps = {
         "bronze": lambda: [jobs.run_bronze(spark, paths)],  # type: ignore[arg-type]
         "silver": lambda: [jobs.run_silver(spark, paths, rules)],  # type: ignore[arg-type]
@@ -59,18 +81,19 @@ def run(spark: object, job: str, lake_root: str, retention_hours: int) -> list[d
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    tables = [name.strip() for name in args.catalog_tables.split(",") if name.strip()]
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     if args.engine == "sail":
         from spark_jobs.engine import sail_session
 
         with sail_session() as spark:
-            figures = run(spark, args.job, args.lake_root, args.retention_hours)
+            figures = run(spark, args.job, args.lake_root, args.retention_hours, tables)
     else:
         from pyspark.sql import SparkSession
 
         spark = SparkSession.builder.appName(f"iiot-lake-{args.job}").getOrCreate()
         spark.conf.set("spark.sql.session.timeZone", "UTC")
-        figures = run(spark, args.job, args.lake_root, args.retention_hours)
+        figures = run(spark, args.job, args.lake_root, args.retention_hours, tables)
     print(json.dumps(figures, default=str))
     return 0
 

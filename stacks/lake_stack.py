@@ -50,6 +50,21 @@ PYTHON_CONF = (
     f"--conf spark.emr-serverless.driverEnv.PYSPARK_PYTHON={SPARK_PYTHON} "
     f"--conf spark.executorEnv.PYSPARK_PYTHON={SPARK_PYTHON}"
 )
+# The Glue Data Catalog as Spark's metastore: `maintain` registers new partitions of the tables
+# Spectrum reads (MSCK REPAIR TABLE over their symlink manifests).
+GLUE_CONF = (
+    "--conf spark.hadoop.hive.metastore.client.factory.class="
+    "com.amazonaws.glue.catalog.metastore.AWSGlueDataCatalogHiveClientFactory"
+)
+GLUE_PARTITION_ACTIONS = (
+    "glue:GetDatabase",
+    "glue:GetTable",
+    "glue:GetPartition",
+    "glue:GetPartitions",
+    "glue:BatchGetPartition",
+    "glue:CreatePartition",
+    "glue:BatchCreatePartition",
+)
 # spark_jobs/main.py --job values, in order; `maintain` compacts, vacuums and writes the symlink
 # manifests Redshift Spectrum reads.
 LAKE_JOBS = ("bronze", "silver", "gold", "maintain")
@@ -306,6 +321,29 @@ class LakeStack(Stack):
                 resources=[f"{entry_point.bucket.bucket_arn}/{entry_point.s3_object_key}"],
             )
         )
+        partitioned = [
+            f"{self.database_name}.{table.name}" for table in TABLES if table.partition_keys
+        ]
+        self.spark_role.add_to_policy(
+            iam.PolicyStatement(
+                actions=list(GLUE_PARTITION_ACTIONS),
+                resources=[
+                    self.format_arn(service="glue", resource="catalog"),
+                    self.format_arn(
+                        service="glue", resource="database", resource_name=self.database_name
+                    ),
+                    *(
+                        self.format_arn(
+                            service="glue",
+                            resource="table",
+                            resource_name=f"{self.database_name}/{table.name}",
+                        )
+                        for table in TABLES
+                        if table.partition_keys
+                    ),
+                ],
+            )
+        )
         state = sfn.Pass(self, "Start")
         chain: sfn.IChainable = state
         previous: Any = state
@@ -328,8 +366,14 @@ class LakeStack(Stack):
                                     job,
                                     "--lake-root",
                                     self.lake_root,
+                                    *(
+                                        ["--catalog-tables", ",".join(partitioned)]
+                                        if job == "maintain"
+                                        else []
+                                    ),
                                 ],
-                                "SparkSubmitParameters": f"{PYTHON_CONF} {DELTA_CONF}",
+                                "SparkSubmitParameters": f"{PYTHON_CONF} {DELTA_CONF}"
+                                + (f" {GLUE_CONF}" if job == "maintain" else ""),
                             }
                         },
                         "ConfigurationOverrides": {

@@ -645,6 +645,18 @@ def test_lake_run_submits_each_job_in_order_on_a_schedule(synth: Synth) -> None:
     assert {"bronze", "silver", "gold", "maintain"} <= set(JOBS)
     assert "emr-serverless:startJobRun.sync" in definition
     assert "--lake-root" in definition
+    # maintain registers the new partitions of every Glue table Spectrum reads.
+    assert "AWSGlueDataCatalogHiveClientFactory" in definition
+    tables = "iiot_dev_lake.silver_readings,iiot_dev_lake.gold_machine_daily,"
+    assert f'\\"--catalog-tables\\",\\"{tables}iiot_dev_lake.gold_factory_daily\\"' in definition
+    glue = [
+        s
+        for s in statements(synth, "dev", "lake", role="SparkJobRole")
+        if "glue:BatchCreatePartition" in s["Action"]
+    ]
+    assert len(glue) == 1
+    assert "glue:DeleteTable" not in glue[0]["Action"]
+    assert "table/iiot_dev_lake/silver_readings" in json.dumps(glue[0]["Resource"])
     # The jobs run on the application's image, with its Python 3.11 (EMR's default is 3.9).
     assert "PYSPARK_PYTHON=/usr/bin/python3.11" in definition
     assert "spark.executorEnv.PYSPARK_PYTHON=/usr/bin/python3.11" in definition
