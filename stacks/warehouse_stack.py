@@ -15,6 +15,7 @@ from constructs import Construct
 
 from config.environments import Environment
 from stacks.constructs.access import acknowledge, grant_bucket
+from stacks.constructs.redshift_statement import RedshiftStatement
 
 DATABASE = "iiot"
 # The construct id CDK gives the singleton provider of AwsCustomResource.
@@ -133,10 +134,11 @@ class WarehouseStack(Stack):
             security_group_ids=[self.security_group.security_group_id],
         )
         self.workgroup.add_resource_dependency(self.namespace)
-        self._external_schema(glue_database)
+        self._external_schema(glue_database, env_config)
 
-    def _external_schema(self, glue_database: str) -> None:
-        """CREATE EXTERNAL SCHEMA through the Redshift Data API, as the admin (its secret)."""
+    def _external_schema(self, glue_database: str, env_config: Environment) -> None:
+        """CREATE EXTERNAL SCHEMA through the Redshift Data API, as the admin (its secret);
+        the deployment waits for the statement and fails with its error."""
         sql = (
             f"CREATE EXTERNAL SCHEMA IF NOT EXISTS {EXTERNAL_SCHEMA} FROM DATA CATALOG "
             f"DATABASE '{glue_database}' IAM_ROLE '{self.spectrum_role.role_arn}'"
@@ -164,42 +166,22 @@ class WarehouseStack(Stack):
         )
         namespace.node.add_dependency(self.namespace)
         secret_arn = namespace.get_response_field("namespace.adminPasswordSecretArn")
-        call = cr.AwsSdkCall(
-            service="RedshiftData",
-            action="executeStatement",
-            parameters={
-                "WorkgroupName": self.workgroup.workgroup_name,
-                "Database": DATABASE,
-                "SecretArn": secret_arn,
-                "Sql": sql,
-            },
-            physical_resource_id=cr.PhysicalResourceId.of(f"{EXTERNAL_SCHEMA}-schema"),
-        )
-        schema = cr.AwsCustomResource(
+        schema = RedshiftStatement(
             self,
             "ExternalSchema",
-            on_create=call,
-            on_update=call,
-            install_latest_aws_sdk=False,
-            policy=cr.AwsCustomResourcePolicy.from_statements(
-                [
-                    iam.PolicyStatement(
-                        actions=["redshift-data:ExecuteStatement"],
-                        resources=[self.workgroup.attr_workgroup_workgroup_arn],
-                    ),
-                    iam.PolicyStatement(
-                        actions=["secretsmanager:GetSecretValue"], resources=[secret_arn]
-                    ),
-                    iam.PolicyStatement(actions=["kms:Decrypt"], resources=[self.key.key_arn]),
-                ]
-            ),
+            workgroup=self.workgroup,
+            database=DATABASE,
+            secret_arn=secret_arn,
+            secret_key=self.key,
+            sql=sql,
+            log_retention_days=env_config.log_retention_days,
         )
-        schema.node.add_dependency(self.workgroup)
+        schema.node.add_dependency(self.workgroup, self.spectrum_role)
         # The one Lambda behind every AwsCustomResource of this stack (a CDK singleton).
         provider = self.node.find_child(AWS_CUSTOM_RESOURCE_SINGLETON)
         acknowledge(
             provider,
-            "CDK's AwsCustomResource provider function (runs the two one-off SDK calls above) "
+            "CDK's AwsCustomResource provider function (reads the admin secret's ARN once) "
             "uses the AWS managed basic execution role for its logs; it is not "
             "configurable and runs only on deployments.",
             "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -407,6 +408,26 @@ def test_spectrum_reads_the_lake_and_creates_the_external_schema(synth: Synth) -
             statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
         )
         assert "s3:PutObject" not in actions
+
+
+def test_external_schema_statement_is_waited_for(synth: Synth) -> None:
+    from stacks.constructs import redshift_sql_handler
+
+    (statement,) = resources(synth, "dev", "warehouse", "Custom::RedshiftStatement").values()
+    props = statement["Properties"]
+    assert props["Sql"]["Fn::Join"][1][0].startswith("CREATE EXTERNAL SCHEMA IF NOT EXISTS lake")
+    assert props["Database"] == "iiot"
+    # The provider polls is_complete; both handlers are the tested module's code, inline.
+    functions = resources(synth, "dev", "warehouse", "AWS::Lambda::Function")
+    handlers = {
+        body["Properties"]["Handler"]: body["Properties"]["Code"]["ZipFile"]
+        for body in functions.values()
+        if "ZipFile" in body["Properties"].get("Code", {})
+    }
+    source = Path(redshift_sql_handler.__file__).read_text()
+    assert handlers == {"index.on_event": source, "index.is_complete": source}
+    (machine,) = resources(synth, "dev", "warehouse", "AWS::StepFunctions::StateMachine").values()
+    assert machine["Properties"]["LoggingConfiguration"]["Level"] == "ALL"
 
 
 @pytest.mark.parametrize(
