@@ -41,6 +41,12 @@ _SINGLETON_IMAGE_PROJECT = "ContainerImageBuild"
 # What CodeBuild's own grants look like to cdk-nag (the library's asset and log grants).
 _CDK_ASSETS = "arn:<AWS::Partition>:s3:::cdk-hnb659fds-assets-<AWS::AccountId>-<AWS::Region>/*"
 _READ_WILDCARDS = ("s3:GetBucket*", "s3:GetObject*", "s3:List*")
+_BUILD_PROJECT_GRANTS = (
+    "Like every CodeBuild project, it reads its source zip from the CDK asset bucket (CDK's "
+    "read grant, with action wildcards) and writes its own log group and report groups, named "
+    "after the generated project. CodeBuild encrypts its transient build output with the AWS "
+    "managed S3 key (the library's project has no customer-key option); nothing is kept there."
+)
 
 
 def stage_context(
@@ -130,7 +136,7 @@ def acknowledge_build_project(project: IConstruct, reason: str, *more: str) -> N
     logical_id = Stack.of(project).resolve(cfn_project.logical_id)
     acknowledge(
         project,
-        reason,
+        f"{reason} {_BUILD_PROJECT_GRANTS}",
         "AwsSolutions-CB4",
         f"AwsSolutions-IAM5[Resource::{_CDK_ASSETS}]",
         "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:logs:<AWS::Region>:<AWS::AccountId>:"
