@@ -39,7 +39,12 @@ from stacks.constructs.deploy_time_image import (
     acknowledge_build_project,
     acknowledge_deploy_time_build,
 )
-from stacks.constructs.python_bundle import BUNDLE_CACHE, LocalPythonBundling, source_hash
+from stacks.constructs.python_bundle import (
+    BUNDLE_CACHE,
+    LocalPythonBundling,
+    source_hash,
+    staged_once,
+)
 from stacks.constructs.python_function import log_retention
 
 RUNTIME = "FLINK-1_20"
@@ -76,14 +81,8 @@ def stage_code() -> tuple[Path, str]:
     """kda_sql/runner.py and kda_sql/sql/ staged under cdk.out, and their content hash."""
     copies = [(ROOT / "kda_sql" / "runner.py", "kda_sql"), (ROOT / "kda_sql" / "sql", "kda_sql")]
     content_hash = source_hash(copies, [])
-    staged = BUNDLE_CACHE / f"flink-{content_hash[:24]}"
-    if not staged.is_dir():
-        partial = staged.with_name(f"{staged.name}.partial")
-        LocalPythonBundling(
-            copies=copies, requirements=[], platform="", python_version=""
-        ).try_bundle(str(partial), None)
-        partial.rename(staged)
-    return staged, content_hash
+    bundling = LocalPythonBundling(copies=copies, requirements=[], platform="", python_version="")
+    return staged_once(BUNDLE_CACHE / f"flink-{content_hash[:24]}", bundling.bundle), content_hash
 
 
 class StreamingStack(Stack):

@@ -25,7 +25,12 @@ from cdklabs.deploy_time_build import ContainerImageBuild
 from constructs import Construct, IConstruct
 
 from stacks.constructs.access import acknowledge
-from stacks.constructs.python_bundle import BUNDLE_CACHE, LocalPythonBundling, source_hash
+from stacks.constructs.python_bundle import (
+    BUNDLE_CACHE,
+    LocalPythonBundling,
+    source_hash,
+    staged_once,
+)
 
 # Finished contexts by content hash, next to the bundle cache (inside cdk.out: git ignores it).
 CONTEXTS = BUNDLE_CACHE.parent / ".image-contexts"
@@ -69,23 +74,21 @@ def stage_context(
         python_version,
         *(f"{path}={text}" for path, text in sorted(files.items())),
     )
-    context = CONTEXTS / f"{name}-{content_hash[:24]}"
-    if context.is_dir():
-        return context
-    partial = context.with_name(f"{context.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    LocalPythonBundling(
+    bundling = LocalPythonBundling(
         copies=copies,
         requirements=requirements,
         platform=uv_platform,
         python_version=python_version,
         files=files,
-    ).try_bundle(str(partial / "app"), None)
-    # Console scripts of the dependencies carry this machine's interpreter path: useless there.
-    shutil.rmtree(partial / "app" / "bin", ignore_errors=True)
-    shutil.copy2(dockerfile, partial / "Dockerfile")
-    partial.rename(context)
-    return context
+    )
+
+    def build(partial: Path) -> None:
+        bundling.bundle(partial / "app")
+        # Console scripts of the dependencies carry this machine's interpreter path: useless there.
+        shutil.rmtree(partial / "app" / "bin", ignore_errors=True)
+        shutil.copy2(dockerfile, partial / "Dockerfile")
+
+    return staged_once(CONTEXTS / f"{name}-{content_hash[:24]}", build)
 
 
 class DeployTimeImage(Construct):

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +25,24 @@ from stacks.artifacts import ROOT
 # Bundling always runs on this machine; CDK's BundlingOptions still wants an image to fall back
 # to, and "scratch" (the empty image) makes any accidental Docker fallback fail at once.
 NO_DOCKER = DockerImage.from_registry("scratch")
-_MARKER = shutil.ignore_patterns(".complete")
 _IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", "tests", "*.egg-info")
 CONSTRAINTS = ROOT / "constraints.txt"
 # Finished bundles by content hash, reused by later syntheses (the dependency install is the
 # slow part). Inside cdk.out, so `make clean` removes it and git ignores it.
 BUNDLE_CACHE = ROOT / "cdk.out" / ".bundle-cache"
+
+
+def staged_once(directory: Path, build: Callable[[Path], None]) -> Path:
+    """`directory`, built by `build(partial)` the first time and reused after: it is published by
+    renaming a finished partial, so an existing directory is complete (callers put a content hash
+    in its name)."""
+    if directory.is_dir():
+        return directory
+    partial = directory.with_name(f"{directory.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    build(partial)
+    partial.rename(directory)
+    return directory
 
 
 def project_requirements(*extras: str, leave_out: Iterable[str] = ()) -> list[str]:
@@ -92,21 +104,15 @@ class LocalPythonBundling:
 
     def try_bundle(self, output_dir: str, options: Any) -> bool:
         del options  # the Docker-side options (image, command) do not apply here
-        cached = BUNDLE_CACHE / self.cache_key if self.cache_key else None
-        if cached is not None and (cached / ".complete").exists():
-            shutil.copytree(cached, output_dir, dirs_exist_ok=True, ignore=_MARKER)
-            return True
-        self._bundle(Path(output_dir))
-        if cached is not None:
-            staging = cached.with_name(f"{cached.name}.partial")
-            shutil.rmtree(staging, ignore_errors=True)
-            shutil.copytree(output_dir, staging)
-            (staging / ".complete").touch()
-            shutil.rmtree(cached, ignore_errors=True)
-            staging.rename(cached)
+        if self.cache_key is None:
+            self.bundle(Path(output_dir))
+        else:
+            cached = staged_once(BUNDLE_CACHE / self.cache_key, self.bundle)
+            shutil.copytree(cached, output_dir, dirs_exist_ok=True)
         return True
 
-    def _bundle(self, out: Path) -> None:
+    def bundle(self, out: Path) -> None:
+        """Write the bundle into `out` (created if missing)."""
         for source, target in self.copies:
             destination = out / target / source.name if target else out / source.name
             if source.is_dir():

@@ -120,7 +120,7 @@ class RedshiftStatement(Construct):
                     "AWSLambdaBasicExecutionRole]",
                     *(
                         f"AwsSolutions-IAM5[Resource::<{logical_id}.Arn>:*]"
-                        for logical_id in _function_ids(provider)
+                        for logical_id in _function_ids(self)
                     ),
                     "AwsSolutions-IAM5[Resource::*]",
                     "AwsSolutions-SF2",
@@ -139,12 +139,11 @@ class RedshiftStatement(Construct):
         )
 
 
-def _function_ids(provider: cr.Provider) -> list[str]:
-    """The logical ids of the handler and framework functions the provider may invoke."""
-    stack = Stack.of(provider)
-    found = []
-    for construct in [provider, *provider.node.scope.node.children]:  # type: ignore[union-attr]
-        for node in construct.node.find_all():
-            if isinstance(node, lambda_.CfnFunction):
-                found.append(stack.resolve(node.logical_id))
-    return sorted(set(found))
+def _function_ids(scope: Construct) -> list[str]:
+    """The logical ids of every function under `scope`: the two handlers and the provider's."""
+    stack = Stack.of(scope)
+    return sorted(
+        stack.resolve(node.logical_id)
+        for node in scope.node.find_all()
+        if isinstance(node, lambda_.CfnFunction)
+    )
