@@ -126,6 +126,12 @@ class FakeIpcClient:
         pass
 
 
+def test_only_the_shared_ipc_module_of_the_core_imports_awsiot() -> None:
+    core = Path(__file__).parents[2] / "iiot"
+    importers = sorted(p.name for p in core.rglob("*.py") if "from awsiot" in p.read_text())
+    assert importers == ["greengrass_ipc.py"]
+
+
 def test_greengrass_ipc_transport_maps_messages_and_pubacks(monkeypatch) -> None:
     import sensor_buffer.transport_ipc as ipc
     from awsiot.greengrasscoreipc.model import (
@@ -134,7 +140,9 @@ def test_greengrass_ipc_transport_maps_messages_and_pubacks(monkeypatch) -> None
         SubscriptionResponseMessage,
     )
 
-    monkeypatch.setattr(ipc, "GreengrassCoreIPCClientV2", FakeIpcClient)
+    import iiot.greengrass_ipc as shared_ipc
+
+    monkeypatch.setattr(shared_ipc, "GreengrassCoreIPCClientV2", FakeIpcClient)
     transport = ipc.IpcTransport()
     got: list[tuple[str, bytes, object]] = []
     transport.start(("factory/F1/readings",), lambda t, p, a: got.append((t, p, a)))
