@@ -40,8 +40,9 @@ from lambdas.alert_router.models import (
     parse_anomalies,
     parse_iot_event,
 )
-from lambdas.alert_router.repository import DynamoCooldownStore, SnsNotifier, SqsDeadLetter
+from lambdas.alert_router.repository import DynamoCooldownStore, SnsNotifier
 from lambdas.alert_router.service import AlertService
+from lambdas.shared.dead_letter import SqsDeadLetter
 
 SERVICE = "alert-router"
 logger = Logger(service=SERVICE)

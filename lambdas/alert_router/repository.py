@@ -4,9 +4,7 @@ at import time."""
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,29 +79,6 @@ class SnsNotifier:
                 name: {"DataType": "String", "StringValue": value}
                 for name, value in notification.attributes.items()
             },
-        )
-
-
-class SqsDeadLetter:
-    """Keeps a payload the function cannot use, with the reason, for an operator to inspect."""
-
-    PAYLOAD_CAP = 128 * 1024  # SQS messages are at most 256 KiB; base64 adds a third
-
-    def __init__(self, client: Any, queue_url: str) -> None:
-        self._client = client
-        self._queue_url = queue_url
-
-    def send(self, *, reason: str, payload: bytes, origin: dict[str, str]) -> None:
-        self._client.send_message(
-            QueueUrl=self._queue_url,
-            MessageBody=json.dumps(
-                {
-                    "reason": reason,
-                    "origin": origin,
-                    "payload_base64": base64.b64encode(payload[: self.PAYLOAD_CAP]).decode(),
-                    "payload_bytes": len(payload),
-                }
-            ),
         )
 
 

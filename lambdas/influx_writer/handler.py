@@ -35,12 +35,9 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from iiot.catalog import load_catalog
 from iiot.contract import Validator
 from lambdas.influx_writer.models import WriterSettings
-from lambdas.influx_writer.repository import (
-    InfluxV2Writer,
-    KinesisReadingsForwarder,
-    SqsDeadLetter,
-)
+from lambdas.influx_writer.repository import InfluxV2Writer, KinesisReadingsForwarder
 from lambdas.influx_writer.service import InfluxWriterService, idempotency_key
+from lambdas.shared.dead_letter import SqsDeadLetter
 
 SERVICE = "influx-writer"
 logger = Logger(service=SERVICE)

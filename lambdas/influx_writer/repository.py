@@ -6,8 +6,6 @@ factory, never at import time."""
 from __future__ import annotations
 
 import atexit
-import base64
-import json
 import time
 import urllib.error
 import urllib.parse
@@ -157,29 +155,6 @@ class KinesisReadingsForwarder:
         raise WriteFailedError(
             f"{len(entries)} readings could not be forwarded to {self._stream_name} after "
             f"{self.MAX_ATTEMPTS} attempts (throttled?); the record will be retried"
-        )
-
-
-class SqsDeadLetter:
-    """Keeps a payload the writer cannot use, with the reason, for an operator to inspect."""
-
-    PAYLOAD_CAP = 128 * 1024  # SQS messages are at most 256 KiB; base64 adds a third
-
-    def __init__(self, client: Any, queue_url: str) -> None:
-        self._client = client
-        self._queue_url = queue_url
-
-    def send(self, *, reason: str, payload: bytes, origin: dict[str, str]) -> None:
-        self._client.send_message(
-            QueueUrl=self._queue_url,
-            MessageBody=json.dumps(
-                {
-                    "reason": reason,
-                    "origin": origin,
-                    "payload_base64": base64.b64encode(payload[: self.PAYLOAD_CAP]).decode(),
-                    "payload_bytes": len(payload),
-                }
-            ),
         )
 
 

@@ -63,6 +63,7 @@ class PythonFunction(Construct):
         # its full name, and the `iiot` core finds the metric catalog at config/metrics.yaml.
         copies = [
             (ROOT / "lambdas" / "__init__.py", "lambdas"),
+            (ROOT / "lambdas" / "shared", "lambdas"),
             (function_dir, "lambdas"),
             (ROOT / "iiot", ""),
             (ROOT / "config" / "metrics.yaml", "config"),

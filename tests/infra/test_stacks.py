@@ -771,3 +771,25 @@ def test_flink_package_is_built_with_the_connector_before_the_application(synth:
         if "s3:GetObject" in s["Action"]
     ]
     assert [f"{prefix}application.zip" in json.dumps(s["Resource"]) for s in reads] == [True]
+
+
+@pytest.mark.parametrize(
+    ("concern", "function"), [("alerting", "alert_router"), ("timeseries", "influx_writer")]
+)
+def test_functions_bundle_their_package_the_shared_code_and_the_core(
+    synth: Synth, concern: str, function: str
+) -> None:
+    (body,) = [
+        body
+        for body in resources(synth, "dev", concern, "AWS::Lambda::Function").values()
+        if body["Properties"].get("Handler") == f"lambdas.{function}.handler.handler"
+    ]
+    key = body["Properties"]["Code"]["S3Key"]
+    bundle = synth.outdir / f"asset.{key.removesuffix('.zip')}"
+    for path in (
+        f"lambdas/{function}/handler.py",
+        "lambdas/shared/dead_letter.py",
+        "iiot/contract.py",
+        "config/metrics.yaml",
+    ):
+        assert (bundle / path).is_file(), path

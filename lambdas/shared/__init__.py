@@ -1,0 +1,1 @@
+"""Code every function bundles (stacks/constructs/python_function.py copies this package)."""
