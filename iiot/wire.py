@@ -16,18 +16,27 @@ per-series first values plus narrow integer deltas. A series whose values are al
 with few places (sensor resolutions from the catalog) stores them as scaled integers, which is
 lossless (checked bit for bit when encoding); any other series stores raw float64 bytes,
 byte-shuffled. Readings come back grouped by series: order within a batch is not kept.
+
+**Integrity before identity.** Every consumer checks a payload's integrity before it trusts
+anything the payload says about itself (its batch id above all): size, decompressed size
+(bounded *before* decompressing, from the zstd frame header), CRC-32, UTF-8, nesting depth and
+item count, against `Limits`. Only a payload that passes may be de-duplicated by its id, so a
+damaged copy that arrives first can never shadow the good one. `batch_integrity_problem` and
+`json_integrity_problem` say what is wrong (or None) without raising and without allocating more
+than a small multiple of the payload; `decode_batch`/`decode_json` apply them first.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import struct
 import threading
 import uuid
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, NamedTuple
 
 import msgspec
 import numpy as np
@@ -49,16 +58,210 @@ JSON_VERSION = 1
 BATCH_VERSION = 1
 BATCH_MAGIC = b"IIOTB"
 _HEADER = struct.Struct("<5sBBB16sIII")
-HEADER_SIZE = _HEADER.size
+HEADER_SIZE = _HEADER.size  # 36 bytes
 _FLAG_ZSTD = 0x01
-MAX_JSON_PAYLOAD_BYTES = 8 * 1024 * 1024
-MAX_BATCH_BODY_BYTES = 256 * 1024 * 1024  # decompressed; guards against zstd bombs
 _MAX_DECIMALS = 6
+_MAX_PRODUCER_CHARS = 256
 _QUARANTINE_PAYLOAD_CAP = 64 * 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    """What one payload may cost a consumer. Anything beyond is rejected whole, with the limit.
+
+    The defaults hold every payload the platform produces with a wide margin (a gateway's upload
+    batch is at most 128 KiB, IoT Core's message limit, and about 20,000 readings; sensors send
+    lists of tens to hundreds of readings) while keeping one payload's decoding within tens of
+    megabytes: `bench/poison.py` measures the peak under the worst payload.
+    """
+
+    max_payload_bytes: int = 1024 * 1024  # JSON text, or a batch's compressed bytes
+    max_items: int = 10_000  # readings in one JSON payload
+    max_depth: int = 8  # JSON nesting; a reading envelope needs 3
+    max_batch_readings: int = 1_000_000  # readings one compact batch may announce
+    max_decompressed_bytes: int = 32 * 1024 * 1024  # a batch body after zstd
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_payload_bytes",
+            "max_items",
+            "max_depth",
+            "max_batch_readings",
+            "max_decompressed_bytes",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: must be a positive integer, got {value!r}")
+
+
+DEFAULT_LIMITS = Limits()
+MAX_JSON_PAYLOAD_BYTES = DEFAULT_LIMITS.max_payload_bytes
 
 
 class WireFormatError(ValueError):
     """A payload is not in a format this release can read."""
+
+
+# ---------------------------------------------------------------------------------- integrity
+
+_BRACKET_DELTA = np.zeros(256, dtype=np.int8)
+_BRACKET_DELTA[[ord("["), ord("{")]] = 1
+_BRACKET_DELTA[[ord("]"), ord("}")]] = -1
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+
+
+def _utf8_problem(payload: bytes) -> str | None:
+    if payload.isascii():
+        return None
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"payload: invalid UTF-8 at byte {exc.start} ({exc.reason})"
+    return None
+
+
+def json_integrity_problem(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> str | None:
+    """Why a JSON payload must be rejected whole before parsing, or None.
+
+    Checks size, UTF-8, nesting depth and the number of items (readings at the payload's item
+    level). The byte counts give cheap upper bounds; only a payload near a limit gets the exact,
+    string-aware scan (numpy over the bytes, a few bytes of memory per payload byte).
+    """
+    if len(payload) > limits.max_payload_bytes:
+        return (
+            f"payload: {len(payload)} bytes exceeds the {limits.max_payload_bytes}-byte limit; "
+            "split it into smaller messages"
+        )
+    problem = _utf8_problem(payload)
+    if problem:
+        return problem
+    opens = payload.count(b"[") + payload.count(b"{")
+    commas = payload.count(b",")
+    if opens <= limits.max_depth and commas < limits.max_items:
+        return None  # neither limit can be reached
+    depth, items = _json_shape(payload)
+    if depth > limits.max_depth:
+        return f"payload: JSON nested {depth} deep exceeds the limit of {limits.max_depth}"
+    if items > limits.max_items:
+        return (
+            f"payload: {items} items exceed the limit of {limits.max_items} readings per "
+            "payload; split it into smaller messages"
+        )
+    return None
+
+
+def _json_shape(payload: bytes) -> tuple[int, int]:
+    """(maximum nesting depth, items at the reading level) outside JSON strings."""
+    if b"\\" in payload:
+        payload = _JSON_STRING.sub(b'""', payload)
+    data = np.frombuffer(payload, dtype=np.uint8)
+    delta = _BRACKET_DELTA[data]
+    if b'"' in payload:
+        inside = (np.cumsum(data == ord('"'), dtype=np.int32) & 1).astype(bool)
+        delta[inside] = 0
+    else:
+        inside = None
+    depth = np.cumsum(delta, dtype=np.int32)
+    max_depth = int(depth.max()) if len(depth) else 0
+    # Readings sit at depth 1 in a list, at depth 2 in an envelope {"readings": [...]}.
+    item_depth = 1 if payload.lstrip()[:1] == b"[" else 2
+    separators = (data == ord(",")) & (depth == item_depth)
+    if inside is not None:
+        separators &= ~inside
+    items = int(np.count_nonzero(separators)) + (1 if max_depth >= item_depth else 0)
+    return max_depth, items
+
+
+class BatchHeader(NamedTuple):
+    """The fixed-size header of a compact batch (the only place that knows its layout)."""
+
+    magic: bytes
+    version: int
+    flags: int
+    batch_id: uuid.UUID
+    readings: int
+    body_length: int
+    crc32: int
+
+    @property
+    def size(self) -> int:
+        """Bytes the whole batch takes: header plus the body it announces."""
+        return HEADER_SIZE + self.body_length
+
+
+def read_header(payload: bytes) -> BatchHeader:
+    """The header of a compact batch; WireFormatError when it is short or not a batch."""
+    if len(payload) < HEADER_SIZE:
+        raise WireFormatError(
+            f"header: {len(payload)} bytes is shorter than the {HEADER_SIZE}-byte batch header"
+        )
+    magic, version, flags, _, batch_id, count, body_length, checksum = _HEADER.unpack_from(payload)
+    if magic != BATCH_MAGIC:
+        raise WireFormatError("header: not a compact batch (missing IIOTB magic)")
+    return BatchHeader(
+        magic, version, flags, uuid.UUID(bytes=batch_id), count, body_length, checksum
+    )
+
+
+def announced_readings(payload: bytes) -> int:
+    """What a payload claims to carry before any decoding (to size micro-batches): a batch's
+    header count, else an estimate from the JSON length. Never trusted beyond sizing."""
+    if is_batch(payload) and len(payload) >= HEADER_SIZE:
+        return max(1, int(_HEADER.unpack_from(payload)[5]))
+    return len(payload) // 150 + 1
+
+
+def _verified_header(payload: bytes, limits: Limits) -> BatchHeader:
+    header = read_header(payload)
+    if header.version != BATCH_VERSION:
+        raise WireFormatError(
+            f"header: batch format version {header.version} is not supported (this release "
+            f"reads {BATCH_VERSION})"
+        )
+    if len(payload) > limits.max_payload_bytes:
+        raise WireFormatError(
+            f"payload: {len(payload)} bytes exceeds the {limits.max_payload_bytes}-byte limit"
+        )
+    if header.readings > limits.max_batch_readings:
+        raise WireFormatError(
+            f"header: announces {header.readings} readings, more than the limit of "
+            f"{limits.max_batch_readings} per batch"
+        )
+    body = memoryview(payload)[HEADER_SIZE:]
+    if len(body) != header.body_length:
+        raise WireFormatError(
+            f"body: {len(body)} bytes, the header announces {header.body_length} "
+            "(truncated or padded)"
+        )
+    if zlib.crc32(body) != header.crc32:
+        raise WireFormatError("body: CRC-32 mismatch, the batch was corrupted in transit")
+    if header.flags & _FLAG_ZSTD:
+        try:
+            content_size = zstandard.frame_content_size(body)
+        except zstandard.ZstdError as exc:
+            raise WireFormatError(f"body: not a zstd frame ({exc})") from exc
+        if content_size > limits.max_decompressed_bytes:
+            raise WireFormatError(
+                f"body: decompresses to {content_size} bytes, more than the limit of "
+                f"{limits.max_decompressed_bytes}"
+            )
+    return header
+
+
+def batch_integrity_problem(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> str | None:
+    """Why a compact batch fails its integrity checks (header, size, CRC-32, announced
+    decompressed size), or None. Cheap: nothing is decompressed."""
+    try:
+        _verified_header(payload, limits)
+    except WireFormatError as exc:
+        return str(exc)
+    return None
+
+
+def verified_batch_id(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> uuid.UUID:
+    """The batch id, only once the batch passed its integrity checks (the de-duplication key);
+    WireFormatError with the reason otherwise."""
+    return _verified_header(payload, limits).batch_id
 
 
 # --------------------------------------------------------------------------------------- JSON
@@ -124,18 +327,25 @@ def _reject_payload(reason: str, payload: bytes) -> DecodedJson:
     return DecodedJson([], [], [], [Reject(reason, _truncate(payload), None)])
 
 
-def decode_json(payload: bytes) -> DecodedJson:
-    """Decode a JSON payload into readings and structural rejects.
+def decode_json(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> DecodedJson:
+    """Decode a JSON payload into readings and structural rejects; never raises.
 
-    A bad item never spoils the others: the fast path decodes the whole list at once, and only
-    when that fails is each item decoded alone to name what is wrong with it.
+    Integrity first (`json_integrity_problem`): a payload over a limit, with invalid UTF-8 or
+    nested too deep is one whole-payload reject. Then a bad item never spoils the others: the
+    fast path decodes the whole list at once, and only when that fails is each item decoded
+    alone to name what is wrong with it.
     """
-    if len(payload) > MAX_JSON_PAYLOAD_BYTES:
-        return _reject_payload(
-            f"payload: {len(payload)} bytes exceeds the {MAX_JSON_PAYLOAD_BYTES}-byte limit; "
-            "split it into smaller messages",
-            payload,
-        )
+    problem = json_integrity_problem(payload, limits)
+    if problem:
+        return _reject_payload(problem, payload)
+    try:
+        return _decode_json_checked(payload)
+    except (RecursionError, UnicodeDecodeError, ValueError, TypeError) as exc:
+        # Defence in depth: the checks above are meant to make this unreachable.
+        return _reject_payload(f"payload: cannot be decoded ({type(exc).__name__}: {exc})", payload)
+
+
+def _decode_json_checked(payload: bytes) -> DecodedJson:
     first = payload.lstrip()[:1]
     if first == b"[":
         try:
@@ -249,9 +459,11 @@ def _decode_json_lenient(payload: bytes) -> DecodedJson:
     return decoded
 
 
-def validate_json(payload: bytes, validator: Validator) -> Validated:
+def validate_json(
+    payload: bytes, validator: Validator, limits: Limits = DEFAULT_LIMITS
+) -> Validated:
     """Decode and validate a JSON payload: accepted readings plus every reject with its reason."""
-    decoded = decode_json(payload)
+    decoded = decode_json(payload, limits)
     outcome = validator.validate_readings(
         decoded.readings, decoded.raws or None, decoded.positions or None
     )
@@ -289,7 +501,7 @@ _ALLOWED_DTYPES = frozenset({"|i1", "<i2", "<i4", "<i8", "<u4", "|u1"})
 
 
 class _BatchBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    producer: str
+    producer: Annotated[str, msgspec.Meta(max_length=_MAX_PRODUCER_CHARS)]
     created_ms: int
     first_seq: int | None
     last_seq: int | None
@@ -449,46 +661,47 @@ def is_batch(payload: bytes) -> bool:
     return payload[: len(BATCH_MAGIC)] == BATCH_MAGIC
 
 
-def peek_batch_id(payload: bytes) -> uuid.UUID:
-    """The batch id from the header alone, without decompressing (for de-duplication)."""
-    if len(payload) < HEADER_SIZE or not is_batch(payload):
-        raise WireFormatError("header: not a compact batch (missing IIOTB magic)")
-    return uuid.UUID(bytes=_HEADER.unpack_from(payload)[4])
+def _decompress(body: memoryview, limits: Limits) -> bytes:
+    """One zstd frame, its size bounded before a byte is produced (see `_verified_header`)."""
+    decompressor = _codec.decompressor
+    try:
+        if zstandard.frame_content_size(body) >= 0:
+            return decompressor.decompress(body, allow_extra_data=False)
+        # No size in the frame header: stream it, stopping one byte past the limit.
+        reader = decompressor.stream_reader(body, read_across_frames=False)
+        data = reader.read(limits.max_decompressed_bytes + 1)
+    except zstandard.ZstdError as exc:
+        raise WireFormatError(f"body: zstd decompression failed ({exc})") from exc
+    if len(data) > limits.max_decompressed_bytes:
+        raise WireFormatError(
+            f"body: decompresses to more than the limit of {limits.max_decompressed_bytes} bytes"
+        )
+    return data
 
 
-def decode_batch(payload: bytes) -> Batch:
-    """Decode a compact batch; raise WireFormatError saying exactly what is wrong."""
-    if len(payload) < HEADER_SIZE:
-        raise WireFormatError(
-            f"header: {len(payload)} bytes is shorter than the {HEADER_SIZE}-byte batch header"
-        )
-    magic, version, flags, _, batch_id, count, body_length, checksum = _HEADER.unpack_from(payload)
-    if magic != BATCH_MAGIC:
-        raise WireFormatError("header: not a compact batch (missing IIOTB magic)")
-    if version != BATCH_VERSION:
-        raise WireFormatError(
-            f"header: batch format version {version} is not supported (this release reads "
-            f"{BATCH_VERSION})"
-        )
-    body = payload[HEADER_SIZE:]
-    if len(body) != body_length:
-        raise WireFormatError(
-            f"body: {len(body)} bytes, the header announces {body_length} (truncated or padded)"
-        )
-    if zlib.crc32(body) != checksum:
-        raise WireFormatError("body: CRC-32 mismatch, the batch was corrupted in transit")
-    if flags & _FLAG_ZSTD:
-        try:
-            body = _codec.decompressor.decompress(body, max_output_size=MAX_BATCH_BODY_BYTES)
-        except zstandard.ZstdError as exc:
-            raise WireFormatError(f"body: zstd decompression failed ({exc})") from exc
+def decode_batch(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> Batch:
+    """Decode a compact batch; raise WireFormatError saying exactly what is wrong.
+
+    Integrity first: header, size, CRC-32 and the announced decompressed size are checked
+    before anything is decompressed, and every array's length before anything is allocated.
+    """
+    header = _verified_header(payload, limits)
+    body: bytes | memoryview = memoryview(payload)[HEADER_SIZE:]
+    if header.flags & _FLAG_ZSTD:
+        body = _decompress(body, limits)  # type: ignore[arg-type]
     try:
         decoded = _body_decoder.decode(body)
     except msgspec.DecodeError as exc:
         raise WireFormatError(f"body: {exc}") from exc
+    try:
+        columns = _columns_from_body(decoded, header.readings)
+    except (ValueError, TypeError, OverflowError, MemoryError) as exc:
+        if isinstance(exc, WireFormatError):
+            raise
+        raise WireFormatError(f"body: inconsistent columns ({exc})") from exc
     return Batch(
-        uuid.UUID(bytes=batch_id),
-        _columns_from_body(decoded, count),
+        header.batch_id,
+        columns,
         decoded.producer,
         decoded.created_ms,
         decoded.first_seq,
@@ -497,7 +710,7 @@ def decode_batch(payload: bytes) -> Batch:
 
 
 def _columns_from_body(body: _BatchBody, count: int) -> ReadingColumns:
-    n_series = len(body.series)
+    n_series = len(body.series)  # bounded by the decompressed size, as every array here
     counts = body.counts.decode(n_series, "counts").astype(np.int64)
     if int(counts.sum()) != count:
         raise WireFormatError(
@@ -506,19 +719,18 @@ def _columns_from_body(body: _BatchBody, count: int) -> ReadingColumns:
     decimals = body.decimals.decode(n_series, "decimals")
     if n_series and (decimals.min() < -1 or decimals.max() > _MAX_DECIMALS):
         raise WireFormatError("body: decimals out of range")
-    series_index = np.repeat(np.arange(n_series, dtype=np.int32), counts)
-    timestamp = _undelta(
-        body.ts_first.decode(n_series, "ts_first"), body.ts_delta.decode(count, "ts_delta"), counts
-    )
     scaled = decimals >= 0
     scaled_counts = np.where(scaled, counts, 0)
     n_scaled = int(scaled_counts.sum())
-    quantized = _undelta(
-        body.q_first.decode(n_series, "q_first"),
-        body.q_delta.decode(n_scaled, "q_delta"),
-        scaled_counts,
-    )
+    # Every length is checked against the body before anything of size `count` is allocated.
+    ts_first = body.ts_first.decode(n_series, "ts_first")
+    ts_delta = body.ts_delta.decode(count, "ts_delta")
+    q_first = body.q_first.decode(n_series, "q_first")
+    q_delta = body.q_delta.decode(n_scaled, "q_delta")
     raw_bytes = body.raw_values.decode((count - n_scaled) * 8, "raw_values")
+    series_index = np.repeat(np.arange(n_series, dtype=np.int32), counts)
+    timestamp = _undelta(ts_first, ts_delta, counts)
+    quantized = _undelta(q_first, q_delta, scaled_counts)
     raw = raw_bytes.reshape(8, -1).T.copy().view(np.float64).reshape(-1)
     value = np.empty(count, dtype=np.float64)
     scaled_mask = scaled[series_index] if n_series else np.zeros(0, dtype=bool)
@@ -538,17 +750,21 @@ def _undelta(first: Int64Array, delta: npt.NDArray[Any], counts: Int64Array) -> 
     return total + np.repeat(offsets, counts)
 
 
-def validate_batch(payload: bytes, validator: Validator) -> tuple[Batch | None, Validated]:
+def validate_batch(
+    payload: bytes, validator: Validator, limits: Limits = DEFAULT_LIMITS
+) -> tuple[Batch | None, Validated]:
     """Decode and validate a compact batch; a corrupt batch becomes one whole-payload reject."""
     try:
-        batch = decode_batch(payload)
+        batch = decode_batch(payload, limits)
     except WireFormatError as exc:
         return None, Validated(readings=[], rejects=[Reject(str(exc), _truncate(payload), None)])
     return batch, validator.validate_columns(batch.columns)
 
 
-def validate_payload(payload: bytes, validator: Validator) -> Validated:
+def validate_payload(
+    payload: bytes, validator: Validator, limits: Limits = DEFAULT_LIMITS
+) -> Validated:
     """Either wire format, told apart by the batch magic."""
     if is_batch(payload):
-        return validate_batch(payload, validator)[1]
-    return validate_json(payload, validator)
+        return validate_batch(payload, validator, limits)[1]
+    return validate_json(payload, validator, limits)

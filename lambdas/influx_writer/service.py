@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from iiot.contract import ReadingColumns, Validator
-from iiot.wire import is_batch, peek_batch_id, validate_payload
+from iiot.wire import is_batch, validate_payload, verified_batch_id
 from lambdas.influx_writer.line_protocol import encode_columns
 from lambdas.influx_writer.models import RecordOutcome, WriteError, WriteFailedError
 
@@ -58,7 +58,7 @@ def idempotency_key(payload: bytes) -> str:
     """A compact batch's own batch id; for JSON, the payload's hash (same bytes, same key)."""
     if is_batch(payload):
         try:
-            return f"batch:{peek_batch_id(payload)}"
+            return f"batch:{verified_batch_id(payload)}"
         except ValueError:
             pass  # a damaged header: the hash still identifies these bytes
     return "sha256:" + hashlib.sha256(payload).hexdigest()

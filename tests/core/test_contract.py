@@ -118,7 +118,8 @@ def test_overflowing_number_is_rejected(catalog):
 @pytest.mark.parametrize(
     ("payload", "expected"),
     [
-        (b"\x00\xff garbage", "payload: not valid JSON"),
+        (b"\x00\xff garbage", "payload: invalid UTF-8 at byte 1"),
+        (b"\x00 garbage", "payload: not valid JSON"),
         (b"42", "payload: expected a reading object or a list of them"),
         (b'{"v": 2, "readings": []}', "v: JSON format version 2 is not supported"),
         (b'{"v": 1, "readings": 5}', "readings: expected a list of reading objects"),

@@ -13,8 +13,8 @@ from iiot.wire import (
     WireFormatError,
     decode_batch,
     encode_batch,
-    peek_batch_id,
     validate_batch,
+    verified_batch_id,
 )
 
 SERIES = [
@@ -67,7 +67,7 @@ def test_batch_round_trip_is_bit_exact(columns, level):
         level=level,
     )
     batch = decode_batch(payload)
-    assert batch.batch_id == batch_id == peek_batch_id(payload)
+    assert batch.batch_id == batch_id == verified_batch_id(payload)
     assert (batch.producer, batch.created_ms, batch.first_seq, batch.last_seq) == (
         "gw-1",
         5,
