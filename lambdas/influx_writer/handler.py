@@ -2,8 +2,10 @@
 
 Kinesis batches report partial failures: only a record whose write failed after retries is
 retried; poison records and refused readings go to the dead-letter queue with their reasons.
-Each record is written once per idempotency key (a compact batch's batch id, else the payload
-hash). Logic: `service.InfluxWriterService`; adapters: `repository.py`.
+Each record that passed its integrity checks is written once per idempotency key (a compact
+batch's batch id, else the payload hash; Powertools idempotency with payload validation, so the
+same id with other readings is refused, not dropped). Logic: `service.InfluxWriterService`;
+adapters: `repository.py`, `lambdas/shared`.
 """
 
 from __future__ import annotations
@@ -25,19 +27,16 @@ from aws_lambda_powertools.utilities.batch import (
 from aws_lambda_powertools.utilities.data_classes.kinesis_stream_event import (
     KinesisStreamRecord,
 )
-from aws_lambda_powertools.utilities.idempotency import (
-    DynamoDBPersistenceLayer,
-    IdempotencyConfig,
-    idempotent_function,
-)
+from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from iiot.catalog import load_catalog
 from iiot.contract import Validator
 from lambdas.influx_writer.models import WriterSettings
 from lambdas.influx_writer.repository import InfluxV2Writer, KinesisReadingsForwarder
-from lambdas.influx_writer.service import InfluxWriterService, idempotency_key
+from lambdas.influx_writer.service import InfluxWriterService
 from lambdas.shared.dead_letter import SqsDeadLetter
+from lambdas.shared.idempotency import PowertoolsOnce
 
 SERVICE = "influx-writer"
 logger = Logger(service=SERVICE)
@@ -49,8 +48,7 @@ processor = BatchProcessor(event_type=EventType.KinesisDataStreams)
 @dataclass(frozen=True)
 class Dependencies:
     service: InfluxWriterService
-    idempotency: IdempotencyConfig
-    persistence: DynamoDBPersistenceLayer
+    once: PowertoolsOnce
 
 
 def dependencies() -> Dependencies:
@@ -67,6 +65,12 @@ def _build(settings: WriterSettings) -> Dependencies:
         bucket=settings.influxdb_bucket,
         org=settings.influxdb_org,
     )
+    once = PowertoolsOnce(
+        DynamoDBPersistenceLayer(
+            table_name=settings.idempotency_table, boto3_client=boto3.client("dynamodb")
+        ),
+        key_prefix=SERVICE,
+    )
     return Dependencies(
         service=InfluxWriterService(
             writer=writer,
@@ -77,43 +81,32 @@ def _build(settings: WriterSettings) -> Dependencies:
                 if settings.readings_stream_name
                 else None
             ),
+            once=once,
             batch_points=settings.batch_points,
             max_attempts=settings.max_attempts,
         ),
-        idempotency=IdempotencyConfig(event_key_jmespath="key", expires_after_seconds=86400),
-        persistence=DynamoDBPersistenceLayer(
-            table_name=settings.idempotency_table, boto3_client=boto3.client("dynamodb")
-        ),
+        once=once,
     )
 
 
 @tracer.capture_method
 def record_handler(record: KinesisStreamRecord) -> None:
-    deps = dependencies()
-    payload = record.kinesis.data_as_bytes()
     origin = {"sequence_number": record.kinesis.sequence_number, "source": "kinesis"}
-
-    def write(written_record: dict[str, str]) -> dict[str, Any]:
-        return asdict(deps.service.write_record(payload, origin))
-
-    once = idempotent_function(
-        write,
-        data_keyword_argument="written_record",
-        persistence_store=deps.persistence,
-        config=deps.idempotency,
-    )
-    outcome = once(written_record={"key": idempotency_key(payload)})
-    metrics.add_metric(name="PointsWritten", unit=MetricUnit.Count, value=outcome["points"])
-    metrics.add_metric(
-        name="ReadingsRejected", unit=MetricUnit.Count, value=outcome["rejected_readings"]
-    )
-    if outcome["dead_lettered"]:
-        metrics.add_metric(name="RecordsDeadLettered", unit=MetricUnit.Count, value=1)
-    logger.info("record written", extra={**origin, **outcome})
+    outcome = dependencies().service.write_record(record.kinesis.data_as_bytes(), origin)
+    if outcome.duplicate:  # a redelivery: counted once, when it was done
+        metrics.add_metric(name="RecordsDuplicate", unit=MetricUnit.Count, value=1)
+    else:
+        metrics.add_metric(name="PointsWritten", unit=MetricUnit.Count, value=outcome.points)
+        metrics.add_metric(
+            name="ReadingsRejected", unit=MetricUnit.Count, value=outcome.rejected_readings
+        )
+        if outcome.dead_lettered:
+            metrics.add_metric(name="RecordsDeadLettered", unit=MetricUnit.Count, value=1)
+    logger.info("record written", extra={**origin, **asdict(outcome)})
 
 
 def dispatch(event: dict[str, Any], context: LambdaContext) -> Mapping[str, Any]:
-    dependencies().idempotency.register_lambda_context(context)
+    dependencies().once.register_lambda_context(context)
     return process_partial_response(
         event=event, record_handler=record_handler, processor=processor, context=context
     )

@@ -6,8 +6,23 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from iiot.wire import Limits
+
 DEFAULT_BATCH_POINTS = 5000
 DEFAULT_MAX_ATTEMPTS = 5
+
+# What one Kinesis record may cost the writer. A record's data is at most 1 MiB (Kinesis), in
+# practice at most 128 KiB (IoT Core's message limit, the gateways' batch_max_bytes) and about
+# 20,000 readings (the gateways' batch_max_readings); 200,000 readings and 16 MiB decompressed
+# leave a wide margin for a dense 1 MiB batch while bounding one record's decoding to tens of
+# megabytes of the function's 512 MB (the bomb test runs it under an address-space limit).
+WRITER_LIMITS = Limits(
+    max_payload_bytes=1024 * 1024,
+    max_items=10_000,
+    max_depth=8,
+    max_batch_readings=200_000,
+    max_decompressed_bytes=16 * 1024 * 1024,
+)
 
 
 @dataclass(frozen=True)
@@ -75,3 +90,4 @@ class RecordOutcome:
     attempts: int = 0
     forwarded: int = 0
     reasons: list[str] = field(default_factory=list)
+    duplicate: bool = False  # the same record was handled before: nothing was done again

@@ -133,11 +133,16 @@ class KinesisReadingsForwarder:
         self._sleep = sleep
 
     def forward(self, columns: ReadingColumns) -> int:
-        readings = columns.to_readings()
-        entries = [{"Data": _encode_reading(r), "PartitionKey": r.machine_id} for r in readings]
-        for start in range(0, len(entries), self.MAX_RECORDS_PER_CALL):
-            self._put(entries[start : start + self.MAX_RECORDS_PER_CALL])
-        return len(entries)
+        # one call's worth of rows at a time: a large batch never holds all its rows at once
+        for start in range(0, len(columns), self.MAX_RECORDS_PER_CALL):
+            part = columns.take(slice(start, start + self.MAX_RECORDS_PER_CALL))
+            self._put(
+                [
+                    {"Data": _encode_reading(r), "PartitionKey": r.machine_id}
+                    for r in part.to_readings()
+                ]
+            )
+        return len(columns)
 
     def _put(self, entries: list[dict[str, Any]]) -> None:
         for attempt in range(1, self.MAX_ATTEMPTS + 1):

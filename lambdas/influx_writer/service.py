@@ -1,15 +1,22 @@
 """The InfluxDB writer's logic: decode a Kinesis record in either wire format, validate it
 against the contract, encode points, write them in batches with retries, dead-letter the rest.
 
-* A record that is not a payload at all (garbage, unknown version, corrupt batch) is poison:
-  it goes to the dead-letter queue with the reason and the record counts as done, so one bad
-  record never blocks its shard or fails the batch.
+* Integrity before identity: a record is checked whole first (size, decompressed size bounded
+  before decompressing, CRC-32, UTF-8, nesting depth, item count: `WRITER_LIMITS`) and decoded.
+  Only a record that passed is de-duplicated, on its batch id (JSON: the payload's hash), so a
+  damaged or truncated copy that arrives first never makes the good copy look like a duplicate.
+* A record that is not a payload at all (garbage, unknown version, corrupt batch, a bomb) is
+  poison: it goes to the dead-letter queue with the reason and the record counts as done, so one
+  bad record never blocks its shard or fails the batch. It is remembered under the hash of its
+  own bytes, which no good copy can share.
+* A batch id that was already written with other readings is refused whole ("batch_id reused
+  with different content") and dead-lettered; an exact re-send is a duplicate and writes nothing.
 * Readings refused by the contract go to the dead-letter queue with their reasons; the good
   readings of the same record are written.
 * Throttling (429), server errors (5xx) and no answer are retried with exponential backoff and
   jitter (honouring Retry-After); when retries run out the record is reported failed and Lambda
-  retries it. InfluxDB keeps one value per series and timestamp, so a retried write does not
-  duplicate points.
+  retries it (nothing is remembered for it). InfluxDB keeps one value per series and timestamp,
+  so a retried write does not duplicate points.
 * A 4xx other than 429 means the server refuses these lines (400) or this writer (401/403/404):
   refused lines are dead-lettered with the server's reason; an auth or bucket problem fails the
   record loudly, since every record would fail the same way.
@@ -26,12 +33,22 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import Protocol
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
 
-from iiot.contract import ReadingColumns, Validator
-from iiot.wire import is_batch, validate_payload, verified_batch_id
+import msgspec
+import numpy as np
+
+from iiot.contract import ReadingColumns, Validated, Validator
+from iiot.wire import Limits, is_batch, validate_batch, validate_json
 from lambdas.influx_writer.line_protocol import encode_columns
-from lambdas.influx_writer.models import RecordOutcome, WriteError, WriteFailedError
+from lambdas.influx_writer.models import (
+    WRITER_LIMITS,
+    RecordOutcome,
+    WriteError,
+    WriteFailedError,
+)
+from lambdas.shared.idempotency import ContentMismatchError, EveryTime, Once
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 8.0
@@ -54,14 +71,37 @@ class ReadingsForwarder(Protocol):
         ...
 
 
-def idempotency_key(payload: bytes) -> str:
-    """A compact batch's own batch id; for JSON, the payload's hash (same bytes, same key)."""
-    if is_batch(payload):
-        try:
-            return f"batch:{verified_batch_id(payload)}"
-        except ValueError:
-            pass  # a damaged header: the hash still identifies these bytes
+def payload_hash(payload: bytes) -> str:
     return "sha256:" + hashlib.sha256(payload).hexdigest()
+
+
+def readings_digest(columns: ReadingColumns) -> str:
+    """A digest of a batch's readings in a canonical order: the same readings give the same
+    digest however the producer encoded them (series order, compression level, producer name),
+    so only other readings under a batch id count as other content."""
+    used = np.flatnonzero(np.bincount(columns.series_index, minlength=len(columns.series)))
+    names = [list(columns.series[i]) for i in used.tolist()]
+    order = sorted(range(len(names)), key=lambda i: names[i])
+    rank = np.zeros(len(columns.series), dtype=np.int64)
+    rank[used[order]] = np.arange(len(order), dtype=np.int64)
+    series_rank = rank[columns.series_index]
+    value_bits = columns.value.view(np.int64)
+    canonical = np.lexsort((value_bits, columns.timestamp, series_rank))
+    digest = hashlib.sha256(msgspec.json.encode([names[i] for i in order]))
+    for column in (series_rank, columns.timestamp, value_bits):
+        digest.update(np.ascontiguousarray(column[canonical], dtype="<i8").tobytes())
+    return "readings-sha256:" + digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class CheckedRecord:
+    """A record that passed its integrity checks and decoded: what it is, and under which key
+    (and content digest) it is written once."""
+
+    format: str
+    key: str
+    content: str
+    validated: Validated
 
 
 class InfluxWriterService:
@@ -72,6 +112,8 @@ class InfluxWriterService:
         dead_letter: DeadLetter,
         validator: Validator,
         forwarder: ReadingsForwarder | None = None,
+        once: Once | None = None,
+        limits: Limits = WRITER_LIMITS,
         batch_points: int = 5000,
         max_attempts: int = 5,
         base_backoff_s: float = 0.2,
@@ -82,6 +124,8 @@ class InfluxWriterService:
         self._dead_letter = dead_letter
         self._forwarder = forwarder
         self._validator = validator
+        self._once: Once = once if once is not None else EveryTime()
+        self._limits = limits
         self._batch_points = batch_points
         self._max_attempts = max_attempts
         self._base_backoff_s = base_backoff_s
@@ -89,17 +133,60 @@ class InfluxWriterService:
         self._jitter = jitter
 
     def write_record(self, payload: bytes, origin: dict[str, str]) -> RecordOutcome:
-        outcome = RecordOutcome(format="batch" if is_batch(payload) else "json")
-        validated = validate_payload(payload, self._validator)
-        whole = [r for r in validated.rejects if r.index is None]
-        if whole:
-            reason = "; ".join(r.reason for r in whole)
-            self._dead_letter.send(
-                reason=f"poison record: {reason}", payload=payload, origin=origin
+        """Write one Kinesis record once; poison and refused content are dead-lettered."""
+        record_format = "batch" if is_batch(payload) else "json"
+        checked = self.check(payload)
+        if isinstance(checked, str):
+            return self._refuse(payload, record_format, f"poison record: {checked}", origin)
+        try:
+            result = self._once.run(
+                checked.key,
+                lambda: asdict(self._write_checked(checked, origin)),
+                content=checked.content,
             )
-            outcome.dead_lettered = True
-            outcome.reasons.append(reason)
-            return outcome
+        except ContentMismatchError:
+            reason = (
+                f"batch_id reused with different content: {checked.key} was already written "
+                f"with other readings; these {len(checked.validated.columns)} readings were not "
+                "written (a producer must give new readings a new batch id)"
+            )
+            return self._refuse(payload, record_format, reason, origin)
+        return RecordOutcome(**result)
+
+    def check(self, payload: bytes) -> CheckedRecord | str:
+        """Integrity, decoding and the contract, in that order: the checked record with its
+        idempotency key, or why the whole record is poison. Never raises on bad input."""
+        if is_batch(payload):
+            batch, validated = validate_batch(payload, self._validator, self._limits)
+        else:
+            batch, validated = None, validate_json(payload, self._validator, self._limits)
+        whole = [reject.reason for reject in validated.rejects if reject.index is None]
+        if whole:
+            return "; ".join(whole)
+        if batch is not None:
+            return CheckedRecord(
+                "batch", f"batch:{batch.batch_id}", readings_digest(batch.columns), validated
+            )
+        digest = payload_hash(payload)
+        return CheckedRecord("json", digest, digest, validated)
+
+    def _refuse(
+        self, payload: bytes, record_format: str, reason: str, origin: dict[str, str]
+    ) -> RecordOutcome:
+        """Dead-letter a whole record once per its bytes (a redelivery adds no second letter);
+        the key is the hash of these bytes, never a batch id a good copy could need."""
+
+        def dead_letter() -> dict[str, Any]:
+            self._dead_letter.send(reason=reason, payload=payload, origin=origin)
+            refused = RecordOutcome(format=record_format, dead_lettered=True, reasons=[reason])
+            return asdict(refused)
+
+        digest = payload_hash(payload)
+        return RecordOutcome(**self._once.run(f"refused:{digest}", dead_letter, content=digest))
+
+    def _write_checked(self, checked: CheckedRecord, origin: dict[str, str]) -> RecordOutcome:
+        outcome = RecordOutcome(format=checked.format)
+        validated = checked.validated
         if validated.rejects:
             outcome.rejected_readings = len(validated.rejects)
             for reject in validated.rejects:
@@ -109,13 +196,13 @@ class InfluxWriterService:
                     origin=origin,
                 )
                 outcome.reasons.append(reject.reason)
-        lines = encode_columns(validated.columns)
-        for start in range(0, len(lines), self._batch_points):
-            chunk = lines[start : start + self._batch_points]
-            written = self._write_with_retries(chunk, origin, outcome)
-            outcome.points += written
-        if self._forwarder is not None and len(validated.columns):
-            outcome.forwarded = self._forwarder.forward(validated.columns)
+        columns = validated.columns
+        for start in range(0, len(columns), self._batch_points):
+            # encoded a chunk at a time: a large batch never holds all of its lines at once
+            chunk = encode_columns(columns.take(slice(start, start + self._batch_points)))
+            outcome.points += self._write_with_retries(chunk, origin, outcome)
+        if self._forwarder is not None and len(columns):
+            outcome.forwarded = self._forwarder.forward(columns)
         return outcome
 
     def _write_with_retries(

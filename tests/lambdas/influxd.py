@@ -6,11 +6,13 @@ import json
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +104,47 @@ def start_influxd(root: Path, *, startup_timeout_s: float = 60.0) -> InfluxServe
             server.stop()
             raise RuntimeError(f"influxd did not answer /ping: {log_path.read_text()[-2000:]}")
         time.sleep(0.2)
+
+
+class V2WriteRelay:
+    """The v2 write API (`POST /api/v2/write?org=&bucket=&precision=`, what `influxdb-client`
+    and so the writer Lambda call) relayed to a 1.x server's `/write`, the bucket naming the
+    database: the real handler writes into a real InfluxDB. Keeps every relayed line."""
+
+    def __init__(self, influx_url: str) -> None:
+        self.lines: list[str] = []
+        relay = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+                target = urllib.parse.urlencode(
+                    {"db": query["bucket"][0], "precision": query.get("precision", ["ns"])[0]}
+                )
+                request = urllib.request.Request(
+                    f"{influx_url}/write?{target}", data=body, method="POST"
+                )
+                try:
+                    with urllib.request.urlopen(request, timeout=10) as response:
+                        status, answer = response.status, response.read()
+                except urllib.error.HTTPError as exc:
+                    status, answer = exc.code, exc.read()
+                if status < 300:
+                    relay.lines.extend(body.decode().splitlines())
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -7,7 +7,7 @@ import pytest
 from iiot.contract import Validator
 from lambdas.influx_writer.models import WriteError, WriteFailedError
 from lambdas.influx_writer.repository import RecordingDeadLetter
-from lambdas.influx_writer.service import InfluxWriterService, idempotency_key
+from lambdas.influx_writer.service import CheckedRecord, InfluxWriterService
 
 from .writer_data import BATCH_ID, batch_payload, json_payload, readings
 
@@ -126,11 +126,20 @@ def test_bad_readings_are_dead_lettered_and_the_rest_written(catalog):
     assert b"999.0" in letter["payload"]
 
 
-def test_idempotency_key_is_the_batch_id_or_the_payload_hash():
-    assert idempotency_key(batch_payload(readings(count=1))) == f"batch:{BATCH_ID}"
+def test_idempotency_key_is_the_batch_id_or_the_payload_hash_once_intact(catalog):
+    service, _, _ = make_service(ScriptedWriter(), catalog)
+    batch = service.check(batch_payload(readings(count=1)))
+    assert isinstance(batch, CheckedRecord)
+    assert batch.key == f"batch:{BATCH_ID}"
+    assert batch.content.startswith("readings-sha256:")
     payload = json_payload(readings(count=1))
-    assert idempotency_key(payload) == idempotency_key(bytes(payload))
-    assert idempotency_key(payload).startswith("sha256:")
+    checked = service.check(payload)
+    assert isinstance(checked, CheckedRecord)
+    assert checked.key == checked.content
+    assert checked.key.startswith("sha256:")
+    damaged = bytearray(batch_payload(readings(count=1)))
+    damaged[-2] ^= 0x01
+    assert "CRC-32 mismatch" in str(service.check(bytes(damaged)))  # no key: a reason
 
 
 class ThrottlingKinesis:
