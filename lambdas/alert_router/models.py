@@ -3,21 +3,32 @@
 Anomalies arrive in the shared message format (`iiot.anomaly.Anomaly`, JSON) from two places:
 the IoT rule on the gateways' anomaly topic (invoking the function with the message itself,
 one object or a list) and the Flink output stream (Kinesis records, each one object or a list).
+
+Integrity first, then each anomaly on its own: a payload is checked whole (size, UTF-8, nesting
+depth, number of items: `ANOMALY_LIMITS`, the wire's rule) before anything is parsed; a list is
+then split into its items and each is decoded alone, so one bad anomaly is refused with its
+index and reason while the others in the same payload are routed.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 import msgspec
 
-from iiot.anomaly import Anomaly, decode_anomalies
+from iiot.anomaly import Anomaly
+from iiot.wire import Limits, json_integrity_problem
 
 DEFAULT_COOLDOWN_SECONDS = 900
+
+# What one payload of anomalies may cost the router. A Kinesis record is at most 1 MiB and an
+# IoT message 128 KiB; producers send one anomaly per message (about 300 bytes), so a thousand
+# per payload is a wide margin. An anomaly is a flat object: depth 2 in a list, 4 leaves room.
+ANOMALY_LIMITS = Limits(max_payload_bytes=1024 * 1024, max_items=1000, max_depth=4)
 
 
 class Decision(StrEnum):
@@ -27,10 +38,6 @@ class Decision(StrEnum):
     ESCALATED = "escalated"  # sent, and to the escalation topic too (CRITICAL)
     SUPPRESSED = "suppressed"  # a repeat within the cooldown
     NOT_ALERTED = "not_alerted"  # INFO severity or a CLEARED state: logged, nobody paged
-
-
-class InvalidAnomalyError(ValueError):
-    """A payload that is not an anomaly message; kept in the dead-letter queue with the reason."""
 
 
 @dataclass(frozen=True)
@@ -71,19 +78,59 @@ class Notification:
     escalate: bool
 
 
-def parse_anomalies(payload: bytes) -> list[Anomaly]:
-    """The anomalies in one record's data; InvalidAnomalyError names what is wrong."""
-    try:
-        return decode_anomalies(payload)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise InvalidAnomalyError(f"not an anomaly message: {exc}") from exc
+@dataclass(frozen=True)
+class InvalidAnomaly:
+    """An item (or a whole payload, `index` None) that is not an anomaly, with the reason and
+    its own bytes for the dead-letter queue."""
+
+    index: int | None
+    reason: str
+    payload: bytes
 
 
-def parse_iot_event(event: Any) -> list[Anomaly]:
-    """The anomalies of a direct IoT rule invocation (the message object, or a list)."""
+@dataclass
+class ParsedAnomalies:
+    """A payload's anomalies, each with its index, and what was refused."""
+
+    anomalies: list[tuple[int | None, Anomaly]] = field(default_factory=list)
+    invalid: list[InvalidAnomaly] = field(default_factory=list)
+
+
+_items_decoder = msgspec.json.Decoder(list[msgspec.Raw])
+_anomaly_decoder = msgspec.json.Decoder(Anomaly)
+
+
+def parse_anomalies(payload: bytes) -> ParsedAnomalies:
+    """The anomalies in one payload (one object or a list), each decoded on its own; never
+    raises on bad input."""
+    parsed = ParsedAnomalies()
+    problem = json_integrity_problem(payload, ANOMALY_LIMITS)
+    if problem:
+        parsed.invalid.append(InvalidAnomaly(None, f"not an anomaly message: {problem}", payload))
+        return parsed
+    if payload.lstrip()[:1] != b"[":
+        items: list[tuple[int | None, bytes | msgspec.Raw]] = [(None, payload)]
+    else:
+        try:
+            items = list(enumerate(_items_decoder.decode(payload)))
+        except msgspec.DecodeError as exc:
+            reason = f"not an anomaly message: {exc}"
+            parsed.invalid.append(InvalidAnomaly(None, reason, payload))
+            return parsed
+    for index, item in items:
+        try:
+            parsed.anomalies.append((index, _anomaly_decoder.decode(item)))
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            where = "" if index is None else f"anomaly {index} of {len(items)}: "
+            reason = f"{where}not an anomaly message: {exc}"
+            parsed.invalid.append(InvalidAnomaly(index, reason, bytes(item)))
+    return parsed
+
+
+def encode_iot_event(event: Any) -> bytes | str:
+    """A direct IoT rule invocation (the message object, or a list) back as JSON, so it goes
+    through the same checks as a Kinesis record; the reason when it cannot be encoded."""
     try:
-        if isinstance(event, list):
-            return msgspec.convert(event, list[Anomaly])
-        return [msgspec.convert(event, Anomaly)]
-    except msgspec.ValidationError as exc:
-        raise InvalidAnomalyError(f"not an anomaly message: {exc}") from exc
+        return msgspec.json.encode(event)
+    except (msgspec.EncodeError, TypeError, ValueError, OverflowError, RecursionError) as exc:
+        return f"not an anomaly message: cannot be read as JSON ({type(exc).__name__}: {exc})"

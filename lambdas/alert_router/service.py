@@ -6,17 +6,30 @@ The cooldown runs on the anomalies' event time, not the wall clock, so a replay 
 drained late alerts exactly as the live stream would have. A higher severity breaks through a
 cooldown held by a lower one (a WARNING followed by a CRITICAL pages the on-call person).
 Adapters are injected: DynamoDB/SNS in the Lambda (`repository.py`), in-memory in the demo.
+
+`AnomalyRouter` takes a whole payload (a Kinesis record or an IoT rule message): each anomaly
+in it is checked and routed on its own, once per `anomaly_id`; each bad one goes to the
+dead-letter queue with its index and reason, and never holds back the good ones.
 """
 
 from __future__ import annotations
 
 import logging
+import reprlib
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from iiot.anomaly import SEVERITY_ORDER, Anomaly
-from lambdas.alert_router.models import Decision, Notification
+from lambdas.alert_router.models import (
+    Decision,
+    InvalidAnomaly,
+    Notification,
+    encode_iot_event,
+    parse_anomalies,
+)
+from lambdas.shared.idempotency import DUPLICATE, EveryTime, Once
 
 log = logging.getLogger(__name__)
 SUBJECT_LIMIT = 100  # SNS e-mail subjects: at most 100 printable ASCII characters
@@ -35,6 +48,10 @@ class CooldownStore(Protocol):
 
 class Notifier(Protocol):
     def publish(self, notification: Notification) -> None: ...
+
+
+class DeadLetter(Protocol):
+    def send(self, *, reason: str, payload: bytes, origin: dict[str, str]) -> None: ...
 
 
 def cooldown_key(anomaly: Anomaly) -> str:
@@ -147,3 +164,83 @@ class AlertService:
             self._store.release(key, anomaly=anomaly)
             raise
         return Decision.ESCALATED if notification.escalate else Decision.SENT
+
+
+class RoutingFailedError(RuntimeError):
+    """Some anomalies of a payload could not be routed now (SNS or DynamoDB failed): the record
+    is reported failed and retried; the anomalies already routed are not alerted twice."""
+
+
+@dataclass(frozen=True)
+class RoutedAnomaly:
+    anomaly: Anomaly
+    decision: str
+    duplicate: bool  # routed before (a redelivery): nothing was sent again
+
+
+@dataclass
+class PayloadOutcome:
+    """What happened to the anomalies of one payload."""
+
+    routed: list[RoutedAnomaly] = field(default_factory=list)
+    invalid: list[InvalidAnomaly] = field(default_factory=list)
+
+    @property
+    def decisions(self) -> list[str]:
+        return [r.decision for r in self.routed]
+
+
+class AnomalyRouter:
+    """A payload of anomalies in, each anomaly routed once or dead-lettered on its own."""
+
+    def __init__(
+        self, *, service: AlertService, dead_letter: DeadLetter, once: Once | None = None
+    ) -> None:
+        self._service = service
+        self._dead_letter = dead_letter
+        self._once: Once = once if once is not None else EveryTime()
+
+    def route_payload(self, payload: bytes, origin: dict[str, str]) -> PayloadOutcome:
+        """A Kinesis record's data (one anomaly object or a list)."""
+        parsed = parse_anomalies(payload)
+        outcome = PayloadOutcome(invalid=parsed.invalid)
+        for invalid in parsed.invalid:
+            where = {} if invalid.index is None else {"anomaly_index": str(invalid.index)}
+            self._dead_letter.send(
+                reason=invalid.reason, payload=invalid.payload, origin={**origin, **where}
+            )
+        failures: list[str] = []
+        first_error: Exception | None = None
+        for index, anomaly in parsed.anomalies:
+            try:
+                outcome.routed.append(self._route_once(anomaly))
+            except Exception as exc:  # the others still go out; the record is retried after
+                log.warning(
+                    "anomaly not routed",
+                    extra={"anomaly_id": anomaly.anomaly_id, "error": repr(exc), **origin},
+                )
+                failures.append(f"{'anomaly' if index is None else f'anomaly {index}'}: {exc!r}")
+                first_error = first_error or exc
+        if failures:
+            raise RoutingFailedError(
+                f"{len(failures)} of {len(parsed.anomalies)} anomalies not routed, the record "
+                f"will be retried: {'; '.join(failures)}"
+            ) from first_error
+        return outcome
+
+    def route_event(self, event: Any) -> PayloadOutcome:
+        """A direct IoT rule invocation: the message itself (an object or a list), already
+        parsed by the runtime; checked and split exactly as a Kinesis record."""
+        payload = encode_iot_event(event)
+        if isinstance(payload, str):
+            invalid = InvalidAnomaly(None, payload, reprlib.repr(event).encode())
+            origin = {"source": "iot"}
+            self._dead_letter.send(reason=payload, payload=invalid.payload, origin=origin)
+            return PayloadOutcome(invalid=[invalid])
+        return self.route_payload(payload, {"source": "iot"})
+
+    def _route_once(self, anomaly: Anomaly) -> RoutedAnomaly:
+        result = self._once.run(
+            anomaly.anomaly_id, lambda: {"decision": self._service.route(anomaly).value}
+        )
+        return RoutedAnomaly(anomaly, str(result["decision"]), bool(result.get(DUPLICATE)))

@@ -18,6 +18,7 @@ import msgspec
 from iiot.contract import Reading, ReadingColumns
 from lambdas.influx_writer.line_protocol import PRECISION
 from lambdas.influx_writer.models import WriteError, WriteFailedError
+from lambdas.shared.dead_letter import RecordingDeadLetter as RecordingDeadLetter  # tests, bench
 
 _encode_reading: Callable[[Reading], bytes] = msgspec.json.Encoder().encode
 
@@ -161,13 +162,3 @@ class KinesisReadingsForwarder:
             f"{len(entries)} readings could not be forwarded to {self._stream_name} after "
             f"{self.MAX_ATTEMPTS} attempts (throttled?); the record will be retried"
         )
-
-
-class RecordingDeadLetter:
-    """Dead letters in a list (tests, benchmarks)."""
-
-    def __init__(self) -> None:
-        self.sent: list[dict[str, Any]] = []
-
-    def send(self, *, reason: str, payload: bytes, origin: dict[str, str]) -> None:
-        self.sent.append({"reason": reason, "payload": payload, "origin": origin})

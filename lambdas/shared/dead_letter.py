@@ -28,3 +28,13 @@ class SqsDeadLetter:
                 }
             ),
         )
+
+
+class RecordingDeadLetter:
+    """Dead letters in a list (tests, benchmarks, the local demo)."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    def send(self, *, reason: str, payload: bytes, origin: dict[str, str]) -> None:
+        self.sent.append({"reason": reason, "payload": payload, "origin": origin})

@@ -114,3 +114,38 @@ def influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def router(aws, monkeypatch):
+    """The alert router's environment on moto: topics with SQS subscribers (to read what people
+    would get), cooldown and idempotency tables, the dead-letter queue."""
+    sns = boto3.client("sns")
+    sqs = boto3.client("sqs")
+    names = {}
+    for role in ("alerts", "escalation"):
+        topic = sns.create_topic(Name=unique(role))["TopicArn"]
+        queue_url = create_queue(unique(f"{role}-inbox"))
+        queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+        sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+        names[role] = (topic, queue_url)
+    cooldown, idempotency = unique("cooldown"), unique("idempotency")
+    create_table(cooldown, "pk")
+    create_table(idempotency, "id")
+    dead_letters = create_queue(unique("dead-letters"))
+    monkeypatch.setenv("ALERT_TOPIC_ARN", names["alerts"][0])
+    monkeypatch.setenv("ESCALATION_TOPIC_ARN", names["escalation"][0])
+    monkeypatch.setenv("COOLDOWN_TABLE", cooldown)
+    monkeypatch.setenv("IDEMPOTENCY_TABLE", idempotency)
+    monkeypatch.setenv("DEAD_LETTER_QUEUE_URL", dead_letters)
+    monkeypatch.setenv("COOLDOWN_SECONDS", "900")
+    return {
+        "alerts": names["alerts"][1],
+        "escalation": names["escalation"][1],
+        "dead_letters": dead_letters,
+        "cooldown": cooldown,
+        "idempotency": idempotency,
+        "escalation_topic": names["escalation"][0],
+    }

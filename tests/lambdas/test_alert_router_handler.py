@@ -8,64 +8,12 @@ import json
 import boto3
 import pytest
 
-from iiot.anomaly import Anomaly, encode_anomaly
+from iiot.anomaly import encode_anomaly
 from lambdas.alert_router import handler
 from lambdas.alert_router.repository import DynamoCooldownStore
 
-from .conftest import create_queue, create_table, drain, kinesis_event, unique
-
-T0 = 1_767_571_200_000
-MINUTE = 60_000
-
-
-def anomaly(**changes) -> Anomaly:
-    fields = {
-        "factory_id": "F01",
-        "machine_id": "F01-M003",
-        "metric": "temperature",
-        "anomaly_type": "TEMPERATURE_HIGH",
-        "severity": "WARNING",
-        "value": 104.25,
-        "threshold": 100.0,
-        "timestamp": T0,
-        "source": "stream",
-    }
-    fields.update(changes)
-    return Anomaly(**fields)
-
-
-@pytest.fixture
-def router(aws, monkeypatch):
-    """Topics with SQS subscribers (to read what people would get), tables, dead-letter queue."""
-    sns = boto3.client("sns")
-    sqs = boto3.client("sqs")
-    names = {}
-    for role in ("alerts", "escalation"):
-        topic = sns.create_topic(Name=unique(role))["TopicArn"]
-        queue_url = create_queue(unique(f"{role}-inbox"))
-        queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
-            "Attributes"
-        ]["QueueArn"]
-        sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
-        names[role] = (topic, queue_url)
-    cooldown, idempotency = unique("cooldown"), unique("idempotency")
-    create_table(cooldown, "pk")
-    create_table(idempotency, "id")
-    dead_letters = create_queue(unique("dead-letters"))
-    monkeypatch.setenv("ALERT_TOPIC_ARN", names["alerts"][0])
-    monkeypatch.setenv("ESCALATION_TOPIC_ARN", names["escalation"][0])
-    monkeypatch.setenv("COOLDOWN_TABLE", cooldown)
-    monkeypatch.setenv("IDEMPOTENCY_TABLE", idempotency)
-    monkeypatch.setenv("DEAD_LETTER_QUEUE_URL", dead_letters)
-    monkeypatch.setenv("COOLDOWN_SECONDS", "900")
-    return {
-        "alerts": names["alerts"][1],
-        "escalation": names["escalation"][1],
-        "dead_letters": dead_letters,
-        "cooldown": cooldown,
-        "idempotency": idempotency,
-        "escalation_topic": names["escalation"][0],
-    }
+from .conftest import drain, kinesis_event
+from .router_data import MINUTE, T0, anomaly
 
 
 def test_flink_output_batch_alerts_once_and_escalates_critical(router, lambda_context):
@@ -148,7 +96,7 @@ def test_iot_rule_message_is_routed_directly(router, lambda_context):
             anomaly(source="edge", anomaly_type="THRESHOLD_HIGH", sensor_id="F01-M003-temperature")
         )
     )
-    assert handler.handler(message, lambda_context) == {"decisions": ["sent"]}
+    assert handler.handler(message, lambda_context) == {"decisions": ["sent"], "dead_lettered": 0}
     assert handler.handler({"bogus": 1}, lambda_context) == {"decisions": [], "dead_lettered": 1}
     assert len(drain(router["alerts"])) == 1
     assert len(drain(router["dead_letters"])) == 1
