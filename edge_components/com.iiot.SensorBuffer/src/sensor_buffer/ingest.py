@@ -211,13 +211,12 @@ class Ingestor:
             anomalies=[(a.anomaly_id, encode_anomaly(a)) for a in anomalies],
             quarantine=quarantine,
             digests=digests,
+            counters={"duplicates_dropped": result.duplicates} if result.duplicates else None,
             max_block_readings=self.max_block_readings,
         )
         result.stored = appended.stored
         result.rejected_full = appended.rejected
         result.full_events = events
-        if result.duplicates:
-            self.store.counters["duplicates_dropped"] += result.duplicates
         for item in items:  # committed (or refused with a reason): the broker may forget them
             if item.ack is not None:
                 item.ack()

@@ -15,6 +15,16 @@ acknowledged by timestamp.
 Retention (age) and the disk cap apply to unsent blocks; when the cap is reached the configured
 policy rejects new readings, drops the oldest blocks or downsamples them, and counts it.
 Outbox rows that overlap changed blocks get a new generation, hence a new batch id.
+
+The quarantine (rejects with their reasons) lives under a cap of its own
+(`quarantine_max_bytes`): when a commit would exceed it, the oldest rows are evicted and counted
+(`quarantine_evicted`). Freed pages go back to the file system (`auto_vacuum=INCREMENTAL`,
+`incremental_vacuum`; a database created before that is converted once when opened) and the WAL
+is truncated to `_WAL_SIZE_LIMIT` after checkpoints.
+
+Every write is one transaction against a *staged* copy of the in-memory state (sequence
+numbers, byte counts, counters): the state becomes the store's only once COMMIT returned, so a
+failed commit (a full disk) leaves memory exactly as the database has it.
 """
 
 from __future__ import annotations
@@ -26,9 +36,11 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import zstandard
@@ -43,6 +55,16 @@ _FLAG_OFFSETS = 0x01  # a downsampled block stores each reading's seq offset
 _ROW_OVERHEAD = 96  # bytes per block row beyond its data, for the disk accounting
 _BATCH_NAMESPACE = uuid.UUID("6c1f0d7e-3b8a-4f0e-9d2a-5e7b1c4a9f30")
 SCHEMA_VERSION = 1
+_AUTO_VACUUM_INCREMENTAL = 2
+# The WAL is truncated to this size after a checkpoint (SQLite checkpoints at about 4 MiB).
+_WAL_SIZE_LIMIT = 4 * 1024 * 1024
+# Freed pages are handed back to the file system once there are at least this many bytes.
+_RECLAIM_MIN_BYTES = 1024 * 1024
+# A quarantine row's cost: its record (payload, reason, topic, and about this much for the record
+# header, the id, received_ms and the cell) stored the way SQLite stores it, in whole overflow
+# pages once it does not fit in one page. Counted at insert, so the file stays within the cap
+# plus a small margin.
+_QUARANTINE_ROW_OVERHEAD = 48
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -61,7 +83,8 @@ CREATE TABLE IF NOT EXISTS anomalies (
     created_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS quarantine (
     id INTEGER PRIMARY KEY AUTOINCREMENT, received_ms INTEGER NOT NULL, topic TEXT NOT NULL,
-    reason TEXT NOT NULL, item_index INTEGER, payload BLOB NOT NULL);
+    reason TEXT NOT NULL, item_index INTEGER, payload BLOB NOT NULL,
+    nbytes INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS seen_digests (
     id INTEGER PRIMARY KEY AUTOINCREMENT, digests BLOB NOT NULL);
 """
@@ -71,6 +94,7 @@ COUNTERS = (
     "readings_uploaded",
     "batches_acked",
     "quarantined",
+    "quarantine_evicted",
     "rejected_full",
     "dropped_oldest",
     "downsampled_away",
@@ -109,6 +133,25 @@ class AppendResult:
     rejected: int
     first_seq: int | None
     last_seq: int | None
+    quarantine_evicted: int = 0  # oldest quarantine rows evicted to stay under the cap
+
+
+@dataclass
+class _State:
+    """What the store keeps in memory about its database. A transaction changes a staged copy,
+    which replaces this one only once COMMIT returned."""
+
+    next_seq: int
+    acked_seq: int
+    used_bytes: int
+    quarantine_bytes: int
+    counters: dict[str, int]
+
+    def copy(self) -> _State:
+        return replace(self, counters=dict(self.counters))
+
+    def bump(self, counter: str, amount: int) -> None:
+        self.counters[counter] += amount
 
 
 @dataclass(frozen=True)
@@ -141,6 +184,23 @@ class Backlog:
 def batch_id_for(producer: str, first_seq: int, last_seq: int, generation: int = 0) -> uuid.UUID:
     """Deterministic idempotency id: the same rows of the same producer give the same id."""
     return uuid.uuid5(_BATCH_NAMESPACE, f"{producer}|{first_seq}|{last_seq}|{generation}")
+
+
+def stored_row_bytes(record_bytes: int, page_size: int) -> int:
+    """What a row with a record of `record_bytes` takes in the file (SQLite's file format, 1.6):
+    its share of a leaf page (the cells that fit side by side) plus whole overflow pages for
+    whatever does not fit in the leaf."""
+    record = record_bytes + _QUARANTINE_ROW_OVERHEAD
+    max_local = page_size - 35
+    local, overflow_pages = record, 0
+    if record > max_local:
+        min_local = (page_size - 12) * 32 // 255 - 23
+        local = min_local + (record - min_local) % (page_size - 4)
+        if local > max_local:
+            local = min_local
+        overflow_pages = -(-(record - local) // (page_size - 4))
+    cells_per_leaf = max(1, (page_size - 8) // local)
+    return -(-page_size // cells_per_leaf) + overflow_pages * page_size
 
 
 def payload_digest(payload: bytes) -> bytes:
@@ -205,6 +265,7 @@ class Store:
         full_policy: FullPolicy = "drop_oldest",
         downsample_factor: int = 10,
         retention_ms: int = 7 * 86_400_000,
+        quarantine_max_bytes: int = 64 * 1024**2,
         clock: Callable[[], float] = time.time,
         seen_payloads_kept: int = 200_000,
     ) -> None:
@@ -215,29 +276,47 @@ class Store:
         self.full_policy = full_policy
         self.downsample_factor = downsample_factor
         self.retention_ms = retention_ms
+        self.quarantine_max_bytes = quarantine_max_bytes
         self._clock = clock
         self._seen_kept = seen_payloads_kept
         self._lock = threading.RLock()
         self._codec = BlockCodec()
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # Takes effect on a new database only (before its first table); older files are
+        # converted once by `_convert_to_incremental_vacuum`.
+        self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
         self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'FULL' else 'NORMAL'}")
         self._db.execute("PRAGMA busy_timeout=10000")
         self._db.executescript(_SCHEMA)
+        self._page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+        self._add_quarantine_sizes()
         self._load()
+        with self._lock:
+            if self._state.quarantine_bytes > self.quarantine_max_bytes:  # e.g. a lowered cap
+                staged = self._state.copy()
+                with self._transaction(staged):
+                    staged.bump("quarantine_evicted", self._evict_quarantine(staged, 0))
+            if self._db.execute("PRAGMA auto_vacuum").fetchone()[0] != _AUTO_VACUUM_INCREMENTAL:
+                self._convert_to_incremental_vacuum()
+            self.reclaim()
 
     # ------------------------------------------------------------------------------- state
 
     def _load(self) -> None:
         db = self._db
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-        self.acked_seq = int(meta.get("acked_seq", 0))
         max_block = db.execute("SELECT MAX(last_seq) FROM blocks").fetchone()[0] or 0
         max_outbox = db.execute("SELECT MAX(last_seq) FROM outbox").fetchone()[0] or 0
-        self.next_seq = max(int(meta.get("next_seq", 1)), max_block + 1, max_outbox + 1)
-        self.counters = {name: int(meta.get(f"counter.{name}", 0)) for name in COUNTERS}
-        self.used_bytes = int(
-            db.execute("SELECT COALESCE(SUM(nbytes), 0) FROM blocks").fetchone()[0]
+        self._state = _State(
+            next_seq=max(int(meta.get("next_seq", 1)), max_block + 1, max_outbox + 1),
+            acked_seq=int(meta.get("acked_seq", 0)),
+            used_bytes=int(db.execute("SELECT COALESCE(SUM(nbytes), 0) FROM blocks").fetchone()[0]),
+            quarantine_bytes=int(
+                db.execute("SELECT COALESCE(SUM(nbytes), 0) FROM quarantine").fetchone()[0]
+            ),
+            counters={name: int(meta.get(f"counter.{name}", 0)) for name in COUNTERS},
         )
         self.series: list[SeriesKey] = []
         self.series_ids: dict[SeriesKey, int] = {}
@@ -249,13 +328,45 @@ class Store:
                 self.series.append(SeriesKey("", "", "", "", ""))
             self.series.append(series_key)
             self.series_ids[series_key] = sid
-        self._new_series: list[int] = []
+        self._new_series: list[int] = []  # assigned in memory, written by the next commit
         # Digests of recently committed payloads, 16 bytes each, one row per commit.
         self.seen: dict[bytes, None] = {}
         for (blob,) in db.execute("SELECT digests FROM seen_digests ORDER BY id"):
             self.seen.update(dict.fromkeys(blob[i : i + 16] for i in range(0, len(blob), 16)))
         self._trim_seen_memory()
-        self._pending_digests: list[bytes] = []
+
+    @property
+    def next_seq(self) -> int:
+        """The seq the next stored reading gets (committed state)."""
+        return self._state.next_seq
+
+    @property
+    def acked_seq(self) -> int:
+        """Every reading up to this seq is acknowledged by the cloud (committed state)."""
+        return self._state.acked_seq
+
+    @property
+    def used_bytes(self) -> int:
+        """Bytes of unsent blocks, what the disk cap counts (committed state)."""
+        return self._state.used_bytes
+
+    @property
+    def quarantine_bytes(self) -> int:
+        """Bytes of the quarantine, what its cap counts (committed state)."""
+        return self._state.quarantine_bytes
+
+    @property
+    def counters(self) -> Mapping[str, int]:
+        """The committed counters (read-only: they change with the transactions they count)."""
+        return MappingProxyType(self._state.counters)
+
+    def file_bytes(self) -> int:
+        """The database file plus its WAL, as the file system has them now."""
+        total = 0
+        for suffix in ("", "-wal"):
+            with suppress(FileNotFoundError):
+                total += Path(f"{self.path}{suffix}").stat().st_size
+        return total
 
     def close(self) -> None:
         with self._lock:
@@ -271,6 +382,30 @@ class Store:
             self._new_series.append(sid)
         return sid
 
+    @contextmanager
+    def _transaction(self, staged: _State) -> Iterator[None]:
+        """BEGIN, the caller's changes to the database and to `staged`, the meta row, COMMIT;
+        only then does `staged` become the store's state. Anything that fails, COMMIT included
+        (a full disk), is rolled back and leaves memory as the database has it. Hold the lock."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._write_meta(staged)
+            db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        self._state = staged
+
+    def _rollback(self) -> None:
+        # SQLite rolls back by itself on some errors (SQLITE_FULL, I/O errors).
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.exception("rollback failed", extra={"db": str(self.path)})
+
     # ------------------------------------------------------------------------------ append
 
     def append(
@@ -282,41 +417,44 @@ class Store:
         anomalies: Sequence[tuple[str, bytes]] = (),
         quarantine: Sequence[QuarantineItem] = (),
         digests: Sequence[bytes] = (),
+        counters: Mapping[str, int] | None = None,
         max_block_readings: int = 5_000,
     ) -> tuple[AppendResult, list[FullEvent]]:
-        """Commit readings, anomalies, quarantined rejects and seen-payload digests at once.
+        """Commit readings, anomalies, quarantined rejects, seen-payload digests and counter
+        increments (`counters`) at once.
 
-        One transaction: after it returns, all of it survives a crash; before, none of it does.
+        One transaction: after it returns, all of it survives a crash; before, none of it does,
+        and a failure leaves the in-memory state as it was.
         """
         now_ms = int(self._clock() * 1000)
         n = len(sid)
         events: list[FullEvent] = []
+        blocks = []
+        for start in range(0, n, max_block_readings):
+            stop = min(start + max_block_readings, n)
+            data = self._codec.encode(sid[start:stop], ts[start:stop], value[start:stop])
+            blocks.append((start, stop, data))
+        needed = sum(len(d) + _ROW_OVERHEAD for *_, d in blocks)
+        stored = rejected = evicted = 0
+        first = last = None
         with self._lock:
             db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                self._write_series()
-                blocks = []
-                for start in range(0, n, max_block_readings):
-                    stop = min(start + max_block_readings, n)
-                    data = self._codec.encode(sid[start:stop], ts[start:stop], value[start:stop])
-                    blocks.append((start, stop, data))
-                needed = sum(len(d) + _ROW_OVERHEAD for *_, d in blocks)
-                stored = rejected = 0
-                first = last = None
-                if n and self.used_bytes + needed > self.max_disk_bytes:
-                    event = self._make_room(needed)
-                    events.append(event)
-                if n and self.used_bytes + needed > self.max_disk_bytes:
+            staged = self._state.copy()
+            new_series = list(self._new_series)
+            with self._transaction(staged):
+                self._write_series(new_series)
+                if n and staged.used_bytes + needed > self.max_disk_bytes:
+                    events.append(self._make_room(staged, needed))
+                if n and staged.used_bytes + needed > self.max_disk_bytes:
                     rejected = n
-                    self._bump("rejected_full", n)
+                    staged.bump("rejected_full", n)
                     events.append(FullEvent("reject_new", n))
                 elif n:
                     rows = []
                     for start, stop, data in blocks:
                         count = stop - start
-                        seq = self.next_seq
-                        self.next_seq += count
+                        seq = staged.next_seq
+                        staged.next_seq += count
                         part_ts = ts[start:stop]
                         rows.append(
                             (
@@ -337,54 +475,43 @@ class Store:
                         "created_ms, nbytes, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         rows,
                     )
-                    self.used_bytes += needed
+                    staged.used_bytes += needed
                     stored = n
-                    self._bump("readings_committed", n)
+                    staged.bump("readings_committed", n)
                 if anomalies:
                     db.executemany(
                         "INSERT INTO anomalies (anomaly_id, payload, created_ms) VALUES (?, ?, ?)",
                         [(aid, payload, now_ms) for aid, payload in anomalies],
                     )
                 if quarantine:
-                    db.executemany(
-                        "INSERT INTO quarantine (received_ms, topic, reason, item_index, payload) "
-                        "VALUES (?, ?, ?, ?, ?)",
-                        [
-                            (q.received_ms, q.topic, q.reason, q.index, q.payload)
-                            for q in quarantine
-                        ],
-                    )
-                    self._bump("quarantined", len(quarantine))
+                    evicted = self._store_quarantine(staged, quarantine)
                 if digests:
                     db.execute(
                         "INSERT INTO seen_digests (digests) VALUES (?)", (b"".join(digests),)
                     )
-                self._write_meta()
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+                for name, amount in (counters or {}).items():
+                    staged.bump(name, amount)
+            # Committed: what memory staged for the database is now true.
+            del self._new_series[: len(new_series)]
             for d in digests:
                 self.seen[d] = None
             self._trim_seen_memory()
-        return AppendResult(stored, rejected, first, last), events
+            if evicted:
+                self.reclaim()
+        return AppendResult(stored, rejected, first, last, evicted), events
 
-    def _write_series(self) -> None:
-        if self._new_series:
+    def _write_series(self, sids: Sequence[int]) -> None:
+        if sids:
             self._db.executemany(
                 "INSERT OR REPLACE INTO series (id, factory_id, machine_id, sensor_id, metric, "
                 "unit) VALUES (?, ?, ?, ?, ?, ?)",
-                [(sid, *self.series[sid]) for sid in self._new_series],
+                [(sid, *self.series[sid]) for sid in sids],
             )
-            self._new_series = []
 
-    def _write_meta(self) -> None:
-        rows = [("next_seq", self.next_seq), ("acked_seq", self.acked_seq)]
-        rows.extend((f"counter.{name}", value) for name, value in self.counters.items())
+    def _write_meta(self, state: _State) -> None:
+        rows = [("next_seq", state.next_seq), ("acked_seq", state.acked_seq)]
+        rows.extend((f"counter.{name}", value) for name, value in state.counters.items())
         self._db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", rows)
-
-    def _bump(self, counter: str, amount: int) -> None:
-        self.counters[counter] += amount
 
     def _trim_seen_memory(self) -> None:
         excess = len(self.seen) - self._seen_kept
@@ -395,9 +522,105 @@ class Store:
     def is_seen(self, digest: bytes) -> bool:
         return digest in self.seen
 
+    # ------------------------------------------------------------------------- quarantine
+
+    def _store_quarantine(self, staged: _State, items: Sequence[QuarantineItem]) -> int:
+        """Insert rejects under the quarantine cap; return how many rows did not stay (the
+        oldest evicted, or the oldest of this commit's own when they alone exceed the cap)."""
+        sizes = [self._quarantine_row_bytes(item) for item in items]
+        keep_from = len(items)
+        kept_bytes = 0
+        while keep_from and kept_bytes + sizes[keep_from - 1] <= self.quarantine_max_bytes:
+            keep_from -= 1
+            kept_bytes += sizes[keep_from]
+        evicted = self._evict_quarantine(staged, kept_bytes) + keep_from
+        self._db.executemany(
+            "INSERT INTO quarantine (received_ms, topic, reason, item_index, payload, nbytes) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (q.received_ms, q.topic, q.reason, q.index, q.payload, size)
+                for q, size in zip(items[keep_from:], sizes[keep_from:], strict=True)
+            ],
+        )
+        staged.quarantine_bytes += kept_bytes
+        staged.bump("quarantined", len(items))
+        staged.bump("quarantine_evicted", evicted)
+        return evicted
+
+    def _quarantine_row_bytes(self, item: QuarantineItem) -> int:
+        record = len(item.payload) + len(item.reason.encode()) + len(item.topic.encode())
+        return stored_row_bytes(record, self._page_size)
+
+    def _add_quarantine_sizes(self) -> None:
+        """One-time migration of a database from before the quarantine cap: size every row."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(quarantine)")}
+        if "nbytes" in columns:
+            return
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "ALTER TABLE quarantine ADD COLUMN nbytes INTEGER NOT NULL DEFAULT 0"
+                )
+                sizes = [
+                    (stored_row_bytes(record, self._page_size), row_id)
+                    for row_id, record in self._db.execute(
+                        "SELECT id, length(payload) + length(CAST(reason AS BLOB)) "
+                        "+ length(CAST(topic AS BLOB)) FROM quarantine"
+                    )
+                ]
+                self._db.executemany("UPDATE quarantine SET nbytes = ? WHERE id = ?", sizes)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+
+    def _evict_quarantine(self, staged: _State, incoming: int) -> int:
+        """Delete the oldest quarantine rows until `incoming` more bytes fit under the cap."""
+        excess = staged.quarantine_bytes + incoming - self.quarantine_max_bytes
+        if excess <= 0:
+            return 0
+        freed = rows = 0
+        last_id = None
+        cursor = self._db.execute("SELECT id, nbytes FROM quarantine ORDER BY id")
+        for row_id, nbytes in cursor:
+            freed += nbytes
+            rows += 1
+            last_id = row_id
+            if freed >= excess:
+                break
+        cursor.close()
+        if last_id is not None:
+            self._db.execute("DELETE FROM quarantine WHERE id <= ?", (last_id,))
+        staged.quarantine_bytes -= freed
+        return rows
+
+    def reclaim(self) -> int:
+        """Give free pages back to the file system once they add up to `_RECLAIM_MIN_BYTES`;
+        return the bytes released (0 when it was not worth it)."""
+        with self._lock:
+            free_pages = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+            page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
+            if free_pages * page_size < _RECLAIM_MIN_BYTES:
+                return 0
+            # executescript steps the pragma to completion (execute frees one page per step).
+            self._db.executescript("PRAGMA incremental_vacuum;")
+        return int(free_pages * page_size)
+
+    def _convert_to_incremental_vacuum(self) -> None:
+        """One-time migration of a database created before auto_vacuum: VACUUM rewrites it."""
+        before = self.file_bytes()
+        self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        self._db.execute("VACUUM")
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        log.warning(
+            "buffer database converted to incremental auto-vacuum (one time)",
+            extra={"db": str(self.path), "bytes_before": before, "bytes_after": self.file_bytes()},
+        )
+
     # ------------------------------------------------------------------- full disk policy
 
-    def _make_room(self, needed: int) -> FullEvent:
+    def _make_room(self, staged: _State, needed: int) -> FullEvent:
         """Apply the full policy inside the caller's transaction until `needed` bytes fit."""
         event = FullEvent(self.full_policy)
         if self.full_policy == "reject_new":
@@ -407,11 +630,11 @@ class Store:
                 "SELECT first_seq, last_seq, count, nbytes, data FROM blocks "
                 "WHERE downsampled = 0 ORDER BY first_seq"
             ).fetchall():
-                if self.used_bytes + needed <= self.max_disk_bytes:
+                if staged.used_bytes + needed <= self.max_disk_bytes:
                     break
-                kept = self._downsample_block(first_seq, last_seq, count, nbytes, data)
+                kept = self._downsample_block(staged, first_seq, last_seq, count, nbytes, data)
                 event.readings += count - kept
-        while self.used_bytes + needed > self.max_disk_bytes:
+        while staged.used_bytes + needed > self.max_disk_bytes:
             row = self._db.execute(
                 "SELECT first_seq, last_seq, count, nbytes FROM blocks ORDER BY first_seq LIMIT 1"
             ).fetchone()
@@ -419,8 +642,8 @@ class Store:
                 break
             first_seq, last_seq, count, nbytes = row
             self._db.execute("DELETE FROM blocks WHERE first_seq = ?", (first_seq,))
-            self.used_bytes -= nbytes
-            self._bump("dropped_oldest", count)
+            staged.used_bytes -= nbytes
+            staged.bump("dropped_oldest", count)
             self._renew_outbox(first_seq, last_seq)
             event.readings += count
             if event.policy == "downsample_oldest":
@@ -428,7 +651,7 @@ class Store:
         return event
 
     def _downsample_block(
-        self, first_seq: int, last_seq: int, count: int, nbytes: int, data: bytes
+        self, staged: _State, first_seq: int, last_seq: int, count: int, nbytes: int, data: bytes
     ) -> int:
         """Keep every `downsample_factor`-th reading of each series in the block."""
         sid, ts, value, seq = self._codec.decode(data, first_seq)
@@ -445,8 +668,8 @@ class Store:
             "WHERE first_seq = ?",
             (len(keep), new_nbytes, new_data, first_seq),
         )
-        self.used_bytes += new_nbytes - nbytes
-        self._bump("downsampled_away", count - len(keep))
+        staged.used_bytes += new_nbytes - nbytes
+        staged.bump("downsampled_away", count - len(keep))
         self._renew_outbox(first_seq, last_seq)
         return len(keep)
 
@@ -474,41 +697,38 @@ class Store:
             ).fetchall()
             if not rows:
                 return 0
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            staged = self._state.copy()
+            with self._transaction(staged):
                 for first_seq, last_seq, count, nbytes in rows:
                     self._db.execute("DELETE FROM blocks WHERE first_seq = ?", (first_seq,))
-                    self.used_bytes -= nbytes
+                    staged.used_bytes -= nbytes
                     self._renew_outbox(first_seq, last_seq)
                     dropped += count
-                self._bump("retention_dropped", dropped)
+                staged.bump("retention_dropped", dropped)
                 self._trim_tables()
-                self._write_meta()
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
         return dropped
 
     def _trim_tables(self) -> None:
-        """Bound the bookkeeping tables: seen digests and the quarantine keep their newest rows."""
+        """Bound the seen digests: keep the newest rows (the quarantine has its byte cap)."""
         # Keep enough commits to hold `seen_payloads_kept` digests (a commit holds at most
         # one digest per payload; redeliveries come from the last few commits anyway).
         self._db.execute(
             "DELETE FROM seen_digests WHERE id <= (SELECT MAX(id) FROM seen_digests) - ?",
             (max(1, self._seen_kept // 1000),),
         )
-        self._db.execute(
-            "DELETE FROM quarantine WHERE id <= (SELECT MAX(id) FROM quarantine) - 100000"
-        )
 
     def maintenance(self) -> int:
-        """Periodic housekeeping: retention, then trimming of the bookkeeping tables."""
+        """Periodic housekeeping: retention, trimming, free pages back to the file system."""
         dropped = self.enforce_retention()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            self._trim_tables()
-            self._db.execute("COMMIT")
+            try:
+                self._trim_tables()
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+            self.reclaim()
         return dropped
 
     # ------------------------------------------------------------------------------ upload
@@ -591,53 +811,46 @@ class Store:
     def ack_batch(self, first_seq: int, batch_id: uuid.UUID, readings: int) -> bool:
         """Record a PUBACK for a batch; False when the outbox row moved on (new generation)."""
         with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                updated = db.execute(
+            staged = self._state.copy()
+            with self._transaction(staged):
+                updated = self._db.execute(
                     "UPDATE outbox SET acked = 1 WHERE first_seq = ? AND batch_id = ?",
                     (first_seq, batch_id.bytes),
                 ).rowcount
                 if updated:
-                    self._bump("batches_acked", 1)
-                    self._bump("readings_uploaded", readings)
-                    self._compact_acked()
-                self._write_meta()
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+                    staged.bump("batches_acked", 1)
+                    staged.bump("readings_uploaded", readings)
+                    self._compact_acked(staged)
         return bool(updated)
 
     def drop_empty_outbox(self, first_seq: int) -> None:
         """An outbox row whose readings were all dropped (policy/retention): nothing to send."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("UPDATE outbox SET acked = 1 WHERE first_seq = ?", (first_seq,))
-            self._compact_acked()
-            self._write_meta()
-            self._db.execute("COMMIT")
+            staged = self._state.copy()
+            with self._transaction(staged):
+                self._db.execute("UPDATE outbox SET acked = 1 WHERE first_seq = ?", (first_seq,))
+                self._compact_acked(staged)
 
-    def _compact_acked(self) -> None:
+    def _compact_acked(self, staged: _State) -> None:
         """Advance acked_seq over the acknowledged head of the outbox; delete what it covers."""
         db = self._db
         head = db.execute(
             "SELECT first_seq, last_seq, acked FROM outbox ORDER BY first_seq"
         ).fetchall()
-        watermark = self.acked_seq
+        watermark = staged.acked_seq
         for _, last, acked in head:
             if not acked:
                 break
             watermark = last
-        if watermark == self.acked_seq:
+        if watermark == staged.acked_seq:
             return
-        self.acked_seq = watermark
+        staged.acked_seq = watermark
         db.execute("DELETE FROM outbox WHERE last_seq <= ?", (watermark,))
         freed = db.execute(
             "SELECT COALESCE(SUM(nbytes), 0) FROM blocks WHERE last_seq <= ?", (watermark,)
         ).fetchone()[0]
         db.execute("DELETE FROM blocks WHERE last_seq <= ?", (watermark,))
-        self.used_bytes -= int(freed)
+        staged.used_bytes -= int(freed)
 
     # --------------------------------------------------------------------------- anomalies
 
@@ -659,8 +872,10 @@ class Store:
 
     def ack_anomaly(self, row_id: int) -> None:
         with self._lock:
-            self._db.execute("DELETE FROM anomalies WHERE id = ?", (row_id,))
-            self._bump("anomalies_sent", 1)
+            staged = self._state.copy()
+            with self._transaction(staged):
+                self._db.execute("DELETE FROM anomalies WHERE id = ?", (row_id,))
+                staged.bump("anomalies_sent", 1)
 
     # ------------------------------------------------------------------------------ health
 
