@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from iiot import topics
 from iiot.catalog import EdgeThresholds, MetricCatalog
+from iiot.wire import DEFAULT_LIMITS, Limits
 
 FullPolicy = Literal["reject_new", "drop_oldest", "downsample_oldest"]
 FULL_POLICIES: tuple[str, ...] = ("reject_new", "drop_oldest", "downsample_oldest")
@@ -22,6 +23,8 @@ STATUS_TOPIC = "factory/{factory_id}/gateway/status"
 # AWS IoT Core limits per device connection: 128 KiB per message, about 100 publishes/s and
 # 512 KiB/s. The defaults stay below them with room for anomalies and status messages.
 IOT_CORE_MAX_MESSAGE_BYTES = 128 * 1024
+# A quarantined payload keeps up to 64 KiB of its bytes: a cap below 1 MiB holds too few.
+MIN_QUARANTINE_BYTES = 1024 * 1024
 
 
 class ConfigError(ValueError):
@@ -50,6 +53,14 @@ class BufferConfig:
     max_disk_bytes: int = 8 * 1024**3
     full_policy: FullPolicy = "drop_oldest"
     downsample_factor: int = 10
+    # Input limits (iiot.wire.Limits): a payload beyond any of them is quarantined whole
+    input_max_payload_bytes: int = DEFAULT_LIMITS.max_payload_bytes
+    input_max_items: int = DEFAULT_LIMITS.max_items
+    input_max_depth: int = DEFAULT_LIMITS.max_depth
+    input_max_batch_readings: int = DEFAULT_LIMITS.max_batch_readings
+    input_max_decompressed_bytes: int = DEFAULT_LIMITS.max_decompressed_bytes
+    # Quarantine: its own cap, oldest rows evicted (counted and alerted) beyond it
+    quarantine_max_bytes: int = 64 * 1024**2
     # Upload
     batch_max_readings: int = 20_000
     batch_max_bytes: int = 120 * 1024
@@ -77,6 +88,17 @@ class BufferConfig:
     @property
     def status(self) -> str:
         return self.status_topic or STATUS_TOPIC.format(factory_id=self.factory_id)
+
+    @property
+    def limits(self) -> Limits:
+        """What one input payload may cost, for the core's integrity checks."""
+        return Limits(
+            max_payload_bytes=self.input_max_payload_bytes,
+            max_items=self.input_max_items,
+            max_depth=self.input_max_depth,
+            max_batch_readings=self.input_max_batch_readings,
+            max_decompressed_bytes=self.input_max_decompressed_bytes,
+        )
 
     @property
     def db_path(self) -> Path:
@@ -123,6 +145,20 @@ def _problems(config: BufferConfig) -> list[str]:
             f"batch_max_bytes: {config.batch_max_bytes} exceeds IoT Core's "
             f"{IOT_CORE_MAX_MESSAGE_BYTES}-byte message limit"
         )
+    try:
+        config.limits  # noqa: B018 - Limits validates each value
+    except ValueError as exc:  # names the Limits field: max_items -> input_max_items
+        problems.append(f"input_{exc}")
+    if config.input_max_depth < 3:
+        problems.append(
+            f"input_max_depth: must be at least 3 (a reading envelope needs 3), got "
+            f"{config.input_max_depth}"
+        )
+    if config.quarantine_max_bytes < MIN_QUARANTINE_BYTES:
+        problems.append(
+            f"quarantine_max_bytes: must be at least {MIN_QUARANTINE_BYTES} (a quarantined "
+            f"payload keeps up to 64 KiB), got {config.quarantine_max_bytes}"
+        )
     if config.downsample_factor < 2:
         problems.append(f"downsample_factor: must be at least 2, got {config.downsample_factor}")
     if config.batch_max_readings < config.commit_max_readings:
@@ -152,6 +188,12 @@ _KEYS = {
     "maxDiskBytes": "max_disk_bytes",
     "fullPolicy": "full_policy",
     "downsampleFactor": "downsample_factor",
+    "inputMaxPayloadBytes": "input_max_payload_bytes",
+    "inputMaxItems": "input_max_items",
+    "inputMaxDepth": "input_max_depth",
+    "inputMaxBatchReadings": "input_max_batch_readings",
+    "inputMaxDecompressedBytes": "input_max_decompressed_bytes",
+    "quarantineMaxBytes": "quarantine_max_bytes",
     "batchMaxReadings": "batch_max_readings",
     "batchMaxBytes": "batch_max_bytes",
     "batchLingerMs": "batch_linger_ms",
@@ -165,6 +207,14 @@ _KEYS = {
     "thresholds": "thresholds",
 }
 _FIELD_TYPES = {f.name: f.type for f in fields(BufferConfig)}
+_INTEGER_LIMITS = (
+    "input_max_payload_bytes",
+    "input_max_items",
+    "input_max_depth",
+    "input_max_batch_readings",
+    "input_max_decompressed_bytes",
+    "quarantine_max_bytes",
+)
 
 
 def from_component_config(
@@ -197,7 +247,12 @@ def from_component_config(
         for name in ("commit_max_readings", "max_disk_bytes", "downsample_factor"):
             if name in values:
                 values[name] = _integer(name, values[name])
-        for name in ("batch_max_readings", "batch_max_bytes", "max_in_flight"):
+        for name in (
+            "batch_max_readings",
+            "batch_max_bytes",
+            "max_in_flight",
+            *_INTEGER_LIMITS,
+        ):
             if name in values:
                 values[name] = _integer(name, values[name])
         config = BufferConfig(**values)

@@ -4,15 +4,21 @@ Payloads are handled in micro-batches (everything that arrived within the commit
 
 * JSON lists/objects of well-formed readings take a vectorized fast path: a structural decode
   without per-field regexes, then id patterns, metric and unit checked once per distinct series
-  (cached), and value, range and timestamp checked as arrays over the whole micro-batch.
-* Any payload in which the fast path finds anything wrong (and every envelope, legacy spelling,
-  NaN literal, oversized or undecodable payload) goes through the core's exact validation
-  (`iiot.wire.validate_json`), so rejects carry the contract's reasons, field by field.
+  (cached), and value, range and timestamp checked as arrays over the whole micro-batch. It
+  takes only what it can vouch for within the input limits: ASCII, at most `max_payload_bytes`
+  and `max_items`, and no nesting beyond a list of flat readings.
+* Any payload in which the fast path finds anything wrong, or that makes it raise anything at
+  all (and every envelope, legacy spelling, NaN literal, oversized, non-ASCII or undecodable
+  payload), goes through the core's exact validation (`iiot.wire.validate_json` with the
+  configured `Limits`: integrity first), so rejects carry the contract's reasons.
 * Compact batches are validated column-wise by the core (`iiot.wire.validate_batch`).
 
-Rejects go to the quarantine table with their reasons in the same transaction as the readings.
-A payload is acknowledged to the broker only after that transaction commits, and its digest is
-committed with it, so a redelivery after a crash is recognised and not stored twice.
+Each payload is isolated: an unexpected exception while validating one quarantines that payload
+with the exception as its reason; the others in the micro-batch go on. Rejects go to the
+quarantine table with their reasons in the same transaction as the readings. A payload is
+acknowledged to the broker only after that transaction commits (only a storage error leaves
+payloads unacknowledged, for the broker to redeliver), and its digest is committed with it, so
+a redelivery after a crash is recognised and not stored twice.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import numpy as np
 
 from iiot.anomaly import Anomaly, encode_anomaly
 from iiot.contract import EARLIEST_TIMESTAMP_MS, ID_PATTERN, SeriesKey, Validator
-from iiot.wire import MAX_JSON_PAYLOAD_BYTES, is_batch, validate_batch, validate_json
+from iiot.wire import DEFAULT_LIMITS, Limits, is_batch, validate_batch, validate_json
 from sensor_buffer.store import FullEvent, QuarantineItem, Store, payload_digest
 from sensor_buffer.thresholds import ThresholdChecker
 
@@ -58,6 +64,9 @@ _get_value = attrgetter("value")
 _get_key = attrgetter("factory_id", "machine_id", "sensor_id", "metric", "unit")
 _ID = re.compile(ID_PATTERN)
 _BAD_SERIES = -1
+_QUARANTINED_BYTES = 64 * 1024  # what a quarantine row keeps of a payload (as the core does)
+
+Parts = tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]  # sid, ts, value arrays
 
 
 @dataclass
@@ -77,6 +86,7 @@ class IngestResult:
     stored: int = 0
     rejected_full: int = 0
     quarantined: int = 0
+    quarantine_evicted: int = 0
     duplicates: int = 0
     anomalies: list[Anomaly] = field(default_factory=list)
     full_events: list[FullEvent] = field(default_factory=list)
@@ -93,9 +103,11 @@ class Ingestor:
         *,
         on_alerts: Callable[[list[Anomaly]], None] = lambda _alerts: None,
         max_block_readings: int = 5_000,
+        limits: Limits = DEFAULT_LIMITS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
+        self.limits = limits
         self.validator = validator
         self.checker = checker
         self.on_alerts = on_alerts
@@ -140,12 +152,14 @@ class Ingestor:
     # ------------------------------------------------------------------------------ ingest
 
     def process(self, items: Sequence[Incoming]) -> IngestResult:
-        """Validate, check and commit one micro-batch; acknowledge its payloads afterwards."""
+        """Validate, check and commit one micro-batch; acknowledge its payloads afterwards.
+
+        Raises only when the store cannot commit (the payloads stay unacknowledged).
+        """
         result = IngestResult(payloads=len(items))
         digests: list[bytes] = []
         fast_items: list[Incoming] = []
-        slow_items: list[Incoming] = []
-        batch_items: list[Incoming] = []
+        exact_items: list[Incoming] = []
         seen_now: set[bytes] = set()
         for item in items:
             digest = payload_digest(item.payload)
@@ -154,45 +168,25 @@ class Ingestor:
                 continue
             seen_now.add(digest)
             digests.append(digest)
-            payload = item.payload
-            if is_batch(payload):
-                batch_items.append(item)
-            elif len(payload) <= MAX_JSON_PAYLOAD_BYTES:
+            if self._fast_candidate(item.payload):
                 fast_items.append(item)
             else:
-                slow_items.append(item)
+                exact_items.append(item)
 
-        sids: list[np.ndarray] = []
-        tss: list[np.ndarray] = []
-        values: list[np.ndarray] = []
+        parts: Parts = ([], [], [])
         quarantine: list[QuarantineItem] = []
-
-        fast_sid, fast_ts, fast_value, more_slow = self._fast_json(fast_items)
-        slow_items.extend(more_slow)
+        fast_sid, fast_ts, fast_value, unsure = self._fast_json(fast_items)
         if len(fast_sid):
-            sids.append(fast_sid)
-            tss.append(fast_ts)
-            values.append(fast_value)
+            parts[0].append(fast_sid)
+            parts[1].append(fast_ts)
+            parts[2].append(fast_value)
+        for item in (*unsure, *exact_items):
+            self._validate_exactly(item, parts, quarantine)
 
-        for item in slow_items:
-            outcome = validate_json(item.payload, self.validator)
-            self._collect(outcome.columns, sids, tss, values)
-            quarantine.extend(
-                QuarantineItem(item.received_ms, item.topic, r.reason, r.index, r.payload)
-                for r in outcome.rejects
-            )
-        for item in batch_items:
-            _, outcome = validate_batch(item.payload, self.validator)
-            self._collect(outcome.columns, sids, tss, values)
-            quarantine.extend(
-                QuarantineItem(item.received_ms, item.topic, r.reason, r.index, r.payload)
-                for r in outcome.rejects
-            )
-
-        if sids:
-            sid = np.concatenate(sids).astype(np.int32, copy=False)
-            ts = np.concatenate(tss)
-            value = np.concatenate(values)
+        if parts[0]:
+            sid = np.concatenate(parts[0]).astype(np.int32, copy=False)
+            ts = np.concatenate(parts[1])
+            value = np.concatenate(parts[2])
         else:
             sid = np.empty(0, np.int32)
             ts = np.empty(0, np.int64)
@@ -200,9 +194,7 @@ class Ingestor:
         result.accepted = len(sid)
         result.quarantined = len(quarantine)
 
-        anomalies = self.checker.check(sid, ts, value)
-        if anomalies:
-            self.on_alerts(anomalies)  # local alerts go out before the commit: milliseconds
+        anomalies = self._check_thresholds(sid, ts, value)
         result.anomalies = anomalies
         appended, events = self.store.append(
             sid,
@@ -216,58 +208,133 @@ class Ingestor:
         )
         result.stored = appended.stored
         result.rejected_full = appended.rejected
+        result.quarantine_evicted = appended.quarantine_evicted
         result.full_events = events
         for item in items:  # committed (or refused with a reason): the broker may forget them
             if item.ack is not None:
                 item.ack()
         return result
 
-    def _collect(
-        self,
-        columns: Any,
-        sids: list[np.ndarray],
-        tss: list[np.ndarray],
-        values: list[np.ndarray],
+    def _fast_candidate(self, payload: bytes) -> bool:
+        """Whether the fast path may try a payload: JSON within the byte limit, ASCII only (the
+        structural decoder skips unknown fields without checking their UTF-8)."""
+        return (
+            not is_batch(payload)
+            and len(payload) <= self.limits.max_payload_bytes
+            and payload.isascii()
+        )
+
+    def _validate_exactly(
+        self, item: Incoming, parts: Parts, quarantine: list[QuarantineItem]
     ) -> None:
-        if not len(columns):
+        """The core's validation of one payload, isolated: whatever it raises quarantines this
+        payload with the exception as its reason and spoils nothing else."""
+        payload = item.payload
+        try:
+            if is_batch(payload):
+                outcome = validate_batch(payload, self.validator, self.limits)[1]
+            else:
+                outcome = validate_json(payload, self.validator, self.limits)
+            remapped = self._remap(outcome.columns)
+        except Exception as exc:
+            log.warning(
+                "payload quarantined: validation raised",
+                extra={"topic": item.topic, "bytes": len(payload), "error": repr(exc)},
+                exc_info=True,
+            )
+            quarantine.append(
+                QuarantineItem(
+                    item.received_ms,
+                    item.topic,
+                    f"payload: could not be validated ({type(exc).__name__}: {exc}); kept here "
+                    "for inspection, report it with this row",
+                    None,
+                    payload[:_QUARANTINED_BYTES],
+                )
+            )
             return
+        if remapped is not None:
+            for target, array in zip(parts, remapped, strict=True):
+                target.append(array)
+        quarantine.extend(
+            QuarantineItem(item.received_ms, item.topic, r.reason, r.index, r.payload)
+            for r in outcome.rejects
+        )
+
+    def _remap(self, columns: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Validated columns with the store's global series ids; None when empty."""
+        if not len(columns):
+            return None
         remap = np.array([self.store.series_id(key) for key in columns.series], dtype=np.int32)
-        sids.append(remap[columns.series_index])
-        tss.append(columns.timestamp)
-        values.append(columns.value)
+        return remap[columns.series_index], columns.timestamp, columns.value
+
+    def _check_thresholds(
+        self, sid: np.ndarray, ts: np.ndarray, value: np.ndarray
+    ) -> list[Anomaly]:
+        """Threshold alerts, published locally before the commit (milliseconds). A failure here
+        costs the alerts of this micro-batch, never its readings."""
+        try:
+            anomalies = self.checker.check(sid, ts, value)
+            if anomalies:
+                self.on_alerts(anomalies)
+        except Exception:
+            log.exception("threshold check failed; the readings are stored without alerts")
+            return []
+        return anomalies
 
     def _fast_json(
         self, items: Sequence[Incoming]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Incoming]]:
-        """Vectorized validation of JSON payloads; returns the payloads it could not vouch for."""
+        """Vectorized validation of JSON payloads; returns the payloads it could not vouch for.
+
+        Anything unexpected sends the payload (or, in the vectorized part, every payload) to
+        the exact path: the fast path may only be faster, never stricter or more lenient.
+        """
         readings: list[_LooseReading] = []
         starts: list[int] = []
         kept: list[Incoming] = []
-        slow: list[Incoming] = []
+        unsure: list[Incoming] = []
         for item in items:
-            payload = item.payload
-            try:
-                head = payload[:1]
-                if head == b"[":
-                    decoded = _decode_loose_list(payload)
-                elif head == b"{":
-                    decoded = [_decode_loose_one(payload)]
-                else:
-                    slow.append(item)
-                    continue
-            except (msgspec.ValidationError, msgspec.DecodeError):
-                slow.append(item)
-                continue
-            if not decoded:
-                slow.append(item)
+            decoded = self._decode_fast(item.payload)
+            if decoded is None:
+                unsure.append(item)
                 continue
             starts.append(len(readings))
             kept.append(item)
             readings.extend(decoded)
-        n = len(readings)
-        if n == 0:
+        if not readings:
             empty = np.empty(0)
-            return empty.astype(np.int32), empty.astype(np.int64), empty, slow
+            return empty.astype(np.int32), empty.astype(np.int64), empty, unsure
+        try:
+            sid, ts, value, doubtful = self._check_fast(readings, starts)
+        except Exception:
+            log.exception("fast path failed; its payloads take the exact path")
+            empty = np.empty(0)
+            return empty.astype(np.int32), empty.astype(np.int64), empty, [*unsure, *kept]
+        unsure.extend(kept[i] for i in doubtful)
+        return sid, ts, value, unsure
+
+    def _decode_fast(self, payload: bytes) -> list[_LooseReading] | None:
+        """The readings of a flat list (or one reading) within the item limit, else None."""
+        head = payload[:1]
+        objects = payload.count(b"{")
+        if head not in (b"[", b"{") or objects > self.limits.max_items:
+            return None
+        try:
+            decoded = [_decode_loose_one(payload)] if head == b"{" else _decode_loose_list(payload)
+        except Exception:  # any failure, even one no decoder should raise: the exact path
+            return None
+        # Every bracket belongs to the readings themselves: no nesting in unknown fields.
+        lists = 1 if head == b"[" else 0
+        if not decoded or objects != len(decoded) or payload.count(b"[") != lists:
+            return None
+        return decoded
+
+    def _check_fast(
+        self, readings: list[_LooseReading], starts: list[int]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+        """(sid, ts, value) of the payloads without a doubt, and the indexes of the others."""
+        n = len(readings)
         ts = np.fromiter(map(_get_ts, readings), np.int64, n)
         value = np.fromiter(map(_get_value, readings), np.float64, n)
         keys = list(map(_get_key, readings))
@@ -282,13 +349,12 @@ class Ingestor:
             if self.validator.check_range and len(low):
                 bad |= (value < low[safe]) | (value > high[safe])
         bad |= (ts < EARLIEST_TIMESTAMP_MS) | (ts > latest)
-        if bad.any():
-            bounds = np.asarray(starts)
-            owners = np.unique(np.searchsorted(bounds, np.flatnonzero(bad), side="right") - 1)
-            lengths = np.diff(np.r_[bounds, n])
-            owner_mask = np.zeros(len(kept), dtype=bool)
-            owner_mask[owners] = True
-            keep = ~np.repeat(owner_mask, lengths)
-            slow.extend(kept[i] for i in owners.tolist())
-            sid, ts, value = sid[keep], ts[keep], value[keep]
-        return sid, ts, value, slow
+        if not bad.any():
+            return sid, ts, value, []
+        bounds = np.asarray(starts)
+        owners = np.unique(np.searchsorted(bounds, np.flatnonzero(bad), side="right") - 1)
+        lengths = np.diff(np.r_[bounds, n])
+        owner_mask = np.zeros(len(starts), dtype=bool)
+        owner_mask[owners] = True
+        keep = ~np.repeat(owner_mask, lengths)
+        return sid[keep], ts[keep], value[keep], owners.tolist()

@@ -22,7 +22,7 @@ import msgspec
 from iiot.anomaly import Anomaly, encode_anomaly
 from iiot.catalog import MetricCatalog, load_catalog
 from iiot.contract import Validator
-from iiot.wire import HEADER_SIZE, is_batch
+from iiot.wire import announced_readings
 from sensor_buffer.config import BufferConfig, from_component_config
 from sensor_buffer.health import HealthTracker
 from sensor_buffer.ingest import Incoming, Ingestor, IngestResult
@@ -33,16 +33,8 @@ from sensor_buffer.uploader import Uploader
 
 log = logging.getLogger(__name__)
 
-_JSON_BYTES_PER_READING = 150  # to size micro-batches before decoding
 _MAINTENANCE_INTERVAL_S = 60.0
 _FULL_ALERT_INTERVAL_S = 60.0
-
-
-def _estimate_readings(payload: bytes) -> int:
-    if is_batch(payload) and len(payload) >= HEADER_SIZE:
-        # header: magic(5) version flags reserved batch_id(16) count(u32) ...
-        return int.from_bytes(payload[24:28], "little") or 1
-    return len(payload) // _JSON_BYTES_PER_READING + 1
 
 
 class SensorBuffer:
@@ -67,6 +59,7 @@ class SensorBuffer:
             full_policy=config.full_policy,
             downsample_factor=config.downsample_factor,
             retention_ms=int(config.retention_days * 86_400_000),
+            quarantine_max_bytes=config.quarantine_max_bytes,
             clock=clock,
         )
         self.checker = ThresholdChecker(self.config.thresholds, self.store.series.__getitem__)
@@ -76,6 +69,7 @@ class SensorBuffer:
             self.checker,
             on_alerts=self._publish_alerts,
             max_block_readings=config.commit_max_readings,
+            limits=config.limits,
             clock=clock,
         )
         self.uploader = Uploader(self.store, transport.publish_cloud, self.config)
@@ -137,11 +131,11 @@ class SensorBuffer:
             try:
                 item = self._queue.get(timeout=0 if stopping else timeout)
                 pending.append(item)
-                estimate += _estimate_readings(item.payload)
+                estimate += announced_readings(item.payload)
                 while estimate < limit:
                     item = self._queue.get_nowait()
                     pending.append(item)
-                    estimate += _estimate_readings(item.payload)
+                    estimate += announced_readings(item.payload)
             except queue.Empty:
                 pass
             now = time.monotonic()
@@ -174,9 +168,9 @@ class SensorBuffer:
         try:
             result = self.ingestor.process(items)
         except Exception:
-            # Never crash on input; a storage error leaves the payloads unacknowledged, so the
-            # broker redelivers them.
-            log.exception("ingest micro-batch failed", extra={"payloads": len(items)})
+            # Only a storage error gets here (each payload is isolated): the payloads stay
+            # unacknowledged, so the broker redelivers them.
+            log.exception("ingest micro-batch not committed", extra={"payloads": len(items)})
             return None
         if result.full_events:
             self._full_alert(result.full_events)
