@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from concurrent.futures import Future
 from pathlib import Path
@@ -64,10 +65,46 @@ def test_full_disk_raises_a_buffer_alert_locally_and_to_the_cloud(
     finally:
         buffer.stop()
     local = [decode_anomaly(p) for t, p in transport.local if t == config.local_alerts_topic]
-    assert [a.anomaly_type for a in local] == ["BUFFER_FULL"]
-    assert local[0].severity == "CRITICAL"
+    # The first event alerts at once; the rest of the interval's go out together (here when
+    # the buffer stops): the counts add up to every rejected reading, none twice.
+    assert [a.anomaly_type for a in local] == ["BUFFER_FULL", "BUFFER_FULL"]
+    assert {a.severity for a in local} == {"CRITICAL"}
+    counts = [int(re.search(r"affected (\d+) readings", a.message)[1]) for a in local]
+    assert sum(counts) == buffer.store.counters["rejected_full"]
+    assert counts[1] > 0
     cloud = [decode_anomaly(p) for t, p in transport.cloud if t == config.anomalies_topic]
     assert cloud[0].anomaly_id == local[0].anomaly_id
+
+
+def test_quarantine_cap_evicts_the_oldest_and_alerts_with_every_eviction_counted(
+    tmp_path: Path, catalog: MetricCatalog
+) -> None:
+    transport = MemoryTransport()
+    config = BufferConfig(
+        factory_id="F1",
+        data_dir=tmp_path,
+        quarantine_max_bytes=1024 * 1024,
+        batch_linger_ms=10_000_000,
+        health_interval_s=3600,
+    )
+    buffer = SensorBuffer(config, transport, catalog)
+    buffer.start()
+    try:
+        for i in range(100):  # 5 MB of garbage against a 1 MiB quarantine
+            transport.deliver("factory/F1/readings", b"%d" % i + b"\xff" * 50_000)
+        wait_for(lambda: buffer.store.counters["quarantined"] == 100)
+        status = buffer.publish_status()
+    finally:
+        buffer.stop()
+    assert status["quarantine_bytes"] <= status["quarantine_cap_bytes"] == 1024 * 1024
+    evicted = status["quarantine_evicted"]
+    assert evicted > 0
+    assert status["database_file_bytes"] < 8 * 1024 * 1024
+    local = [decode_anomaly(p) for t, p in transport.local if t == config.local_alerts_topic]
+    assert {a.anomaly_type for a in local} == {"BUFFER_QUARANTINE_FULL"}
+    counts = [int(re.search(r"(\d+) oldest quarantined", a.message)[1]) for a in local]
+    assert sum(counts) == evicted  # all of them, the last ones flushed when the buffer stopped
+    assert local[0].threshold == 1024 * 1024
 
 
 def test_status_is_published_and_reports_the_backlog(

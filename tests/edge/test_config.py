@@ -12,6 +12,7 @@ from sensor_buffer.recipe import recipe_default_configuration
 from typer.testing import CliRunner
 
 from iiot.catalog import MetricCatalog
+from iiot.wire import Limits
 
 COMPONENT = Path(__file__).resolve().parents[2] / "edge_components" / "com.iiot.SensorBuffer"
 
@@ -57,6 +58,8 @@ def test_component_configuration_round_trip(catalog: MetricCatalog, tmp_path: Pa
     assert config.full_policy == "drop_oldest"
     assert config.thresholds["temperature"].max == 100.0
     assert config.topics_in == ("factory/F1/readings",)
+    assert config.limits == Limits()  # the core's defaults
+    assert config.quarantine_max_bytes == document["quarantineMaxBytes"]
 
 
 @pytest.mark.parametrize(
@@ -68,6 +71,10 @@ def test_component_configuration_round_trip(catalog: MetricCatalog, tmp_path: Pa
         ({"maxDiskBytes": "lots"}, "max_disk_bytes"),
         ({"retentionDayz": 3}, "unknown configuration keys"),
         ({"thresholds": {"temperature": {"hysteresis": 1}}}, "thresholds.temperature"),
+        ({"inputMaxItems": 0}, "input_max_items: must be a positive integer"),
+        ({"inputMaxPayloadBytes": "1MB"}, "input_max_payload_bytes: expected an integer"),
+        ({"inputMaxDepth": 2}, "input_max_depth: must be at least 3"),
+        ({"quarantineMaxBytes": 1000}, "quarantine_max_bytes: must be at least"),
     ],
 )
 def test_invalid_configuration_names_the_key(

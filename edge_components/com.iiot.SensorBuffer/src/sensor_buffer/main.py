@@ -23,10 +23,11 @@ from iiot.anomaly import Anomaly, encode_anomaly
 from iiot.catalog import MetricCatalog, load_catalog
 from iiot.contract import Validator
 from iiot.wire import announced_readings
+from sensor_buffer.alert_window import AlertWindow
 from sensor_buffer.config import BufferConfig, from_component_config
 from sensor_buffer.health import HealthTracker
 from sensor_buffer.ingest import Incoming, Ingestor, IngestResult
-from sensor_buffer.store import FullEvent, Store
+from sensor_buffer.store import Store
 from sensor_buffer.thresholds import ThresholdChecker
 from sensor_buffer.transport import Transport
 from sensor_buffer.uploader import Uploader
@@ -34,7 +35,7 @@ from sensor_buffer.uploader import Uploader
 log = logging.getLogger(__name__)
 
 _MAINTENANCE_INTERVAL_S = 60.0
-_FULL_ALERT_INTERVAL_S = 60.0
+_BUFFER_ALERT_INTERVAL_S = 60.0
 
 
 class SensorBuffer:
@@ -77,7 +78,8 @@ class SensorBuffer:
         self._queue: queue.Queue[Incoming] = queue.Queue(maxsize=200_000)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._last_full_alert = 0.0
+        self._full_alerts = AlertWindow(_BUFFER_ALERT_INTERVAL_S, clock)
+        self._quarantine_alerts = AlertWindow(_BUFFER_ALERT_INTERVAL_S, clock)
         self.alerts_published = 0
         self.last_status: dict[str, Any] = {}
 
@@ -108,6 +110,7 @@ class SensorBuffer:
         self.uploader.wake.set()
         for thread in self._threads:
             thread.join(timeout)
+        self._send_buffer_alerts(force=True)  # what the last interval counted
         self.transport.stop()
         self.publish_status()
         self.store.close()
@@ -147,6 +150,7 @@ class SensorBuffer:
                 continue
             if stopping and self._queue.empty():
                 return
+            self._send_buffer_alerts()
             if now >= next_maintenance:
                 next_maintenance = now + _MAINTENANCE_INTERVAL_S
                 try:
@@ -173,7 +177,20 @@ class SensorBuffer:
             log.exception("ingest micro-batch not committed", extra={"payloads": len(items)})
             return None
         if result.full_events:
-            self._full_alert(result.full_events)
+            readings = sum(e.readings for e in result.full_events)
+            policies = sorted({e.policy for e in result.full_events})
+            log.warning("buffer full", extra={"policies": policies, "readings": readings})
+            self._full_alerts.add(readings, policies)
+        if result.quarantine_evicted:
+            log.warning(
+                "quarantine full: oldest rows evicted",
+                extra={
+                    "rows": result.quarantine_evicted,
+                    "quarantine_bytes": self.store.quarantine_bytes,
+                },
+            )
+            self._quarantine_alerts.add(result.quarantine_evicted)
+        self._send_buffer_alerts()
         self.uploader.wake.set()
         return result
 
@@ -182,35 +199,63 @@ class SensorBuffer:
             self.transport.publish_local(self.config.local_alerts_topic, encode_anomaly(anomaly))
             self.alerts_published += 1
 
-    def _full_alert(self, events: list[FullEvent]) -> None:
-        readings = sum(e.readings for e in events)
-        policies = sorted({e.policy for e in events})
-        log.warning("buffer full", extra={"policies": policies, "readings": readings})
-        if self._clock() - self._last_full_alert < _FULL_ALERT_INTERVAL_S:
-            return
-        self._last_full_alert = self._clock()
-        self._buffer_alert(
-            "BUFFER_FULL",
-            "CRITICAL" if "reject_new" in policies else "WARNING",
-            f"disk cap reached: {'/'.join(policies)} affected {readings} readings",
-        )
+    def _send_buffer_alerts(self, *, force: bool = False) -> None:
+        """BUFFER_FULL and BUFFER_QUARANTINE_FULL, each at most once per interval with the
+        count of everything since its previous alert."""
+        full = self._full_alerts.take_due(force=force)
+        if full is not None:
+            self._buffer_alert(
+                "BUFFER_FULL",
+                "CRITICAL" if "reject_new" in full.causes else "WARNING",
+                f"disk cap ({self.store.max_disk_bytes} bytes) reached: "
+                f"{'/'.join(full.causes)} affected {full.count} readings since the previous "
+                "BUFFER_FULL alert",
+                metric="buffer_bytes",
+                value=self.store.used_bytes,
+                threshold=self.store.max_disk_bytes,
+            )
+        evicted = self._quarantine_alerts.take_due(force=force)
+        if evicted is not None:
+            self._buffer_alert(
+                "BUFFER_QUARANTINE_FULL",
+                "WARNING",
+                f"quarantine cap ({self.store.quarantine_max_bytes} bytes) reached: "
+                f"{evicted.count} oldest quarantined rejects evicted since the previous "
+                "BUFFER_QUARANTINE_FULL alert; inspect the quarantine or raise "
+                "quarantineMaxBytes",
+                metric="quarantine_bytes",
+                value=self.store.quarantine_bytes,
+                threshold=self.store.quarantine_max_bytes,
+            )
 
-    def _buffer_alert(self, kind: str, severity: str, message: str) -> None:
+    def _buffer_alert(
+        self,
+        kind: str,
+        severity: str,
+        message: str,
+        *,
+        metric: str = "buffer_bytes",
+        value: float | None = None,
+        threshold: float | None = None,
+    ) -> None:
         """An alert about the buffer itself: on the local alerts topic and to the cloud."""
         alert = Anomaly(
             factory_id=self.config.factory_id,
             machine_id=self.config.gateway_id,
-            metric="buffer_bytes",
+            metric=metric,
             anomaly_type=kind,
             severity=severity,  # type: ignore[arg-type]
-            value=float(self.store.used_bytes),
-            threshold=float(self.store.max_disk_bytes),
+            value=float(self.store.used_bytes if value is None else value),
+            threshold=float(self.store.max_disk_bytes if threshold is None else threshold),
             timestamp=int(self._clock() * 1000),
             source="edge",
             message=message,
         )
-        self._publish_alerts([alert])
-        self.store.add_anomalies([(alert.anomaly_id, encode_anomaly(alert))])
+        try:
+            self._publish_alerts([alert])
+            self.store.add_anomalies([(alert.anomaly_id, encode_anomaly(alert))])
+        except Exception:
+            log.exception("buffer alert not sent", extra={"kind": kind, "alert": message})
         self.uploader.wake.set()
 
     # ------------------------------------------------------------------------------ health
