@@ -26,9 +26,10 @@ from iiot.wire import Limits, json_integrity_problem
 DEFAULT_COOLDOWN_SECONDS = 900
 
 # What one payload of anomalies may cost the router. A Kinesis record is at most 1 MiB and an
-# IoT message 128 KiB; producers send one anomaly per message (about 300 bytes), so a thousand
-# per payload is a wide margin. An anomaly is a flat object: depth 2 in a list, 4 leaves room.
-ANOMALY_LIMITS = Limits(max_payload_bytes=1024 * 1024, max_items=1000, max_depth=4)
+# IoT message 128 KiB; producers send one anomaly per message (about 300 bytes), so 100 per
+# payload is a wide margin, and bounds the dead letters one bad record can cost (one per item:
+# about a second of SQS calls). An anomaly is a flat object: depth 2 in a list, 4 leaves room.
+ANOMALY_LIMITS = Limits(max_payload_bytes=1024 * 1024, max_items=100, max_depth=4)
 
 
 class Decision(StrEnum):

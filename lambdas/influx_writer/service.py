@@ -32,6 +32,7 @@ import hashlib
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
@@ -39,7 +40,7 @@ from typing import Any, Protocol
 import msgspec
 import numpy as np
 
-from iiot.contract import ReadingColumns, Validated, Validator
+from iiot.contract import ReadingColumns, Reject, Validated, Validator
 from iiot.wire import Limits, is_batch, validate_batch, validate_json
 from lambdas.influx_writer.line_protocol import encode_columns
 from lambdas.influx_writer.models import (
@@ -52,6 +53,9 @@ from lambdas.shared.idempotency import ContentMismatchError, EveryTime, Once
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 8.0
+REJECTS_LETTER_BYTES = 96 * 1024  # under the dead-letter payload cap (128 KiB)
+MAX_REASONS_KEPT = 20  # in the outcome (logs, idempotency record): counts carry the rest
+_encode_reject = msgspec.json.Encoder().encode
 
 
 class PointWriter(Protocol):
@@ -69,6 +73,17 @@ class ReadingsForwarder(Protocol):
         """Send the accepted readings on as one JSON row each (the Flink rules' source);
         return how many; raise WriteFailedError when they could not all be sent."""
         ...
+
+
+def _rejects_reason(rejects: list[Reject]) -> str:
+    """A letter's reason: `3 readings rejected (indices 4-9): 2 x <reason>; 1 x <reason>`."""
+    counts = Counter(reject.reason for reject in rejects)
+    shown = "; ".join(f"{n} x {reason}" for reason, n in counts.most_common(3))
+    more = f"; and {len(counts) - 3} other reasons" if len(counts) > 3 else ""
+    indices = [r.index for r in rejects if r.index is not None]
+    where = f" (indices {min(indices)}-{max(indices)})" if indices else ""
+    noun = "reading" if len(rejects) == 1 else "readings"
+    return f"{len(rejects)} {noun} rejected{where}: {shown}{more}"
 
 
 def payload_hash(payload: bytes) -> str:
@@ -189,13 +204,8 @@ class InfluxWriterService:
         validated = checked.validated
         if validated.rejects:
             outcome.rejected_readings = len(validated.rejects)
-            for reject in validated.rejects:
-                self._dead_letter.send(
-                    reason=f"reading {reject.index} rejected: {reject.reason}",
-                    payload=reject.payload,
-                    origin=origin,
-                )
-                outcome.reasons.append(reject.reason)
+            self._dead_letter_rejects(validated.rejects, origin)
+            outcome.reasons.extend(r.reason for r in validated.rejects[:MAX_REASONS_KEPT])
         columns = validated.columns
         for start in range(0, len(columns), self._batch_points):
             # encoded a chunk at a time: a large batch never holds all of its lines at once
@@ -204,6 +214,29 @@ class InfluxWriterService:
         if self._forwarder is not None and len(columns):
             outcome.forwarded = self._forwarder.forward(columns)
         return outcome
+
+    def _dead_letter_rejects(self, rejects: list[Reject], origin: dict[str, str]) -> None:
+        """Refused readings in letters of up to REJECTS_LETTER_BYTES, each a JSON line per
+        reading (index, reason, the reading): a record with thousands of bad readings (a
+        gateway with a wrong clock) costs a few dead-letter calls, not one per reading."""
+        letter: list[bytes] = []
+        size = 0
+        for n, reject in enumerate(rejects):
+            line = _encode_reject(
+                {
+                    "index": reject.index,
+                    "reason": reject.reason,
+                    "reading": reject.payload.decode("utf-8", "replace"),
+                }
+            )
+            letter.append(line)
+            size += len(line) + 1
+            if size >= REJECTS_LETTER_BYTES or n == len(rejects) - 1:
+                group = rejects[n + 1 - len(letter) : n + 1]
+                self._dead_letter.send(
+                    reason=_rejects_reason(group), payload=b"\n".join(letter), origin=origin
+                )
+                letter, size = [], 0
 
     def _write_with_retries(
         self, lines: list[str], origin: dict[str, str], outcome: RecordOutcome

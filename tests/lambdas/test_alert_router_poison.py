@@ -144,7 +144,9 @@ def in_memory_router() -> tuple[AnomalyRouter, RecordingNotifier, list[dict]]:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.one_of(st.none(), st.sampled_from(range(len(BAD_ITEMS)))), min_size=1))
+@given(
+    st.lists(st.one_of(st.none(), st.sampled_from(range(len(BAD_ITEMS)))), min_size=1, max_size=40)
+)
 def test_each_anomaly_is_routed_or_refused_on_its_own(layout):
     """`layout`: None is a good anomaly (each on a machine of its own), an int a bad item."""
     items = [

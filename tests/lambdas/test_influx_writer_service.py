@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from iiot.contract import Validator
@@ -124,6 +126,29 @@ def test_bad_readings_are_dead_lettered_and_the_rest_written(catalog):
     (letter,) = dead.sent
     assert "outside the physically valid range" in letter["reason"]
     assert b"999.0" in letter["payload"]
+
+
+def test_thousands_of_bad_readings_cost_a_few_dead_letters_and_keep_every_reason(catalog):
+    """A gateway with a broken sensor: every reading refused, each kept with its index and
+    reason, in letters of at most ~96 KiB instead of one dead-letter call per reading."""
+    items = [
+        r.__class__(r.timestamp, r.factory_id, r.machine_id, r.sensor_id, r.metric, 999.0, r.unit)
+        for r in readings(count=1500)
+        if r.metric == "temperature"
+    ] + readings("F01-M002", count=1)
+    service, dead, _ = make_service(ScriptedWriter(), catalog)
+    outcome = service.write_record(json_payload(items), ORIGIN)
+    assert (outcome.points, outcome.rejected_readings) == (2, 1500)
+    assert len(outcome.reasons) == 20  # a sample; the count says the rest
+    assert 1 < len(dead.sent) <= 10
+    lines = [json.loads(line) for letter in dead.sent for line in letter["payload"].splitlines()]
+    assert [line["index"] for line in lines] == list(range(1500))
+    assert all("outside the physically valid range" in line["reason"] for line in lines)
+    assert all('"value":999.0' in line["reading"] for line in lines)
+    assert all(len(letter["payload"]) <= 128 * 1024 for letter in dead.sent)
+    first = dead.sent[0]["reason"]
+    assert first.startswith(f"{len(dead.sent[0]['payload'].splitlines())} readings rejected")
+    assert "outside the physically valid range" in first
 
 
 def test_idempotency_key_is_the_batch_id_or_the_payload_hash_once_intact(catalog):
