@@ -70,6 +70,8 @@ def run(
     for r in results:
         if r.skipped:
             stdout.print(f"{r.job}: {r.skipped}", highlight=False)
+        for name, value in r.extra.items():
+            stdout.print(f"{r.job}: {name}: {value}", highlight=False)
 
 
 @app.command("maintain")

@@ -1,10 +1,13 @@
 """Bronze -> silver -> gold: the jobs, wiring `transforms` to `io`. Incremental and idempotent.
 
-* **bronze** appends the landed raw batches whose batch id it has not seen, each run tagged with
-  the next `ingest_seq`.
+* **bronze** appends the landed payloads whose content (SHA-256) it has not seen, each run tagged
+  with the next `ingest_seq`. Integrity comes before identity (`spark_jobs.payloads`): only a
+  batch that passed its integrity checks is known by its header's batch id, and another content
+  under an id already taken is kept apart with the reason, for silver to quarantine.
 * **silver** processes only bronze rows above its watermark (the last `ingest_seq` it finished):
-  decode, check against the catalog, quarantine rejects (`MERGE`, insert-only, keyed by batch and
-  position), and `MERGE INTO` the readings exactly once per (sensor_id, timestamp). Rolling
+  decode, check against the contract and the catalog, quarantine rejects (`MERGE`, insert-only,
+  keyed by batch and position), and `MERGE INTO` the readings exactly once per (sensor_id,
+  timestamp). No payload fails the job: whatever cannot be decoded is quarantined. Rolling
   features are recomputed from each affected series' earliest new reading on (late data changes
   the statistics of the readings after it), with the stored rows before it as the frames' context.
 * **gold** recomputes the daily aggregates of the (event_date, factory_id) partitions that silver
@@ -36,6 +39,8 @@ Progress = Callable[[str], None]
 
 BRONZE_PARTITIONS = ("ingest_date",)
 QUARANTINE_KEYS = ("batch_id", "position", "item")
+KNOWN_COLUMNS = ("batch_id", "content_digest", "source_path")
+KNOWN_SCHEMA = "batch_id string, content_digest string, source_path string"
 MACHINE_DAILY_KEYS = ("event_date", "factory_id", "machine_id", "metric")
 FACTORY_DAILY_KEYS = ("event_date", "factory_id")
 
@@ -95,30 +100,48 @@ def run_bronze(
     progress: Progress = _nothing,
     now_ms: int | None = None,
 ) -> StepResult:
-    """Append landed raw batches not seen before to bronze (one new `ingest_seq` per run)."""
+    """Append the landed payloads whose content bronze has not seen (one new `ingest_seq` per
+    run). Figures: `rows_written` new payloads, `duplicates` landed copies of content already
+    in bronze (or landed twice), `extra` what landed and the new payloads' problems by field."""
     began = time.perf_counter()
     result = StepResult("bronze")
+    exists = io.table_exists(spark, paths.bronze)
+    if exists:
+        _upgrade_bronze(spark, paths, progress)
     landed_files = io.read_landed(spark, paths.landing)
     if landed_files is None:
         result.skipped = f"nothing has landed under {paths.landing}"
         return result
     progress("bronze: listing landed batches")
     landed = transforms.split_landed_files(landed_files)
-    exists = io.table_exists(spark, paths.bronze)
     if exists:
         bronze = io.read_table(spark, paths.bronze)
         last_seq = int(bronze.agg(F.max("ingest_seq")).collect()[0][0] or 0)
-        fresh = transforms.new_batches(landed, bronze.select("batch_id"))
+        known = bronze.select(*KNOWN_COLUMNS)
     else:
         last_seq = 0
-        fresh = landed.dropDuplicates(["batch_id"])
+        known = spark.createDataFrame([], KNOWN_SCHEMA)
     ingest_seq = last_seq + 1
     rows = transforms.with_ingest_metadata(
-        fresh, ingest_seq, int(time.time() * 1000) if now_ms is None else now_ms
+        transforms.new_batches(landed, known),
+        ingest_seq,
+        int(time.time() * 1000) if now_ms is None else now_ms,
     )
-    count = rows.count()
+    problems = {
+        row["field"]: int(row["n"])
+        for row in rows.groupBy(F.substring_index("reject_reason", ":", 1).alias("field"))
+        .agg(F.count("*").alias("n"))
+        .collect()
+    }
+    count = sum(problems.values())
+    landed_count = landed.count()
+    result.duplicates = landed_count - count
+    result.extra["landed payloads"] = landed_count
+    refused = {field: n for field, n in problems.items() if field is not None}
+    if refused:
+        result.extra["new with a problem (silver quarantines them)"] = _by_field(refused)
     if count == 0:
-        result.skipped = "no new batches"
+        result.skipped = f"no new batches ({landed_count} landed, all already in bronze)"
     else:
         progress(f"bronze: appending {count} new batches (ingest_seq {ingest_seq})")
         io.append(rows, paths.bronze, partition_by=BRONZE_PARTITIONS)
@@ -126,6 +149,23 @@ def run_bronze(
         result.rows_written = count
     result.seconds = time.perf_counter() - began
     return result
+
+
+def _upgrade_bronze(spark: SparkSession, paths: io.LakePaths, progress: Progress) -> None:
+    """Give the rows an earlier release wrote their content digest and verified identity, once
+    (a rewrite of bronze): without it, a damaged copy stored under a good batch's id would keep
+    shadowing it."""
+    bronze = io.read_table(spark, paths.bronze)
+    if "content_digest" in bronze.columns:
+        return
+    progress("bronze: identifying the batches an earlier release stored (once)")
+    io.overwrite(transforms.identify_bronze(bronze), paths.bronze, partition_by=BRONZE_PARTITIONS)
+
+
+def _by_field(counts: dict[str, int]) -> str:
+    """`field n, field n` from the most common down: a summary line's worth."""
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return ", ".join(f"{field} {n}" for field, n in ranked)
 
 
 # ---------------------------------------------------------------------------------- silver
@@ -157,22 +197,20 @@ def run_silver(
     checked = transforms.quality_check(
         transforms.decode_payloads(new_bronze), rules, max_future_ms=settings.max_future_ms
     )
-    # One pass for the figures the merges need (rejects, partitions, earliest reading); no
-    # .cache(): Sail's cache made these plans far slower than decoding again.
-    stats = (
-        transforms.with_time_dimensions(checked)
-        .groupBy(
-            F.col("reject_reason").isNotNull().alias("rejected"), *transforms.PARTITION_COLUMNS
-        )
-        .agg(F.count("*").alias("n"), F.min("timestamp").alias("first"))
-        .collect()
-    )
-    counts = [row for row in stats if not row["rejected"]]
-    rejected = sum(int(row["n"]) for row in stats if row["rejected"])
+    # One pass for the figures the merges and the summary need; no .cache(): Sail's cache made
+    # these plans far slower than decoding again.
+    stats = transforms.run_figures(checked).collect()
+    counts = [row for row in stats if row["reason_field"] is None]
+    rejected: dict[str, int] = {}
+    for row in stats:
+        if row["reason_field"] is not None:
+            rejected[row["reason_field"]] = rejected.get(row["reason_field"], 0) + int(row["n"])
     if rejected:
-        progress(f"silver: quarantining {rejected} rejects")
+        total = sum(rejected.values())
+        progress(f"silver: quarantining {total} rejects")
         _quarantine(spark, paths, checked)
-        result.quarantined = rejected
+        result.quarantined = total
+        result.extra["quarantined by field"] = _by_field(rejected)
     result.rows_in = sum(int(row["n"]) for row in counts)
     partitions = [(row["event_date"], row["factory_id"]) for row in counts]
     earliest = min((int(row["first"]) for row in counts), default=0)

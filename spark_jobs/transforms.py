@@ -12,8 +12,6 @@ session time zone can move a reading to another day, hour or shift.
 
 from __future__ import annotations
 
-import hashlib
-import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,18 +20,33 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F  # noqa: N812  (the PySpark convention)
 
 from iiot.catalog import MetricCatalog
-from iiot.contract import EARLIEST_TIMESTAMP_MS
-from iiot.wire import BATCH_MAGIC, HEADER_SIZE
+from iiot.contract import EARLIEST_TIMESTAMP_MS, ID_PATTERN, ID_RULE
+from spark_jobs.payloads import CONTENT_ID_CHARS, REUSED_ID
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
 STD_FLOOR = 1e-6  # below any real deviation of readings at the catalog's resolutions
-JSON_CHUNK_LINES = 5_000
-_BODY_LENGTH = struct.Struct("<I")  # at offset 28 of the compact batch header
 
 # ---------------------------------------------------------------------------------- schemas
 
-LANDED_SCHEMA = "batch_id string, source_format string, source_path string, payload binary"
+LANDED_SCHEMA = (
+    "batch_id string, content_digest string, source_format string, source_path string, "
+    "source_offset long, reject_reason string, payload binary"
+)
+BRONZE_COLUMNS = (
+    "batch_id",  # the header's id once the batch passed its integrity checks, else from content
+    "content_digest",  # SHA-256 of the payload: what de-duplication keys on
+    "source_format",
+    "source_path",
+    "source_offset",  # where the payload starts in its landed file (null: an older release)
+    "reject_reason",  # why the payload failed at landing (integrity, reused id), else null
+    "payload",
+    "payload_bytes",
+    "ingest_seq",
+    "ingested_ms",
+    "ingested_at",
+    "ingest_date",
+)
 
 DECODED_COLUMNS = (
     "batch_id string, source_format string, source_path string, ingest_seq long, "
@@ -97,12 +110,12 @@ QUARANTINE_COLUMNS = (
 
 
 def split_landed_files(files: DataFrame) -> DataFrame:
-    """Landed files (`binaryFile` rows: path, content) -> one row per raw batch.
+    """Landed files (`binaryFile` rows: path, content) -> one row per payload, with its identity.
 
-    A file that starts with the batch magic holds one or more compact batches back to back
-    (Firehose concatenates records); each keeps the batch id from its header. Any other file is
-    JSON lines, cut into chunks of `JSON_CHUNK_LINES` lines whose batch id is the SHA-256 of the
-    chunk, so the same landed file always yields the same ids and is never ingested twice.
+    `spark_jobs.payloads.split_payloads` does the cutting: compact batches back to back as
+    Firehose concatenates them (resynchronizing after a damaged one), or JSON lines in chunks.
+    A batch that passed its integrity checks keeps its header's batch id; anything else is known
+    by its content digest, and a damaged batch carries the reason it failed.
     """
     return files.select(
         F.col("path").alias("source_path"), F.col("content").alias("payload")
@@ -112,77 +125,178 @@ def split_landed_files(files: DataFrame) -> DataFrame:
 def _split_landed_arrow(batches: Iterator[Any]) -> Iterator[Any]:
     import pyarrow as pa
 
+    from spark_jobs.payloads import split_payloads
+
+    schema = pa.schema(
+        [
+            ("batch_id", pa.string()),
+            ("content_digest", pa.string()),
+            ("source_format", pa.string()),
+            ("source_path", pa.string()),
+            ("source_offset", pa.int64()),
+            ("reject_reason", pa.string()),
+            ("payload", pa.binary()),
+        ]
+    )
     for batch in batches:
-        ids: list[str] = []
-        formats: list[str] = []
-        paths: list[str] = []
-        payloads: list[bytes] = []
-        for path, content in zip(
-            batch.column("source_path").to_pylist(),
-            batch.column("payload").to_pylist(),
-            strict=True,
-        ):
-            for batch_id, source_format, payload in split_payloads(content or b""):
-                ids.append(batch_id)
-                formats.append(source_format)
-                paths.append(path)
-                payloads.append(payload)
-        yield pa.RecordBatch.from_pydict(
-            {"batch_id": ids, "source_format": formats, "source_path": paths, "payload": payloads},
-            schema=pa.schema(
-                [
-                    ("batch_id", pa.string()),
-                    ("source_format", pa.string()),
-                    ("source_path", pa.string()),
-                    ("payload", pa.binary()),
-                ]
-            ),
+        rows: dict[str, list[Any]] = {name: [] for name in schema.names}
+        paths = batch.column("source_path")
+        contents = batch.column("payload")
+        for i in range(batch.num_rows):
+            path = paths[i].as_py()
+            for item in split_payloads(contents[i].as_py() or b""):
+                rows["batch_id"].append(item.batch_id)
+                rows["content_digest"].append(item.content_digest)
+                rows["source_format"].append(item.source_format)
+                rows["source_path"].append(path)
+                rows["source_offset"].append(item.offset)
+                rows["reject_reason"].append(item.reject_reason)
+                rows["payload"].append(item.payload)
+        yield pa.RecordBatch.from_pydict(rows, schema=schema)
+
+
+def new_batches(landed: DataFrame, known: DataFrame) -> DataFrame:
+    """Landed payloads whose content is not in `known` (bronze's `batch_id`, `content_digest`,
+    `source_path`), one row per content.
+
+    De-duplication is by content: an exact copy (same bytes) is a duplicate whatever its id. A
+    verified batch id names one content: another content under an id that bronze already holds,
+    or that an earlier landed copy (by path, then offset) carries, is refused. It keeps a batch
+    id of its own (`reused-` and its digest) and the reason, for silver to quarantine, so it
+    neither merges into nor silently replaces the first.
+    """
+    unseen = landed.dropDuplicates(["content_digest"]).join(
+        known.select("content_digest"), "content_digest", "left_anti"
+    )
+    claims = landed.filter(
+        (F.col("source_format") == F.lit("batch")) & F.col("reject_reason").isNull()
+    )
+    first = (
+        known.select(
+            "batch_id",
+            F.lit(0).alias("_rank"),
+            "source_path",
+            F.lit(None).cast("long").alias("source_offset"),
+            "content_digest",
         )
-
-
-def split_payloads(content: bytes) -> list[tuple[str, str, bytes]]:
-    """(batch_id, format, payload) for each raw batch in one landed file's bytes."""
-    if content[: len(BATCH_MAGIC)] == BATCH_MAGIC:
-        out = []
-        offset = 0
-        while offset < len(content):
-            rest = content[offset:]
-            if len(rest) >= HEADER_SIZE and rest[: len(BATCH_MAGIC)] == BATCH_MAGIC:
-                size = HEADER_SIZE + _BODY_LENGTH.unpack_from(rest, 28)[0]
-                payload = rest[:size]
-                batch_id = rest[8:24].hex()
-            else:  # not a batch: keep the bytes whole, silver quarantines them with the reason
-                payload = rest
-                batch_id = "raw-" + hashlib.sha256(rest).hexdigest()[:32]
-            out.append((batch_id, "batch", payload))
-            offset += len(payload)
-        return out
-    lines = [line for line in content.split(b"\n") if line.strip()]
-    chunks = []
-    for start in range(0, len(lines), JSON_CHUNK_LINES):
-        chunk = b"\n".join(lines[start : start + JSON_CHUNK_LINES])
-        chunks.append(("json-" + hashlib.sha256(chunk).hexdigest()[:32], "json", chunk))
-    return chunks
-
-
-def new_batches(landed: DataFrame, known_batch_ids: DataFrame) -> DataFrame:
-    """Raw batches whose id is not among `known_batch_ids` (one row per id)."""
-    return landed.dropDuplicates(["batch_id"]).join(known_batch_ids, "batch_id", "left_anti")
+        .unionByName(
+            claims.select(
+                "batch_id",
+                F.lit(1).alias("_rank"),
+                "source_path",
+                "source_offset",
+                "content_digest",
+            )
+        )
+        .groupBy("batch_id")
+        .agg(
+            F.min(F.struct("_rank", "source_path", "source_offset", "content_digest")).alias(
+                "_first"
+            )
+        )
+    )
+    first_digest = F.col("_first.content_digest")
+    reused = (
+        (F.col("source_format") == F.lit("batch"))
+        & F.col("reject_reason").isNull()
+        & first_digest.isNotNull()
+        & (first_digest != F.col("content_digest"))
+    )
+    return (
+        unseen.join(first, "batch_id", "left")
+        .withColumn("_reused", F.coalesce(reused, F.lit(False)))
+        .select(
+            F.when(
+                F.col("_reused"),
+                F.concat(F.lit(REUSED_ID), F.substring("content_digest", 1, CONTENT_ID_CHARS)),
+            )
+            .otherwise(F.col("batch_id"))
+            .alias("batch_id"),
+            "content_digest",
+            "source_format",
+            "source_path",
+            "source_offset",
+            F.when(
+                F.col("_reused"),
+                F.format_string(
+                    "batch_id: %s reused with different content (the first copy landed in %s); "
+                    "a batch id must name one content",
+                    F.col("batch_id"),
+                    F.col("_first.source_path"),
+                ),
+            )
+            .otherwise(F.col("reject_reason"))
+            .alias("reject_reason"),
+            "payload",
+        )
+    )
 
 
 def with_ingest_metadata(batches: DataFrame, ingest_seq: int, ingested_ms: int) -> DataFrame:
-    """Bronze rows: the raw batch plus the run's sequence number and ingestion time."""
+    """Bronze rows (`BRONZE_COLUMNS`): the payload and its identity plus the run's sequence
+    number and ingestion time."""
     return batches.select(
         "batch_id",
+        "content_digest",
         "source_format",
         "source_path",
+        "source_offset",
+        "reject_reason",
         "payload",
         F.length("payload").cast("long").alias("payload_bytes"),
         F.lit(ingest_seq).cast("long").alias("ingest_seq"),
         F.lit(ingested_ms).cast("long").alias("ingested_ms"),
         F.timestamp_millis(F.lit(ingested_ms)).alias("ingested_at"),
         F.date_from_unix_date(F.lit(ingested_ms // DAY_MS).cast("int")).alias("ingest_date"),
+    ).select(*BRONZE_COLUMNS)
+
+
+def identify_bronze(bronze: DataFrame) -> DataFrame:
+    """Bronze rows an earlier release wrote (before content digests) with their identity as
+    `split_payloads` gives it today (`BRONZE_COLUMNS`): a damaged batch that took its header's
+    id gives it up (so that a good copy still in the landing zone lands), and carries its reason.
+    """
+    return (
+        bronze.select(
+            "batch_id", "source_format", "source_path", "payload", "ingest_seq", "ingested_ms"
+        )
+        .mapInArrow(_identify_arrow, _IDENTIFIED_SCHEMA)
+        .withColumn("payload_bytes", F.length("payload").cast("long"))
+        .withColumn("ingested_at", F.timestamp_millis(F.col("ingested_ms")))
+        .withColumn(
+            "ingest_date",
+            F.date_from_unix_date(F.floor(F.col("ingested_ms") / DAY_MS).cast("int")),
+        )
+        .select(*BRONZE_COLUMNS)
     )
+
+
+_IDENTIFIED_SCHEMA = (
+    "batch_id string, content_digest string, source_format string, source_path string, "
+    "source_offset long, reject_reason string, payload binary, ingest_seq long, ingested_ms long"
+)
+
+
+def _identify_arrow(batches: Iterator[Any]) -> Iterator[Any]:
+    import pyarrow as pa
+
+    from spark_jobs.payloads import identify
+
+    for batch in batches:
+        items = [identify(payload or b"") for payload in batch.column("payload").to_pylist()]
+        yield pa.RecordBatch.from_pydict(
+            {
+                "batch_id": pa.array([item.batch_id for item in items], pa.string()),
+                "content_digest": pa.array([item.content_digest for item in items], pa.string()),
+                "source_format": pa.array([item.source_format for item in items], pa.string()),
+                "source_path": batch.column("source_path"),
+                "source_offset": pa.nulls(batch.num_rows, pa.int64()),
+                "reject_reason": pa.array([item.reject_reason for item in items], pa.string()),
+                "payload": batch.column("payload"),
+                "ingest_seq": batch.column("ingest_seq"),
+                "ingested_ms": batch.column("ingested_ms"),
+            }
+        )
 
 
 # ---------------------------------------------------------------------------- silver: decode
@@ -192,137 +306,41 @@ def decode_payloads(bronze: DataFrame) -> DataFrame:
     """Bronze rows -> one row per reading, or per structural reject with its reason.
 
     Readings come out with `reject_reason` null; a payload or item that cannot be decoded comes
-    out with the reason and its raw text. The catalog's rules are applied afterwards, in Spark
-    (`quality_check`), so that they are visible and testable as a DataFrame transform.
+    out with the reason and its raw text, and so does a payload bronze already knows is bad (its
+    `reject_reason`: failed integrity, reused batch id). Decoding never fails the job
+    (`spark_jobs.payloads.decode_one_payload`). The catalog's rules are applied afterwards, in
+    Spark (`quality_check`), so that they are visible and testable as a DataFrame transform.
     """
+    if "reject_reason" not in bronze.columns:
+        bronze = bronze.withColumn("reject_reason", F.lit(None).cast("string"))
     return bronze.select(
-        "batch_id", "source_format", "source_path", "payload", "ingest_seq", "ingested_ms"
+        "batch_id",
+        "source_format",
+        "source_path",
+        "payload",
+        "ingest_seq",
+        "ingested_ms",
+        "reject_reason",
     ).mapInArrow(_decode_arrow, DECODED_COLUMNS)
 
 
 def _decode_arrow(batches: Iterator[Any]) -> Iterator[Any]:
+    from spark_jobs.payloads import decode_one_payload
+
     for batch in batches:
-        columns = batch.to_pydict()
+        columns = {name: batch.column(name) for name in batch.schema.names}
         for i in range(batch.num_rows):
             table = decode_one_payload(
-                columns["batch_id"][i],
-                columns["source_format"][i],
-                columns["source_path"][i],
-                columns["payload"][i] or b"",
-                columns["ingest_seq"][i],
-                columns["ingested_ms"][i],
+                columns["batch_id"][i].as_py(),
+                columns["source_format"][i].as_py(),
+                columns["source_path"][i].as_py(),
+                columns["payload"][i].as_py() or b"",
+                columns["ingest_seq"][i].as_py(),
+                columns["ingested_ms"][i].as_py(),
+                columns["reject_reason"][i].as_py(),
             )
             if table.num_rows:
                 yield from table.to_batches()
-
-
-def decode_one_payload(
-    batch_id: str,
-    source_format: str,
-    source_path: str,
-    payload: bytes,
-    ingest_seq: int,
-    ingested_ms: int,
-) -> Any:
-    """One bronze payload decoded into an Arrow table with the `DECODED_COLUMNS` schema."""
-    import numpy as np
-    import pyarrow as pa
-
-    from iiot import wire
-    from iiot.contract import ReadingColumns
-
-    columns = ReadingColumns.empty()
-    positions = np.zeros(0, dtype=np.int32)
-    items = np.zeros(0, dtype=np.int32)
-    raws: list[str | None] | None = None
-    rejects: list[tuple[int, int, str, str]] = []  # position, item, reason, raw
-
-    if source_format == "batch":
-        try:
-            columns = wire.decode_batch(payload).columns
-        except wire.WireFormatError as exc:
-            rejects.append((0, -1, str(exc), _text(payload[:4096])))
-        positions = np.zeros(len(columns), dtype=np.int32)
-        items = np.arange(len(columns), dtype=np.int32)
-    else:
-        readings = []
-        line_positions: list[int] = []
-        item_positions: list[int] = []
-        raw_items: list[str | None] = []
-        for line_no, line in enumerate(payload.split(b"\n")):
-            decoded = wire.decode_json(line)
-            readings.extend(decoded.readings)
-            line_positions.extend([line_no] * len(decoded.readings))
-            if decoded.positions:
-                item_positions.extend(decoded.positions)
-                raw_items.extend(_text(raw) for raw in decoded.raws)
-            else:
-                item_positions.extend(range(len(decoded.readings)))
-                raw_items.extend([_text(line)] * len(decoded.readings))
-            for reject in decoded.rejects:
-                item = -1 if reject.index is None else reject.index
-                rejects.append((line_no, item, reject.reason, _text(reject.payload)))
-        columns = ReadingColumns.from_readings(readings)
-        # from_readings keeps the readings' order, so positions stay aligned
-        positions = np.asarray(line_positions, dtype=np.int32)
-        items = np.asarray(item_positions, dtype=np.int32)
-        raws = raw_items
-
-    n = len(columns)
-    series = columns.series
-
-    def series_column(field: int) -> Any:
-        values = pa.array([key[field] for key in series], pa.string())
-        return values.take(pa.array(columns.series_index)) if n else pa.array([], pa.string())
-
-    reading_part = pa.table(
-        {
-            "batch_id": pa.array([batch_id] * n, pa.string()),
-            "source_format": pa.array([source_format] * n, pa.string()),
-            "source_path": pa.array([source_path] * n, pa.string()),
-            "ingest_seq": pa.array(np.full(n, ingest_seq, dtype=np.int64)),
-            "ingested_ms": pa.array(np.full(n, ingested_ms, dtype=np.int64)),
-            "position": pa.array(positions, pa.int32()),
-            "item": pa.array(items, pa.int32()),
-            "timestamp": pa.array(columns.timestamp, pa.int64()),
-            "factory_id": series_column(0),
-            "machine_id": series_column(1),
-            "sensor_id": series_column(2),
-            "metric": series_column(3),
-            "unit": series_column(4),
-            "value": pa.array(columns.value, pa.float64()),
-            "reject_reason": pa.nulls(n, pa.string()),
-            "raw": pa.array(raws if raws is not None else [None] * n, pa.string()),
-        }
-    )
-    if not rejects:
-        return reading_part
-    m = len(rejects)
-    reject_part = pa.table(
-        {
-            "batch_id": pa.array([batch_id] * m, pa.string()),
-            "source_format": pa.array([source_format] * m, pa.string()),
-            "source_path": pa.array([source_path] * m, pa.string()),
-            "ingest_seq": pa.array([ingest_seq] * m, pa.int64()),
-            "ingested_ms": pa.array([ingested_ms] * m, pa.int64()),
-            "position": pa.array([r[0] for r in rejects], pa.int32()),
-            "item": pa.array([r[1] for r in rejects], pa.int32()),
-            "timestamp": pa.nulls(m, pa.int64()),
-            "factory_id": pa.nulls(m, pa.string()),
-            "machine_id": pa.nulls(m, pa.string()),
-            "sensor_id": pa.nulls(m, pa.string()),
-            "metric": pa.nulls(m, pa.string()),
-            "unit": pa.nulls(m, pa.string()),
-            "value": pa.nulls(m, pa.float64()),
-            "reject_reason": pa.array([r[2] for r in rejects], pa.string()),
-            "raw": pa.array([r[3] for r in rejects], pa.string()),
-        }
-    )
-    return pa.concat_tables([reading_part, reject_part])
-
-
-def _text(raw: bytes) -> str:
-    return raw.decode("utf-8", "replace")
 
 
 # ---------------------------------------------------------------------------- silver: quality
@@ -348,14 +366,23 @@ def quality_rules(catalog: MetricCatalog) -> dict[str, QualityRule]:
 def quality_check(
     decoded: DataFrame, rules: Mapping[str, QualityRule], *, max_future_ms: int
 ) -> DataFrame:
-    """Fill `reject_reason` for readings that break the catalog's rules (first problem wins).
+    """Fill `reject_reason` for readings that break the contract or the catalog's rules (first
+    problem wins).
 
-    The checks and their messages are the contract's (`iiot.contract.Validator`): known metric,
-    the catalog's unit, a finite value inside the valid range, a timestamp in milliseconds after
-    2000 and at most `max_future_ms` after the batch was ingested (a deterministic clock, so a
-    re-run judges a reading exactly as the first run did).
+    The checks and their messages are the contract's (`iiot.contract.Validator`): ids of the
+    contract's pattern (they become partition values), known metric, the catalog's unit, a
+    finite value inside the valid range, a timestamp in milliseconds after 2000 and at most
+    `max_future_ms` after the batch was ingested (a deterministic clock, so a re-run judges a
+    reading exactly as the first run did).
     """
     metric, unit, value, ts = F.col("metric"), F.col("unit"), F.col("value"), F.col("timestamp")
+    id_problem: Any = F
+    for name in ("factory_id", "machine_id", "sensor_id"):
+        valid = F.coalesce(F.col(name).rlike(_ID_REGEX), F.lit(False))
+        id_problem = id_problem.when(
+            ~valid,
+            F.format_string(f"{name}: '%s' is not a valid id ({ID_RULE})", F.col(name)),
+        )
     known = ", ".join(sorted(rules))
     expected_unit = _lookup(metric, {name: rule.unit for name, rule in rules.items()})
     low = _lookup(metric, {name: float(rule.min) for name, rule in rules.items()})
@@ -363,7 +390,7 @@ def quality_check(
     finite = ~F.isnan(value) & (value != float("inf")) & (value != float("-inf"))
     latest = F.col("ingested_ms") + F.lit(max_future_ms)
     reason = (
-        F.when(
+        id_problem.when(
             expected_unit.isNull(),
             F.format_string(f"metric: unknown metric '%s' (the catalog defines {known})", metric),
         )
@@ -409,6 +436,11 @@ def quality_check(
     )
 
 
+# The contract's id pattern, anchored at the very end: `$` also matches before a final newline
+# in Python and Java (not in Sail's Rust regex), and an id must not end in one.
+_ID_REGEX = ID_PATTERN.removesuffix("$") + r"\z"
+
+
 def _lookup(key: Column, mapping: Mapping[str, Any]) -> Column:
     """A CASE expression: `mapping[key]`, null for keys not in it."""
     expression: Any = F
@@ -446,6 +478,28 @@ def quarantine_records(checked: DataFrame) -> DataFrame:
         F.date_from_unix_date(F.floor(F.col("ingested_ms") / DAY_MS).cast("int")).alias(
             "ingest_date"
         ),
+    )
+
+
+def run_figures(checked: DataFrame) -> DataFrame:
+    """The figures silver's merges and its summary need, in one pass: rows per rejected field
+    (`reason_field`, null for accepted readings) and, for accepted readings, per (`event_date`,
+    `factory_id`) with the earliest timestamp.
+
+    Dates come from accepted readings only: a rejected timestamp can be anything an int64 holds,
+    which no date can (a timestamp of 9e18 failed the whole job on Sail).
+    """
+    accepted = F.col("reject_reason").isNull()
+    timestamp = F.when(accepted, F.col("timestamp"))
+    return (
+        checked.select(
+            F.substring_index("reject_reason", ":", 1).alias("reason_field"),
+            F.date_from_unix_date(F.floor(timestamp / DAY_MS).cast("int")).alias("event_date"),
+            F.when(accepted, F.col("factory_id")).alias("factory_id"),
+            timestamp.alias("timestamp"),
+        )
+        .groupBy("reason_field", *PARTITION_COLUMNS)
+        .agg(F.count("*").alias("n"), F.min("timestamp").alias("first"))
     )
 
 

@@ -3,6 +3,7 @@ production's Apache Spark on EMR Serverless runs), on a simulated run with malfo
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +14,27 @@ from chispa import assert_approx_df_equality
 from spark_jobs import transforms
 from spark_jobs.demo import columns_from_arrow
 from spark_jobs.engine import use_connect
+from spark_jobs.payloads import split_payloads
+from tests.poison import (
+    HOUR_MS,
+    good_batch,
+    good_json,
+    good_readings,
+    known_poisons,
+    shadow_copies,
+)
 
 INGESTED_MS = 1_800_000_000_000
 BRONZE_SCHEMA = (
     "batch_id string, source_format string, source_path string, payload binary, "
-    "ingest_seq long, ingested_ms long"
+    "ingest_seq long, ingested_ms long, reject_reason string"
 )
 
 
 @pytest.fixture(scope="module")
 def bronze_rows(simulation: Path) -> list[tuple[Any, ...]]:
-    """A few raw batches: JSON lines (with malformed lines) and compact batches of the same run."""
+    """A few raw batches: JSON lines (with malformed lines) and compact batches of the same run,
+    and a file of each kind with poisons (damaged batches, bad lines, bad ids, wild times)."""
     import uuid
 
     from iiot.wire import encode_batch
@@ -34,11 +45,33 @@ def bronze_rows(simulation: Path) -> list[tuple[Any, ...]]:
     for i in range(3):
         part = columns.take(slice(i * 3000, (i + 1) * 3000))
         files.append((f"landing/batch/{i}.iiotb", encode_batch(part, batch_id=uuid.UUID(int=i))))
+    files.extend(poisoned_files())
     rows = []
     for path, content in files:
-        for batch_id, source_format, payload in transforms.split_payloads(content):
-            rows.append((batch_id, source_format, path, payload, 1, INGESTED_MS))
+        for item in split_payloads(content):
+            meta = (item.batch_id, item.source_format, path, item.payload, 1, INGESTED_MS)
+            rows.append((*meta, item.reject_reason))
     return rows
+
+
+def poisoned_files() -> list[tuple[str, bytes]]:
+    poisons = [p for p in known_poisons(INGESTED_MS) if not p.bomb]
+    good = good_batch(good_readings(40, start_ms=INGESTED_MS - HOUR_MS, sensor=7))
+    shadows = b"".join(s.payload for s in shadow_copies(good))
+    batches = b"".join(p.payload for p in poisons if p.payload.startswith(b"IIOTB"))
+    reading = good_readings(1, start_ms=INGESTED_MS - HOUR_MS, sensor=8)[0]
+    odd = [
+        {**reading, "factory_id": "F/01"},
+        {**reading, "machine_id": "M1\n", "timestamp": reading["timestamp"] + 1},
+        {**reading, "timestamp": 9_000_000_000_000_000_000},
+        {**reading, "timestamp": 2**53},
+    ]
+    texts = [p.payload for p in poisons if not p.payload.startswith(b"IIOTB") and p.payload]
+    texts += [json.dumps(odd).encode(), good_json([reading]).replace(b'"F01"', b'"F\\ud800"')]
+    return [
+        ("landing/batch/poisoned.iiotb", shadows + good + batches),
+        ("landing/json/poisoned.jsonl", b"\n".join(texts) + b"\n"),
+    ]
 
 
 def pipeline(spark: Any, rows: list[tuple[Any, ...]], catalog: Any) -> tuple[Any, Any, Any, Any]:
