@@ -54,6 +54,7 @@ from lambdas.shared.idempotency import ContentMismatchError, EveryTime, Once
 log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 8.0
 REJECTS_LETTER_BYTES = 96 * 1024  # under the dead-letter payload cap (128 KiB)
+REJECT_READING_BYTES = 4096  # of one refused reading in a letter (a reading is ~200 bytes)
 MAX_REASONS_KEPT = 20  # in the outcome (logs, idempotency record): counts carry the rest
 _encode_reject = msgspec.json.Encoder().encode
 
@@ -219,24 +220,29 @@ class InfluxWriterService:
         """Refused readings in letters of up to REJECTS_LETTER_BYTES, each a JSON line per
         reading (index, reason, the reading): a record with thousands of bad readings (a
         gateway with a wrong clock) costs a few dead-letter calls, not one per reading."""
-        letter: list[bytes] = []
+        group: list[Reject] = []
+        lines: list[bytes] = []
         size = 0
-        for n, reject in enumerate(rejects):
+        for reject in rejects:
+            reading = reject.payload[:REJECT_READING_BYTES].decode("utf-8", "replace")
             line = _encode_reject(
-                {
-                    "index": reject.index,
-                    "reason": reject.reason,
-                    "reading": reject.payload.decode("utf-8", "replace"),
-                }
+                {"index": reject.index, "reason": reject.reason, "reading": reading}
             )
-            letter.append(line)
+            if lines and size + len(line) > REJECTS_LETTER_BYTES:
+                self._send_rejects(group, lines, origin)
+                group, lines, size = [], [], 0
+            group.append(reject)
+            lines.append(line)
             size += len(line) + 1
-            if size >= REJECTS_LETTER_BYTES or n == len(rejects) - 1:
-                group = rejects[n + 1 - len(letter) : n + 1]
-                self._dead_letter.send(
-                    reason=_rejects_reason(group), payload=b"\n".join(letter), origin=origin
-                )
-                letter, size = [], 0
+        if lines:
+            self._send_rejects(group, lines, origin)
+
+    def _send_rejects(
+        self, group: list[Reject], lines: list[bytes], origin: dict[str, str]
+    ) -> None:
+        self._dead_letter.send(
+            reason=_rejects_reason(group), payload=b"\n".join(lines), origin=origin
+        )
 
     def _write_with_retries(
         self, lines: list[str], origin: dict[str, str], outcome: RecordOutcome
