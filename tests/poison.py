@@ -249,9 +249,26 @@ def shadow_copies(good_batch_payload: bytes) -> list[Poison]:
     make the good copy look like a duplicate."""
     flipped = bytearray(good_batch_payload)
     flipped[-3] ^= 0xFF
+    header = wire.read_header(good_batch_payload)
     return [
         Poison("shadow: CRC-damaged copy", bytes(flipped), "CRC-32 mismatch"),
         Poison("shadow: truncated copy", good_batch_payload[:-11], "truncated"),
+        # The CRC covers the body only: these two pass every header check, so only a consumer
+        # that decodes before it de-duplicates tells them from the good copy.
+        Poison(
+            "shadow: header count that disagrees with the body",
+            _with_header(good_batch_payload, count=header.readings + 1),
+            "counts add up",
+        ),
+        Poison(
+            "shadow: zstd bomb without a frame size under the good id",
+            _framed(
+                zstd_bomb(64 * 1024 * 1024, content_size=False)[wire.HEADER_SIZE :],
+                batch_id=header.batch_id,
+            ),
+            "decompresses to more than",
+            bomb=True,
+        ),
     ]
 
 
