@@ -3,6 +3,11 @@
 The platform's local run and its tests never rely on a system broker: each starts its own, on a
 free loopback port with a throwaway configuration (no persistence, anonymous access only from
 loopback), and stops it by PID.
+
+With `users` the broker refuses anonymous clients and checks a password file (hashed by
+`mosquitto_passwd`, from the mosquitto package); with `tls` its listener speaks TLS only (the
+certificate and key files are the caller's; `require_certificate` asks clients for one signed by
+the CA), and `url` is mqtts://.
 """
 
 from __future__ import annotations
@@ -13,8 +18,8 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -29,43 +34,93 @@ def free_port() -> int:
         return port
 
 
+@dataclass(frozen=True)
+class BrokerTls:
+    """PEM files for a TLS listener; `require_certificate` makes client certificates
+    mandatory (signed by `ca_file`)."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    require_certificate: bool = False
+
+
 @dataclass
 class Mosquitto:
     """A private broker bound to 127.0.0.1; `url` is what `--broker` options take.
 
-    `persistent` keeps sessions and queued messages across `stop()`/`start()` (outage tests).
+    `persistent` keeps sessions and queued messages across `stop()`/`start()` (outage tests);
+    `users` (name -> password) turns anonymous access off; `tls` makes the listener TLS only.
     """
 
     port: int
     directory: Path
     persistent: bool = False
     process: subprocess.Popen[bytes] | None = None
+    users: Mapping[str, str] = field(default_factory=dict, repr=False)
+    tls: BrokerTls | None = None
 
     @classmethod
-    def create(cls, *, persistent: bool = False, port: int | None = None) -> Mosquitto:
+    def create(
+        cls,
+        *,
+        persistent: bool = False,
+        port: int | None = None,
+        users: Mapping[str, str] | None = None,
+        tls: BrokerTls | None = None,
+    ) -> Mosquitto:
         """Start one in a fresh directory; `close()` stops it and removes the directory."""
         # Started as root, mosquitto drops to its own user: its log and persistence files need
         # a directory that user can write (a private temporary directory is not).
         directory = Path(tempfile.mkdtemp(prefix="iiot-mosquitto-"))
         directory.chmod(0o777)
-        broker = cls(port or free_port(), directory, persistent)
-        broker.start()
+        broker = cls(port or free_port(), directory, persistent, users=dict(users or {}), tls=tls)
+        try:
+            broker.start()
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
         return broker
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
 
     @property
     def log_path(self) -> Path:
         return self.directory / "mosquitto.log"
 
+    def _access_lines(self) -> str:
+        lines = ""
+        if self.users:
+            passwords = self.directory / "passwords"
+            # Plain "name:password" lines hashed in place: no password on a command line.
+            passwords.write_text("".join(f"{name}:{pw}\n" for name, pw in self.users.items()))
+            passwords.chmod(0o644)  # mosquitto's own user reads it
+            hashed = subprocess.run(  # noqa: S603 - fixed arguments
+                [_binary("mosquitto_passwd"), "-U", str(passwords)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if hashed.returncode != 0:
+                raise BrokerError(f"mosquitto_passwd failed: {hashed.stderr.strip()}")
+            lines += f"allow_anonymous false\npassword_file {passwords}\n"
+        else:
+            lines += "allow_anonymous true\n"
+        if self.tls is not None:
+            lines += (
+                f"cafile {self.tls.ca_file}\n"
+                f"certfile {self.tls.cert_file}\n"
+                f"keyfile {self.tls.key_file}\n"
+                f"require_certificate {'true' if self.tls.require_certificate else 'false'}\n"
+            )
+        return lines
+
     def start(self) -> None:
         config = self.directory / "mosquitto.conf"
         config.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            "max_inflight_messages 0\n"
+            f"listener {self.port} 127.0.0.1\n" + self._access_lines() + "max_inflight_messages 0\n"
             "max_queued_messages 0\n"
             "max_queued_bytes 0\n"
             "message_size_limit 0\n"
@@ -76,7 +131,9 @@ class Mosquitto:
         )
         # Fixed arguments: the broker binary found on PATH and the config file written above.
         self.process = subprocess.Popen(  # noqa: S603
-            [_binary(), "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [_binary("mosquitto"), "-c", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -117,22 +174,30 @@ class Mosquitto:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def _binary() -> str:
-    found = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+def _binary(name: str) -> str:
+    """mosquitto (in /usr/sbin) or mosquitto_passwd (in /usr/bin), both from the mosquitto
+    package."""
+    found = shutil.which(name) or next(
+        (f"{d}/{name}" for d in ("/usr/sbin", "/usr/bin") if Path(f"{d}/{name}").exists()), None
     )
     if not found:
         raise BrokerError(
-            "mosquitto is not installed: run `scripts/bootstrap.sh demo` as root, "
+            f"{name} is not installed: run `scripts/bootstrap.sh demo` as root, "
             "or `sudo apt-get install mosquitto`"
         )
     return found
 
 
 @contextlib.contextmanager
-def mosquitto(*, persistent: bool = False, port: int | None = None) -> Iterator[Mosquitto]:
+def mosquitto(
+    *,
+    persistent: bool = False,
+    port: int | None = None,
+    users: Mapping[str, str] | None = None,
+    tls: BrokerTls | None = None,
+) -> Iterator[Mosquitto]:
     """A private broker for the duration of the block."""
-    broker = Mosquitto.create(persistent=persistent, port=port)
+    broker = Mosquitto.create(persistent=persistent, port=port, users=users, tls=tls)
     try:
         yield broker
     finally:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from iiot.catalog import CatalogError, load_catalog
+
+PASSWORD_ENV = "SENSOR_BUFFER_MQTT_PASSWORD"  # noqa: S105 - the variable's name, not a password
 
 app = typer.Typer(
     help="The gateway's SensorBuffer component (store-and-forward, thresholds, uploads).",
@@ -33,7 +36,30 @@ def run(
         str | None, typer.Option(help="Broker standing in for IoT Core (default: --broker).")
     ] = None,
     gateway: Annotated[str, typer.Option(help="Gateway id (producer of the batches).")] = "gateway",
-    client_id: Annotated[str | None, typer.Option(help="MQTT client id prefix.")] = None,
+    client_id: Annotated[
+        str | None,
+        typer.Option(
+            help="MQTT client id prefix (default sensor-buffer-FACTORY-GATEWAY); a random "
+            "suffix kept in the data directory makes the id unguessable."
+        ),
+    ] = None,
+    username: Annotated[
+        str | None, typer.Option(help="Username on the local broker (and the cloud one).")
+    ] = None,
+    password_file: Annotated[
+        Path | None,
+        typer.Option(
+            help=f"File whose first line is the broker password (or set {PASSWORD_ENV}); "
+            "never on the command line."
+        ),
+    ] = None,
+    ca_file: Annotated[
+        Path | None, typer.Option(help="CA certificate of the broker (mqtts:// URLs).")
+    ] = None,
+    cert_file: Annotated[
+        Path | None, typer.Option(help="Client certificate, for brokers that require one.")
+    ] = None,
+    key_file: Annotated[Path | None, typer.Option(help="Private key of --cert-file.")] = None,
     full_policy: Annotated[
         str, typer.Option(help="reject_new, drop_oldest or downsample_oldest.")
     ] = "drop_oldest",
@@ -52,11 +78,25 @@ def run(
     """Run the component against MQTT brokers until SIGTERM/Ctrl-C."""
     from sensor_buffer.config import BufferConfig, ConfigError
     from sensor_buffer.main import SensorBuffer, run_until_signalled
-    from sensor_buffer.transport_mqtt import MqttTransport, parse_broker
+    from sensor_buffer.transport_mqtt import (
+        MqttSecurity,
+        MqttTransport,
+        parse_broker,
+        session_client_id,
+    )
 
     try:
         metrics = load_catalog(catalog)
-        parse_broker(broker)
+        security = MqttSecurity(
+            username=username,
+            password=_password(password_file),
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
+        )
+        problems = security.problems(parse_broker(broker))
+        if problems:
+            raise ValueError("; ".join(problems))
         if cloud_broker:
             parse_broker(cloud_broker)
         config = BufferConfig(
@@ -77,6 +117,22 @@ def run(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     transport = MqttTransport(
-        broker, cloud_broker, client_id or f"sensor-buffer-{factory}-{gateway}"
+        broker,
+        cloud_broker,
+        session_client_id(data_dir, client_id or f"sensor-buffer-{factory}-{gateway}"),
+        security=security,
     )
     run_until_signalled(SensorBuffer(config, transport, metrics))
+
+
+def _password(path: Path | None) -> str | None:
+    """The broker password from --password-file, else the environment, else None."""
+    if path is not None:
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as exc:
+            raise ValueError(f"--password-file {path}: cannot be read ({exc.strerror})") from exc
+        if not lines or not lines[0]:
+            raise ValueError(f"--password-file {path}: the first line is empty")
+        return lines[0]
+    return os.environ.get(PASSWORD_ENV) or None

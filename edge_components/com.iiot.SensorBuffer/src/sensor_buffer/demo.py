@@ -32,7 +32,7 @@ def edge_step(context: DemoContext) -> Figures:
     from iiot.publisher import publish
     from iiot.simulator import FleetSimulator
     from iiot.wire import decode_batch
-    from sensor_buffer.transport_mqtt import MqttTransport
+    from sensor_buffer.transport_mqtt import MqttTransport, session_client_id
 
     factory = "F01"
     simulator = FleetSimulator(context.fleet, context.catalog)
@@ -66,9 +66,8 @@ def edge_step(context: DemoContext) -> Figures:
             health_interval_s=5,
             synchronous="NORMAL",
         )
-        buffer = SensorBuffer(
-            config, MqttTransport(broker.url, None, "demo-sensor-buffer"), context.catalog
-        )
+        client_id = session_client_id(config.data_dir, "demo-sensor-buffer")
+        buffer = SensorBuffer(config, MqttTransport(broker.url, None, client_id), context.catalog)
         buffer.start()
         try:
             time.sleep(0.5)  # the subscription is made on connect

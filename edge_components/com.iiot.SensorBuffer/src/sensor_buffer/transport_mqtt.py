@@ -5,17 +5,28 @@ Two clients: one on the gateway's local broker (input topics, local alerts, stat
 subscribed at QoS 1 with a persistent session and *manual* PUBACKs: a reading is acknowledged to
 the local broker only after it is committed, so the broker redelivers whatever a crash
 interrupted. Uploads are QoS 1; their PUBACK resolves the publish future.
+
+The input session is the buffer's: whoever connects with its client id takes it over and
+receives (and acknowledges) the readings queued for it. So the client id is not guessable
+(`session_client_id`: a prefix plus a random suffix kept in the data directory, stable across
+restarts so the persistent session survives them), and the transport authenticates
+(`MqttSecurity`: username and password, TLS with a CA file and an optional client certificate;
+`mqtts://` URLs).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import threading
 from concurrent.futures import Future
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
 from urllib.parse import urlparse
 
-from awscrt import mqtt5
+from awscrt import io, mqtt5
 
 from sensor_buffer.transport import MessageHandler
 
@@ -28,11 +39,87 @@ _ACCEPTED = {
 }
 
 
-def parse_broker(url: str) -> tuple[str, int]:
+_CLIENT_ID_FILE = "mqtt-client-id"
+
+
+class BrokerAddress(NamedTuple):
+    host: str
+    port: int
+    tls: bool
+
+
+def parse_broker(url: str) -> BrokerAddress:
+    """mqtt://host[:1883] (plain) or mqtts://host[:8883] (TLS)."""
     parsed = urlparse(url)
-    if parsed.scheme != "mqtt" or not parsed.hostname:
-        raise ValueError(f"broker URL {url!r} must look like mqtt://127.0.0.1:1883")
-    return parsed.hostname, parsed.port or 1883
+    if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname:
+        raise ValueError(
+            f"broker URL {url!r} must look like mqtt://127.0.0.1:1883 or, with TLS, "
+            "mqtts://127.0.0.1:8883"
+        )
+    tls = parsed.scheme == "mqtts"
+    return BrokerAddress(parsed.hostname, parsed.port or (8883 if tls else 1883), tls)
+
+
+@dataclass(frozen=True)
+class MqttSecurity:
+    """How the buffer proves who it is to a broker, and checks the broker's identity.
+
+    `password` comes from a file or the environment, never from the command line; `ca_file`
+    is the CA that signed the broker's certificate (TLS only, with an mqtts:// URL);
+    `cert_file`/`key_file` a client certificate for brokers that require one.
+    """
+
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def problems(self, address: BrokerAddress) -> list[str]:
+        """What is wrong with these settings for a broker at `address` (empty: nothing)."""
+        problems = []
+        if self.password is not None and not self.username:
+            problems.append("a password needs a username (--username)")
+        if (self.cert_file is None) != (self.key_file is None):
+            problems.append("a client certificate needs both --cert-file and --key-file")
+        tls_files = [f for f in (self.ca_file, self.cert_file, self.key_file) if f is not None]
+        if tls_files and not address.tls:
+            problems.append(
+                "--ca-file, --cert-file and --key-file need a TLS broker URL (mqtts://...)"
+            )
+        problems.extend(f"{f}: no such file" for f in tls_files if not f.is_file())
+        return problems
+
+    def tls_context(self) -> io.ClientTlsContext:
+        if self.cert_file is not None and self.key_file is not None:
+            options = io.TlsContextOptions.create_client_with_mtls_from_path(
+                str(self.cert_file), str(self.key_file)
+            )
+        else:
+            options = io.TlsContextOptions()
+        if self.ca_file is not None:
+            options.override_default_trust_store_from_path(None, str(self.ca_file))
+        return io.ClientTlsContext(options)
+
+
+def session_client_id(data_dir: Path, prefix: str) -> str:
+    """`<prefix>-<random>`: the random part is made once and kept in the data directory, so
+    the id survives restarts (the persistent session with it) but cannot be guessed by another
+    client of the broker."""
+    path = data_dir / _CLIENT_ID_FILE
+    try:
+        suffix = path.read_text().strip()
+    except FileNotFoundError:
+        suffix = ""
+    if not suffix:
+        suffix = secrets.token_hex(8)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(suffix + "\n")
+        partial.replace(path)
+    return f"{prefix}-{suffix}"
 
 
 class _Client:
@@ -41,24 +128,33 @@ class _Client:
         url: str,
         client_id: str,
         *,
+        security: MqttSecurity | None = None,
         on_publish: Any = None,
         persistent: bool = False,
         on_connected: Any = None,
     ) -> None:
-        host, port = parse_broker(url)
+        address = parse_broker(url)
+        security = security or MqttSecurity()
+        self.url = url
         self.connected = threading.Event()
         self.stopping = False
         self._on_connected = on_connected
         connect = mqtt5.ConnectPacket(
             client_id=client_id,
+            username=security.username,
+            password=security.password,
             keep_alive_interval_sec=30,
             session_expiry_interval_sec=7 * 86_400 if persistent else 0,
             receive_maximum=1000,
         )
         self.client = mqtt5.Client(
             mqtt5.ClientOptions(
-                host_name=host,
-                port=port,
+                host_name=address.host,
+                port=address.port,
+                tls_ctx=security.tls_context() if address.tls else None,
+                # The IoT SDK metrics would be appended to the username, which a broker
+                # checking a password file refuses.
+                disable_metrics=True,
                 connect_options=connect,
                 session_behavior=(
                     mqtt5.ClientSessionBehaviorType.REJOIN_ALWAYS
@@ -72,6 +168,7 @@ class _Client:
                 ack_timeout_sec=15,
                 on_publish_callback_fn=on_publish,
                 on_lifecycle_event_connection_success_fn=self._success,
+                on_lifecycle_event_connection_failure_fn=self._failed,
                 on_lifecycle_event_disconnection_fn=self._disconnected,
             )
         )
@@ -81,6 +178,14 @@ class _Client:
         log.info("mqtt connected", extra={"session_present": data.connack_packet.session_present})
         if self._on_connected is not None:
             self._on_connected()
+
+    def _failed(self, data: mqtt5.LifecycleConnectFailureData) -> None:
+        code = data.connack_packet.reason_code if data.connack_packet else None
+        log.warning(
+            "mqtt connection refused or failed; check the broker URL, --username and the "
+            "password, and the TLS files",
+            extra={"broker": self.url, "reason_code": str(code), "error": str(data.exception)},
+        )
 
     def _disconnected(self, data: mqtt5.LifecycleDisconnectData) -> None:
         self.connected.clear()
@@ -94,10 +199,22 @@ class _Client:
 class MqttTransport:
     """Local broker in, local alerts out, cloud broker for uploads (QoS 1 with PUBACK)."""
 
-    def __init__(self, broker: str, cloud_broker: str | None, client_id: str) -> None:
+    def __init__(
+        self,
+        broker: str,
+        cloud_broker: str | None,
+        client_id: str,
+        *,
+        security: MqttSecurity | None = None,
+        cloud_security: MqttSecurity | None = None,
+    ) -> None:
+        """`client_id` is the prefix of both clients' ids (see `session_client_id`); the cloud
+        client uses `security` too when there is no separate `cloud_broker`."""
         self._broker = broker
         self._cloud_broker = cloud_broker or broker
         self._client_id = client_id
+        self._security = security
+        self._cloud_security = cloud_security if cloud_broker else security
         self._local: _Client | None = None
         self._cloud: _Client | None = None
         self._topics: tuple[str, ...] = ()
@@ -109,11 +226,14 @@ class MqttTransport:
         self._local = _Client(
             self._broker,
             f"{self._client_id}-in",
+            security=self._security,
             on_publish=self._received,
             persistent=True,
             on_connected=self._subscribe,
         )
-        self._cloud = _Client(self._cloud_broker, f"{self._client_id}-up")
+        self._cloud = _Client(
+            self._cloud_broker, f"{self._client_id}-up", security=self._cloud_security
+        )
         self._local.client.start()
         self._cloud.client.start()
 
