@@ -103,17 +103,38 @@ def local_path(uri: str) -> Path:
 
 
 def read_landed(spark: SparkSession, landing_uri: str) -> DataFrame | None:
-    """The landed raw files (path, content), or None when nothing has landed yet."""
-    if landing_uri.startswith("file://"):
-        folder = local_path(landing_uri)
-        if not folder.is_dir() or not any(p.is_file() for p in folder.rglob("*")):
-            return None
-    return (
-        spark.read.format("binaryFile")
-        .option("recursiveFileLookup", "true")
-        .load(landing_uri)
-        .select("path", "content")
+    """The landed raw files (path, content), or None when nothing has landed yet.
+
+    Locally the files are listed here and named to the engine one by one: Sail infers
+    partitions from `key=value` folders even with `recursiveFileLookup`, and fails the whole
+    read when Firehose's `date=.../hour=...` folders sit next to any other (`json/`, or one
+    stray file); and it leaves out empty files, which Spark reads (as empty content, which
+    silver quarantines: every landed object is accounted for). Hidden files (`.` or `_`:
+    partial writes) are skipped, as Spark does.
+    """
+    reader = spark.read.format("binaryFile")
+    if not landing_uri.startswith("file://"):
+        return (
+            reader.option("recursiveFileLookup", "true").load(landing_uri).select("path", "content")
+        )
+    folder = local_path(landing_uri)
+    files = sorted(
+        path
+        for path in (folder.rglob("*") if folder.is_dir() else [])
+        if path.is_file() and not _hidden(path.relative_to(folder))
     )
+    sized = [path.as_uri() for path in files if path.stat().st_size]
+    empty = [(path.as_uri(), b"") for path in files if not path.stat().st_size]
+    frames = [reader.load(sized).select("path", "content")] if sized else []
+    if empty:
+        frames.append(spark.createDataFrame(empty, "path string, content binary"))
+    if not frames:
+        return None
+    return frames[0] if len(frames) == 1 else frames[0].unionByName(frames[1])
+
+
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith((".", "_")) for part in relative.parts)
 
 
 def land_file(landing_dir: Path, relative: str, content: bytes) -> Path:

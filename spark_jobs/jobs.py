@@ -39,8 +39,11 @@ Progress = Callable[[str], None]
 
 BRONZE_PARTITIONS = ("ingest_date",)
 QUARANTINE_KEYS = ("batch_id", "position", "item")
-KNOWN_COLUMNS = ("batch_id", "content_digest", "source_path")
-KNOWN_SCHEMA = "batch_id string, content_digest string, source_path string"
+KNOWN_COLUMNS = ("batch_id", "content_digest", "source_format", "source_path", "reject_reason")
+KNOWN_SCHEMA = (
+    "batch_id string, content_digest string, source_format string, source_path string, "
+    "reject_reason string"
+)
 MACHINE_DAILY_KEYS = ("event_date", "factory_id", "machine_id", "metric")
 FACTORY_DAILY_KEYS = ("event_date", "factory_id")
 
@@ -122,28 +125,36 @@ def run_bronze(
         last_seq = 0
         known = spark.createDataFrame([], KNOWN_SCHEMA)
     ingest_seq = last_seq + 1
-    rows = transforms.with_ingest_metadata(
-        transforms.new_batches(landed, known),
-        ingest_seq,
-        int(time.time() * 1000) if now_ms is None else now_ms,
+    unseen = transforms.unseen_payloads(landed, known)
+    # New content is decoded once, here; its identities are few rows, taken as data so that the
+    # append below does not decode it again.
+    verified = spark.createDataFrame(
+        transforms.verify_payloads(unseen).collect(), transforms.IDENTITY_SCHEMA
     )
-    problems = {
-        row["field"]: int(row["n"])
-        for row in rows.groupBy(F.substring_index("reject_reason", ":", 1).alias("field"))
-        .agg(F.count("*").alias("n"))
-        .collect()
-    }
-    count = sum(problems.values())
-    landed_count = landed.count()
+    identities = transforms.resolve_batch_ids(verified, known).collect()
+    # Distinct places, not rows: Sail reads a large file as several rows of the whole file.
+    landed_count = landed.select("source_path", "source_offset").distinct().count()
+    count = len(identities)
     result.duplicates = landed_count - count
     result.extra["landed payloads"] = landed_count
-    refused = {field: n for field, n in problems.items() if field is not None}
+    refused: dict[str, int] = {}
+    for row in identities:
+        if row["reject_reason"] is not None:
+            field = row["reject_reason"].split(":", 1)[0]
+            refused[field] = refused.get(field, 0) + 1
     if refused:
         result.extra["new with a problem (silver quarantines them)"] = _by_field(refused)
     if count == 0:
         result.skipped = f"no new batches ({landed_count} landed, all already in bronze)"
     else:
         progress(f"bronze: appending {count} new batches (ingest_seq {ingest_seq})")
+        rows = transforms.with_ingest_metadata(
+            transforms.with_identities(
+                unseen, spark.createDataFrame(identities, transforms.IDENTITY_SCHEMA)
+            ),
+            ingest_seq,
+            int(time.time() * 1000) if now_ms is None else now_ms,
+        )
         io.append(rows, paths.bronze, partition_by=BRONZE_PARTITIONS)
         result.source_seq = ingest_seq
         result.rows_written = count

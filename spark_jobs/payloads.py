@@ -1,11 +1,13 @@
-"""The lake's work on raw bytes: cut landed files into payloads, decode one payload.
+"""The lake's work on raw bytes: cut landed files into payloads, verify them, decode one.
 
 These run inside `mapInArrow` on the executors (and in the tests on their own, under an
 address-space limit), so nothing here imports Spark. The one rule, as everywhere in the
 platform (`iiot.wire`): **integrity before identity**. A compact batch is known by its header's
-batch id only once it has passed its integrity checks (`wire.verified_batch_id`); anything else is
-known by the SHA-256 of its bytes. So a damaged copy that lands first can never shadow the good
-one, and de-duplication is by content (`content_digest`), the id only naming it.
+batch id only once the whole of it has been checked: its integrity (`wire.verified_batch_id`:
+size, CRC-32, announced decompressed size) and then its decoding (`verify`), because a header
+can lie about a body whose CRC is right (a miscounted header, an unsized zstd bomb). Anything
+else is known by the SHA-256 of its bytes, so a damaged copy that lands first never shadows the
+good one, and de-duplication is by content (`content_digest`), the id only naming it.
 
 **Splitting** (`split_payloads`). Firehose concatenates the records of the telemetry stream into
 one object without a delimiter; compact batches carry their own length. A file that starts with
@@ -14,7 +16,8 @@ is walked batch by batch, and at an offset where no whole batch passes, the spli
 resynchronizes at the next occurrence of the magic. The bytes in between are one piece of their
 own, quarantined by silver with the reason `iiot.wire` gives, so a truncated or damaged batch
 never takes the batches after it along. Any other file is JSON lines (the case study's format),
-cut into chunks of `JSON_CHUNK_LINES` lines.
+cut into chunks of `JSON_CHUNK_LINES` lines. Splitting checks integrity only (a CRC per batch):
+it runs over the whole landing zone on every run, `verify` only over content bronze has not seen.
 
 **Decoding** (`decode_one_payload`) never raises: every failure, foreseen (`iiot.wire`'s reasons)
 or not (defence in depth), becomes a reject row with its reason, and in JSON lines each line
@@ -80,7 +83,7 @@ def content_id(prefix: str, digest: str) -> str:
 def identify(
     payload: bytes, offset: int = 0, limits: wire.Limits = wire.DEFAULT_LIMITS
 ) -> LandedPayload:
-    """The identity of one payload: integrity first, then the id (see `LandedPayload`)."""
+    """The identity of one payload as splitting gives it: integrity checked, not decoded."""
     digest = digest_of(payload)
     if not wire.is_batch(payload):
         return LandedPayload(content_id(JSON_ID, digest), JSON, offset, digest, None, payload)
@@ -90,6 +93,23 @@ def identify(
         damaged = content_id(DAMAGED_ID, digest)
         return LandedPayload(damaged, BATCH, offset, digest, str(exc), payload)
     return LandedPayload(batch_id, BATCH, offset, digest, None, payload)
+
+
+def verify(item: LandedPayload, limits: wire.Limits = wire.DEFAULT_LIMITS) -> LandedPayload:
+    """A payload whose identity may stand: a batch that passed its integrity checks keeps its
+    header's id only if it also decodes; else it is known by its digest, with the reason.
+    Bounded like every decode (`wire.Limits`); never raises."""
+    if item.source_format != BATCH or item.reject_reason is not None:
+        return item
+    try:
+        wire.decode_batch(item.payload, limits)
+    except wire.WireFormatError as exc:
+        reason = str(exc)
+    except Exception as exc:  # anything iiot.wire did not foresee
+        reason = f"body: cannot be decoded ({_exception_text(exc)})"
+    else:
+        return item
+    return item._replace(batch_id=content_id(DAMAGED_ID, item.content_digest), reject_reason=reason)
 
 
 # ------------------------------------------------------------------------------- splitting

@@ -29,10 +29,11 @@ STD_FLOOR = 1e-6  # below any real deviation of readings at the catalog's resolu
 
 # ---------------------------------------------------------------------------------- schemas
 
-LANDED_SCHEMA = (
+IDENTITY_SCHEMA = (
     "batch_id string, content_digest string, source_format string, source_path string, "
-    "source_offset long, reject_reason string, payload binary"
+    "source_offset long, reject_reason string"
 )
+LANDED_SCHEMA = IDENTITY_SCHEMA + ", payload binary"
 BRONZE_COLUMNS = (
     "batch_id",  # the header's id once the batch passed its integrity checks, else from content
     "content_digest",  # SHA-256 of the payload: what de-duplication keys on
@@ -155,39 +156,87 @@ def _split_landed_arrow(batches: Iterator[Any]) -> Iterator[Any]:
         yield pa.RecordBatch.from_pydict(rows, schema=schema)
 
 
-def new_batches(landed: DataFrame, known: DataFrame) -> DataFrame:
-    """Landed payloads whose content is not in `known` (bronze's `batch_id`, `content_digest`,
-    `source_path`), one row per content.
-
-    De-duplication is by content: an exact copy (same bytes) is a duplicate whatever its id. A
-    verified batch id names one content: another content under an id that bronze already holds,
-    or that an earlier landed copy (by path, then offset) carries, is refused. It keeps a batch
-    id of its own (`reused-` and its digest) and the reason, for silver to quarantine, so it
-    neither merges into nor silently replaces the first.
-    """
-    unseen = landed.dropDuplicates(["content_digest"]).join(
+def unseen_payloads(landed: DataFrame, known: DataFrame) -> DataFrame:
+    """Landed payloads whose content (`content_digest`) is not in `known`, one row per content:
+    an exact copy is a duplicate whatever id it claims."""
+    return landed.dropDuplicates(["content_digest"]).join(
         known.select("content_digest"), "content_digest", "left_anti"
     )
-    claims = landed.filter(
-        (F.col("source_format") == F.lit("batch")) & F.col("reject_reason").isNull()
+
+
+def verify_payloads(unseen: DataFrame) -> DataFrame:
+    """The identities (`IDENTITY_SCHEMA`, no payload) of unseen payloads once each batch that
+    passed its integrity checks has also been decoded (`spark_jobs.payloads.verify`): one that
+    does not decode gives up its header's id and carries the reason. Decoding only content
+    bronze has not seen keeps this to one decode per new batch."""
+    return unseen.select(
+        "batch_id",
+        "content_digest",
+        "source_format",
+        "source_path",
+        "source_offset",
+        "reject_reason",
+        "payload",
+    ).mapInArrow(_verify_arrow, IDENTITY_SCHEMA)
+
+
+def _verify_arrow(batches: Iterator[Any]) -> Iterator[Any]:
+    import pyarrow as pa
+
+    from spark_jobs.payloads import LandedPayload, verify
+
+    schema = pa.schema(
+        [
+            ("batch_id", pa.string()),
+            ("content_digest", pa.string()),
+            ("source_format", pa.string()),
+            ("source_path", pa.string()),
+            ("source_offset", pa.int64()),
+            ("reject_reason", pa.string()),
+        ]
+    )
+    for batch in batches:
+        rows: dict[str, list[Any]] = {name: [] for name in schema.names}
+        for row in batch.to_pylist():
+            item = verify(
+                LandedPayload(
+                    row["batch_id"],
+                    row["source_format"],
+                    row["source_offset"],
+                    row["content_digest"],
+                    row["reject_reason"],
+                    row["payload"] or b"",
+                )
+            )
+            rows["batch_id"].append(item.batch_id)
+            rows["content_digest"].append(item.content_digest)
+            rows["source_format"].append(item.source_format)
+            rows["source_path"].append(row["source_path"])
+            rows["source_offset"].append(item.offset)
+            rows["reject_reason"].append(item.reject_reason)
+        yield pa.RecordBatch.from_pydict(rows, schema=schema)
+
+
+def resolve_batch_ids(verified: DataFrame, known: DataFrame) -> DataFrame:
+    """Who owns each verified batch id: the first content under it. A verified batch id names
+    one content: the content bronze already holds under it (`known`: bronze's `batch_id`,
+    `content_digest`, `source_format`, `source_path`, `reject_reason`), else the earliest
+    verified copy landed (by path, then offset). Another content under a taken id is refused: it
+    gets an id of its own (`reused-` and its digest) and the reason, for silver to quarantine,
+    so it neither merges into nor silently replaces the first (`IDENTITY_SCHEMA`)."""
+    verified_batch = (F.col("source_format") == F.lit("batch")) & F.col("reject_reason").isNull()
+    owners = known.filter(verified_batch).select(
+        "batch_id",
+        F.lit(0).alias("_rank"),
+        "source_path",
+        F.lit(None).cast("long").alias("source_offset"),
+        "content_digest",
+    )
+    claims = verified.filter(verified_batch).select(
+        "batch_id", F.lit(1).alias("_rank"), "source_path", "source_offset", "content_digest"
     )
     first = (
-        known.select(
-            "batch_id",
-            F.lit(0).alias("_rank"),
-            "source_path",
-            F.lit(None).cast("long").alias("source_offset"),
-            "content_digest",
-        )
-        .unionByName(
-            claims.select(
-                "batch_id",
-                F.lit(1).alias("_rank"),
-                "source_path",
-                "source_offset",
-                "content_digest",
-            )
-        )
+        owners.unionByName(claims)
         .groupBy("batch_id")
         .agg(
             F.min(F.struct("_rank", "source_path", "source_offset", "content_digest")).alias(
@@ -196,40 +245,36 @@ def new_batches(landed: DataFrame, known: DataFrame) -> DataFrame:
         )
     )
     first_digest = F.col("_first.content_digest")
-    reused = (
-        (F.col("source_format") == F.lit("batch"))
-        & F.col("reject_reason").isNull()
-        & first_digest.isNotNull()
-        & (first_digest != F.col("content_digest"))
-    )
-    return (
-        unseen.join(first, "batch_id", "left")
-        .withColumn("_reused", F.coalesce(reused, F.lit(False)))
-        .select(
-            F.when(
-                F.col("_reused"),
-                F.concat(F.lit(REUSED_ID), F.substring("content_digest", 1, CONTENT_ID_CHARS)),
-            )
-            .otherwise(F.col("batch_id"))
-            .alias("batch_id"),
-            "content_digest",
-            "source_format",
-            "source_path",
-            "source_offset",
-            F.when(
-                F.col("_reused"),
-                F.format_string(
-                    "batch_id: %s reused with different content (the first copy landed in %s); "
-                    "a batch id must name one content",
-                    F.col("batch_id"),
-                    F.col("_first.source_path"),
-                ),
-            )
-            .otherwise(F.col("reject_reason"))
-            .alias("reject_reason"),
-            "payload",
+    reused = F.coalesce(verified_batch & (first_digest != F.col("content_digest")), F.lit(False))
+    return verified.join(first, "batch_id", "left").select(
+        F.when(
+            reused,
+            F.concat(F.lit(REUSED_ID), F.substring("content_digest", 1, CONTENT_ID_CHARS)),
         )
+        .otherwise(F.col("batch_id"))
+        .alias("batch_id"),
+        "content_digest",
+        "source_format",
+        "source_path",
+        "source_offset",
+        F.when(
+            reused,
+            F.format_string(
+                "batch_id: %s reused with different content (the first copy landed in %s); "
+                "a batch id names one content",
+                F.col("batch_id"),
+                F.col("_first.source_path"),
+            ),
+        )
+        .otherwise(F.col("reject_reason"))
+        .alias("reject_reason"),
     )
+
+
+def with_identities(unseen: DataFrame, identities: DataFrame) -> DataFrame:
+    """The unseen payloads under their resolved identities (joined by content digest), ready
+    for `with_ingest_metadata`."""
+    return unseen.select("content_digest", "payload").join(identities, "content_digest")
 
 
 def with_ingest_metadata(batches: DataFrame, ingest_seq: int, ingested_ms: int) -> DataFrame:
@@ -253,8 +298,8 @@ def with_ingest_metadata(batches: DataFrame, ingest_seq: int, ingested_ms: int) 
 
 def identify_bronze(bronze: DataFrame) -> DataFrame:
     """Bronze rows an earlier release wrote (before content digests) with their identity as
-    `split_payloads` gives it today (`BRONZE_COLUMNS`): a damaged batch that took its header's
-    id gives it up (so that a good copy still in the landing zone lands), and carries its reason.
+    this release gives it (`BRONZE_COLUMNS`): a damaged batch that took its header's id gives
+    it up (so that a good copy still in the landing zone lands), and carries its reason.
     """
     return (
         bronze.select(
@@ -280,10 +325,11 @@ _IDENTIFIED_SCHEMA = (
 def _identify_arrow(batches: Iterator[Any]) -> Iterator[Any]:
     import pyarrow as pa
 
-    from spark_jobs.payloads import identify
+    from spark_jobs.payloads import identify, verify
 
     for batch in batches:
-        items = [identify(payload or b"") for payload in batch.column("payload").to_pylist()]
+        payloads = batch.column("payload").to_pylist()
+        items = [verify(identify(payload or b"")) for payload in payloads]
         yield pa.RecordBatch.from_pydict(
             {
                 "batch_id": pa.array([item.batch_id for item in items], pa.string()),

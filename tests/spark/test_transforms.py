@@ -183,12 +183,64 @@ def test_split_landed_files_keeps_batch_ids_and_chunks_json(spark: Any) -> None:
     )
     first = encode_batch(columns, batch_id=uuid.UUID(int=1))
     second = encode_batch(columns, batch_id=uuid.UUID(int=2))
+    truncated = second[:-5]  # a damaged batch never takes the next one along
     files = spark.createDataFrame(
-        [("a.iiotb", first + second), ("b.jsonl", b'{"a": 1}\n\n{"b": 2}\n')],
+        [("a.iiotb", first + truncated + second), ("b.jsonl", b'{"a": 1}\n\n{"b": 2}\n')],
         "path string, content binary",
     )
-    out = transforms.split_landed_files(files).select("batch_id", "source_format").collect()
-    ids = sorted((r["source_format"], r["batch_id"]) for r in out)
-    assert ids[:2] == [("batch", uuid.UUID(int=1).hex), ("batch", uuid.UUID(int=2).hex)]
-    assert ids[2][0] == "json"
-    assert ids[2][1].startswith("json-")
+    out = transforms.split_landed_files(files).collect()
+    pieces = sorted((r["source_path"], r["source_offset"]) for r in out)
+    assert pieces == [
+        ("a.iiotb", 0),
+        ("a.iiotb", len(first)),
+        ("a.iiotb", 2 * len(first) - 5),
+        ("b.jsonl", 0),
+    ]
+    by_offset = {(r["source_path"], r["source_offset"]): r for r in out}
+    assert by_offset["a.iiotb", 0]["batch_id"] == uuid.UUID(int=1).hex
+    assert by_offset["a.iiotb", 2 * len(first) - 5]["batch_id"] == uuid.UUID(int=2).hex
+    damaged = by_offset["a.iiotb", len(first)]
+    assert damaged["batch_id"].startswith("damaged-")
+    assert "(truncated or padded)" in damaged["reject_reason"]
+    assert damaged["payload"] == truncated
+    chunk = by_offset["b.jsonl", 0]
+    assert chunk["source_format"] == "json"
+    assert chunk["batch_id"] == "json-" + chunk["content_digest"][:32]
+    assert chunk["payload"] == b'{"a": 1}\n{"b": 2}'
+
+
+def test_a_verified_batch_id_names_one_content(spark: Any) -> None:
+    """The first content under a verified id owns it (bronze's, else the earliest landed copy
+    by path and offset); another content under it is refused with the reason. Payloads that
+    failed their checks and JSON chunks claim no id."""
+    known = spark.createDataFrame(
+        [
+            ("x", "d-x1", "batch", "file:///l/0", None),
+            ("damaged-1", "d-bad", "batch", "file:///l/0", "body: CRC-32 mismatch"),
+        ],
+        "batch_id string, content_digest string, source_format string, source_path string, "
+        "reject_reason string",
+    )
+    verified = spark.createDataFrame(
+        [
+            ("x", "d-x2", "batch", "file:///l/1", 0, None),
+            ("y", "d-y2", "batch", "file:///l/1", 300, None),
+            ("y", "d-y1", "batch", "file:///l/1", 20, None),
+            ("damaged-2", "d-z", "batch", "file:///l/1", 40, "body: series counts add up"),
+            ("json-1", "d-j", "json", "file:///l/j", 0, None),
+        ],
+        transforms.IDENTITY_SCHEMA,
+    )
+    out = {
+        r["content_digest"]: (r["batch_id"], r["reject_reason"])
+        for r in transforms.resolve_batch_ids(verified, known).collect()
+    }
+    assert out["d-x2"][0] == "reused-" + "d-x2"
+    assert out["d-x2"][1] == (
+        "batch_id: x reused with different content (the first copy landed in file:///l/0); "
+        "a batch id names one content"
+    )
+    assert out["d-y1"] == ("y", None)
+    assert out["d-y2"][0] == "reused-d-y2"
+    assert out["d-z"] == ("damaged-2", "body: series counts add up")
+    assert out["d-j"] == ("json-1", None)
