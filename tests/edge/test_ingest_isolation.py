@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sensor_buffer import ingest
-from sensor_buffer.ingest import Incoming, Ingestor
+from sensor_buffer.ingest import Incoming, Ingestor, micro_batch_share
 from sensor_buffer.store import iter_stored
 
 from iiot import wire
@@ -23,6 +23,7 @@ from tests.edge.test_ingest import NOW_MS, make_ingestor, reading
 from tests.poison import (
     Poison,
     build_stream,
+    good_batch,
     good_json,
     good_readings,
     keys_of,
@@ -230,3 +231,35 @@ def test_a_micro_batch_that_cannot_commit_stays_unacknowledged_then_lands_once(
     assert len(acks) == len(payloads)
     assert len(list(iter_stored(store.path))) == 300
     assert ingestor.process(items).duplicates == len(payloads)  # and never twice
+
+
+def test_a_payload_refused_unread_never_sizes_a_micro_batch() -> None:
+    limits = wire.DEFAULT_LIMITS
+    by_name = {p.name: p.payload for p in known_poisons(NOW_MS)}
+    for name in (
+        "a list of 4M numbers (8 MB)",
+        "batch announcing 4 billion readings",
+        "batch with a damaged body",
+        "truncated batch",
+    ):
+        assert micro_batch_share(by_name[name], limits) == 1, name
+    good = good_readings(50, start_ms=NOW_MS - 3_000_000)
+    assert micro_batch_share(good_batch(good), limits) == 50
+    assert micro_batch_share(good_json(good), limits) == wire.announced_readings(good_json(good))
+
+
+def test_an_oversized_payload_is_recognised_when_redelivered(
+    tmp_path: Path, catalog: MetricCatalog
+) -> None:
+    ingestor = make_ingestor(tmp_path, catalog)
+    huge = b"[" + b"1," * 1_000_000 + b"1]"
+    assert ingestor.process([Incoming("t", huge, NOW_MS)]).quarantined == 1
+    again = ingestor.process([Incoming("t", huge, NOW_MS)])
+    assert (again.duplicates, again.quarantined) == (1, 0)
+    other = huge + b" "  # another oversized payload: a reject of its own
+    assert ingestor.process([Incoming("t", other, NOW_MS)]).quarantined == 1
+    # Identified by its length and the head the quarantine keeps, not by hashing megabytes:
+    # one differing only further on counts as the same reject (refused whole either way).
+    tail = huge[:-2] + b"2]"
+    assert ingestor.process([Incoming("t", tail, NOW_MS)]).duplicates == 1
+    assert ingestor.store.backlog().readings == 0

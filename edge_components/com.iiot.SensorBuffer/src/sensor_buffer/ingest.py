@@ -36,7 +36,15 @@ import numpy as np
 
 from iiot.anomaly import Anomaly, encode_anomaly
 from iiot.contract import EARLIEST_TIMESTAMP_MS, ID_PATTERN, SeriesKey, Validator
-from iiot.wire import DEFAULT_LIMITS, Limits, is_batch, validate_batch, validate_json
+from iiot.wire import (
+    DEFAULT_LIMITS,
+    Limits,
+    announced_readings,
+    batch_integrity_problem,
+    is_batch,
+    validate_batch,
+    validate_json,
+)
 from sensor_buffer.store import FullEvent, QuarantineItem, Store, payload_digest
 from sensor_buffer.thresholds import ThresholdChecker
 
@@ -67,6 +75,30 @@ _BAD_SERIES = -1
 _QUARANTINED_BYTES = 64 * 1024  # what a quarantine row keeps of a payload (as the core does)
 
 Parts = tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]  # sid, ts, value arrays
+
+
+def micro_batch_share(payload: bytes, limits: Limits) -> int:
+    """Readings a payload adds to the micro-batch being formed, before anything is decoded:
+    what it announces, or 1 when it will be refused whole unread (an 8 MB list, a damaged
+    batch, a header announcing 4 billion readings): a poison must not force commits of its own.
+    A batch's integrity check is cheap (header, CRC-32, zstd frame size; nothing decompressed).
+    """
+    if len(payload) > limits.max_payload_bytes:
+        return 1
+    if is_batch(payload) and batch_integrity_problem(payload, limits) is not None:
+        return 1
+    return announced_readings(payload)
+
+
+def _identity(payload: bytes, limits: Limits) -> bytes:
+    """The digest that recognises a redelivered payload. A payload over the byte limit is
+    refused whole and the quarantine keeps only its head, so its length and that head identify
+    it (hashing megabytes to recognise a reject is not worth it); the prefix keeps it apart
+    from any payload within the limit."""
+    if len(payload) > limits.max_payload_bytes:
+        head = payload[:_QUARANTINED_BYTES]
+        return payload_digest(b"oversize\x00" + len(payload).to_bytes(8, "little") + head)
+    return payload_digest(payload)
 
 
 @dataclass
@@ -162,7 +194,7 @@ class Ingestor:
         exact_items: list[Incoming] = []
         seen_now: set[bytes] = set()
         for item in items:
-            digest = payload_digest(item.payload)
+            digest = _identity(item.payload, self.limits)
             if self.store.is_seen(digest) or digest in seen_now:
                 result.duplicates += 1
                 continue

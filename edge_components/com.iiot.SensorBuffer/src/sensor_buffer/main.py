@@ -22,11 +22,10 @@ import msgspec
 from iiot.anomaly import Anomaly, encode_anomaly
 from iiot.catalog import MetricCatalog, load_catalog
 from iiot.contract import Validator
-from iiot.wire import announced_readings
 from sensor_buffer.alert_window import AlertWindow
 from sensor_buffer.config import BufferConfig, from_component_config
 from sensor_buffer.health import HealthTracker
-from sensor_buffer.ingest import Incoming, Ingestor, IngestResult
+from sensor_buffer.ingest import Incoming, Ingestor, IngestResult, micro_batch_share
 from sensor_buffer.store import Store
 from sensor_buffer.thresholds import ThresholdChecker
 from sensor_buffer.transport import Transport
@@ -124,6 +123,7 @@ class SensorBuffer:
     def _ingest_loop(self) -> None:
         interval = self.config.commit_interval_ms / 1000
         limit = self.config.commit_max_readings
+        limits = self.config.limits
         pending: list[Incoming] = []
         estimate = 0
         deadline: float | None = None
@@ -134,11 +134,11 @@ class SensorBuffer:
             try:
                 item = self._queue.get(timeout=0 if stopping else timeout)
                 pending.append(item)
-                estimate += announced_readings(item.payload)
+                estimate += micro_batch_share(item.payload, limits)
                 while estimate < limit:
                     item = self._queue.get_nowait()
                     pending.append(item)
-                    estimate += announced_readings(item.payload)
+                    estimate += micro_batch_share(item.payload, limits)
             except queue.Empty:
                 pass
             now = time.monotonic()
