@@ -128,10 +128,14 @@ def run_bronze(
     unseen = transforms.unseen_payloads(landed, known)
     # New content is decoded once, here; its identities are few rows, taken as data so that the
     # append below does not decode it again.
-    verified = spark.createDataFrame(
-        transforms.verify_payloads(unseen).collect(), transforms.IDENTITY_SCHEMA
+    verified = transforms.verify_payloads(unseen).collect()
+    identities = (
+        transforms.resolve_batch_ids(
+            spark.createDataFrame(verified, transforms.IDENTITY_SCHEMA), known
+        ).collect()
+        if verified
+        else []
     )
-    identities = transforms.resolve_batch_ids(verified, known).collect()
     # Distinct places, not rows: Sail reads a large file as several rows of the whole file.
     landed_count = landed.select("source_path", "source_offset").distinct().count()
     count = len(identities)

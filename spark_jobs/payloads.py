@@ -56,10 +56,11 @@ REUSED_ID = "reused-"
 class LandedPayload(NamedTuple):
     """One payload cut from a landed file, with its identity.
 
-    `batch_id` is the header's batch id for a compact batch that passed its integrity checks,
-    else derived from `content_digest` (the SHA-256 of `payload`, the de-duplication key);
-    `reject_reason` says why the payload failed its integrity checks (None when it passed, and
-    for JSON, which silver checks line by line); `offset` is where it starts in the file.
+    `batch_id` is the header's batch id for a compact batch that passed its checks (integrity
+    when split, decoding once `verify`d), else derived from `content_digest` (the SHA-256 of
+    `payload`, the de-duplication key); `reject_reason` says why the payload failed them (None
+    when it passed, and for JSON, which silver checks line by line); `offset` is where it
+    starts in the landed file.
     """
 
     batch_id: str
@@ -144,7 +145,9 @@ def _split_batches(content: bytes, limits: wire.Limits, budget: _Budget) -> list
             out.append(LandedPayload(batch_id, BATCH, offset, digest_of(payload), None, payload))
             offset = end
         else:  # no whole batch here: the bytes up to the next magic are one piece
-            out.append(identify(content[offset:following], offset, limits))
+            piece = content[offset:following]
+            if piece.strip():  # whitespace between records (a delimiter) carries nothing
+                out.append(identify(piece, offset, limits))
             offset = following
     return out
 

@@ -4,8 +4,10 @@ Nothing here reads or writes a table or a file (that is `spark_jobs.io`), so eac
 unchanged on Sail (the embedded local engine), on classic local PySpark (the tests compare the
 two) and on Apache Spark with delta-spark on EMR Serverless.
 
-Payload decoding uses the core's wire formats (`iiot.wire`) inside `mapInArrow`: the executors
-need the `iiot` package (locally it is installed; on EMR it is in the application's image).
+The work on raw bytes (splitting landed files, verifying and decoding payloads) is
+`spark_jobs.payloads`, run inside `mapInArrow` with the core's wire formats (`iiot.wire`): the
+executors need the `iiot` package (locally it is installed; on EMR it is in the application's
+image).
 Time columns are computed with integer arithmetic on UTC epoch milliseconds, so that no engine's
 session time zone can move a reading to another day, hour or shift.
 """

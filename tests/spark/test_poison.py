@@ -355,8 +355,13 @@ def test_no_payload_breaks_the_splitter_or_the_decoder(payload: bytes) -> None:
     for content in (payload + good, good + payload):
         items = split_payloads(content)
         assert [i for i in items if i.batch_id == good_id and i.payload == good]
-        if wire.is_batch(content):  # a batch stream is cut, never trimmed
-            assert b"".join(item.payload for item in items) == content
+        if wire.is_batch(content):  # a batch stream is cut, never trimmed but for whitespace
+            ends_at = 0
+            for item in items:
+                assert not content[ends_at : item.offset].strip()
+                assert content[item.offset : item.offset + len(item.payload)] == item.payload
+                ends_at = item.offset + len(item.payload)
+            assert not content[ends_at:].strip()
         for item in items:
             table = decode_one_payload(
                 item.batch_id, item.source_format, "x", item.payload, 1, NOW_MS, item.reject_reason
@@ -415,6 +420,15 @@ def test_decoding_never_raises_even_when_wire_does(monkeypatch: pytest.MonkeyPat
         "body: cannot be decoded (ZeroDivisionError: division by zero)"
     ]
     assert isinstance(table, pa.Table)
+
+
+def test_newlines_between_batches_are_no_payload() -> None:
+    """A delivery stream that appends a newline to each record still splits into the batches
+    alone (and a newline-delimited file of batches is no JSON)."""
+    batches = [good_batch(good_readings(3, start_ms=NOW_MS - HOUR_MS, sensor=s)) for s in (75, 76)]
+    items = split_payloads(b"\n".join(batches) + b"\n")
+    assert [item.payload for item in items] == batches
+    assert all(item.reject_reason is None for item in items)
 
 
 def test_a_batch_id_reused_with_other_content_is_refused_not_merged() -> None:
