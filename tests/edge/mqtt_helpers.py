@@ -170,3 +170,42 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def connect(
+    port: int,
+    *,
+    client_id: str = "",
+    username: str | None = None,
+    password: str | None = None,
+    tls=None,
+    client_cert: bool = False,
+    clean_start: bool = True,
+) -> tuple[mqtt.Client, str]:
+    """A paho client and the CONNACK's reason ('Success' or why it was refused)."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    if username is not None:
+        client.username_pw_set(username, password)
+    if tls is not None:
+        client.tls_set(
+            ca_certs=str(tls.ca),
+            certfile=str(tls.client_cert) if client_cert else None,
+            keyfile=str(tls.client_key) if client_cert else None,
+        )
+    answered = threading.Event()
+    reason: list[str] = []
+
+    def on_connect(_client, _userdata, _flags, code, _properties) -> None:
+        reason.append(str(code))
+        answered.set()
+
+    client.on_connect = on_connect
+    client.connect("127.0.0.1", port, clean_start=clean_start)
+    client.loop_start()
+    answered.wait(10)
+    return client, reason[0] if reason else "no answer"
+
+
+def close(client: mqtt.Client) -> None:
+    client.disconnect()
+    client.loop_stop()

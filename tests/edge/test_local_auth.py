@@ -9,58 +9,17 @@ import threading
 import time
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 from sensor_buffer.cli import PASSWORD_ENV, _password, app
 from sensor_buffer.transport_mqtt import MqttSecurity, parse_broker, session_client_id
 from typer.testing import CliRunner
 
 from iiot.localbroker import BrokerTls
 from iiot.topics import SENSOR_DATA
-from tests.edge.mqtt_helpers import Collector, uploaded, wait_for
+from tests.edge.mqtt_helpers import Collector, close, connect, uploaded, wait_for
 from tests.poison import FACTORY, good_json, good_readings, keys_of
 
 USERS = {"buffer": "buffer-secret", "sensor": "sensor-secret"}
-
-
-def connect(
-    port: int,
-    *,
-    client_id: str = "",
-    username: str | None = None,
-    password: str | None = None,
-    tls=None,
-    client_cert: bool = False,
-    clean_start: bool = True,
-) -> tuple[mqtt.Client, str]:
-    """A paho client and the CONNACK's reason ('Success' or why it was refused)."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    if username is not None:
-        client.username_pw_set(username, password)
-    if tls is not None:
-        client.tls_set(
-            ca_certs=str(tls.ca),
-            certfile=str(tls.client_cert) if client_cert else None,
-            keyfile=str(tls.client_key) if client_cert else None,
-        )
-    answered = threading.Event()
-    reason: list[str] = []
-
-    def on_connect(_client, _userdata, _flags, code, _properties) -> None:
-        reason.append(str(code))
-        answered.set()
-
-    client.on_connect = on_connect
-    client.connect("127.0.0.1", port, clean_start=clean_start)
-    client.loop_start()
-    answered.wait(10)
-    return client, reason[0] if reason else "no answer"
-
-
-def close(client: mqtt.Client) -> None:
-    client.disconnect()
-    client.loop_stop()
 
 
 @pytest.mark.slow

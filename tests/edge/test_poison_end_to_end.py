@@ -17,9 +17,8 @@ import time
 import pytest
 
 from iiot.topics import SENSOR_DATA
-from tests.edge.mqtt_helpers import Collector, uploaded, wait_for
+from tests.edge.mqtt_helpers import Collector, close, connect, uploaded, wait_for
 from tests.edge.test_ingest_isolation import assert_quarantined_with_reasons
-from tests.edge.test_local_auth import close, connect
 from tests.poison import FACTORY, build_stream, good_json, good_readings, keys_of, run_limited
 
 pytestmark = pytest.mark.slow
