@@ -11,6 +11,8 @@ compressed body. Layout (little-endian)::
     magic "IIOTB" | version u8 | flags u8 | reserved u8 | batch_id 16B | count u32
     | body_length u32 | crc32(body) u32 | body = zstd(msgpack(_BatchBody))
 
+The header is 36 bytes; the body is one zstd frame that records its decompressed size.
+
 Inside, readings are grouped by series and sorted by time; timestamps and values travel as
 per-series first values plus narrow integer deltas. A series whose values are all exact decimals
 with few places (sensor resolutions from the catalog) stores them as scaled integers, which is
@@ -240,6 +242,13 @@ def _verified_header(payload: bytes, limits: Limits) -> BatchHeader:
             content_size = zstandard.frame_content_size(body)
         except zstandard.ZstdError as exc:
             raise WireFormatError(f"body: not a zstd frame ({exc})") from exc
+        if content_size < 0:
+            # `encode_batch` always records the size; without it the only way to learn it is
+            # to decompress up to the limit, which would let a 2 KB payload cost 32 MB of work.
+            raise WireFormatError(
+                "body: the zstd frame does not record its decompressed size (version 1 "
+                "batches always do)"
+            )
         if content_size > limits.max_decompressed_bytes:
             raise WireFormatError(
                 f"body: decompresses to {content_size} bytes, more than the limit of "
@@ -661,22 +670,12 @@ def is_batch(payload: bytes) -> bool:
     return payload[: len(BATCH_MAGIC)] == BATCH_MAGIC
 
 
-def _decompress(body: memoryview, limits: Limits) -> bytes:
-    """One zstd frame, its size bounded before a byte is produced (see `_verified_header`)."""
-    decompressor = _codec.decompressor
+def _decompress(body: memoryview) -> bytes:
+    """One zstd frame whose size `_verified_header` already bounded."""
     try:
-        if zstandard.frame_content_size(body) >= 0:
-            return decompressor.decompress(body, allow_extra_data=False)
-        # No size in the frame header: stream it, stopping one byte past the limit.
-        reader = decompressor.stream_reader(body, read_across_frames=False)
-        data = reader.read(limits.max_decompressed_bytes + 1)
+        return _codec.decompressor.decompress(body, allow_extra_data=False)
     except zstandard.ZstdError as exc:
         raise WireFormatError(f"body: zstd decompression failed ({exc})") from exc
-    if len(data) > limits.max_decompressed_bytes:
-        raise WireFormatError(
-            f"body: decompresses to more than the limit of {limits.max_decompressed_bytes} bytes"
-        )
-    return data
 
 
 def decode_batch(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> Batch:
@@ -688,7 +687,7 @@ def decode_batch(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> Batch:
     header = _verified_header(payload, limits)
     body: bytes | memoryview = memoryview(payload)[HEADER_SIZE:]
     if header.flags & _FLAG_ZSTD:
-        body = _decompress(body, limits)  # type: ignore[arg-type]
+        body = _decompress(body)  # type: ignore[arg-type]
     try:
         decoded = _body_decoder.decode(body)
     except msgspec.DecodeError as exc:

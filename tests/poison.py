@@ -223,7 +223,7 @@ def known_poisons(now_ms: int) -> list[Poison]:
         Poison(
             "zstd bomb, no size in the frame header",
             zstd_bomb(content_size=False),
-            "decompresses to more than",
+            "does not record its decompressed size",
             bomb=True,
         ),
         Poison("truncated batch", batch[: len(batch) - 7], "truncated"),
@@ -266,7 +266,7 @@ def shadow_copies(good_batch_payload: bytes) -> list[Poison]:
                 zstd_bomb(64 * 1024 * 1024, content_size=False)[wire.HEADER_SIZE :],
                 batch_id=header.batch_id,
             ),
-            "decompresses to more than",
+            "does not record its decompressed size",
             bomb=True,
         ),
     ]

@@ -143,7 +143,12 @@ def copies_that_pass_the_header_checks(payload: bytes) -> list[Poison]:
     bomb = bomb[:8] + header.batch_id.bytes + bomb[24:]  # the header is outside the CRC
     return [
         Poison("shadow: counts disagree", miscounted, "counts add up"),
-        Poison("shadow: zstd bomb without a size", bomb, "decompresses to more than", bomb=True),
+        Poison(
+            "shadow: zstd bomb without a size",
+            bomb,
+            "does not record its decompressed size",
+            bomb=True,
+        ),
     ]
 
 
