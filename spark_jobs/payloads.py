@@ -27,10 +27,12 @@ fails alone.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from iiot import wire
+from iiot.contract import ID_PATTERN, ID_RULE
 
 JSON_CHUNK_LINES = 5_000
 QUARANTINED_BYTES = 4_096  # of a whole payload kept as the quarantine's text (bronze keeps all)
@@ -213,6 +215,7 @@ def _split_json_lines(content: bytes) -> list[LandedPayload]:
 # -------------------------------------------------------------------------------- decoding
 
 _READING_FIELDS = ("factory_id", "machine_id", "sensor_id", "metric", "unit")
+_ID = re.compile(ID_PATTERN)
 
 
 class _Rejects:
@@ -357,6 +360,16 @@ def _text_problem(reading: Any) -> str | None:
     return None
 
 
+def _id_problem(key: Any) -> str | None:
+    """The contract's id rule, once per series: ids become partition values and tags. (Whole
+    match: the pattern's `$` alone would let a final newline through.)"""
+    for name in ("factory_id", "machine_id", "sensor_id"):
+        value = getattr(key, name)
+        if not _ID.fullmatch(value):
+            return f"{name}: {value!r} is not a valid id ({ID_RULE})"
+    return None
+
+
 def _reading_table(
     meta: tuple[Any, ...],
     columns: Any,
@@ -371,9 +384,11 @@ def _reading_table(
     n = len(columns)
     series = columns.series
 
-    def series_column(field: int) -> Any:
-        values = pa.array([key[field] for key in series], pa.string())
-        return values.take(pa.array(columns.series_index)) if n else pa.array([], pa.string())
+    def series_column(values: list[str | None]) -> Any:
+        column = pa.array(values, pa.string())
+        return column.take(pa.array(columns.series_index)) if n else pa.array([], pa.string())
+
+    problems = [_id_problem(key) for key in series]
 
     return pa.table(
         {
@@ -385,13 +400,13 @@ def _reading_table(
             "position": pa.array(positions, pa.int32()),
             "item": pa.array(items, pa.int32()),
             "timestamp": pa.array(columns.timestamp, pa.int64()),
-            "factory_id": series_column(0),
-            "machine_id": series_column(1),
-            "sensor_id": series_column(2),
-            "metric": series_column(3),
-            "unit": series_column(4),
+            "factory_id": series_column([key.factory_id for key in series]),
+            "machine_id": series_column([key.machine_id for key in series]),
+            "sensor_id": series_column([key.sensor_id for key in series]),
+            "metric": series_column([key.metric for key in series]),
+            "unit": series_column([key.unit for key in series]),
             "value": pa.array(columns.value, pa.float64()),
-            "reject_reason": pa.nulls(n, pa.string()),
+            "reject_reason": series_column(problems) if any(problems) else pa.nulls(n, pa.string()),
             "raw": pa.array(raws if raws is not None else [None] * n, pa.string()),
         }
     )

@@ -162,16 +162,12 @@ def silver_keys(paths: io.LakePaths) -> list[tuple[str, int]]:
 
 
 def rows(uri: str, columns: list[str]) -> list[dict[str, Any]]:
-    return io.read_arrow(uri, columns).to_pylist()  # type: ignore[no-any-return]
+    return list(io.read_arrow(uri, columns).to_pylist())
 
 
 def ends(path: str, relative: str) -> bool:
     """Whether an engine's file URI is the landed file at `relative` (under landing/)."""
     return path.endswith("/landing/" + relative)
-
-
-def says(reason: str, expected: str) -> bool:
-    return expected.lower() in reason.lower()
 
 
 # ---------------------------------------------------------------------------- the corpus
@@ -239,7 +235,7 @@ def test_every_poison_is_quarantined_with_its_reason(poisoned_lake: dict[str, An
         reasons = [quarantine[i]["reason"] for i in found]
         assert reasons, f"{poison.name}: not quarantined"
         assert all(reasons), poison.name
-        assert any(says(reason, poison.reason) for reason in reasons), (poison.name, reasons)
+        assert any(poison.reason in reason for reason in reasons), (poison.name, reasons)
         accounted.update(found)
     # and nothing else: no good payload left a row in the quarantine
     assert accounted == set(range(len(quarantine)))
