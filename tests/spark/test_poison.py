@@ -67,8 +67,9 @@ class Landed:
 def land_stream(stream: Stream, landing: Path) -> Landed:
     """Land a stream's payloads in order. A new Firehose object starts every `BATCHES_PER_FILE`
     batches and right after a CRC-damaged shadow copy, so that the damaged copy sits in an
-    earlier file than the good one, and the truncated copy sits right before the good one in
-    the same file. An empty payload cannot be a JSON line: it lands as an empty object."""
+    earlier file than the good one, and the truncated copy (then the shadows whose header
+    checks pass) come before the good one in the same file. An empty payload cannot be a JSON
+    line: it lands as an empty object."""
     landed = Landed()
     shadow_ends = {position for position, p in stream.poisons if p.name.startswith("shadow: CRC")}
     batch_file: list[bytes] = []
