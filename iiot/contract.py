@@ -26,7 +26,7 @@ import numpy.typing as npt
 from iiot.catalog import MetricCatalog
 
 # Ids become MQTT topic levels, S3 partition values and InfluxDB tags: keep them plain.
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\Z"  # \Z: `$` would let "F01\n" through
 _ID_RE = re.compile(ID_PATTERN)
 ID_RULE = "1-128 letters, digits, '_', '.', ':' or '-', starting with a letter or digit"
 # For low-volume messages the decoder checks the pattern itself. Readings arrive by the hundred

@@ -122,6 +122,22 @@ def _utf8_problem(payload: bytes) -> str | None:
     return None
 
 
+_LONE_SURROGATE = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
+
+
+def _surrogate_problem(payload: bytes) -> str | None:
+    """A lone UTF-16 surrogate escape ("\\ud800") decodes to a str no UTF-8 encoder accepts."""
+    if b"\\u" not in payload:
+        return None
+    found = _LONE_SURROGATE.search(payload)
+    if found is None:
+        return None
+    return f"payload: lone UTF-16 surrogate escape {found.group().decode()} at byte {found.start()}"
+
+
 def json_integrity_problem(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> str | None:
     """Why a JSON payload must be rejected whole before parsing, or None.
 
@@ -134,7 +150,7 @@ def json_integrity_problem(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> s
             f"payload: {len(payload)} bytes exceeds the {limits.max_payload_bytes}-byte limit; "
             "split it into smaller messages"
         )
-    problem = _utf8_problem(payload)
+    problem = _utf8_problem(payload) or _surrogate_problem(payload)
     if problem:
         return problem
     opens = payload.count(b"[") + payload.count(b"{")
@@ -690,7 +706,7 @@ def decode_batch(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> Batch:
         body = _decompress(body)  # type: ignore[arg-type]
     try:
         decoded = _body_decoder.decode(body)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise WireFormatError(f"body: {exc}") from exc
     try:
         columns = _columns_from_body(decoded, header.readings)

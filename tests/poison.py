@@ -187,6 +187,13 @@ def zstd_bomb(decompressed_bytes: int = 250_000_000, *, content_size: bool = Tru
     return _framed(b"".join(parts))
 
 
+def _non_utf8_batch() -> bytes:
+    """A batch whose CRC is right but whose msgpack holds a string that is not UTF-8."""
+    body = msgspec.msgpack.encode({"producer": "\x00MARK"})
+    body = body.replace(b"\x00MARK", b"\xffMARK")
+    return _framed(zstandard.ZstdCompressor().compress(body), count=0)
+
+
 def known_poisons(now_ms: int) -> list[Poison]:
     """The committed list. Timestamps sit an hour before `now_ms` (inside the skew window)."""
     start = now_ms - HOUR_MS
@@ -205,6 +212,12 @@ def known_poisons(now_ms: int) -> list[Poison]:
             "invalid UTF-8",
         ),
         Poison("invalid UTF-8 after a valid prefix", good_json(sample)[:-1] + b"\xc3]", "UTF-8"),
+        Poison(
+            "a lone UTF-16 surrogate escape",
+            good_json(sample).replace(b'"F01"', b'"F\\ud800"', 1),
+            "lone UTF-16 surrogate escape",
+        ),
+        Poison("batch with invalid UTF-8 inside its body", _non_utf8_batch(), "body:"),
         Poison("list nested 1,000 deep", b"[" * 1000 + b"]" * 1000, "nested 1000 deep"),
         Poison("object nested 1,000 deep", b'{"a":' * 1000 + b"1" + b"}" * 1000, "nested"),
         Poison(

@@ -123,7 +123,7 @@ def lake_poisons(now_ms: int) -> list[Poison]:
     body = zstandard.ZstdDecompressor().decompress(batch[wire.HEADER_SIZE :])
     bad_text = zstandard.ZstdCompressor().compress(body.replace(b"-81", b"-\xff1", 1))
     return [
-        Poison("a lone surrogate escape in an id", surrogate, "not valid Unicode"),
+        Poison("a lone surrogate escape in an id", surrogate, "lone UTF-16 surrogate escape"),
         Poison("an id that is a path", good_json([{**reading, "factory_id": "F/.."}]), "valid id"),
         Poison(
             "a timestamp past any calendar",
