@@ -29,8 +29,8 @@ import pydantic
 
 from iiot.catalog import load_catalog
 from iiot.contract import EARLIEST_TIMESTAMP_MS, ID_PATTERN, Reading, Validator
-from iiot.simulator import FleetConfig, FleetSimulator
 from iiot.wire import validate_json
+from local_platform.simulator import FleetConfig, FleetSimulator
 
 CATALOG = load_catalog()
 NOW_MS = int(time.time() * 1000)

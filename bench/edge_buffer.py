@@ -40,14 +40,14 @@ from sensor_buffer.uploader import Uploader
 
 from iiot.catalog import load_catalog
 from iiot.contract import ReadingColumns, Validator
-from iiot.simulator import FleetConfig, FleetSimulator
 from iiot.wire import encode_batch
+from local_platform.simulator import FleetConfig, FleetSimulator
 
 PAYLOADS_PER_MICRO_BATCH = 1_000  # about what the ingest loop gathers at commit_max_readings
 
 
 def json_payloads(columns: ReadingColumns) -> list[bytes]:
-    """One JSON list per machine and instant, in time order (what iiot.publisher sends)."""
+    """One JSON list per machine and instant, in time order (as `local_platform.publisher`)."""
     readings = columns.to_readings()
     groups: dict[tuple[int, str], list[int]] = {}
     for position, reading in enumerate(readings):

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from iiot.catalog import load_catalog
-from iiot.simulator import FleetConfig, FleetSimulator, write_simulation
+from local_platform.simulator import FleetConfig, FleetSimulator, write_simulation
 from ml_pipeline.compile import compile_model
 from ml_pipeline.dataset import build_table, read_history, read_streams
 from ml_pipeline.features import MachineFeatureState

@@ -23,11 +23,11 @@ from collections.abc import Callable
 
 from iiot.catalog import load_catalog
 from iiot.contract import ReadingColumns, Validator
-from iiot.simulator import FleetConfig, FleetSimulator
 from iiot.wire import encode_batch, encode_json
 from lambdas.influx_writer.line_protocol import encode_columns
 from lambdas.influx_writer.repository import RecordingDeadLetter
 from lambdas.influx_writer.service import InfluxWriterService
+from local_platform.simulator import FleetConfig, FleetSimulator
 
 RECORD_READINGS = 1000
 

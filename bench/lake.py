@@ -29,8 +29,8 @@ import numpy as np
 
 from iiot.catalog import load_catalog
 from iiot.contract import ReadingColumns
-from iiot.simulator import FleetConfig, FleetSimulator
 from iiot.wire import encode_batch
+from local_platform.simulator import FleetConfig, FleetSimulator
 from spark_jobs import io, jobs, transforms
 from spark_jobs.engine import sail_session
 

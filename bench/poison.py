@@ -49,7 +49,7 @@ from sensor_buffer.thresholds import ThresholdChecker
 from iiot import wire
 from iiot.catalog import MetricCatalog, load_catalog
 from iiot.contract import ReadingColumns, SeriesKey, Validator
-from iiot.simulator import FleetConfig, FleetSimulator
+from local_platform.simulator import FleetConfig, FleetSimulator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the poison corpus is the tests' own (tests/poison.py), shared
@@ -87,7 +87,7 @@ def make_ingestor(directory: Path, catalog: MetricCatalog) -> Ingestor:
 
 
 def json_payloads(columns: ReadingColumns) -> list[bytes]:
-    """One JSON list per machine and instant, in time order (what iiot.publisher sends)."""
+    """One JSON list per machine and instant, in time order (as `local_platform.publisher`)."""
     readings = columns.to_readings()
     groups: dict[tuple[int, str], list[int]] = defaultdict(list)
     for position, reading in enumerate(readings):

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from iiot.catalog import load_catalog
-from iiot.simulator import FleetConfig, FleetSimulator, write_simulation
+from local_platform.simulator import FleetConfig, FleetSimulator, write_simulation
 
 
 def main() -> None:

@@ -19,8 +19,8 @@ import tempfile
 from pathlib import Path
 
 from iiot.catalog import load_catalog
-from iiot.simulator import FleetConfig, FleetSimulator, write_simulation
 from kda_sql.flink_env import ensure_flink_env, run_rules
+from local_platform.simulator import FleetConfig, FleetSimulator, write_simulation
 
 
 def simulate(out: Path, factories: int, machines: int, hours: float) -> int:

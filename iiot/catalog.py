@@ -102,6 +102,19 @@ class MetricCatalog(Mapping[str, Metric]):
     def __repr__(self) -> str:
         return f"MetricCatalog({sorted(self._metrics)}, source={self.source!r})"
 
+    def edge_threshold_config(self) -> dict[str, dict[str, Any]]:
+        """The gateway thresholds in the components' `thresholds` configuration shape: the one
+        place the catalog becomes what a recipe and a factory's deployment carry."""
+        return {
+            name: {
+                "min": metric.edge.min,
+                "max": metric.edge.max,
+                "hysteresis": metric.edge.hysteresis,
+                "debounce": metric.edge.debounce,
+            }
+            for name, metric in self._metrics.items()
+        }
+
     def to_builtins(self) -> dict[str, Any]:
         """Plain data, e.g. for a Greengrass component's DefaultConfiguration."""
         metrics = {name: msgspec.to_builtins(metric) for name, metric in self._metrics.items()}

@@ -44,15 +44,6 @@ MQTT_BRIDGE = "aws.greengrass.clientdevices.mqtt.Bridge"
 MQTT_BRIDGE_VERSION = "2.3.0"
 
 
-def edge_thresholds(catalog: MetricCatalog) -> dict[str, dict[str, Any]]:
-    """The catalog's gateway thresholds in the components' `thresholds` configuration shape."""
-    metrics = catalog.to_builtins()["metrics"]
-    return {
-        name: {key: spec["edge"].get(key) for key in ("min", "max", "hysteresis", "debounce")}
-        for name, spec in metrics.items()
-    }
-
-
 def _with_factory_topics(access_control: Any, factory: str) -> Any:
     """Every `{iot:thingName}` topic also for the factory id the deployment sets."""
     result = copy.deepcopy(access_control)
@@ -72,7 +63,7 @@ def factory_configuration(
     if "factoryId" in default_configuration:
         merge["factoryId"] = factory
     if "thresholds" in default_configuration:
-        merge["thresholds"] = edge_thresholds(catalog)
+        merge["thresholds"] = catalog.edge_threshold_config()
     if "accessControl" in default_configuration:
         merge["accessControl"] = _with_factory_topics(
             default_configuration["accessControl"], factory

@@ -15,18 +15,18 @@ import pytest
 
 from iiot.catalog import MetricCatalog
 from iiot.contract import ReadingColumns
-from iiot.localbroker import BrokerError, Mosquitto
-from iiot.simulator import FleetConfig, FleetSimulator
+from local_platform.localbroker import BrokerError, Mosquitto
+from local_platform.simulator import FleetConfig, FleetSimulator
 from tests.edge.mqtt_helpers import Component
 
 
 @pytest.fixture
 def broker_factory() -> Iterator[Callable[..., Mosquitto]]:
-    """Private mosquitto brokers on 127.0.0.1 (iiot.localbroker), stopped by PID after the test."""
+    """Private mosquitto brokers on 127.0.0.1 (local_platform.localbroker), stopped by PID after the test."""
     brokers: list[Mosquitto] = []
 
     def make(*, persistent: bool = False, **access: Any) -> Mosquitto:
-        """`access`: users= and tls= (iiot.localbroker.Mosquitto.create)."""
+        """`access`: users= and tls= (local_platform.localbroker.Mosquitto.create)."""
         try:
             broker = Mosquitto.create(persistent=persistent, **access)
         except BrokerError as error:

@@ -101,7 +101,7 @@ class Component:
         self.args = [
             sys.executable,
             "-m",
-            "iiot.cli",
+            "local_platform.cli",
             "--log-level",
             "WARNING",
             "edge",

@@ -16,8 +16,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sensor_buffer.store import iter_stored
 
 from iiot.contract import ReadingColumns, Validator
-from iiot.publisher import publish
 from iiot.topics import ANOMALIES, LOCAL_ALERTS, SENSOR_DATA
+from local_platform.publisher import publish
 from tests.edge.mqtt_helpers import Collector, Key, readings_of, unique_batches, uploaded, wait_for
 
 pytestmark = pytest.mark.slow

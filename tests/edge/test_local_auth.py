@@ -14,8 +14,8 @@ from sensor_buffer.cli import PASSWORD_ENV, _password, app
 from sensor_buffer.transport_mqtt import MqttSecurity, parse_broker, session_client_id
 from typer.testing import CliRunner
 
-from iiot.localbroker import BrokerTls
 from iiot.topics import SENSOR_DATA
+from local_platform.localbroker import BrokerTls
 from tests.edge.mqtt_helpers import Collector, close, connect, uploaded, wait_for
 from tests.poison import FACTORY, good_json, good_readings, keys_of
 

@@ -78,7 +78,7 @@ def test_ml_image_context_runs_every_pipeline_entry_point(
     imported = run(
         "python3",
         "-c",
-        "import iiot.cli, ml_pipeline.train, ml_pipeline.evaluate_job, ml_pipeline.compile, "
+        "import ml_pipeline.cli, ml_pipeline.train, ml_pipeline.evaluate_job, ml_pipeline.compile, "
         "tl2cgen, xgboost, iiot.catalog as c; print(sorted(c.load_catalog()))",
     )
     assert "'temperature'" in imported  # the catalog from app/config/metrics.yaml

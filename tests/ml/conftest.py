@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from iiot.catalog import MetricCatalog
-from iiot.simulator import FleetConfig, FleetSimulator, write_simulation
+from local_platform.simulator import FleetConfig, FleetSimulator, write_simulation
 
 # Frequent failures so that a few simulated days hold enough of them to learn from.
 SMALL_FLEET = FleetConfig(

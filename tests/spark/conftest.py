@@ -46,7 +46,7 @@ def spark(request: pytest.FixtureRequest) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def simulation(tmp_path_factory: pytest.TempPathFactory, catalog: Any) -> Path:
     """A small simulated run (2 factories x 2 machines x 3 hours, 1% malformed JSON)."""
-    from iiot.simulator import FleetConfig, FleetSimulator, write_simulation
+    from local_platform.simulator import FleetConfig, FleetSimulator, write_simulation
 
     out = tmp_path_factory.mktemp("simulation")
     config = FleetConfig(factories=2, machines_per_factory=2, hours=3, seed=7, malformed_rate=0.01)

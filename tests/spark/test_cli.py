@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from local_platform.steps.lake import land_simulation
 from spark_jobs import io
 from spark_jobs.cli import app
-from spark_jobs.demo import land_simulation
 
 
 @pytest.fixture

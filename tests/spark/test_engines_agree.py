@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from chispa import assert_approx_df_equality
 
+from local_platform.steps.lake import columns_from_arrow
 from spark_jobs import transforms
-from spark_jobs.demo import columns_from_arrow
 from spark_jobs.engine import use_connect
 from spark_jobs.payloads import split_payloads
 from tests.poison import (

@@ -15,8 +15,8 @@ import pytest
 
 from iiot.contract import ReadingColumns, Validator
 from iiot.wire import encode_batch
+from local_platform.steps.lake import columns_from_arrow, land_simulation
 from spark_jobs import io, jobs
-from spark_jobs.demo import columns_from_arrow, land_simulation
 from spark_jobs.transforms import quality_rules
 
 SETTINGS = jobs.LakeSettings(last_n=20, time_window_ms=300_000, lookback_ms=3_600_000)

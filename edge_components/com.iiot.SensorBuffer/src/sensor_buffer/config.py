@@ -279,13 +279,5 @@ def default_configuration(catalog: MetricCatalog) -> dict[str, Any]:
             continue  # per deployment, or derived from factoryId
         document[key] = getattr(defaults, name)
     document["maxDiskBytes"] = defaults.max_disk_bytes
-    document["thresholds"] = {
-        name: {
-            "min": metric.edge.min,
-            "max": metric.edge.max,
-            "hysteresis": metric.edge.hysteresis,
-            "debounce": metric.edge.debounce,
-        }
-        for name, metric in catalog.items()
-    }
+    document["thresholds"] = catalog.edge_threshold_config()
     return document

@@ -17,8 +17,8 @@ import msgspec
 import numpy as np
 
 from iiot.contract import ReadingColumns
-from iiot.simulator import MALFORMED_KINDS, malform
 from iiot.topics import readings_topic
+from local_platform.simulator import MALFORMED_KINDS, malform
 
 log = logging.getLogger(__name__)
 

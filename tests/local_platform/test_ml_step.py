@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 
 from iiot.catalog import MetricCatalog
-from iiot.platform import DemoContext
-from iiot.simulator import FleetConfig, FleetSimulator, write_simulation
+from local_platform.demo import DemoContext
+from local_platform.simulator import FleetConfig, FleetSimulator, write_simulation
 
 
 def test_ml_step_trains_compiles_and_predicts_on_the_live_stream(
     tmp_path: Path, catalog: MetricCatalog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ml_pipeline import demo
+    from local_platform.steps import ml as demo
 
     monkeypatch.setattr(demo, "HISTORY_HOURS", 60.0)
     monkeypatch.setattr(demo, "HISTORY_MTBF_HOURS", 15.0)

@@ -17,15 +17,15 @@ from typing import Any
 import numpy as np
 
 from iiot.contract import ReadingColumns, SeriesKey
-from iiot.platform import DemoContext, Figures
 from iiot.wire import encode_batch
+from local_platform.demo import DemoContext, Figures
 
 BATCH_READINGS = 50_000
 JSON_FILE_LINES = 20_000
 
 
 def columns_from_arrow(table: Any) -> ReadingColumns:
-    """Readings from an Arrow table in the simulator's layout (`iiot.simulator.arrow_table`)."""
+    """Readings from an Arrow table in the simulator's layout (`simulator.arrow_table`)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 

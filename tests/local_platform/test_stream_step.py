@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from iiot.anomaly import Anomaly
-from iiot.platform import DEMO_STEPS, DemoContext, simulate_step
-from iiot.simulator import FleetConfig
-from kda_sql.demo import route_alerts, stream_step
+from local_platform.demo import DemoContext, simulate_step
+from local_platform.simulator import FleetConfig
+from local_platform.steps.stream import route_alerts, stream_step
 
 T0 = 1_767_571_200_000
 
@@ -44,10 +44,6 @@ def test_stream_anomalies_route_in_event_time_order_with_cooldown():
         "[WARNING] F1/M1",
     ]
     assert len(escalation.sent) == 1
-
-
-def test_stream_step_is_registered_once():
-    assert DEMO_STEPS.count(("stream", "kda_sql.demo:stream_step")) == 1
 
 
 @pytest.mark.slow

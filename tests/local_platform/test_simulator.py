@@ -7,14 +7,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from iiot.contract import Validator
-from iiot.simulator import (
+from iiot.wire import validate_json
+from local_platform.simulator import (
     HOUR_MS,
     SENSOR_FAULT_CODE,
     FleetConfig,
     FleetSimulator,
     write_simulation,
 )
-from iiot.wire import validate_json
 
 
 def simulate(catalog, **changes):

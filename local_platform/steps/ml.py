@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from iiot.platform import DemoContext, Figures
-from iiot.simulator import FleetSimulator, write_simulation
+from local_platform.demo import DemoContext, Figures
+from local_platform.simulator import FleetSimulator, write_simulation
 
 # The count windows (last 6 / 30 readings) span a time that depends on the sampling interval,
 # so the history is sampled like the live run; failures are made more frequent instead of the

@@ -14,10 +14,11 @@ import threading
 import time
 from typing import Any
 
-from iiot.platform import DemoContext, Figures
-from iiot.topics import ANOMALIES, LOCAL_ALERTS, SENSOR_DATA
 from sensor_buffer.config import BufferConfig
 from sensor_buffer.main import SensorBuffer
+
+from iiot.topics import ANOMALIES, LOCAL_ALERTS, SENSOR_DATA
+from local_platform.demo import DemoContext, Figures
 
 DRAIN_TIMEOUT_S = 20.0
 
@@ -27,12 +28,12 @@ def edge_step(context: DemoContext) -> Figures:
         return {"skipped": "the edge step needs the `edge` extra (awscrt): pip install '.[edge]'"}
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
-
-    from iiot.localbroker import mosquitto
-    from iiot.publisher import publish
-    from iiot.simulator import FleetSimulator
-    from iiot.wire import decode_batch
     from sensor_buffer.transport_mqtt import MqttTransport, session_client_id
+
+    from iiot.wire import decode_batch
+    from local_platform.localbroker import mosquitto
+    from local_platform.publisher import publish
+    from local_platform.simulator import FleetSimulator
 
     factory = "F01"
     simulator = FleetSimulator(context.fleet, context.catalog)

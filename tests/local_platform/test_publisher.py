@@ -6,9 +6,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from iiot.contract import Validator
-from iiot.publisher import parse_broker, publish
-from iiot.simulator import FleetConfig, FleetSimulator
 from iiot.wire import validate_json
+from local_platform.publisher import parse_broker, publish
+from local_platform.simulator import FleetConfig, FleetSimulator
 
 
 @pytest.mark.parametrize("bad", ["http://x:1", "127.0.0.1:1883", "mqtt://"])

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from iiot.cli import app
+from local_platform.cli import app
 
 runner = CliRunner()
 
@@ -52,7 +52,7 @@ def test_simulate_usage_errors_exit_2_on_stderr(tmp_path: Path):
         [
             sys.executable,
             "-m",
-            "iiot.cli",
+            "local_platform.cli",
             "simulate",
             "--interval-ms",
             "5",
@@ -112,13 +112,9 @@ def test_demo_runs_the_core_steps_and_prints_their_figures(tmp_path: Path):
     assert (tmp_path / "quarantine.jsonl").exists()
 
 
-def test_every_registered_demo_step_resolves_to_a_function():
-    import importlib
+def test_every_demo_step_is_registered_once_in_order():
+    from local_platform.demo import demo_steps
 
-    from iiot.platform import DEMO_STEPS
-
-    titles = [title for title, _ in DEMO_STEPS]
-    assert len(titles) == len(set(titles))
-    for _title, target in DEMO_STEPS:
-        module_name, function_name = target.split(":")
-        assert callable(getattr(importlib.import_module(module_name), function_name))
+    steps = demo_steps()
+    assert [title for title, _ in steps] == ["simulate", "contract", "lake", "stream", "edge", "ml"]
+    assert all(callable(step) for _, step in steps)

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from iiot.anomaly import Anomaly, decode_anomaly
-from iiot.platform import DemoContext
 from kda_sql.flink_env import ensure_flink_env, run_rules
 from lambdas.alert_router.models import Decision
 from lambdas.alert_router.repository import InMemoryCooldownStore, RecordingNotifier
 from lambdas.alert_router.service import AlertService
+from local_platform.demo import DemoContext
 
 COOLDOWN_SECONDS = 900
 

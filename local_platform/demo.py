@@ -1,14 +1,13 @@
 """The local platform runner behind `make demo` / `iiot demo`: the whole pipeline on one machine.
 
-The run is a list of steps; each part of the platform contributes one, registered below by import
-path so that this core module does not import the heavier parts until it runs them. A step takes
-the shared `DemoContext`, does its work under `context.work_dir`, and returns the figures that
-go into the final summary.
+The run is a list of steps (`demo_steps`): the simulation and the contract check here, and one
+step per part under `local_platform/steps/`, registered by import. A step takes the shared
+`DemoContext`, does its work under `context.work_dir`, and returns the figures that go into the
+final summary; steps import a part's heavy dependencies only when they run.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 from collections import Counter
@@ -19,12 +18,18 @@ from typing import Any
 
 from iiot.catalog import MetricCatalog
 from iiot.contract import Reading, ReadingColumns, Validator
-from iiot.simulator import FleetConfig, FleetSimulator, SimulationSummary, write_simulation
 from iiot.wire import encode_batch, validate_json
+from local_platform.simulator import (
+    FleetConfig,
+    FleetSimulator,
+    SimulationSummary,
+    write_simulation,
+)
 
 log = logging.getLogger(__name__)
 
 Figures = dict[str, Any]
+Step = Callable[["DemoContext"], Figures]
 
 
 @dataclass
@@ -40,17 +45,6 @@ class DemoContext:
     @property
     def simulation_dir(self) -> Path:
         return self.work_dir / "simulation"
-
-
-# Each entry: (title, "module:function"). Later parts append their step here.
-DEMO_STEPS: list[tuple[str, str]] = [
-    ("simulate", "iiot.platform:simulate_step"),
-    ("contract", "iiot.platform:contract_step"),
-    ("lake", "spark_jobs.demo:lake_step"),
-    ("stream", "kda_sql.demo:stream_step"),
-    ("edge", "sensor_buffer.demo:edge_step"),
-    ("ml", "ml_pipeline.demo:ml_step"),
-]
 
 
 def simulate_step(context: DemoContext) -> Figures:
@@ -115,16 +109,29 @@ def contract_step(context: DemoContext) -> Figures:
     }
 
 
+def demo_steps() -> list[tuple[str, Step]]:
+    """The steps in the order they run: each part's step, registered by import."""
+    from local_platform.steps.edge import edge_step
+    from local_platform.steps.lake import lake_step
+    from local_platform.steps.ml import ml_step
+    from local_platform.steps.stream import stream_step
+
+    return [
+        ("simulate", simulate_step),
+        ("contract", contract_step),
+        ("lake", lake_step),
+        ("stream", stream_step),
+        ("edge", edge_step),
+        ("ml", ml_step),
+    ]
+
+
 def run_demo(context: DemoContext, *, only: set[str] | None = None) -> dict[str, Figures]:
-    """Run every registered step in order (or just `only`), collecting their figures."""
+    """Run every step in order (or just `only`), collecting their figures."""
     context.work_dir.mkdir(parents=True, exist_ok=True)
-    for title, target in DEMO_STEPS:
+    for title, step in demo_steps():
         if only and title not in only:
             continue
-        module_name, function_name = target.split(":")
-        step: Callable[[DemoContext], Figures] = getattr(
-            importlib.import_module(module_name), function_name
-        )
         began = time.perf_counter()
         log.info("demo step started", extra={"step": title})
         figures = step(context)

@@ -8,8 +8,6 @@ Each part of the platform adds its own command group (`iiot edge`, `iiot lake`, 
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 from collections import Counter
 from datetime import datetime
@@ -24,7 +22,7 @@ from rich.table import Table
 from iiot import logs
 from iiot.catalog import CatalogError, load_catalog
 from iiot.contract import Validator
-from iiot.simulator import DEFAULT_START, FleetConfig, FleetSimulator, write_simulation
+from local_platform.simulator import DEFAULT_START, FleetConfig, FleetSimulator, write_simulation
 
 app = typer.Typer(
     name="iiot",
@@ -38,14 +36,6 @@ app.add_typer(catalog_app, name="catalog")
 
 stdout = Console()
 stderr = Console(stderr=True)
-
-# Command groups owned by other parts: (name, module with a Typer `app`).
-SUBCOMMAND_GROUPS = (
-    ("edge", "sensor_buffer.cli"),
-    ("lake", "spark_jobs.cli"),
-    ("ml", "ml_pipeline.cli"),
-    ("stream", "kda_sql.cli"),
-)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -134,7 +124,7 @@ def simulate(
     except (ValueError, CatalogError) as exc:
         raise fail(str(exc), 2) from exc
     if publish is not None:
-        from iiot.publisher import publish as publish_readings
+        from local_platform.publisher import publish as publish_readings
 
         with progress_bar() as bar:
             task = bar.add_task("publishing", total=config.expected_readings)
@@ -295,7 +285,7 @@ def demo(
     ] = None,
 ) -> None:
     """Run the platform's main job locally on embedded defaults, then print a summary."""
-    from iiot.platform import DemoContext, run_demo
+    from local_platform.demo import DemoContext, run_demo
 
     context = DemoContext(
         work_dir=work_dir,
@@ -327,12 +317,21 @@ def demo(
 
 
 def _register_groups() -> None:
-    for name, module_name in SUBCOMMAND_GROUPS:
-        if importlib.util.find_spec(module_name.split(".")[0]) is None:
-            continue
-        if importlib.util.find_spec(module_name) is None:
-            continue
-        app.add_typer(importlib.import_module(module_name).app, name=name)
+    """Each part's own command group, registered by import (their modules import their heavy
+    dependencies only inside the commands that need them)."""
+    from sensor_buffer.cli import app as edge_app
+
+    from kda_sql.cli import app as stream_app
+    from ml_pipeline.cli import app as ml_app
+    from spark_jobs.cli import app as lake_app
+
+    for name, group in (
+        ("edge", edge_app),
+        ("lake", lake_app),
+        ("ml", ml_app),
+        ("stream", stream_app),
+    ):
+        app.add_typer(group, name=name)
 
 
 def main() -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sensor_buffer.demo import edge_step
 
 from iiot.catalog import MetricCatalog
-from iiot.platform import DEMO_STEPS, DemoContext
-from iiot.simulator import FleetConfig
+from local_platform.demo import DemoContext
+from local_platform.simulator import FleetConfig
+from local_platform.steps.edge import edge_step
 
 
 @pytest.mark.slow
@@ -36,4 +36,3 @@ def test_edge_step_buffers_uploads_and_quarantines(tmp_path: Path, catalog: Metr
     assert figures["wire bytes/reading"] < 15
     assert figures["threshold alerts (local)"] >= 1
     assert figures["local alert latency ms (probe)"] is not None
-    assert ("edge", "sensor_buffer.demo:edge_step") in DEMO_STEPS
