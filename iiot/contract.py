@@ -209,7 +209,11 @@ class Validated:
     @property
     def columns(self) -> ReadingColumns:
         if self._columns is None:
-            self._columns = ReadingColumns.from_readings(self._readings or [])
+            self._columns = (
+                ReadingColumns.from_readings(self._readings)
+                if self._readings
+                else ReadingColumns.empty()
+            )
         return self._columns
 
     @property

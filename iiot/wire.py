@@ -106,9 +106,10 @@ class WireFormatError(ValueError):
 
 # ---------------------------------------------------------------------------------- integrity
 
-_BRACKET_DELTA = np.zeros(256, dtype=np.int8)
+_BRACKET_DELTA = np.zeros(256, dtype=np.int32)
 _BRACKET_DELTA[[ord("["), ord("{")]] = 1
 _BRACKET_DELTA[[ord("]"), ord("}")]] = -1
+_NOT_STRUCTURAL = bytes(b for b in range(256) if b not in b'[]{}",')
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 
 
@@ -170,24 +171,25 @@ def json_integrity_problem(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> s
 
 def _json_shape(payload: bytes) -> tuple[int, int]:
     """(maximum nesting depth, items at the reading level) outside JSON strings."""
+    # Item level: readings sit at depth 1 in a list, at depth 2 in an envelope {"readings": []}.
+    item_depth = 1 if payload.lstrip()[:1] == b"[" else 2
     if b"\\" in payload:
         payload = _JSON_STRING.sub(b'""', payload)
-    data = np.frombuffer(payload, dtype=np.uint8)
-    delta = _BRACKET_DELTA[data]
-    if b'"' in payload:
-        inside = (np.cumsum(data == ord('"'), dtype=np.int32) & 1).astype(bool)
-        delta[inside] = 0
-    else:
-        inside = None
-    depth = np.cumsum(delta, dtype=np.int32)
+    # Only brackets, quotes and commas decide the shape: scan that skeleton, not every byte.
+    # A string without brackets or commas inside becomes '""' in the skeleton: drop those, and
+    # only strings that do hold such characters need the quote-parity pass below.
+    skeleton = payload.translate(None, _NOT_STRUCTURAL).replace(b'""', b"")
+    data = np.frombuffer(skeleton, dtype=np.uint8)
+    delta = _BRACKET_DELTA.take(data)  # int32 in, int32 out: numpy's fast accumulate path
+    separators = data == ord(",")
+    if b'"' in skeleton:
+        outside = (np.cumsum((data == ord('"')).view(np.uint8)) & 1) == 0
+        delta *= outside
+        separators &= outside
+    depth = np.cumsum(delta)
     max_depth = int(depth.max()) if len(depth) else 0
-    # Readings sit at depth 1 in a list, at depth 2 in an envelope {"readings": [...]}.
-    item_depth = 1 if payload.lstrip()[:1] == b"[" else 2
-    separators = (data == ord(",")) & (depth == item_depth)
-    if inside is not None:
-        separators &= ~inside
-    items = int(np.count_nonzero(separators)) + (1 if max_depth >= item_depth else 0)
-    return max_depth, items
+    items = int(np.count_nonzero(separators & (depth == item_depth)))
+    return max_depth, items + (1 if max_depth >= item_depth else 0)
 
 
 class BatchHeader(NamedTuple):
@@ -223,10 +225,11 @@ def read_header(payload: bytes) -> BatchHeader:
 
 def announced_readings(payload: bytes) -> int:
     """What a payload claims to carry before any decoding (to size micro-batches): a batch's
-    header count, else an estimate from the JSON length. Never trusted beyond sizing."""
+    header count, else the JSON's `"timestamp"` keys (every reading has exactly one; counting
+    them runs at memory speed). Never trusted beyond sizing."""
     if is_batch(payload) and len(payload) >= HEADER_SIZE:
         return max(1, int(_HEADER.unpack_from(payload)[5]))
-    return len(payload) // 150 + 1
+    return max(1, payload.count(b'"timestamp"'))
 
 
 def _verified_header(payload: bytes, limits: Limits) -> BatchHeader:
@@ -455,8 +458,19 @@ def _from_legacy(raw: bytes) -> Reading | None:
         return None
 
 
+_NON_FINITE_LITERAL = re.compile(rb"NaN|Infinity")
+
+
 def _decode_json_lenient(payload: bytes) -> DecodedJson:
-    """Not strict JSON: Python's parser also reads NaN/Infinity, so such readings are named."""
+    """Not strict JSON: Python's parser also reads NaN/Infinity, so such readings are named.
+    Without those literals there is nothing more to learn: say where the syntax breaks."""
+    if _NON_FINITE_LITERAL.search(payload) is None:
+        try:
+            msgspec.json.decode(payload)
+        except msgspec.ValidationError:
+            pass  # well-formed, e.g. a number out of range: Python's parser names the item
+        except msgspec.DecodeError as exc:
+            return _reject_payload(f"payload: not valid JSON ({exc})", payload)
     try:
         document = json.loads(payload)
     except (ValueError, RecursionError) as exc:
@@ -489,6 +503,8 @@ def validate_json(
 ) -> Validated:
     """Decode and validate a JSON payload: accepted readings plus every reject with its reason."""
     decoded = decode_json(payload, limits)
+    if not decoded.readings:
+        return Validated(readings=[], rejects=decoded.rejects)
     outcome = validator.validate_readings(
         decoded.readings, decoded.raws or None, decoded.positions or None
     )

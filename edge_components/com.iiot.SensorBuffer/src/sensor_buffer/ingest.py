@@ -249,11 +249,16 @@ class Ingestor:
 
     def _fast_candidate(self, payload: bytes) -> bool:
         """Whether the fast path may try a payload: JSON within the byte limit, ASCII only (the
-        structural decoder skips unknown fields without checking their UTF-8)."""
+        structural decoder skips unknown fields without checking their UTF-8), and shaped like
+        a list of flat readings: one object per `"timestamp"` key and at most one list, so a
+        nested payload goes straight to the exact path instead of making the structural
+        decoder recurse through it first (byte counts run at memory speed)."""
         return (
             not is_batch(payload)
             and len(payload) <= self.limits.max_payload_bytes
             and payload.isascii()
+            and payload.count(b"[") <= 1
+            and payload.count(b"{") == payload.count(b'"timestamp"')
         )
 
     def _validate_exactly(
