@@ -2,7 +2,7 @@
 
 Trains a model on a small simulated fleet, compiles it with TL2cgen for this machine, then
 replays one machine's readings through the shared incremental features
-(`ml_pipeline.features.MachineFeatureState`) and times, per reading, the feature update plus a
+(`edge_runtime.features.MachineFeatureState`) and times, per reading, the feature update plus a
 prediction: once with the compiled library (ctypes) and once with XGBoost (inplace_predict, one
 thread). The last line is JSON:
 {"compiled_p50_us", "xgboost_p50_us", "speedup", "compiled_p99_us", ...}.
@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.features import MachineFeatureState
+from edge_runtime.model_runtime import load_model, machine_arch
 from iiot.catalog import load_catalog
 from local_platform.simulator import FleetConfig, FleetSimulator, write_simulation
 from ml_pipeline.compile import compile_model
 from ml_pipeline.dataset import build_table, read_history, read_streams
-from ml_pipeline.features import MachineFeatureState
-from ml_pipeline.runtime import load_model, machine_arch
 from ml_pipeline.train import train_and_evaluate
 
 

@@ -1,7 +1,7 @@
 """NASA C-MAPSS FD001 with the platform's own feature definition, scored by the published protocol.
 
 Each engine is a machine and each cycle one time step (1 cycle = 1 minute of event time), each
-informative sensor a metric: the same `ml_pipeline.features` code that runs on the gateways
+informative sensor a metric: the same `edge_runtime.features` code that runs on the gateways
 computes the rolling statistics and trends. The engines start fresh, so "time since
 maintenance" is the cycle count (a candidate the cross-validation may keep or drop).
 
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ml_pipeline.features import FeatureSpec, MachineInfo, batch_machine_features
+from edge_runtime.features import FeatureSpec, MachineInfo, batch_machine_features
 
 log = logging.getLogger(__name__)
 
@@ -294,8 +294,8 @@ def _compiled_agreement(
 
     import xgboost as xgb
 
+    from edge_runtime.model_runtime import load_model, machine_arch
     from ml_pipeline.compile import CompileError, compile_model
-    from ml_pipeline.runtime import load_model, machine_arch
     from ml_pipeline.train import MODEL_FILE, TRAINING_FILE
 
     with tempfile.TemporaryDirectory() as scratch:

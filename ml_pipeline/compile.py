@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ml_pipeline.runtime import MANIFEST, XGBOOST_MODEL, machine_arch, sha256_file
+from edge_runtime.model_runtime import MANIFEST, XGBOOST_MODEL, machine_arch, sha256_file
 from ml_pipeline.train import MODEL_FILE, TRAINING_FILE
 
 COMPILERS = {"x86_64": ("x86_64-linux-gnu-gcc", "gcc"), "aarch64": ("aarch64-linux-gnu-gcc",)}

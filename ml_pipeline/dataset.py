@@ -4,7 +4,7 @@ Input: a directory with ``readings.parquet`` (the reading contract's columns), `
 ``maintenance_records.csv`` and ``machines.csv``, what `iiot simulate` and the silver export
 write. Readings outside the catalog's valid range are dropped first (the edge quarantines them
 too, so the model never sees a -999 fault code), then each machine's stream gets the shared
-features (`ml_pipeline.features`) at one row per sampling bucket, and the labels
+features (`edge_runtime.features`) at one row per sampling bucket, and the labels
 (`ml_pipeline.labels`).
 """
 
@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from iiot.catalog import MetricCatalog, load_catalog
-from ml_pipeline.features import (
+from edge_runtime.features import (
     FeatureSpec,
     FeatureTable,
     MachineInfo,
     batch_machine_features,
 )
+from iiot.catalog import MetricCatalog, load_catalog
 from ml_pipeline.labels import DEFAULT_HORIZON_MS, FailureEvent, failure_events, label_rows
 
 DEFAULT_METRICS = ("temperature", "vibration", "pressure", "rpm", "flow_rate")

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edge_runtime.features import FeatureSpec, FeatureTable
 from ml_pipeline.evaluate import evaluate, write_metrics
-from ml_pipeline.features import FeatureSpec, FeatureTable
 from ml_pipeline.labels import EXCLUDED, FailureEvent, label_rows
 
 FEATURES_FILE = "features.npz"

@@ -41,9 +41,9 @@ def ml_step(context: DemoContext) -> Figures:
     from failure_predictor.model_loader import ModelHandle
     from failure_predictor.predictor import FailurePredictor
 
+    from edge_runtime.features import MachineFeatureState
     from ml_pipeline.compile import compile_model
     from ml_pipeline.dataset import build_table, read_history, read_streams
-    from ml_pipeline.features import MachineFeatureState
     from ml_pipeline.train import train_and_evaluate
 
     work = context.work_dir / "ml"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ml_pipeline.runtime import ModelError, load_model
+from edge_runtime.model_runtime import ModelError, load_model
 
 ELF_MACHINE = {"x86_64": 62, "aarch64": 183}  # e_machine in the ELF header
 

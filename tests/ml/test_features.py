@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from iiot.catalog import MetricCatalog
-from ml_pipeline.dataset import default_spec, read_history, read_streams
-from ml_pipeline.features import (
+from edge_runtime.features import (
     DAY_MS,
     FeatureSpec,
     MachineFeatureState,
     MachineInfo,
     batch_machine_features,
 )
+from iiot.catalog import MetricCatalog
+from ml_pipeline.dataset import default_spec, read_history, read_streams
 
 
 def incremental(spec, stream_t, stream_m, stream_v, machine, maintenance):  # type: ignore[no-untyped-def]

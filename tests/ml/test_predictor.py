@@ -18,14 +18,14 @@ from failure_predictor.model_loader import ModelHandle
 from failure_predictor.predictor import FailurePredictor
 from failure_predictor.transport import MemoryTransport
 
+from edge_runtime.features import MachineInfo, batch_machine_features
+from edge_runtime.model_runtime import Manifest
 from iiot import topics
 from iiot.anomaly import decode_anomaly
 from iiot.catalog import MetricCatalog
 from iiot.contract import Reading
 from iiot.wire import encode_json
 from ml_pipeline.dataset import read_history, read_streams
-from ml_pipeline.features import MachineInfo, batch_machine_features
-from ml_pipeline.runtime import Manifest
 
 FACTORY = "F01"
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ml_pipeline.features import MachineInfo
+from edge_runtime.features import MachineInfo
 
 
 class ConfigError(ValueError):

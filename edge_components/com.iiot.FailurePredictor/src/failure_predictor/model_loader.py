@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from ml_pipeline.runtime import MANIFEST, Model, ModelError, load_model
+from edge_runtime.model_runtime import MANIFEST, Model, ModelError, load_model
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 No Greengrass here: readings arrive through `on_payload` / `on_columns`, and everything leaves
 through the `publish(topic, payload)` callback that `main.py` wires to a transport.
 
-Per machine the shared feature state (`ml_pipeline.features.MachineFeatureState`) is updated
+Per machine the shared feature state (`edge_runtime.features.MachineFeatureState`) is updated
 with every valid reading; a prediction runs every `predict_every_readings` readings or every
 `predict_every_seconds` of event time. A FAILURE_PREDICTED anomaly is RAISED at p >= the alert
 threshold and CLEARED only below the lower clear threshold (hysteresis, no flapping). At p >=
@@ -23,6 +23,7 @@ from typing import Literal
 
 import msgspec
 
+from edge_runtime.features import MachineFeatureState, MachineInfo
 from failure_predictor.config import PredictorConfig
 from failure_predictor.messages import (
     PREDICTIONS,
@@ -43,7 +44,6 @@ from iiot.anomaly import Anomaly, encode_anomaly
 from iiot.catalog import MetricCatalog
 from iiot.contract import ReadingColumns, Validator
 from iiot.wire import validate_payload
-from ml_pipeline.features import MachineFeatureState, MachineInfo
 
 log = logging.getLogger(__name__)
 

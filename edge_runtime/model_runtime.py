@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from ml_pipeline.features import FeatureSpec
+from edge_runtime.features import FeatureSpec
 
 log = logging.getLogger(__name__)
 
