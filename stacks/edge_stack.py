@@ -32,9 +32,9 @@ FAILURE_MODEL = "com.iiot.FailureModel"
 BUILT_HERE = {
     SENSOR_BUFFER: (),
     FAILURE_PREDICTOR: (
-        "ml_pipeline/__init__.py",
-        "ml_pipeline/features.py",
-        "ml_pipeline/runtime.py",
+        "edge_runtime/__init__.py",
+        "edge_runtime/features.py",
+        "edge_runtime/model_runtime.py",
     ),
 }
 THING = "{iot:thingName}"

@@ -76,11 +76,13 @@ PUBLISH_BUILDSPEC: dict[str, Any] = {
 
 def ml_image_context() -> Path:
     """The pipeline image's build context: ml_pipeline/container/Dockerfile, the project's
-    packages and the core + `ml` dependencies for x86_64 Linux, Python 3.11."""
+    packages (the pipeline trains on edge_runtime's feature definition) and the core + `ml`
+    dependencies for x86_64 Linux, Python 3.11."""
+    packages = ("iiot", "edge_runtime", "ml_pipeline", "config")
     return stage_context(
         "ml",
         dockerfile=ROOT / "ml_pipeline" / "container" / "Dockerfile",
-        copies=[(ROOT / "iiot", ""), (ROOT / "ml_pipeline", ""), (ROOT / "config", "")],
+        copies=[(ROOT / package, "") for package in packages],
         requirements=project_requirements("ml"),
         architecture="x86_64",
         python_version=ML_PYTHON,
