@@ -13,7 +13,7 @@ import sys
 from aws_cdk import App
 
 from stacks import artifacts
-from stacks.platform import build_app, feature_flags
+from stacks.environment_stacks import build_app, feature_flags
 
 
 def main() -> None:

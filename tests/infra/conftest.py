@@ -57,7 +57,7 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Synth:
     import aws_cdk as cdk
 
     from stacks import artifacts
-    from stacks.platform import build_app, feature_flags
+    from stacks.environment_stacks import build_app, feature_flags
 
     outdir = tmp_path_factory.mktemp("cdk.out")
     application = cdk.App(outdir=str(outdir), context=feature_flags())

@@ -1,4 +1,8 @@
-"""Build every stack of one environment, wired together (used by app.py and the tests)."""
+"""The CDK wiring of the stacks of each environment (used by app.py and the tests).
+
+`build_app` builds the selected environments; `build_environment` builds and wires the stacks
+of one.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from typing import Any
 from aws_cdk import App, Stack, Tags, Validations
 from aws_cdk import Environment as CdkEnvironment
 from cdk_nag import AwsSolutionsChecks
+from constructs import Construct
 
 from config.environments import Environment, environments
 from stacks.alerting_stack import AlertingStack
@@ -34,45 +39,46 @@ def feature_flags(cdk_json: Path = CDK_JSON) -> dict[str, Any]:
     return context
 
 
-def build_app(app: App, names: list[str] | None = None) -> dict[str, Platform]:
+def build_app(app: App, names: list[str] | None = None) -> dict[str, EnvironmentStacks]:
     """Every selected environment's stacks (default: all), checked by cdk-nag AwsSolutions."""
     configs = environments()
     unknown = sorted(set(names or []) - set(configs))
     if unknown:
         raise SystemExit(f"unknown environment {unknown}: choose from {', '.join(configs)}")
-    platforms = {name: build_platform(app, configs[name]) for name in names or list(configs)}
+    built = {name: build_environment(app, configs[name]) for name in names or list(configs)}
     Validations.of(app).add_plugins(AwsSolutionsChecks(app))
-    return platforms
+    return built
 
 
 @dataclass
-class Platform:
+class EnvironmentStacks:
     """The stacks of one environment, by concern."""
 
     stacks: dict[str, Stack] = field(default_factory=dict)
 
 
-def build_platform(app: App, env_config: Environment) -> Platform:
+def build_environment(scope: Construct, env_config: Environment) -> EnvironmentStacks:
+    """The stacks of one environment in `scope`, named `iiot-<env>-<concern>` and wired."""
     env = (
         CdkEnvironment(account=env_config.account, region=env_config.region)
         if env_config.account and env_config.region
         else None
     )
     prefix = env_config.prefix
-    platform = Platform()
+    built = EnvironmentStacks()
 
     def add(concern: str, stack: Stack) -> Stack:
         Tags.of(stack).add("project", "iiot-platform")
         Tags.of(stack).add("environment", env_config.name)
         Tags.of(stack).add("concern", concern)
-        platform.stacks[concern] = stack
+        built.stacks[concern] = stack
         return stack
 
     def description(text: str) -> str:
         return f"IIoT platform ({env_config.name}): {text}"
 
     network = NetworkStack(
-        app,
+        scope,
         f"{prefix}-network",
         env=env,
         env_config=env_config,
@@ -80,7 +86,7 @@ def build_platform(app: App, env_config: Environment) -> Platform:
     )
     add("network", network)
     lake = LakeStack(
-        app,
+        scope,
         f"{prefix}-lake",
         env=env,
         env_config=env_config,
@@ -88,7 +94,7 @@ def build_platform(app: App, env_config: Environment) -> Platform:
     )
     add("lake", lake)
     ingestion = IngestionStack(
-        app,
+        scope,
         f"{prefix}-ingestion",
         env=env,
         env_config=env_config,
@@ -98,7 +104,7 @@ def build_platform(app: App, env_config: Environment) -> Platform:
     ingestion.add_stack_dependency(lake, "Firehose writes to the bronze bucket")
     add("ingestion", ingestion)
     alerting = AlertingStack(
-        app,
+        scope,
         f"{prefix}-alerting",
         env=env,
         env_config=env_config,
@@ -106,7 +112,7 @@ def build_platform(app: App, env_config: Environment) -> Platform:
     )
     add("alerting", alerting)
     iot = IotStack(
-        app,
+        scope,
         f"{prefix}-iot",
         env=env,
         env_config=env_config,
@@ -116,7 +122,7 @@ def build_platform(app: App, env_config: Environment) -> Platform:
     )
     add("iot", iot)
     streaming = StreamingStack(
-        app,
+        scope,
         f"{prefix}-streaming",
         env=env,
         env_config=env_config,
@@ -127,7 +133,7 @@ def build_platform(app: App, env_config: Environment) -> Platform:
     )
     add("streaming", streaming)
     warehouse = WarehouseStack(
-        app,
+        scope,
         f"{prefix}-warehouse",
         env=env,
         env_config=env_config,
@@ -140,7 +146,7 @@ def build_platform(app: App, env_config: Environment) -> Platform:
     )
     add("warehouse", warehouse)
     timeseries = TimeSeriesStack(
-        app,
+        scope,
         f"{prefix}-timeseries",
         env=env,
         env_config=env_config,
@@ -154,7 +160,7 @@ def build_platform(app: App, env_config: Environment) -> Platform:
     add("timeseries", timeseries)
 
     ml = MlStack(
-        app,
+        scope,
         f"{prefix}-ml",
         env=env,
         env_config=env_config,
@@ -165,7 +171,7 @@ def build_platform(app: App, env_config: Environment) -> Platform:
     ml.add_stack_dependency(lake, "the pipeline reads the lake and writes artifacts")
     add("ml", ml)
     edge = EdgeStack(
-        app,
+        scope,
         f"{prefix}-edge",
         env=env,
         env_config=env_config,
@@ -181,7 +187,7 @@ def build_platform(app: App, env_config: Environment) -> Platform:
     if timeseries.writer is not None:
         functions["InfluxWriter"] = timeseries.writer
     monitoring = MonitoringStack(
-        app,
+        scope,
         f"{prefix}-monitoring",
         env=env,
         env_config=env_config,
@@ -195,4 +201,4 @@ def build_platform(app: App, env_config: Environment) -> Platform:
         description=description("alarms and dashboard"),
     )
     add("monitoring", monitoring)
-    return platform
+    return built
