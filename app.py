@@ -8,23 +8,20 @@ Account and region come from CDK_DEFAULT_ACCOUNT / CDK_DEFAULT_REGION (set by th
 from __future__ import annotations
 
 import os
-import sys
 
 from aws_cdk import App
 
-from stacks import artifacts
+from stacks.artifacts import MissingArtifactError
 from stacks.environment_stacks import build_app, feature_flags
 
 
 def main() -> None:
     selected = [name for name in os.environ.get("IIOT_ENVIRONMENTS", "").split(",") if name]
     app = App(context=feature_flags())
-    build_app(app, selected or None)
-    for artifact in artifacts.missing():
-        print(
-            f"app.py: not deployed yet: {artifact.name} ({', '.join(artifact.files)})",
-            file=sys.stderr,
-        )
+    try:
+        build_app(app, selected or None)
+    except MissingArtifactError as error:
+        raise SystemExit(f"app.py: {error}") from error
     app.synth()
 
 

@@ -50,13 +50,9 @@ class AlertingStack(Stack):
             master_key=self.key,
             enforce_ssl=True,
         )
-        self.router: lambda_.Function | None = None
-        if artifacts.ALERT_ROUTER.present():
-            self._router(env_config)
-        else:
-            artifacts.ALERT_ROUTER.report_gap(self, "anomalies are kept on the stream, unrouted")
+        self.router = self._router(env_config)
 
-    def _router(self, env_config: Environment) -> None:
+    def _router(self, env_config: Environment) -> lambda_.Function:
         removal = RemovalPolicy.DESTROY
 
         def table(name: str, partition_key: str, ttl: str) -> dynamodb.Table:
@@ -94,7 +90,7 @@ class AlertingStack(Stack):
         function = PythonFunction(
             self,
             "AlertRouter",
-            function_dir=artifacts.ALERT_ROUTER.path().parent,
+            function_dir=artifacts.ALERT_ROUTER.require().parent,
             description="Routes anomalies from the anomaly stream to the alert topics",
             environment={
                 "ALERT_TOPIC_ARN": self.alert_topic.topic_arn,
@@ -109,13 +105,13 @@ class AlertingStack(Stack):
             log_retention_days=env_config.log_retention_days,
             timeout=Duration.seconds(30),
         )
-        self.router = function.function
-        self.alert_topic.grant_publish(self.router)
-        self.escalation_topic.grant_publish(self.router)
-        cooldowns.grant_read_write_data(self.router)
-        idempotency.grant_read_write_data(self.router)
-        dead_letters.grant_send_messages(self.router)
-        self.router.add_event_source(
+        router = function.function
+        self.alert_topic.grant_publish(router)
+        self.escalation_topic.grant_publish(router)
+        cooldowns.grant_read_write_data(router)
+        idempotency.grant_read_write_data(router)
+        dead_letters.grant_send_messages(router)
+        router.add_event_source(
             sources.KinesisEventSource(
                 self.anomalies,
                 starting_position=lambda_.StartingPosition.TRIM_HORIZON,
@@ -142,3 +138,4 @@ class AlertingStack(Stack):
             "AwsSolutions-IAM5[Action::kms:GenerateDataKey*]",
             "AwsSolutions-IAM5[Action::kms:ReEncrypt*]",
         )
+        return router

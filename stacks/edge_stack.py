@@ -22,7 +22,6 @@ from constructs import Construct
 from config.environments import Environment
 from iiot.catalog import MetricCatalog, load_catalog
 from stacks import artifacts
-from stacks.artifacts import ROOT
 from stacks.constructs.greengrass_component import GreengrassComponent
 
 SENSOR_BUFFER = "com.iiot.SensorBuffer"
@@ -86,32 +85,25 @@ class EdgeStack(Stack):
         catalog = load_catalog()
         self.components: dict[str, GreengrassComponent] = {}
         for name, shared in BUILT_HERE.items():
-            artifact = artifacts.COMPONENTS[name]
-            if not artifact.present() or not (ROOT / f"edge_components/{name}/src").is_dir():
-                artifact.report_gap(self, "not published, not deployed")
-                continue
+            component_dir = artifacts.COMPONENTS[name].require().parent
             self.components[name] = GreengrassComponent(
-                self, name.rsplit(".", 1)[-1], component_dir=artifact.path().parent,
-                shared_files=shared,
-            )  # fmt: skip
-        if self.components:
-            # The gateways fetch artifacts with the token-exchange role: exactly these objects.
-            iam.Policy(
-                self,
-                "ArtifactAccess",
-                roles=[token_exchange_role],
-                statements=[
-                    iam.PolicyStatement(
-                        actions=["s3:GetObject"],
-                        resources=[c.object_arn for c in self.components.values()],
-                    )
-                ],
+                self, name.rsplit(".", 1)[-1], component_dir=component_dir, shared_files=shared
             )
+        # The gateways fetch artifacts with the token-exchange role: exactly these objects.
+        iam.Policy(
+            self,
+            "ArtifactAccess",
+            roles=[token_exchange_role],
+            statements=[
+                iam.PolicyStatement(
+                    actions=["s3:GetObject"],
+                    resources=[c.object_arn for c in self.components.values()],
+                )
+            ],
+        )
         self.deployments: dict[str, greengrass.CfnDeployment] = {}
-        if SENSOR_BUFFER not in self.components:
-            return
         deployed = [SENSOR_BUFFER]
-        if env_config.edge_model_version and FAILURE_PREDICTOR in self.components:
+        if env_config.edge_model_version:
             deployed.append(FAILURE_PREDICTOR)
         rollout = env_config.edge_rollout
         for factory, group_arn in thing_group_arns.items():
@@ -145,7 +137,7 @@ class EdgeStack(Stack):
                     )
                 ),
             )
-            if env_config.edge_model_version and FAILURE_PREDICTOR in deployed:
+            if env_config.edge_model_version:
                 specs[FAILURE_MODEL] = (
                     greengrass.CfnDeployment.ComponentDeploymentSpecificationProperty(
                         component_version=env_config.edge_model_version

@@ -181,11 +181,7 @@ def build_environment(scope: Construct, env_config: Environment) -> EnvironmentS
     )
     add("edge", edge)
 
-    functions = {}
-    if alerting.router is not None:
-        functions["AlertRouter"] = alerting.router
-    if timeseries.writer is not None:
-        functions["InfluxWriter"] = timeseries.writer
+    functions = {"AlertRouter": alerting.router, "InfluxWriter": timeseries.writer}
     monitoring = MonitoringStack(
         scope,
         f"{prefix}-monitoring",

@@ -252,13 +252,8 @@ class LakeStack(Stack):
             path="emr/",
             why="EMR Serverless writes the job runs' driver and executor logs",
         )
-        self.spark_image: DeployTimeImage | None = None
-        image_configuration = None
-        if artifacts.SPARK_JOBS.present():
-            self.spark_image = self._spark_image(env_config)
-            image_configuration = emrs.CfnApplication.ImageConfigurationInputProperty(
-                image_uri=self.spark_image.image_uri
-            )
+        entry_point = artifacts.SPARK_JOBS.require()
+        self.spark_image = self._spark_image(env_config)
         self.spark_app = emrs.CfnApplication(
             self,
             "SparkApplication",
@@ -275,13 +270,11 @@ class LakeStack(Stack):
             maximum_capacity=emrs.CfnApplication.MaximumAllowedResourcesProperty(
                 cpu=f"{lake.spark_max_vcpu} vCPU", memory=f"{lake.spark_max_memory_gb} GB"
             ),
-            image_configuration=image_configuration,
+            image_configuration=emrs.CfnApplication.ImageConfigurationInputProperty(
+                image_uri=self.spark_image.image_uri
+            ),
         )
-        self.state_machine: sfn.StateMachine | None = None
-        if artifacts.SPARK_JOBS.present():
-            self._schedule_jobs(env_config)
-        else:
-            artifacts.SPARK_JOBS.report_gap(self, "no lake state machine or schedule")
+        self.state_machine = self._schedule_jobs(env_config, entry_point)
 
     def _spark_image(self, env_config: Environment) -> DeployTimeImage:
         """EMR's Spark image plus Python 3.11 with `iiot`, `spark_jobs` and their dependencies;
@@ -311,10 +304,8 @@ class LakeStack(Stack):
         )
         return image
 
-    def _schedule_jobs(self, env_config: Environment) -> None:
-        entry_point = s3_assets.Asset(
-            self, "SparkEntryPoint", path=str(artifacts.SPARK_JOBS.path())
-        )
+    def _schedule_jobs(self, env_config: Environment, entry_path: Path) -> sfn.StateMachine:
+        entry_point = s3_assets.Asset(self, "SparkEntryPoint", path=str(entry_path))
         self.spark_role.add_to_policy(
             iam.PolicyStatement(
                 actions=["s3:GetObject"],
@@ -403,7 +394,7 @@ class LakeStack(Stack):
             retention=log_retention(env_config.log_retention_days),
             removal_policy=RemovalPolicy.DESTROY,
         )
-        self.state_machine = sfn.StateMachine(
+        state_machine = sfn.StateMachine(
             self,
             "LakeRun",
             definition_body=sfn.DefinitionBody.from_chainable(state),
@@ -411,7 +402,7 @@ class LakeStack(Stack):
             tracing_enabled=True,
             logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL),
         )
-        self.state_machine.add_to_role_policy(
+        state_machine.add_to_role_policy(
             iam.PolicyStatement(
                 actions=[
                     "emr-serverless:StartJobRun",
@@ -421,21 +412,21 @@ class LakeStack(Stack):
                 resources=[self.spark_app.attr_arn, f"{self.spark_app.attr_arn}/jobruns/*"],
             )
         )
-        self.spark_role.grant_pass_role(self.state_machine)
+        self.spark_role.grant_pass_role(state_machine)
         acknowledge(
-            self.state_machine,
+            state_machine,
             "X-Ray (PutTraceSegments, PutTelemetryRecords, GetSampling*) and the CloudWatch "
             "Logs vended-log delivery actions that Step Functions logging needs do not support "
             "resource-level permissions.",
             "AwsSolutions-IAM5[Resource::*]",
         )
         acknowledge(
-            self.state_machine,
+            state_machine,
             "A .sync EMR Serverless task polls and cancels the job runs it starts; their ids "
             "exist only at run time, under this one application.",
             "AwsSolutions-IAM5[Resource::<SparkApplication.Arn>/jobruns/*]",
         )
-        self.state_machine.add_to_role_policy(
+        state_machine.add_to_role_policy(
             iam.PolicyStatement(
                 actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
                 resources=[
@@ -452,8 +443,9 @@ class LakeStack(Stack):
             "LakeSchedule",
             description="Runs bronze -> silver -> gold -> maintain (Spectrum manifests)",
             schedule=events.Schedule.expression(env_config.lake.schedule_cron),
-            targets=[targets.SfnStateMachine(self.state_machine)],
+            targets=[targets.SfnStateMachine(state_machine)],
         )
+        return state_machine
 
 
 def _table_input(table: DeltaTable, lake_root: str) -> glue.CfnTable.TableInputProperty:

@@ -119,11 +119,7 @@ class MlStack(Stack):
         )
         self.image_repository = self.image.repository
         self.execution_role = self._execution_role(prefix, lake_key)
-        self.pipeline: sagemaker.CfnPipeline | None = None
-        if artifacts.ML_PIPELINE.present():
-            self._pipeline(artifacts.ML_PIPELINE.path().read_text(), env_config)
-        else:
-            artifacts.ML_PIPELINE.report_gap(self, "no pipeline")
+        self.pipeline = self._pipeline(artifacts.ML_PIPELINE.require().read_text(), env_config)
         self._publish_flow(env_config, lake_key)
         # Gateways download published models with the token-exchange role.
         model_access = iam.Policy(
@@ -224,8 +220,8 @@ class MlStack(Stack):
         )
         return role
 
-    def _pipeline(self, definition: str, env_config: Environment) -> None:
-        self.pipeline = sagemaker.CfnPipeline(
+    def _pipeline(self, definition: str, env_config: Environment) -> sagemaker.CfnPipeline:
+        pipeline = sagemaker.CfnPipeline(
             self,
             "TrainingPipeline",
             pipeline_name=f"{env_config.prefix}-failure-model",
@@ -247,6 +243,7 @@ class MlStack(Stack):
             },
         )
         self.execution_role.grant_pass_role(self.execution_role)
+        return pipeline
 
     def _publish_flow(self, env_config: Environment, lake_key: kms.IKey) -> None:
         prefix = env_config.prefix
@@ -267,7 +264,7 @@ class MlStack(Stack):
             enforce_ssl=True,
         )
         recipe = s3_assets.Asset(
-            self, "ModelRecipe", path=str(ROOT / artifacts.FAILURE_MODEL_RECIPE)
+            self, "ModelRecipe", path=str(artifacts.COMPONENTS[MODEL_COMPONENT].require())
         )
         project = codebuild.Project(
             self,

@@ -28,13 +28,13 @@ ITERATOR_AGE_ALARM = Duration.minutes(5)
 
 @dataclass(frozen=True)
 class Monitored:
-    """What the other stacks expose for monitoring (None: not deployed in this build)."""
+    """What the other stacks expose for monitoring."""
 
     telemetry: kinesis.IStream
     anomalies: kinesis.IStream
     delivery_stream_name: str
     functions: Mapping[str, lambda_.IFunction]
-    flink_application_name: str | None
+    flink_application_name: str
 
 
 class MonitoringStack(Stack):
@@ -121,20 +121,19 @@ class MonitoringStack(Stack):
                 threshold=ITERATOR_AGE_ALARM.to_milliseconds(),
                 description=f"The {name} function is falling behind its stream",
             )
-        if monitored.flink_application_name:
-            self._alarm(
-                "FlinkDowntime",
-                cloudwatch.Metric(
-                    namespace="AWS/KinesisAnalytics",
-                    metric_name="downtime",
-                    dimensions_map={"Application": monitored.flink_application_name},
-                    statistic="Maximum",
-                    period=Duration.minutes(1),
-                ),
-                threshold=0,
-                description="The Flink application is restarting or down",
-                treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
-            )
+        self._alarm(
+            "FlinkDowntime",
+            cloudwatch.Metric(
+                namespace="AWS/KinesisAnalytics",
+                metric_name="downtime",
+                dimensions_map={"Application": monitored.flink_application_name},
+                statistic="Maximum",
+                period=Duration.minutes(1),
+            ),
+            threshold=0,
+            description="The Flink application is restarting or down",
+            treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
+        )
         self._alarm(
             "GatewayBacklog",
             cloudwatch.Metric(

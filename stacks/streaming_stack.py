@@ -33,7 +33,6 @@ from constructs import Construct
 
 from config.environments import Environment
 from stacks import artifacts
-from stacks.artifacts import ROOT
 from stacks.constructs.access import bucket_name
 from stacks.constructs.deploy_time_image import (
     acknowledge_build_project,
@@ -79,7 +78,8 @@ class Package:
 
 def stage_code() -> tuple[Path, str]:
     """kda_sql/runner.py and kda_sql/sql/ staged under cdk.out, and their content hash."""
-    copies = [(ROOT / "kda_sql" / "runner.py", "kda_sql"), (ROOT / "kda_sql" / "sql", "kda_sql")]
+    runner = artifacts.FLINK_SQL.require()
+    copies = [(runner, "kda_sql"), (runner.parent / "sql", "kda_sql")]
     content_hash = source_hash(copies, [])
     bundling = LocalPythonBundling(copies=copies, requirements=[], platform="", python_version="")
     return staged_once(BUNDLE_CACHE / f"flink-{content_hash[:24]}", bundling.bundle), content_hash
@@ -98,10 +98,6 @@ class StreamingStack(Stack):
         **kwargs: Any,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
-        self.application_name: str | None = None
-        if not artifacts.FLINK_SQL.present():
-            artifacts.FLINK_SQL.report_gap(self, "no stream rules application")
-            return
         prefix = env_config.prefix
         package = self._package(prefix, lake_key)
         log_group = logs.LogGroup(

@@ -108,11 +108,7 @@ class TimeSeriesStack(Stack):
         self.instance.apply_removal_policy(
             RemovalPolicy.RETAIN if env_config.keep_data_on_delete else RemovalPolicy.DESTROY
         )
-        self.writer: lambda_.Function | None = None
-        if artifacts.INFLUX_WRITER.present():
-            self._writer(env_config, vpc, subnets, telemetry, readings)
-        else:
-            artifacts.INFLUX_WRITER.report_gap(self, "telemetry is not written to InfluxDB")
+        self.writer = self._writer(env_config, vpc, subnets, telemetry, readings)
 
     def _writer(
         self,
@@ -121,7 +117,7 @@ class TimeSeriesStack(Stack):
         subnets: ec2.SubnetSelection,
         telemetry: kinesis.IStream,
         readings: kinesis.IStream,
-    ) -> None:
+    ) -> lambda_.Function:
         writer_group = ec2.SecurityGroup(
             self,
             "WriterSecurityGroup",
@@ -156,7 +152,7 @@ class TimeSeriesStack(Stack):
         function = PythonFunction(
             self,
             "InfluxWriter",
-            function_dir=artifacts.INFLUX_WRITER.path().parent,
+            function_dir=artifacts.INFLUX_WRITER.require().parent,
             description="Writes telemetry batches from Kinesis into Timestream for InfluxDB",
             environment={
                 "INFLUXDB_URL": f"https://{self.instance.attr_endpoint}:{INFLUX_PORT}",
@@ -178,12 +174,12 @@ class TimeSeriesStack(Stack):
             vpc_subnets=subnets,
             security_groups=[writer_group],
         )
-        self.writer = function.function
-        self.credentials.grant_read(self.writer)
-        idempotency.grant_read_write_data(self.writer)
-        dead_letters.grant_send_messages(self.writer)
-        readings.grant_write(self.writer)
-        self.writer.add_event_source(
+        writer = function.function
+        self.credentials.grant_read(writer)
+        idempotency.grant_read_write_data(writer)
+        dead_letters.grant_send_messages(writer)
+        readings.grant_write(writer)
+        writer.add_event_source(
             sources.KinesisEventSource(
                 telemetry,
                 starting_position=lambda_.StartingPosition.LATEST,
@@ -212,3 +208,4 @@ class TimeSeriesStack(Stack):
             "AwsSolutions-IAM5[Action::kms:GenerateDataKey*]",
             "AwsSolutions-IAM5[Action::kms:ReEncrypt*]",
         )
+        return writer

@@ -26,7 +26,6 @@ class Synth:
     outdir: Path
     validation_error: str | None
     templates: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-    missing_artifacts: list[str] = field(default_factory=list)
 
     def template(self, env: str, concern: str) -> dict[str, Any]:
         return self.templates[(env, concern)]
@@ -56,7 +55,6 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Synth:
             os.environ.pop(variable)
     import aws_cdk as cdk
 
-    from stacks import artifacts
     from stacks.environment_stacks import build_app, feature_flags
 
     outdir = tmp_path_factory.mktemp("cdk.out")
@@ -72,5 +70,4 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Synth:
         for path in outdir.glob(f"iiot-{env}-*.template.json"):
             concern = path.name.removeprefix(f"iiot-{env}-").removesuffix(".template.json")
             result.templates[(env, concern)] = json.loads(path.read_text())
-    result.missing_artifacts = [artifact.name for artifact in artifacts.missing()]
     return result
