@@ -1,8 +1,14 @@
 #!/usr/bin/env python3
 """CDK composition root: every environment's stacks, checked by cdk-nag (AwsSolutions).
 
-`IIOT_ENVIRONMENTS=dev,prod` limits the build to some environments (default: all three).
+Settings that differ per deployment arrive as CDK context `<env>:<setting>` and become typed
+settings in config/environments.py (`npx cdk deploy -c prod:alarm_email=ops@example.com ...`).
 Account and region come from CDK_DEFAULT_ACCOUNT / CDK_DEFAULT_REGION (set by the CDK CLI).
+
+`IIOT_ENVIRONMENTS=dev,prod` limits the build to some environments (default: all three). It
+stays an environment variable of this process, not context, because it is no setting: it
+changes no template, only which environments this run builds (`cdk deploy 'iiot-dev-*'`
+otherwise builds all three to deploy one, which is slower).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import os
 
 from aws_cdk import App
 
+from config.environments import ConfigError
 from stacks.artifacts import MissingArtifactError
 from stacks.environment_stacks import build_app, feature_flags
 
@@ -20,7 +27,7 @@ def main() -> None:
     app = App(context=feature_flags())
     try:
         build_app(app, selected or None)
-    except MissingArtifactError as error:
+    except (ConfigError, MissingArtifactError) as error:
         raise SystemExit(f"app.py: {error}") from error
     app.synth()
 

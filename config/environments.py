@@ -1,9 +1,12 @@
 """Typed settings of each deployment environment (dev, staging, prod).
 
-Environments differ only through these frozen dataclasses: `app.py` passes them to the stacks
-as keyword arguments, and no stack reads CDK context. Account and region are never written
-here: they come from the environment (`CDK_DEFAULT_ACCOUNT` / `CDK_DEFAULT_REGION`, which the
-CDK CLI sets from the AWS profile); without them the stacks are environment-agnostic.
+Environments differ only through these frozen dataclasses: the composition root passes them to
+the stacks as keyword arguments, and no stack reads CDK context or environment variables.
+Settings given at deployment time (an alarm address, the model version the gateways run, the
+metric catalog) arrive as CDK context keys `<env>:<setting>` and are validated here with the
+rest (see `Environment`). Account and region are never written here: they come from the
+environment (`CDK_DEFAULT_ACCOUNT` / `CDK_DEFAULT_REGION`, which the CDK CLI sets from the AWS
+profile); without them the stacks are environment-agnostic.
 """
 
 from __future__ import annotations
@@ -14,12 +17,22 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 # The reading contract's id rule (iiot/contract.py): factory ids become thing-group names, MQTT
 # topic levels and S3 partition values.
 _FACTORY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 _THING_GROUP_NAME = re.compile(r"^[a-zA-Z0-9:_-]+$")
+# Greengrass component versions are MAJOR.MINOR.PATCH.
+_COMPONENT_VERSION = re.compile(r"\d+\.\d+\.\d+")
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+METRICS_CATALOG = REPOSITORY / "config" / "metrics.yaml"
+ENVIRONMENT_NAMES = ("dev", "staging", "prod")
+# The settings given at deployment time, as CDK context `<env>:<setting>` (Environment).
+DEPLOY_INPUTS = ("alarm_email", "edge_model_version", "metrics_catalog")
 
 # Kinesis Data Streams limits per shard (writes).
 SHARD_RECORDS_PER_SECOND = 1000
@@ -119,7 +132,27 @@ class EdgeRollout:
 
 @dataclass(frozen=True, kw_only=True)
 class Environment:
-    """Everything that differs between dev, staging and prod."""
+    """Everything that differs between dev, staging and prod.
+
+    The last three settings are deployment inputs: they are not written in this file but
+    arrive as CDK context keys `<env>:<setting>`, either for one command
+    (`npx cdk deploy -c prod:edge_model_version=1.0.7 iiot-prod-edge`) or committed under
+    cdk.json's "context" so that the change is reviewed and later deploys keep it. An empty
+    value leaves the setting at its default. A key for an unknown setting, or a setting
+    without its environment (`-c edge_model_version=...`), is rejected.
+
+    - `alarm_email` (`<env>:alarm_email`): an address subscribed to the operations alarm
+      topic; None: the topic has no subscriber.
+    - `edge_model_version` (`<env>:edge_model_version`): the com.iiot.FailureModel version
+      the gateways run, MAJOR.MINOR.PATCH as the ML stack's publish flow makes them
+      (`1.0.<model package version>`); None: the factory deployments run the sensor buffer
+      without prediction.
+    - `metrics_catalog` (`<env>:metrics_catalog`): the metric catalog whose edge thresholds
+      the factory deployments set on the gateways; a path, relative to the repository unless
+      absolute (default config/metrics.yaml). Only the stacks read this setting: the runtime
+      bundles ship config/metrics.yaml, and the core's loader keeps $IIOT_METRICS_CATALOG
+      for the processes that run locally.
+    """
 
     name: Literal["dev", "staging", "prod"]
     account: str | None
@@ -139,11 +172,11 @@ class Environment:
     flink_parallelism: int
     flink_parallelism_per_kpu: int
     edge_rollout: EdgeRollout
-    alarm_email: str | None = None
-    # The com.iiot.FailureModel version the gateways run (published by the ML stack's flow
-    # after a model is approved); None: the gateways run the buffer without prediction.
-    edge_model_version: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
+    # Deployment inputs (see above).
+    alarm_email: str | None = None
+    edge_model_version: str | None = None
+    metrics_catalog: Path = METRICS_CATALOG
 
     @property
     def prefix(self) -> str:
@@ -174,6 +207,23 @@ class Environment:
             problems.append("redshift_base_rpu must be a multiple of 8, at least 8")
         if not 0 < self.edge_rollout.failure_threshold_percent <= 100:
             problems.append("edge_rollout.failure_threshold_percent must be in (0, 100]")
+        if self.alarm_email is not None and not _EMAIL.fullmatch(self.alarm_email):
+            problems.append(
+                f"alarm_email {self.alarm_email!r} (context {self.name}:alarm_email) is not an "
+                "email address"
+            )
+        version = self.edge_model_version
+        if version is not None and not _COMPONENT_VERSION.fullmatch(version):
+            problems.append(
+                f"edge_model_version {version!r} (context {self.name}:edge_model_version) must "
+                "be a component version MAJOR.MINOR.PATCH, as the ML stack publishes them "
+                "(1.0.<model package version>)"
+            )
+        if not self.metrics_catalog.is_file():
+            problems.append(
+                f"metrics_catalog {self.metrics_catalog} (context {self.name}:metrics_catalog) "
+                "is not a file"
+            )
         if problems:
             raise ConfigError(f"environment {self.name}: " + "; ".join(problems))
         return self
@@ -210,8 +260,47 @@ def _from_environment() -> tuple[str | None, str | None]:
     return os.environ.get("CDK_DEFAULT_ACCOUNT"), os.environ.get("CDK_DEFAULT_REGION")
 
 
-def environments() -> dict[str, Environment]:
-    """dev, staging and prod, validated; account and region from the environment."""
+def is_deploy_input(key: str) -> bool:
+    """Whether a CDK context key is meant as a deployment input (`prod:alarm_email`)."""
+    return key.partition(":")[0] in ENVIRONMENT_NAMES or key in DEPLOY_INPUTS
+
+
+def deploy_inputs(context: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The deployment inputs in CDK `context`, per environment, as Environment field values.
+
+    Other context (CDK's feature flags and its own keys) is left alone; a key that names an
+    environment but no known setting, a setting without its environment, or a value that is
+    not text is rejected with the reason.
+    """
+    inputs: dict[str, dict[str, Any]] = {name: {} for name in ENVIRONMENT_NAMES}
+    problems = []
+    for key, value in sorted(context.items()):
+        if not is_deploy_input(key):
+            continue
+        env, _, setting = key.partition(":")
+        if key in DEPLOY_INPUTS:
+            problems.append(
+                f"context {key!r} names no environment: give it as <env>:{key} (env one of "
+                f"{', '.join(ENVIRONMENT_NAMES)}), so that one deploy changes one environment"
+            )
+        elif setting not in DEPLOY_INPUTS:
+            problems.append(
+                f"context {key!r}: {setting!r} is not a deployment input; the inputs are "
+                f"{', '.join(DEPLOY_INPUTS)}"
+            )
+        elif not isinstance(value, str):
+            problems.append(f"context {key!r} must be text, got {value!r}")
+        elif value:
+            inputs[env][setting] = REPOSITORY / value if setting == "metrics_catalog" else value
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return inputs
+
+
+def environments(context: Mapping[str, Any] | None = None) -> dict[str, Environment]:
+    """dev, staging and prod, validated; account and region from the environment, deployment
+    inputs from the CDK `context` (keys `<env>:<setting>`, see `Environment`)."""
+    inputs = deploy_inputs(context or {})
     account, region = _from_environment()
     dev = Environment(
         name="dev",
@@ -291,13 +380,8 @@ def environments() -> dict[str, Environment]:
             min_executed_things_before_abort=5,
             timeout_seconds=1800,
         ),
-        alarm_email=os.environ.get("IIOT_ALARM_EMAIL"),
     )
-    model_versions = {
-        name: os.environ.get(f"IIOT_EDGE_MODEL_VERSION_{name.upper()}") or None
-        for name in ("dev", "staging", "prod")
-    }
     return {
-        env.name: dataclasses.replace(env, edge_model_version=model_versions[env.name]).validate()
+        env.name: dataclasses.replace(env, **inputs[env.name]).validate()
         for env in (dev, staging, prod)
     }

@@ -1,10 +1,11 @@
 """Greengrass v2 on the gateways: a component version per component folder and one deployment
-per factory thing group, configured from the metric catalog.
+per factory thing group, configured from the environment's metric catalog (`metrics_catalog`).
 
 com.iiot.FailureModel carries the trained model, which exists only after the ML pipeline ran
 and a model was approved; the ML stack's flow publishes its versions. A factory deployment
 includes the predictor and the model once the environment names the model version to run
-(`edge_model_version`); until then it runs the buffer alone.
+(`edge_model_version`, CDK context `<env>:edge_model_version`); until then it runs the buffer
+alone.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ class EdgeStack(Stack):
         **kwargs: Any,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
-        catalog = load_catalog()
+        catalog = load_catalog(env_config.metrics_catalog)
         self.components: dict[str, GreengrassComponent] = {}
         for name, shared in BUILT_HERE.items():
             component_dir = artifacts.COMPONENTS[name].require().parent

@@ -1,7 +1,8 @@
 """The CDK wiring of the stacks of each environment (used by app.py and the tests).
 
-`build_app` builds the selected environments; `build_environment` builds and wires the stacks
-of one.
+`build_app` reads the deployment inputs from the app's CDK context into the typed settings
+(config/environments.py) and builds the selected environments; `build_environment` builds and
+wires the stacks of one.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from aws_cdk import Environment as CdkEnvironment
 from cdk_nag import AwsSolutionsChecks
 from constructs import Construct
 
-from config.environments import Environment, environments
+from config.environments import ConfigError, Environment, environments
 from stacks.alerting_stack import AlertingStack
 from stacks.artifacts import ROOT
 from stacks.edge_stack import EdgeStack
@@ -34,17 +35,22 @@ CDK_JSON = ROOT / "cdk.json"
 
 
 def feature_flags(cdk_json: Path = CDK_JSON) -> dict[str, Any]:
-    """cdk.json's context (feature flags), so `python app.py` builds what `cdk synth` does."""
+    """cdk.json's context (feature flags, and deployment inputs committed there), so
+    `python app.py` builds what `cdk synth` does."""
     context: dict[str, Any] = json.loads(cdk_json.read_text())["context"]
     return context
 
 
 def build_app(app: App, names: list[str] | None = None) -> dict[str, EnvironmentStacks]:
-    """Every selected environment's stacks (default: all), checked by cdk-nag AwsSolutions."""
-    configs = environments()
+    """Every selected environment's stacks (default: all), checked by cdk-nag AwsSolutions.
+
+    The environments' deployment inputs come from the app's CDK context (`-c prod:alarm_email=
+    ...` or cdk.json); raises ConfigError for an unknown environment or an invalid setting.
+    """
+    configs = environments(app.node.get_all_context())
     unknown = sorted(set(names or []) - set(configs))
     if unknown:
-        raise SystemExit(f"unknown environment {unknown}: choose from {', '.join(configs)}")
+        raise ConfigError(f"unknown environment {unknown}: choose from {', '.join(configs)}")
     built = {name: build_environment(app, configs[name]) for name in names or list(configs)}
     Validations.of(app).add_plugins(AwsSolutionsChecks(app))
     return built

@@ -9,7 +9,8 @@ Approving the model package in the registry starts a state machine that describe
 publishes the compiled zip as a FailureModel component version `1.0.<package version>` with a
 CodeBuild job (recipe from edge_components/com.iiot.FailureModel/recipe.yaml), and notifies the
 ML topic. Deploying it to the gateways is a reviewed change: set the environment's model
-version (IIOT_EDGE_MODEL_VERSION_<ENV>) and `cdk deploy` the edge stack.
+version (CDK context `<env>:edge_model_version`, config/environments.py) and `cdk deploy` the
+edge stack.
 """
 
 from __future__ import annotations
@@ -390,8 +391,8 @@ class MlStack(Stack):
             message=sfn.TaskInput.from_text(
                 sfn.JsonPath.format(
                     f"{MODEL_COMPONENT} 1.0.{{}} is published. Deploy it to the gateways: "
-                    f"IIOT_EDGE_MODEL_VERSION_{env_config.name.upper()}=1.0.{{}} npx cdk "
-                    f"deploy {prefix}-edge",
+                    f"npx cdk deploy -c {env_config.name}:edge_model_version=1.0.{{}} "
+                    f"{prefix}-edge",
                     sfn.JsonPath.string_at("$.model.version"),
                     sfn.JsonPath.string_at("$.model.version"),
                 )

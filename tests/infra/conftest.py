@@ -45,20 +45,18 @@ class Synth:
 
 @pytest.fixture(scope="session")
 def synth(tmp_path_factory: pytest.TempPathFactory) -> Synth:
-    # Deployment inputs that would change the templates: the synth under test has none.
-    for variable in list(os.environ):
-        if variable in (
-            "CDK_DEFAULT_ACCOUNT",
-            "CDK_DEFAULT_REGION",
-            "IIOT_ALARM_EMAIL",
-        ) or variable.startswith("IIOT_EDGE_MODEL_VERSION_"):
-            os.environ.pop(variable)
+    # Deployment inputs that would change the templates: the synth under test has none (no
+    # account or region, no `<env>:<setting>` context even if cdk.json holds some).
+    for variable in ("CDK_DEFAULT_ACCOUNT", "CDK_DEFAULT_REGION", "CDK_CONTEXT_JSON"):
+        os.environ.pop(variable, None)
     import aws_cdk as cdk
 
+    from config.environments import is_deploy_input
     from stacks.environment_stacks import build_app, feature_flags
 
     outdir = tmp_path_factory.mktemp("cdk.out")
-    application = cdk.App(outdir=str(outdir), context=feature_flags())
+    flags = {key: value for key, value in feature_flags().items() if not is_deploy_input(key)}
+    application = cdk.App(outdir=str(outdir), context=flags)
     build_app(application)
     error = None
     try:

@@ -47,10 +47,12 @@ def test_a_missing_artifact_fails_synth(
 ) -> None:
     import aws_cdk as cdk
 
+    from config.environments import is_deploy_input
     from stacks.environment_stacks import build_app, feature_flags
 
     _hide(monkeypatch, artifact, tmp_path / "empty")
-    app = cdk.App(outdir=str(tmp_path / "cdk.out"), context=feature_flags())
+    flags = {key: value for key, value in feature_flags().items() if not is_deploy_input(key)}
+    app = cdk.App(outdir=str(tmp_path / "cdk.out"), context=flags)
     with pytest.raises(MissingArtifactError) as error:
         build_app(app, ["dev"])
     assert str(error.value).startswith(f"{artifact.name}: {artifact.files[0]}")

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from config.environments import (
+    METRICS_CATALOG,
     ConfigError,
     LayerLifecycle,
     Workload,
@@ -81,3 +82,53 @@ def test_bad_factory_ids_are_rejected() -> None:
         dataclasses.replace(dev, factories=("plant 1",)).validate()
     with pytest.raises(ConfigError, match="unique"):
         dataclasses.replace(dev, factories=("a", "a")).validate()
+
+
+def test_deploy_inputs_arrive_as_context_keys_per_environment() -> None:
+    envs = environments(
+        {
+            "prod:alarm_email": "ops@example.com",
+            "dev:edge_model_version": "1.0.7",
+            "staging:metrics_catalog": "config/metrics.yaml",
+            # CDK's own context is not an input.
+            "@aws-cdk/core:checkSecretUsage": True,
+            "aws:cdk:enable-path-metadata": True,
+        }
+    )
+    assert envs["prod"].alarm_email == "ops@example.com"
+    assert envs["dev"].alarm_email is None
+    assert envs["dev"].edge_model_version == "1.0.7"
+    assert envs["prod"].edge_model_version is None
+    assert envs["staging"].metrics_catalog == METRICS_CATALOG
+
+
+def test_without_inputs_the_defaults_hold_and_environment_variables_change_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The variables that used to set these: the stacks read no environment variable now.
+    monkeypatch.setenv("IIOT_ALARM_EMAIL", "ops@example.com")
+    monkeypatch.setenv("IIOT_EDGE_MODEL_VERSION_PROD", "1.0.7")
+    monkeypatch.setenv("IIOT_METRICS_CATALOG", "/nowhere/metrics.yaml")
+    for env in environments().values():
+        assert (env.alarm_email, env.edge_model_version) == (None, None)
+        assert env.metrics_catalog == METRICS_CATALOG
+    # An empty value leaves the default (`-c prod:edge_model_version=` takes the model out).
+    assert environments({"prod:edge_model_version": ""})["prod"].edge_model_version is None
+
+
+@pytest.mark.parametrize(
+    ("context", "problem"),
+    [
+        ({"edge_model_version": "1.0.7"}, "'edge_model_version' names no environment"),
+        ({"prod:edge_model_versoin": "1.0.7"}, "'edge_model_versoin' is not a deployment input"),
+        ({"prod:edge_model_version": 7}, "'prod:edge_model_version' must be text"),
+        ({"prod:edge_model_version": "1.0"}, r"\(context prod:edge_model_version\) must be"),
+        ({"prod:alarm_email": "ops"}, r"\(context prod:alarm_email\) is not an email"),
+        ({"dev:metrics_catalog": "config/none.yaml"}, r"\(context dev:metrics_catalog\) is not a"),
+    ],
+)
+def test_invalid_deploy_inputs_are_rejected_naming_the_key(
+    context: dict[str, object], problem: str
+) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        environments(context)

@@ -637,6 +637,8 @@ def test_approval_starts_the_publish_flow(synth: Synth) -> None:
     ]
     buildspec = next(spec for spec in buildspecs if "create-component-version" in spec)
     assert "component/failure_model.zip" in buildspec  # the pipeline's compile output
+    # The notification says how to deploy the version: the environment's context key.
+    assert "npx cdk deploy -c dev:edge_model_version=1.0.{} iiot-dev-edge" in definition
 
 
 def test_gateways_may_read_only_published_models(synth: Synth) -> None:

@@ -1,0 +1,149 @@
+"""The deployment inputs, given as CDK context, through a synth of dev: the model version
+deploys the predictor and the model (the edge stack's model branch, which the session synth
+never takes), the alarm address is subscribed, and the thresholds come from the catalog named.
+
+This is its own synth of dev alone, checked by the same gates (cdk-nag and cfn-lint).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cfnlint.api import ManualArgs, lint_file
+
+from config.environments import METRICS_CATALOG, environments
+from tests.infra.test_gates import CFN_LINT_IGNORED, CFN_LINT_REGIONS
+
+MODEL_VERSION = "1.0.7"
+ALARM_EMAIL = "operations@example.com"
+SENSOR_BUFFER = "com.iiot.SensorBuffer"
+FAILURE_PREDICTOR = "com.iiot.FailurePredictor"
+FAILURE_MODEL = "com.iiot.FailureModel"
+MQTT_BRIDGE = "aws.greengrass.clientdevices.mqtt.Bridge"
+
+
+class DevSynth:
+    def __init__(self, outdir: Path, catalog: dict[str, Any], validation_error: str | None):
+        self.outdir = outdir
+        self.catalog = catalog
+        self.validation_error = validation_error
+
+    def template_path(self, concern: str) -> Path:
+        return self.outdir / f"iiot-dev-{concern}.template.json"
+
+    def resources(self, concern: str, kind: str) -> dict[str, dict[str, Any]]:
+        template = json.loads(self.template_path(concern).read_text())
+        return {name: body for name, body in template["Resources"].items() if body["Type"] == kind}
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory: pytest.TempPathFactory) -> DevSynth:
+    import aws_cdk as cdk
+
+    from config.environments import is_deploy_input
+    from stacks.environment_stacks import build_app, feature_flags
+
+    # A catalog of this deployment's own: the pump line runs hotter than the default allows.
+    catalog = yaml.safe_load(METRICS_CATALOG.read_text())
+    catalog["metrics"]["temperature"]["edge"]["max"] = 111.0
+    catalog_path = tmp_path_factory.mktemp("catalog") / "metrics.yaml"
+    catalog_path.write_text(yaml.safe_dump(catalog))
+    outdir = tmp_path_factory.mktemp("cdk.out")
+    flags = {key: value for key, value in feature_flags().items() if not is_deploy_input(key)}
+    app = cdk.App(
+        outdir=str(outdir),
+        context={
+            **flags,
+            "dev:edge_model_version": MODEL_VERSION,
+            "dev:alarm_email": ALARM_EMAIL,
+            "dev:metrics_catalog": str(catalog_path),
+        },
+    )
+    build_app(app, ["dev"])
+    error = None
+    try:
+        app.synth()
+    except RuntimeError as exc:  # cdk-nag findings
+        error = str(exc)
+    return DevSynth(outdir, catalog, error)
+
+
+def _recipe(inline_recipe: Any) -> dict[str, Any]:
+    """An inline recipe as data; CloudFormation references inside it become "<ref>"."""
+    if isinstance(inline_recipe, str):
+        return json.loads(inline_recipe)
+    separator, parts = inline_recipe["Fn::Join"]
+    return json.loads(separator.join(p if isinstance(p, str) else "<ref>" for p in parts))
+
+
+def _published_versions(synth: DevSynth) -> dict[str, str]:
+    """Component name -> the version its CfnComponentVersion publishes."""
+    recipes = [
+        _recipe(body["Properties"]["InlineRecipe"])
+        for body in synth.resources("edge", "AWS::GreengrassV2::ComponentVersion").values()
+    ]
+    return {recipe["ComponentName"]: recipe["ComponentVersion"] for recipe in recipes}
+
+
+def test_a_model_version_deploys_the_predictor_and_that_model_to_every_factory(
+    dev: DevSynth,
+) -> None:
+    published = _published_versions(dev)
+    assert set(published) == {SENSOR_BUFFER, FAILURE_PREDICTOR}
+    deployments = dev.resources("edge", "AWS::GreengrassV2::Deployment").values()
+    assert len(deployments) == len(environments()["dev"].factories)
+    for deployment in deployments:
+        components = deployment["Properties"]["Components"]
+        assert set(components) == {SENSOR_BUFFER, FAILURE_PREDICTOR, FAILURE_MODEL, MQTT_BRIDGE}
+        # The code components run the versions this stack publishes; the model, the version
+        # the ML stack's flow published and the environment names.
+        assert components[SENSOR_BUFFER]["ComponentVersion"] == published[SENSOR_BUFFER]
+        assert components[FAILURE_PREDICTOR]["ComponentVersion"] == published[FAILURE_PREDICTOR]
+        assert components[FAILURE_MODEL] == {"ComponentVersion": MODEL_VERSION}
+
+
+def test_the_predictor_is_configured_for_its_factory(dev: DevSynth) -> None:
+    for deployment in dev.resources("edge", "AWS::GreengrassV2::Deployment").values():
+        factory = deployment["Properties"]["DeploymentName"].removeprefix("iiot-dev-")
+        predictor = deployment["Properties"]["Components"][FAILURE_PREDICTOR]
+        merge = json.loads(predictor["ConfigurationUpdate"]["Merge"])
+        assert merge["factoryId"] == factory
+        assert f"factory/{factory}/" in json.dumps(merge["accessControl"])
+
+
+def test_deployments_wait_for_every_component_version_they_run(dev: DevSynth) -> None:
+    versions = dev.resources("edge", "AWS::GreengrassV2::ComponentVersion")
+    for deployment in dev.resources("edge", "AWS::GreengrassV2::Deployment").values():
+        assert set(deployment["DependsOn"]) >= set(versions)
+
+
+def test_the_deployments_set_the_named_catalogs_thresholds(dev: DevSynth) -> None:
+    deployment = next(iter(dev.resources("edge", "AWS::GreengrassV2::Deployment").values()))
+    merge = json.loads(
+        deployment["Properties"]["Components"][SENSOR_BUFFER]["ConfigurationUpdate"]["Merge"]
+    )
+    assert merge["thresholds"]["temperature"]["max"] == 111.0
+    for name, metric in dev.catalog["metrics"].items():
+        assert merge["thresholds"][name]["max"] == metric["edge"].get("max"), name
+
+
+def test_the_alarm_address_is_subscribed(dev: DevSynth) -> None:
+    (subscription,) = dev.resources("monitoring", "AWS::SNS::Subscription").values()
+    assert subscription["Properties"]["Protocol"] == "email"
+    assert subscription["Properties"]["Endpoint"] == ALARM_EMAIL
+
+
+def test_the_model_branch_passes_the_gates(dev: DevSynth) -> None:
+    assert dev.validation_error is None
+    report = dev.outdir / "validation-report.json"
+    if report.exists():
+        plugins = json.loads(report.read_text())["pluginReports"]
+        assert [v for plugin in plugins for v in plugin["violations"]] == []
+    config = ManualArgs(ignore_checks=CFN_LINT_IGNORED, regions=CFN_LINT_REGIONS)
+    for concern in ("edge", "monitoring"):
+        template = dev.template_path(concern)
+        assert [str(match) for match in lint_file(template, config=config)] == [], concern
