@@ -9,20 +9,17 @@ logs have buckets of their own.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aws_cdk import Duration, RemovalPolicy, Stack
+from aws_cdk import RemovalPolicy, Stack
 from aws_cdk import aws_emrserverless as emrs
 from aws_cdk import aws_events as events
-from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_glue as glue
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
-from aws_cdk import aws_logs as logs
-from aws_cdk import aws_s3_assets as s3_assets
-from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
 from config.environments import Environment, LayerLifecycle
@@ -30,8 +27,8 @@ from stacks import artifacts
 from stacks.artifacts import ROOT
 from stacks.constructs.access import acknowledge, bucket_name, grant_bucket
 from stacks.constructs.deploy_time_image import DeployTimeImage, stage_context
+from stacks.constructs.lake_job_runner import LakeJobRunner, SparkJob
 from stacks.constructs.python_bundle import project_requirements
-from stacks.constructs.python_function import log_retention
 from stacks.constructs.secure_bucket import SecureBucket
 
 EMR_RELEASE = "emr-7.12.0"
@@ -74,6 +71,20 @@ LAKE_JOBS = ("bronze", "silver", "gold", "maintain")
 # under landing/ (the bronze job's input); bronze keeps their bytes, so landing is transient.
 LANDING = "landing/"
 LAYER_PREFIXES = {"bronze": "bronze/", "silver": "silver/", "gold": "gold/"}
+
+
+def lake_jobs(lake_root: str, catalog_tables: Sequence[str]) -> list[SparkJob]:
+    """spark_jobs/main.py's jobs in order, on Python 3.11 with Delta; `maintain` also registers
+    the new partitions of `catalog_tables` in the Glue catalog."""
+    jobs = []
+    for job in LAKE_JOBS:
+        arguments = ["--job", job, "--lake-root", lake_root]
+        spark_conf = f"{PYTHON_CONF} {DELTA_CONF}"
+        if job == "maintain":
+            arguments += ["--catalog-tables", ",".join(catalog_tables)]
+            spark_conf += f" {GLUE_CONF}"
+        jobs.append(SparkJob(job, tuple(arguments), spark_conf))
+    return jobs
 
 
 def spark_image_context() -> Path:
@@ -274,7 +285,51 @@ class LakeStack(Stack):
                 image_uri=self.spark_image.image_uri
             ),
         )
-        self.state_machine = self._schedule_jobs(env_config, entry_point)
+        partitioned = [table for table in TABLES if table.partition_keys]
+        # The id "Default" is left out of logical ids (CDK's makeUniqueId), so the runner's
+        # resources keep the ids they had when this stack created them itself.
+        self.job_runner = LakeJobRunner(
+            self,
+            "Default",
+            application=self.spark_app,
+            job_role=self.spark_role,
+            entry_point=entry_point,
+            jobs=lake_jobs(
+                self.lake_root, [f"{self.database_name}.{table.name}" for table in partitioned]
+            ),
+            run_name_prefix="lake-",
+            log_uri=f"s3://{self.logs.bucket_name}/emr/",
+            schedule=events.Schedule.expression(lake.schedule_cron),
+            schedule_description="Runs bronze -> silver -> gold -> maintain (Spectrum manifests)",
+            log_retention_days=env_config.log_retention_days,
+        )
+        entry = self.job_runner.entry_point
+        self.spark_role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["s3:GetObject"],
+                resources=[f"{entry.bucket.bucket_arn}/{entry.s3_object_key}"],
+            )
+        )
+        # `maintain` registers the new partitions of the tables Spectrum reads.
+        self.spark_role.add_to_policy(
+            iam.PolicyStatement(
+                actions=list(GLUE_PARTITION_ACTIONS),
+                resources=[
+                    self.format_arn(service="glue", resource="catalog"),
+                    self.format_arn(
+                        service="glue", resource="database", resource_name=self.database_name
+                    ),
+                    *(
+                        self.format_arn(
+                            service="glue",
+                            resource="table",
+                            resource_name=f"{self.database_name}/{table.name}",
+                        )
+                        for table in partitioned
+                    ),
+                ],
+            )
+        )
 
     def _spark_image(self, env_config: Environment) -> DeployTimeImage:
         """EMR's Spark image plus Python 3.11 with `iiot`, `spark_jobs` and their dependencies;
@@ -303,149 +358,6 @@ class LakeStack(Stack):
             )
         )
         return image
-
-    def _schedule_jobs(self, env_config: Environment, entry_path: Path) -> sfn.StateMachine:
-        entry_point = s3_assets.Asset(self, "SparkEntryPoint", path=str(entry_path))
-        self.spark_role.add_to_policy(
-            iam.PolicyStatement(
-                actions=["s3:GetObject"],
-                resources=[f"{entry_point.bucket.bucket_arn}/{entry_point.s3_object_key}"],
-            )
-        )
-        partitioned = [
-            f"{self.database_name}.{table.name}" for table in TABLES if table.partition_keys
-        ]
-        self.spark_role.add_to_policy(
-            iam.PolicyStatement(
-                actions=list(GLUE_PARTITION_ACTIONS),
-                resources=[
-                    self.format_arn(service="glue", resource="catalog"),
-                    self.format_arn(
-                        service="glue", resource="database", resource_name=self.database_name
-                    ),
-                    *(
-                        self.format_arn(
-                            service="glue",
-                            resource="table",
-                            resource_name=f"{self.database_name}/{table.name}",
-                        )
-                        for table in TABLES
-                        if table.partition_keys
-                    ),
-                ],
-            )
-        )
-        state = sfn.Pass(self, "Start")
-        chain: sfn.IChainable = state
-        previous: Any = state
-        for job in LAKE_JOBS:
-            step = sfn.CustomState(
-                self,
-                f"Run{job.capitalize()}",
-                state_json={
-                    "Type": "Task",
-                    "Resource": "arn:aws:states:::emr-serverless:startJobRun.sync",
-                    "Parameters": {
-                        "ApplicationId": self.spark_app.attr_application_id,
-                        "ExecutionRoleArn": self.spark_role.role_arn,
-                        "Name": f"lake-{job}",
-                        "JobDriver": {
-                            "SparkSubmit": {
-                                "EntryPoint": entry_point.s3_object_url,
-                                "EntryPointArguments": [
-                                    "--job",
-                                    job,
-                                    "--lake-root",
-                                    self.lake_root,
-                                    *(
-                                        ["--catalog-tables", ",".join(partitioned)]
-                                        if job == "maintain"
-                                        else []
-                                    ),
-                                ],
-                                "SparkSubmitParameters": f"{PYTHON_CONF} {DELTA_CONF}"
-                                + (f" {GLUE_CONF}" if job == "maintain" else ""),
-                            }
-                        },
-                        "ConfigurationOverrides": {
-                            "MonitoringConfiguration": {
-                                "S3MonitoringConfiguration": {
-                                    "LogUri": f"s3://{self.logs.bucket_name}/emr/"
-                                }
-                            }
-                        },
-                    },
-                    "Retry": [
-                        {
-                            "ErrorEquals": ["States.TaskFailed"],
-                            "IntervalSeconds": 300,
-                            "MaxAttempts": 2,
-                            "BackoffRate": 2,
-                        }
-                    ],
-                },
-            )
-            previous.next(step)
-            previous = step
-        del chain
-        log_group = logs.LogGroup(
-            self,
-            "LakeRunLogs",
-            retention=log_retention(env_config.log_retention_days),
-            removal_policy=RemovalPolicy.DESTROY,
-        )
-        state_machine = sfn.StateMachine(
-            self,
-            "LakeRun",
-            definition_body=sfn.DefinitionBody.from_chainable(state),
-            timeout=Duration.hours(6),
-            tracing_enabled=True,
-            logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL),
-        )
-        state_machine.add_to_role_policy(
-            iam.PolicyStatement(
-                actions=[
-                    "emr-serverless:StartJobRun",
-                    "emr-serverless:GetJobRun",
-                    "emr-serverless:CancelJobRun",
-                ],
-                resources=[self.spark_app.attr_arn, f"{self.spark_app.attr_arn}/jobruns/*"],
-            )
-        )
-        self.spark_role.grant_pass_role(state_machine)
-        acknowledge(
-            state_machine,
-            "X-Ray (PutTraceSegments, PutTelemetryRecords, GetSampling*) and the CloudWatch "
-            "Logs vended-log delivery actions that Step Functions logging needs do not support "
-            "resource-level permissions.",
-            "AwsSolutions-IAM5[Resource::*]",
-        )
-        acknowledge(
-            state_machine,
-            "A .sync EMR Serverless task polls and cancels the job runs it starts; their ids "
-            "exist only at run time, under this one application.",
-            "AwsSolutions-IAM5[Resource::<SparkApplication.Arn>/jobruns/*]",
-        )
-        state_machine.add_to_role_policy(
-            iam.PolicyStatement(
-                actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
-                resources=[
-                    self.format_arn(
-                        service="events",
-                        resource="rule",
-                        resource_name="StepFunctionsGetEventsForEMRServerlessJobRule",
-                    )
-                ],
-            )
-        )
-        events.Rule(
-            self,
-            "LakeSchedule",
-            description="Runs bronze -> silver -> gold -> maintain (Spectrum manifests)",
-            schedule=events.Schedule.expression(env_config.lake.schedule_cron),
-            targets=[targets.SfnStateMachine(state_machine)],
-        )
-        return state_machine
 
 
 def _table_input(table: DeltaTable, lake_root: str) -> glue.CfnTable.TableInputProperty:
