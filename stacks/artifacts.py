@@ -61,6 +61,8 @@ ML_PIPELINE = Artifact(
     ("ml_pipeline/pipeline_definition.json",),
     made_by="iiot ml pipeline --out ml_pipeline/pipeline_definition.json",
 )
+# The script the model publish flow runs in CodeBuild (stacks/constructs/model_publish_flow.py).
+MODEL_PUBLISHER = Artifact("model publish script", ("ml_pipeline/publish_component.py",))
 
 
 def _component(name: str, *, built_here: bool) -> Artifact:
@@ -71,8 +73,8 @@ def _component(name: str, *, built_here: bool) -> Artifact:
     )
 
 
-# Components whose code is in src/; FailureModel is data only (the ML stack's publish flow
-# makes its versions from its recipe).
+# Components whose code is in src/; FailureModel is data only (the ML publish flow makes its
+# versions from its recipe).
 COMPONENTS = {
     "com.iiot.SensorBuffer": _component("com.iiot.SensorBuffer", built_here=True),
     "com.iiot.FailurePredictor": _component("com.iiot.FailurePredictor", built_here=True),
@@ -84,5 +86,6 @@ ALL = (
     FLINK_SQL,
     SPARK_JOBS,
     ML_PIPELINE,
+    MODEL_PUBLISHER,
     *COMPONENTS.values(),
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -639,6 +640,34 @@ def test_approval_starts_the_publish_flow(synth: Synth) -> None:
     assert "component/failure_model.zip" in buildspec  # the pipeline's compile output
     # The notification says how to deploy the version: the environment's context key.
     assert "npx cdk deploy -c dev:edge_model_version=1.0.{} iiot-dev-edge" in definition
+
+
+def test_publish_job_runs_the_repository_script_on_the_recipe(synth: Synth) -> None:
+    from stacks.artifacts import ROOT
+
+    (project,) = [
+        body["Properties"]
+        for body in resources(synth, "dev", "ml", "AWS::CodeBuild::Project").values()
+        if "create-component-version" in body["Properties"]["Source"]["BuildSpec"]
+    ]
+    commands = json.loads(project["Source"]["BuildSpec"])["phases"]["build"]["commands"]
+    (run,) = [command for command in commands if "publish_component.py" in command]
+    assert run.startswith("python3 publish_component.py --recipe recipe.yaml ")
+    assert commands.index(run) < commands.index(
+        "aws greengrassv2 create-component-version --inline-recipe fileb://recipe.json"
+    )
+    # CodeBuild's S3 source is a zip: the recipe and the script side by side, as in the repo.
+    (asset_hash,) = re.findall(r"([0-9a-f]{64})\.zip", json.dumps(project["Source"]["Location"]))
+    source = synth.outdir / f"asset.{asset_hash}"
+    assert sorted(path.name for path in source.iterdir()) == [
+        "publish_component.py",
+        "recipe.yaml",
+    ]
+    for name, original in (
+        ("recipe.yaml", "edge_components/com.iiot.FailureModel/recipe.yaml"),
+        ("publish_component.py", "ml_pipeline/publish_component.py"),
+    ):
+        assert (source / name).read_bytes() == (ROOT / original).read_bytes()
 
 
 def test_gateways_may_read_only_published_models(synth: Synth) -> None:
