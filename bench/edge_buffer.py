@@ -35,9 +35,9 @@ from sensor_buffer.config import BufferConfig
 from sensor_buffer.ingest import Incoming, Ingestor
 from sensor_buffer.store import Store
 from sensor_buffer.thresholds import ThresholdChecker
-from sensor_buffer.transport import MemoryTransport
 from sensor_buffer.uploader import Uploader
 
+from edge_runtime.transport import MemoryTransport
 from iiot.catalog import load_catalog
 from iiot.contract import ReadingColumns, Validator
 from iiot.wire import encode_batch

@@ -28,8 +28,8 @@ def edge_step(context: DemoContext) -> Figures:
         return {"skipped": "the edge step needs the `edge` extra (awscrt): pip install '.[edge]'"}
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
-    from sensor_buffer.transport_mqtt import MqttTransport, session_client_id
 
+    from edge_runtime.mqtt import MqttTransport, session_client_id
     from iiot.wire import decode_batch
     from local_platform.localbroker import mosquitto
     from local_platform.publisher import publish

@@ -1,4 +1,5 @@
-"""The wired component with in-memory and fake Greengrass transports."""
+"""The wired component with the in-memory transport, and its configuration updates validated
+through the Greengrass configuration watch."""
 
 from __future__ import annotations
 
@@ -6,16 +7,13 @@ import json
 import random
 import re
 import time
-from concurrent.futures import Future
 from pathlib import Path
-from typing import ClassVar
 
 import msgspec
-import pytest
 from sensor_buffer.config import BufferConfig
 from sensor_buffer.main import SensorBuffer
-from sensor_buffer.transport import MemoryTransport
 
+from edge_runtime.transport import MemoryTransport
 from iiot.anomaly import decode_anomaly
 from iiot.catalog import MetricCatalog
 from iiot.contract import Reading
@@ -136,78 +134,6 @@ def test_status_is_published_and_reports_the_backlog(
     assert status["backlog_bytes"] > 0
 
 
-class FakeIpcClient:
-    """Stands in for GreengrassCoreIPCClientV2: records calls, hands out futures."""
-
-    instances: ClassVar[list[FakeIpcClient]] = []
-
-    def __init__(self) -> None:
-        self.subscriptions: dict[str, object] = {}
-        self.local: list[tuple[str, bytes]] = []
-        self.cloud: list[tuple[str, str, bytes, Future]] = []
-        FakeIpcClient.instances.append(self)
-
-    def subscribe_to_topic(self, *, topic, receive_mode, on_stream_event, on_stream_error):
-        self.subscriptions[topic] = on_stream_event
-        return object(), type("Operation", (), {"close": lambda self: None})()
-
-    def publish_to_topic_async(self, *, topic, publish_message):
-        self.local.append((topic, publish_message.binary_message.message))
-
-    def publish_to_iot_core_async(self, *, topic_name, qos, payload):
-        future: Future = Future()
-        self.cloud.append((topic_name, qos, payload, future))
-        return future
-
-    def close(self) -> None:
-        pass
-
-
-def test_only_the_shared_ipc_module_of_the_core_imports_awsiot() -> None:
-    core = Path(__file__).parents[2] / "iiot"
-    importers = sorted(p.name for p in core.rglob("*.py") if "from awsiot" in p.read_text())
-    assert importers == ["greengrass_ipc.py"]
-
-
-def test_greengrass_ipc_transport_maps_messages_and_pubacks(monkeypatch) -> None:
-    import sensor_buffer.transport_ipc as ipc
-    from awsiot.greengrasscoreipc.model import (
-        BinaryMessage,
-        MessageContext,
-        SubscriptionResponseMessage,
-    )
-
-    import iiot.greengrass_ipc as shared_ipc
-
-    monkeypatch.setattr(shared_ipc, "GreengrassCoreIPCClientV2", FakeIpcClient)
-    transport = ipc.IpcTransport()
-    got: list[tuple[str, bytes, object]] = []
-    transport.start(("factory/F1/readings",), lambda t, p, a: got.append((t, p, a)))
-    client = FakeIpcClient.instances[-1]
-    client.subscriptions["factory/F1/readings"](
-        SubscriptionResponseMessage(
-            binary_message=BinaryMessage(
-                message=b"[]", context=MessageContext(topic="factory/F1/readings")
-            )
-        )
-    )
-    assert got == [("factory/F1/readings", b"[]", None)]
-    transport.publish_local("factory/local/alerts", b"alert")
-    assert client.local == [("factory/local/alerts", b"alert")]
-    future = transport.publish_cloud("factory/sensor/data", b"batch")
-    topic, qos, payload, ipc_future = client.cloud[0]
-    assert (topic, payload) == ("factory/sensor/data", b"batch")
-    assert qos == "1"  # QOS.AT_LEAST_ONCE
-    assert not future.done()
-    ipc_future.set_result(None)  # IoT Core's PUBACK arrived
-    assert future.result(1) is None
-    failing = transport.publish_cloud("factory/sensor/data", b"batch")
-    client.cloud[1][3].set_exception(TimeoutError("no PUBACK"))
-    with pytest.raises(TimeoutError):
-        failing.result(1)
-    transport.stop()
-
-
 def test_configuration_updates_are_validated_before_they_apply(catalog: MetricCatalog) -> None:
     from awsiot.greengrasscoreipc.model import (
         ValidateConfigurationUpdateEvent,
@@ -215,7 +141,8 @@ def test_configuration_updates_are_validated_before_they_apply(catalog: MetricCa
     )
     from sensor_buffer.config import default_configuration
     from sensor_buffer.main import validation_problem
-    from sensor_buffer.transport_ipc import ConfigurationWatch
+
+    from edge_runtime.ipc import ConfigurationWatch
 
     class Client:
         def __init__(self) -> None:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 from sensor_buffer.cli import PASSWORD_ENV, _password, app
-from sensor_buffer.transport_mqtt import MqttSecurity, parse_broker, session_client_id
 from typer.testing import CliRunner
 
+from edge_runtime.mqtt import MqttSecurity, parse_broker
 from iiot.topics import SENSOR_DATA
 from local_platform.localbroker import BrokerTls
 from tests.edge.mqtt_helpers import Collector, close, connect, uploaded, wait_for
@@ -142,14 +142,6 @@ def test_the_buffer_presents_a_client_certificate_when_the_broker_requires_one(
         ],
         tls_files,
     )
-
-
-def test_the_client_id_is_unguessable_and_survives_restarts(tmp_path: Path) -> None:
-    first = session_client_id(tmp_path / "a", "sensor-buffer-F01-gw")
-    assert re.fullmatch(r"sensor-buffer-F01-gw-[0-9a-f]{16}", first)
-    assert session_client_id(tmp_path / "a", "sensor-buffer-F01-gw") == first  # a restart
-    assert session_client_id(tmp_path / "b", "sensor-buffer-F01-gw") != first  # another buffer
-    assert (tmp_path / "a" / "mqtt-client-id").stat().st_mode & 0o777 == 0o600
 
 
 @pytest.mark.parametrize(

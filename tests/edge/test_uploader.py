@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 from sensor_buffer.config import BufferConfig
 from sensor_buffer.store import Store, batch_id_for
-from sensor_buffer.transport import MemoryTransport
 from sensor_buffer.uploader import TokenBucket, Uploader
 
+from edge_runtime.transport import MemoryTransport
 from iiot.contract import SeriesKey
 from iiot.wire import decode_batch
 

@@ -16,10 +16,10 @@ from failure_predictor.main import build
 from failure_predictor.messages import ShutdownConfirmation
 from failure_predictor.model_loader import ModelHandle
 from failure_predictor.predictor import FailurePredictor
-from failure_predictor.transport import MemoryTransport
 
 from edge_runtime.features import MachineInfo, batch_machine_features
 from edge_runtime.model_runtime import Manifest
+from edge_runtime.transport import MemoryTransport
 from iiot import topics
 from iiot.anomaly import decode_anomaly
 from iiot.catalog import MetricCatalog
@@ -234,16 +234,16 @@ def test_configuration_is_validated_with_reasons() -> None:
     assert parsed.machines["F01-M001"].model == "CP-400"
 
 
-def test_only_the_transport_module_imports_awsiot() -> None:
+def test_only_main_reaches_greengrass_through_the_runtimes_ipc_module() -> None:
     source = Path(__file__).parents[2] / "edge_components/com.iiot.FailurePredictor/src"
-    # Greengrass is reached through awsiot directly or through the core's shared IPC client.
+    # Greengrass is reached through awsiot directly or through the runtime's IPC module.
     importers = sorted(
         p.name
         for p in source.rglob("*.py")
-        if {"awsiot", "greengrass_ipc"}
-        & set(re.findall(r"\w+", p.read_text().replace("`awsiot`", "")))
+        if {"awsiot", "edge_runtime.ipc"}
+        & set(re.findall(r"[\w.]+", p.read_text().replace("`awsiot`", "")))
     )
-    assert importers == ["transport_ipc.py"]
+    assert importers == ["main.py"]
 
 
 def test_recipe_grants_exactly_the_topics_the_component_uses() -> None:
@@ -283,11 +283,12 @@ def test_recipe_grants_exactly_the_topics_the_component_uses() -> None:
 
 
 def test_runs_against_a_real_mqtt_broker(broker, compiled_dir: Path) -> None:  # type: ignore[no-untyped-def]
-    """main.build with the plain MQTT transport: readings in, predictions out, on mosquitto."""
+    """main.build with the MQTT 5 transport: readings in, predictions out, on mosquitto."""
     import threading
 
     import paho.mqtt.client as mqtt
-    from failure_predictor.transport_mqtt import MqttTransport
+
+    from edge_runtime.mqtt import MqttTransport
 
     received: list[bytes] = []
     got_enough = threading.Event()
@@ -304,7 +305,7 @@ def test_runs_against_a_real_mqtt_broker(broker, compiled_dir: Path) -> None:  #
     listener.connect("127.0.0.1", broker.port)
     listener.subscribe(f"factory/{FACTORY}/predictions", qos=1)
     listener.loop_start()
-    transport = MqttTransport("127.0.0.1", broker.port)
+    transport = MqttTransport(broker.url, None, "predictor-test", persistent_session=False)
     try:
         assert subscribed.wait(10)
         predictor = build(config(compiled_dir), transport)

@@ -1,5 +1,5 @@
 """SensorBuffer: the gateway's durable store-and-forward buffer with threshold checks.
 
-Only `transport_ipc` imports `awsiot` and only `transport_mqtt` imports `awscrt`; everything else
-is plain Python over the shared core (`iiot`), tested without Greengrass.
+Plain Python over the shared core (`iiot`) and the edge runtime (`edge_runtime`: transports,
+run loop), tested without Greengrass; no module here imports `awsiot` or `awscrt`.
 """

@@ -1,4 +1,5 @@
-"""`iiot edge ...`: run the SensorBuffer outside Greengrass (local broker, local data dir)."""
+"""`iiot edge ...` (or `python -m sensor_buffer ...`): run the SensorBuffer outside Greengrass
+(local broker, local data dir)."""
 
 from __future__ import annotations
 
@@ -76,14 +77,10 @@ def run(
     catalog: Annotated[Path | None, typer.Option(help="Metric catalog YAML.")] = None,
 ) -> None:
     """Run the component against MQTT brokers until SIGTERM/Ctrl-C."""
+    from edge_runtime.mqtt import MqttSecurity, MqttTransport, parse_broker, session_client_id
+    from edge_runtime.run import run_until_signalled
     from sensor_buffer.config import BufferConfig, ConfigError
-    from sensor_buffer.main import SensorBuffer, run_until_signalled
-    from sensor_buffer.transport_mqtt import (
-        MqttSecurity,
-        MqttTransport,
-        parse_broker,
-        session_client_id,
-    )
+    from sensor_buffer.main import SensorBuffer
 
     try:
         metrics = load_catalog(catalog)
@@ -122,7 +119,7 @@ def run(
         session_client_id(data_dir, client_id or f"sensor-buffer-{factory}-{gateway}"),
         security=security,
     )
-    run_until_signalled(SensorBuffer(config, transport, metrics))
+    run_until_signalled(lambda: SensorBuffer(config, transport, metrics))
 
 
 def _password(path: Path | None) -> str | None:

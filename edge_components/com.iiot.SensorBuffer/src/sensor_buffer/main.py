@@ -1,8 +1,9 @@
 """Wiring: configuration + transport + store + ingest + thresholds + uploader + health.
 
 `SensorBuffer` owns three threads: ingest (micro-batches, group commit, local alerts), upload
-(anomalies first, then the backlog) and health. The transport is injected: `main()` builds the
-Greengrass IPC one on a gateway; `iiot edge run` builds the MQTT 5 one.
+(anomalies first, then the backlog) and health. The transport is injected
+(`edge_runtime.transport`): `main()` builds the Greengrass IPC one on a gateway and runs the
+buffer in the shared run loop (`edge_runtime.run`); `iiot edge run` builds the MQTT 5 one.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from edge_runtime.transport import Transport
 from iiot.anomaly import Anomaly, encode_anomaly
 from iiot.catalog import MetricCatalog, load_catalog
 from iiot.contract import Validator
@@ -28,7 +29,6 @@ from sensor_buffer.health import HealthTracker
 from sensor_buffer.ingest import Incoming, Ingestor, IngestResult, micro_batch_share
 from sensor_buffer.store import Store
 from sensor_buffer.thresholds import ThresholdChecker
-from sensor_buffer.transport import Transport
 from sensor_buffer.uploader import Uploader
 
 log = logging.getLogger(__name__)
@@ -290,20 +290,6 @@ class SensorBuffer:
                 log.exception("health report failed")
 
 
-def run_until_signalled(buffer: SensorBuffer) -> None:
-    """Run until SIGTERM/SIGINT (what Greengrass and a terminal send), then stop cleanly."""
-    stopped = threading.Event()
-
-    def handle(_signum: int, _frame: Any) -> None:
-        stopped.set()
-
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
-    buffer.start()
-    stopped.wait()
-    buffer.stop()
-
-
 def gateway_config(raw: dict[str, Any], catalog: MetricCatalog) -> BufferConfig:
     """The component configuration on a gateway: factoryId defaults to the thing name, the data
     directory to the component's work folder (set by the recipe)."""
@@ -327,38 +313,23 @@ def main() -> None:
     A configuration update is validated before the nucleus applies it (a bad one fails the
     deployment with the reason); an applied update restarts the buffer in-process with it.
     """
+    from edge_runtime.ipc import ConfigurationWatch, IpcTransport, read_component_configuration
+    from edge_runtime.run import run_until_signalled
     from iiot import logs
-    from sensor_buffer.transport_ipc import (
-        ConfigurationWatch,
-        IpcTransport,
-        read_component_configuration,
-    )
 
     logs.configure(os.environ.get("SENSOR_BUFFER_LOG_LEVEL", "INFO"))
     catalog = load_catalog()
-    stopped = threading.Event()
-    changed = threading.Event()
 
-    def handle(_signum: int, _frame: Any) -> None:
-        stopped.set()
-        changed.set()
+    def buffer() -> SensorBuffer:
+        config = gateway_config(read_component_configuration(), catalog)
+        return SensorBuffer(config, IpcTransport(), catalog)
 
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
-    watch = ConfigurationWatch(lambda raw: validation_problem(raw, catalog), changed.set)
-    watch.start()
-    try:
-        while not stopped.is_set():
-            changed.clear()
-            config = gateway_config(read_component_configuration(), catalog)
-            buffer = SensorBuffer(config, IpcTransport(), catalog)
-            buffer.start()
-            changed.wait()
-            buffer.stop()
-            if not stopped.is_set():
-                log.info("configuration changed; restarting the buffer with it")
-    finally:
-        watch.stop()
+    run_until_signalled(
+        buffer,
+        watch=lambda on_change: ConfigurationWatch(
+            lambda raw: validation_problem(raw, catalog), on_change
+        ),
+    )
 
 
 if __name__ == "__main__":

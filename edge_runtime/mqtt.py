@@ -1,17 +1,18 @@
 """MQTT 5 transport (awscrt.mqtt5) for local runs and tests: the only module importing awscrt.
 
-Two clients: one on the gateway's local broker (input topics, local alerts, status), one on the
-"cloud" broker (AWS IoT Core in production; another or the same mosquitto locally). Inputs are
-subscribed at QoS 1 with a persistent session and *manual* PUBACKs: a reading is acknowledged to
-the local broker only after it is committed, so the broker redelivers whatever a crash
-interrupted. Uploads are QoS 1; their PUBACK resolves the publish future.
+Both components use it outside Greengrass. Two clients: one on the gateway's local broker
+(input topics, local alerts, status, predictions), one on the "cloud" broker (AWS IoT Core in
+production; another or the same mosquitto locally). Inputs are subscribed at QoS 1 with
+*manual* PUBACKs: a message is acknowledged to the local broker only when the component calls
+its `ack` (the SensorBuffer after the commit), so the broker redelivers whatever a crash
+interrupted. Cloud publishes are QoS 1; their PUBACK resolves the publish future.
 
-The input session is the buffer's: whoever connects with its client id takes it over and
-receives (and acknowledges) the readings queued for it. So the client id is not guessable
-(`session_client_id`: a prefix plus a random suffix kept in the data directory, stable across
-restarts so the persistent session survives them), and the transport authenticates
-(`MqttSecurity`: username and password, TLS with a CA file and an optional client certificate;
-`mqtts://` URLs).
+With a persistent session (the SensorBuffer's), the input session is the component's: whoever
+connects with its client id takes it over and receives (and acknowledges) the messages queued
+for it. So the client id is not guessable (`session_client_id`: a prefix plus a random suffix
+kept in the data directory, stable across restarts so the persistent session survives them),
+and the transport authenticates (`MqttSecurity`: username and password, TLS with a CA file and
+an optional client certificate; `mqtts://` URLs).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from urllib.parse import urlparse
 
 from awscrt import io, mqtt5
 
-from sensor_buffer.transport import MessageHandler
+from edge_runtime.transport import MessageHandler
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def parse_broker(url: str) -> BrokerAddress:
 
 @dataclass(frozen=True)
 class MqttSecurity:
-    """How the buffer proves who it is to a broker, and checks the broker's identity.
+    """How a component proves who it is to a broker, and checks the broker's identity.
 
     `password` comes from a file or the environment, never from the command line; `ca_file`
     is the CA that signed the broker's certificate (TLS only, with an mqtts:// URL);
@@ -197,7 +198,7 @@ class _Client:
 
 
 class MqttTransport:
-    """Local broker in, local alerts out, cloud broker for uploads (QoS 1 with PUBACK)."""
+    """Local broker in, local publishes out, cloud broker for QoS 1 publishes with PUBACK."""
 
     def __init__(
         self,
@@ -207,14 +208,17 @@ class MqttTransport:
         *,
         security: MqttSecurity | None = None,
         cloud_security: MqttSecurity | None = None,
+        persistent_session: bool = True,
     ) -> None:
         """`client_id` is the prefix of both clients' ids (see `session_client_id`); the cloud
-        client uses `security` too when there is no separate `cloud_broker`."""
+        client uses `security` too when there is no separate `cloud_broker`. Without
+        `persistent_session` the input session starts clean and ends with the connection."""
         self._broker = broker
         self._cloud_broker = cloud_broker or broker
         self._client_id = client_id
         self._security = security
         self._cloud_security = cloud_security if cloud_broker else security
+        self._persistent = persistent_session
         self._local: _Client | None = None
         self._cloud: _Client | None = None
         self._topics: tuple[str, ...] = ()
@@ -228,7 +232,7 @@ class MqttTransport:
             f"{self._client_id}-in",
             security=self._security,
             on_publish=self._received,
-            persistent=True,
+            persistent=self._persistent,
             on_connected=self._subscribe,
         )
         self._cloud = _Client(

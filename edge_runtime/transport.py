@@ -1,7 +1,8 @@
-"""What the component needs from a message transport, and nothing more.
+"""What a gateway component needs from a message transport, and nothing more.
 
-`main.py` builds one (Greengrass IPC on a gateway, MQTT 5 for local runs and tests) and injects
-it; the logic sees plain callbacks and futures, so tests can use `MemoryTransport`.
+Each component's `main.py` builds one (`edge_runtime.ipc.IpcTransport` on a gateway,
+`edge_runtime.mqtt.MqttTransport` for local runs and tests) and injects it; the logic sees plain
+callbacks and futures, so tests can use `MemoryTransport`.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Protocol
 
-# (topic, payload, ack): call ack() once the payload is durably handled; None when the
-# transport cannot defer acknowledgements (Greengrass IPC local pub/sub).
-MessageHandler = Callable[[str, bytes, Callable[[], None] | None], None]
+Ack = Callable[[], None]
+# (topic, payload, ack): call ack() once the payload is handled (durably, where that matters);
+# ack is None when the transport cannot defer acknowledgements (Greengrass IPC local pub/sub).
+MessageHandler = Callable[[str, bytes, Ack | None], None]
 
 
 class Transport(Protocol):
@@ -21,7 +23,7 @@ class Transport(Protocol):
         """Connect and subscribe to the input topics."""
 
     def publish_local(self, topic: str, payload: bytes) -> None:
-        """Publish on the gateway's local bus (alerts, status): fire and forget."""
+        """Publish on the gateway's local bus (alerts, status, predictions): fire and forget."""
 
     def publish_cloud(self, topic: str, payload: bytes) -> Future[None]:
         """Publish to the cloud at QoS 1; the future resolves on the broker's PUBACK."""
@@ -31,27 +33,35 @@ class Transport(Protocol):
 
 
 class MemoryTransport:
-    """An in-process transport for unit tests: records publishes, acknowledges on demand."""
+    """An in-process transport for unit tests: records publishes, acknowledges on demand.
+
+    `local` and `cloud` hold each side's publishes, `published` all of them in order;
+    `auto_ack=False` keeps cloud futures pending (in `pending`) until the test resolves them,
+    and `fail_next` fails that many cloud publishes at once.
+    """
 
     def __init__(self, *, auto_ack: bool = True) -> None:
         self.auto_ack = auto_ack
         self.local: list[tuple[str, bytes]] = []
         self.cloud: list[tuple[str, bytes]] = []
+        self.published: list[tuple[str, bytes]] = []
         self.pending: list[Future[None]] = []
+        self.topics: tuple[str, ...] = ()
         self.handler: MessageHandler | None = None
         self.fail_next = 0
         self._lock = threading.Lock()
 
     def start(self, topics: tuple[str, ...], on_message: MessageHandler) -> None:
-        self.handler = on_message
+        self.topics, self.handler = topics, on_message
 
-    def deliver(self, topic: str, payload: bytes) -> None:
-        assert self.handler is not None
-        self.handler(topic, payload, None)
+    def deliver(self, topic: str, payload: bytes, ack: Ack | None = None) -> None:
+        assert self.handler is not None, "deliver() before start()"
+        self.handler(topic, payload, ack)
 
     def publish_local(self, topic: str, payload: bytes) -> None:
         with self._lock:
             self.local.append((topic, payload))
+            self.published.append((topic, payload))
 
     def publish_cloud(self, topic: str, payload: bytes) -> Future[None]:
         future: Future[None] = Future()
@@ -61,6 +71,7 @@ class MemoryTransport:
                 future.set_exception(ConnectionError("simulated outage"))
                 return future
             self.cloud.append((topic, payload))
+            self.published.append((topic, payload))
             if self.auto_ack:
                 future.set_result(None)
             else:
