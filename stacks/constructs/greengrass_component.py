@@ -1,15 +1,17 @@
 """A Greengrass v2 component version published from its folder in edge_components/.
 
-The recipe is the component's own `recipe.yaml`, inlined with three changes: the artifact URI
-is the CDK asset (a zip of `src/`, the `iiot` core, the metric catalog, any shared modules and a
-pinned requirements.txt), the `{artifacts:decompressedPath}/<ComponentName>` paths follow the
-asset's file name, and the patch number comes from the asset's content, because Greengrass
-component versions are immutable: every changed build must be a new version.
+The artifact is the zip `edge_runtime.build.build_component` makes, the same one
+`gdk component build` makes (the core, the metric catalog, the edge runtime, the component's
+package and a pinned requirements.txt), uploaded as a CDK file asset. The recipe is the
+component's own `recipe.yaml`, inlined with three changes: the artifact URI is the asset, the
+`{artifacts:decompressedPath}/<ComponentName>` paths follow the asset's file name, and the patch
+number comes from the artifact's content, because Greengrass component versions are immutable:
+every changed build must be a new version.
 """
 
 from __future__ import annotations
 
-import tomllib
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,35 +22,13 @@ from aws_cdk import aws_greengrassv2 as greengrass
 from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
 
+from edge_runtime.build import build_component
 from stacks.artifacts import ROOT
-from stacks.constructs.python_bundle import (
-    CONSTRAINTS,
-    LocalPythonBundling,
-    local_bundling,
-    source_hash,
-)
 
 DECOMPRESSED = "{artifacts:decompressedPath}"
-
-
-def pinned_requirements(extras: Sequence[str] = ("edge",)) -> str:
-    """The core's dependencies and `extras`, pinned to constraints.txt's versions (the gateway
-    installs them into its own virtual environment)."""
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    names = list(project["dependencies"])
-    for extra in extras:
-        names += project["optional-dependencies"][extra]
-    pins = {}
-    for line in CONSTRAINTS.read_text().splitlines():
-        name, sep, version = line.strip().partition("==")
-        if sep and not line.startswith("#"):
-            pins[name.lower()] = version.split(";")[0].strip()
-    lines = []
-    for name in sorted({n.split("[")[0].lower() for n in names}):
-        if name not in pins:
-            raise ValueError(f"{name} has no pin in constraints.txt: run `make constraints`")
-        lines.append(f"{name}=={pins[name]}")
-    return "\n".join(lines) + "\n"
+# Built artifacts, rebuilt at every synth (cheap: no dependency install). Inside cdk.out, so
+# `make clean` removes them and git ignores them.
+BUILD_DIR = ROOT / "cdk.out" / ".component-builds"
 
 
 def component_version(recipe_version: str, content_hash: str) -> str:
@@ -79,29 +59,19 @@ class GreengrassComponent(Construct):
         shared_files: Sequence[str] = (),
     ) -> None:
         super().__init__(scope, construct_id)
+        # `shared_files` is no longer used: what an artifact holds is edge_runtime.build's to
+        # decide (the edge runtime replaces the ML modules the predictor used to ship).
+        del shared_files
         self.recipe: dict[str, Any] = yaml.safe_load((component_dir / "recipe.yaml").read_text())
         self.name: str = self.recipe["ComponentName"]
-        copies: list[tuple[Path, str]] = [
-            (path, "") for path in sorted((component_dir / "src").iterdir())
-        ]
-        copies += [(ROOT / "iiot", ""), (ROOT / "config" / "metrics.yaml", "config")]
-        copies += [(ROOT / file, str(Path(file).parent)) for file in shared_files]
-        requirements = pinned_requirements()
-        bundling = LocalPythonBundling(
-            copies=copies,
-            requirements=[],
-            platform="",
-            python_version="",
-            files={"requirements.txt": requirements},
-        )
-        content_hash = source_hash(copies, [], requirements)
+        artifact = build_component(self.name, BUILD_DIR / self.name, version="synth")
+        content_hash = hashlib.sha256(artifact.read_bytes()).hexdigest()
         self.asset = s3_assets.Asset(
             self,
             "Artifact",
-            path=str(component_dir),
+            path=str(artifact),
             asset_hash_type=AssetHashType.CUSTOM,
             asset_hash=content_hash,
-            bundling=local_bundling(bundling),
         )
         self.version = component_version(self.recipe["ComponentVersion"], content_hash)
         stem = Path(self.asset.s3_object_key).stem

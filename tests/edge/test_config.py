@@ -91,27 +91,3 @@ def test_cli_refuses_a_bad_broker_url(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "mqtt://" in result.output
-
-
-def test_build_bundles_the_core_the_catalog_and_the_component(tmp_path: Path) -> None:
-    import importlib.util
-    import zipfile
-
-    spec = importlib.util.spec_from_file_location("sensor_buffer_build", COMPONENT / "build.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    artifact = module.build("1.0.0", tmp_path)
-    names = set(zipfile.ZipFile(artifact).namelist())
-    for needed in (
-        "com.iiot.SensorBuffer/iiot/contract.py",
-        "com.iiot.SensorBuffer/config/metrics.yaml",
-        "com.iiot.SensorBuffer/sensor_buffer/main.py",
-        "com.iiot.SensorBuffer/sensor_buffer/transport_ipc.py",
-        "com.iiot.SensorBuffer/requirements.txt",
-    ):
-        assert needed in names
-    requirements = zipfile.ZipFile(artifact).read("com.iiot.SensorBuffer/requirements.txt").decode()
-    assert "awsiotsdk==" in requirements
-    assert (tmp_path / "recipes" / "recipe.yaml").exists()
