@@ -214,6 +214,40 @@ def test_payloads_are_validated_and_wired_through_a_transport(
     assert len([1 for t, _ in transport.published if t.endswith("/predictions")]) == 2
 
 
+def test_each_message_is_acknowledged_once_handled_even_when_it_is_refused(
+    compiled_dir: Path,
+) -> None:
+    transport = MemoryTransport()
+    build(config(compiled_dir), transport)
+    acks: list[str] = []
+    transport.deliver(f"factory/{FACTORY}/readings", b"not json", lambda: acks.append("reading"))
+    transport.deliver(
+        f"factory/{FACTORY}/shutdown/confirmations", b"{", lambda: acks.append("confirmation")
+    )
+    assert acks == ["reading", "confirmation"]
+
+
+def test_the_component_polls_for_models_until_stopped_and_refuses_bad_updates(
+    compiled_dir: Path,
+) -> None:
+    import threading
+
+    from failure_predictor.main import PredictorComponent, validation_problem
+
+    transport = MemoryTransport()
+    component = PredictorComponent(config(compiled_dir, modelPollSeconds=0.1), transport)
+    component.start()
+    assert component.predictor is not None
+    assert f"factory/{FACTORY}/readings" in transport.topics
+    assert "failure-model-poll" in {thread.name for thread in threading.enumerate()}
+    component.stop()
+    assert "failure-model-poll" not in {thread.name for thread in threading.enumerate()}
+    # What the configuration watch reports to a deployment (None: accepted).
+    good = {"factoryId": FACTORY, "modelDir": str(compiled_dir)}
+    assert validation_problem(good) is None
+    assert "clearThreshold" in (validation_problem({**good, "alertThreshold": 0.5}) or "")
+
+
 def test_configuration_is_validated_with_reasons() -> None:
     with pytest.raises(ConfigError) as error:
         PredictorConfig.from_mapping(
