@@ -28,15 +28,9 @@ from stacks.constructs.greengrass_component import GreengrassComponent
 SENSOR_BUFFER = "com.iiot.SensorBuffer"
 FAILURE_PREDICTOR = "com.iiot.FailurePredictor"
 FAILURE_MODEL = "com.iiot.FailureModel"
-# Components built from edge_components/<name>/src, and the shared modules each one ships.
-BUILT_HERE = {
-    SENSOR_BUFFER: (),
-    FAILURE_PREDICTOR: (
-        "edge_runtime/__init__.py",
-        "edge_runtime/features.py",
-        "edge_runtime/model_runtime.py",
-    ),
-}
+# Components built from edge_components/<name>/src by edge_runtime.build (what `gdk component
+# build` runs too).
+BUILT_HERE = (SENSOR_BUFFER, FAILURE_PREDICTOR)
 THING = "{iot:thingName}"
 # AWS-provided component that relays the buffer's local status topic to IoT Core, where a rule
 # turns the health snapshots into CloudWatch metrics (iot stack).
@@ -85,10 +79,10 @@ class EdgeStack(Stack):
         super().__init__(scope, construct_id, **kwargs)
         catalog = load_catalog(env_config.metrics_catalog)
         self.components: dict[str, GreengrassComponent] = {}
-        for name, shared in BUILT_HERE.items():
+        for name in BUILT_HERE:
             component_dir = artifacts.COMPONENTS[name].require().parent
             self.components[name] = GreengrassComponent(
-                self, name.rsplit(".", 1)[-1], component_dir=component_dir, shared_files=shared
+                self, name.rsplit(".", 1)[-1], component_dir=component_dir
             )
         # The gateways fetch artifacts with the token-exchange role: exactly these objects.
         iam.Policy(

@@ -12,7 +12,6 @@ every changed build must be a new version.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +55,8 @@ class GreengrassComponent(Construct):
         construct_id: str,
         *,
         component_dir: Path,
-        shared_files: Sequence[str] = (),
     ) -> None:
         super().__init__(scope, construct_id)
-        # `shared_files` is no longer used: what an artifact holds is edge_runtime.build's to
-        # decide (the edge runtime replaces the ML modules the predictor used to ship).
-        del shared_files
         self.recipe: dict[str, Any] = yaml.safe_load((component_dir / "recipe.yaml").read_text())
         self.name: str = self.recipe["ComponentName"]
         artifact = build_component(self.name, BUILD_DIR / self.name, version="synth")

@@ -4,12 +4,13 @@ that creates it; no part of an environment is left out with only a warning."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from pathlib import Path
 
 import pytest
 
 from stacks import artifacts
-from stacks.artifacts import Artifact, MissingArtifactError
+from stacks.artifacts import ROOT, Artifact, MissingArtifactError
 
 
 def _hide(monkeypatch: pytest.MonkeyPatch, artifact: Artifact, empty: Path) -> None:
@@ -60,7 +61,11 @@ def test_a_missing_artifact_fails_synth(
 
 
 def test_app_py_exits_with_the_message(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import app as composition_root
+    spec = importlib.util.spec_from_file_location("app", ROOT / "app.py")
+    assert spec is not None
+    assert spec.loader is not None
+    composition_root = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(composition_root)
 
     _hide(monkeypatch, artifacts.ALERT_ROUTER, tmp_path)
     monkeypatch.setenv("IIOT_ENVIRONMENTS", "dev")
