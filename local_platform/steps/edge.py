@@ -56,10 +56,17 @@ def edge_step(context: DemoContext) -> Figures:
         consumer.on_message = on_message
         subscribed = threading.Event()
         consumer.on_subscribe = lambda *_args: subscribed.set()
+        # Subscribe once connected: a subscription asked for before the CONNACK is refused.
+        consumer.on_connect = lambda client, *_args: client.subscribe(
+            [(SENSOR_DATA, 1), (ANOMALIES, 1), (LOCAL_ALERTS, 1)]
+        )
         consumer.connect("127.0.0.1", broker.port)
         consumer.loop_start()
-        consumer.subscribe([(SENSOR_DATA, 1), (ANOMALIES, 1), (LOCAL_ALERTS, 1)])
-        subscribed.wait(10)
+        if not subscribed.wait(30):
+            consumer.loop_stop()
+            raise RuntimeError(
+                f"the demo's cloud-side subscriber got no SUBACK from {broker.url} within 30 s"
+            )
         config = BufferConfig(
             factory_id=factory,
             data_dir=context.work_dir / "edge",
