@@ -1,9 +1,16 @@
 """PyFlink's own virtual environment (`.venv-flink`) and running the rules in it.
 
-PyFlink pins older pandas/pyarrow than the project, so it cannot live in `.venv`. Tests, the
-demo and the benchmark call `ensure_flink_env()`, which creates the environment once from
-`kda_sql/requirements-flink.txt` (about 30 s with uv) and records a stamp, so later calls return
-at once. `run_rules()` runs `kda_sql/runner.py` with that interpreter on local JSON-lines files.
+PyFlink pins older pandas/pyarrow than the project, so it cannot live in `.venv`. The
+environment is created at set-up, never inside a test: `scripts/bootstrap.sh test` (and the
+demo and bench set-up) runs `python -m kda_sql.flink_env`, which creates it from
+`kda_sql/requirements-flink.txt` (about 30 s with uv) and records a stamp. Tests call
+`require_flink_env()`, which only checks the stamp and fails with the command to run.
+`run_rules()` runs `kda_sql/runner.py` with that interpreter on local JSON-lines files.
+
+`FLINK_VERSION` is the one place that names the Flink version: the streaming stack deploys the
+Managed Flink runtime of this version (`FLINK-1_20`) with the Kinesis connector built for it,
+and the local environment pins `apache-flink` of the same minor version
+(tests/stream/test_flink_version.py checks all three).
 """
 
 from __future__ import annotations
@@ -25,6 +32,15 @@ RUNNER = Path(__file__).resolve().parent / "runner.py"
 DEFAULT_ENV_DIR = PROJECT_ROOT / ".venv-flink"
 ENV_DIR_VAR = "IIOT_FLINK_VENV"
 _STAMP = ".installed-requirements"
+# Managed Service for Apache Flink's runtime is FLINK-<major>_<minor>; apache-flink on PyPI is
+# <major>.<minor>.<patch>.
+FLINK_VERSION = "1.20"
+CREATE_COMMAND = "scripts/bootstrap.sh test  (or: .venv/bin/python -m kda_sql.flink_env)"
+
+
+def managed_flink_runtime(version: str = FLINK_VERSION) -> str:
+    """The Managed Flink `RuntimeEnvironment` of a Flink version: "1.20" -> "FLINK-1_20"."""
+    return "FLINK-" + version.replace(".", "_")
 
 
 class FlinkEnvError(RuntimeError):
@@ -43,25 +59,46 @@ def _python_in(env_dir: Path) -> Path:
     return env_dir / "bin" / "python"
 
 
+def _is_current(env_dir: Path) -> bool:
+    stamp = env_dir / _STAMP
+    return stamp.exists() and stamp.read_text() == _digest() and _python_in(env_dir).exists()
+
+
+def require_flink_env(env_dir: Path | None = None) -> Path:
+    """The PyFlink environment's interpreter, if it exists and matches the requirements file;
+    otherwise FlinkEnvError with the command that creates it (nothing is installed here)."""
+    env_dir = env_dir or flink_env_dir()
+    if not _is_current(env_dir):
+        state = "is stale" if (env_dir / _STAMP).exists() else "does not exist"
+        raise FlinkEnvError(
+            f"PyFlink's environment {env_dir} {state} (kda_sql/requirements-flink.txt pins "
+            f"apache-flink {FLINK_VERSION}.x); create it with: {CREATE_COMMAND}"
+        )
+    return _python_in(env_dir)
+
+
 def ensure_flink_env(env_dir: Path | None = None) -> Path:
     """Create (or reuse) the PyFlink environment; return its Python interpreter.
 
-    Idempotent and safe to call from parallel processes (a file lock serialises creation).
+    Idempotent and safe to call from parallel processes (a file lock serialises creation). An
+    environment made from other requirements is replaced, not patched, so that it holds
+    exactly the pinned set.
     """
     env_dir = env_dir or flink_env_dir()
     python = _python_in(env_dir)
-    stamp = env_dir / _STAMP
-    digest = _digest()
-    if stamp.exists() and stamp.read_text() == digest and python.exists():
+    if _is_current(env_dir):
         return python
+    digest = _digest()
+    stamp = env_dir / _STAMP
     env_dir.parent.mkdir(parents=True, exist_ok=True)
     lock_path = env_dir.parent / f".{env_dir.name}.lock"
     with lock_path.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if stamp.exists() and stamp.read_text() == digest and python.exists():
+        if _is_current(env_dir):
             return python
-        if not python.exists():
-            _run([sys.executable, "-m", "venv", str(env_dir)], "create the virtual environment")
+        if env_dir.exists():
+            shutil.rmtree(env_dir)
+        _run([sys.executable, "-m", "venv", str(env_dir)], "create the virtual environment")
         uv = Path(sys.executable).parent / "uv"
         uv_path = str(uv) if uv.exists() else shutil.which("uv")
         if uv_path:
@@ -118,8 +155,10 @@ def run_rules(
     extra_properties: Mapping[str, str] | None = None,
     timeout_s: float = 900.0,
 ) -> FlinkRun:
-    """Run the rules over a JSON-lines file (or folder) on local PyFlink; return the anomalies."""
-    python = ensure_flink_env()
+    """Run the rules over a JSON-lines file (or folder) on local PyFlink; return the anomalies.
+
+    The environment must exist (`ensure_flink_env()` or the set-up command creates it)."""
+    python = require_flink_env()
     if output_dir.exists():
         shutil.rmtree(output_dir)
     properties = local_file_properties(input_path, output_dir, extra_properties)
@@ -141,3 +180,25 @@ def run_rules(
             if part.is_file() and not part.name.startswith("."):
                 lines.extend(line for line in part.read_bytes().splitlines() if line.strip())
     return FlinkRun(lines, seconds, done.stderr)
+
+
+def main() -> int:
+    """`python -m kda_sql.flink_env`: create (or check) `.venv-flink`; the set-up step."""
+    import time
+
+    began = time.perf_counter()
+    try:
+        python = ensure_flink_env()
+    except FlinkEnvError as error:
+        print(f"kda_sql.flink_env: {error}", file=sys.stderr)
+        return 1
+    print(
+        f"PyFlink {FLINK_VERSION}.x environment ready: {python} "
+        f"({time.perf_counter() - began:.1f} s)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

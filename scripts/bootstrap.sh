@@ -2,7 +2,9 @@
 # Set up what a make target needs on a fresh machine, idempotently:
 #   1. Debian packages (installed with apt-get when running as root, else a clear message),
 #   2. the virtual environment .venv with the project and the target's optional dependencies,
-#      pinned by constraints.txt.
+#      pinned by constraints.txt,
+#   3. for `test`: PyFlink's own environment .venv-flink (kda_sql/requirements-flink.txt), so
+#      that no test installs anything.
 # Usage: scripts/bootstrap.sh TARGET    (TARGET: demo | test | synth | bench)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,6 +73,11 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$digest" ]; then
   say "installing the project with [$extras] (pinned by constraints.txt)"
   .venv/bin/uv pip install --quiet --python .venv/bin/python -c constraints.txt -e ".[$extras]"
   echo "$digest" > "$stamp"
+fi
+
+# --- PyFlink (test): its own environment, pinned to the Flink version production runs --------
+if [ "$target" = test ]; then
+  .venv/bin/python -m kda_sql.flink_env
 fi
 
 # --- CDK CLI (synth): aws-cdk 2.x pinned by package.json ------------------------------------

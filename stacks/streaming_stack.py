@@ -32,6 +32,7 @@ from cdklabs.deploy_time_build import AssetConfig, NodejsBuild
 from constructs import Construct
 
 from config.environments import Environment
+from kda_sql.flink_env import FLINK_VERSION, managed_flink_runtime
 from stacks import artifacts
 from stacks.constructs.access import bucket_name
 from stacks.constructs.deploy_time_image import (
@@ -46,11 +47,13 @@ from stacks.constructs.python_bundle import (
 )
 from stacks.constructs.python_function import log_retention
 
-RUNTIME = "FLINK-1_20"
+# The Flink version is named once (kda_sql/flink_env.py), for this runtime, the connector built
+# for it and the local PyFlink the tests run.
+RUNTIME = managed_flink_runtime(FLINK_VERSION)
 CONNECTOR_GROUP, CONNECTOR_ARTIFACT, CONNECTOR_VERSION = (
     "org.apache.flink",
     "flink-sql-connector-kinesis",
-    "5.0.0-1.20",
+    f"5.0.0-{FLINK_VERSION}",
 )
 CONNECTOR_COORDINATES = f"{CONNECTOR_GROUP}:{CONNECTOR_ARTIFACT}:{CONNECTOR_VERSION}"
 CONNECTOR_JAR = f"{CONNECTOR_ARTIFACT}-{CONNECTOR_VERSION}.jar"

@@ -24,13 +24,12 @@ def broker():
 
 @pytest.fixture(scope="session")
 def flink_python():
-    """The `.venv-flink` interpreter (PyFlink's own environment, created once, cached by a stamp
-    file); the stream rules' tests and the stream demo step share it."""
-    import time
+    """The `.venv-flink` interpreter (PyFlink's own environment); the stream rules' tests and the
+    stream demo step share it. It is created at set-up (`scripts/bootstrap.sh test`, which
+    `make test` runs), never by a test: a missing or stale one fails with that command."""
+    from kda_sql.flink_env import FlinkEnvError, require_flink_env
 
-    from kda_sql.flink_env import ensure_flink_env
-
-    began = time.perf_counter()
-    python = ensure_flink_env()
-    print(f"\n.venv-flink ready in {time.perf_counter() - began:.1f} s")
-    return python
+    try:
+        return require_flink_env()
+    except FlinkEnvError as error:
+        pytest.fail(str(error), pytrace=False)
