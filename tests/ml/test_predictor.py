@@ -214,6 +214,21 @@ def test_payloads_are_validated_and_wired_through_a_transport(
     assert len([1 for t, _ in transport.published if t.endswith("/predictions")]) == 2
 
 
+def test_predicted_failures_go_to_the_configured_cloud_topic(compiled_dir: Path) -> None:
+    """Each environment's deployment sets its own IoT Core topic (iiot/<env>/...); the
+    component's default stays the local demo's."""
+    for overrides, expected in (
+        ({}, topics.ANOMALIES),
+        ({"anomaliesTopic": "iiot/dev/factory/anomalies"}, "iiot/dev/factory/anomalies"),
+    ):
+        transport = MemoryTransport()
+        predictor = build(config(compiled_dir, **overrides), transport)
+        predictor.publish(topics.ANOMALIES, b"anomaly")
+        assert transport.cloud == [(expected, b"anomaly")]
+    with pytest.raises(ConfigError, match="anomaliesTopic"):
+        config(compiled_dir, anomaliesTopic="iiot/+/anomalies")
+
+
 def test_each_message_is_acknowledged_once_handled_even_when_it_is_refused(
     compiled_dir: Path,
 ) -> None:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from edge_runtime.features import MachineInfo
+from iiot import topics
 
 
 class ConfigError(ValueError):
@@ -27,6 +28,9 @@ class PredictorConfig:
     shutdown_request_ttl_seconds: float = 900.0
     model_poll_seconds: float = 10.0
     machines: Mapping[str, MachineInfo] = field(default_factory=dict)
+    # The IoT Core topic of predicted-failure anomalies; a deployment sets its environment's
+    # (the cloud topics carry the environment: iiot-<env> stacks, config/environments.py).
+    anomalies_topic: str = topics.ANOMALIES
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> PredictorConfig:
@@ -80,6 +84,9 @@ class PredictorConfig:
             machines[str(machine_id)] = MachineInfo(
                 str(machine_id), str(info.get("model", "")), installed_ms
             )
+        anomalies_topic = str(raw.get("anomaliesTopic", topics.ANOMALIES)).strip()
+        if not anomalies_topic or any(c in anomalies_topic for c in "#+"):
+            problems.append(f"anomaliesTopic must be a topic name, got {anomalies_topic!r}")
         if problems:
             raise ConfigError("invalid FailurePredictor configuration: " + "; ".join(problems))
         return cls(
@@ -94,4 +101,5 @@ class PredictorConfig:
             shutdown_request_ttl_seconds=ttl,
             model_poll_seconds=poll,
             machines=machines,
+            anomalies_topic=anomalies_topic,
         )

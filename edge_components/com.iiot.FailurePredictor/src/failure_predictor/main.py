@@ -38,8 +38,10 @@ def build(config: PredictorConfig, transport: Transport) -> FailurePredictor:
     def publish(name: str, payload: bytes) -> None:
         if name in CLOUD_TOPICS:
             # QoS 1 without waiting for the PUBACK (the predictor keeps no outbox): a publish
-            # that fails is logged, not retried.
-            transport.publish_cloud(name, payload).add_done_callback(_log_failure(name))
+            # that fails is logged, not retried. The cloud topic is the configured one (each
+            # environment has its own).
+            cloud = config.anomalies_topic
+            transport.publish_cloud(cloud, payload).add_done_callback(_log_failure(cloud))
         else:
             transport.publish_local(name, payload)
 
