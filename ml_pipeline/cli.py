@@ -131,6 +131,28 @@ def cmapss(
 
 
 @app.command()
+def skab(
+    data: Annotated[Path, typer.Option(help="The SKAB folder (with data/valve1, ...).")] = Path(
+        "../shared/datasets/skab"
+    ),
+    out: Annotated[Path | None, typer.Option(help="Write the figures as JSON here.")] = None,
+    cross_validate: Annotated[
+        bool, typer.Option(help="Also estimate a label-chosen smoothing by cross-validation.")
+    ] = True,
+) -> None:
+    """SKAB by its outlier protocol: the anomaly detector and the Isolation Forest baselines."""
+    from ml_pipeline.skab import run
+
+    try:
+        figures = run(data, cross_validate=cross_validate)
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    if out is not None:
+        out.write_text(json.dumps(figures, indent=2) + "\n")
+    _print(figures)
+
+
+@app.command()
 def pipeline(
     out: Annotated[Path, typer.Option(help="Pipeline definition JSON to write.")] = Path(
         "pipeline.json"
