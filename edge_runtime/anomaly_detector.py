@@ -227,8 +227,13 @@ class AnomalyModelSet:
         if not isinstance(raw, dict) or raw.get("format") != FORMAT:
             found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
             raise AnomalyModelError(f"{source}: format {found!r} is not {FORMAT!r}")
+        listed = raw.get("machines")
+        if not isinstance(listed, dict):
+            raise AnomalyModelError(f"{source}: machines must map machine ids to their models")
         machines = {}
-        for machine_id, model in (raw.get("machines") or {}).items():
+        for machine_id, model in listed.items():
+            if not isinstance(model, dict):
+                raise AnomalyModelError(f"{source}: machine {machine_id}: not a mapping")
             try:
                 machines[str(machine_id)] = MachineModel.from_dict(model)
             except AnomalyModelError as exc:
@@ -336,28 +341,48 @@ class MachineDetector:
     that did not report keep their last value). Readings of other metrics, and readings not
     newer than the last scored row, are ignored. Nothing is scored before every sensor has
     reported once.
+
+    `alarm` is the detector's decision for the latest row (what SKAB scores). `alert` is what
+    people are told: RAISED once the alarm held for `raise_after` consecutive rows, CLEARED
+    once it stayed off for `clear_after` rows (1 and 1 make the alert follow the alarm).
     """
 
     __slots__ = (
+        "_above",
         "_alpha",
+        "_below",
         "_buffer",
+        "_clear_after",
         "_complete",
         "_filled",
         "_index",
         "_last",
         "_pending",
+        "_raise_after",
         "_row",
         "_row_time",
         "_seen",
         "_state",
         "alarm",
+        "alert",
         "machine_id",
         "model",
         "rows",
         "score",
     )
 
-    def __init__(self, machine_id: str, model: MachineModel, *, ewma_span: int, window: int):
+    def __init__(
+        self,
+        machine_id: str,
+        model: MachineModel,
+        *,
+        ewma_span: int,
+        window: int,
+        raise_after: int = 1,
+        clear_after: int = 1,
+    ):
+        if raise_after < 1 or clear_after < 1:
+            raise ValueError("raise_after and clear_after must be at least 1 row")
         self.machine_id = machine_id
         self.model = model
         self._alpha = 2.0 / (ewma_span + 1.0)
@@ -374,6 +399,11 @@ class MachineDetector:
         self.rows = 0
         self.score = 0.0
         self.alarm = False
+        self.alert = False
+        self._raise_after = raise_after
+        self._clear_after = clear_after
+        self._above = 0  # consecutive rows with the alarm on
+        self._below = 0  # ... and off
 
     def update(self, timestamp_ms: int, metric: str, value: float) -> AnomalyEvent | None:
         """One valid reading; returns an event when the machine's alarm changes."""
@@ -418,10 +448,18 @@ class MachineDetector:
         buffer.append(instant)
         self.score = score = sum(buffer) / len(buffer)
         self.rows += 1
-        alarm = score > model.threshold
-        if alarm == self.alarm:
-            return None
-        self.alarm = alarm
+        self.alarm = alarm = score > model.threshold
+        if alarm:
+            self._above += 1
+            self._below = 0
+            if self.alert or self._above < self._raise_after:
+                return None
+        else:
+            self._below += 1
+            self._above = 0
+            if not self.alert or self._below < self._clear_after:
+                return None
+        self.alert = alarm
         if alarm:
             return AnomalyEvent(
                 self.machine_id,
@@ -437,8 +475,12 @@ class MachineDetector:
 class AnomalyDetector:
     """Every machine of a gateway: one `MachineDetector` per machine that has a model."""
 
-    def __init__(self, models: AnomalyModelSet) -> None:
+    def __init__(
+        self, models: AnomalyModelSet, *, raise_after: int = 1, clear_after: int = 1
+    ) -> None:
         self.models = models
+        self.raise_after = raise_after
+        self.clear_after = clear_after
         self.machines: dict[str, MachineDetector] = {}
         self.unmodelled: set[str] = set()  # machines seen without a model of their own
 
@@ -456,12 +498,14 @@ class AnomalyDetector:
                 model,
                 ewma_span=self.models.ewma_span,
                 window=self.models.smoothing_readings,
+                raise_after=self.raise_after,
+                clear_after=self.clear_after,
             )
         return detector.update(timestamp_ms, metric, value)
 
     def swap(self, models: AnomalyModelSet) -> list[str]:
         """Use a new model set. A machine whose model or smoothing changed starts afresh (its
-        alarm, if raised, is returned for clearing); the others keep their state."""
+        alert, if raised, is returned for clearing); the others keep their state."""
         same_smoothing = (models.ewma_span, models.smoothing_readings) == (
             self.models.ewma_span,
             self.models.smoothing_readings,
@@ -473,7 +517,7 @@ class AnomalyDetector:
                 detector.model = new
                 continue
             del self.machines[machine_id]
-            if detector.alarm:
+            if detector.alert:
                 restarted.append(machine_id)
         self.models = models
         self.unmodelled.clear()

@@ -1,7 +1,12 @@
-"""The anomaly message: what the edge, the stream rules and the failure model raise.
+"""The anomaly message: what the edge, the stream rules and the models raise.
 
-One shape for every producer (gateway thresholds, Flink SQL rules, the failure predictor) so the
-alert router, the lake and operators read one format. JSON on the wire (msgspec).
+One shape for every producer (gateway thresholds, Flink SQL rules, the failure predictor, the
+multivariate anomaly detector) so the alert router, the lake and operators read one format.
+JSON on the wire (msgspec).
+
+`score` and `contributors` were added for the anomaly detector; both have defaults, so a
+message without them decodes as before, and a consumer that does not know them ignores them
+(msgspec and JSON readers skip unknown fields).
 """
 
 from __future__ import annotations
@@ -18,14 +23,24 @@ Source = Literal["edge", "stream", "model"]
 SEVERITY_ORDER: dict[str, int] = {"INFO": 0, "WARNING": 1, "CRITICAL": 2}
 
 # anomaly_type values in use: THRESHOLD_HIGH, THRESHOLD_LOW (edge), TEMPERATURE_HIGH,
-# VIBRATION_HIGH, <METRIC>_HIGH, RAPID_CHANGE (stream), FAILURE_PREDICTED (model).
+# VIBRATION_HIGH, <METRIC>_HIGH, RAPID_CHANGE (stream), FAILURE_PREDICTED, MULTIVARIATE_ANOMALY
+# (model).
 AnomalyType = Annotated[str, msgspec.Meta(pattern=r"^[A-Z][A-Z0-9_]{0,63}$")]
+
+
+class Contributor(msgspec.Struct, frozen=True, kw_only=True):
+    """A sensor (metric) and the share of an anomaly's score it carries."""
+
+    metric: MetricName
+    share: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 
 
 class Anomaly(msgspec.Struct, frozen=True, kw_only=True):
     """One detected anomaly. `timestamp` is the event time of the reading(s) that raised it
     (UTC ms); `state` is RAISED when it starts and CLEARED when the condition ends (edge
-    hysteresis), so consumers can pair them."""
+    hysteresis), so consumers can pair them. `score` is how far the value is beyond its
+    threshold, relative (1.0 = at it), and `contributors` the sensors that carried most of it,
+    largest first: where an operator should look first."""
 
     factory_id: Identifier
     machine_id: Identifier
@@ -39,6 +54,8 @@ class Anomaly(msgspec.Struct, frozen=True, kw_only=True):
     sensor_id: Identifier | None = None
     state: Literal["RAISED", "CLEARED"] = "RAISED"
     message: str = ""
+    score: float | None = None
+    contributors: tuple[Contributor, ...] = ()
 
     @property
     def anomaly_id(self) -> str:

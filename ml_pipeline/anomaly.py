@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,8 +43,11 @@ from edge_runtime.anomaly_detector import (
     ewma,
     moving_mean,
 )
+from iiot.catalog import MetricCatalog
 
 FloatArray = npt.NDArray[np.float64]
+# The pump metrics of the catalog the detector considers by default (the screen may drop some).
+DEFAULT_SENSORS = ("temperature", "vibration", "pressure", "rpm", "flow_rate")
 
 
 @dataclass(frozen=True)
@@ -276,3 +280,137 @@ def train_models(
         machines=machines,
         training=info,
     )
+
+
+# ------------------------------------------------------------------ from the platform's data
+
+
+@dataclass(frozen=True)
+class NormalRows:
+    """A machine's rows of normal operation: one row per timestamp, every sensor filled."""
+
+    timestamp: npt.NDArray[np.int64]
+    values: FloatArray  # (n, len(sensors))
+
+
+def machine_rows(
+    timestamp: npt.NDArray[np.int64],
+    metric: npt.NDArray[np.str_],
+    value: FloatArray,
+    sensors: Sequence[str],
+) -> NormalRows:
+    """One machine's readings (in time order) as rows, the way the gateway assembles them: a
+    row per timestamp, a sensor that did not report keeps its last value, and rows before
+    every sensor has reported once are left out."""
+    times, row_of = np.unique(np.asarray(timestamp, dtype=np.int64), return_inverse=True)
+    values = np.full((len(times), len(sensors)), np.nan)
+    for j, sensor in enumerate(sensors):
+        picked = np.asarray(metric) == sensor
+        values[row_of[picked], j] = np.asarray(value, dtype=np.float64)[picked]
+    # forward fill each column
+    filled = np.where(np.isnan(values), 0, np.arange(len(times))[:, None])
+    np.maximum.accumulate(filled, axis=0, out=filled)
+    values = values[filled, np.arange(len(sensors))]
+    complete = ~np.isnan(values).any(axis=1)
+    return NormalRows(times[complete], values[complete])
+
+
+def normal_operation(
+    run_dir: Path,
+    *,
+    sensors: Sequence[str] | None = None,
+    horizon_ms: int = 24 * 3_600_000,
+    max_rows: int = 20_000,
+    catalog: MetricCatalog | None = None,
+) -> tuple[dict[str, NormalRows], tuple[str, ...]]:
+    """Every machine's normal rows from a run directory (or the lake's silver export): its
+    valid readings, without the `horizon_ms` before each recorded failure, its down time and
+    any maintenance job, the most recent `max_rows` of what remains. Failures after the data
+    ends cannot be known, so the last hours count as normal (as a live system must too)."""
+    from ml_pipeline.dataset import read_history, read_streams
+
+    history = read_history(run_dir)
+    jobs = _maintenance_windows(run_dir)
+    streams = list(read_streams(run_dir, history, catalog))
+    if sensors is None:
+        present = {str(m) for stream in streams for m in np.unique(stream.metric)}
+        sensors = tuple(s for s in DEFAULT_SENSORS if s in present) or tuple(sorted(present))
+    sensors = tuple(sensors)
+    failures: dict[str, list[tuple[int, int]]] = {}
+    for failure in history.failures:
+        failures.setdefault(failure.machine_id, []).append(
+            (failure.failed_at_ms - horizon_ms, failure.repaired_at_ms)
+        )
+    result: dict[str, NormalRows] = {}
+    for stream in streams:
+        machine_id = stream.machine.machine_id
+        rows = machine_rows(stream.timestamp, stream.metric, stream.value, sensors)
+        keep = np.ones(len(rows.timestamp), dtype=bool)
+        for begin, end in [*failures.get(machine_id, []), *jobs.get(machine_id, [])]:
+            keep &= (rows.timestamp < begin) | (rows.timestamp >= end)
+        kept = np.flatnonzero(keep)[-max_rows:]
+        result[machine_id] = NormalRows(rows.timestamp[kept], rows.values[kept])
+    return result, sensors
+
+
+def _maintenance_windows(run_dir: Path) -> dict[str, list[tuple[int, int]]]:
+    import csv
+
+    path = run_dir / "maintenance_records.csv"
+    windows: dict[str, list[tuple[int, int]]] = {}
+    if not path.exists():
+        return windows
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            windows.setdefault(row["machine_id"], []).append(
+                (int(row["started_at_ms"]), int(row["completed_at_ms"]))
+            )
+    return windows
+
+
+def train_from_run(
+    run_dir: Path,
+    *,
+    config: DetectorConfig = DetectorConfig(),
+    version: str,
+    horizon_ms: int = 24 * 3_600_000,
+    catalog: MetricCatalog | None = None,
+) -> AnomalyModelSet:
+    """The AnomalyModel of every machine with enough normal rows in `run_dir`."""
+    normal, sensors = normal_operation(run_dir, horizon_ms=horizon_ms, catalog=catalog)
+    training = {
+        m: rows.values for m, rows in normal.items() if len(rows.values) >= 4 * config.min_rows
+    }
+    skipped = sorted(set(normal) - set(training))
+    if not training:
+        raise ValueError(
+            f"{run_dir}: no machine has {4 * config.min_rows} rows of normal operation to "
+            "train on: export a longer history"
+        )
+    return train_models(
+        training,
+        sensors,
+        config=config,
+        version=version,
+        extra={
+            "source": str(run_dir),
+            "horizon_hours": horizon_ms / 3_600_000,
+            "rows_per_machine": {m: len(v) for m, v in training.items()},
+            "machines_without_enough_normal_rows": skipped,
+        },
+    )
+
+
+def write_artifact(models: AnomalyModelSet, out_dir: Path, zip_path: Path | None = None) -> Path:
+    """The AnomalyModel component's artifact: ``out_dir/anomaly_model.json`` and, when asked,
+    a zip holding it as ``anomaly_model/anomaly_model.json`` (what the recipe unarchives)."""
+    import zipfile
+
+    from edge_runtime.anomaly_detector import MODEL_FILE
+
+    path = models.save(out_dir)
+    if zip_path is not None:
+        zip_path.parent.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.write(path, f"anomaly_model/{MODEL_FILE}")
+    return path

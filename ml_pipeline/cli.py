@@ -130,6 +130,45 @@ def cmapss(
     _print(figures)
 
 
+@app.command(name="anomaly-train")
+def anomaly_train(
+    data: Annotated[Path, typer.Option(help="Run directory (readings.parquet, failures.csv...).")],
+    out: Annotated[Path, typer.Option(help="Folder to write anomaly_model.json into.")] = Path(
+        "anomaly_model"
+    ),
+    zip_path: Annotated[
+        Path | None, typer.Option("--zip", help="Also write the AnomalyModel component's zip.")
+    ] = None,
+    horizon_hours: Annotated[
+        float, typer.Option(help="Hours before each failure that are not normal operation.")
+    ] = 24.0,
+    version: Annotated[str | None, typer.Option(help="Model version (default: now, UTC).")] = None,
+) -> None:
+    """Train the per-machine anomaly detector on normal operation (the AnomalyModel component)."""
+    from ml_pipeline.anomaly import train_from_run, write_artifact
+    from ml_pipeline.train import model_version
+
+    try:
+        models = train_from_run(
+            data, version=version or model_version(), horizon_ms=int(horizon_hours * 3_600_000)
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    path = write_artifact(models, out, zip_path)
+    training = models.training
+    _print(
+        {
+            "out": str(path),
+            "zip": str(zip_path or ""),
+            "model_version": models.model_version,
+            "machines": len(models.machines),
+            "sensors": training["sensors"],
+            "screening": training["screening"],
+            "machines_without_enough_normal_rows": training["machines_without_enough_normal_rows"],
+        }
+    )
+
+
 @app.command()
 def skab(
     data: Annotated[Path, typer.Option(help="The SKAB folder (with data/valve1, ...).")] = Path(

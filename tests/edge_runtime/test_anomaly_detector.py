@@ -190,3 +190,19 @@ def test_a_swap_keeps_unchanged_machines_and_restarts_changed_ones():
     assert "M2" not in detector.machines
     feed(detector, "M2", 2_000, BROKEN)
     assert not detector.machines["M2"].alarm
+
+
+def test_the_alert_waits_for_a_held_alarm_and_a_held_recovery():
+    detector = AnomalyDetector(model_set(M1=hand_model()), raise_after=3, clear_after=2)
+    rows = [BROKEN, NORMAL, BROKEN, BROKEN, BROKEN, BROKEN, NORMAL, BROKEN, NORMAL, NORMAL]
+    states = []
+    for t, row in enumerate(rows):
+        for event in feed(detector, "M1", (t + 1) * 1000, row):
+            states.append((t, event.state))
+    # a lone broken row raises nothing; three in a row do; one good row does not clear
+    assert states == [(4, "RAISED"), (9, "CLEARED")]
+    state = detector.machines["M1"]
+    assert not state.alarm
+    assert not state.alert
+    with pytest.raises(ValueError, match="at least 1 row"):
+        MachineDetector("M1", hand_model(), ewma_span=1, window=1, raise_after=0)

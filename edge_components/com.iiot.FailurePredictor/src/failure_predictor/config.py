@@ -31,6 +31,12 @@ class PredictorConfig:
     # The IoT Core topic of predicted-failure anomalies; a deployment sets its environment's
     # (the cloud topics carry the environment: iiot-<env> stacks, config/environments.py).
     anomalies_topic: str = topics.ANOMALIES
+    # The AnomalyModel component's artifact folder; empty: no multivariate anomaly detection.
+    anomaly_model_dir: str = ""
+    # A MULTIVARIATE_ANOMALY is raised once a machine's alarm held this many rows (a lone
+    # spike decays within the detector's smoothing) and cleared once it stayed off this many.
+    anomaly_raise_after_readings: int = 6
+    anomaly_clear_after_readings: int = 60
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> PredictorConfig:
@@ -87,6 +93,12 @@ class PredictorConfig:
         anomalies_topic = str(raw.get("anomaliesTopic", topics.ANOMALIES)).strip()
         if not anomalies_topic or any(c in anomalies_topic for c in "#+"):
             problems.append(f"anomaliesTopic must be a topic name, got {anomalies_topic!r}")
+        raise_after = number("anomalyRaiseAfterReadings", 6, low=1, high=100_000)
+        clear_after = number("anomalyClearAfterReadings", 60, low=1, high=100_000)
+        anomaly_model_dir = raw.get("anomalyModelDir", "")
+        if not isinstance(anomaly_model_dir, str):
+            problems.append(f"anomalyModelDir must be a folder path, got {anomaly_model_dir!r}")
+            anomaly_model_dir = ""
         if problems:
             raise ConfigError("invalid FailurePredictor configuration: " + "; ".join(problems))
         return cls(
@@ -102,4 +114,7 @@ class PredictorConfig:
             model_poll_seconds=poll,
             machines=machines,
             anomalies_topic=anomalies_topic,
+            anomaly_model_dir=anomaly_model_dir.strip(),
+            anomaly_raise_after_readings=int(raise_after),
+            anomaly_clear_after_readings=int(clear_after),
         )

@@ -22,7 +22,7 @@ from edge_runtime.run import run_until_signalled
 from edge_runtime.transport import Ack, Transport
 from failure_predictor.config import ConfigError, PredictorConfig
 from failure_predictor.messages import MAINTENANCE, SHUTDOWN_CONFIRMATIONS, topic
-from failure_predictor.model_loader import ModelHandle
+from failure_predictor.model_loader import AnomalyModelHandle, ModelHandle
 from failure_predictor.predictor import FailurePredictor
 from iiot import logs, topics
 from iiot.catalog import load_catalog
@@ -45,8 +45,15 @@ def build(config: PredictorConfig, transport: Transport) -> FailurePredictor:
         else:
             transport.publish_local(name, payload)
 
+    anomaly_models = (
+        AnomalyModelHandle(Path(config.anomaly_model_dir)) if config.anomaly_model_dir else None
+    )
     predictor = FailurePredictor(
-        config, ModelHandle(Path(config.model_dir)), publish, load_catalog()
+        config,
+        ModelHandle(Path(config.model_dir)),
+        publish,
+        load_catalog(),
+        anomaly_models=anomaly_models,
     )
     readings = topics.readings_topic(config.factory_id)
     confirmations = topic(SHUTDOWN_CONFIRMATIONS, config.factory_id)
@@ -94,6 +101,7 @@ class PredictorComponent:
         def poll_model() -> None:
             while not self._stop.wait(self.config.model_poll_seconds):
                 predictor.refresh_model()
+                predictor.refresh_anomaly_model()
 
         self._thread = threading.Thread(target=poll_model, name="failure-model-poll", daemon=True)
         self._thread.start()

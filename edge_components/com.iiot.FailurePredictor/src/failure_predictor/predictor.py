@@ -4,11 +4,15 @@ No Greengrass here: readings arrive through `on_payload` / `on_columns`, and eve
 through the `publish(topic, payload)` callback that `main.py` wires to a transport.
 
 Per machine the shared feature state (`edge_runtime.features.MachineFeatureState`) is updated
-with every valid reading; a prediction runs every `predict_every_readings` readings or every
-`predict_every_seconds` of event time. A FAILURE_PREDICTED anomaly is RAISED at p >= the alert
-threshold and CLEARED only below the lower clear threshold (hysteresis, no flapping). At p >=
-the shutdown threshold, and only when enabled, the predictor publishes a shutdown *request*
-for an operator; an operator's confirmation becomes a decision message for the site's control
+with every valid reading, and so is the multivariate anomaly detector's state
+(`edge_runtime.anomaly_detector`, when an AnomalyModel is deployed): a machine whose readings
+leave their normal pattern raises a MULTIVARIATE_ANOMALY with its score and the sensors that
+contributed most, and clears it once they are back. A prediction runs every
+`predict_every_readings` readings or every `predict_every_seconds` of event time. A
+FAILURE_PREDICTED anomaly is RAISED at p >= the alert threshold and CLEARED only below the
+lower clear threshold (hysteresis, no flapping). At p >= the shutdown threshold, and only when
+enabled, the predictor publishes a shutdown *request* for an operator; an operator's
+confirmation becomes a decision message for the site's control
 system. Nothing here calls an actuator.
 """
 
@@ -23,6 +27,7 @@ from typing import Literal
 
 import msgspec
 
+from edge_runtime.anomaly_detector import AnomalyDetector, AnomalyEvent, AnomalyModelSet
 from edge_runtime.features import MachineFeatureState, MachineInfo
 from failure_predictor.config import PredictorConfig
 from failure_predictor.messages import (
@@ -38,9 +43,9 @@ from failure_predictor.messages import (
     maintenance_decoder,
     topic,
 )
-from failure_predictor.model_loader import ModelHandle
+from failure_predictor.model_loader import AnomalyModelHandle, ModelHandle
 from iiot import topics
-from iiot.anomaly import Anomaly, encode_anomaly
+from iiot.anomaly import Anomaly, Contributor, encode_anomaly
 from iiot.catalog import MetricCatalog
 from iiot.contract import ReadingColumns, Validator
 from iiot.wire import validate_payload
@@ -49,6 +54,8 @@ log = logging.getLogger(__name__)
 
 Publish = Callable[[str, bytes], None]
 ANOMALY_METRIC = "failure_probability"
+ANOMALY_SCORE_METRIC = "anomaly_score"
+MULTIVARIATE_ANOMALY = "MULTIVARIATE_ANOMALY"
 
 
 @dataclass
@@ -70,6 +77,9 @@ class Counters:
     shutdown_requests: int = 0
     decisions: int = 0
     model_swaps: int = 0
+    anomalies_raised: int = 0
+    anomalies_cleared: int = 0
+    anomaly_model_swaps: int = 0
     last_probability: dict[str, float] = field(default_factory=dict)
 
 
@@ -81,10 +91,13 @@ class FailurePredictor:
         publish: Publish,
         catalog: MetricCatalog,
         *,
+        anomaly_models: AnomalyModelHandle | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.model = model
+        self.anomaly_models = anomaly_models
+        self.anomalies: AnomalyDetector | None = None
         self.publish = publish
         self.validator = Validator(catalog, clock=clock)
         self.clock = clock
@@ -117,6 +130,14 @@ class FailurePredictor:
 
     def on_reading(self, timestamp_ms: int, machine_id: str, metric: str, value: float) -> None:
         """One valid reading (already checked against the contract)."""
+        models = self.anomaly_models.models if self.anomaly_models is not None else None
+        if models is not None:
+            detector = self.anomalies
+            if detector is None or detector.models is not models:
+                detector = self._use_anomaly_models(models)
+            event = detector.update(timestamp_ms, machine_id, metric, value)
+            if event is not None:
+                self._anomaly_event(event)
         machine = self.machines.get(machine_id)
         if machine is None:
             machine = self._new_machine(machine_id)
@@ -193,7 +214,77 @@ class FailurePredictor:
             self.machines.clear()
         return True
 
+    def refresh_anomaly_model(self) -> bool:
+        """Load an updated AnomalyModel (from the poll thread); the readings' thread swaps it
+        in at its next reading, so the detector's state is only ever touched there."""
+        return self.anomaly_models is not None and self.anomaly_models.refresh()
+
     # ----------------------------------------------------------------------- internals
+
+    def _use_anomaly_models(self, models: AnomalyModelSet) -> AnomalyDetector:
+        if self.anomalies is None:
+            self.anomalies = AnomalyDetector(
+                models,
+                raise_after=self.config.anomaly_raise_after_readings,
+                clear_after=self.config.anomaly_clear_after_readings,
+            )
+            return self.anomalies
+        restarted = self.anomalies.swap(models)
+        self.counters.anomaly_model_swaps += 1
+        for machine_id in restarted:  # their state starts afresh: close the open alarm
+            self._publish_anomaly(
+                Anomaly(
+                    factory_id=self.config.factory_id,
+                    machine_id=machine_id,
+                    metric=ANOMALY_SCORE_METRIC,
+                    anomaly_type=MULTIVARIATE_ANOMALY,
+                    severity="WARNING",
+                    value=0.0,
+                    threshold=None,
+                    timestamp=int(self.clock() * 1000),
+                    source="model",
+                    state="CLEARED",
+                    message=f"new anomaly model {models.model_version}: the machine starts afresh",
+                )
+            )
+        return self.anomalies
+
+    def _anomaly_event(self, event: AnomalyEvent) -> None:
+        relative = event.relative_score
+        if event.state == "RAISED":
+            self.counters.anomalies_raised += 1
+            where = ", ".join(f"{m} ({share:.0%})" for m, share in event.contributors)
+            message = (
+                f"readings off their normal pattern: score {relative:.2f}x the machine's limit"
+                + (f"; most off: {where}" if where else "")
+            )
+        else:
+            self.counters.anomalies_cleared += 1
+            message = f"readings back within their normal pattern ({relative:.2f}x the limit)"
+        self._publish_anomaly(
+            Anomaly(
+                factory_id=self.config.factory_id,
+                machine_id=event.machine_id,
+                metric=ANOMALY_SCORE_METRIC,
+                anomaly_type=MULTIVARIATE_ANOMALY,
+                severity="WARNING",
+                value=round(event.score, 6),
+                threshold=round(event.threshold, 6),
+                timestamp=event.timestamp,
+                source="model",
+                state=event.state,
+                message=message,
+                score=round(relative, 4),
+                contributors=tuple(
+                    Contributor(metric=m, share=share) for m, share in event.contributors
+                ),
+            )
+        )
+
+    def _publish_anomaly(self, anomaly: Anomaly) -> None:
+        payload = encode_anomaly(anomaly)
+        self.publish(topics.LOCAL_ALERTS, payload)
+        self.publish(topics.ANOMALIES, payload)
 
     def _new_machine(self, machine_id: str) -> _Machine | None:
         if self._spec is None:
@@ -258,9 +349,7 @@ class FailurePredictor:
             state=state,  # type: ignore[arg-type]
             message=f"failure probability {p:.2f} within the model's horizon",
         )
-        payload = encode_anomaly(anomaly)
-        self.publish(topics.LOCAL_ALERTS, payload)
-        self.publish(topics.ANOMALIES, payload)
+        self._publish_anomaly(anomaly)
 
     def _request_shutdown(
         self, machine_id: str, machine: _Machine, p: float, timestamp_ms: int, version: str
