@@ -141,3 +141,62 @@ def test_bad_training_rows_are_refused_with_the_reason():
         fit_machine(rows, SENSORS[:3])
     with pytest.raises(ValueError, match="no machine"):
         train_models({}, SENSORS, version="x")
+
+
+def test_rows_are_assembled_as_the_gateway_assembles_them():
+    from ml_pipeline.anomaly import machine_rows
+
+    timestamp = np.array([1, 1, 2, 3, 3, 3, 4, 4])
+    metric = np.array(["a", "b", "a", "a", "b", "c", "c", "b"])
+    value = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
+    rows = machine_rows(timestamp, metric, value, ("a", "b", "c"))
+    # c first reports at 3: earlier rows are incomplete; at 4, a keeps its last value
+    assert rows.timestamp.tolist() == [3, 4]
+    assert rows.values.tolist() == [[4.0, 5.0, 6.0], [4.0, 8.0, 7.0]]
+
+
+def test_train_from_a_run_directory_leaves_failures_and_maintenance_out(run_dir, catalog, tmp_path):
+    import zipfile
+
+    from typer.testing import CliRunner
+
+    from ml_pipeline.anomaly import normal_operation, train_from_run
+    from ml_pipeline.cli import app
+    from ml_pipeline.dataset import read_history
+
+    normal, sensors = normal_operation(run_dir, catalog=catalog)
+    assert sensors == ("temperature", "vibration", "pressure", "rpm", "flow_rate")
+    history = read_history(run_dir)
+    failure = history.failures[0]
+    kept = normal[failure.machine_id].timestamp
+    before = (kept >= failure.failed_at_ms - 24 * 3_600_000) & (kept < failure.repaired_at_ms)
+    assert not before.any()
+    assert len(kept) > 500
+    models = train_from_run(run_dir, version="t1", catalog=catalog)
+    assert set(models.machines) <= set(normal)
+    assert models.training["horizon_hours"] == 24.0
+
+    out = tmp_path / "anomaly_model"
+    result = CliRunner().invoke(
+        app,
+        [
+            "anomaly-train",
+            "--data",
+            str(run_dir),
+            "--out",
+            str(out),
+            "--zip",
+            str(tmp_path / "anomaly_model.zip"),
+            "--version",
+            "7",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert (out / "anomaly_model.json").exists()
+    with zipfile.ZipFile(tmp_path / "anomaly_model.zip") as archive:
+        assert archive.namelist() == ["anomaly_model/anomaly_model.json"]
+        shipped = AnomalyModelSet.from_json(archive.read("anomaly_model/anomaly_model.json"))
+    assert shipped.model_version == "7"
+    missing = CliRunner().invoke(app, ["anomaly-train", "--data", str(tmp_path / "none")])
+    assert missing.exit_code == 1
+    assert "is missing" in missing.output
