@@ -6,18 +6,24 @@
   first alert of its horizon window fired (median, mean, share of failures caught at all);
 * ``false_alarms_per_machine_day``: alert episodes (rising edges per machine) that no failure
   followed within the horizon, divided by the machine-days evaluated.
+
+`alert_quality` judges the alerts people receive (any producer's RAISED anomalies) against
+what happened: the share of alerts followed by a failure or an injected fault of the same
+machine within the horizon, and the share of failures (and faults) that an alert preceded.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from iiot.anomaly import Anomaly
 from ml_pipeline.labels import DEFAULT_HORIZON_MS, EXCLUDED, FailureEvent
 
 DAY_MS = 24 * 3_600_000
@@ -115,3 +121,85 @@ def evaluate(
 def write_metrics(metrics: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+
+
+# ---------------------------------------------------------------------------- alert quality
+
+
+@dataclass(frozen=True)
+class Incident:
+    """Something an alert should have announced: a failure (from its moment to its repair) or a
+    fault injected on purpose (from its start to its end)."""
+
+    machine_id: str
+    start_ms: int
+    end_ms: int
+    kind: str = "failure"  # "failure" or "injected_fault"
+
+
+def failure_incidents(failures: Iterable[FailureEvent]) -> list[Incident]:
+    return [Incident(f.machine_id, f.failed_at_ms, f.repaired_at_ms) for f in failures]
+
+
+def alert_quality(
+    alerts: Iterable[Anomaly],
+    incidents: Sequence[Incident],
+    *,
+    horizon_ms: int = DEFAULT_HORIZON_MS,
+) -> dict[str, Any]:
+    """How much the alerts were worth, for the RAISED ones among `alerts`:
+
+    * ``alert_precision``: alerts that an incident of the same machine followed within the
+      horizon (one starting in ``(t, t + horizon]``, or under way at ``t``), over all alerts;
+    * ``failures_alerted``: failures that an alert of the same machine preceded within the
+      horizon (in ``[start - horizon, start)``), over all failures; the same for injected
+      faults (an alert up to the fault's end counts: the fault is there to be found);
+    * the same per anomaly type, so each producer is judged on its own alerts.
+    """
+    by_machine: dict[str, list[tuple[int, Incident]]] = {}
+    for number, incident in enumerate(incidents):
+        by_machine.setdefault(incident.machine_id, []).append((number, incident))
+    raised = sorted(
+        (a for a in alerts if a.state == "RAISED"), key=lambda a: (a.timestamp, a.machine_id)
+    )
+    per_type: dict[str, list[int]] = {}
+    announced: set[int] = set()
+    true_alerts = 0
+    for alert in raised:
+        t = alert.timestamp
+        useful = False
+        for number, incident in by_machine.get(alert.machine_id, []):
+            ahead = t < incident.start_ms <= t + horizon_ms
+            under_way = incident.start_ms <= t <= incident.end_ms
+            if ahead or under_way:
+                useful = True
+            ends = incident.end_ms if incident.kind != "failure" else incident.start_ms - 1
+            if incident.start_ms - horizon_ms <= t <= ends:
+                announced.add(number)
+        true_alerts += useful
+        counts = per_type.setdefault(alert.anomaly_type, [0, 0])
+        counts[0] += 1
+        counts[1] += useful
+
+    def share(part: int, whole: int) -> float | None:
+        return round(part / whole, 4) if whole else None
+
+    failures = [n for n, i in enumerate(incidents) if i.kind == "failure"]
+    faults = [n for n, i in enumerate(incidents) if i.kind != "failure"]
+    failures_alerted = sum(n in announced for n in failures)
+    faults_alerted = sum(n in announced for n in faults)
+    return {
+        "horizon_hours": horizon_ms / 3_600_000,
+        "alerts": len(raised),
+        "alerts_followed_by_an_incident": true_alerts,
+        "alert_precision": share(true_alerts, len(raised)),
+        "failures": len(failures),
+        "failures_alerted": failures_alerted,
+        "failure_recall": share(failures_alerted, len(failures)),
+        "injected_faults": len(faults),
+        "injected_faults_alerted": faults_alerted,
+        "by_type": {
+            kind: {"alerts": n, "followed": hit, "precision": share(hit, n)}
+            for kind, (n, hit) in sorted(per_type.items())
+        },
+    }

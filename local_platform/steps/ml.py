@@ -5,6 +5,11 @@ history of the same fleet model (another seed, same sampling interval, failures 
 trains and evaluates on it (split by
 time and machine), compiles the model for x86_64 and aarch64, and then replays the demo run's
 readings through the FailurePredictor component's logic, as the gateway would see them.
+
+The anomaly detector is per machine, so it learns from the same machines' normal operation:
+the 48 hours before the run (the same fleet and seed, simulated earlier in time). The replay
+runs it inside the FailurePredictor, and every alert of the run is judged with
+`ml_pipeline.evaluate.alert_quality` against the run's failures.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import csv
 import json
 import time
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +32,8 @@ from local_platform.simulator import FleetSimulator, write_simulation
 # history longer, to keep the step short.
 HISTORY_HOURS = 96.0
 HISTORY_MTBF_HOURS = 48.0
+NORMAL_HISTORY_HOURS = 48.0  # the anomaly detector's: the same machines, before the run
+HORIZON_MS = 24 * 3_600_000
 
 
 def _machines_config(run_dir: Path) -> dict[str, dict[str, str]]:
@@ -38,12 +46,16 @@ def _machines_config(run_dir: Path) -> dict[str, dict[str, str]]:
 
 def ml_step(context: DemoContext) -> Figures:
     from failure_predictor.config import PredictorConfig
-    from failure_predictor.model_loader import ModelHandle
+    from failure_predictor.model_loader import AnomalyModelHandle, ModelHandle
     from failure_predictor.predictor import FailurePredictor
 
     from edge_runtime.features import MachineFeatureState
+    from iiot import topics
+    from iiot.anomaly import decode_anomaly
+    from ml_pipeline.anomaly import train_from_run, write_artifact
     from ml_pipeline.compile import compile_model
     from ml_pipeline.dataset import build_table, read_history, read_streams
+    from ml_pipeline.evaluate import alert_quality, failure_incidents
     from ml_pipeline.train import train_and_evaluate
 
     work = context.work_dir / "ml"
@@ -55,23 +67,36 @@ def ml_step(context: DemoContext) -> Figures:
         seed=context.fleet.seed + 1000,
         malformed_rate=0.0,
     )
-    context.progress("ml: simulating a training history", 0, 5)
+    context.progress("ml: simulating a training history", 0, 6)
     write_simulation(FleetSimulator(history, context.catalog), history_dir)
-    context.progress("ml: features", 1, 5)
+    context.progress("ml: features", 1, 6)
     table = build_table(history_dir, catalog=context.catalog)
-    context.progress("ml: training", 2, 5)
+    context.progress("ml: training", 2, 6)
     metrics = train_and_evaluate(table, work / "model", rounds=120)
-    context.progress("ml: compiling", 3, 5)
+    context.progress("ml: compiling", 3, 6)
     manifest = compile_model(work / "model", work / "failure_model", ("x86_64", "aarch64"))
+    context.progress("ml: the anomaly detector on the machines' normal operation", 4, 6)
+    before = replace(
+        context.fleet,
+        start=context.fleet.start - timedelta(hours=NORMAL_HISTORY_HOURS),
+        hours=NORMAL_HISTORY_HOURS,
+        malformed_rate=0.0,
+    )
+    write_simulation(FleetSimulator(before, context.catalog), work / "normal_history")
+    anomaly_models = train_from_run(
+        work / "normal_history", version="demo", horizon_ms=HORIZON_MS, catalog=context.catalog
+    )
+    write_artifact(anomaly_models, work / "anomaly_model")
 
     # the live stream: the demo run's readings, in time order, through the gateway's logic
-    context.progress("ml: predicting on the live stream", 4, 5)
+    context.progress("ml: predicting on the live stream", 5, 6)
     run_dir = context.simulation_dir
     published: list[tuple[str, bytes]] = []
     config = PredictorConfig.from_mapping(
         {
             "factoryId": "F01",
             "modelDir": str(work / "failure_model"),
+            "anomalyModelDir": str(work / "anomaly_model"),
             "machines": _machines_config(run_dir),
         }
     )
@@ -80,6 +105,7 @@ def ml_step(context: DemoContext) -> Figures:
         ModelHandle(work / "failure_model"),
         lambda topic, payload: published.append((topic, payload)),
         context.catalog,
+        anomaly_models=AnomalyModelHandle(work / "anomaly_model"),
     )
     run_history = read_history(run_dir)
     # the maintenance system tells the gateway about completed jobs (time since maintenance)
@@ -123,6 +149,10 @@ def ml_step(context: DemoContext) -> Figures:
 
     counters = predictor.counters
     lead = metrics["lead_time_hours"]
+    alerts = [decode_anomaly(p) for t, p in published if t == topics.LOCAL_ALERTS]
+    quality = alert_quality(alerts, failure_incidents(run_history.failures), horizon_ms=HORIZON_MS)
+    (work / "alert_quality.json").write_text(json.dumps(quality, indent=2))
+    dropped = anomaly_models.training["screening"]["dropped"]
     (work / "demo_figures.json").write_text(json.dumps(metrics, indent=2, default=str))
     figures: dict[str, Any] = {
         "training history": f"{history.machines} machines x {HISTORY_HOURS:.0f} h",
@@ -144,8 +174,30 @@ def ml_step(context: DemoContext) -> Figures:
         "live stream readings": counters.readings,
         "live predictions": counters.predictions,
         "live alerts raised": counters.alerts_raised,
+        "anomaly detector": (
+            f"{len(anomaly_models.machines)} machines x {NORMAL_HISTORY_HOURS:.0f} h normal, "
+            f"sensors {', '.join(anomaly_models.training['sensors'])}"
+            + (f" (screened out: {', '.join(dropped)})" if dropped else "")
+        ),
+        "live anomalies raised": counters.anomalies_raised,
         "live failures in the run": len(run_history.failures),
+        "alert precision (followed by a failure within 24 h)": _by_type(quality),
+        "failures alerted": f"{quality['failures_alerted']}/{quality['failures']}",
         "live readings/s through the predictor": round(counters.readings / replay_seconds),
     }
     context.progress("ml: done", 5, 5)
     return figures
+
+
+def _by_type(quality: dict[str, Any]) -> str:
+    """ "0.40 (4/10): FAILURE_PREDICTED 1.00 (2/2), ..." for the summary."""
+
+    def one(followed: int, alerts: int) -> str:
+        return f"{followed / alerts:.2f} ({followed}/{alerts})" if alerts else "- (0 alerts)"
+
+    parts = [
+        f"{kind} {one(entry['followed'], entry['alerts'])}"
+        for kind, entry in quality["by_type"].items()
+    ]
+    overall = one(quality["alerts_followed_by_an_incident"], quality["alerts"])
+    return overall + (": " + ", ".join(parts) if parts else "")

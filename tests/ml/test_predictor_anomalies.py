@@ -105,6 +105,7 @@ def test_a_leak_raises_one_anomaly_naming_flow_and_clears_once(
     assert raised.contributors[0].metric == "flow_rate"
     assert raised.contributors[0].share > 0.5
     assert "flow_rate" in raised.message
+    assert "check the flow_rate sensor first" in raised.message  # it carries almost all
     assert cleared.state == "CLEARED"
     assert cleared.timestamp == T0 + 8 * 10_000
     # the same messages go to the cloud topic; no failure model, so no predictions

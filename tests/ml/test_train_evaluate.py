@@ -135,3 +135,52 @@ def test_cli_features_then_train(run_dir: Path, tmp_path: Path) -> None:
     missing = runner.invoke(app, ["features", "--data", str(tmp_path / "nowhere")])
     assert missing.exit_code == 1
     assert "missing" in missing.output
+
+
+def test_alert_quality_counts_alerts_that_an_incident_followed():
+    from iiot.anomaly import Anomaly
+    from ml_pipeline.evaluate import Incident, alert_quality
+
+    hour = 3_600_000
+
+    def alert(machine: str, at_hours: float, kind: str = "MULTIVARIATE_ANOMALY", state="RAISED"):
+        return Anomaly(
+            factory_id="F01",
+            machine_id=machine,
+            metric="anomaly_score",
+            anomaly_type=kind,
+            severity="WARNING",
+            value=2.0,
+            threshold=1.0,
+            timestamp=int(at_hours * hour),
+            source="model",
+            state=state,
+        )
+
+    incidents = [
+        Incident("M1", 30 * hour, 34 * hour),  # a failure at 30 h, repaired at 34 h
+        Incident("M2", 50 * hour, 60 * hour),  # another, never announced
+        Incident("M3", 10 * hour, 11 * hour, kind="injected_fault"),
+    ]
+    alerts = [
+        alert("M1", 8),  # 22 h before the failure: followed within 24 h
+        alert("M1", 8.5, state="CLEARED"),  # not an alert
+        alert("M1", 2),  # 28 h before: too early
+        alert("M1", 31, "FAILURE_PREDICTED"),  # while it is down: under way
+        alert("M2", 61),  # after the repair: followed by nothing
+        alert("M3", 10.5),  # during the injected fault
+        alert("M4", 5),  # a machine without incidents
+    ]
+    quality = alert_quality(alerts, incidents, horizon_ms=24 * hour)
+    assert quality["alerts"] == 6
+    assert quality["alerts_followed_by_an_incident"] == 3
+    assert quality["alert_precision"] == 0.5
+    assert quality["failures"] == 2
+    assert quality["failures_alerted"] == 1  # M1's, by the alert 22 h ahead (not the one after)
+    assert quality["failure_recall"] == 0.5
+    assert quality["injected_faults_alerted"] == 1
+    assert quality["by_type"]["FAILURE_PREDICTED"] == {"alerts": 1, "followed": 1, "precision": 1.0}
+    assert quality["by_type"]["MULTIVARIATE_ANOMALY"]["alerts"] == 5
+    empty = alert_quality([], [], horizon_ms=hour)
+    assert empty["alert_precision"] is None
+    assert empty["failure_recall"] is None

@@ -56,6 +56,7 @@ Publish = Callable[[str, bytes], None]
 ANOMALY_METRIC = "failure_probability"
 ANOMALY_SCORE_METRIC = "anomaly_score"
 MULTIVARIATE_ANOMALY = "MULTIVARIATE_ANOMALY"
+SINGLE_SENSOR_SHARE = 0.9
 
 
 @dataclass
@@ -258,6 +259,10 @@ class FailurePredictor:
                 f"readings off their normal pattern: score {relative:.2f}x the machine's limit"
                 + (f"; most off: {where}" if where else "")
             )
+            if event.contributors and event.contributors[0][1] >= SINGLE_SENSOR_SHARE:
+                # one sensor left the others: a stuck, drifting or failing sensor is as likely
+                # as the machine itself
+                message += f"; check the {event.contributors[0][0]} sensor first"
         else:
             self.counters.anomalies_cleared += 1
             message = f"readings back within their normal pattern ({relative:.2f}x the limit)"
