@@ -14,6 +14,12 @@ one payload can cost.
   (whitespace, or another batch id) so de-duplication by digest cannot make it free. Only
   `Ingestor.process` is timed; readings/s counts the good readings. The runs alternate
   (`--rounds`) and the best of each is kept (the build machine is shared).
+* Instructions: the wall and CPU figures move with whatever else the machine runs (2 shared
+  cores). When valgrind is installed, the clean and the poisoned stream are also ingested by
+  fresh child processes under `valgrind --tool=callgrind`, and so is a child that only loads
+  them: instructions(stream) - instructions(load only) is the work the stream cost, the same
+  on every run of the same code. `poisoned_fraction_of_clean_instructions` is clean's work over
+  poisoned's (the same good readings in both). `--no-instructions` skips it.
 * Memory: every poison, plus the largest JSON list and compact batch the default limits let
   through, ingested alone by a fresh child process; its peak resident set (VmHWM, which is
   ru_maxrss without what Linux carries over from the parent across fork and exec; the
@@ -30,7 +36,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
+import re
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -244,15 +253,69 @@ def _peak_rss_kib() -> int:
 # ------------------------------------------------------------------------------------- main
 
 
+def ingest_streams(path: Path, name: str) -> None:
+    """Child process: load the pickled streams, then ingest the one named (none: load only)."""
+    streams = pickle.loads(path.read_bytes())
+    if name == "none":
+        return
+    with tempfile.TemporaryDirectory(prefix="poison-ir-") as tmp:
+        timed = run(iter(streams[name]), Path(tmp), load_catalog())
+    print(f"{name}: stored {timed.stored}, quarantined {timed.quarantined}", file=sys.stderr)
+
+
+def instruction_counts(good: list[bytes], poisons: list[Poison]) -> dict[str, int]:
+    """Instructions each stream's ingest costs under callgrind ({} without valgrind)."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        print("valgrind not found: no instruction counts", file=sys.stderr)
+        return {}
+    streams = {"clean": good, "poisoned": list(poisoned(good, poisons))}
+    totals: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(prefix="poison-ir-") as tmp:
+        data = Path(tmp) / "streams.pickle"
+        data.write_bytes(pickle.dumps(streams))
+        for name in ("none", "clean", "poisoned"):
+            result = subprocess.run(
+                [
+                    valgrind,
+                    "--tool=callgrind",
+                    f"--callgrind-out-file={tmp}/callgrind.{name}",
+                    sys.executable,
+                    __file__,
+                    "--ingest-streams",
+                    str(data),
+                    name,
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "PYTHONHASHSEED": "0"},
+            )
+            collected = re.search(r"Collected : (\d+)", result.stderr)
+            if collected is None:
+                raise RuntimeError(f"callgrind printed no total:\n{result.stderr[-2000:]}")
+            totals[name] = int(collected.group(1))
+    return {name: totals[name] - totals["none"] for name in ("clean", "poisoned")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--machines", type=int, default=50)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--no-instructions", action="store_true", help="skip the callgrind instruction counts"
+    )
     parser.add_argument("--one-payload", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--ingest-streams", nargs=2, metavar=("FILE", "NAME"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.one_payload:
         ingest_one(args.one_payload)
+        return
+    if args.ingest_streams:
+        ingest_streams(Path(args.ingest_streams[0]), args.ingest_streams[1])
         return
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
@@ -323,9 +386,19 @@ def main() -> None:
             peak, outcome = child_peak_rss_mb(poison.payload, Path(tmp))
             worst = max(worst, peak)
             print(f"  {peak:7.1f} MB  {poison.name} [{len(poison.payload):,} bytes] -> {outcome}")
+    instructions = {} if args.no_instructions else instruction_counts(good, mixes["poisoned"])
+    if instructions:
+        print(
+            "instructions (callgrind): "
+            + ", ".join(f"{name} {count:,}" for name, count in instructions.items())
+        )
+    fraction_instructions = (
+        round(instructions["clean"] / instructions["poisoned"], 3) if instructions else None
+    )
     print(
         json.dumps(
             {
+                "poisoned_fraction_of_clean_instructions": fraction_instructions,
                 "clean_readings_per_s": round(rate["clean"]),
                 "poisoned_readings_per_s": round(rate["poisoned"]),
                 "poisoned_fraction_of_clean": round(rate["poisoned"] / rate["clean"], 3),
