@@ -3,16 +3,19 @@
     features (processing) -> train (ModelTrainer) -> evaluate (processing, evaluation.json)
       -> PR-AUC >= MinPrAuc ? -> register the model package -> compile for the gateways
                                   (processing: TL2cgen x86_64 + aarch64 -> failure_model.zip)
+    train the anomaly detector (processing: per machine on normal operation, anomaly_model.zip)
+      -> register it in its own model package group (the AnomalyModel component's source)
 
 Every job runs the platform's own container image (ml_pipeline/container/Dockerfile, built
 while the CDK app deploys),
 whose entry points are this package's modules: ``iiot ml features``, the image's ``train``
 command = ``python -m ml_pipeline.train`` (script mode: SM_CHANNEL_TRAIN / SM_MODEL_DIR),
-``python -m ml_pipeline.evaluate_job`` and ``iiot ml compile``. Nothing account-specific is
-written here: buckets and instance types are pipeline parameters; the execution role and the
-image are ``${...}`` placeholders that the CDK stack substitutes (Fn::Sub). SageMaker Neo is
+``python -m ml_pipeline.evaluate_job``, ``iiot ml compile`` and ``iiot ml anomaly-train``.
+Nothing account-specific is written here: buckets and instance types are pipeline parameters;
+the execution role and the image are ``${...}`` placeholders that the CDK stack substitutes
+(Fn::Sub). SageMaker Neo is
 not used: it compiles XGBoost only up to 1.3 for edge targets (see `ml_pipeline.compile`).
-The RegisterModel step is written out as JSON (see `register_step`).
+The RegisterModel steps are written out as JSON (see `register_step`).
 
 Generating needs no AWS account: ``SAGEMAKER_VALIDATE_ROLE=false`` and a region are set.
 """
@@ -24,6 +27,7 @@ import os
 from typing import Any
 
 PIPELINE_NAME = "iiot-failure-model"
+ANOMALY_ARTIFACT = "anomaly_model.zip"
 REGION_FALLBACK = "eu-west-1"
 PROCESSING = "/opt/ml/processing"
 # Resolved by the CDK stack with Fn::Sub over the definition (the SDK's ModelTrainer takes only
@@ -71,6 +75,9 @@ def build_pipeline(region: str | None = None) -> Any:
     input_data = ParameterString("InputDataS3Uri")
     output_prefix = ParameterString("OutputS3Uri")
     model_group = ParameterString("ModelPackageGroupName", default_value="iiot-failure-model")
+    anomaly_group = ParameterString(
+        "AnomalyModelPackageGroupName", default_value="iiot-anomaly-model"
+    )
     processing_instance = ParameterString("ProcessingInstanceType", default_value="ml.m5.xlarge")
     training_instance = ParameterString("TrainingInstanceType", default_value="ml.m5.xlarge")
     horizon_hours = ParameterInteger("HorizonHours", default_value=24)
@@ -185,18 +192,39 @@ def build_pipeline(region: str | None = None) -> Any:
         if_steps=[compile_step],
         else_steps=[],
     )
+    # The anomaly detector learns each machine's normal operation from the same silver data
+    # (no labels needed beyond the failure records that mark what is not normal).
+    anomaly_step = ProcessingStep(
+        name="TrainAnomalyModel",
+        step_args=processor(
+            "anomaly",
+            ["iiot", "ml", "anomaly-train", "--data", f"{PROCESSING}/input"],
+        ).run(
+            inputs=[s3_input("silver", input_data, f"{PROCESSING}/input")],
+            outputs=[s3_output("anomaly", f"{PROCESSING}/anomaly")],
+            arguments=[
+                "--out",
+                f"{PROCESSING}/anomaly/anomaly_model",
+                "--zip",
+                f"{PROCESSING}/anomaly/{ANOMALY_ARTIFACT}",
+                "--horizon-hours",
+                horizon_hours.to_string(),
+            ],
+        ),
+    )
     return Pipeline(
         name=PIPELINE_NAME,
         parameters=[
             input_data,
             output_prefix,
             model_group,
+            anomaly_group,
             processing_instance,
             training_instance,
             horizon_hours,
             min_pr_auc,
         ],
-        steps=[features_step, train_step, evaluate_step, gate],
+        steps=[features_step, train_step, evaluate_step, gate, anomaly_step],
         sagemaker_session=session,
     )
 
@@ -246,12 +274,48 @@ def register_step() -> dict[str, Any]:
     }
 
 
+def register_anomaly_step() -> dict[str, Any]:
+    """RegisterAnomalyModel: the anomaly detector's zip as a package of its own group, pending
+    approval like the failure model (its approval publishes a com.iiot.AnomalyModel version).
+    No quality gate: the model has no labels to be scored on here; `iiot ml skab` and the
+    demo's alert quality measure the method."""
+    artifact = {
+        "Std:Join": {
+            "On": "/",
+            "Values": [
+                {
+                    "Get": "Steps.TrainAnomalyModel.ProcessingOutputConfig"
+                    ".Outputs['anomaly'].S3Output.S3Uri"
+                },
+                ANOMALY_ARTIFACT,
+            ],
+        }
+    }
+    return {
+        "Name": "RegisterAnomalyModel",
+        "Type": "RegisterModel",
+        "Arguments": {
+            "ModelPackageGroupName": {"Get": "Parameters.AnomalyModelPackageGroupName"},
+            "ModelApprovalStatus": "PendingManualApproval",
+            "InferenceSpecification": {
+                "Containers": [{"Image": IMAGE_PLACEHOLDER, "ModelDataUrl": artifact}],
+                "SupportedContentTypes": ["application/json"],
+                "SupportedResponseMIMETypes": ["application/json"],
+                "SupportedRealtimeInferenceInstanceTypes": ["ml.m5.large"],
+                "SupportedTransformInstanceTypes": ["ml.m5.large"],
+            },
+        },
+    }
+
+
 def definition_json(region: str | None = None) -> str:
     """The pipeline definition as pretty JSON (what CDK's CfnPipeline takes): the SDK's
-    definition with the Register step added before the compile step in the gate's if-branch."""
+    definition with the Register step added before the compile step in the gate's if-branch,
+    and RegisterAnomalyModel after the anomaly detector's training."""
     definition = json.loads(build_pipeline(region).definition())
     gate = next(step for step in definition["Steps"] if step["Type"] == "Condition")
     compile_step = gate["Arguments"]["IfSteps"][0]
     compile_step["DependsOn"] = ["Register"]
     gate["Arguments"]["IfSteps"].insert(0, register_step())
+    definition["Steps"].append(register_anomaly_step())
     return json.dumps(definition, indent=2, sort_keys=True) + "\n"

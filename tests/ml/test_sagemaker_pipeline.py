@@ -23,11 +23,13 @@ def steps_by_name(definition: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def check_structure(definition: dict[str, Any]) -> None:
     steps = steps_by_name(definition)
-    assert [s["Type"] for s in definition["Steps"]] == [
-        "Processing",
-        "Training",
-        "Processing",
-        "Condition",
+    assert [(s["Name"], s["Type"]) for s in definition["Steps"]] == [
+        ("Features", "Processing"),
+        ("Train", "Training"),
+        ("Evaluate", "Processing"),
+        ("PrAucGate", "Condition"),
+        ("TrainAnomalyModel", "Processing"),
+        ("RegisterAnomalyModel", "RegisterModel"),
     ]
     text = json.dumps(steps["Train"])
     # training reads what the feature step wrote
@@ -48,12 +50,29 @@ def check_structure(definition: dict[str, Any]) -> None:
     compile_step = steps["CompileForGateways"]
     assert compile_step["DependsOn"] == ["Register"]
     assert "x86_64,aarch64" in json.dumps(compile_step)
+    # the anomaly detector trains on the same silver input and registers in its own group
+    anomaly = json.dumps(steps["TrainAnomalyModel"])
+    assert '"anomaly-train"' in anomaly
+    assert "Parameters.InputDataS3Uri" in anomaly
+    assert "/opt/ml/processing/anomaly/anomaly_model.zip" in anomaly
+    register_anomaly = steps["RegisterAnomalyModel"]["Arguments"]
+    assert register_anomaly["ModelPackageGroupName"] == {
+        "Get": "Parameters.AnomalyModelPackageGroupName"
+    }
+    assert register_anomaly["ModelApprovalStatus"] == "PendingManualApproval"
+    assert "Steps.TrainAnomalyModel.ProcessingOutputConfig" in json.dumps(register_anomaly)
     # nothing account-specific: no 12-digit account ids, the role is a placeholder
     whole = json.dumps(definition)
     assert not re.search(r"\b\d{12}\b", whole)
     assert "${AWS::AccountId}" in steps["Train"]["Arguments"]["RoleArn"]
     names = {p["Name"] for p in definition["Parameters"]}
-    assert {"InputDataS3Uri", "OutputS3Uri", "MinPrAuc", "ModelPackageGroupName"} <= names
+    assert {
+        "InputDataS3Uri",
+        "OutputS3Uri",
+        "MinPrAuc",
+        "ModelPackageGroupName",
+        "AnomalyModelPackageGroupName",
+    } <= names
 
 
 def test_committed_definition_has_the_pipeline_structure() -> None:
