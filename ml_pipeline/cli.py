@@ -54,9 +54,13 @@ def train(
         "model"
     ),
     rounds: Annotated[int, typer.Option(help="Boosting rounds.")] = 150,
-    threshold: Annotated[float, typer.Option(help="Alert threshold evaluated.")] = 0.8,
+    threshold: Annotated[
+        float | None,
+        typer.Option(help="Alert threshold (default: chosen by cross-validation on training)."),
+    ] = None,
 ) -> None:
-    """Train XGBoost (split by time and machine) and write the model and metrics.json."""
+    """Train XGBoost (split by time and machine; max_bin and the alert threshold chosen by
+    cross-validation on the training machines) and write the model and metrics.json."""
     from ml_pipeline.train import load_input, train_and_evaluate
 
     try:
@@ -113,18 +117,21 @@ def compile_command(
 
 @app.command()
 def cmapss(
-    data: Annotated[Path, typer.Option(help="Folder with train/test/RUL_FD001.txt.")] = Path(
+    data: Annotated[Path, typer.Option(help="Folder with train/test/RUL_<subset>.txt.")] = Path(
         "../shared/datasets/cmapss"
     ),
+    subset: Annotated[str, typer.Option(help="FD001, FD002, FD003 or FD004.")] = "FD001",
     out: Annotated[Path | None, typer.Option(help="Write the figures as JSON here.")] = None,
     folds: Annotated[int, typer.Option(help="Cross-validation folds over training engines.")] = 5,
 ) -> None:
-    """NASA C-MAPSS FD001: choose by CV on training engines, then the test figure once."""
-    from ml_pipeline.cmapss import run
+    """NASA C-MAPSS: choose by CV on training engines, then the test figures once."""
+    from ml_pipeline.cmapss import run, subset_files
 
-    if not (data / "train_FD001.txt").exists():
-        raise _fail(f"{data}/train_FD001.txt not found: pass --data to the C-MAPSS folder")
-    figures = run(data, folds=folds)
+    try:
+        subset_files(data, subset.upper())
+        figures = run(data, subset=subset.upper(), folds=folds)
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
     if out is not None:
         out.write_text(json.dumps(figures, indent=2) + "\n")
     _print(figures)

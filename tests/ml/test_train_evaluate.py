@@ -10,7 +10,14 @@ import pytest
 
 from ml_pipeline.evaluate import evaluate, pr_auc
 from ml_pipeline.labels import FailureEvent
-from ml_pipeline.train import load_table, save_table, split_by_time_and_machine
+from ml_pipeline.train import (
+    MAX_BINS,
+    THRESHOLDS,
+    cross_validate,
+    load_table,
+    save_table,
+    split_by_time_and_machine,
+)
 
 
 def test_split_keeps_test_machines_and_the_future_out_of_training(feature_table) -> None:
@@ -53,9 +60,52 @@ def test_training_writes_model_and_metrics(model_dir: Path) -> None:
     assert metrics["split"]["train_positive_rows"] > 0
     info = json.loads((model_dir / "training.json").read_text())
     assert info["model_version"] == "test-1"
-    assert info["threshold"] == 0.8
+    # the threshold and max_bin are cross-validation's, recorded for the gateway
+    chosen = metrics["cross_validation"]
+    assert info["threshold"] == chosen["threshold"] == metrics["threshold"]
+    assert chosen["threshold"] in THRESHOLDS
+    assert chosen["max_bin"] in MAX_BINS
+    assert {m["max_bin"] for m in chosen["measured"] if "max_bin" in m} == set(MAX_BINS)
     # the model learned something real from the simulated degradation
     assert metrics["pr_auc"] > (metrics["positive_rows"] / metrics["rows"])
+
+
+def test_cross_validation_sees_the_training_rows_only(
+    feature_table, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ml_pipeline import train
+
+    seen = {}
+    real = train.cross_validate
+
+    def spy(x, label, machines, **kwargs):  # type: ignore[no-untyped-def]
+        seen.update(x=x, machines=machines)
+        return real(x, label, machines, **kwargs)
+
+    monkeypatch.setattr(train, "cross_validate", spy)
+    metrics = train.train_and_evaluate(feature_table, tmp_path / "m", rounds=5, threshold=0.65)
+    split = split_by_time_and_machine(feature_table)
+    np.testing.assert_array_equal(seen["x"], feature_table.x[split.train])
+    assert not set(seen["machines"].tolist()) & set(split.test_machines)
+    # a threshold given explicitly overrides the chosen one; the choice is still recorded
+    assert metrics["threshold"] == 0.65
+    assert json.loads((tmp_path / "m" / "training.json").read_text())["threshold"] == 0.65
+    assert metrics["cross_validation"]["threshold"] in THRESHOLDS
+
+
+def test_cross_validation_prefers_the_max_bin_that_resolves_the_signal() -> None:
+    # positives sit in a narrow band of one feature: two bins cannot cut it out, 256 can
+    rng = np.random.default_rng(0)
+    n = 6000
+    x = rng.random((n, 2))
+    label = ((x[:, 0] > 0.50) & (x[:, 0] < 0.53)).astype(np.int8)
+    machines = np.array([f"M{i % 6}" for i in range(n)])
+    choice = cross_validate(x, label, machines, rounds=30, folds=3, max_bins=(2, 256))
+    assert choice.max_bin == 256
+    by_bins = {m["max_bin"]: m["cv_pr_auc"] for m in choice.measured if "max_bin" in m}
+    assert by_bins[256] > by_bins[2] + 0.3
+    assert choice.measured[-1]["cv_f1"] > 0.9
+    assert choice.threshold in THRESHOLDS
 
 
 def test_train_runs_as_a_sagemaker_script_mode_entry_point(
