@@ -273,6 +273,51 @@ def catalog_check(
 
 
 @app.command()
+def cost(
+    env: Annotated[str, typer.Option("--env", help="dev, staging or prod.")] = "prod",
+    as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout instead.")] = False,
+    prices: Annotated[
+        Path | None, typer.Option(help="Price file; default config/prices.yaml.")
+    ] = None,
+) -> None:
+    """Monthly AWS cost of an environment by service, from its configuration and workload.
+
+    Unit prices come from config/prices.yaml (region, date, source and status of each); the
+    prices not confirmed on their source page are listed after the table. Also prices the
+    design where Flink reads compact batches, and compares with the case study's bill.
+    """
+    from local_platform.report.cost import (
+        PRICES_PATH,
+        PriceError,
+        cost_table,
+        estimate_environment,
+        summary_lines,
+    )
+
+    if env not in ("dev", "staging", "prod"):
+        raise fail(f"--env must be dev, staging or prod, not {env!r}", 2)
+    try:
+        deployed = estimate_environment(env, prices or PRICES_PATH)
+        batches = estimate_environment(env, prices or PRICES_PATH, flink_reads_batches=True)
+    except (PriceError, ValueError) as exc:
+        raise fail(str(exc)) from exc
+    if as_json:
+        figures = deployed.to_dict()
+        figures["flink_reads_batches"] = {
+            "total_usd_month": round(batches.total, 2),
+            "per_machine_usd_month": round(batches.per_machine, 2),
+            "by_service": {k: round(v, 2) for k, v in batches.by_service().items()},
+        }
+        stdout.print_json(json.dumps(figures))
+        return
+    stdout.print(cost_table(deployed))
+    for line in summary_lines(deployed, batches) + deployed.capacity_warnings:
+        stdout.print(line, highlight=False)
+    unchecked = ", ".join(f"{p['price']} ({p['status']})" for p in deployed.prices_to_check)
+    stdout.print(f"Prices not confirmed on their source page: {unchecked}", highlight=False)
+
+
+@app.command()
 def demo(
     work_dir: Annotated[Path, typer.Option(help="Where the run writes its files.")] = Path(".demo"),
     factories: Annotated[int, typer.Option(min=1)] = 2,
