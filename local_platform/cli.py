@@ -318,6 +318,30 @@ def cost(
 
 
 @app.command()
+def report(
+    run: Annotated[Path, typer.Option("--run", help="The run directory.")] = Path(".demo"),
+    out: Annotated[
+        Path | None, typer.Option(help="The HTML file; default RUN/report.html.")
+    ] = None,
+) -> None:
+    """Write the fleet report of a run: one self-contained HTML file (offline, no CDN).
+
+    Fleet overview, the oil-pump case study's four panels per factory and machine, reliability
+    KPIs, the risk ranking and maintenance plan, the downtime what-if, data-path health and
+    cost per machine; a panel whose input the run lacks says so.
+    """
+    from local_platform.report.html import write_report
+
+    if not run.is_dir():
+        raise fail(f"{run} is not a directory (give a run directory, e.g. .demo)", 2)
+    try:
+        path = write_report(run, out)
+    except OSError as exc:
+        raise fail(f"cannot write the report: {exc}") from exc
+    stdout.print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)", highlight=False)
+
+
+@app.command()
 def demo(
     work_dir: Annotated[Path, typer.Option(help="Where the run writes its files.")] = Path(".demo"),
     factories: Annotated[int, typer.Option(min=1)] = 2,

@@ -12,7 +12,8 @@ cd "$(dirname "$0")/.."
 target=${1:?usage: scripts/bootstrap.sh demo|test|synth|bench}
 case "$target" in
   demo)  extras="demo";  debs="mosquitto gcc-aarch64-linux-gnu libc6-dev-arm64-cross" ;;
-  test)  extras="all";   debs="mosquitto influxdb gcc-aarch64-linux-gnu libc6-dev-arm64-cross" ;;
+  # chromium: tests/report draws the fleet report in a real (headless) browser
+  test)  extras="all";   debs="mosquitto influxdb gcc-aarch64-linux-gnu libc6-dev-arm64-cross chromium" ;;
   synth) extras="cdk";   debs="" ;;
   bench) extras="all";   debs="mosquitto influxdb gcc-aarch64-linux-gnu libc6-dev-arm64-cross" ;;
   *) echo "bootstrap: unknown target '$target' (demo, test, synth or bench)" >&2; exit 2 ;;

@@ -1,0 +1,670 @@
+"""What a run directory holds, read into the report's panels.
+
+Every panel reads what the run left and says "not in this run" with the reason when its input
+is absent, so the report works on any run directory: `make demo`'s `.demo/` (simulation,
+contract quarantine, lake, stream alerts, model), a connected run with its reconciliation, a
+bare `iiot simulate` output, or an empty folder. A panel is a dict: `available`, `reason`
+(when not), `source` (the files it read) and its data.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from iiot.catalog import MetricCatalog, load_catalog
+
+log = logging.getLogger(__name__)
+
+HOUR_MS = 3_600_000
+HORIZON_MS = 24 * HOUR_MS  # the failure model's horizon: an alert counts if a failure follows
+BIN_MS = 10 * 60_000  # readings are shown as 10-minute means
+SCATTER_POINTS = 4000
+# The plant's shifts (local_platform/simulator.py): the night shift runs at the lowest load,
+# so planned maintenance goes there.
+SHIFTS = (("early", 6, 14), ("late", 14, 22), ("night", 22, 30))
+PREVENTIVE_HOURS = 2.0  # a planned job stops the machine for 1-3 h in the simulator
+
+Panel = dict[str, Any]
+
+
+def missing(reason: str) -> Panel:
+    return {"available": False, "reason": reason}
+
+
+def _iso(ms: float) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M")
+
+
+@dataclass
+class Run:
+    """Where a run's inputs are, found by name under its directory."""
+
+    root: Path
+
+    @property
+    def simulation(self) -> Path:
+        return self.root / "simulation" if (self.root / "simulation").is_dir() else self.root
+
+    def has_simulation(self) -> bool:
+        return (self.simulation / "machines.csv").is_file()
+
+    def rows(self, name: str) -> list[dict[str, str]]:
+        path = self.simulation / name
+        if not path.is_file():
+            return []
+        with path.open(newline="") as handle:
+            return list(csv.DictReader(handle))
+
+    def manifest(self) -> dict[str, Any]:
+        path = self.simulation / "manifest.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def find(self, pattern: str) -> list[Path]:
+        return sorted(p for p in self.root.glob(f"**/{pattern}") if p.is_file())
+
+
+def _guard(name: str, build: Callable[[], Panel]) -> Panel:
+    """A panel whose input is broken says so instead of failing the whole report."""
+    try:
+        return build()
+    except Exception as exc:  # the report must render whatever one input looks like
+        log.warning("report panel failed", extra={"panel": name, "error": repr(exc)})
+        return missing(f"could not read its input: {type(exc).__name__}: {exc}")
+
+
+# ------------------------------------------------------------------------- the run's history
+
+
+def machine_history(run: Run) -> dict[str, Any]:
+    """Machines, failures, maintenance and the run's span (simulation ground truth)."""
+    manifest = run.manifest()
+    machines = run.rows("machines.csv")
+    failures = run.rows("failures.csv")
+    maintenance = run.rows("maintenance_records.csv")
+    start = manifest.get("start_ms")
+    end = manifest.get("end_ms")
+    return {
+        "machines": machines,
+        "failures": failures,
+        "maintenance": maintenance,
+        "start_ms": int(start) if start is not None else None,
+        "end_ms": int(end) if end is not None else None,
+        "manifest": manifest,
+    }
+
+
+def reliability(history: dict[str, Any], predictions: dict[str, Any] | None) -> Panel:
+    """Availability, downtime, MTBF, MTTR, failures caught and missed per machine and factory."""
+    start, end = history["start_ms"], history["end_ms"]
+    if not history["machines"] or start is None or end is None:
+        return missing("no simulation with machines.csv and manifest.json in this run")
+    span_h = (end - start) / HOUR_MS
+    per_machine: dict[str, dict[str, Any]] = {}
+    for machine in history["machines"]:
+        per_machine[machine["machine_id"]] = {
+            "machine_id": machine["machine_id"],
+            "factory_id": machine["factory_id"],
+            "model": machine["model"],
+            "downtime_h": 0.0,
+            "unplanned_h": 0.0,
+            "planned_h": 0.0,
+            "failures": 0,
+            "repairs_h": [],
+        }
+    for job in history["maintenance"]:
+        entry = per_machine.get(job["machine_id"])
+        if entry is None:
+            continue
+        begin = max(int(job["started_at_ms"]), start)
+        finish = min(int(job["completed_at_ms"]), end)
+        hours = max(finish - begin, 0) / HOUR_MS
+        entry["downtime_h"] += hours
+        entry["unplanned_h" if job["kind"] == "corrective" else "planned_h"] += hours
+        if job["kind"] == "corrective":
+            entry["repairs_h"].append(
+                (int(job["completed_at_ms"]) - int(job["started_at_ms"])) / HOUR_MS
+            )
+    alerts = {m: p["alerts"] for m, p in (predictions or {}).items()}
+    outcomes = []
+    for failure in history["failures"]:
+        failed = int(failure["failed_at_ms"])
+        entry = per_machine.get(failure["machine_id"])
+        if entry is None or not start <= failed < end:
+            continue
+        entry["failures"] += 1
+        warned = [
+            t for t in alerts.get(failure["machine_id"], []) if failed - HORIZON_MS <= t < failed
+        ]
+        outcomes.append(
+            {
+                "failure_id": failure["failure_id"],
+                "machine_id": failure["machine_id"],
+                "factory_id": failure["factory_id"],
+                "mode": failure["failure_mode"],
+                "failed_at": _iso(failed),
+                "caught": bool(warned) if predictions is not None else None,
+                "lead_h": round((failed - min(warned)) / HOUR_MS, 1) if warned else None,
+            }
+        )
+    rows = []
+    for entry in per_machine.values():
+        operating = span_h - entry["downtime_h"]
+        repairs = entry.pop("repairs_h")
+        rows.append(
+            {
+                **entry,
+                "availability": round(operating / span_h, 4) if span_h else None,
+                "downtime_h": round(entry["downtime_h"], 2),
+                "unplanned_h": round(entry["unplanned_h"], 2),
+                "planned_h": round(entry["planned_h"], 2),
+                "mtbf_h": round(operating / entry["failures"], 1) if entry["failures"] else None,
+                "mttr_h": round(sum(repairs) / len(repairs), 2) if repairs else None,
+            }
+        )
+    factories: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        f = factories.setdefault(
+            row["factory_id"],
+            {"factory_id": row["factory_id"], "machines": 0, "downtime_h": 0.0, "failures": 0},
+        )
+        f["machines"] += 1
+        f["downtime_h"] += row["downtime_h"]
+        f["failures"] += row["failures"]
+    for f in factories.values():
+        machine_hours = f["machines"] * span_h
+        f["availability"] = round(1 - f["downtime_h"] / machine_hours, 4) if machine_hours else None
+        f["downtime_h"] = round(f["downtime_h"], 2)
+        operating = machine_hours - f["downtime_h"]
+        f["mtbf_h"] = round(operating / f["failures"], 1) if f["failures"] else None
+        repairs = [r["mttr_h"] for r in rows if r["factory_id"] == f["factory_id"] and r["mttr_h"]]
+        f["mttr_h"] = round(sum(repairs) / len(repairs), 2) if repairs else None
+    caught = [o for o in outcomes if o["caught"]]
+    return {
+        "available": True,
+        "source": "simulation/failures.csv, maintenance_records.csv, manifest.json"
+        + (" + the failure predictor's alerts" if predictions is not None else ""),
+        "span_h": round(span_h, 2),
+        "machines": sorted(rows, key=lambda r: r["machine_id"]),
+        "factories": sorted(factories.values(), key=lambda f: f["factory_id"]),
+        "failures": outcomes,
+        "caught": len(caught),
+        "missed": sum(1 for o in outcomes if o["caught"] is False),
+        "median_lead_h": float(np.median([o["lead_h"] for o in caught])) if caught else None,
+    }
+
+
+# ------------------------------------------------------------------------ readings panels
+
+
+def _valid_readings(run: Run, catalog: MetricCatalog) -> dict[str, np.ndarray] | None:
+    path = run.simulation / "readings.parquet"
+    if not path.is_file():
+        return None
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=["timestamp", "machine_id", "metric", "value"])
+    machine = table.column("machine_id").combine_chunks().cast("string").to_numpy(False)
+    metric = table.column("metric").combine_chunks().cast("string").to_numpy(False)
+    timestamp = pc.cast(table.column("timestamp"), "int64").to_numpy()
+    value = table.column("value").to_numpy()
+    valid = np.zeros(len(value), dtype=bool)
+    for name in np.unique(metric):
+        if name in catalog:
+            bounds = catalog[name].valid_range
+            rows = metric == name
+            valid |= rows & (value >= bounds.min) & (value <= bounds.max)
+    return {
+        "machine": machine[valid].astype(str),
+        "metric": metric[valid].astype(str),
+        "timestamp": timestamp[valid],
+        "value": value[valid],
+    }
+
+
+def readings_panel(readings: dict[str, np.ndarray] | None, catalog: MetricCatalog) -> Panel:
+    """10-minute means per machine and metric, and each machine's latest reading per metric."""
+    if readings is None:
+        return missing("no simulation/readings.parquet in this run")
+    t0 = int(readings["timestamp"].min())
+    bins = ((readings["timestamp"] - t0) // BIN_MS).astype(np.int64)
+    n_bins = int(bins.max()) + 1
+    series: dict[str, dict[str, list[float | None]]] = {}
+    latest: dict[str, dict[str, float]] = {}
+    for machine in np.unique(readings["machine"]):
+        rows = readings["machine"] == machine
+        series[str(machine)] = {}
+        latest[str(machine)] = {}
+        for metric in np.unique(readings["metric"][rows]):
+            both = rows & (readings["metric"] == metric)
+            sums = np.bincount(bins[both], readings["value"][both], minlength=n_bins)
+            counts = np.bincount(bins[both], minlength=n_bins)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                means = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+            series[str(machine)][str(metric)] = [
+                None if np.isnan(v) else round(float(v), 3) for v in means
+            ]
+            last = int(np.argmax(readings["timestamp"][both]))
+            latest[str(machine)][str(metric)] = round(float(readings["value"][both][last]), 2)
+    limits = {
+        name: {"min": m.edge.min, "max": m.edge.max, "unit": m.unit} for name, m in catalog.items()
+    }
+    return {
+        "available": True,
+        "source": "simulation/readings.parquet (valid range only, 10-minute means)",
+        "bins": [_iso(t0 + i * BIN_MS) for i in range(n_bins)],
+        "series": series,
+        "latest": latest,
+        "limits": limits,
+    }
+
+
+def scatter_panel(run: Run) -> Panel:
+    """Temperature against pressure per machine and timestamp, flagged by the lake's silver
+    anomaly rule (either reading's z-score beyond 3), sampled to a few thousand points with
+    every flagged point kept first."""
+    silver = run.root / "lake" / "silver" / "readings"
+    if not (silver / "_delta_log").is_dir():
+        return missing("no lake (lake/silver/readings) in this run")
+    import pyarrow.compute as pc
+    from deltalake import DeltaTable
+
+    table = DeltaTable(str(silver)).to_pyarrow_table(
+        columns=["machine_id", "timestamp", "metric", "value", "is_anomaly"],
+        filters=[("metric", "in", ["temperature", "pressure"])],
+    )
+    temperature = table.filter(pc.equal(table.column("metric"), "temperature"))
+    pressure = table.filter(pc.equal(table.column("metric"), "pressure"))
+    joined = temperature.select(["machine_id", "timestamp", "value", "is_anomaly"]).join(
+        pressure.select(["machine_id", "timestamp", "value", "is_anomaly"]).rename_columns(
+            ["machine_id", "timestamp", "pressure", "pressure_anomaly"]
+        ),
+        keys=["machine_id", "timestamp"],
+    )
+    machine = joined.column("machine_id").to_numpy(False).astype(str)
+    temp = joined.column("value").to_numpy()
+    pres = joined.column("pressure").to_numpy()
+    flag = (
+        pc.or_(
+            pc.fill_null(joined.column("is_anomaly"), False),
+            pc.fill_null(joined.column("pressure_anomaly"), False),
+        )
+        .to_numpy(False)
+        .astype(bool)
+    )
+    # a uniform sample keeps the picture's proportions; flagged points are few, so at least a
+    # fifth of the sample is flagged when there are that many
+    rng = np.random.default_rng(0)
+    flagged = np.flatnonzero(flag)
+    normal = np.flatnonzero(~flag)
+    share = max(len(flagged) / max(len(flag), 1), 0.2)
+    keep_flagged = rng.permutation(flagged)[: int(SCATTER_POINTS * share)]
+    keep = np.concatenate(
+        [keep_flagged, rng.permutation(normal)[: SCATTER_POINTS - len(keep_flagged)]]
+    )
+    return {
+        "available": True,
+        "source": "lake/silver/readings (is_anomaly: z-score rule), sampled",
+        "points": len(flag),
+        "anomalies": int(flag.sum()),
+        "machine": machine[keep].tolist(),
+        "temperature": np.round(temp[keep], 2).tolist(),
+        "pressure": np.round(pres[keep], 2).tolist(),
+        "anomaly": flag[keep].tolist(),
+    }
+
+
+def stream_alerts(run: Run) -> list[dict[str, str]]:
+    """The alerts the stream rules sent (stream/alerts.txt), one dict per alert."""
+    path = run.root / "stream" / "alerts.txt"
+    if not path.is_file():
+        return []
+    alerts = []
+    for block in path.read_text().split("\n\n"):
+        fields = dict(re.findall(r"^(\w[\w ]*?):\s+(.*)$", block, re.MULTILINE))
+        if "Machine" in fields:
+            alerts.append(fields)
+    return alerts
+
+
+def anomaly_counts(run: Run, predictions: dict[str, Any] | None) -> Panel:
+    """Anomalies per machine by where they were found: the lake's z-score flags (gold), the
+    stream rules' alerts, the failure predictor's alerts."""
+    counts: dict[str, dict[str, int]] = {}
+    sources = []
+    gold = run.root / "lake" / "gold" / "machine_daily"
+    if (gold / "_delta_log").is_dir():
+        from deltalake import DeltaTable
+
+        table = DeltaTable(str(gold)).to_pyarrow_table(columns=["machine_id", "anomaly_count"])
+        for machine, count in zip(
+            table.column("machine_id").to_pylist(),
+            table.column("anomaly_count").to_pylist(),
+            strict=True,
+        ):
+            counts.setdefault(machine, {}).setdefault("lake z-score flags", 0)
+            counts[machine]["lake z-score flags"] += int(count or 0)
+        sources.append("lake/gold/machine_daily")
+    alerts = stream_alerts(run)
+    if alerts:
+        for alert in alerts:
+            machine = alert["Machine"]
+            counts.setdefault(machine, {}).setdefault("stream rule alerts", 0)
+            counts[machine]["stream rule alerts"] += 1
+        sources.append("stream/alerts.txt")
+    if predictions is not None:
+        for machine, p in predictions.items():
+            counts.setdefault(machine, {})["failure predictor alerts"] = len(p["alerts"])
+        sources.append("failure predictor replay")
+    if not counts:
+        return missing("no lake gold, stream alerts or failure model in this run")
+    return {"available": True, "source": ", ".join(sources), "counts": counts}
+
+
+# ------------------------------------------------------------------- risk and maintenance
+
+
+def predictor_panel(run: Run, catalog: MetricCatalog) -> dict[str, Any] | None:
+    """The failure predictor replayed over the run (None when the run has no model)."""
+    model_dir = run.root / "ml" / "failure_model"
+    if not (model_dir / "manifest.json").is_file() or not run.has_simulation():
+        return None
+    from local_platform.report.predictions import replay_run
+
+    replay = replay_run(run.simulation, model_dir, catalog)
+    out = {}
+    for machine, p in replay.items():
+        step = max(len(p.times) // 300, 1)  # a few hundred points per machine
+        out[machine] = {
+            "factory_id": p.factory_id,
+            "times": [_iso(t) for t in p.times[::step]],
+            "probabilities": [round(v, 4) for v in p.probabilities[::step]],
+            "last": p.last,
+            "alerts": p.alerts,
+        }
+    return out
+
+
+def _next_window(after_ms: int, start_hour: int) -> int:
+    day = datetime.fromtimestamp(after_ms / 1000, tz=UTC).replace(
+        hour=0, minute=0, second=0, microsecond=0
+    )
+    candidate = day + timedelta(hours=start_hour)
+    while candidate.timestamp() * 1000 < after_ms:
+        candidate += timedelta(days=1)
+    return int(candidate.timestamp() * 1000)
+
+
+def maintenance_plan(
+    predictions: dict[str, Any] | None, reliability_panel: Panel, end_ms: int | None
+) -> Panel:
+    """Machines ranked by the predictor's latest failure probability, and for the risky ones a
+    planned job: the next night shift (lowest load) when the model expects a failure within its
+    horizon, else the next weekend's night shift; expected downtime avoided = probability x
+    (mean repair time - a planned job's stop)."""
+    if predictions is None:
+        return missing("no failure model (ml/failure_model) and simulation in this run")
+    if end_ms is None:
+        return missing("the run's manifest gives no end time")
+    mttr = [r["mttr_h"] for r in reliability_panel.get("machines", []) if r.get("mttr_h")]
+    repair_h = float(np.mean(mttr)) if mttr else 5.0  # the simulator's repairs take 2-8 h
+    ranking = []
+    for machine, p in predictions.items():
+        probability = p["last"] or 0.0
+        entry: dict[str, Any] = {
+            "machine_id": machine,
+            "factory_id": p["factory_id"],
+            "probability": round(probability, 3),
+            "alerts": len(p["alerts"]),
+        }
+        if probability >= 0.5:
+            hour = datetime.fromtimestamp(end_ms / 1000, tz=UTC).hour
+            under_way = hour >= 22 or hour < 3  # the night shift has 3 h or more left
+            if probability >= 0.8:  # within the model's horizon: this night
+                when = end_ms if under_way else _next_window(end_ms, 22)
+                window = "night shift 22:00-06:00" + (" (under way)" if under_way else "")
+            else:  # not imminent: the weekend's night shift
+                when = _next_window(end_ms, 22)
+                while datetime.fromtimestamp(when / 1000, tz=UTC).weekday() != 5:
+                    when += 24 * HOUR_MS
+                window = "night shift 22:00-06:00 (Saturday)"
+            entry.update(
+                action="service (inspect bearings, seals, cooling)",
+                when=_iso(when),
+                window=window,
+                downtime_avoided_h=round(probability * max(repair_h - PREVENTIVE_HOURS, 0), 2),
+            )
+        ranking.append(entry)
+    ranking.sort(key=lambda e: -e["probability"])
+    planned = [e for e in ranking if "when" in e]
+    return {
+        "available": True,
+        "source": "failure predictor replay (latest probability per machine)",
+        "ranking": ranking,
+        "planned": len(planned),
+        "repair_h": round(repair_h, 2),
+        "downtime_avoided_h": round(sum(e["downtime_avoided_h"] for e in planned), 2),
+    }
+
+
+def alert_precision(run: Run, predictions: dict[str, Any] | None, history: dict[str, Any]) -> Panel:
+    """Share of alerts followed by a failure on the same machine within 24 h, per source."""
+    failures: dict[str, list[int]] = {}
+    for failure in history["failures"]:
+        failures.setdefault(failure["machine_id"], []).append(int(failure["failed_at_ms"]))
+
+    def followed(machine: str, t: int) -> bool:
+        return any(t <= f < t + HORIZON_MS for f in failures.get(machine, []))
+
+    rows: list[dict[str, Any]] = []
+    if predictions is not None:
+        alerts = [(m, t) for m, p in predictions.items() for t in p["alerts"]]
+        hits = sum(followed(m, t) for m, t in alerts)
+        rows.append(
+            {"source": "failure predictor (replayed)", "alerts": len(alerts), "followed": hits}
+        )
+    quality = run.root / "ml" / "alert_quality.json"
+    if quality.is_file():
+        q = json.loads(quality.read_text())
+        for kind, entry in q.get("by_type", {}).items():
+            rows.append(
+                {
+                    "source": f"demo ml step: {kind}",
+                    "alerts": entry.get("alerts", 0),
+                    "followed": entry.get("followed", 0),
+                }
+            )
+    stream = stream_alerts(run)
+    if stream:
+        hits = 0
+        for alert in stream:
+            when = datetime.strptime(alert.get("Time", "")[:19], "%Y-%m-%d %H:%M:%S").replace(
+                tzinfo=UTC
+            )
+            hits += followed(alert["Machine"], int(when.timestamp() * 1000))
+        rows.append({"source": "stream rules", "alerts": len(stream), "followed": hits})
+    if not rows:
+        return missing("no alerts in this run (no stream alerts, failure model or ml figures)")
+    for row in rows:
+        row["precision"] = round(row["followed"] / row["alerts"], 3) if row["alerts"] else None
+    return {"available": True, "source": "alerts vs simulation/failures.csv", "rows": rows}
+
+
+# ------------------------------------------------------------------------- data-path health
+
+
+def data_path(run: Run) -> Panel:
+    """Quarantine by reason, the lake's tables, the gateway buffer, and whatever the connected
+    run wrote about backlogs, outages and its reconciliation."""
+    panel: Panel = {"available": False, "source": []}
+    quarantine = run.root / "quarantine.jsonl"
+    if quarantine.is_file():
+        reasons: Counter[str] = Counter()
+        with quarantine.open("rb") as handle:
+            for line in handle:
+                reason = line.rsplit(b"\t", 1)[-1].decode("utf-8", "replace").strip()
+                reasons[reason.split(":")[0] or "unknown"] += 1
+        panel["contract_quarantine"] = dict(reasons.most_common())
+        panel["source"].append("quarantine.jsonl")
+    lake = run.root / "lake"
+    if lake.is_dir():
+        from deltalake import DeltaTable
+
+        tables = {}
+        for name in (
+            "bronze/raw_batches",
+            "silver/readings",
+            "silver/quarantine",
+            "gold/machine_daily",
+            "gold/factory_daily",
+        ):
+            path = lake / name
+            if (path / "_delta_log").is_dir():
+                dataset = DeltaTable(str(path)).to_pyarrow_dataset()
+                tables[name.replace("/", ".")] = dataset.count_rows()
+        panel["lake_tables"] = tables
+        silver_q = lake / "silver" / "quarantine"
+        if (silver_q / "_delta_log").is_dir():
+            fields = DeltaTable(str(silver_q)).to_pyarrow_table(columns=["reason_field"])
+            panel["lake_quarantine"] = dict(
+                Counter(fields.column("reason_field").to_pylist()).most_common()
+            )
+        panel["source"].append("lake/")
+    buffer = run.root / "edge" / "sensor_buffer.sqlite3"
+    if buffer.is_file():
+        import sqlite3
+
+        with sqlite3.connect(f"file:{buffer}?mode=ro", uri=True) as db:
+            names = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+            panel["gateway_buffer"] = {
+                name: db.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0]  # noqa: S608
+                for name in names
+            }
+        panel["source"].append("edge/sensor_buffer.sqlite3")
+    documents = {}
+    for pattern in ("*reconcil*.json", "*figures*.json", "*outage*.json", "*backlog*.json"):
+        for path in run.find(pattern):
+            if path.name in {"demo_figures.json"}:
+                continue
+            try:
+                documents[str(path.relative_to(run.root))] = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                documents[str(path.relative_to(run.root))] = {"unreadable": str(exc)}
+    panel["documents"] = documents
+    panel["reconciliation"] = {k: v for k, v in documents.items() if "reconcil" in k}
+    if documents:
+        panel["source"].append(", ".join(documents))
+    panel["available"] = bool(panel["source"])
+    if not panel["available"]:
+        return missing("no quarantine, lake, gateway buffer or connected-run figures in this run")
+    panel["source"] = ", ".join(panel["source"])
+    return panel
+
+
+def cost_panel() -> Panel:
+    from local_platform.report.cost import estimate_environment
+
+    envs = {}
+    for name in ("dev", "staging", "prod"):
+        deployed = estimate_environment(name)
+        batches = estimate_environment(name, flink_reads_batches=True)
+        envs[name] = {
+            "machines": deployed.machines,
+            "total": round(deployed.total, 2),
+            "per_machine": round(deployed.per_machine, 2),
+            "batches_total": round(batches.total, 2),
+            "batches_per_machine": round(batches.per_machine, 2),
+            "by_service_per_machine": {
+                k: round(v / deployed.machines, 3) for k, v in deployed.by_service().items()
+            },
+            "batches_by_service_per_machine": {
+                k: round(v / batches.machines, 3) for k, v in batches.by_service().items()
+            },
+            "drivers": deployed.drivers(3),
+            "warnings": deployed.capacity_warnings,
+        }
+    return {"available": True, "source": "iiot cost (config/prices.yaml)", "environments": envs}
+
+
+def whatif_panel(run: Run) -> Panel:
+    path = run.root / "whatif" / "whatif.json"
+    if not path.is_file():
+        return missing("no downtime what-if in this run (iiot whatif --run DIR writes it)")
+    return {"available": True, "source": "whatif/whatif.json", **json.loads(path.read_text())}
+
+
+def collect(run_dir: Path, catalog: MetricCatalog | None = None) -> dict[str, Any]:
+    """Every panel of the report for `run_dir`."""
+    catalog = catalog or load_catalog()
+    run = Run(run_dir)
+    history = _guard_history(run)
+    predictions = None
+    try:
+        predictions = predictor_panel(run, catalog)
+    except Exception as exc:  # a broken model leaves the risk panels empty, not the report
+        log.warning("failure predictor replay failed", extra={"error": repr(exc)})
+    readings = None
+    try:
+        readings = _valid_readings(run, catalog)
+    except Exception as exc:
+        log.warning("readings unreadable", extra={"error": repr(exc)})
+    rel = _guard("reliability", lambda: reliability(history, predictions))
+    manifest = history["manifest"]
+    overview = {
+        "available": bool(manifest) or bool(history["machines"]),
+        "reason": "no simulation in this run",
+        "run_dir": str(run_dir),
+        "factories": sorted({m["factory_id"] for m in history["machines"]}),
+        "machines": len(history["machines"]),
+        "start": _iso(history["start_ms"]) if history["start_ms"] else None,
+        "end": _iso(history["end_ms"]) if history["end_ms"] else None,
+        "readings": manifest.get("readings"),
+        "failures": len(history["failures"]),
+        "maintenance_jobs": len(history["maintenance"]),
+        "malformed_payloads": sum(manifest.get("malformed_json_lines", {}).values()),
+        "seed": manifest.get("config", {}).get("seed"),
+    }
+    return {
+        "generated_at": datetime.now(tz=UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "overview": overview,
+        "readings": _guard("readings", lambda: readings_panel(readings, catalog)),
+        "scatter": _guard("scatter", lambda: scatter_panel(run)),
+        "anomalies": _guard("anomalies", lambda: anomaly_counts(run, predictions)),
+        "reliability": rel,
+        "precision": _guard("precision", lambda: alert_precision(run, predictions, history)),
+        "risk": {
+            "available": predictions is not None,
+            "machines": predictions or {},
+            "reason": "no failure model (ml/failure_model) and simulation in this run",
+        },
+        "plan": _guard("plan", lambda: maintenance_plan(predictions, rel, history["end_ms"])),
+        "data_path": _guard("data_path", lambda: data_path(run)),
+        "cost": _guard("cost", cost_panel),
+        "whatif": _guard("whatif", lambda: whatif_panel(run)),
+    }
+
+
+def _guard_history(run: Run) -> dict[str, Any]:
+    try:
+        return machine_history(run)
+    except Exception as exc:
+        log.warning("run history unreadable", extra={"error": repr(exc)})
+        return {
+            "machines": [],
+            "failures": [],
+            "maintenance": [],
+            "start_ms": None,
+            "end_ms": None,
+            "manifest": {},
+        }
