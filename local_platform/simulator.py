@@ -77,6 +77,11 @@ class FleetConfig:
     malformed_rate: float = 0.001
     mtbf_hours: float = 120.0
     preventive_interval_hours: float = 240.0
+    # Maintenance a planner orders instead of the periodic plan, as (machine_id, start_ms) jobs
+    # (the downtime what-if acts on the predictor's alerts with it). None keeps the periodic
+    # plan; a tuple, even empty, replaces it, and each machine then draws its history from its
+    # own random stream, so that one machine's jobs leave every other machine's history alone.
+    planned_maintenance: tuple[tuple[str, int], ...] | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -241,13 +246,18 @@ class FleetSimulator:
         failures: list[Failure] = []
         maintenance: list[Maintenance] = []
         timelines = []
-        for machine in self.machines:
+        fleet_rng = rng
+        for index, machine in enumerate(self.machines):
             timeline = _Timeline()
+            planned = self._planned_starts(machine.machine_id)
+            rng = fleet_rng if planned is None else np.random.default_rng([cfg.seed, 1, index])
             # Failures arrive after Weibull-distributed operating times (wear-out: shape 1.5);
             # the first clock starts at a random point of the machine's life before the run.
             scale_h = cfg.mtbf_hours / math.gamma(1 + 1 / 1.5)
             clock = cfg.start_ms - int(rng.uniform(0, cfg.mtbf_hours) * HOUR_MS)
             next_pm = cfg.start_ms + int(rng.uniform(0, cfg.preventive_interval_hours) * HOUR_MS)
+            if planned is not None:
+                next_pm = _next_start(planned, clock)
             while clock < cfg.end_ms:
                 failure_at = clock + int(scale_h * rng.weibull(1.5) * HOUR_MS)
                 onset = int(rng.uniform(12, 72) * HOUR_MS)
@@ -285,6 +295,8 @@ class FleetSimulator:
                     timeline.stops.append((next_pm, next_pm + duration))
                     clock = next_pm + duration
                     next_pm = clock + int(cfg.preventive_interval_hours * HOUR_MS)
+                    if planned is not None:
+                        next_pm = _next_start(planned, clock)
                     continue
                 repair = int(rng.uniform(2, 8) * HOUR_MS)
                 timeline.degradations.append(
@@ -318,10 +330,19 @@ class FleetSimulator:
                     )
                 clock = failure_at + repair
                 next_pm = max(next_pm, clock + int(cfg.preventive_interval_hours * HOUR_MS / 2))
+                if planned is not None:
+                    next_pm = _next_start(planned, clock)
             timelines.append(timeline)
         maintenance.sort(key=lambda job: (job.started_at_ms, job.machine_id))
         failures.sort(key=lambda failure: (failure.failed_at_ms, failure.machine_id))
         return failures, maintenance, timelines
+
+    def _planned_starts(self, machine_id: str) -> list[int] | None:
+        """The planned jobs' start times of one machine, sorted; None: the periodic plan."""
+        planned = self.config.planned_maintenance
+        if planned is None:
+            return None
+        return sorted(start for machine, start in planned if machine == machine_id)
 
     def _sensor_faults(self, rng: np.random.Generator) -> _SensorFaults:
         cfg = self.config
@@ -542,6 +563,14 @@ def arrow_table(columns: ReadingColumns) -> Any:
             "unit": dictionary_column(4),
         }
     )
+
+
+def _next_start(starts: list[int], after_ms: int) -> int:
+    """The first planned start at or after `after_ms`, or never (a year past the last)."""
+    for start in starts:
+        if start >= after_ms:
+            return start
+    return max([after_ms, *starts]) + 365 * 24 * HOUR_MS
 
 
 def write_simulation(
