@@ -346,16 +346,111 @@ def demo(
     work_dir: Annotated[Path, typer.Option(help="Where the run writes its files.")] = Path(".demo"),
     factories: Annotated[int, typer.Option(min=1)] = 2,
     machines: Annotated[int, typer.Option(min=1, help="Machines per factory.")] = 10,
-    hours: Annotated[float, typer.Option(min=0.01)] = 24.0,
+    hours: Annotated[float, typer.Option(min=0.01, help="Simulated live hours.")] = 24.0,
     interval_ms: Annotated[int, typer.Option()] = 10_000,
     seed: Annotated[int, typer.Option()] = 1,
+    readings_per_s: Annotated[
+        float, typer.Option(min=1.0, help="Sensor readings per wall second (sets the speed).")
+    ] = 20_000.0,
+    history_hours: Annotated[
+        int, typer.Option(min=0, help="Hours of the fleet's past in the lake before the run.")
+    ] = 48,
+    faults: Annotated[
+        bool, typer.Option(help="Inject the faults (uplink outage, gateway kill, InfluxDB stop).")
+    ] = True,
     step: Annotated[
-        list[str] | None, typer.Option(help="Run only these steps (repeatable).")
+        list[str] | None,
+        typer.Option(
+            "--step",
+            "--steps",
+            help="Run these separate steps instead of the connected platform (repeatable): "
+            "simulate, contract, lake, stream, edge, ml.",
+        ),
     ] = None,
 ) -> None:
-    """Run the platform's main job locally on embedded defaults, then print a summary."""
-    from local_platform.demo import DemoContext, run_demo
+    """Run the connected platform locally: sensors -> gateways -> cloud -> lake -> model -> back
+    to the gateways, through faults; print the reconciliation and exit 1 if anything does not
+    reconcile. With --step, run the parts' separate steps instead."""
+    if step:
+        _demo_steps(work_dir, factories, machines, hours, interval_ms, seed, step)
+        return
+    from local_platform.connected.plan import Faults, Plan
+    from local_platform.connected.runner import RunFailedError, run
 
+    try:
+        plan = Plan(
+            work_dir=work_dir.resolve(),
+            factories=factories,
+            machines_per_factory=machines,
+            hours=hours,
+            interval_ms=interval_ms,
+            seed=seed,
+            readings_per_s=readings_per_s,
+            history_hours=history_hours,
+            faults=Faults(enabled=faults),
+        )
+    except ValueError as exc:
+        raise fail(str(exc), 2) from exc
+    stderr.print(
+        f"connected run: {factories} factories x {machines} machines, {hours:g} h live "
+        f"({plan.fleet.expected_readings * hours / (hours + history_hours):,.0f} readings) at "
+        f"{plan.speed:,.0f}x ({readings_per_s:,.0f} readings/s), {history_hours} h of history",
+        highlight=False,
+    )
+    with progress_bar() as bar:
+        tasks: dict[str, Any] = {}
+
+        def report(description: str, done: float, total: float) -> None:
+            if description not in tasks:
+                tasks[description] = bar.add_task(description, total=total)
+            bar.update(tasks[description], completed=done, total=total)
+
+        try:
+            document = run(plan, report)
+        except RunFailedError as exc:
+            raise fail(str(exc)) from exc
+    _print_reconciliation(document, work_dir)
+    if not document["ok"]:
+        raise fail(f"the run does not reconcile: {', '.join(document['failed'])}")
+
+
+def _print_reconciliation(document: dict[str, Any], work_dir: Path) -> None:
+    table = Table("check", "left", "right", "", title="reconciliation", title_justify="left")
+    for check in document["checks"]:
+        mark = "[green]ok[/]" if check["ok"] else "[bold red]FAILED[/]"
+        table.add_row(check["check"], _short(check["left"]), _short(check["right"]), mark)
+    stdout.print(table)
+    stdout.print(
+        f"{'reconciled' if document['ok'] else 'NOT reconciled'} in {document['seconds']} s; "
+        f"figures in {work_dir}/reconciliation.json and {work_dir}/figures.json"
+    )
+
+
+def _short(value: Any) -> str:
+    return (
+        json.dumps(value)
+        if isinstance(value, dict | list)
+        else f"{value:,}"
+        if isinstance(value, int)
+        else str(value)
+    )
+
+
+def _demo_steps(
+    work_dir: Path,
+    factories: int,
+    machines: int,
+    hours: float,
+    interval_ms: int,
+    seed: int,
+    step: list[str],
+) -> None:
+    """The parts' separate steps (the demo before the connected run), each runnable alone."""
+    from local_platform.demo import DemoContext, demo_steps, run_demo
+
+    unknown = set(step) - {title for title, _ in demo_steps()}
+    if unknown:
+        raise fail(f"unknown step(s) {sorted(unknown)}: use {[t for t, _ in demo_steps()]}", 2)
     context = DemoContext(
         work_dir=work_dir,
         fleet=FleetConfig(
@@ -376,7 +471,7 @@ def demo(
             bar.update(tasks[description], completed=done, total=total)
 
         context.progress = report
-        results = run_demo(context, only=set(step) if step else None)
+        results = run_demo(context, only=set(step))
     for title, figures in results.items():
         table = Table("figure", "value", title=title, title_justify="left")
         for name, value in figures.items():

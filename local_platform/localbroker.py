@@ -59,6 +59,7 @@ class Mosquitto:
     process: subprocess.Popen[bytes] | None = None
     users: Mapping[str, str] = field(default_factory=dict, repr=False)
     tls: BrokerTls | None = None
+    log_subscriptions: bool = False
 
     @classmethod
     def create(
@@ -68,13 +69,22 @@ class Mosquitto:
         port: int | None = None,
         users: Mapping[str, str] | None = None,
         tls: BrokerTls | None = None,
+        log_subscriptions: bool = False,
     ) -> Mosquitto:
-        """Start one in a fresh directory; `close()` stops it and removes the directory."""
+        """Start one in a fresh directory; `close()` stops it and removes the directory.
+        `log_subscriptions` logs every SUBSCRIBE (`subscribed()` reads them)."""
         # Started as root, mosquitto drops to its own user: its log and persistence files need
         # a directory that user can write (a private temporary directory is not).
         directory = Path(tempfile.mkdtemp(prefix="iiot-mosquitto-"))
         directory.chmod(0o777)
-        broker = cls(port or free_port(), directory, persistent, users=dict(users or {}), tls=tls)
+        broker = cls(
+            port or free_port(),
+            directory,
+            persistent,
+            users=dict(users or {}),
+            tls=tls,
+            log_subscriptions=log_subscriptions,
+        )
         try:
             broker.start()
         except BaseException:
@@ -128,12 +138,22 @@ class Mosquitto:
             f"persistence_location {self.directory}/\n"
             "autosave_interval 1\n"
             f"log_dest file {self.log_path}\n"
+            + (
+                "".join(
+                    f"log_type {kind}\n"
+                    for kind in ("error", "warning", "notice", "information", "subscribe")
+                )
+                if self.log_subscriptions
+                else ""
+            )
         )
         # Fixed arguments: the broker binary found on PATH and the config file written above.
+        # A session of its own: a Ctrl-C at the terminal reaches its owner, which stops it.
         self.process = subprocess.Popen(  # noqa: S603
             [_binary("mosquitto"), "-c", str(config)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -163,6 +183,20 @@ class Mosquitto:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+    def subscribed(self, client_prefix: str, topic: str) -> bool:
+        """Whether a client whose id starts with `client_prefix` has subscribed to `topic`
+        (needs `log_subscriptions`)."""
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return False
+        # "<time>: <client id> <qos> <topic>"
+        for line in lines:
+            parts = line.split(" ")
+            if len(parts) >= 4 and parts[1].startswith(client_prefix) and parts[-1] == topic:
+                return True
+        return False
 
     def restart(self) -> None:
         """Stop and start again on the same port (for outage tests)."""

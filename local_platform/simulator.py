@@ -359,16 +359,16 @@ class FleetSimulator:
 
     # ------------------------------------------------------------------------- readings
 
-    def chunks(self) -> Iterator[ReadingColumns]:
-        """The readings, one simulated hour at a time, in time order within each chunk."""
+    def chunks(self, first: int = 0, stop: int | None = None) -> Iterator[ReadingColumns]:
+        """The readings, one simulated hour at a time, in time order within each chunk; from
+        chunk `first` up to (not including) `stop`. A chunk is the same whichever range asks
+        for it, so a run split in parts (a history, then the live hours) is one run."""
         cfg = self.config
-        chunk_start = cfg.start_ms
-        index = 0
-        while chunk_start < cfg.end_ms:
+        stop = self.chunk_count if stop is None else min(stop, self.chunk_count)
+        for index in range(max(first, 0), stop):
+            chunk_start = cfg.start_ms + index * CHUNK_MS
             chunk_end = min(chunk_start + CHUNK_MS, cfg.end_ms)
             yield self._chunk(index, chunk_start, chunk_end)
-            chunk_start += CHUNK_MS
-            index += 1
 
     @property
     def chunk_count(self) -> int:

@@ -11,7 +11,9 @@ cd "$(dirname "$0")/.."
 
 target=${1:?usage: scripts/bootstrap.sh demo|test|synth|bench}
 case "$target" in
-  demo)  extras="demo";  debs="mosquitto gcc-aarch64-linux-gnu libc6-dev-arm64-cross" ;;
+  # The connected demo runs the Lambda handlers against moto's server (flask) and a real
+  # influxd, and the stream rules on PyFlink: the same set-up as the tests.
+  demo)  extras="all";   debs="mosquitto influxdb gcc-aarch64-linux-gnu libc6-dev-arm64-cross" ;;
   # chromium: tests/report draws the fleet report in a real (headless) browser
   test)  extras="all";   debs="mosquitto influxdb gcc-aarch64-linux-gnu libc6-dev-arm64-cross chromium" ;;
   synth) extras="cdk";   debs="" ;;
@@ -76,8 +78,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$digest" ]; then
   echo "$digest" > "$stamp"
 fi
 
-# --- PyFlink (test): its own environment, pinned to the Flink version production runs --------
-if [ "$target" = test ]; then
+# --- PyFlink (test, demo): its own environment, pinned to the Flink version production runs --------
+if [ "$target" = test ] || [ "$target" = demo ]; then
   .venv/bin/python -m kda_sql.flink_env
 fi
 

@@ -1,0 +1,132 @@
+"""A factory gateway's components, configured as a Greengrass deployment configures them.
+
+`python -m local_platform.connected.gateway sensor-buffer|failure-predictor --plan PLAN
+--factory F01 --broker mqtt://... --cloud mqtt://...` runs the real component (its code
+unchanged) in the shared run loop (`edge_runtime.run`: SIGTERM stops it) with the MQTT 5
+transport: readings and local topics on the factory's own broker, IoT Core publishes on the
+"cloud" broker through the factory's uplink.
+
+The configuration is what the gateway would get: the component recipe's DefaultConfiguration,
+the factory deployment's merge (factory id, the catalog's thresholds; `stacks/edge_stack.py:
+factory_configuration` without the environment's topic prefix, which a local run does not
+have), the recipe's `{...}` placeholders resolved to this gateway's folders, and the local run's
+settings for accelerated time (`LOCAL_SETTINGS`): a one-second health report and retry ceiling,
+because a wall second here is half an hour of the plant's time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from iiot.catalog import load_catalog
+from local_platform.connected.plan import Plan
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPES = {
+    "sensor-buffer": ROOT / "edge_components/com.iiot.SensorBuffer/recipe.yaml",
+    "failure-predictor": ROOT / "edge_components/com.iiot.FailurePredictor/recipe.yaml",
+}
+LOCAL_SETTINGS: dict[str, dict[str, Any]] = {
+    "sensor-buffer": {
+        "healthIntervalSeconds": 1.0,
+        "backoffMaxSeconds": 1.0,
+        "synchronous": "NORMAL",
+    },
+    "failure-predictor": {"modelPollSeconds": 0.5},
+}
+
+
+def default_configuration(component: str) -> dict[str, Any]:
+    recipe = yaml.safe_load(RECIPES[component].read_text())
+    configuration: dict[str, Any] = recipe["ComponentConfiguration"]["DefaultConfiguration"]
+    return configuration
+
+
+def model_dir(plan: Plan, factory: str) -> Path:
+    """Where this gateway's nucleus unpacks the deployed com.iiot.FailureModel version (its
+    `{com.iiot.FailureModel:artifacts:decompressedPath}`)."""
+    return plan.gateway_dir(factory) / "packages" / "com.iiot.FailureModel"
+
+
+def component_configuration(
+    component: str, plan: Plan, factory: str, machines: dict[str, dict[str, str]] | None = None
+) -> dict[str, Any]:
+    """The configuration the component reads on this gateway."""
+    catalog = load_catalog()
+    raw = default_configuration(component)
+    raw.pop("accessControl", None)  # Greengrass IPC authorisation: no IPC in a local run
+    raw["factoryId"] = factory
+    if "thresholds" in raw:
+        raw["thresholds"] = catalog.edge_threshold_config()
+    if component == "sensor-buffer":
+        raw["dataDir"] = str(plan.gateway_dir(factory) / "sensor_buffer")
+    else:
+        raw["modelDir"] = str(model_dir(plan, factory) / "failure_model")
+        raw["anomalyModelDir"] = ""  # com.iiot.AnomalyModel is not deployed in a local run
+        raw["machines"] = machines or {}
+    raw.update(LOCAL_SETTINGS[component])
+    return raw
+
+
+def run_sensor_buffer(raw: dict[str, Any], broker: str, cloud: str) -> None:
+    from sensor_buffer.main import SensorBuffer, gateway_config
+
+    from edge_runtime.mqtt import MqttTransport, session_client_id
+    from edge_runtime.run import run_until_signalled
+
+    catalog = load_catalog()
+    config = gateway_config(raw, catalog)
+    client_id = session_client_id(config.data_dir, f"sensor-buffer-{config.factory_id}")
+    transport = MqttTransport(broker, cloud, client_id)
+    run_until_signalled(lambda: SensorBuffer(config, transport, catalog))
+
+
+def run_failure_predictor(raw: dict[str, Any], broker: str, cloud: str) -> None:
+    import secrets
+
+    from failure_predictor.config import PredictorConfig
+    from failure_predictor.main import PredictorComponent
+
+    from edge_runtime.mqtt import MqttTransport
+    from edge_runtime.run import run_until_signalled
+
+    def make() -> PredictorComponent:
+        config = PredictorConfig.from_mapping(raw)
+        # A clean session per run, as `failure_predictor.main --mqtt` does: its state is in
+        # memory and does not outlive the process.
+        client_id = f"failure-predictor-{config.factory_id}-{secrets.token_hex(8)}"
+        transport = MqttTransport(broker, cloud, client_id, persistent_session=False)
+        return PredictorComponent(config, transport)
+
+    run_until_signalled(make)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from iiot import logs
+
+    parser = argparse.ArgumentParser(description="A gateway component on MQTT brokers")
+    parser.add_argument("component", choices=sorted(RECIPES))
+    parser.add_argument("--plan", type=Path, required=True)
+    parser.add_argument("--factory", required=True)
+    parser.add_argument("--broker", required=True, help="the gateway's own broker")
+    parser.add_argument("--cloud", required=True, help="IoT Core (through the uplink)")
+    parser.add_argument("--machines", type=Path, help="JSON: machine id -> model, installedOn")
+    args = parser.parse_args(argv)
+    logs.configure("INFO", json_format=True)
+    plan = Plan.read(args.plan)
+    machines = json.loads(args.machines.read_text()) if args.machines else None
+    raw = component_configuration(args.component, plan, args.factory, machines)
+    if args.component == "sensor-buffer":
+        run_sensor_buffer(raw, args.broker, args.cloud)
+    else:
+        run_failure_predictor(raw, args.broker, args.cloud)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

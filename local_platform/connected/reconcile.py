@@ -1,0 +1,233 @@
+"""The reconciliation of a connected run: every reading accounted for, at every seam.
+
+The sensors' messages are regenerated from the seed and validated against the contract, which
+says independently of the platform what must come out: how many readings are valid (and so
+must be in silver exactly once) and how many must be quarantined, for which reason. Each part
+is then counted where it keeps its own record:
+
+* sensors: what each factory's sensor process says it published;
+* gateways: the SensorBuffer's SQLite database (its durable counters and quarantine table),
+  read after it stopped;
+* IoT rules and the delivery stream: their status files; the landing zone: its objects, walked
+  batch by batch;
+* the lake: silver readings of the live span (rows and distinct sensor-time keys) and
+  silver.quarantine by reason, read with delta-rs.
+
+Each check compares two counts and is written with both numbers; the run fails when any check
+fails. `RECONCILIATION_FILE` in the run directory holds the result (schema in
+local_platform/README.md).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from iiot.catalog import load_catalog
+from iiot.contract import Validator
+from iiot.wire import validate_payload
+from local_platform.connected import lake
+from local_platform.connected.plan import Plan, read_json, write_json
+from local_platform.connected.sensors import factory_messages
+
+RECONCILIATION_FILE = "reconciliation.json"
+
+
+def reason_field(reason: str) -> str:
+    """ "value: 130 is outside ..." -> "value" (the lake's `reason_field`, same rule)."""
+    return reason.split(":", 1)[0].strip()
+
+
+def expected_from_sensors(plan: Plan) -> dict[str, Any]:
+    """What the contract says about the sensors' messages, per factory."""
+    validator = Validator(load_catalog())
+    result: dict[str, Any] = {}
+    for factory in plan.factory_ids:
+        published = valid = 0
+        reasons: Counter[str] = Counter()
+        malformed: Counter[str] = Counter()
+        for message in factory_messages(plan, factory):
+            published += message.readings
+            if message.kind:
+                malformed[message.kind] += 1
+            outcome = validate_payload(message.payload, validator)
+            valid += outcome.accepted
+            for reject in outcome.rejects:
+                reasons[reason_field(reject.reason)] += 1
+        result[factory] = {
+            "published": published,
+            "valid": valid,
+            "quarantined": sum(reasons.values()),
+            "quarantined_by_reason": dict(sorted(reasons.items())),
+            "malformed_payloads": dict(sorted(malformed.items())),
+        }
+    return result
+
+
+def gateway_counts(database: Path) -> dict[str, Any]:
+    """The SensorBuffer's own record: durable counters and quarantine reasons."""
+    if not database.exists():
+        return {"missing": str(database)}
+    db = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30)
+    try:
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        reasons: Counter[str] = Counter()
+        for (reason,) in db.execute("SELECT reason FROM quarantine"):
+            reasons[reason_field(reason)] += 1
+        backlog = db.execute("SELECT COALESCE(SUM(count), 0) FROM blocks").fetchone()[0]
+        outbox = db.execute("SELECT COUNT(*) FROM outbox WHERE acked = 0").fetchone()[0]
+    finally:
+        db.close()
+    counters = {
+        key.removeprefix("counter."): int(value)
+        for key, value in meta.items()
+        if key.startswith("counter.")
+    }
+    return {
+        **counters,
+        "quarantine_rows_by_reason": dict(sorted(reasons.items())),
+        "unsent_readings": int(backlog),
+        "unacked_batches": int(outbox),
+    }
+
+
+@dataclass
+class Reconciliation:
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, name: str, left: Any, right: Any, *, note: str = "") -> bool:
+        ok = bool(left == right)
+        entry: dict[str, Any] = {"check": name, "left": left, "right": right, "ok": ok}
+        if note:
+            entry["note"] = note
+        self.checks.append(entry)
+        return ok
+
+    @property
+    def ok(self) -> bool:
+        return all(c["ok"] for c in self.checks)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "failed": [c["check"] for c in self.checks if not c["ok"]],
+            "checks": self.checks,
+            **self.figures,
+        }
+
+
+def _sum(values: list[dict[str, int]]) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for value in values:
+        total.update(value)
+    return dict(sorted(total.items()))
+
+
+def reconcile_readings(plan: Plan, result: Reconciliation) -> None:
+    """Readings: sensors -> gateways -> IoT rules -> landing zone -> silver (+ quarantines)."""
+    expected = expected_from_sensors(plan)
+    sensors = {f: read_json(plan.status_dir / f"sensors-{f}.json", {}) for f in plan.factory_ids}
+    gateways = {
+        f: gateway_counts(plan.gateway_dir(f) / "sensor_buffer" / "sensor_buffer.sqlite3")
+        for f in plan.factory_ids
+    }
+    ingress = read_json(plan.status_dir / "ingress.json", {})
+    firehose = read_json(plan.status_dir / "firehose.json", {})
+    landed = lake.landed(plan.landing_dir)
+    silver = lake.silver_counts(plan.lake_dir, plan.live_start_ms, plan.live_end_ms)
+    lake_quarantine = lake.quarantine_counts(plan.lake_dir)
+
+    published = sum(int(s.get("readings", 0)) for s in sensors.values())
+    valid = sum(e["valid"] for e in expected.values())
+    committed = sum(g.get("readings_committed", 0) for g in gateways.values())
+    gateway_quarantined = sum(g.get("quarantined", 0) for g in gateways.values())
+    uploaded = sum(g.get("readings_uploaded", 0) for g in gateways.values())
+    lost_at_gateway = sum(
+        g.get(k, 0)
+        for g in gateways.values()
+        for k in ("rejected_full", "dropped_oldest", "downsampled_away", "retention_dropped")
+    )
+    expected_reasons = _sum([e["quarantined_by_reason"] for e in expected.values()])
+    gateway_reasons = _sum([g.get("quarantine_rows_by_reason", {}) for g in gateways.values()])
+    lake_quarantined = sum(lake_quarantine.values())
+
+    for factory in plan.factory_ids:
+        result.check(
+            f"{factory}: readings published = readings the contract expects",
+            int(sensors[factory].get("readings", 0)),
+            expected[factory]["published"],
+        )
+    result.check(
+        "readings published = valid + invalid (the contract)",
+        published,
+        valid + sum(expected_reasons.values()),
+    )
+    result.check(
+        "readings acknowledged by the gateways (committed + quarantined) = published",
+        committed + gateway_quarantined,
+        published,
+    )
+    result.check("readings committed by the gateways = valid readings", committed, valid)
+    result.check(
+        "gateway quarantine by reason = the contract's rejects by reason",
+        gateway_reasons,
+        expected_reasons,
+    )
+    result.check(
+        "readings lost at the gateways (full, retention, downsampling)", lost_at_gateway, 0
+    )
+    result.check("readings uploaded (PUBACKed by the cloud) = committed", uploaded, committed)
+    result.check(
+        "readings landed (distinct batches) = uploaded", landed["unique_readings"], uploaded
+    )
+    result.check(
+        "readings in silver, exactly once (distinct sensor-time keys = rows)",
+        silver["distinct_keys"],
+        silver["rows"],
+    )
+    result.check("readings in silver = valid readings", silver["rows"], valid)
+    result.check("silver rows outside the live span", silver.get("outside_live_span", 0), 0)
+    result.check(
+        "readings quarantined by the lake",
+        lake_quarantined,
+        0,
+        note="the gateways quarantine first; a lake reject means a seam let one through",
+    )
+    result.check(
+        "published = in silver exactly once + quarantined (by reason)",
+        published,
+        silver["rows"] + gateway_quarantined + lake_quarantined,
+    )
+    result.figures["readings"] = {
+        "published": published,
+        "published_by_factory": {f: int(s.get("readings", 0)) for f, s in sensors.items()},
+        "malformed_payloads": _sum([e["malformed_payloads"] for e in expected.values()]),
+        "expected_valid": valid,
+        "expected_quarantined_by_reason": expected_reasons,
+        "acknowledged_by_gateways": committed + gateway_quarantined,
+        "committed_by_gateways": committed,
+        "quarantined_at_gateways": gateway_quarantined,
+        "quarantined_at_gateways_by_reason": gateway_reasons,
+        "duplicates_dropped_at_gateways": sum(
+            g.get("duplicates_dropped", 0) for g in gateways.values()
+        ),
+        "uploaded": uploaded,
+        "iot_rule_telemetry_messages": ingress.get("telemetry_messages", 0),
+        "iot_rule_telemetry_readings": ingress.get("telemetry_readings", 0),
+        "iot_rule_errors": ingress.get("errors", 0),
+        "firehose_records": firehose.get("records", 0),
+        "landed": landed,
+        "silver": silver,
+        "quarantined_in_lake_by_reason": lake_quarantine,
+    }
+    result.figures["gateways"] = gateways
+
+
+def write(plan: Plan, result: Reconciliation) -> dict[str, Any]:
+    document = result.as_dict()
+    write_json(plan.run_dir / RECONCILIATION_FILE, document)
+    return document

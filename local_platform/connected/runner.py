@@ -1,0 +1,440 @@
+"""The connected run: one platform on 127.0.0.1 where readings flow from sensors to the lake.
+
+`run(plan, progress)` starts every server and process (each on 127.0.0.1, each stopped by its
+PID at the end, also on an error or Ctrl-C), lands the fleet's history, starts the gateways and
+then the sensors in accelerated time, keeps the lake running on its schedule, injects the
+faults, waits until everything published has gone through, runs the lake a last time, stops
+everything, and reconciles. The figures go to JSON files in the run directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from iiot import topics
+from local_platform.connected import aws, lake, reconcile
+from local_platform.connected.clock import SimClock
+from local_platform.connected.kinesis import aws_environment
+from local_platform.connected.monitor import Monitor
+from local_platform.connected.plan import Plan, Topology, read_json, write_json
+from local_platform.connected.processes import ProcessError, Supervisor
+from local_platform.connected.uplink import Uplinks
+from local_platform.localbroker import Mosquitto, free_port
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, float, float], None]
+FIGURES_FILE = "figures.json"
+FAULTS_FILE = "faults.json"
+# What a run directory holds that a new run replaces (other files under it are left alone).
+RUN_OUTPUTS = (
+    "gateways",
+    "lake",
+    "cloud",
+    "stream",
+    "status",
+    "logs",
+    "components",
+    "plan.json",
+    "topology.json",
+    "pids.json",
+    reconcile.RECONCILIATION_FILE,
+    FIGURES_FILE,
+    FAULTS_FILE,
+)
+DRAIN_TIMEOUT_S = 120.0
+
+
+class RunFailedError(RuntimeError):
+    """The run could not complete; the message says where it stopped."""
+
+
+class _InterruptedError(Exception):
+    pass
+
+
+@dataclass
+class Run:
+    plan: Plan
+    progress: Progress
+    supervisor: Supervisor = field(init=False)
+    brokers: dict[str, Mosquitto] = field(default_factory=dict)
+    uplinks: Uplinks | None = None
+    monitor: Monitor | None = None
+    schedule: lake.LakeSchedule | None = None
+    clock: SimClock | None = None
+    topology: Topology | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    faults: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.supervisor = Supervisor(self.plan.run_dir)
+
+    # ------------------------------------------------------------------------- helpers
+
+    def _python(self, module: str, *args: str) -> list[str]:
+        return [sys.executable, "-m", module, "--plan", str(self.plan.run_dir / "plan.json"), *args]
+
+    @contextlib.contextmanager
+    def _timed(self, name: str) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(time.perf_counter() - began, 2)
+
+    # --------------------------------------------------------------------------- setup
+
+    def setup(self) -> None:
+        plan = self.plan
+        for name in RUN_OUTPUTS:
+            path = plan.run_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+        plan.run_dir.mkdir(parents=True, exist_ok=True)
+        plan.status_dir.mkdir(parents=True, exist_ok=True)
+        plan.landing_dir.mkdir(parents=True, exist_ok=True)
+        self.supervisor = Supervisor(plan.run_dir)
+        plan.write()
+        steps = 6
+        self.progress("setting up the platform", 0, steps)
+
+        # AWS APIs: moto in server mode
+        moto_port = free_port()
+        self.supervisor.start(
+            "moto",
+            aws.moto_command(moto_port),
+            ready=lambda: aws.listening(moto_port),
+            ready_timeout_s=60,
+        )
+        self.env = aws_environment(moto_port)
+        with _environment(self.env):
+            resources = aws.create_resources()
+        write_json(plan.cloud_dir / "resources.json", resources.as_dict())
+        self.progress("setting up the platform", 1, steps)
+
+        # Brokers: IoT Core, and each factory's own; each factory's uplink to IoT Core
+        self.brokers["cloud"] = Mosquitto.create(persistent=True, log_subscriptions=True)
+        self.uplinks = Uplinks(self.brokers["cloud"].port)
+        for factory in plan.factory_ids:
+            self.brokers[factory] = Mosquitto.create(persistent=True, log_subscriptions=True)
+            self.uplinks.add(factory)
+        self.uplinks.start()
+        self.topology = Topology(
+            cloud_broker=self.brokers["cloud"].port,
+            input_brokers={f: self.brokers[f].port for f in plan.factory_ids},
+            uplinks={f: u.port for f, u in self.uplinks.uplinks.items()},
+            moto=moto_port,
+        )
+        self.topology.write(plan.run_dir)
+        self.progress("setting up the platform", 2, steps)
+
+        # The cloud: IoT rules, the delivery stream
+        cloud = self.brokers["cloud"]
+        self.supervisor.start(
+            "iot-rules",
+            self._python("local_platform.connected.ingress"),
+            env=self.env,
+            ready=lambda: cloud.subscribed("iot-rules", topics.ANOMALIES),
+        )
+        self.supervisor.start(
+            "firehose",
+            self._python("local_platform.connected.firehose"),
+            env=self.env,
+            ready=lambda: (plan.status_dir / "firehose.json").exists(),
+        )
+        self.progress("setting up the platform", 3, steps)
+
+        # The lake's past
+        with self._timed("history landed"):
+            history = lake.land_history(
+                plan, lambda done, total: self.progress("landing the lake's history", done, total)
+            )
+        write_json(plan.cloud_dir / "history.json", history)
+        self.schedule = lake.LakeSchedule(
+            plan.lake_dir, self.supervisor.log_dir, plan.live_start_ms, plan.lake_every_s
+        )
+        with self._timed("lake: first run (history)"):
+            first = self.schedule.run_once()
+        if first.exit_code != 0:
+            raise RunFailedError(f"the first lake run failed; see {first.log}")
+        self.progress("setting up the platform", 4, steps)
+
+        # The gateways
+        for factory in plan.factory_ids:
+            self._start_gateway(factory)
+        self.monitor = Monitor({f: self.brokers[f].port for f in plan.factory_ids})
+        self.monitor.start()
+        self.progress("setting up the platform", 6, steps)
+
+    def _start_gateway(self, factory: str, *, wait: bool = True) -> None:
+        assert self.topology is not None
+        broker = self.brokers[factory]
+        uplink = f"mqtt://127.0.0.1:{self.topology.uplinks[factory]}"
+        readings = topics.readings_topic(factory)
+        name = f"sensor-buffer-{factory}"
+        if name in self.supervisor.processes:
+            self.supervisor.restart(name)
+        else:
+            self.supervisor.start(
+                name,
+                self._python(
+                    "local_platform.connected.gateway",
+                    "sensor-buffer",
+                    "--factory",
+                    factory,
+                    "--broker",
+                    broker.url,
+                    "--cloud",
+                    uplink,
+                ),
+            )
+        if wait:
+            self.supervisor.wait_ready(
+                name, lambda: broker.subscribed(f"sensor-buffer-{factory}", readings), 60
+            )
+
+    # ---------------------------------------------------------------------------- live
+
+    def live(self) -> None:
+        plan = self.plan
+        assert self.schedule is not None
+        self.clock = SimClock(plan.live_start_ms, time.time() + 1.5, plan.speed)
+        write_json(
+            plan.run_dir / "status" / "clock.json",
+            {"start_ms": self.clock.start_ms, "wall0": self.clock.wall0, "speed": self.clock.speed},
+        )
+        for factory in plan.factory_ids:
+            self.supervisor.start(
+                f"sensors-{factory}",
+                self._python(
+                    "local_platform.connected.sensors",
+                    "--factory",
+                    factory,
+                    "--broker",
+                    self.brokers[factory].url,
+                    *self.clock.as_args(),
+                ),
+                expect_exit=True,
+            )
+        self.schedule.start()
+        began = time.time()
+        hours = plan.hours
+        while True:
+            statuses = [
+                read_json(plan.status_dir / f"sensors-{f}.json", {}) for f in plan.factory_ids
+            ]
+            done = all(s.get("done") for s in statuses)
+            sim_now = min(int(s.get("last_event_ms", plan.live_start_ms)) for s in statuses)
+            hours_done = max(0.0, (sim_now - plan.live_start_ms) / 3_600_000)
+            self.progress("sensors: simulated hours published", min(hours_done, hours), hours)
+            self._report_uploads()
+            if done:
+                break
+            for factory in plan.factory_ids:
+                process = self.supervisor.processes[f"sensors-{factory}"]
+                if not process.running() and not read_json(
+                    plan.status_dir / f"sensors-{factory}.json", {}
+                ).get("done"):
+                    raise RunFailedError(
+                        f"the sensors of {factory} stopped early; see {process.log_path}:\n"
+                        + process.tail()
+                    )
+            self.supervisor.check(self._long_running())
+            if time.time() - began > plan.live_wall_s * 4 + 120:
+                raise RunFailedError("the sensors did not finish in time")
+            time.sleep(0.2)
+        self.timings["live seconds"] = round(time.time() - self.clock.wall0, 2)
+
+    def _long_running(self) -> list[str]:
+        return [
+            name for name, process in self.supervisor.processes.items() if not process.expect_exit
+        ]
+
+    def _report_uploads(self) -> None:
+        assert self.monitor is not None
+        uploaded = 0
+        for factory in self.plan.factory_ids:
+            status, _ = self.monitor.status(factory)
+            uploaded += int(status.get("readings_uploaded", 0))
+        total = (
+            self.plan.fleet.expected_readings
+            * self.plan.hours
+            / (self.plan.hours + self.plan.history_hours)
+        )
+        self.progress("gateways: readings uploaded to the cloud", min(uploaded, total), total)
+
+    # --------------------------------------------------------------------------- drain
+
+    def drain(self) -> None:
+        """Wait until the gateways hold nothing and the cloud has taken everything."""
+        plan = self.plan
+        assert self.monitor is not None
+        deadline = time.time() + DRAIN_TIMEOUT_S
+        stages = ["gateways", "iot rules", "delivery stream"]
+        self.progress("draining the pipeline", 0, len(stages))
+        published = {
+            f: int(read_json(plan.status_dir / f"sensors-{f}.json", {}).get("readings", 0))
+            for f in plan.factory_ids
+        }
+        while time.time() < deadline:
+            self._report_uploads()
+            pending = []
+            for factory in plan.factory_ids:
+                status, at = self.monitor.status(factory)
+                taken = int(status.get("readings_committed", 0)) + int(status.get("quarantined", 0))
+                idle = (
+                    status.get("backlog_readings") == 0
+                    and status.get("outbox_batches") == 0
+                    and status.get("anomalies_pending") == 0
+                    and status.get("queue") == 0
+                    and status.get("in_flight") == 0
+                )
+                if not (idle and taken >= published[factory] and time.time() - at < 3):
+                    pending.append(factory)
+            if not pending:
+                break
+            self.supervisor.check(self._long_running())
+            time.sleep(0.25)
+        else:
+            raise RunFailedError(f"the gateways did not drain within {DRAIN_TIMEOUT_S:.0f} s")
+        self.progress("draining the pipeline", 1, len(stages))
+        self._wait_quiet(
+            "ingress",
+            lambda s: time.time() - float(s.get("last_message", 0)) > 1.0,
+            deadline,
+        )
+        self.progress("draining the pipeline", 2, len(stages))
+        rules = read_json(plan.status_dir / "ingress.json", {})
+        self._wait_quiet(
+            "firehose",
+            lambda s: (
+                s.get("records", 0) >= rules.get("telemetry_messages", 0) - rules.get("errors", 0)
+                and s.get("buffered_records", 1) == 0
+            ),
+            deadline,
+        )
+        self.progress("draining the pipeline", 3, len(stages))
+
+    def _wait_quiet(
+        self, name: str, condition: Callable[[dict[str, Any]], bool], deadline: float
+    ) -> None:
+        path = self.plan.status_dir / f"{name}.json"
+        while time.time() < deadline:
+            status = read_json(path, {})
+            if status and time.time() - float(status.get("updated", 0)) < 3 and condition(status):
+                return
+            self.supervisor.check(self._long_running())
+            time.sleep(0.25)
+        raise RunFailedError(f"{name} did not catch up within {DRAIN_TIMEOUT_S:.0f} s")
+
+    # -------------------------------------------------------------------------- finish
+
+    def finish(self) -> dict[str, Any]:
+        plan = self.plan
+        assert self.schedule is not None
+        self.schedule.stop()
+        self.progress("lake: final run (bronze, silver, gold)", 0, 1)
+        with self._timed("lake: final run"):
+            final = self.schedule.run_once()
+        if final.exit_code != 0:
+            raise RunFailedError(f"the final lake run failed; see {final.log}")
+        self.progress("lake: final run (bronze, silver, gold)", 1, 1)
+        # The gateways stop cleanly: their databases hold the final counters.
+        for factory in plan.factory_ids:
+            self.supervisor.stop(f"sensor-buffer-{factory}")
+        self.progress("reconciling", 0, 1)
+        result = reconcile.Reconciliation()
+        with self._timed("reconciliation"):
+            reconcile.reconcile_readings(plan, result)
+        result.figures["faults"] = self.faults
+        result.figures["lake_runs"] = [
+            {
+                "seconds": round(r.finished - r.started, 2),
+                "exit_code": r.exit_code,
+                "silver_live_rows": r.silver_live_rows,
+            }
+            for r in self.schedule.runs
+        ]
+        document = reconcile.write(plan, result)
+        write_json(plan.run_dir / FAULTS_FILE, self.faults)
+        write_json(
+            plan.run_dir / FIGURES_FILE,
+            {
+                "plan": plan.to_json(),
+                "speed": plan.speed,
+                "timings_s": self.timings,
+                "processes": self.supervisor.summary(),
+                "gold": lake.gold_counts(plan.lake_dir),
+            },
+        )
+        self.progress("reconciling", 1, 1)
+        return document
+
+    # ------------------------------------------------------------------------ teardown
+
+    def teardown(self) -> None:
+        if self.schedule is not None:
+            self.schedule.terminate()
+        if self.monitor is not None:
+            with contextlib.suppress(Exception):
+                self.monitor.stop()
+        self.supervisor.stop_all()
+        if self.uplinks is not None:
+            self.uplinks.stop()
+        for broker in self.brokers.values():
+            broker.close()
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    import os
+
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def run(plan: Plan, progress: Progress | None = None) -> dict[str, Any]:
+    """The whole connected run; returns the reconciliation (also in the run directory)."""
+    progress = progress or (lambda _d, _n, _t: None)
+    state = Run(plan, progress)
+
+    def terminate(_signum: int, _frame: Any) -> None:
+        raise _InterruptedError
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    began = time.perf_counter()
+    try:
+        state.setup()
+        state.live()
+        state.drain()
+        document = state.finish()
+    except (_InterruptedError, KeyboardInterrupt):
+        raise RunFailedError("interrupted; every process was stopped") from None
+    except ProcessError as error:
+        raise RunFailedError(str(error)) from error
+    finally:
+        state.teardown()
+        signal.signal(signal.SIGTERM, previous)
+    document["seconds"] = round(time.perf_counter() - began, 1)
+    document["timings_s"] = state.timings
+    return document
