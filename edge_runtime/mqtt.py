@@ -243,6 +243,8 @@ class MqttTransport:
 
     def _subscribe(self) -> None:
         assert self._local is not None
+        if not self._topics:  # a publisher only (the OPC UA collector): nothing to subscribe
+            return
         # Subscribing on every connection is harmless with a resumed session and needed
         # without one (a broker restarted without persistence forgets subscriptions).
         self._local.client.subscribe(

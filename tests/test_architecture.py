@@ -30,6 +30,10 @@ PACKAGES: dict[str, tuple[int, Path]] = {
         2,
         ROOT / "edge_components/com.iiot.FailurePredictor/src/failure_predictor",
     ),
+    "opcua_collector": (
+        2,
+        ROOT / "edge_components/com.iiot.OpcUaCollector/src/opcua_collector",
+    ),
     "ml_pipeline": (2, ROOT / "ml_pipeline"),
     "spark_jobs": (2, ROOT / "spark_jobs"),
     "kda_sql": (2, ROOT / "kda_sql"),

@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from edge_runtime.build import COMPONENTS_DIR, build_component
+from local_platform.localbroker import free_port
 
 STARTUP_TIMEOUT_S = 60.0
 # Every module the artifact ships; those of the features and the model runtime need only numpy.
@@ -80,6 +81,17 @@ def entry_point(name: str, broker_url: str, work: Path) -> list[str]:
             "--data-dir",
             str(work / "data"),
         ]
+    if name == "com.iiot.OpcUaCollector":
+        # A PLC that is not there (yet): the collector runs, connected to the broker, retrying.
+        config = work / "collector.json"
+        plc = {
+            "endpoint": f"opc.tcp://127.0.0.1:{free_port()}/plc",
+            "nodes": [
+                {"nodeId": "ns=2;s=Pump1.Rpm", "machineId": "m1", "sensorId": "s1", "metric": "rpm"}
+            ],
+        }
+        config.write_text(json.dumps({"factoryId": "F01", "plcs": {"line1": plc}}))
+        return ["-m", "opcua_collector", "run", "--broker", broker_url, "--config", str(config)]
     config = work / "predictor.json"
     config.write_text(json.dumps({"factoryId": "F01", "modelDir": str(work / "no-model-yet")}))
     return ["-m", "failure_predictor.main", "--mqtt", broker_url, "--config", str(config)]
@@ -96,7 +108,9 @@ def connections(log: Path) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["com.iiot.SensorBuffer", "com.iiot.FailurePredictor"])
+@pytest.mark.parametrize(
+    "name", ["com.iiot.SensorBuffer", "com.iiot.FailurePredictor", "com.iiot.OpcUaCollector"]
+)
 def test_the_artifact_imports_and_starts_in_a_clean_virtual_environment(
     tmp_path: Path, broker, name: str
 ) -> None:

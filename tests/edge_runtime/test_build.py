@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPONENTS = {
     "com.iiot.SensorBuffer": "sensor_buffer",
     "com.iiot.FailurePredictor": "failure_predictor",
+    "com.iiot.OpcUaCollector": "opcua_collector",
 }
 # What the artifact's modules may import beyond the standard library and what it ships: the
 # import names of requirements.txt, and xgboost, which the model runtime imports only as the

@@ -1,0 +1,91 @@
+"""A PLC for the collector's tests: an asyncua server on 127.0.0.1, run as its own process.
+
+    python tests/edge/opcua_plc.py PORT [--generation N] [--period-ms MS]
+
+Namespace `urn:iiot:test-plc` (registered first: index 2), object `Pump1` with:
+
+    Temperature  Double  40 + 10*N + (i % 20) * 0.5   degC       (N: the generation)
+    Vibration    Float   2.0 + (i % 10) * 0.25        mm/s
+    Rpm          Int32   1500 + i % 50                rpm
+    Overheat     Double  999.0: beyond temperature's valid range (a broken sensor)
+    Broken       Double  50.0 with StatusCode BadSensorFailure
+    Label        String  "running": not a number
+
+Every node's value changes every `period` (i counts the updates), with the PLC's clock as the
+source timestamp. It prints `ready PORT` once it listens and runs until SIGTERM or SIGKILL (a
+PLC's power cut); the tests start it again on the same port as the PLC coming back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from datetime import UTC, datetime
+
+from asyncua import Server, ua
+
+NAMESPACE = "urn:iiot:test-plc"
+
+
+def values(i: int, generation: int) -> dict[str, tuple[object, ua.VariantType]]:
+    return {
+        "Temperature": (40.0 + 10 * generation + (i % 20) * 0.5, ua.VariantType.Double),
+        "Vibration": (2.0 + (i % 10) * 0.25, ua.VariantType.Float),
+        "Rpm": (1500 + i % 50, ua.VariantType.Int32),
+        "Overheat": (999.0 + (i % 2), ua.VariantType.Double),
+        "Broken": (50.0 + (i % 2), ua.VariantType.Double),
+        "Label": (f"running {i}", ua.VariantType.String),
+    }
+
+
+async def serve(port: int, generation: int, period_s: float) -> None:
+    server = Server()
+    await server.init()
+    server.set_endpoint(f"opc.tcp://127.0.0.1:{port}/plc")
+    server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+    index = await server.register_namespace(NAMESPACE)
+    pump = await server.nodes.objects.add_object(ua.NodeId("Pump1", index), "Pump1")
+    variables = {}
+    for name, (value, kind) in values(0, generation).items():
+        variables[name] = await pump.add_variable(
+            ua.NodeId(f"Pump1.{name}", index), name, ua.Variant(value, kind)
+        )
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    async with server:
+        print(f"ready {port}", flush=True)
+        i = 0
+        while not stop.is_set():
+            i += 1
+            now = datetime.now(UTC)
+            for name, (value, kind) in values(i, generation).items():
+                status = (
+                    ua.StatusCodes.BadSensorFailure if name == "Broken" else ua.StatusCodes.Good
+                )
+                await variables[name].write_value(
+                    ua.DataValue(
+                        ua.Variant(value, kind),
+                        StatusCode=ua.StatusCode(status),
+                        SourceTimestamp=now,
+                        ServerTimestamp=now,
+                    )
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), period_s)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("port", type=int)
+    parser.add_argument("--generation", type=int, default=0)
+    parser.add_argument("--period-ms", type=float, default=100.0)
+    args = parser.parse_args()
+    asyncio.run(serve(args.port, args.generation, args.period_ms / 1000))
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
