@@ -78,6 +78,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$digest" ]; then
   echo "$digest" > "$stamp"
 fi
 
+# --- Gateway component wheels (test, synth): every component artifact carries the wheels of its
+#     dependencies (edge_runtime/build.py); downloaded once per set of pins into the wheel cache
+#     ($IIOT_WHEEL_CACHE or ~/.cache/iiot-platform/wheels), so that no test and no synth does.
+if [ "$target" = test ] || [ "$target" = synth ]; then
+  .venv/bin/python -m edge_runtime.build --fetch-wheels >/dev/null
+fi
+
 # --- PyFlink (test, demo): its own environment, pinned to the Flink version production runs --------
 if [ "$target" = test ] || [ "$target" = demo ]; then
   .venv/bin/python -m kda_sql.flink_env
