@@ -231,3 +231,104 @@ def write(plan: Plan, result: Reconciliation) -> dict[str, Any]:
     document = result.as_dict()
     write_json(plan.run_dir / RECONCILIATION_FILE, document)
     return document
+
+
+def function_log(path: Path, message: str) -> list[dict[str, Any]]:
+    """The JSON log entries of a function (Powertools writes one object per line) whose
+    message is `message`: what CloudWatch Logs would hold."""
+    import json
+
+    entries: list[dict[str, Any]] = []
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return entries
+    for line in lines:
+        if f'"{message}"' not in line:
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("message") == message:
+            entries.append(entry)
+    return entries
+
+
+def influx_points(server: Any, database: str, start_ms: int, end_ms: int) -> dict[str, int]:
+    """Points per measurement in [start, end), queried back from InfluxDB."""
+    series = server.query(
+        # integers formatted here, not input
+        f'SELECT count("value") FROM /.*/ WHERE time >= {start_ms}ms AND time < {end_ms}ms',  # noqa: S608
+        database,
+    )
+    return {s["name"]: int(s["values"][0][1]) for s in series}
+
+
+def reconcile_cloud(plan: Plan, result: Reconciliation, influx: Any, resources: Any) -> None:
+    """The Lambda functions: readings in InfluxDB (queried back), alerts sent and suppressed."""
+    from local_platform.connected.aws import INFLUX_BUCKET, drain_queue
+
+    logs = plan.run_dir / "logs"
+    readings = result.figures.get("readings", {})
+    valid = readings.get("expected_valid", 0)
+    committed = readings.get("committed_by_gateways", 0)
+
+    points = influx_points(influx, INFLUX_BUCKET, plan.live_start_ms, plan.live_end_ms)
+    written = function_log(logs / "lambda-influx_writer.log", "record written")
+    first_writes = [w for w in written if not w.get("duplicate")]
+    writer_points = sum(int(w.get("points", 0)) for w in first_writes)
+    writer_dead = drain_queue(resources.writer_dead_letters)
+    writer_failed = drain_queue(resources.writer_on_failure)
+    result.check(
+        "readings in InfluxDB (queried back) = valid readings", sum(points.values()), valid
+    )
+    result.check(
+        "points the writer wrote (first writes of each batch) = readings uploaded",
+        writer_points,
+        committed,
+    )
+    result.check("records the writer dead-lettered", len(writer_dead), 0)
+    result.check("writer batches given up (on-failure destination)", len(writer_failed), 0)
+
+    routed = function_log(logs / "lambda-alert_router.log", "anomaly routed")
+    decisions = Counter(
+        "duplicate" if r.get("duplicate") else str(r.get("decision")) for r in routed
+    )
+    invalid = function_log(logs / "lambda-alert_router.log", "invalid anomaly dead-lettered")
+    alerts = drain_queue(resources.alert_inbox)
+    escalations = drain_queue(resources.escalation_inbox)
+    router_failed = drain_queue(resources.router_on_failure)
+    ingress = read_json(plan.status_dir / "ingress.json", {})
+    sent = decisions["sent"] + decisions["escalated"]
+    result.check(
+        "anomalies the router handled = anomalies the IoT rule put on the stream",
+        len(routed) + len(invalid),
+        int(ingress.get("anomaly_messages", 0)),
+    )
+    result.check("alerts people received (SNS -> inbox) = alerts sent", len(alerts), sent)
+    result.check(
+        "escalations received = CRITICAL alerts sent", len(escalations), decisions["escalated"]
+    )
+    result.check("router batches given up (on-failure destination)", len(router_failed), 0)
+    result.figures["influxdb"] = {
+        "points_by_measurement": points,
+        "points": sum(points.values()),
+        "writer_records": len(written),
+        "writer_duplicate_records": len(written) - len(first_writes),
+        "writer_dead_letters": len(writer_dead),
+        "writer_on_failure": len(writer_failed),
+        "writer_status": read_json(plan.status_dir / "lambda-influx_writer.json", {}),
+    }
+    result.figures["alerts"] = {
+        "anomalies_routed": len(routed),
+        "decisions": dict(sorted(decisions.items())),
+        "sent": sent,
+        "suppressed": decisions["suppressed"],
+        "not_alerted": decisions["not_alerted"],
+        "duplicates": decisions["duplicate"],
+        "invalid": len(invalid),
+        "received_by_people": len(alerts),
+        "escalations_received": len(escalations),
+        "router_status": read_json(plan.status_dir / "lambda-alert_router.json", {}),
+    }

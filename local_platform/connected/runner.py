@@ -17,11 +17,13 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from iiot import topics
 from local_platform.connected import aws, lake, reconcile
 from local_platform.connected.clock import SimClock
+from local_platform.connected.influxd import InfluxServer, V2WriteRelay, start_influxd
 from local_platform.connected.kinesis import aws_environment
 from local_platform.connected.monitor import Monitor
 from local_platform.connected.plan import Plan, Topology, read_json, write_json
@@ -75,6 +77,9 @@ class Run:
     env: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     faults: list[dict[str, Any]] = field(default_factory=list)
+    influx: InfluxServer | None = None
+    relay: V2WriteRelay | None = None
+    resources: aws.CloudResources | None = None
 
     def __post_init__(self) -> None:
         self.supervisor = Supervisor(self.plan.run_dir)
@@ -120,8 +125,15 @@ class Run:
         )
         self.env = aws_environment(moto_port)
         with _environment(self.env):
-            resources = aws.create_resources()
+            resources = self.resources = aws.create_resources()
         write_json(plan.cloud_dir / "resources.json", resources.as_dict())
+        # The time-series database: a real influxd, and the v2 write API in front of it
+        influx_root = plan.cloud_dir / "influxd"
+        influx_root.mkdir(parents=True, exist_ok=True)
+        self.influx = start_influxd(influx_root)
+        self.influx.query(f'CREATE DATABASE "{aws.INFLUX_BUCKET}"')
+        self.relay = V2WriteRelay(self.influx.url)
+        self.relay.keep_lines = False
         self.progress("setting up the platform", 1, steps)
 
         # Brokers: IoT Core, and each factory's own; each factory's uplink to IoT Core
@@ -136,6 +148,8 @@ class Run:
             input_brokers={f: self.brokers[f].port for f in plan.factory_ids},
             uplinks={f: u.port for f, u in self.uplinks.uplinks.items()},
             moto=moto_port,
+            influx=self.relay.url,
+            influx_query=self.influx.url,
         )
         self.topology.write(plan.run_dir)
         self.progress("setting up the platform", 2, steps)
@@ -154,6 +168,7 @@ class Run:
             env=self.env,
             ready=lambda: (plan.status_dir / "firehose.json").exists(),
         )
+        self._start_functions()
         self.progress("setting up the platform", 3, steps)
 
         # The lake's past
@@ -177,6 +192,71 @@ class Run:
         self.monitor = Monitor({f: self.brokers[f].port for f in plan.factory_ids})
         self.monitor.start()
         self.progress("setting up the platform", 6, steps)
+
+    def _start_functions(self) -> None:
+        """The two Lambda functions on their event source mappings (as the stacks configure
+        them: batch 100, retries 3 and 5, an SQS on-failure destination)."""
+        plan, resources = self.plan, self.resources
+        assert resources is not None
+        assert self.relay is not None
+        writer_env = {
+            **self.env,
+            "INFLUXDB_URL": self.relay.url,
+            "INFLUXDB_ORG": aws.INFLUX_ORG,
+            "INFLUXDB_BUCKET": aws.INFLUX_BUCKET,
+            "INFLUXDB_SECRET_ARN": resources.influx_secret_arn,
+            "IDEMPOTENCY_TABLE": resources.writer_idempotency_table,
+            "DEAD_LETTER_QUEUE_URL": resources.writer_dead_letters,
+            "POWERTOOLS_SERVICE_NAME": "influx-writer",
+            # No READINGS_STREAM_NAME: the stream rules read the telemetry on their own, so a
+            # stopped InfluxDB does not stop them.
+        }
+        router_env = {
+            **self.env,
+            "ALERT_TOPIC_ARN": resources.alert_topic,
+            "ESCALATION_TOPIC_ARN": resources.escalation_topic,
+            "COOLDOWN_TABLE": resources.router_cooldown_table,
+            "IDEMPOTENCY_TABLE": resources.router_idempotency_table,
+            "DEAD_LETTER_QUEUE_URL": resources.router_dead_letters,
+            "COOLDOWN_SECONDS": "900",
+            "POWERTOOLS_SERVICE_NAME": "alert-router",
+        }
+        for function, stream, retries, on_failure, env, timeout in (
+            (
+                "influx_writer",
+                resources.telemetry_stream,
+                3,
+                resources.writer_on_failure,
+                writer_env,
+                60,
+            ),
+            (
+                "alert_router",
+                resources.anomaly_stream,
+                5,
+                resources.router_on_failure,
+                router_env,
+                30,
+            ),
+        ):
+            self.supervisor.start(
+                f"lambda-{function}",
+                self._python(
+                    "local_platform.connected.event_source",
+                    "--function",
+                    function,
+                    "--stream",
+                    stream,
+                    "--retry-attempts",
+                    str(retries),
+                    "--on-failure",
+                    on_failure,
+                    "--timeout-s",
+                    str(timeout),
+                ),
+                env=env,
+                ready=_exists(plan.status_dir / f"lambda-{function}.json"),
+            )
 
     def _start_gateway(self, factory: str, *, wait: bool = True) -> None:
         assert self.topology is not None
@@ -282,7 +362,7 @@ class Run:
         plan = self.plan
         assert self.monitor is not None
         deadline = time.time() + DRAIN_TIMEOUT_S
-        stages = ["gateways", "iot rules", "delivery stream"]
+        stages = ["gateways", "iot rules", "delivery stream", "functions"]
         self.progress("draining the pipeline", 0, len(stages))
         published = {
             f: int(read_json(plan.status_dir / f"sensors-{f}.json", {}).get("readings", 0))
@@ -358,6 +438,10 @@ class Run:
         result = reconcile.Reconciliation()
         with self._timed("reconciliation"):
             reconcile.reconcile_readings(plan, result)
+            assert self.influx is not None
+            assert self.resources is not None
+            with _environment(self.env):
+                reconcile.reconcile_cloud(plan, result, self.influx, self.resources)
         result.figures["faults"] = self.faults
         result.figures["lake_runs"] = [
             {
@@ -391,10 +475,18 @@ class Run:
             with contextlib.suppress(Exception):
                 self.monitor.stop()
         self.supervisor.stop_all()
+        if self.relay is not None:
+            self.relay.close()
+        if self.influx is not None:
+            self.influx.stop()
         if self.uplinks is not None:
             self.uplinks.stop()
         for broker in self.brokers.values():
             broker.close()
+
+
+def _exists(path: Path) -> Callable[[], bool]:
+    return path.exists
 
 
 @contextlib.contextmanager

@@ -30,5 +30,8 @@ def test_a_tiny_fleet_reconciles_exactly(tmp_path: Path) -> None:
     assert readings["published"] == sum(readings["published_by_factory"].values()) > 10_000
     assert readings["quarantined_at_gateways"] > 0  # the poison is there, and quarantined
     assert readings["silver"]["rows"] == readings["expected_valid"]
+    assert document["influxdb"]["points"] == readings["expected_valid"]  # queried back
+    alerts = document["alerts"]
+    assert alerts["received_by_people"] == alerts["sent"]
     assert json.loads((tmp_path / "reconciliation.json").read_text())["ok"]
     assert json.loads((tmp_path / "pids.json").read_text()) == {}  # every process stopped

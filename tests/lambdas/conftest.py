@@ -107,7 +107,7 @@ def kinesis_event(payloads: list[bytes], *, first_sequence: int = 1) -> dict[str
 @pytest.fixture(scope="session")
 def influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Debian's InfluxDB 1.6 on free 127.0.0.1 ports, temp dirs; stopped by its PID."""
-    from .influxd import start_influxd
+    from local_platform.connected.influxd import start_influxd
 
     server = start_influxd(tmp_path_factory.mktemp("influxd"))
     try:

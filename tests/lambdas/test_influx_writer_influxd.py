@@ -114,7 +114,7 @@ def test_a_type_conflict_is_a_400_the_service_dead_letters(influxd, database, ca
 
 
 def test_no_server_is_a_retryable_error(catalog):
-    from .influxd import free_port
+    from local_platform.connected.influxd import free_port
 
     writer = InfluxV1Writer(f"http://127.0.0.1:{free_port()}", "nothing", timeout_s=2)
     with pytest.raises(WriteError) as failed:

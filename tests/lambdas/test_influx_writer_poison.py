@@ -28,6 +28,7 @@ from lambdas.influx_writer import handler
 from lambdas.influx_writer.repository import RecordingDeadLetter
 from lambdas.influx_writer.service import InfluxWriterService
 from lambdas.shared.idempotency import InMemoryOnce
+from local_platform.connected.influxd import V2WriteRelay
 from tests.poison import (
     HOUR_MS,
     Poison,
@@ -44,7 +45,6 @@ from tests.poison import (
 )
 
 from .conftest import create_queue, create_table, drain, kinesis_event, unique
-from .influxd import V2WriteRelay
 
 NOW_MS = int(time.time() * 1000)
 FIRST_SEQUENCE = 1000
