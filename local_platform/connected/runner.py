@@ -309,9 +309,12 @@ class Run:
                 expect_exit=True,
             )
         self.schedule.start()
+        faults = _FaultSchedule(self) if plan.faults.enabled else None
         began = time.time()
         hours = plan.hours
         while True:
+            if faults is not None:
+                faults.tick()
             statuses = [
                 read_json(plan.status_dir / f"sensors-{f}.json", {}) for f in plan.factory_ids
             ]
@@ -336,6 +339,8 @@ class Run:
                 raise RunFailedError("the sensors did not finish in time")
             time.sleep(0.2)
         self.timings["live seconds"] = round(time.time() - self.clock.wall0, 2)
+        if faults is not None:
+            faults.finish()
 
     def _long_running(self) -> list[str]:
         return [
@@ -483,6 +488,132 @@ class Run:
             self.uplinks.stop()
         for broker in self.brokers.values():
             broker.close()
+
+
+class _FaultSchedule:
+    """The plan's faults, each started and ended when the simulated clock reaches its time,
+    and recorded (simulated and wall times, what each did) in `Run.faults`."""
+
+    def __init__(self, run: Run) -> None:
+        assert run.clock is not None
+        self.run = run
+        plan = run.plan
+        faults = plan.faults.resolved(plan.factories)
+        self.clock = run.clock
+        self.outage_factory = faults.outage_factory
+        self.kill_factory = faults.kill_factory
+        outage_start = plan.at(faults.outage_start_h)
+        outage_end = plan.at(faults.outage_start_h + faults.outage_hours)
+        self.events: list[tuple[float, str]] = sorted(
+            [
+                (self.clock.wall(outage_start), "outage-start"),
+                (self.clock.wall(outage_end), "outage-end"),
+                (self.clock.wall(plan.at(faults.kill_at_h)), "kill"),
+                (self.clock.wall(plan.at(faults.kill_at_h)) + faults.kill_down_s, "restart"),
+                (self.clock.wall(plan.at(faults.influx_stop_at_h)), "influx-stop"),
+                (
+                    self.clock.wall(plan.at(faults.influx_stop_at_h)) + faults.influx_down_s,
+                    "influx-start",
+                ),
+            ]
+        )
+        self.records: dict[str, dict[str, Any]] = {}
+        self.max_backlog = 0
+
+    def _record(self, name: str, **values: Any) -> dict[str, Any]:
+        record = self.records.setdefault(name, {"fault": name})
+        record.update(values)
+        return record
+
+    def tick(self) -> None:
+        now = time.time()
+        if "outage" in self.records and "wall_end" not in self.records["outage"]:
+            assert self.run.monitor is not None
+            status, _ = self.run.monitor.status(self.outage_factory)
+            self.max_backlog = max(self.max_backlog, int(status.get("backlog_readings", 0)))
+        while self.events and self.events[0][0] <= now:
+            _, event = self.events.pop(0)
+            self._do(event, now)
+
+    def _do(self, event: str, now: float) -> None:
+        run = self.run
+        sim = self.clock.sim_ms(now)
+        if event == "outage-start":
+            assert run.uplinks is not None
+            run.uplinks.down(self.outage_factory)
+            self._record(
+                "outage",
+                description=f"{self.outage_factory}'s uplink to IoT Core down",
+                factory=self.outage_factory,
+                sim_start_ms=sim,
+                wall_start=now,
+            )
+        elif event == "outage-end":
+            assert run.uplinks is not None
+            run.uplinks.restore(self.outage_factory)
+            uplink = run.uplinks.uplinks[self.outage_factory]
+            self._record(
+                "outage",
+                sim_end_ms=sim,
+                wall_end=now,
+                simulated_hours=round((sim - self.records["outage"]["sim_start_ms"]) / 3.6e6, 2),
+                connections_refused=uplink.refused,
+                max_backlog_readings=self.max_backlog,
+            )
+        elif event == "kill":
+            killed = []
+            for name in (
+                f"sensor-buffer-{self.kill_factory}",
+                f"failure-predictor-{self.kill_factory}",
+            ):
+                if name in run.supervisor.processes and run.supervisor.processes[name].running():
+                    pid = run.supervisor.processes[name].pid
+                    run.supervisor.kill(name)
+                    killed.append({"process": name, "pid": pid})
+            self._record(
+                "kill",
+                description=f"gateway {self.kill_factory} killed with SIGKILL, then restarted",
+                factory=self.kill_factory,
+                sim_ms=sim,
+                wall=now,
+                killed=killed,
+            )
+        elif event == "restart":
+            run._start_gateway(self.kill_factory, wait=False)
+            if f"failure-predictor-{self.kill_factory}" in run.supervisor.processes:
+                run.supervisor.restart(f"failure-predictor-{self.kill_factory}")
+            self._record(
+                "kill", restarted_wall=now, down_s=round(now - self.records["kill"]["wall"], 2)
+            )
+        elif event == "influx-stop":
+            assert run.influx is not None
+            run.influx.stop()
+            self._record(
+                "influxdb",
+                description="influxd stopped, then started again",
+                sim_start_ms=sim,
+                wall_start=now,
+            )
+        elif event == "influx-start":
+            assert run.influx is not None
+            run.influx.restart()
+            self._record(
+                "influxdb",
+                wall_end=time.time(),
+                down_s=round(time.time() - now + (now - self.records["influxdb"]["wall_start"]), 2),
+            )
+        run.faults[:] = list(self.records.values())
+
+    def finish(self) -> None:
+        """Anything still pending when the sensors are done happens now (short runs)."""
+        now = time.time()
+        while self.events:
+            _, event = self.events.pop(0)
+            self._do(event, now)
+        relay = self.run.relay
+        if relay is not None and "influxdb" in self.records:
+            self._record("influxdb", writes_refused_while_down=relay.unavailable)
+        self.run.faults[:] = list(self.records.values())
 
 
 def _exists(path: Path) -> Callable[[], bool]:

@@ -1,4 +1,6 @@
-"""The connected platform on a tiny fleet: every reading reconciled, exactly."""
+"""The connected platform on a tiny fleet, through its faults (an uplink outage, a gateway killed
+with SIGKILL and restarted, InfluxDB stopped, malformed payloads): every reading reconciled,
+exactly."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from local_platform.connected.runner import run
 pytestmark = pytest.mark.slow
 
 
-def test_a_tiny_fleet_reconciles_exactly(tmp_path: Path) -> None:
+def test_a_tiny_fleet_reconciles_exactly_through_the_faults(tmp_path: Path) -> None:
     plan = Plan(
         work_dir=tmp_path,
         factories=2,
@@ -22,7 +24,7 @@ def test_a_tiny_fleet_reconciles_exactly(tmp_path: Path) -> None:
         history_hours=4,
         malformed_rate=0.01,
         readings_per_s=2_000,
-        faults=Faults(enabled=False),
+        faults=Faults(kill_down_s=1.0, influx_down_s=2.0),
     )
     document = run(plan)
     assert document["ok"], json.dumps([c for c in document["checks"] if not c["ok"]], indent=1)
@@ -33,5 +35,9 @@ def test_a_tiny_fleet_reconciles_exactly(tmp_path: Path) -> None:
     assert document["influxdb"]["points"] == readings["expected_valid"]  # queried back
     alerts = document["alerts"]
     assert alerts["received_by_people"] == alerts["sent"]
+    faults = {f["fault"]: f for f in document["faults"]}
+    assert set(faults) == {"outage", "kill", "influxdb"}
+    assert faults["outage"]["max_backlog_readings"] > 0  # the gateway buffered, then sent
+    assert faults["kill"]["killed"][0]["process"] == "sensor-buffer-F02"
     assert json.loads((tmp_path / "reconciliation.json").read_text())["ok"]
     assert json.loads((tmp_path / "pids.json").read_text()) == {}  # every process stopped
