@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from iiot.catalog import CatalogError, load_catalog
+from kda_sql.calibration import MARGIN, MIN_READINGS, QUANTILE, Calibration, learn_from_run
 from kda_sql.generate import RENDERED_DIR, rule_summaries, stale_files, write_rendered
 
 app = typer.Typer(
@@ -36,6 +37,66 @@ def _catalog(path: Path | None):  # type: ignore[no-untyped-def]
         raise typer.Exit(1) from exc
 
 
+CalibrationOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--calibration",
+        help="Rapid-change limits learned by `iiot stream calibrate` (default: the catalog's).",
+    ),
+]
+
+
+def _calibration(path: Path | None) -> Calibration | None:
+    if path is None:
+        return None
+    try:
+        return Calibration.load(path)
+    except ValueError as exc:
+        stderr.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from exc
+
+
+@app.command()
+def calibrate(
+    data: Annotated[Path, typer.Option(help="Run directory (or silver export) to learn from.")],
+    out: Annotated[Path, typer.Option(help="Calibration JSON to write.")] = Path(
+        "rapid_change_limits.json"
+    ),
+    catalog: CatalogOption = None,
+    quantile: Annotated[float, typer.Option(help="Quantile of the normal windows.")] = QUANTILE,
+    margin: Annotated[float, typer.Option(help="Limit = margin x that quantile.")] = MARGIN,
+    min_readings: Annotated[
+        int, typer.Option(help="Readings a window must hold: it widens for slow sampling.")
+    ] = MIN_READINGS,
+    horizon_hours: Annotated[
+        float, typer.Option(help="Hours before each failure that are not normal.")
+    ] = 24.0,
+) -> None:
+    """Learn each series' rapid-change limit and window from its normal operation."""
+    metric_catalog = _catalog(catalog)
+    if not data.exists():
+        stderr.print(f"[bold red]error:[/] {data}: no such run directory", highlight=False)
+        raise typer.Exit(1)
+    try:
+        calibration = learn_from_run(
+            data,
+            metric_catalog,
+            horizon_ms=int(horizon_hours * 3_600_000),
+            quantile=quantile,
+            margin=margin,
+            min_readings=min_readings,
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        stderr.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from exc
+    calibration.save(out)
+    windows = sorted({s.window_seconds for s in calibration.series})
+    stdout.print(
+        f"{len(calibration.series)} series calibrated (windows {windows} s) -> {out}",
+        highlight=False,
+    )
+
+
 @app.command()
 def render(
     catalog: CatalogOption = None,
@@ -43,9 +104,23 @@ def render(
     check: Annotated[
         bool, typer.Option("--check", help="Only report whether the files are up to date.")
     ] = False,
+    calibration: CalibrationOption = None,
 ) -> None:
-    """Render the SQL rules from the catalog (kda_sql/templates -> kda_sql/sql)."""
+    """Render the SQL rules from the catalog (kda_sql/templates -> kda_sql/sql), with learned
+    rapid-change limits when a calibration is given (then --out must name another folder)."""
     metric_catalog = _catalog(catalog)
+    learned = _calibration(calibration)
+    if learned is not None:
+        if out.resolve() == RENDERED_DIR.resolve():
+            stderr.print(
+                "[bold red]error:[/] kda_sql/sql is the catalog's rendering: pass --out for "
+                "the calibrated SQL",
+                highlight=False,
+            )
+            raise typer.Exit(1)
+        for path in write_rendered(metric_catalog, out, learned):
+            stdout.print(str(path))
+        return
     if check:
         stale = stale_files(metric_catalog, out)
         if stale:
@@ -77,17 +152,26 @@ def run_local(
     ),
     slide_seconds: Annotated[int, typer.Option(help="HOP window slide.")] = 10,
     watermark_delay_seconds: Annotated[int, typer.Option(help="Allowed out-of-orderness.")] = 5,
+    calibration: CalibrationOption = None,
 ) -> None:
     """Run the rendered rules over local readings on PyFlink (creates .venv-flink once)."""
+    import tempfile
+
     from kda_sql.flink_env import FlinkEnvError, run_rules
 
     if not readings.exists():
         stderr.print(f"[bold red]error:[/] {readings}: no such file or folder", highlight=False)
         raise typer.Exit(1)
+    learned = _calibration(calibration)
+    sql_dir = None
+    if learned is not None:
+        sql_dir = Path(tempfile.mkdtemp(prefix="iiot-rules-"))
+        write_rendered(load_catalog(), sql_dir, learned)
     try:
         run = run_rules(
             readings.resolve(),
             out.resolve(),
+            sql_dir=sql_dir,
             extra_properties={
                 "window.slide.seconds": str(slide_seconds),
                 "watermark.delay.seconds": str(watermark_delay_seconds),

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from iiot.catalog import DEFAULT_CATALOG_PATH, MetricCatalog
+from kda_sql.calibration import Calibration, SeriesLimit
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 RENDERED_DIR = Path(__file__).resolve().parent / "sql"
@@ -74,8 +75,32 @@ def _joined(lines: Iterable[str], separator: str) -> str:
     return separator.join(lines)
 
 
-def render(catalog: MetricCatalog) -> dict[str, str]:
-    """File name -> rendered SQL (one statement per file) for this catalog."""
+def _metric_case(limits: dict[str, float], *, indent: str) -> str:
+    """`CASE metric WHEN 'm' THEN limit ... END` (NULL for a metric it does not name)."""
+    cases = "\n".join(
+        f"{indent}  WHEN {_quote(name)} THEN {_number(limit)}" for name, limit in limits.items()
+    )
+    return f"{indent}CASE metric\n{cases}\n{indent}END"
+
+
+def _series_case(
+    own: list[SeriesLimit], elsewhere: list[SeriesLimit], defaults: dict[str, float]
+) -> str:
+    """The limit of each learned series of this window; NULL (never fires here) for a series
+    learned with another window; else the catalog's default for this window's metrics."""
+    lines = ["    CASE factory_id || '/' || machine_id || '/' || metric"]
+    lines += [f"      WHEN {_quote(s.key)} THEN {_number(s.stddev_limit)}" for s in own]
+    lines += [f"      WHEN {_quote(s.key)} THEN CAST(NULL AS DOUBLE)" for s in elsewhere]
+    if defaults:
+        lines.append("      ELSE")
+        lines.append(_metric_case(defaults, indent="        "))
+    lines.append("    END")
+    return "\n".join(lines)
+
+
+def render(catalog: MetricCatalog, calibration: Calibration | None = None) -> dict[str, str]:
+    """File name -> rendered SQL (one statement per file) for this catalog, with the learned
+    rapid-change limits and windows of `calibration` when given."""
     common = _catalog_values(catalog)
     rendered: dict[str, str] = {}
     rendered[TABLE_FILES[0]] = _template("readings_table.sql")
@@ -119,24 +144,46 @@ def render(catalog: MetricCatalog) -> dict[str, str]:
             },
         )
 
-    # HOP windows have one size per query: one query per distinct window size in the catalog.
-    by_window: dict[int, dict[str, float]] = {}
+    # HOP windows have one size per query: one query per distinct window size, from the
+    # catalog's defaults and, when given, the learned per-series windows.
+    defaults: dict[int, dict[str, float]] = {}
     for name, m in sorted(catalog.items()):
         if m.rapid_change is not None:
-            by_window.setdefault(m.rapid_change.window_seconds, {})[name] = (
+            defaults.setdefault(m.rapid_change.window_seconds, {})[name] = (
                 m.rapid_change.stddev_limit
             )
-    for position, (window_seconds, limits) in enumerate(sorted(by_window.items())):
+    learned: dict[int, list[SeriesLimit]] = {}
+    for series in calibration.series if calibration is not None else ():
+        rule = catalog[series.metric].rapid_change if series.metric in catalog else None
+        if rule is not None:
+            learned.setdefault(series.window_seconds, []).append(series)
+    windows = sorted(set(defaults) | set(learned))
+    for position, window_seconds in enumerate(windows):
+        limits = defaults.get(window_seconds, {})
+        own = learned.get(window_seconds, [])
+        metrics = sorted(set(limits) | {s.metric for s in own})
+        if calibration is None:
+            source = "the catalog's `rapid_change.stddev_limit`"
+            expression = _metric_case(limits, indent="    ")
+        else:
+            source = (
+                "the series' limit learned from normal operation\n-- (`kda_sql.calibration`, "
+                f"{len(calibration.series)} series), else the catalog's `rapid_change.stddev_limit`"
+            )
+            elsewhere = [s for w, group in learned.items() if w != window_seconds for s in group]
+            expression = _series_case(own, elsewhere, limits)
         rendered[f"{20 + position}_rapid_change_{window_seconds}s.sql"] = _fill(
             _template("rapid_change.sql"),
             {
                 **common,
                 "window_seconds": str(window_seconds),
-                "metric_list": ", ".join(_quote(name) for name in limits),
-                "limit_cases": "\n".join(
-                    f"{_INDENT}WHEN {_quote(name)} THEN {_number(limit)}"
-                    for name, limit in limits.items()
+                # SQL's default leading precision of SECOND is 2 digits: 100 s and more say so
+                "window_unit": (
+                    "SECOND" if window_seconds < 100 else f"SECOND({len(str(window_seconds))})"
                 ),
+                "limit_source": source,
+                "metric_list": ", ".join(_quote(name) for name in metrics),
+                "limit_expression": expression,
             },
         )
     return rendered
@@ -170,10 +217,12 @@ def rule_summaries(catalog: MetricCatalog) -> list[RuleSummary]:
     return rules
 
 
-def write_rendered(catalog: MetricCatalog, out_dir: Path = RENDERED_DIR) -> list[Path]:
+def write_rendered(
+    catalog: MetricCatalog, out_dir: Path = RENDERED_DIR, calibration: Calibration | None = None
+) -> list[Path]:
     """Write the rendered SQL into `out_dir`, removing stale rendered files; return the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    rendered = render(catalog)
+    rendered = render(catalog, calibration)
     for stale in out_dir.glob("*.sql"):
         if stale.name not in rendered:
             stale.unlink()

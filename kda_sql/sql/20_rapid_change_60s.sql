@@ -24,7 +24,10 @@ FROM (
     factory_id,
     machine_id,
     metric,
-    STDDEV_SAMP(`value`) AS stddev_value,
+    -- not STDDEV_SAMP: Flink computes it as the square root of (sum of squares - squared sum
+    -- / n) / (n - 1), which rounding takes a hair below 0 for equal readings (a stuck sensor):
+    -- the root is NaN, and NaN compares above every limit. The variance is clamped at 0.
+    SQRT(CASE WHEN VAR_SAMP(`value`) > 0 THEN VAR_SAMP(`value`) ELSE 0.0 END) AS stddev_value,
     CASE metric
       WHEN 'flow_rate' THEN 80.0
       WHEN 'pressure' THEN 20.0

@@ -1,6 +1,6 @@
 -- Rapid change, {{window_seconds}}-second windows: per factory, machine and metric, the sample
 -- standard deviation of the readings in a window of {{window_seconds}} s that slides every
--- ${hop_slide_seconds} s (event time, HOP window); above the catalog's `rapid_change.stddev_limit`
+-- ${hop_slide_seconds} s (event time, HOP window); above {{limit_source}}
 -- it raises RAPID_CHANGE (WARNING) stamped with the newest reading's event time in the window.
 -- A window fires once the watermark passes its end; readings later than that are dropped.
 -- Rendered from the metric catalog ({{catalog_source}}, digest {{catalog_digest}}).
@@ -24,10 +24,11 @@ FROM (
     factory_id,
     machine_id,
     metric,
-    STDDEV_SAMP(`value`) AS stddev_value,
-    CASE metric
-{{limit_cases}}
-    END AS stddev_limit,
+    -- not STDDEV_SAMP: Flink computes it as the square root of (sum of squares - squared sum
+    -- / n) / (n - 1), which rounding takes a hair below 0 for equal readings (a stuck sensor):
+    -- the root is NaN, and NaN compares above every limit. The variance is clamped at 0.
+    SQRT(CASE WHEN VAR_SAMP(`value`) > 0 THEN VAR_SAMP(`value`) ELSE 0.0 END) AS stddev_value,
+{{limit_expression}} AS stddev_limit,
     MAX(`timestamp`) AS last_timestamp,
     COUNT(*) AS readings
   FROM TABLE(
@@ -35,7 +36,7 @@ FROM (
       TABLE valid_readings,
       DESCRIPTOR(event_time),
       INTERVAL '${hop_slide_seconds}' SECOND,
-      INTERVAL '{{window_seconds}}' SECOND
+      INTERVAL '{{window_seconds}}' {{window_unit}}
     )
   )
   WHERE metric IN ({{metric_list}})

@@ -119,6 +119,14 @@ def build() -> Streams:
     # per machine, so mixing them (stddev about 25) must never happen.
     add(Row(s, "M-ISO-A", "temperature", 40.0) for s in range(0, 120, 5))
     add(Row(s, "M-ISO-B", "temperature", 90.0) for s in range(0, 120, 5))
+    # STUCK: sensors frozen at one value (as a stuck transmitter reports). The variance of equal
+    # values is 0, but the textbook formula (sum of squares minus squared sum over n) comes out
+    # a hair below 0 in floating point for values like these, and the square root of that is
+    # NaN, which Flink's comparison ranks above every limit: no RAPID_CHANGE may fire.
+    for metric, value in (("temperature", 47.11), ("vibration", 3.07), ("pressure", 120.4)):
+        add(Row(s, "M-STUCK", metric, value) for s in range(0, 120, 5))
+    for metric, value in (("rpm", 1480.3), ("flow_rate", 612.9)):
+        add(Row(s, "M-STUCK", metric, value) for s in range(0, 120, 5))
     # OUT-OF-ORDER: the RAPID temperature step, but every pair of readings arrives swapped
     # (5 s out of order, within the 5 s watermark delay): same three windows expected.
     for row in step_series("M-OOO", "temperature", 40.0, 90.0):

@@ -50,7 +50,8 @@ def test_every_threshold_comes_from_the_catalog():
         "20_rapid_change_30s.sql",
         "21_rapid_change_120s.sql",
     }
-    assert "INTERVAL '30' SECOND" in sql["20_rapid_change_30s.sql"]
+    assert "INTERVAL '30' SECOND\n" in sql["20_rapid_change_30s.sql"]
+    assert "INTERVAL '120' SECOND(3)" in sql["21_rapid_change_120s.sql"]  # past SQL's 2 digits
     assert "WHEN 'temperature' THEN 4.5" in sql["20_rapid_change_30s.sql"]
     assert "WHEN 'vibration' THEN 7.0" in sql["21_rapid_change_120s.sql"]
     assert "`value` BETWEEN 0.0 AND 100.0" in sql["02_valid_readings_view.sql"]

@@ -112,6 +112,10 @@ def test_rapid_change_over_sliding_one_minute_windows(anomalies_by_machine, cata
     assert severity_view(anomalies_by_machine["M-RAPID"]) == []
 
 
+def test_a_stuck_sensor_has_no_spread_and_raises_nothing(anomalies_by_machine):
+    assert anomalies_by_machine.get("M-STUCK", []) == []
+
+
 def test_rapid_change_is_per_machine(anomalies_by_machine):
     assert anomalies_by_machine.get("M-ISO-A", []) == []
     assert anomalies_by_machine.get("M-ISO-B", []) == []

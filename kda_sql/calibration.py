@@ -1,0 +1,248 @@
+"""Rapid-change limits learned per series from normal operation; the window scales with sampling.
+
+The catalog keeps the physical limits (valid range, edge and severity thresholds) and the
+rapid-change rule's *defaults*: `rapid_change.window_seconds` and `stddev_limit`, which apply to a
+series nobody calibrated. A fixed standard-deviation limit cannot fit every series (SKAB's pumps
+never reach 1 degC of 60 s standard deviation on temperature, against the catalog's 20), so each
+series (factory, machine, metric) gets its own, from its normal operation:
+
+* **window**: the catalog's window, widened in whole multiples of it until it holds at least
+  `min_readings` readings at the series' sampling interval (the median spacing of its normal
+  readings). A series read every 10 s keeps 60 s; one read every minute gets 360 s. Multiples of
+  the catalog window keep every window a multiple of the HOP slide that divides the catalog's;
+* **limit**: `margin` times the `quantile` of the sample standard deviations of the windows the
+  rule itself would form over the normal readings (HOP windows of that size sliding by
+  `slide_seconds`, at least two readings each), and never below `min_resolutions` sensor
+  resolutions (a flat series must not alarm on one quantization step).
+
+Normal operation is what `ml_pipeline.anomaly.normal_operation` also trains on: valid readings,
+without the horizon before each recorded failure, its down time and every maintenance job.
+`learn_limits` takes the series directly; `learn_from_run` reads a run directory (or the lake's
+silver export). `kda_sql.generate.render(catalog, calibration)` renders the learned limits and
+windows into the Flink SQL; series without one keep the catalog's default.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from iiot.catalog import MetricCatalog
+
+CALIBRATION_VERSION = 1
+MIN_READINGS = 6
+QUANTILE = 0.999
+MARGIN = 1.5
+MIN_RESOLUTIONS = 2.0
+MIN_WINDOWS = 30
+DEFAULT_SLIDE_SECONDS = 10  # the runner's default `window.slide.seconds`
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class SeriesLimit:
+    """The rapid-change rule of one series, learned from `windows` normal windows."""
+
+    factory_id: str
+    machine_id: str
+    metric: str
+    interval_ms: int
+    window_seconds: int
+    stddev_limit: float
+    windows: int
+
+    @property
+    def key(self) -> str:
+        """How the SQL names the series: ``factory/machine/metric``."""
+        return f"{self.factory_id}/{self.machine_id}/{self.metric}"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Every learned series limit, with how they were learned."""
+
+    series: tuple[SeriesLimit, ...]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = {
+            "version": CALIBRATION_VERSION,
+            "settings": self.settings,
+            "series": [asdict(s) for s in self.series],
+        }
+        path.write_text(json.dumps(data, indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> Calibration:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path}: not a rapid-change calibration: {exc}") from exc
+        if not isinstance(data, dict) or data.get("version") != CALIBRATION_VERSION:
+            raise ValueError(f"{path}: calibration version {CALIBRATION_VERSION} expected")
+        try:
+            series = tuple(
+                SeriesLimit(
+                    str(s["factory_id"]),
+                    str(s["machine_id"]),
+                    str(s["metric"]),
+                    int(s["interval_ms"]),
+                    int(s["window_seconds"]),
+                    float(s["stddev_limit"]),
+                    int(s["windows"]),
+                )
+                for s in data["series"]
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: a series entry is incomplete: {exc}") from exc
+        for s in series:
+            if s.window_seconds < 1 or not s.stddev_limit > 0:
+                raise ValueError(f"{path}: {s.key}: window and limit must be positive")
+        return cls(series, dict(data.get("settings", {})))
+
+
+def window_for(
+    interval_ms: int, catalog_window_seconds: int, min_readings: int = MIN_READINGS
+) -> int:
+    """The catalog window, widened in whole multiples until it holds `min_readings` readings."""
+    needed_s = min_readings * interval_ms / 1000
+    return catalog_window_seconds * max(1, math.ceil(needed_s / catalog_window_seconds - 1e-9))
+
+
+def window_stddevs(
+    timestamp_ms: IntArray, values: FloatArray, window_ms: int, slide_ms: int
+) -> FloatArray:
+    """Sample standard deviations of the HOP windows (size `window_ms`, starting at multiples of
+    `slide_ms`, epoch-aligned as Flink's) that hold at least two of the readings."""
+    order = np.argsort(timestamp_ms, kind="stable")
+    t = np.asarray(timestamp_ms, dtype=np.int64)[order]
+    v = np.asarray(values, dtype=np.float64)[order]
+    if len(t) < 2:
+        return np.empty(0)
+    v = v - v.mean()  # centred: the sums below do not cancel catastrophically
+    s1 = np.concatenate([[0.0], np.cumsum(v)])
+    s2 = np.concatenate([[0.0], np.cumsum(v * v)])
+    first = (int(t[0]) - window_ms) // slide_ms + 1
+    last = int(t[-1]) // slide_ms
+    starts = np.arange(first, last + 1, dtype=np.int64) * slide_ms
+    lo = np.searchsorted(t, starts, side="left")
+    hi = np.searchsorted(t, starts + window_ms, side="left")
+    n = (hi - lo).astype(np.float64)
+    keep = n >= 2
+    n, lo, hi = n[keep], lo[keep], hi[keep]
+    total = s1[hi] - s1[lo]
+    variance = (s2[hi] - s2[lo] - total * total / n) / (n - 1)
+    stddev: FloatArray = np.sqrt(np.maximum(variance, 0.0))
+    return stddev
+
+
+def learn_limits(
+    series: Iterable[tuple[str, str, str, IntArray, FloatArray]],
+    catalog: MetricCatalog,
+    *,
+    quantile: float = QUANTILE,
+    margin: float = MARGIN,
+    min_readings: int = MIN_READINGS,
+    min_resolutions: float = MIN_RESOLUTIONS,
+    min_windows: int = MIN_WINDOWS,
+    slide_seconds: int = DEFAULT_SLIDE_SECONDS,
+) -> Calibration:
+    """One SeriesLimit per (factory, machine, metric, timestamps, values) of normal operation
+    whose metric has a rapid-change rule and that yields at least `min_windows` windows."""
+    if not 0 < quantile <= 1:
+        raise ValueError(f"quantile must be in (0, 1], got {quantile}")
+    if not margin > 0 or min_readings < 2 or slide_seconds < 1:
+        raise ValueError("margin must be positive, min_readings >= 2 and slide_seconds >= 1")
+    learned = []
+    for factory_id, machine_id, metric, timestamp_ms, values in series:
+        spec = catalog.get(metric)
+        if spec is None or spec.rapid_change is None or len(timestamp_ms) < min_readings:
+            continue
+        t = np.sort(np.asarray(timestamp_ms, dtype=np.int64))
+        gaps = np.diff(t)
+        gaps = gaps[gaps > 0]
+        if not len(gaps):
+            continue
+        interval_ms = int(np.median(gaps))
+        window_s = window_for(interval_ms, spec.rapid_change.window_seconds, min_readings)
+        stds = window_stddevs(timestamp_ms, values, window_s * 1000, slide_seconds * 1000)
+        if len(stds) < min_windows:
+            continue
+        limit = max(margin * float(np.quantile(stds, quantile)), min_resolutions * spec.resolution)
+        learned.append(
+            SeriesLimit(
+                factory_id,
+                machine_id,
+                metric,
+                interval_ms,
+                window_s,
+                float(f"{limit:.6g}"),
+                len(stds),
+            )
+        )
+    learned.sort(key=lambda s: (s.factory_id, s.machine_id, s.metric))
+    return Calibration(
+        tuple(learned),
+        {
+            "quantile": quantile,
+            "margin": margin,
+            "min_readings": min_readings,
+            "min_resolutions": min_resolutions,
+            "slide_seconds": slide_seconds,
+            "catalog_digest": catalog.digest,
+        },
+    )
+
+
+def learn_from_run(
+    run_dir: Path,
+    catalog: MetricCatalog,
+    *,
+    horizon_ms: int = 24 * 3_600_000,
+    **settings: Any,
+) -> Calibration:
+    """Learn every series' limit from a run directory's normal operation (the readings outside
+    the horizon before each failure, its down time and the maintenance jobs)."""
+    from ml_pipeline.anomaly import _maintenance_windows
+    from ml_pipeline.dataset import read_history, read_streams
+
+    history = read_history(run_dir)
+    excluded: dict[str, list[tuple[int, int]]] = {}
+    for failure in history.failures:
+        excluded.setdefault(failure.machine_id, []).append(
+            (failure.failed_at_ms - horizon_ms, failure.repaired_at_ms)
+        )
+    for machine_id, jobs in _maintenance_windows(run_dir).items():
+        excluded.setdefault(machine_id, []).extend(jobs)
+
+    def normal_series() -> Iterable[tuple[str, str, str, IntArray, FloatArray]]:
+        for stream in read_streams(run_dir, history, catalog):
+            machine = stream.machine
+            keep = np.ones(len(stream.timestamp), dtype=bool)
+            for begin, end in excluded.get(machine.machine_id, []):
+                keep &= (stream.timestamp < begin) | (stream.timestamp >= end)
+            metrics = np.asarray(stream.metric)
+            for metric in np.unique(metrics[keep]).tolist():
+                picked = keep & (metrics == metric)
+                yield (
+                    stream.factory_id,
+                    machine.machine_id,
+                    str(metric),
+                    np.asarray(stream.timestamp[picked], dtype=np.int64),
+                    np.asarray(stream.value[picked], dtype=np.float64),
+                )
+
+    calibration = learn_limits(normal_series(), catalog, **settings)
+    calibration.settings.update({"source": str(run_dir), "horizon_hours": horizon_ms / 3_600_000})
+    return calibration
