@@ -78,8 +78,9 @@ def _pct(value: Any) -> str:
 
 def _table(headers: list[str], rows: list[list[str]], cls: str = "") -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    thead = f"<thead><tr>{head}</tr></thead>" if any(headers) else ""
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return f'<table class="{cls}">{thead}<tbody>{body}</tbody></table>'
 
 
 def _missing(reason: str) -> str:
@@ -345,6 +346,35 @@ def _whatif(data: dict[str, Any]) -> str:
 {text}{_chart("whatif", w, 320)}{_source(w)}</section>"""
 
 
+def _reconciliation(document: Any) -> str:
+    """The connected run's checks (each two counts that must agree) as a table, then the rest
+    of its figures."""
+    if not isinstance(document, dict) or not isinstance(document.get("checks"), list):
+        return _json_block(document)
+    verdict = (
+        '<p class="ok">Every count reconciles.</p>'
+        if document.get("ok")
+        else f'<p class="bad">Failed: {_e(", ".join(document.get("failed", [])))}</p>'
+    )
+    rows = [
+        [
+            _e(c.get("check")),
+            _num(c.get("left")),
+            _num(c.get("right")),
+            '<span class="ok">ok</span>' if c.get("ok") else '<span class="bad">differs</span>',
+            _e(c.get("note", "")),
+        ]
+        for c in document["checks"]
+        if isinstance(c, dict)
+    ]
+    rest = {k: v for k, v in document.items() if k not in {"ok", "failed", "checks"}}
+    return (
+        verdict
+        + _table(["check", "count", "against", "", "note"], rows)
+        + (f"<details><summary>figures</summary>{_json_block(rest)}</details>" if rest else "")
+    )
+
+
 def _data_path(data: dict[str, Any]) -> str:
     d = data["data_path"]
     if not d.get("available"):
@@ -364,7 +394,7 @@ def _data_path(data: dict[str, Any]) -> str:
     parts.append(
         "<h3>Reconciliation</h3>"
         + (
-            "".join(f"<h4>{_e(k)}</h4>{_json_block(v)}" for k, v in reconciliation.items())
+            "".join(f"<h4>{_e(k)}</h4>{_reconciliation(v)}" for k, v in reconciliation.items())
             if reconciliation
             else _missing("no reconciliation (the connected run writes it)")
         )

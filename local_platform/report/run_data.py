@@ -553,7 +553,15 @@ def data_path(run: Run) -> Panel:
             }
         panel["source"].append("edge/sensor_buffer.sqlite3")
     documents = {}
-    for pattern in ("*reconcil*.json", "*figures*.json", "*outage*.json", "*backlog*.json"):
+    # the connected run writes reconciliation.json, figures.json and faults.json (outages,
+    # kills) in its directory (local_platform/connected)
+    for pattern in (
+        "*reconcil*.json",
+        "*figures*.json",
+        "faults.json",
+        "*outage*.json",
+        "*backlog*.json",
+    ):
         for path in run.find(pattern):
             if path.name in {"demo_figures.json"}:
                 continue

@@ -81,15 +81,22 @@ def full_run(tmp_path_factory: pytest.TempPathFactory, catalog: MetricCatalog) -
     (run / "quarantine.jsonl").write_text(
         '{"bad": 1}\tunit: expected degC\n{"x"\tpayload: not JSON\n'
     )
-    (run / "connected").mkdir()
-    (run / "connected" / "reconciliation.json").write_text(
+    (run / "reconciliation.json").write_text(
         json.dumps(
-            {
-                "published": 1000,
-                "in_silver": 990,
+            {  # the shape local_platform/connected/reconcile.py writes
+                "ok": True,
+                "failed": [],
+                "checks": [
+                    {
+                        "check": "published = silver + quarantined",
+                        "left": 1000,
+                        "right": 1000,
+                        "ok": True,
+                    },
+                ],
                 "quarantined": {"unit": 10},
-                "reconciled": True,
             }
         )
     )
+    (run / "faults.json").write_text(json.dumps([{"fault": "uplink down", "factory": "F01"}]))
     return run

@@ -3,9 +3,11 @@ real browser (headless Chromium) draws every panel without an error."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -67,7 +69,8 @@ def test_reliability_kpis_plan_and_health_from_a_run(full_run: Path):
                 assert "Saturday" in entry["window"]
     health = data["data_path"]
     assert health["contract_quarantine"] == {"unit": 1, "payload": 1}
-    assert health["reconciliation"]["connected/reconciliation.json"]["reconciled"] is True
+    assert health["reconciliation"]["reconciliation.json"]["ok"] is True
+    assert "faults.json" in health["documents"]
     assert data["scatter"]["anomalies"] > 0
     assert {"lake z-score flags", "failure predictor alerts"} <= {
         source for counts in data["anomalies"]["counts"].values() for source in counts
@@ -112,9 +115,7 @@ def _chromium(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.skipif(
     CHROMIUM is None, reason="chromium is not installed (scripts/bootstrap.sh test)"
 )
-def test_every_panel_renders_in_chromium(
-    full_run: Path, tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]
-):
+def test_every_panel_renders_in_chromium(full_run: Path, capsys: pytest.CaptureFixture[str]):
     report = write_report(full_run)
     dom = _chromium("--dump-dom", report.as_uri())
     assert dom.returncode == 0, dom.stderr[-2000:]
@@ -124,6 +125,7 @@ def test_every_panel_renders_in_chromium(
     body = re.search(r"<body[^>]*>", dom.stdout)
     assert body is not None
     assert 'data-ready="1"' in body.group(0), "the charts never finished drawing"
+    assert "Every count reconciles" in dom.stdout
     assert "data-errors" not in body.group(0), body.group(0)
     for name in CHART_PANELS:
         tag = re.search(rf'<div class="chart[^"]*" data-panel="{name}"[^>]*>', dom.stdout)
@@ -133,10 +135,15 @@ def test_every_panel_renders_in_chromium(
             continue  # the what-if has its own test
         assert drawn is not None, f"panel {name} was not drawn"
         assert int(drawn.group(1)) > 0, f"panel {name} drew nothing"
-    shots = tmp_path_factory.mktemp("screenshots")
+    # kept outside pytest's rotating temporary folders, so it outlives later test runs
+    shots = Path(
+        os.environ.get("IIOT_REPORT_SCREENSHOTS", Path(tempfile.gettempdir()) / "iiot-report")
+    )
+    shots.mkdir(parents=True, exist_ok=True)
     png = shots / "report.png"
+    shutil.copy(report, shots / "report.html")
     shot = _chromium("--window-size=1400,5400", f"--screenshot={png}", report.as_uri())
     assert shot.returncode == 0, shot.stderr[-2000:]
     assert png.stat().st_size > 50_000
     with capsys.disabled():
-        print(f"\nreport screenshot: {png}\nreport: {report}")
+        print(f"\nreport screenshot: {png}\nreport: {shots / 'report.html'}")
