@@ -208,13 +208,22 @@ def reliability(history: dict[str, Any], predictions: dict[str, Any] | None) -> 
 
 
 def _valid_readings(run: Run, catalog: MetricCatalog) -> dict[str, np.ndarray] | None:
-    path = run.simulation / "readings.parquet"
-    if not path.is_file():
-        return None
+    """The simulation's readings, or the lake's silver readings when the run has no
+    simulation files (a connected run regenerates its sensors' messages from the seed)."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path, columns=["timestamp", "machine_id", "metric", "value"])
+    columns = ["timestamp", "machine_id", "metric", "value"]
+    path = run.simulation / "readings.parquet"
+    silver = run.root / "lake" / "silver" / "readings"
+    if path.is_file():
+        table = pq.read_table(path, columns=columns)
+    elif (silver / "_delta_log").is_dir():
+        from deltalake import DeltaTable
+
+        table = DeltaTable(str(silver)).to_pyarrow_table(columns=columns)
+    else:
+        return None
     machine = table.column("machine_id").combine_chunks().cast("string").to_numpy(False)
     metric = table.column("metric").combine_chunks().cast("string").to_numpy(False)
     timestamp = pc.cast(table.column("timestamp"), "int64").to_numpy()
@@ -236,7 +245,9 @@ def _valid_readings(run: Run, catalog: MetricCatalog) -> dict[str, np.ndarray] |
 def readings_panel(readings: dict[str, np.ndarray] | None, catalog: MetricCatalog) -> Panel:
     """10-minute means per machine and metric, and each machine's latest reading per metric."""
     if readings is None:
-        return missing("no simulation/readings.parquet in this run")
+        return missing("no simulation/readings.parquet or lake silver readings in this run")
+    if not len(readings["timestamp"]):
+        return missing("the run's readings are empty")
     t0 = int(readings["timestamp"].min())
     bins = ((readings["timestamp"] - t0) // BIN_MS).astype(np.int64)
     n_bins = int(bins.max()) + 1
@@ -262,7 +273,8 @@ def readings_panel(readings: dict[str, np.ndarray] | None, catalog: MetricCatalo
     }
     return {
         "available": True,
-        "source": "simulation/readings.parquet (valid range only, 10-minute means)",
+        "source": "readings (simulation/readings.parquet or lake silver; valid range only, "
+        "10-minute means)",
         "bins": [_iso(t0 + i * BIN_MS) for i in range(n_bins)],
         "series": series,
         "latest": latest,

@@ -42,6 +42,14 @@ def test_a_broken_input_says_so_instead_of_failing(tmp_path: Path):
     write_report(tmp_path)
 
 
+def test_a_run_without_simulation_files_shows_the_lake_readings(full_run: Path, tmp_path: Path):
+    """A connected run keeps no simulation files: its readings come from silver."""
+    (tmp_path / "lake").symlink_to(full_run / "lake")
+    panel = collect(tmp_path)["readings"]
+    assert panel["available"]
+    assert len(panel["series"]) == 6
+
+
 def test_reliability_kpis_plan_and_health_from_a_run(full_run: Path):
     data = collect(full_run)
     rel = data["reliability"]

@@ -73,7 +73,7 @@ function drawPumps() {
     plot('anomalies', sources.map((src, i) => ({type: 'bar', name: src, x: machines,
       y: machines.map(m => a.counts[m][src] || 0), marker: {color: COLORS[i + 1]}})),
       {barmode: 'group', yaxis: {title: 'count (log scale)', type: 'log', dtick: 1},
-       xaxis: {tickangle: -60}, margin: {l: 50, r: 16, t: 10, b: 80}});
+       xaxis: {tickangle: -60, automargin: true}, margin: {l: 50, r: 16, t: 10, b: 90}});
   }
 }
 function drawRisk() {
