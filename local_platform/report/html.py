@@ -337,7 +337,14 @@ def _whatif(data: dict[str, Any]) -> str:
             f"downtime. Acting on the predictor's alerts: {pred['failures']} failures, "
             f"{pred['unplanned_h']:.1f} h unplanned plus {pred['planned_h']:.1f} h of planned "
             f"jobs ({pred['planned_jobs']} jobs: {pred['averted']} averted a failure, "
-            f"{pred['false_alarm_jobs']} found nothing).</p>"
+            f"{pred['false_alarm_jobs']} found nothing)"
+            + (
+                f"; of the failures left, {pred['failures_missed']} had no alert in the 24 h "
+                f"before and {pred['failures_late']} were alerted too late for their job"
+                if "failures_missed" in pred
+                else ""
+            )
+            + ".</p>"
             f"<p><b>Unplanned downtime {w['unplanned_reduction'] * -100:+.0f}%</b>, total "
             f"downtime including the planned jobs <b>{w['downtime_reduction'] * -100:+.0f}%"
             "</b> (the case study claims 50% less downtime).</p>"

@@ -187,6 +187,7 @@ def run_whatif(
     }
     warmup = int(policy.warmup_hours * HOUR_MS)
     plan: dict[str, list[int]] = {m: [] for m in machines}
+    alerts: list[dict[str, Any]] = []
     frontier = dict.fromkeys(machines, fleet.start_ms + warmup)
     active = set(machines)
     iterations = 0
@@ -220,12 +221,33 @@ def run_whatif(
             if start >= fleet.end_ms:
                 continue
             plan[machine].append(start)
+            alerts.append(
+                {
+                    "machine_id": machine,
+                    "alert_ms": alert[0],
+                    "probability": round(alert[1], 3),
+                    "job_ms": start,
+                }
+            )
             frontier[machine] = start + int(policy.min_gap_hours * HOUR_MS)
             still.add(machine)
         active = still
     final_jobs = tuple((m, start) for m, starts in plan.items() for start in starts)
     predictive = FleetSimulator(replace(fleet, planned_maintenance=final_jobs), catalog)
     rtf, pred = downtime(baseline), downtime(predictive)
+    # each failure the predictive arm still suffered: alerted too late for its job, or missed
+    for failure in predictive.failures:
+        if not fleet.start_ms <= failure.failed_at_ms < fleet.end_ms:
+            continue
+        before = [
+            a
+            for a in alerts
+            if a["machine_id"] == failure.machine_id
+            and failure.failed_at_ms - 24 * HOUR_MS <= a["alert_ms"] < failure.failed_at_ms
+        ]
+        pred.setdefault("failures_late", 0)
+        pred.setdefault("failures_missed", 0)
+        pred["failures_late" if before else "failures_missed"] += 1
     reduction = 1 - pred["downtime_h"] / rtf["downtime_h"] if rtf["downtime_h"] else 0.0
     unplanned = 1 - pred["unplanned_h"] / rtf["unplanned_h"] if rtf["unplanned_h"] else 0.0
     return {
@@ -252,6 +274,7 @@ def run_whatif(
         "extra_maintenance_h": pred["planned_h"],
         "goal_reduction": 0.5,
         "meets_goal": reduction >= 0.5,
+        "jobs": alerts,
         "iterations": iterations,
         "seconds": round(time.perf_counter() - began, 1),
     }
