@@ -156,3 +156,24 @@ def test_the_artifact_imports_and_starts_in_a_clean_virtual_environment(
         f"\n{name}: venv and requirements {installed - began:.1f} s, "
         f"import, start and stop {time.perf_counter() - installed:.1f} s"
     )
+
+
+@pytest.mark.slow
+def test_a_wheel_that_does_not_match_its_hash_fails_the_install(tmp_path: Path) -> None:
+    """The Install step checks every wheel: one changed after the build is refused."""
+    decompressed = tmp_path / "artifacts"
+    name = "com.iiot.SensorBuffer"
+    unpacked = decompressed / name
+    zipfile.ZipFile(build_component(name, tmp_path / "build")).extractall(unpacked)
+    (wheel,) = (unpacked / "wheels").glob("mdurl-*.whl")
+    wheel.write_bytes(wheel.read_bytes() + b"\0")  # still a valid zip: only the hash tells
+    install = subprocess.run(
+        install_step(name, tmp_path / "work", decompressed),
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert install.returncode != 0
+    assert "DO NOT MATCH THE HASHES" in install.stderr
+    assert not (
+        tmp_path / "work" / "venv" / "lib" / "python3.11" / "site-packages" / "numpy"
+    ).exists()
