@@ -3,11 +3,12 @@
 
 Settings that differ per deployment arrive as CDK context `<env>:<setting>` and become typed
 settings in config/environments.py (`npx cdk deploy -c prod:alarm_email=ops@example.com ...`).
-Account and region come from CDK_DEFAULT_ACCOUNT / CDK_DEFAULT_REGION (set by the CDK CLI).
+Each environment is a cdk.Stage pinned to the account and region of its context (`<env>:account`,
+`<env>:region`); only the dev sandbox may take CDK_DEFAULT_ACCOUNT / CDK_DEFAULT_REGION.
 
 `IIOT_ENVIRONMENTS=dev,prod` limits the build to some environments (default: all three). It
 stays an environment variable of this process, not context, because it is no setting: it
-changes no template, only which environments this run builds (`cdk deploy 'iiot-dev-*'`
+changes no template, only which environments this run builds (`cdk deploy 'iiot-dev/*'`
 otherwise builds all three to deploy one, which is slower).
 """
 

@@ -2,11 +2,19 @@
 
 Environments differ only through these frozen dataclasses: the composition root passes them to
 the stacks as keyword arguments, and no stack reads CDK context or environment variables.
-Settings given at deployment time (an alarm address, the model version the gateways run, the
-metric catalog) arrive as CDK context keys `<env>:<setting>` and are validated here with the
-rest (see `Environment`). Account and region are never written here: they come from the
-environment (`CDK_DEFAULT_ACCOUNT` / `CDK_DEFAULT_REGION`, which the CDK CLI sets from the AWS
-profile); without them the stacks are environment-agnostic.
+Settings given at deployment time (the account and region, an alarm address, the model version
+the gateways run, the metric catalog) arrive as CDK context keys `<env>:<setting>` and are
+validated here with the rest (see `Environment`). Account ids are never written here: each
+environment is pinned to the account and region its context names (`-c prod:account=...
+-c prod:region=...`, or committed under cdk.json's "context"); only a sandbox (dev) may take the
+CLI profile's (`CDK_DEFAULT_ACCOUNT` / `CDK_DEFAULT_REGION`). An environment that is neither
+pinned nor a sandbox synthesizes for review, but its stacks refuse to deploy (see
+stacks/environment_stacks.py).
+
+Every account-wide name carries the environment (`Environment.prefix`, `cloud_topic`,
+`component_name`, the metric namespaces), so dev, staging and prod can share one account.
+Content pins of what the deploy-time builds fetch (`ArtifactPins`) are given once for all
+environments as context `pins:<setting>`.
 """
 
 from __future__ import annotations
@@ -32,7 +40,31 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 METRICS_CATALOG = REPOSITORY / "config" / "metrics.yaml"
 ENVIRONMENT_NAMES = ("dev", "staging", "prod")
 # The settings given at deployment time, as CDK context `<env>:<setting>` (Environment).
-DEPLOY_INPUTS = ("alarm_email", "edge_model_version", "metrics_catalog")
+DEPLOY_INPUTS = ("account", "region", "alarm_email", "edge_model_version", "metrics_catalog")
+# Regions where every resource type of the app exists (cfn-lint's CloudFormation schemas;
+# tests/infra/test_gates.py lints every template for each). GreengrassV2, the IoT thing types
+# and groups, Timestream for InfluxDB or Managed Flink's logging option are missing elsewhere,
+# e.g. eu-north-1, sa-east-1, me-central-1 (cfn-lint E3006).
+SUPPORTED_REGIONS = (
+    "us-east-1",
+    "us-east-2",
+    "us-west-2",
+    "ca-central-1",
+    "eu-west-1",
+    "eu-west-2",
+    "eu-central-1",
+    "ap-northeast-1",
+    "ap-south-1",
+    "ap-southeast-1",
+    "ap-southeast-2",
+    "me-south-1",
+)
+_ACCOUNT = re.compile(r"\d{12}")
+# Content pins of the deploy-time builds, as CDK context `pins:<setting>` (ArtifactPins).
+PINS_PREFIX = "pins"
+PIN_INPUTS = ("emr_image_digest", "flink_connector_sha256")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 # Kinesis Data Streams limits per shard (writes).
 SHARD_RECORDS_PER_SECOND = 1000
@@ -131,16 +163,33 @@ class EdgeRollout:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Retraining:
+    """When the SageMaker pipeline retrains the failure model.
+
+    `schedule_cron` (EventBridge cron, UTC) starts it regularly; `on_new_silver` also starts it
+    when a lake run has written new silver data (the lake state machine succeeded). Where the
+    lake runs hourly (prod) the data trigger would retrain every hour, so it is a setting.
+    """
+
+    schedule_cron: str
+    on_new_silver: bool
+
+
+@dataclass(frozen=True, kw_only=True)
 class Environment:
     """Everything that differs between dev, staging and prod.
 
-    The last three settings are deployment inputs: they are not written in this file but
+    The last five settings are deployment inputs: they are not written in this file but
     arrive as CDK context keys `<env>:<setting>`, either for one command
-    (`npx cdk deploy -c prod:edge_model_version=1.0.7 iiot-prod-edge`) or committed under
+    (`npx cdk deploy -c prod:edge_model_version=1.0.7 'iiot-prod/edge'`) or committed under
     cdk.json's "context" so that the change is reviewed and later deploys keep it. An empty
     value leaves the setting at its default. A key for an unknown setting, or a setting
     without its environment (`-c edge_model_version=...`), is rejected.
 
+    - `account`, `region` (`<env>:account`, `<env>:region`): the AWS account (12 digits) and
+      region (one of SUPPORTED_REGIONS) the environment's stacks deploy to. A `sandbox`
+      environment without them takes the CLI profile's; any other stays unpinned and its
+      stacks refuse to deploy until both are given.
     - `alarm_email` (`<env>:alarm_email`): an address subscribed to the operations alarm
       topic; None: the topic has no subscriber.
     - `edge_model_version` (`<env>:edge_model_version`): the com.iiot.FailureModel version
@@ -155,8 +204,7 @@ class Environment:
     """
 
     name: Literal["dev", "staging", "prod"]
-    account: str | None
-    region: str | None
+    sandbox: bool  # may deploy to whatever account the CLI profile names (dev)
     factories: tuple[str, ...]
     workload: Workload
     kinesis_capacity: Literal["on_demand", "provisioned"]
@@ -168,12 +216,16 @@ class Environment:
     influx_instance_type: str
     influx_storage_gib: int
     influx_multi_az: bool
+    influx_retention_days: int  # hot time series; the lake keeps the history
     redshift_base_rpu: int
     flink_parallelism: int
     flink_parallelism_per_kpu: int
     edge_rollout: EdgeRollout
+    retraining: Retraining
     tags: Mapping[str, str] = field(default_factory=dict)
     # Deployment inputs (see above).
+    account: str | None = None
+    region: str | None = None
     alarm_email: str | None = None
     edge_model_version: str | None = None
     metrics_catalog: Path = METRICS_CATALOG
@@ -182,6 +234,33 @@ class Environment:
     def prefix(self) -> str:
         """Prefix of every stack and physical name: `iiot-dev`."""
         return f"iiot-{self.name}"
+
+    @property
+    def pinned(self) -> bool:
+        """Whether the stacks name their account and region (else they take the CLI's)."""
+        return self.account is not None and self.region is not None
+
+    def cloud_topic(self, topic: str) -> str:
+        """The environment's IoT Core topic for one of iiot/topics.py's cloud topics (or a
+        filter): `factory/anomalies` -> `iiot/dev/factory/anomalies`. The gateway components
+        keep the plain names as defaults (local runs); deployments set these."""
+        return f"iiot/{self.name}/{topic}"
+
+    def component_name(self, name: str) -> str:
+        """The environment's Greengrass component name: component names and versions are
+        account-wide in a region, so `com.iiot.SensorBuffer` -> `com.iiot.dev.SensorBuffer`."""
+        vendor, _, component = name.rpartition(".")
+        return f"{vendor}.{self.name}.{component}"
+
+    @property
+    def metrics_namespace(self) -> str:
+        """CloudWatch namespace of the platform's own metrics (the functions'): `IIoT/dev`."""
+        return f"IIoT/{self.name}"
+
+    @property
+    def gateway_metrics_namespace(self) -> str:
+        """CloudWatch namespace of the gateways' health metrics: `IIoT/dev/Gateway`."""
+        return f"{self.metrics_namespace}/Gateway"
 
     def kinesis_shards(self) -> int | None:
         """Shard count when provisioned, None for on-demand."""
@@ -205,6 +284,23 @@ class Environment:
             problems.append("kinesis_retention_hours must be between 24 and 8760")
         if self.redshift_base_rpu < 8 or self.redshift_base_rpu % 8:
             problems.append("redshift_base_rpu must be a multiple of 8, at least 8")
+        if self.account is not None and not _ACCOUNT.fullmatch(self.account):
+            problems.append(
+                f"account {self.account!r} (context {self.name}:account) must be a 12-digit "
+                "AWS account id"
+            )
+        if self.region is not None and self.region not in SUPPORTED_REGIONS:
+            problems.append(
+                f"region {self.region!r} (context {self.name}:region) is not supported: the "
+                f"app's resource types all exist in {', '.join(SUPPORTED_REGIONS)}"
+            )
+        if (self.account is None) != (self.region is None):
+            problems.append(
+                f"give both {self.name}:account and {self.name}:region (one environment, one "
+                "account and region)"
+            )
+        if self.influx_retention_days < 1:
+            problems.append("influx_retention_days must be at least 1")
         if not 0 < self.edge_rollout.failure_threshold_percent <= 100:
             problems.append("edge_rollout.failure_threshold_percent must be in (0, 100]")
         if self.alarm_email is not None and not _EMAIL.fullmatch(self.alarm_email):
@@ -257,12 +353,87 @@ _PROD_LAKE = LakeSettings(
 
 
 def _from_environment() -> tuple[str | None, str | None]:
+    """The CLI profile's account and region (the CDK CLI sets these), for a sandbox."""
     return os.environ.get("CDK_DEFAULT_ACCOUNT"), os.environ.get("CDK_DEFAULT_REGION")
 
 
 def is_deploy_input(key: str) -> bool:
-    """Whether a CDK context key is meant as a deployment input (`prod:alarm_email`)."""
-    return key.partition(":")[0] in ENVIRONMENT_NAMES or key in DEPLOY_INPUTS
+    """Whether a CDK context key is meant as a deployment input (`prod:alarm_email`) or an
+    artifact pin (`pins:flink_connector_sha256`)."""
+    scope = key.partition(":")[0]
+    return scope in ENVIRONMENT_NAMES or scope == PINS_PREFIX or key in DEPLOY_INPUTS
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArtifactPins:
+    """Content pins of what the deployment builds fetch from outside the project, for every
+    environment, as CDK context `pins:<setting>` (committed under cdk.json's "context" once
+    verified). This machine reaches neither Docker registries nor Maven, and no published value
+    was found for these two, so they are required: the synth names the command that gets each.
+
+    - `emr_image_digest` (`pins:emr_image_digest`): the digest (`sha256:...`) of EMR
+      Serverless's Spark image of the lake application's release, the lake image's base.
+    - `flink_connector_sha256` (`pins:flink_connector_sha256`): the SHA-256 of the Kinesis SQL
+      connector jar the Flink application package carries.
+
+    The pipeline image's base (python:3.11-slim-bookworm) is pinned in its Dockerfile.
+    """
+
+    emr_image_digest: str | None = None
+    flink_connector_sha256: str | None = None
+
+    def require_emr_image_digest(self, image: str) -> str:
+        """The digest, or ConfigError with the command that gets it for `image`."""
+        if self.emr_image_digest is None:
+            raise ConfigError(
+                f"context {PINS_PREFIX}:emr_image_digest is not set: the lake image is built "
+                f"FROM {image} pinned by digest. Get it with `docker buildx imagetools inspect "
+                f"{image}:latest` (the Digest line, sha256:...), check it, and commit it as "
+                f'"{PINS_PREFIX}:emr_image_digest" under cdk.json\'s "context"'
+            )
+        return self.emr_image_digest
+
+    def require_flink_connector_sha256(self, url: str) -> str:
+        """The jar's SHA-256, or ConfigError with the command that gets it from `url`."""
+        if self.flink_connector_sha256 is None:
+            raise ConfigError(
+                f"context {PINS_PREFIX}:flink_connector_sha256 is not set: the Flink package "
+                f"checks the connector jar's SHA-256. Get it with `curl -fsSL {url} | "
+                f"sha256sum`, compare the download with Maven Central's published checksums "
+                f"(`curl -fsSL {url}.sha1`, `{url}.sha512`), and commit it as "
+                f'"{PINS_PREFIX}:flink_connector_sha256" under cdk.json\'s "context"'
+            )
+        return self.flink_connector_sha256
+
+    def validate(self) -> ArtifactPins:
+        problems = []
+        digest, sha = self.emr_image_digest, self.flink_connector_sha256
+        if digest is not None and not _DIGEST.fullmatch(digest):
+            problems.append(f"{PINS_PREFIX}:emr_image_digest {digest!r} must be sha256:<64 hex>")
+        if sha is not None and not _SHA256.fullmatch(sha):
+            problems.append(f"{PINS_PREFIX}:flink_connector_sha256 {sha!r} must be 64 hex digits")
+        if problems:
+            raise ConfigError("; ".join(problems))
+        return self
+
+
+def artifact_pins(context: Mapping[str, Any]) -> ArtifactPins:
+    """The `pins:<setting>` values of CDK `context`, validated; an unknown pin is rejected."""
+    values: dict[str, Any] = {}
+    problems = []
+    for key, value in sorted(context.items()):
+        scope, _, setting = key.partition(":")
+        if scope != PINS_PREFIX:
+            continue
+        if setting not in PIN_INPUTS:
+            problems.append(f"context {key!r}: the pins are {', '.join(PIN_INPUTS)}")
+        elif not isinstance(value, str):
+            problems.append(f"context {key!r} must be text, got {value!r}")
+        elif value:
+            values[setting] = value
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return ArtifactPins(**values).validate()
 
 
 def deploy_inputs(context: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -275,7 +446,7 @@ def deploy_inputs(context: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     inputs: dict[str, dict[str, Any]] = {name: {} for name in ENVIRONMENT_NAMES}
     problems = []
     for key, value in sorted(context.items()):
-        if not is_deploy_input(key):
+        if not is_deploy_input(key) or key.partition(":")[0] == PINS_PREFIX:
             continue
         env, _, setting = key.partition(":")
         if key in DEPLOY_INPUTS:
@@ -298,14 +469,14 @@ def deploy_inputs(context: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def environments(context: Mapping[str, Any] | None = None) -> dict[str, Environment]:
-    """dev, staging and prod, validated; account and region from the environment, deployment
-    inputs from the CDK `context` (keys `<env>:<setting>`, see `Environment`)."""
+    """dev, staging and prod, validated; deployment inputs from the CDK `context` (keys
+    `<env>:<setting>`, see `Environment`), and for a sandbox without its own account and
+    region, the CLI profile's."""
     inputs = deploy_inputs(context or {})
-    account, region = _from_environment()
+    cli_account, cli_region = _from_environment()
     dev = Environment(
         name="dev",
-        account=account,
-        region=region,
+        sandbox=True,
         factories=("factory-01", "factory-02"),
         # 2 factories x 10 machines x 5 sensors at 1 Hz (the simulator's default plant).
         workload=Workload(readings_per_second=100, readings_per_batch=100, bytes_per_reading=6),
@@ -318,6 +489,7 @@ def environments(context: Mapping[str, Any] | None = None) -> dict[str, Environm
         influx_instance_type="db.influx.medium",
         influx_storage_gib=20,
         influx_multi_az=False,
+        influx_retention_days=7,
         redshift_base_rpu=8,
         flink_parallelism=1,
         flink_parallelism_per_kpu=1,
@@ -327,11 +499,12 @@ def environments(context: Mapping[str, Any] | None = None) -> dict[str, Environm
             min_executed_things_before_abort=1,
             timeout_seconds=900,
         ),
+        # The lake runs daily: retrain after each run, and weekly in any case.
+        retraining=Retraining(schedule_cron="cron(0 4 ? * MON *)", on_new_silver=True),
     )
     staging = Environment(
         name="staging",
-        account=account,
-        region=region,
+        sandbox=False,
         factories=("factory-01", "factory-02", "factory-03"),
         workload=Workload(readings_per_second=20_000, readings_per_batch=500, bytes_per_reading=6),
         kinesis_capacity="provisioned",
@@ -343,6 +516,7 @@ def environments(context: Mapping[str, Any] | None = None) -> dict[str, Environm
         influx_instance_type="db.influx.large",
         influx_storage_gib=100,
         influx_multi_az=False,
+        influx_retention_days=30,
         redshift_base_rpu=8,
         flink_parallelism=2,
         flink_parallelism_per_kpu=1,
@@ -352,11 +526,11 @@ def environments(context: Mapping[str, Any] | None = None) -> dict[str, Environm
             min_executed_things_before_abort=2,
             timeout_seconds=900,
         ),
+        retraining=Retraining(schedule_cron="cron(0 4 ? * MON *)", on_new_silver=True),
     )
     prod = Environment(
         name="prod",
-        account=account,
-        region=region,
+        sandbox=False,
         factories=tuple(f"factory-{number:02d}" for number in range(1, 51)),
         # The reference workload: 1M sensors at 1 Hz, gateways upload 2000-reading batches.
         workload=Workload(
@@ -371,6 +545,7 @@ def environments(context: Mapping[str, Any] | None = None) -> dict[str, Environm
         influx_instance_type="db.influx.2xlarge",
         influx_storage_gib=1000,
         influx_multi_az=True,
+        influx_retention_days=90,
         redshift_base_rpu=32,
         flink_parallelism=8,
         flink_parallelism_per_kpu=1,
@@ -380,8 +555,17 @@ def environments(context: Mapping[str, Any] | None = None) -> dict[str, Environm
             min_executed_things_before_abort=5,
             timeout_seconds=1800,
         ),
+        # The lake runs hourly: a retraining per lake run would be 24 pipeline runs a day, so
+        # prod retrains on its schedule (daily) only.
+        retraining=Retraining(schedule_cron="cron(0 4 * * ? *)", on_new_silver=False),
     )
-    return {
-        env.name: dataclasses.replace(env, **inputs[env.name]).validate()
-        for env in (dev, staging, prod)
-    }
+
+    def configured(env: Environment) -> Environment:
+        given = inputs[env.name]
+        if env.sandbox and "account" not in given and "region" not in given:
+            given = {"account": cli_account, "region": cli_region, **given}
+            if cli_account is None or cli_region is None:  # environment-agnostic sandbox
+                given.update(account=None, region=None)
+        return dataclasses.replace(env, **given).validate()
+
+    return {env.name: configured(env) for env in (dev, staging, prod)}

@@ -7,7 +7,11 @@ this script to write the recipe of the version that points at that zip, and regi
 recipe with `aws greengrassv2 create-component-version`:
 
     python3 publish_component.py --recipe recipe.yaml --version 1.0.7 \\
-        --model-package-version 7 --artifact s3://bucket/.../failure_model.zip --out recipe.json
+        --model-package-version 7 --artifact s3://bucket/.../failure_model.zip \\
+        --component-name com.iiot.dev.FailureModel --out recipe.json
+
+The component name is the environment's (component versions are account-wide in a region, so
+each environment publishes its own FailureModel); without `--component-name` the recipe's stays.
 
 It runs on CodeBuild's standard image with only PyYAML installed, as a lone file: it imports
 the standard library and yaml, nothing of the project.
@@ -28,6 +32,7 @@ import yaml
 
 # Greengrass component versions are MAJOR.MINOR.PATCH.
 _VERSION = re.compile(r"\d+\.\d+\.\d+")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class RecipeError(ValueError):
@@ -35,12 +40,19 @@ class RecipeError(ValueError):
 
 
 def component_recipe(
-    recipe: Mapping[str, Any], *, version: str, model_package_version: str, artifact_uri: str
+    recipe: Mapping[str, Any],
+    *,
+    version: str,
+    model_package_version: str,
+    artifact_uri: str,
+    component_name: str | None = None,
 ) -> dict[str, Any]:
-    """`recipe` as version `version`: every manifest's one artifact is the zip at
-    `artifact_uri`, and the default configuration names the model package version (the
-    FailurePredictor reports it with each prediction)."""
+    """`recipe` as version `version` (of `component_name`, if given): every manifest's one
+    artifact is the zip at `artifact_uri`, and the default configuration names the model
+    package version (the FailurePredictor reports it with each prediction)."""
     problems = []
+    if component_name is not None and not _NAME.fullmatch(component_name):
+        problems.append(f"component name {component_name!r} is not a component name")
     if not _VERSION.fullmatch(version):
         problems.append(f"version {version!r} must be MAJOR.MINOR.PATCH")
     if not model_package_version.isdigit():
@@ -52,6 +64,8 @@ def component_recipe(
     if problems:
         raise RecipeError("; ".join(problems))
     result = copy.deepcopy(dict(recipe))
+    if component_name is not None:
+        result["ComponentName"] = component_name
     result["ComponentVersion"] = version
     configuration = result.setdefault("ComponentConfiguration", {})
     configuration.setdefault("DefaultConfiguration", {})["modelVersion"] = model_package_version
@@ -70,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--model-package-version", required=True, help="the approved model package's version"
     )
     parser.add_argument("--artifact", required=True, help="s3:// URI of the published zip")
+    parser.add_argument(
+        "--component-name", help="the environment's component name (default: the recipe's)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="the recipe JSON to write")
     args = parser.parse_args(argv)
     try:
@@ -78,6 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             version=args.version,
             model_package_version=args.model_package_version,
             artifact_uri=args.artifact,
+            component_name=args.component_name,
         )
     except RecipeError as error:
         print(f"publish_component.py: {error}", file=sys.stderr)

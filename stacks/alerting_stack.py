@@ -16,7 +16,7 @@ from constructs import Construct
 
 from config.environments import Environment
 from stacks import artifacts
-from stacks.constructs.access import acknowledge
+from stacks.constructs.access import acknowledge, data_removal_policy
 from stacks.constructs.dead_letters import dead_letter_queue
 from stacks.constructs.python_function import PythonFunction
 
@@ -41,6 +41,7 @@ class AlertingStack(Stack):
             stream_mode=kinesis.StreamMode.ON_DEMAND,
             retention_period=Duration.hours(env_config.kinesis_retention_hours),
             encryption=kinesis.StreamEncryption.MANAGED,
+            removal_policy=data_removal_policy(env_config),
         )
         self.alert_topic = sns.Topic(
             self,
@@ -99,7 +100,7 @@ class AlertingStack(Stack):
                 "IDEMPOTENCY_TABLE": idempotency.table_name,
                 "DEAD_LETTER_QUEUE_URL": dead_letters.queue_url,
                 "POWERTOOLS_SERVICE_NAME": "alert-router",
-                "POWERTOOLS_METRICS_NAMESPACE": "IIoT",
+                "POWERTOOLS_METRICS_NAMESPACE": env_config.metrics_namespace,
                 "IIOT_ENVIRONMENT": env_config.name,
             },
             log_retention_days=env_config.log_retention_days,

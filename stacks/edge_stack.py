@@ -6,6 +6,11 @@ and a model was approved; the ML stack's flow publishes its versions. A factory 
 includes the predictor and the model once the environment names the model version to run
 (`edge_model_version`, CDK context `<env>:edge_model_version`); until then it runs the buffer
 alone.
+
+Each environment publishes its own component names (`com.iiot.<env>.SensorBuffer`: component
+versions are account-wide in a region) and configures its own IoT Core topics
+(`iiot/<env>/...`): the components' defaults stay the local names, which the local platform
+runs with, and the deployments set the environment's.
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from config.environments import Environment
+from iiot import topics
 from iiot.catalog import MetricCatalog, load_catalog
 from stacks import artifacts
 from stacks.constructs.greengrass_component import GreengrassComponent
+from stacks.iot_stack import GATEWAY_STATUS_TOPIC
 
 SENSOR_BUFFER = "com.iiot.SensorBuffer"
 FAILURE_PREDICTOR = "com.iiot.FailurePredictor"
@@ -38,29 +45,47 @@ MQTT_BRIDGE = "aws.greengrass.clientdevices.mqtt.Bridge"
 MQTT_BRIDGE_VERSION = "2.3.0"
 
 
-def _with_factory_topics(access_control: Any, factory: str) -> Any:
-    """Every `{iot:thingName}` topic also for the factory id the deployment sets."""
+# IPC services of the access-control policies: the local broker, and the relay to IoT Core.
+LOCAL_PUBSUB = "aws.greengrass.ipc.pubsub"
+IOT_CORE = "aws.greengrass.ipc.mqttproxy"
+# The cloud topics of iiot/topics.py and the configuration keys that name them.
+CLOUD_TOPIC_KEYS = {"uploadTopic": topics.SENSOR_DATA, "anomaliesTopic": topics.ANOMALIES}
+
+
+def _with_factory_topics(access_control: Any, factory: str, env: Environment) -> Any:
+    """Every `{iot:thingName}` topic also for the factory id the deployment sets, and the
+    IoT Core topics as the environment's (only those: IoT Core refuses the others)."""
     result = copy.deepcopy(access_control)
-    for policies in result.values():
+    for service, policies in result.items():
         for policy in policies.values():
             resources = policy.get("resources", [])
+            if service == IOT_CORE:
+                policy["resources"] = [env.cloud_topic(r) for r in resources]
+                continue
             extra = [r.replace(THING, factory) for r in resources if THING in r]
             policy["resources"] = resources + [r for r in extra if r not in resources]
     return result
 
 
 def factory_configuration(
-    default_configuration: Mapping[str, Any], factory: str, catalog: MetricCatalog
+    default_configuration: Mapping[str, Any],
+    factory: str,
+    catalog: MetricCatalog,
+    env: Environment,
 ) -> dict[str, Any]:
-    """What a factory's deployment merges into a component's default configuration."""
+    """What a factory's deployment merges into a component's default configuration: the
+    factory, the catalog's thresholds, and the environment's IoT Core topics."""
     merge: dict[str, Any] = {}
     if "factoryId" in default_configuration:
         merge["factoryId"] = factory
     if "thresholds" in default_configuration:
         merge["thresholds"] = catalog.edge_threshold_config()
+    for key, topic in CLOUD_TOPIC_KEYS.items():
+        if key in default_configuration:
+            merge[key] = env.cloud_topic(topic)
     if "accessControl" in default_configuration:
         merge["accessControl"] = _with_factory_topics(
-            default_configuration["accessControl"], factory
+            default_configuration["accessControl"], factory, env
         )
     return merge
 
@@ -78,11 +103,15 @@ class EdgeStack(Stack):
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
         catalog = load_catalog(env_config.metrics_catalog)
+        # Every component of the project by its environment's name, for the recipes that
+        # name each other (the predictor depends on the model).
+        names = {name: env_config.component_name(name) for name in artifacts.COMPONENTS}
+        self.component_names = names
         self.components: dict[str, GreengrassComponent] = {}
         for name in BUILT_HERE:
             component_dir = artifacts.COMPONENTS[name].require().parent
             self.components[name] = GreengrassComponent(
-                self, name.rsplit(".", 1)[-1], component_dir=component_dir
+                self, name.rsplit(".", 1)[-1], component_dir=component_dir, names=names
             )
         # The gateways fetch artifacts with the token-exchange role: exactly these objects.
         iam.Policy(
@@ -103,12 +132,15 @@ class EdgeStack(Stack):
         rollout = env_config.edge_rollout
         for factory, group_arn in thing_group_arns.items():
             specs: dict[str, Any] = {
-                name: greengrass.CfnDeployment.ComponentDeploymentSpecificationProperty(
+                names[name]: greengrass.CfnDeployment.ComponentDeploymentSpecificationProperty(
                     component_version=self.components[name].version,
                     configuration_update=greengrass.CfnDeployment.ComponentConfigurationUpdateProperty(
                         merge=json.dumps(
                             factory_configuration(
-                                self.components[name].default_configuration, factory, catalog
+                                self.components[name].default_configuration,
+                                factory,
+                                catalog,
+                                env_config,
                             ),
                             sort_keys=True,
                         )
@@ -123,9 +155,11 @@ class EdgeStack(Stack):
                         {
                             "mqttTopicMapping": {
                                 "GatewayStatus": {
-                                    "topic": f"factory/{factory}/gateway/status",
+                                    "topic": GATEWAY_STATUS_TOPIC.format(factory_id=factory),
                                     "source": "Pubsub",
                                     "target": "IotCore",
+                                    # The environment's cloud topic: iiot/<env>/factory/...
+                                    "targetTopicPrefix": env_config.cloud_topic(""),
                                 }
                             }
                         }
@@ -133,7 +167,7 @@ class EdgeStack(Stack):
                 ),
             )
             if env_config.edge_model_version:
-                specs[FAILURE_MODEL] = (
+                specs[names[FAILURE_MODEL]] = (
                     greengrass.CfnDeployment.ComponentDeploymentSpecificationProperty(
                         component_version=env_config.edge_model_version
                     )

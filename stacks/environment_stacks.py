@@ -2,7 +2,14 @@
 
 `build_app` reads the deployment inputs from the app's CDK context into the typed settings
 (config/environments.py) and builds the selected environments; `build_environment` builds and
-wires the stacks of one.
+wires the stacks of one, in a `cdk.Stage` of its own (`iiot-<env>`) pinned to the environment's
+account and region. The stacks keep their names (`iiot-<env>-<concern>`); the CLI selects an
+environment's stacks by the stage: `cdk deploy 'iiot-dev/*'`.
+
+An environment that is neither pinned nor a sandbox is synthesized environment-agnostic (for
+`cdk synth`, `cdk diff` and review) with a CloudFormation rule in every stack that fails the
+deployment before any resource changes, naming the two context keys that pin it: it never
+lands in whatever account the CLI profile happens to name.
 """
 
 from __future__ import annotations
@@ -12,12 +19,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aws_cdk import App, Stack, Tags, Validations
+from aws_cdk import (
+    App,
+    CfnParameter,
+    CfnRule,
+    CfnRuleAssertion,
+    Fn,
+    Stack,
+    Stage,
+    Tags,
+    Validations,
+)
 from aws_cdk import Environment as CdkEnvironment
 from cdk_nag import AwsSolutionsChecks
-from constructs import Construct
 
-from config.environments import ConfigError, Environment, environments
+from config.environments import (
+    ArtifactPins,
+    ConfigError,
+    Environment,
+    artifact_pins,
+    environments,
+)
 from stacks.alerting_stack import AlertingStack
 from stacks.artifacts import ROOT
 from stacks.edge_stack import EdgeStack
@@ -47,36 +69,44 @@ def build_app(app: App, names: list[str] | None = None) -> dict[str, Environment
     The environments' deployment inputs come from the app's CDK context (`-c prod:alarm_email=
     ...` or cdk.json); raises ConfigError for an unknown environment or an invalid setting.
     """
-    configs = environments(app.node.get_all_context())
+    context = app.node.get_all_context()
+    configs = environments(context)
+    pins = artifact_pins(context)
     unknown = sorted(set(names or []) - set(configs))
     if unknown:
         raise ConfigError(f"unknown environment {unknown}: choose from {', '.join(configs)}")
-    built = {name: build_environment(app, configs[name]) for name in names or list(configs)}
+    built = {
+        name: build_environment(app, configs[name], pins=pins) for name in names or list(configs)
+    }
+    # Registered on the app, the checks cover every stage's stacks.
     Validations.of(app).add_plugins(AwsSolutionsChecks(app))
     return built
 
 
 @dataclass
 class EnvironmentStacks:
-    """The stacks of one environment, by concern."""
+    """The stage of one environment and its stacks, by concern."""
 
+    stage: Stage
     stacks: dict[str, Stack] = field(default_factory=dict)
 
 
-def build_environment(scope: Construct, env_config: Environment) -> EnvironmentStacks:
-    """The stacks of one environment in `scope`, named `iiot-<env>-<concern>` and wired."""
-    env = (
-        CdkEnvironment(account=env_config.account, region=env_config.region)
-        if env_config.account and env_config.region
-        else None
-    )
+def build_environment(
+    scope: App, env_config: Environment, *, pins: ArtifactPins
+) -> EnvironmentStacks:
+    """The stage `iiot-<env>` in `scope` with the environment's stacks, named
+    `iiot-<env>-<concern>` and wired."""
+    stage = environment_stage(scope, env_config)
     prefix = env_config.prefix
-    built = EnvironmentStacks()
+    built = EnvironmentStacks(stage=stage)
+    env = None  # every stack takes the stage's account and region
 
     def add(concern: str, stack: Stack) -> Stack:
         Tags.of(stack).add("project", "iiot-platform")
         Tags.of(stack).add("environment", env_config.name)
         Tags.of(stack).add("concern", concern)
+        if not env_config.pinned and not env_config.sandbox:
+            refuse_to_deploy_unpinned(stack, env_config)
         built.stacks[concern] = stack
         return stack
 
@@ -84,24 +114,28 @@ def build_environment(scope: Construct, env_config: Environment) -> EnvironmentS
         return f"IIoT platform ({env_config.name}): {text}"
 
     network = NetworkStack(
-        scope,
-        f"{prefix}-network",
+        stage,
+        "network",
+        stack_name=f"{prefix}-network",
         env=env,
         env_config=env_config,
         description=description("VPC for the private data stores"),
     )
     add("network", network)
     lake = LakeStack(
-        scope,
-        f"{prefix}-lake",
+        stage,
+        "lake",
+        stack_name=f"{prefix}-lake",
         env=env,
         env_config=env_config,
+        pins=pins,
         description=description("Delta Lake buckets, Glue catalog, EMR Serverless runs"),
     )
     add("lake", lake)
     ingestion = IngestionStack(
-        scope,
-        f"{prefix}-ingestion",
+        stage,
+        "ingestion",
+        stack_name=f"{prefix}-ingestion",
         env=env,
         env_config=env_config,
         lake_key=lake.key,
@@ -110,16 +144,18 @@ def build_environment(scope: Construct, env_config: Environment) -> EnvironmentS
     ingestion.add_stack_dependency(lake, "Firehose writes to the bronze bucket")
     add("ingestion", ingestion)
     alerting = AlertingStack(
-        scope,
-        f"{prefix}-alerting",
+        stage,
+        "alerting",
+        stack_name=f"{prefix}-alerting",
         env=env,
         env_config=env_config,
         description=description("anomaly stream, alert topic and router"),
     )
     add("alerting", alerting)
     iot = IotStack(
-        scope,
-        f"{prefix}-iot",
+        stage,
+        "iot",
+        stack_name=f"{prefix}-iot",
         env=env,
         env_config=env_config,
         telemetry=ingestion.telemetry,
@@ -128,19 +164,22 @@ def build_environment(scope: Construct, env_config: Environment) -> EnvironmentS
     )
     add("iot", iot)
     streaming = StreamingStack(
-        scope,
-        f"{prefix}-streaming",
+        stage,
+        "streaming",
+        stack_name=f"{prefix}-streaming",
         env=env,
         env_config=env_config,
         readings=ingestion.readings,
         anomalies=alerting.anomalies,
         lake_key=lake.key,
+        pins=pins,
         description=description("Flink SQL stream rules (Managed Service for Apache Flink)"),
     )
     add("streaming", streaming)
     warehouse = WarehouseStack(
-        scope,
-        f"{prefix}-warehouse",
+        stage,
+        "warehouse",
+        stack_name=f"{prefix}-warehouse",
         env=env,
         env_config=env_config,
         vpc=network.vpc,
@@ -152,8 +191,9 @@ def build_environment(scope: Construct, env_config: Environment) -> EnvironmentS
     )
     add("warehouse", warehouse)
     timeseries = TimeSeriesStack(
-        scope,
-        f"{prefix}-timeseries",
+        stage,
+        "timeseries",
+        stack_name=f"{prefix}-timeseries",
         env=env,
         env_config=env_config,
         vpc=network.vpc,
@@ -166,19 +206,22 @@ def build_environment(scope: Construct, env_config: Environment) -> EnvironmentS
     add("timeseries", timeseries)
 
     ml = MlStack(
-        scope,
-        f"{prefix}-ml",
+        stage,
+        "ml",
+        stack_name=f"{prefix}-ml",
         env=env,
         env_config=env_config,
         lake_key=lake.key,
         token_exchange_role=iot.token_exchange_role,
+        lake_run=lake.job_runner.state_machine,
         description=description("model registry, training pipeline, model publishing"),
     )
     ml.add_stack_dependency(lake, "the pipeline reads the lake and writes artifacts")
     add("ml", ml)
     edge = EdgeStack(
-        scope,
-        f"{prefix}-edge",
+        stage,
+        "edge",
+        stack_name=f"{prefix}-edge",
         env=env,
         env_config=env_config,
         thing_group_arns={f: group.attr_arn for f, group in iot.thing_groups.items()},
@@ -189,8 +232,9 @@ def build_environment(scope: Construct, env_config: Environment) -> EnvironmentS
 
     functions = {"AlertRouter": alerting.router, "InfluxWriter": timeseries.writer}
     monitoring = MonitoringStack(
-        scope,
-        f"{prefix}-monitoring",
+        stage,
+        "monitoring",
+        stack_name=f"{prefix}-monitoring",
         env=env,
         env_config=env_config,
         monitored=Monitored(
@@ -204,3 +248,43 @@ def build_environment(scope: Construct, env_config: Environment) -> EnvironmentS
     )
     add("monitoring", monitoring)
     return built
+
+
+def environment_stage(scope: App, env_config: Environment) -> Stage:
+    """The environment's `cdk.Stage` (`iiot-<env>`): its stacks take its account and region,
+    the pinned ones or, unpinned, none (environment-agnostic)."""
+    return Stage(
+        scope,
+        env_config.prefix,
+        env=CdkEnvironment(account=env_config.account, region=env_config.region)
+        if env_config.pinned
+        else None,
+    )
+
+
+def refuse_to_deploy_unpinned(stack: Stack, env_config: Environment) -> None:
+    """A rule that fails the stack's deployment (CloudFormation evaluates rules before any
+    resource changes) until the environment names its account and region."""
+    name = env_config.name
+    pin = (
+        f"{env_config.prefix} deploys only to its own account and region: give them as CDK "
+        f"context {name}:account and {name}:region (cdk.json or -c)"
+    )
+    guard = CfnParameter(
+        stack,
+        "EnvironmentPinned",
+        type="String",
+        default="no",
+        allowed_values=["no", "yes"],
+        description=f"Whether {env_config.prefix} was pinned to its account; {pin}",
+    )
+    CfnRule(
+        stack,
+        "EnvironmentIsPinned",
+        assertions=[
+            CfnRuleAssertion(
+                assert_=Fn.condition_equals(guard.value_as_string, "yes"),
+                assert_description=pin,
+            )
+        ],
+    )

@@ -14,7 +14,7 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from config.environments import Environment
-from stacks.constructs.access import acknowledge, bucket_name, grant_bucket
+from stacks.constructs.access import acknowledge, bucket_name, data_removal_policy, grant_bucket
 from stacks.constructs.python_function import log_retention
 
 # Raw batches land under the lake's landing/ prefix, where the bronze job reads them
@@ -41,6 +41,9 @@ class IngestionStack(Stack):
         super().__init__(scope, construct_id, **kwargs)
         prefix = env_config.prefix
         shards = env_config.kinesis_shards()
+        # Streams have fixed names: kept where data is kept (prod), else deleted with the stack
+        # so that destroy followed by deploy works (CDK's default would retain them).
+        removal = data_removal_policy(env_config)
         self.telemetry = kinesis.Stream(
             self,
             "Telemetry",
@@ -51,6 +54,7 @@ class IngestionStack(Stack):
             shard_count=shards,
             retention_period=Duration.hours(env_config.kinesis_retention_hours),
             encryption=kinesis.StreamEncryption.MANAGED,
+            removal_policy=removal,
         )
         # Decoded readings, one JSON row each, for the Flink stream rules: gateways upload
         # compact batches, which Flink SQL cannot read, so the InfluxDB writer forwards the
@@ -62,6 +66,7 @@ class IngestionStack(Stack):
             stream_mode=kinesis.StreamMode.ON_DEMAND,
             retention_period=Duration.hours(env_config.kinesis_retention_hours),
             encryption=kinesis.StreamEncryption.MANAGED,
+            removal_policy=removal,
         )
         delivery_logs = logs.LogGroup(
             self,

@@ -1,5 +1,10 @@
 """AWS IoT Core for the factory gateways: thing type, a thing group per factory, the gateways'
-IoT policy, the Greengrass token-exchange role, and the rules that route uploads."""
+IoT policy, the Greengrass token-exchange role, and the rules that route uploads.
+
+IoT Core topics and rule names are account-wide, so each environment has its own: the cloud
+topics are `iiot/<env>/<topic>` (`Environment.cloud_topic`; the edge stack sets them in the
+gateways' deployments) and the rules `iiot_<env>_<name>`.
+"""
 
 from __future__ import annotations
 
@@ -19,10 +24,10 @@ from stacks.constructs.python_function import log_retention
 
 THING = "${iot:Connection.Thing.ThingName}"  # an IoT policy variable, not a CDK token
 FACTORY = "${iot:Connection.Thing.Attributes[factory_id]}"  # the gateway thing's attribute
-# The gateway buffer's health snapshots (sensor_buffer/health.py) on its status topic, relayed
-# from the gateway's local broker by the MQTT bridge (edge stack), become CloudWatch metrics.
-GATEWAY_STATUS_TOPIC = "factory/+/gateway/status"
-GATEWAY_METRICS_NAMESPACE = "IIoT/Gateway"
+# The gateway buffer's health snapshots (sensor_buffer/health.py) on its local status topic,
+# relayed to the environment's cloud topic by the MQTT bridge (edge stack), become CloudWatch
+# metrics in the environment's gateway namespace (Environment.gateway_metrics_namespace).
+GATEWAY_STATUS_TOPIC = "factory/{factory_id}/gateway/status"
 GATEWAY_BACKLOG_METRIC = "BacklogReadings"
 GATEWAY_OLDEST_UNSENT_METRIC = "OldestUnsentAgeSeconds"
 
@@ -40,6 +45,8 @@ class IotStack(Stack):
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
         prefix = env_config.prefix
+        self.env_config = env_config
+        namespace = env_config.gateway_metrics_namespace
         self.thing_type = iot.CfnThingType(
             self,
             "GatewayType",
@@ -75,13 +82,13 @@ class IotStack(Stack):
             iam.PolicyStatement(
                 actions=["cloudwatch:PutMetricData"],
                 resources=["*"],
-                conditions={"StringEquals": {"cloudwatch:namespace": GATEWAY_METRICS_NAMESPACE}},
+                conditions={"StringEquals": {"cloudwatch:namespace": namespace}},
             )
         )
         acknowledge(
             self.token_exchange_role,
             "cloudwatch:PutMetricData has no resource-level permissions; the statement is "
-            f"limited to the gateway namespace {GATEWAY_METRICS_NAMESPACE} by condition.",
+            f"limited to the gateway namespace {namespace} by condition.",
             "AwsSolutions-IAM5[Resource::*]",
         )
         self.role_alias = iot.CfnRoleAlias(
@@ -126,6 +133,7 @@ class IotStack(Stack):
             return iot.CfnTopicRule(
                 self,
                 name,
+                rule_name=self.rule_name(name),
                 topic_rule_payload=iot.CfnTopicRule.TopicRulePayloadProperty(
                     description=description,
                     sql=sql,
@@ -147,7 +155,7 @@ class IotStack(Stack):
         # Compact batches are binary: a bare SELECT * passes them through unchanged.
         self.telemetry_rule = rule(
             "TelemetryRule",
-            f"SELECT * FROM '{topics.SENSOR_DATA}'",  # noqa: S608 (IoT SQL from a constant)
+            f"SELECT * FROM '{env_config.cloud_topic(topics.SENSOR_DATA)}'",  # noqa: S608
             telemetry,
             "${newuuid()}",
             "Gateway batch uploads -> telemetry stream",
@@ -156,32 +164,37 @@ class IotStack(Stack):
         # Anomalies keep per-machine order on the anomaly stream, which the alert router reads.
         self.anomaly_rule = rule(
             "AnomalyRule",
-            f"SELECT * FROM '{topics.ANOMALIES}'",  # noqa: S608 (IoT SQL from a constant)
+            f"SELECT * FROM '{env_config.cloud_topic(topics.ANOMALIES)}'",  # noqa: S608
             anomalies,
             "${factory_id}/${machine_id}",
             "Gateway anomalies -> anomaly stream -> alert router",
         )
 
+    def rule_name(self, construct_id: str) -> str:
+        """`iiot_dev_TelemetryRule`: rule names are account-wide and allow only [a-zA-Z0-9_]."""
+        return f"iiot_{self.env_config.name}_{construct_id}"
+
     def _health_metrics(self, rule_role: iam.Role, error_action: Any) -> None:
         """Gateway health snapshots -> CloudWatch metrics (the backlog alarm's source)."""
+        namespace = self.env_config.gateway_metrics_namespace
         rule_role.add_to_policy(
             iam.PolicyStatement(
                 actions=["cloudwatch:PutMetricData"],
                 resources=["*"],
-                conditions={"StringEquals": {"cloudwatch:namespace": GATEWAY_METRICS_NAMESPACE}},
+                conditions={"StringEquals": {"cloudwatch:namespace": namespace}},
             )
         )
         acknowledge(
             rule_role,
             "cloudwatch:PutMetricData has no resource-level permissions; the statement is "
-            f"limited to the gateway namespace {GATEWAY_METRICS_NAMESPACE} by condition.",
+            f"limited to the gateway namespace {namespace} by condition.",
             "AwsSolutions-IAM5[Resource::*]",
         )
 
         def metric(name: str, field: str, unit: str) -> iot.CfnTopicRule.ActionProperty:
             return iot.CfnTopicRule.ActionProperty(
                 cloudwatch_metric=iot.CfnTopicRule.CloudwatchMetricActionProperty(
-                    metric_namespace=GATEWAY_METRICS_NAMESPACE,
+                    metric_namespace=namespace,
                     metric_name=name,
                     metric_value=f"${{{field}}}",
                     metric_unit=unit,
@@ -189,13 +202,15 @@ class IotStack(Stack):
                 )
             )
 
+        status = self.env_config.cloud_topic(GATEWAY_STATUS_TOPIC.format(factory_id="+"))
         self.health_rule = iot.CfnTopicRule(
             self,
             "GatewayHealthRule",
+            rule_name=self.rule_name("GatewayHealthRule"),
             topic_rule_payload=iot.CfnTopicRule.TopicRulePayloadProperty(
                 description="Gateway buffer health -> CloudWatch (backlog, oldest unsent)",
                 sql="SELECT backlog_readings, oldest_unsent_age_s "  # noqa: S608
-                f"FROM '{GATEWAY_STATUS_TOPIC}'",
+                f"FROM '{status}'",
                 aws_iot_sql_version="2016-03-23",
                 rule_disabled=False,
                 actions=[
@@ -208,8 +223,10 @@ class IotStack(Stack):
 
     def _gateway_policy(self) -> dict[str, Any]:
         """Least privilege for a Greengrass core device: its own client id, its own
-        `$aws/things/<thing>/` topics, the platform's two upload topics, its token exchange."""
+        `$aws/things/<thing>/` topics, the environment's two upload topics and its factory's
+        status topic, its token exchange."""
         region, account = self.region, self.account
+        cloud = self.env_config.cloud_topic
         topic = f"arn:{self.partition}:iot:{region}:{account}:topic"
         topic_filter = f"arn:{self.partition}:iot:{region}:{account}:topicfilter"
         own = f"$aws/things/{THING}"
@@ -226,9 +243,9 @@ class IotStack(Stack):
                     "Effect": "Allow",
                     "Action": "iot:Publish",
                     "Resource": [
-                        f"{topic}/{topics.SENSOR_DATA}",
-                        f"{topic}/{topics.ANOMALIES}",
-                        f"{topic}/factory/{FACTORY}/gateway/status",
+                        f"{topic}/{cloud(topics.SENSOR_DATA)}",
+                        f"{topic}/{cloud(topics.ANOMALIES)}",
+                        f"{topic}/{cloud(GATEWAY_STATUS_TOPIC.format(factory_id=FACTORY))}",
                         f"{topic}/{own}/*",
                     ],
                 },

@@ -22,10 +22,15 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from constructs import Construct
 
-from config.environments import Environment, LayerLifecycle
+from config.environments import ArtifactPins, Environment, LayerLifecycle
 from stacks import artifacts
 from stacks.artifacts import ROOT
-from stacks.constructs.access import acknowledge, bucket_name, grant_bucket
+from stacks.constructs.access import (
+    acknowledge,
+    bucket_name,
+    data_removal_policy,
+    grant_bucket,
+)
 from stacks.constructs.deploy_time_image import DeployTimeImage, stage_context
 from stacks.constructs.lake_job_runner import LakeJobRunner, SparkJob
 from stacks.constructs.python_bundle import project_requirements
@@ -65,6 +70,14 @@ GLUE_PARTITION_ACTIONS = (
 # spark_jobs/main.py --job values, in order; `maintain` compacts, vacuums and writes the symlink
 # manifests Redshift Spectrum reads.
 LAKE_JOBS = ("bronze", "silver", "gold", "maintain")
+
+
+# Where Timestream for InfluxDB writes an instance's logs in the logs bucket (fixed by the
+# service: docs "Setup to view InfluxDB logs on Timestream InfluxDB instances").
+INFLUX_LOG_PREFIX = "InfluxLogs/"
+# EMR Serverless's Spark images, one repository per release; the lake image's base, pinned by
+# digest (ArtifactPins.emr_image_digest).
+EMR_IMAGE_REPOSITORY = "public.ecr.aws/emr-serverless/spark"
 
 
 # Key prefixes of the lake bucket (spark_jobs/io.py: LakePaths). Firehose lands raw batches
@@ -164,7 +177,13 @@ TABLES = (
 
 class LakeStack(Stack):
     def __init__(
-        self, scope: Construct, construct_id: str, *, env_config: Environment, **kwargs: Any
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        env_config: Environment,
+        pins: ArtifactPins,
+        **kwargs: Any,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
         lake = env_config.lake
@@ -190,6 +209,16 @@ class LakeStack(Stack):
             "This is the access-log target of every other bucket; logging its own access into "
             "itself would loop.",
             "AwsSolutions-S1",
+        )
+        # Timestream for InfluxDB delivers the instance's engine logs here and checks, when the
+        # instance is created, that this policy lets it (the timeseries stack's instance).
+        self.logs.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="TimestreamInfluxDbLogDelivery",
+                principals=[iam.ServicePrincipal("timestream-influxdb.amazonaws.com")],
+                actions=["s3:PutObject"],
+                resources=[self.logs.arn_for_objects(f"{INFLUX_LOG_PREFIX}*")],
+            )
         )
 
         landing = LayerLifecycle(expire_after_days=lake.landing_expire_after_days)
@@ -226,6 +255,7 @@ class LakeStack(Stack):
                 description="Delta tables of the IIoT lake (symlink manifests for Spectrum)",
             ),
         )
+        database.apply_removal_policy(data_removal_policy(env_config))
         self.tables = {}
         for table in TABLES:
             cfn_table = glue.CfnTable(
@@ -236,6 +266,8 @@ class LakeStack(Stack):
                 table_input=_table_input(table, self.lake_root),
             )
             cfn_table.add_resource_dependency(database)
+            # prod keeps the tables with their partitions (registered by the lake runs).
+            cfn_table.apply_removal_policy(data_removal_policy(env_config))
             self.tables[table.name] = cfn_table
 
         self.spark_role = iam.Role(
@@ -264,7 +296,7 @@ class LakeStack(Stack):
             why="EMR Serverless writes the job runs' driver and executor logs",
         )
         entry_point = artifacts.SPARK_JOBS.require()
-        self.spark_image = self._spark_image(env_config)
+        self.spark_image = self._spark_image(env_config, pins)
         self.spark_app = emrs.CfnApplication(
             self,
             "SparkApplication",
@@ -331,9 +363,10 @@ class LakeStack(Stack):
             )
         )
 
-    def _spark_image(self, env_config: Environment) -> DeployTimeImage:
-        """EMR's Spark image plus Python 3.11 with `iiot`, `spark_jobs` and their dependencies;
-        EMR Serverless pulls it for this account's applications only."""
+    def _spark_image(self, env_config: Environment, pins: ArtifactPins) -> DeployTimeImage:
+        """EMR's Spark image (pinned by digest) plus Python 3.11 with `iiot`, `spark_jobs` and
+        their dependencies; EMR Serverless pulls it for this account's applications only."""
+        digest = pins.require_emr_image_digest(f"{EMR_IMAGE_REPOSITORY}/{EMR_RELEASE}")
         image = DeployTimeImage(
             self,
             "SparkImage",
@@ -341,7 +374,7 @@ class LakeStack(Stack):
             context=spark_image_context(),
             architecture="arm64",
             keep_images=env_config.keep_data_on_delete,
-            build_args={"EMR_RELEASE": EMR_RELEASE},
+            build_args={"EMR_RELEASE": EMR_RELEASE, "EMR_IMAGE_DIGEST": digest},
         )
         image.repository.add_to_resource_policy(
             iam.PolicyStatement(

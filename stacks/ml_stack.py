@@ -10,17 +10,29 @@ Approving the model package in the registry starts the publish flow
 version `1.0.<package version>` and notifies the ML topic. Deploying it to the gateways is a
 reviewed change: set the environment's model version (CDK context `<env>:edge_model_version`,
 config/environments.py) and `cdk deploy` the edge stack.
+
+The pipeline runs without anyone starting it: on the environment's retraining schedule and,
+where `retraining.on_new_silver` is set, after every successful lake run (new silver data).
+Its parameters default to this environment's names (the definition in ml_pipeline/ is
+account-neutral): the two model package groups, the lake's silver prefix as input and the
+artifacts bucket's ml/ prefix as output. The execution role runs the pipeline's jobs
+(CreateProcessingJob, CreateTrainingJob, their Describe and Stop), registers into the two
+groups and passes itself to the jobs; tests/infra/test_runtime_permissions.py replays the
+definition's steps against it.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from aws_cdk import ArnFormat, Fn, Stack
+from aws_cdk import aws_events as events
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_sagemaker as sagemaker
+from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
 from config.environments import Environment
@@ -32,6 +44,25 @@ from stacks.constructs.model_publish_flow import PUBLISHED_PREFIX, ModelPublishF
 from stacks.constructs.python_bundle import project_requirements
 
 ML_PYTHON = "3.11"  # the image's interpreter (ml_pipeline/container/Dockerfile)
+# Where the pipeline reads (the lake) and writes (the artifacts bucket), as granted below.
+SILVER_PREFIX = "silver/"
+OUTPUT_PREFIX = "ml/"
+# SageMaker Pipelines names the jobs it starts `pipelines-<execution id>-<step>-<suffix>`.
+PIPELINE_JOBS = "pipelines-*"
+
+
+def pipeline_defaults(definition: str, defaults: dict[str, str]) -> str:
+    """The pipeline definition with these parameters' default values (they may hold
+    `${AWS::AccountId}`-style references, which the stack's Fn::Sub resolves)."""
+    parsed = json.loads(definition)
+    names = {parameter["Name"] for parameter in parsed["Parameters"]}
+    unknown = set(defaults) - names
+    if unknown:
+        raise ValueError(f"the pipeline definition has no parameters {sorted(unknown)}")
+    for parameter in parsed["Parameters"]:
+        if parameter["Name"] in defaults:
+            parameter["DefaultValue"] = defaults[parameter["Name"]]
+    return json.dumps(parsed, indent=1)
 
 
 def ml_image_context() -> Path:
@@ -58,6 +89,7 @@ class MlStack(Stack):
         env_config: Environment,
         lake_key: kms.IKey,
         token_exchange_role: iam.IRole,
+        lake_run: sfn.IStateMachine,
         **kwargs: Any,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
@@ -68,6 +100,13 @@ class MlStack(Stack):
             "ModelPackageGroup",
             model_package_group_name=self.group_name,
             model_package_group_description="Failure-prediction models for the gateways",
+        )
+        self.anomaly_group_name = f"{prefix}-anomaly-model"
+        self.anomaly_group = sagemaker.CfnModelPackageGroup(
+            self,
+            "AnomalyModelPackageGroup",
+            model_package_group_name=self.anomaly_group_name,
+            model_package_group_description="Per-machine anomaly detectors for the gateways",
         )
         self.image = DeployTimeImage(
             self,
@@ -80,6 +119,9 @@ class MlStack(Stack):
         self.image_repository = self.image.repository
         self.execution_role = self._execution_role(prefix, lake_key)
         self.pipeline = self._pipeline(artifacts.ML_PIPELINE.require().read_text(), env_config)
+        self.pipeline.add_resource_dependency(self.model_group)
+        self.pipeline.add_resource_dependency(self.anomaly_group)
+        self.retraining_rules = self._retraining(env_config, lake_run)
         # The id "Default" is left out of logical ids (CDK's makeUniqueId), so the flow's
         # resources keep the ids they had when this stack created them itself: an update does
         # not replace the named topic and key alias.
@@ -131,19 +173,41 @@ class MlStack(Stack):
             why="pipeline jobs write features, models, evaluations and compiled components",
         )  # fmt: skip
         self.image_repository.grant_pull(role)
-        model_packages = self.format_arn(
-            service="sagemaker", resource="model-package", resource_name=f"{self.group_name}/*"
-        )
+        groups = (self.group_name, self.anomaly_group_name)
         role.add_to_policy(
             iam.PolicyStatement(
                 actions=["sagemaker:CreateModelPackage", "sagemaker:DescribeModelPackage"],
                 resources=[
-                    model_packages,
-                    self.format_arn(
-                        service="sagemaker",
-                        resource="model-package-group",
-                        resource_name=self.group_name,
-                    ),
+                    arn
+                    for group in groups
+                    for arn in (
+                        self.format_arn(
+                            service="sagemaker",
+                            resource="model-package",
+                            resource_name=f"{group}/*",
+                        ),
+                        self.format_arn(
+                            service="sagemaker", resource="model-package-group", resource_name=group
+                        ),
+                    )
+                ],
+            )
+        )
+        # The pipeline runs its steps as jobs under this same role.
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=[
+                    "sagemaker:CreateProcessingJob",
+                    "sagemaker:DescribeProcessingJob",
+                    "sagemaker:StopProcessingJob",
+                    "sagemaker:CreateTrainingJob",
+                    "sagemaker:DescribeTrainingJob",
+                    "sagemaker:StopTrainingJob",
+                    "sagemaker:AddTags",
+                ],
+                resources=[
+                    self.format_arn(service="sagemaker", resource=kind, resource_name=PIPELINE_JOBS)
+                    for kind in ("processing-job", "training-job")
                 ],
             )
         )
@@ -180,13 +244,37 @@ class MlStack(Stack):
         )
         acknowledge(
             role,
-            "Registering creates numbered model package versions in this one group.",
-            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:sagemaker:<AWS::Region>:"
-            f"<AWS::AccountId>:model-package/{self.group_name}/*]",
+            "Registering creates numbered model package versions in the environment's two groups.",
+            *(
+                "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:sagemaker:<AWS::Region>:"
+                f"<AWS::AccountId>:model-package/{group}/*]"
+                for group in groups
+            ),
+        )
+        acknowledge(
+            role,
+            "SageMaker Pipelines names each job it starts per execution "
+            f"({PIPELINE_JOBS}); the role may run, describe, stop and tag only those.",
+            *(
+                "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:sagemaker:<AWS::Region>:"
+                f"<AWS::AccountId>:{kind}/{PIPELINE_JOBS}]"
+                for kind in ("processing-job", "training-job")
+            ),
         )
         return role
 
     def _pipeline(self, definition: str, env_config: Environment) -> sagemaker.CfnPipeline:
+        # The buckets' names (stacks/constructs/access.py: bucket_name) as Fn::Sub references.
+        bucket = "s3://" + env_config.prefix + "-{}-${{AWS::AccountId}}-${{AWS::Region}}/"
+        definition = pipeline_defaults(
+            definition,
+            {
+                "ModelPackageGroupName": self.group_name,
+                "AnomalyModelPackageGroupName": self.anomaly_group_name,
+                "InputDataS3Uri": bucket.format("lake") + SILVER_PREFIX,
+                "OutputS3Uri": bucket.format("artifacts") + OUTPUT_PREFIX + "pipeline",
+            },
+        )
         pipeline = sagemaker.CfnPipeline(
             self,
             "TrainingPipeline",
@@ -210,3 +298,58 @@ class MlStack(Stack):
         )
         self.execution_role.grant_pass_role(self.execution_role)
         return pipeline
+
+    def _retraining(
+        self, env_config: Environment, lake_run: sfn.IStateMachine
+    ) -> list[events.CfnRule]:
+        """Start the pipeline on the retraining schedule and, if set, after each successful
+        lake run (new silver data); both with the pipeline's default parameters."""
+        pipeline_arn = self.format_arn(
+            service="sagemaker", resource="pipeline", resource_name=self.pipeline.pipeline_name
+        )
+        role = iam.Role(
+            self,
+            "RetrainRole",
+            assumed_by=iam.ServicePrincipal("events.amazonaws.com"),
+            description="EventBridge: starts the training pipeline",
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["sagemaker:StartPipelineExecution"], resources=[pipeline_arn]
+            )
+        )
+        target = events.CfnRule.TargetProperty(
+            id="TrainingPipeline", arn=pipeline_arn, role_arn=role.role_arn
+        )
+        retraining = env_config.retraining
+        rules = [
+            events.CfnRule(
+                self,
+                "RetrainOnSchedule",
+                description="Retrains the failure model on the environment's schedule",
+                schedule_expression=retraining.schedule_cron,
+                state="ENABLED",
+                targets=[target],
+            )
+        ]
+        if retraining.on_new_silver:
+            rules.append(
+                events.CfnRule(
+                    self,
+                    "RetrainOnNewSilver",
+                    description="Retrains after each lake run that wrote new silver data",
+                    event_pattern={
+                        "source": ["aws.states"],
+                        "detail-type": ["Step Functions Execution Status Change"],
+                        "detail": {
+                            "status": ["SUCCEEDED"],
+                            "stateMachineArn": [lake_run.state_machine_arn],
+                        },
+                    },
+                    state="ENABLED",
+                    targets=[target],
+                )
+            )
+        for rule in rules:
+            rule.node.add_dependency(self.pipeline)
+        return rules

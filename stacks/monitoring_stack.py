@@ -18,7 +18,7 @@ from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
 
 from config.environments import Environment
-from stacks.iot_stack import GATEWAY_BACKLOG_METRIC, GATEWAY_METRICS_NAMESPACE
+from stacks.iot_stack import GATEWAY_BACKLOG_METRIC
 
 # The gateway buffer's health metric: readings stored and not yet uploaded (the largest of any
 # gateway reporting in the period).
@@ -137,7 +137,7 @@ class MonitoringStack(Stack):
         self._alarm(
             "GatewayBacklog",
             cloudwatch.Metric(
-                namespace=GATEWAY_METRICS_NAMESPACE,
+                namespace=env_config.gateway_metrics_namespace,
                 metric_name=GATEWAY_BACKLOG_METRIC,
                 statistic="Maximum",
                 period=period,
@@ -168,7 +168,7 @@ class MonitoringStack(Stack):
                 title="Gateway backlog",
                 left=[
                     cloudwatch.Metric(
-                        namespace=GATEWAY_METRICS_NAMESPACE,
+                        namespace=env_config.gateway_metrics_namespace,
                         metric_name=GATEWAY_BACKLOG_METRIC,
                         statistic="Maximum",
                         period=period,

@@ -8,11 +8,15 @@ Connector: the Kinesis SQL connector for Flink 1.20,
     org.apache.flink:flink-sql-connector-kinesis:5.0.0-1.20
 is a jar from Maven Central, which the machine that synthesizes cannot reach. The package is
 therefore assembled in the cloud while the stack deploys: deploy-time-build runs a CodeBuild job
-(its NodejsBuild construct, which runs any shell commands; Maven is on CodeBuild's standard
-image) that fetches the jar with Maven, checksums enforced, adds it as lib/<jar> next to the
-code and writes `application.zip` under a content-addressed key of the artifacts bucket. The
-application is created only after that job has succeeded, and names the jar in its `jarfile`
-run option.
+(its NodejsBuild construct, which runs any shell commands) that downloads the jar, refuses it
+unless its SHA-256 is the pinned one (CDK context `pins:flink_connector_sha256`,
+config/environments.py: ArtifactPins), adds it as lib/<jar> next to the code and writes
+`application.zip` under a content-addressed key of the artifacts bucket. The application is
+created only after that job has succeeded, and names the jar in its `jarfile` run option.
+
+Nothing in CloudFormation starts a Managed Flink application: a custom resource starts it once
+it and its logging option exist, again after every change of the package (restoring from the
+latest snapshot), and leaves a running application alone.
 """
 
 from __future__ import annotations
@@ -28,13 +32,14 @@ from aws_cdk import aws_kinesisanalyticsv2 as flink
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
+from aws_cdk import custom_resources as cr
 from cdklabs.deploy_time_build import AssetConfig, NodejsBuild
 from constructs import Construct
 
-from config.environments import Environment
+from config.environments import ArtifactPins, Environment
 from kda_sql.flink_env import FLINK_VERSION, managed_flink_runtime
 from stacks import artifacts
-from stacks.constructs.access import bucket_name
+from stacks.constructs.access import AWS_CUSTOM_RESOURCE_SINGLETON, acknowledge, bucket_name
 from stacks.constructs.deploy_time_image import (
     acknowledge_build_project,
     acknowledge_deploy_time_build,
@@ -57,12 +62,23 @@ CONNECTOR_GROUP, CONNECTOR_ARTIFACT, CONNECTOR_VERSION = (
 )
 CONNECTOR_COORDINATES = f"{CONNECTOR_GROUP}:{CONNECTOR_ARTIFACT}:{CONNECTOR_VERSION}"
 CONNECTOR_JAR = f"{CONNECTOR_ARTIFACT}-{CONNECTOR_VERSION}.jar"
-# Maven's own copy goal (pinned), run in the package folder; -C fails on a checksum mismatch.
-FETCH_CONNECTOR = (
-    "mvn --batch-mode --quiet --strict-checksums "
-    "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy "
-    f"-Dartifact={CONNECTOR_COORDINATES} -DoutputDirectory=lib"
+CONNECTOR_URL = (
+    "https://MAVEN-REPOSITORY/maven2/"
+    f"{CONNECTOR_GROUP.replace('.', '/')}/{CONNECTOR_ARTIFACT}/{CONNECTOR_VERSION}/{CONNECTOR_JAR}"
 )
+
+
+def fetch_connector(sha256: str) -> list[str]:
+    """Shell commands (run in the package folder) that put the connector in lib/ and fail the
+    build unless its SHA-256 is `sha256`."""
+    return [
+        "mkdir -p lib",
+        f"curl --fail --silent --show-error --location --retry 3 -o lib/{CONNECTOR_JAR} "
+        f"{CONNECTOR_URL}",
+        f'echo "{sha256}  lib/{CONNECTOR_JAR}" | sha256sum --check --strict -',
+    ]
+
+
 PACKAGE_PREFIX = "flink/"
 # The write half of CDK's bucket and key grants, as cdk-nag names them.
 WRITE_WILDCARDS = ("s3:Abort*", "s3:DeleteObject*", "kms:GenerateDataKey*", "kms:ReEncrypt*")
@@ -98,11 +114,12 @@ class StreamingStack(Stack):
         readings: kinesis.IStream,
         anomalies: kinesis.IStream,
         lake_key: kms.IKey,
+        pins: ArtifactPins,
         **kwargs: Any,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
         prefix = env_config.prefix
-        package = self._package(prefix, lake_key)
+        package = self._package(prefix, lake_key, pins)
         log_group = logs.LogGroup(
             self,
             "Logs",
@@ -211,8 +228,66 @@ class StreamingStack(Stack):
         )
         logging.add_resource_dependency(application)
         self.application = application
+        self.starter = self._start(application, logging, package)
 
-    def _package(self, prefix: str, lake_key: kms.IKey) -> Package:
+    def _start(
+        self,
+        application: flink.CfnApplication,
+        logging: flink.CfnApplicationCloudWatchLoggingOption,
+        package: Package,
+    ) -> cr.AwsCustomResource:
+        """Start the application after it (and its logging option) is created, and again
+        after its package changed (the physical id follows the package's key); an already
+        running application answers ResourceInUseException, which is not an error here."""
+        start = cr.AwsSdkCall(
+            service="KinesisAnalyticsV2",
+            action="startApplication",
+            parameters={
+                "ApplicationName": self.application_name,
+                "RunConfiguration": {
+                    "ApplicationRestoreConfiguration": {
+                        "ApplicationRestoreType": "RESTORE_FROM_LATEST_SNAPSHOT"
+                    },
+                    "FlinkRunConfiguration": {"AllowNonRestoredState": False},
+                },
+            },
+            physical_resource_id=cr.PhysicalResourceId.of(f"{self.application_name}:{package.key}"),
+            ignore_error_codes_matching="ResourceInUseException",
+        )
+        starter = cr.AwsCustomResource(
+            self,
+            "StartStreamRules",
+            on_create=start,
+            on_update=start,
+            install_latest_aws_sdk=False,
+            policy=cr.AwsCustomResourcePolicy.from_statements(
+                [
+                    iam.PolicyStatement(
+                        actions=["kinesisanalytics:StartApplication"],
+                        resources=[
+                            self.format_arn(
+                                service="kinesisanalytics",
+                                resource="application",
+                                resource_name=self.application_name,
+                            )
+                        ],
+                    )
+                ]
+            ),
+        )
+        starter.node.add_dependency(application, logging)
+        acknowledge(
+            self.node.find_child(AWS_CUSTOM_RESOURCE_SINGLETON),
+            "CDK's AwsCustomResource provider function (starts the Flink application after "
+            "deployments) uses the AWS managed basic execution role for its logs; it is not "
+            "configurable and runs only on deployments.",
+            "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+            "AWSLambdaBasicExecutionRole]",
+        )
+        return starter
+
+    def _package(self, prefix: str, lake_key: kms.IKey, pins: ArtifactPins) -> Package:
+        sha256 = pins.require_flink_connector_sha256(CONNECTOR_URL)
         code, content_hash = stage_code()
         key_prefix = f"{PACKAGE_PREFIX}{content_hash[:24]}/"
         artifacts_bucket = s3.Bucket.from_bucket_attributes(
@@ -229,7 +304,7 @@ class StreamingStack(Stack):
             destination_key_prefix=key_prefix,
             nodejs_version=22,  # the build image's runtime; nothing here runs Node.js
             build_commands=[
-                FETCH_CONNECTOR,
+                *fetch_connector(sha256),
                 "mkdir -p ../package",
                 "zip -qr ../package/application.zip kda_sql lib",
             ],
@@ -238,7 +313,7 @@ class StreamingStack(Stack):
         project = build.node.find_child("Project")
         acknowledge_build_project(
             project,
-            "deploy-time-build's package job fetches the connector with Maven and writes "
+            "deploy-time-build's package job downloads the connector (SHA-256 pinned) and writes "
             "application.zip under the content-addressed flink/ prefix of the artifacts "
             "bucket: the library's read/write grant on that one bucket and its KMS key "
             "(with CDK's action wildcards); its only output is that object, stored with "

@@ -1,32 +1,47 @@
 """Hot time series: Amazon Timestream for InfluxDB in the private subnets, its admin
-credentials in Secrets Manager, and the Lambda that writes the telemetry stream into it."""
+credentials in Secrets Manager, and the Lambda that writes the telemetry stream into it.
+
+The bucket keeps `influx_retention_days` of readings (the lake keeps the history): Timestream
+creates it without retention and only the InfluxDB API can set one, so a custom resource does
+(stacks/constructs/influx_retention_handler.py) once the instance exists and after every change
+of the setting."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from aws_cdk import Duration, RemovalPolicy, Stack
+from aws_cdk import CustomResource, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kinesis as kinesis
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_event_sources as sources
+from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_timestream as timestream
+from aws_cdk import custom_resources as cr
 from constructs import Construct
 
 from config.environments import Environment
 from stacks import artifacts
-from stacks.constructs.access import acknowledge
+from stacks.constructs.access import acknowledge, data_removal_policy
 from stacks.constructs.dead_letters import dead_letter_queue
-from stacks.constructs.python_function import PythonFunction
+from stacks.constructs.python_function import (
+    ARCHITECTURE,
+    RUNTIME,
+    PythonFunction,
+    log_retention,
+)
 
 INFLUX_PORT = 8086
 ORGANIZATION = "iiot"
 BUCKET = "telemetry"
 ADMIN_USER = "iiot-admin"
+RETENTION_HANDLER = Path(__file__).parent / "constructs" / "influx_retention_handler.py"
 
 
 class TimeSeriesStack(Stack):
@@ -51,7 +66,9 @@ class TimeSeriesStack(Stack):
             alias=f"alias/{prefix}-timeseries",
             description="Encrypts the InfluxDB credentials and the writer's dead letters",
             enable_key_rotation=True,
-            removal_policy=RemovalPolicy.DESTROY,
+            # The instance is retained in prod: so are the secret that signs in to it and the
+            # key that decrypts the secret.
+            removal_policy=data_removal_policy(env_config),
         )
         self.credentials = secretsmanager.Secret(
             self,
@@ -67,6 +84,7 @@ class TimeSeriesStack(Stack):
                 exclude_punctuation=True,
                 password_length=32,
             ),
+            removal_policy=data_removal_policy(env_config),
         )
         acknowledge(
             self.credentials,
@@ -105,10 +123,119 @@ class TimeSeriesStack(Stack):
                 )
             ),
         )
-        self.instance.apply_removal_policy(
-            RemovalPolicy.RETAIN if env_config.keep_data_on_delete else RemovalPolicy.DESTROY
-        )
+        self.instance.apply_removal_policy(data_removal_policy(env_config))
+        self.url = f"https://{self.instance.attr_endpoint}:{INFLUX_PORT}"
         self.writer = self._writer(env_config, vpc, subnets, telemetry, readings)
+        self.retention = self._retention(env_config, vpc, subnets)
+
+    def _client_group(
+        self, vpc: ec2.IVpc, env_config: Environment, name: str, what: str, source: str
+    ) -> ec2.SecurityGroup:
+        """A security group for a function (`what`; `source` in the ingress rule's text) that
+        calls the InfluxDB API and the AWS APIs."""
+        group = ec2.SecurityGroup(
+            self,
+            name,
+            vpc=vpc,
+            description=f"{what}: InfluxDB and the AWS API endpoints",
+            allow_all_outbound=False,
+        )
+        group.add_egress_rule(self.security_group, ec2.Port.tcp(INFLUX_PORT), "InfluxDB API")
+        group.add_egress_rule(
+            ec2.Peer.ipv4(env_config.vpc_cidr), ec2.Port.tcp(443), "AWS APIs via VPC endpoints"
+        )
+        self.security_group.add_ingress_rule(
+            group, ec2.Port.tcp(INFLUX_PORT), f"InfluxDB API from the {source}"
+        )
+        return group
+
+    def _retention(
+        self, env_config: Environment, vpc: ec2.IVpc, subnets: ec2.SubnetSelection
+    ) -> CustomResource:
+        """The bucket's retention, set through the InfluxDB API after the instance exists."""
+        log_group = logs.LogGroup(
+            self,
+            "RetentionLogs",
+            retention=log_retention(env_config.log_retention_days),
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+        role = iam.Role(
+            self,
+            "RetentionRole",
+            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            description="Sets the InfluxDB bucket's retention with the admin credentials",
+        )
+        log_group.grant_write(role)
+        self.credentials.grant_read(role)
+        role.add_to_policy(
+            iam.PolicyStatement(
+                # The function's network interfaces in the VPC (no resource-level permissions).
+                actions=[
+                    "ec2:CreateNetworkInterface",
+                    "ec2:DescribeNetworkInterfaces",
+                    "ec2:DeleteNetworkInterface",
+                    "ec2:AssignPrivateIpAddresses",
+                    "ec2:UnassignPrivateIpAddresses",
+                ],
+                resources=["*"],
+            )
+        )
+        acknowledge(
+            role,
+            "A VPC function's network interface actions have no resource-level permissions; "
+            "CDK's secret grant decrypts with the time-series key only.",
+            "AwsSolutions-IAM5[Resource::*]",
+        )
+        handler = lambda_.Function(
+            self,
+            "RetentionHandler",
+            description="Sets the InfluxDB bucket's retention (custom resource)",
+            runtime=RUNTIME,
+            architecture=ARCHITECTURE,
+            handler="index.on_event",
+            code=lambda_.Code.from_inline(RETENTION_HANDLER.read_text()),
+            timeout=Duration.minutes(1),
+            role=role,
+            log_group=log_group,
+            vpc=vpc,
+            vpc_subnets=subnets,
+            security_groups=[
+                self._client_group(
+                    vpc,
+                    env_config,
+                    "RetentionSecurityGroup",
+                    "InfluxDB retention handler",
+                    "retention handler",
+                )
+            ],
+        )
+        provider = cr.Provider(
+            self, "RetentionProvider", on_event_handler=handler, log_group=log_group
+        )
+        for child in provider.node.children:
+            if child.node.id.startswith("framework-"):
+                acknowledge(
+                    child,
+                    "CDK's provider framework function (not configurable): logs with the AWS "
+                    "managed basic execution policy and invokes the retention handler by "
+                    "version-qualified ARN.",
+                    "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+                    "AWSLambdaBasicExecutionRole]",
+                    f"AwsSolutions-IAM5[Resource::<{self.resolve(handler.node.default_child.logical_id)}.Arn>:*]",  # type: ignore[union-attr]
+                )
+        return CustomResource(
+            self,
+            "BucketRetention",
+            service_token=provider.service_token,
+            resource_type="Custom::InfluxBucketRetention",
+            properties={
+                "Url": self.url,
+                "SecretArn": self.credentials.secret_arn,
+                "Org": ORGANIZATION,
+                "Bucket": BUCKET,
+                "RetentionSeconds": str(env_config.influx_retention_days * 86_400),
+            },
+        )
 
     def _writer(
         self,
@@ -118,19 +245,8 @@ class TimeSeriesStack(Stack):
         telemetry: kinesis.IStream,
         readings: kinesis.IStream,
     ) -> lambda_.Function:
-        writer_group = ec2.SecurityGroup(
-            self,
-            "WriterSecurityGroup",
-            vpc=vpc,
-            description="InfluxDB writer Lambda: InfluxDB and the AWS API endpoints",
-            allow_all_outbound=False,
-        )
-        writer_group.add_egress_rule(self.security_group, ec2.Port.tcp(INFLUX_PORT), "InfluxDB API")
-        writer_group.add_egress_rule(
-            ec2.Peer.ipv4(env_config.vpc_cidr), ec2.Port.tcp(443), "AWS APIs via VPC endpoints"
-        )
-        self.security_group.add_ingress_rule(
-            writer_group, ec2.Port.tcp(INFLUX_PORT), "InfluxDB API from the writer Lambda"
+        writer_group = self._client_group(
+            vpc, env_config, "WriterSecurityGroup", "InfluxDB writer Lambda", "writer Lambda"
         )
         # Powertools idempotency records keyed on the batch id (default attribute names).
         idempotency = dynamodb.Table(
@@ -155,7 +271,7 @@ class TimeSeriesStack(Stack):
             function_dir=artifacts.INFLUX_WRITER.require().parent,
             description="Writes telemetry batches from Kinesis into Timestream for InfluxDB",
             environment={
-                "INFLUXDB_URL": f"https://{self.instance.attr_endpoint}:{INFLUX_PORT}",
+                "INFLUXDB_URL": self.url,
                 "INFLUXDB_SECRET_ARN": self.credentials.secret_arn,
                 "INFLUXDB_ORG": ORGANIZATION,
                 "INFLUXDB_BUCKET": BUCKET,
@@ -164,7 +280,7 @@ class TimeSeriesStack(Stack):
                 # Accepted readings go on as JSON rows to the stream the Flink rules read.
                 "READINGS_STREAM_NAME": readings.stream_name,
                 "POWERTOOLS_SERVICE_NAME": "influx-writer",
-                "POWERTOOLS_METRICS_NAMESPACE": "IIoT",
+                "POWERTOOLS_METRICS_NAMESPACE": env_config.metrics_namespace,
                 "IIOT_ENVIRONMENT": env_config.name,
             },
             log_retention_days=env_config.log_retention_days,

@@ -14,12 +14,10 @@ from aws_cdk import custom_resources as cr
 from constructs import Construct
 
 from config.environments import Environment
-from stacks.constructs.access import acknowledge, grant_bucket
+from stacks.constructs.access import AWS_CUSTOM_RESOURCE_SINGLETON, acknowledge, grant_bucket
 from stacks.constructs.redshift_statement import RedshiftStatement
 
 DATABASE = "iiot"
-# The construct id CDK gives the singleton provider of AwsCustomResource.
-AWS_CUSTOM_RESOURCE_SINGLETON = "AWS679f53fac002430cb0da5b7982bd2287"
 EXTERNAL_SCHEMA = "lake"
 
 

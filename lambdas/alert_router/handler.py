@@ -9,6 +9,7 @@ reason, the good ones of the same record are routed, each once per its stable `a
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -38,7 +39,9 @@ from lambdas.shared.idempotency import PowertoolsOnce
 SERVICE = "alert-router"
 logger = Logger(service=SERVICE)
 tracer = Tracer(service=SERVICE)
-metrics = Metrics(namespace="IIoT", service=SERVICE)
+# The stack sets each environment's namespace (IIoT/<env>: metric namespaces are account-wide);
+# "IIoT" is the local default. An explicit namespace= would override the deployed one.
+metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "IIoT"), service=SERVICE)
 processor = BatchProcessor(event_type=EventType.KinesisDataStreams)
 
 

@@ -11,6 +11,7 @@ adapters: `repository.py`, `lambdas/shared`.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from functools import cache
@@ -41,7 +42,9 @@ from lambdas.shared.idempotency import PowertoolsOnce
 SERVICE = "influx-writer"
 logger = Logger(service=SERVICE)
 tracer = Tracer(service=SERVICE)
-metrics = Metrics(namespace="IIoT", service=SERVICE)
+# The stack sets each environment's namespace (IIoT/<env>: metric namespaces are account-wide);
+# "IIoT" is the local default. An explicit namespace= would override the deployed one.
+metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "IIoT"), service=SERVICE)
 processor = BatchProcessor(event_type=EventType.KinesisDataStreams)
 
 

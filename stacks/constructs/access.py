@@ -8,11 +8,15 @@ in this bucket (or prefix)", acknowledged once per grant with the reason.
 
 from __future__ import annotations
 
-from aws_cdk import Acknowledgment, Aws, Stack, Validations
+from aws_cdk import Acknowledgment, Aws, RemovalPolicy, Stack, Validations
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from constructs import IConstruct
 
+from config.environments import Environment
+
+# The construct id CDK gives the singleton provider function of AwsCustomResource (one per stack).
+AWS_CUSTOM_RESOURCE_SINGLETON = "AWS679f53fac002430cb0da5b7982bd2287"
 READ_ACTIONS = ("s3:GetObject", "s3:GetObjectVersion")
 WRITE_ACTIONS = ("s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload")
 LIST_ACTIONS = ("s3:ListBucket", "s3:GetBucketLocation")
@@ -23,6 +27,13 @@ def acknowledge(scope: IConstruct, reason: str, *finding_ids: str) -> None:
     Validations.of(scope).acknowledge(
         *(Acknowledgment(id=finding_id, reason=reason) for finding_id in finding_ids)
     )
+
+
+def data_removal_policy(env_config: Environment) -> RemovalPolicy:
+    """What deleting a stack does to a resource that holds data, or the key or secret that
+    opens it: prod (`keep_data_on_delete`) retains it, dev and staging delete it, so that a
+    destroyed environment deploys again under the same fixed names."""
+    return RemovalPolicy.RETAIN if env_config.keep_data_on_delete else RemovalPolicy.DESTROY
 
 
 def bucket_name(prefix: str, layer: str) -> str:

@@ -6,12 +6,17 @@ package and a pinned requirements.txt), uploaded as a CDK file asset. The recipe
 component's own `recipe.yaml`, inlined with three changes: the artifact URI is the asset, the
 `{artifacts:decompressedPath}/<ComponentName>` paths follow the asset's file name, and the patch
 number comes from the artifact's content, because Greengrass component versions are immutable:
-every changed build must be a new version.
+every changed build must be a new version. Component names and versions are account-wide in a
+region, so the stack gives each environment's names (`names`: `com.iiot.SensorBuffer` ->
+`com.iiot.dev.SensorBuffer`), applied wherever the recipe names a component: its own name, its
+dependencies, its access-control policy ids and `{<component>:artifacts:...}` references.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +42,34 @@ def component_version(recipe_version: str, content_hash: str) -> str:
 
 
 def _replace(value: Any, old: str, new: str) -> Any:
+    """`old` -> `new` in every string of `value`, dictionary keys included."""
     if isinstance(value, str):
         return value.replace(old, new)
     if isinstance(value, list):
         return [_replace(item, old, new) for item in value]
     if isinstance(value, dict):
-        return {key: _replace(item, old, new) for key, item in value.items()}
+        return {_replace(key, old, new): _replace(item, old, new) for key, item in value.items()}
+    return value
+
+
+def renamed(recipe: Any, names: Mapping[str, str]) -> Any:
+    """`recipe` with every component name of `names` replaced by its environment's name.
+    A name is replaced only as a whole (`com.iiot.FailureModel` and never inside a longer
+    name), so the order of `names` does not matter."""
+    result = recipe
+    for old, new in names.items():
+        result = _rename(result, old, new)
+    return result
+
+
+def _rename(value: Any, old: str, new: str) -> Any:
+    pattern = re.compile(rf"(?<![\w.]){re.escape(old)}(?![\w])")
+    if isinstance(value, str):
+        return pattern.sub(new, value)
+    if isinstance(value, list):
+        return [_rename(item, old, new) for item in value]
+    if isinstance(value, dict):
+        return {_rename(key, old, new): _rename(item, old, new) for key, item in value.items()}
     return value
 
 
@@ -55,11 +82,13 @@ class GreengrassComponent(Construct):
         construct_id: str,
         *,
         component_dir: Path,
+        names: Mapping[str, str],
     ) -> None:
         super().__init__(scope, construct_id)
         self.recipe: dict[str, Any] = yaml.safe_load((component_dir / "recipe.yaml").read_text())
-        self.name: str = self.recipe["ComponentName"]
-        artifact = build_component(self.name, BUILD_DIR / self.name, version="synth")
+        self.base_name: str = self.recipe["ComponentName"]
+        self.name: str = names.get(self.base_name, self.base_name)
+        artifact = build_component(self.base_name, BUILD_DIR / self.base_name, version="synth")
         content_hash = hashlib.sha256(artifact.read_bytes()).hexdigest()
         self.asset = s3_assets.Asset(
             self,
@@ -70,15 +99,17 @@ class GreengrassComponent(Construct):
         )
         self.version = component_version(self.recipe["ComponentVersion"], content_hash)
         stem = Path(self.asset.s3_object_key).stem
-        recipe = _replace(self.recipe, f"{DECOMPRESSED}/{self.name}", f"{DECOMPRESSED}/{stem}")
+        recipe = _replace(self.recipe, f"{DECOMPRESSED}/{self.base_name}", f"{DECOMPRESSED}/{stem}")
+        recipe = renamed(recipe, names)
         recipe["ComponentVersion"] = self.version
         for manifest in recipe.get("Manifests", []):
             manifest["Artifacts"] = [
                 {"URI": self.asset.s3_object_url, "Unarchive": "ZIP"},
             ]
-        self.default_configuration: dict[str, Any] = self.recipe.get(
-            "ComponentConfiguration", {}
-        ).get("DefaultConfiguration", {})
+        # What the gateways get by default: the deployed recipe's (environment names).
+        self.default_configuration: dict[str, Any] = recipe.get("ComponentConfiguration", {}).get(
+            "DefaultConfiguration", {}
+        )
         self.component_version = greengrass.CfnComponentVersion(
             self, "Version", inline_recipe=Stack.of(self).to_json_string(recipe)
         )

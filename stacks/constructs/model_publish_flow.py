@@ -2,7 +2,8 @@
 
 Approving a model package of the registry group starts a state machine that describes the
 package, runs a CodeBuild project that publishes the pipeline's compiled zip as component
-version `1.0.<package version>`, and notifies the ML topic. The build's source is a zip of the
+version `1.0.<package version>` of the environment's FailureModel (`com.iiot.<env>.FailureModel`:
+component versions are account-wide), and notifies the ML topic. The build's source is a zip of the
 component's recipe.yaml and ml_pipeline/publish_component.py (the script that writes the new
 version's recipe; tested in tests/ml). Deploying the version to the gateways stays a reviewed
 change: the environment's `edge_model_version` (config/environments.py).
@@ -57,7 +58,7 @@ PUBLISH_BUILDSPEC: dict[str, Any] = {
                 'aws s3 cp "${OUTPUT}/component/failure_model.zip" "${TARGET}"',
                 'python3 publish_component.py --recipe recipe.yaml --version "${VERSION}" '
                 '--model-package-version "${MODEL_PACKAGE_VERSION}" --artifact "${TARGET}" '
-                "--out recipe.json",
+                '--component-name "${COMPONENT_NAME}" --out recipe.json',
                 "aws greengrassv2 create-component-version --inline-recipe fileb://recipe.json",
             ]
         },
@@ -94,6 +95,7 @@ class ModelPublishFlow(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         prefix = env_config.prefix
+        self.component_name = env_config.component_name(MODEL_COMPONENT)
         self.key = kms.Key(
             self,
             "MlKey",
@@ -124,7 +126,8 @@ class ModelPublishFlow(Construct):
             environment_variables={
                 "ARTIFACT_BUCKET": codebuild.BuildEnvironmentVariable(
                     value=bucket_name(prefix, "artifacts")
-                )
+                ),
+                "COMPONENT_NAME": codebuild.BuildEnvironmentVariable(value=self.component_name),
             },
             encryption_key=artifacts_key,
             timeout=Duration.minutes(15),
@@ -179,7 +182,7 @@ class ModelPublishFlow(Construct):
                         resource_name=name,
                         arn_format=ArnFormat.COLON_RESOURCE_NAME,
                     )
-                    for name in (MODEL_COMPONENT, f"{MODEL_COMPONENT}:versions:*")
+                    for name in (self.component_name, f"{self.component_name}:versions:*")
                 ],
             )
         )
@@ -204,7 +207,7 @@ class ModelPublishFlow(Construct):
             "Each approval publishes a new, numbered version of this one component; CodeBuild "
             "also names its log streams and report groups per build at run time.",
             "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:greengrass:<AWS::Region>:"
-            f"<AWS::AccountId>:components:{MODEL_COMPONENT}:versions:*]",
+            f"<AWS::AccountId>:components:{self.component_name}:versions:*]",
         )
 
     def _flow(self, env_config: Environment, group_name: str) -> sfn.StateMachine:
@@ -249,9 +252,9 @@ class ModelPublishFlow(Construct):
             subject="FailureModel published",
             message=sfn.TaskInput.from_text(
                 sfn.JsonPath.format(
-                    f"{MODEL_COMPONENT} {VERSION_PREFIX}{{}} is published. Deploy it to the "
+                    f"{self.component_name} {VERSION_PREFIX}{{}} is published. Deploy it to the "
                     f"gateways: npx cdk deploy -c {env_config.name}:edge_model_version="
-                    f"{VERSION_PREFIX}{{}} {env_config.prefix}-edge",
+                    f"{VERSION_PREFIX}{{}} {env_config.prefix}/edge",
                     sfn.JsonPath.string_at("$.model.version"),
                     sfn.JsonPath.string_at("$.model.version"),
                 )
@@ -271,6 +274,9 @@ class ModelPublishFlow(Construct):
             tracing_enabled=True,
             logs=sfn.LogOptions(destination=flow_logs, level=sfn.LogLevel.ALL),
         )
+        # Publishing to the encrypted topic: SNS encrypts the message with the caller's
+        # permission on the topic's key (the SnsPublish task grants only sns:Publish).
+        self.key.grant(state_machine, "kms:GenerateDataKey", "kms:Decrypt")
         acknowledge(
             state_machine,
             "X-Ray and CloudWatch Logs vended-log delivery actions have no resource-level "

@@ -11,6 +11,7 @@ import pytest
 
 from stacks import artifacts
 from stacks.artifacts import ROOT, Artifact, MissingArtifactError
+from tests.infra.conftest import TEST_PINS
 
 
 def _hide(monkeypatch: pytest.MonkeyPatch, artifact: Artifact, empty: Path) -> None:
@@ -53,7 +54,7 @@ def test_a_missing_artifact_fails_synth(
 
     _hide(monkeypatch, artifact, tmp_path / "empty")
     flags = {key: value for key, value in feature_flags().items() if not is_deploy_input(key)}
-    app = cdk.App(outdir=str(tmp_path / "cdk.out"), context=flags)
+    app = cdk.App(outdir=str(tmp_path / "cdk.out"), context={**flags, **TEST_PINS})
     with pytest.raises(MissingArtifactError) as error:
         build_app(app, ["dev"])
     assert str(error.value).startswith(f"{artifact.name}: {artifact.files[0]}")
@@ -70,5 +71,8 @@ def test_app_py_exits_with_the_message(monkeypatch: pytest.MonkeyPatch, tmp_path
     _hide(monkeypatch, artifacts.ALERT_ROUTER, tmp_path)
     monkeypatch.setenv("IIOT_ENVIRONMENTS", "dev")
     monkeypatch.setenv("CDK_OUTDIR", str(tmp_path / "cdk.out"))
+    # The pins a deployment gives (cdk.json), so that the missing artifact is the first error.
+    flags = composition_root.feature_flags()
+    monkeypatch.setattr(composition_root, "feature_flags", lambda: {**flags, **TEST_PINS})
     with pytest.raises(SystemExit, match=r"^app\.py: alert router Lambda: lambdas/alert_router/"):
         composition_root.main()

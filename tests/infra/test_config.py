@@ -11,6 +11,7 @@ from config.environments import (
     ConfigError,
     LayerLifecycle,
     Workload,
+    artifact_pins,
     environments,
 )
 
@@ -37,17 +38,44 @@ def test_headroom_adds_shards() -> None:
 
 
 def test_environments_differ_only_in_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CDK_DEFAULT_ACCOUNT", "111111111111")
-    monkeypatch.setenv("CDK_DEFAULT_REGION", "eu-west-1")
+    monkeypatch.delenv("CDK_DEFAULT_ACCOUNT", raising=False)
+    monkeypatch.delenv("CDK_DEFAULT_REGION", raising=False)
     envs = environments()
     assert set(envs) == {"dev", "staging", "prod"}
-    assert {env.account for env in envs.values()} == {"111111111111"}
-    assert {env.region for env in envs.values()} == {"eu-west-1"}
     assert envs["prod"].kinesis_shards() is None  # on-demand
     assert envs["dev"].kinesis_shards() == 1
     assert envs["prod"].keep_data_on_delete
     assert not envs["dev"].keep_data_on_delete
     assert len(envs["prod"].factories) == 50
+    assert [env.sandbox for env in envs.values()] == [True, False, False]
+    assert envs["prod"].influx_retention_days > envs["dev"].influx_retention_days
+
+
+def test_only_the_sandbox_takes_the_cli_profiles_account(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CDK_DEFAULT_ACCOUNT", "111111111111")
+    monkeypatch.setenv("CDK_DEFAULT_REGION", "eu-west-1")
+    envs = environments()
+    assert (envs["dev"].account, envs["dev"].region) == ("111111111111", "eu-west-1")
+    for name in ("staging", "prod"):
+        assert (envs[name].account, envs[name].region) == (None, None)
+        assert not envs[name].pinned
+
+
+def test_each_environment_is_pinned_by_its_own_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CDK_DEFAULT_ACCOUNT", "111111111111")
+    monkeypatch.setenv("CDK_DEFAULT_REGION", "eu-west-1")
+    envs = environments(
+        {
+            "dev:account": "222222222222",
+            "dev:region": "us-east-1",
+            "prod:account": "333333333333",
+            "prod:region": "eu-central-1",
+        }
+    )
+    assert (envs["dev"].account, envs["dev"].region) == ("222222222222", "us-east-1")
+    assert (envs["prod"].account, envs["prod"].region) == ("333333333333", "eu-central-1")
+    assert envs["prod"].pinned
+    assert not envs["staging"].pinned
 
 
 def test_account_and_region_are_never_hard_coded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -56,6 +84,43 @@ def test_account_and_region_are_never_hard_coded(monkeypatch: pytest.MonkeyPatch
     for env in environments().values():
         assert env.account is None
         assert env.region is None
+
+
+@pytest.mark.parametrize(
+    ("context", "problem"),
+    [
+        ({"prod:account": "1234", "prod:region": "eu-west-1"}, "12-digit AWS account id"),
+        ({"prod:account": "123456789012", "prod:region": "eu-north-1"}, "is not supported"),
+        ({"prod:account": "123456789012"}, "give both prod:account and prod:region"),
+    ],
+)
+def test_a_bad_pin_is_refused_with_the_reason(context: dict[str, str], problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        environments(context)
+
+
+def test_every_account_wide_name_carries_the_environment() -> None:
+    for name, env in environments().items():
+        assert env.prefix == f"iiot-{name}"
+        assert env.cloud_topic("factory/anomalies") == f"iiot/{name}/factory/anomalies"
+        assert env.component_name("com.iiot.SensorBuffer") == f"com.iiot.{name}.SensorBuffer"
+        assert env.gateway_metrics_namespace == f"IIoT/{name}/Gateway"
+        assert env.metrics_namespace == f"IIoT/{name}"
+
+
+def test_artifact_pins_are_validated_and_required_with_the_command() -> None:
+    pins = artifact_pins({"pins:emr_image_digest": "sha256:" + "a" * 64, "dev:alarm_email": ""})
+    assert pins.require_emr_image_digest("public.ecr.aws/x") == "sha256:" + "a" * 64
+    with pytest.raises(ConfigError, match=r"curl -fsSL https://x/c\.jar \| sha256sum"):
+        pins.require_flink_connector_sha256("https://x/c.jar")
+    with pytest.raises(ConfigError, match=r"docker buildx imagetools inspect public\.ecr\.aws/x"):
+        artifact_pins({}).require_emr_image_digest("public.ecr.aws/x")
+    with pytest.raises(ConfigError, match="must be sha256:<64 hex>"):
+        artifact_pins({"pins:emr_image_digest": "latest"})
+    with pytest.raises(ConfigError, match="the pins are"):
+        artifact_pins({"pins:python_digest": "sha256:" + "a" * 64})
+    # Pins are not deployment inputs of an environment: they leave the environments alone.
+    assert environments({"pins:flink_connector_sha256": "b" * 64})["dev"].alarm_email is None
 
 
 @pytest.mark.parametrize(

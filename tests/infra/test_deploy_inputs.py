@@ -16,13 +16,14 @@ import yaml
 from cfnlint.api import ManualArgs, lint_file
 
 from config.environments import METRICS_CATALOG, environments
+from tests.infra.conftest import TEST_PINS, stack_templates
 from tests.infra.test_gates import CFN_LINT_IGNORED, CFN_LINT_REGIONS
 
 MODEL_VERSION = "1.0.7"
 ALARM_EMAIL = "operations@example.com"
-SENSOR_BUFFER = "com.iiot.SensorBuffer"
-FAILURE_PREDICTOR = "com.iiot.FailurePredictor"
-FAILURE_MODEL = "com.iiot.FailureModel"
+SENSOR_BUFFER = "com.iiot.dev.SensorBuffer"
+FAILURE_PREDICTOR = "com.iiot.dev.FailurePredictor"
+FAILURE_MODEL = "com.iiot.dev.FailureModel"
 MQTT_BRIDGE = "aws.greengrass.clientdevices.mqtt.Bridge"
 
 
@@ -33,7 +34,7 @@ class DevSynth:
         self.validation_error = validation_error
 
     def template_path(self, concern: str) -> Path:
-        return self.outdir / f"iiot-dev-{concern}.template.json"
+        return stack_templates(self.outdir)[f"iiot-dev-{concern}"]
 
     def resources(self, concern: str, kind: str) -> dict[str, dict[str, Any]]:
         template = json.loads(self.template_path(concern).read_text())
@@ -58,6 +59,7 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> DevSynth:
         outdir=str(outdir),
         context={
             **flags,
+            **TEST_PINS,
             "dev:edge_model_version": MODEL_VERSION,
             "dev:alarm_email": ALARM_EMAIL,
             "dev:metrics_catalog": str(catalog_path),

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from cfnlint.api import ManualArgs, lint_file
 
+from config.environments import SUPPORTED_REGIONS
 from tests.infra.conftest import ENVIRONMENTS, Synth
 
 # cfn-lint checks CDK output; these rules flag what CDK generates on purpose:
 #   W3005  redundant DependsOn: CDK orders IAM policies before their users explicitly, which
 #          cfn-lint sees as already implied by a GetAtt. Harmless, and not ours to change.
 CFN_LINT_IGNORED = ["W3005"]
-# Lint against a few regions that offer every service used (IoT, Flink, Timestream InfluxDB).
-CFN_LINT_REGIONS = ["us-east-1", "eu-west-1", "ap-southeast-2"]
+# Lint for every region the app supports (config/environments.py: SUPPORTED_REGIONS): a
+# resource type missing in one (cfn-lint E3006) fails here, before a deploy there would.
+CFN_LINT_REGIONS = list(SUPPORTED_REGIONS)
 
 
 def test_every_environment_synthesizes_every_stack(synth: Synth) -> None:
@@ -66,6 +66,7 @@ def test_every_acknowledgment_states_a_reason(synth: Synth) -> None:
 def test_cfn_lint_is_clean(synth: Synth, env: str) -> None:
     config = ManualArgs(ignore_checks=CFN_LINT_IGNORED, regions=CFN_LINT_REGIONS)
     problems = []
-    for template in sorted(Path(synth.outdir).glob(f"iiot-{env}-*.template.json")):
-        problems += [f"{template.name}: {match}" for match in lint_file(template, config=config)]
+    for (name, concern), template in sorted(synth.template_paths.items()):
+        if name == env:
+            problems += [f"{concern}: {match}" for match in lint_file(template, config=config)]
     assert not problems, "\n".join(problems)

@@ -261,8 +261,10 @@ def test_gateway_policy_is_limited_to_the_thing_itself(synth: Synth) -> None:
             )
     publish = next(s for s in statements_ if s["Action"] == "iot:Publish")
     published = json.dumps(publish["Resource"])
-    assert topics.SENSOR_DATA in published
-    assert topics.ANOMALIES in published
+    # The environment's upload topics only (IoT Core topics are account-wide).
+    assert f"topic/iiot/dev/{topics.SENSOR_DATA}" in published
+    assert f"topic/iiot/dev/{topics.ANOMALIES}" in published
+    assert f"topic/{topics.SENSOR_DATA}" not in published
 
 
 def test_token_exchange_role_can_only_write_telemetry_and_gateway_metrics(synth: Synth) -> None:
@@ -288,17 +290,18 @@ def test_token_exchange_role_can_only_write_telemetry_and_gateway_metrics(synth:
     metric = next(
         s for s in statements(synth, "dev", "iot") if s["Action"] == "cloudwatch:PutMetricData"
     )
-    assert metric["Condition"] == {"StringEquals": {"cloudwatch:namespace": "IIoT/Gateway"}}
+    assert metric["Condition"] == {"StringEquals": {"cloudwatch:namespace": "IIoT/dev/Gateway"}}
 
 
 def test_rules_route_uploads_to_kinesis_and_log_errors(synth: Synth) -> None:
     rules = resources(synth, "dev", "iot", "AWS::IoT::TopicRule")
     by_sql = {r["Properties"]["TopicRulePayload"]["Sql"]: r for r in rules.values()}
     for topic in (topics.SENSOR_DATA, topics.ANOMALIES):
-        payload = by_sql[f"SELECT * FROM '{topic}'"]["Properties"]["TopicRulePayload"]
+        payload = by_sql[f"SELECT * FROM 'iiot/dev/{topic}'"]["Properties"]["TopicRulePayload"]
         assert "Kinesis" in payload["Actions"][0]
     for rule in rules.values():
         assert "CloudwatchLogs" in rule["Properties"]["TopicRulePayload"]["ErrorAction"]
+        assert rule["Properties"]["RuleName"].startswith("iiot_dev_")
 
 
 def test_gateway_health_becomes_the_metric_the_backlog_alarm_watches(synth: Synth) -> None:
@@ -535,18 +538,37 @@ def test_flink_property_group_is_the_runners(synth: Synth) -> None:
 # --- edge ----------------------------------------------------------------------------------
 
 
+def _recipe(inline_recipe: Any) -> dict[str, Any]:
+    """An inline recipe as data; CloudFormation references inside it become "<ref>"."""
+    if isinstance(inline_recipe, str):
+        return json.loads(inline_recipe)
+    separator, parts = inline_recipe["Fn::Join"]
+    return json.loads(separator.join(p if isinstance(p, str) else "<ref>" for p in parts))
+
+
 def test_components_are_published_with_their_recipe_and_asset(synth: Synth) -> None:
     versions = resources(synth, "dev", "edge", "AWS::GreengrassV2::ComponentVersion")
-    recipes = [json.dumps(v["Properties"]["InlineRecipe"]) for v in versions.values()]
-    names = {
-        name
-        for name in ("com.iiot.SensorBuffer", "com.iiot.FailurePredictor")
-        if any(name in r for r in recipes)
+    recipes = {
+        recipe["ComponentName"]: recipe
+        for recipe in (_recipe(v["Properties"]["InlineRecipe"]) for v in versions.values())
     }
-    assert names == {"com.iiot.SensorBuffer", "com.iiot.FailurePredictor"}
-    for recipe in recipes:
-        assert "BUCKET_NAME" not in recipe  # the gdk placeholder is replaced by the asset
-        assert "cdk-hnb659fds-assets" in recipe
+    # Component names are account-wide in a region: each environment publishes its own, and
+    # the recipes name each other by the environment's names.
+    assert set(recipes) == {"com.iiot.dev.SensorBuffer", "com.iiot.dev.FailurePredictor"}
+    predictor = recipes["com.iiot.dev.FailurePredictor"]
+    assert "com.iiot.dev.FailureModel" in predictor["ComponentDependencies"]
+    defaults = predictor["ComponentConfiguration"]["DefaultConfiguration"]
+    assert defaults["modelDir"].startswith("{com.iiot.dev.FailureModel:artifacts:")
+    for recipe in recipes.values():
+        text = json.dumps(recipe)
+        assert "com.iiot.SensorBuffer" not in text
+        assert "com.iiot.FailureModel" not in text
+        assert "BUCKET_NAME" not in text  # the gdk placeholder is replaced by the asset
+        for manifest in recipe["Manifests"]:
+            (artifact,) = manifest["Artifacts"]  # the CDK asset, a reference
+            assert artifact == {"URI": "<ref>", "Unarchive": "ZIP"}
+    for version in versions.values():
+        assert "cdk-hnb659fds-assets" in json.dumps(version["Properties"]["InlineRecipe"])
 
 
 @pytest.mark.parametrize("env", ["dev", "prod"])
@@ -564,7 +586,7 @@ def test_one_deployment_per_factory_with_rollout_and_abort(synth: Synth, env: st
         assert deployment["Properties"]["DeploymentPolicies"]["FailureHandlingPolicy"] == "ROLLBACK"
         # No model published in this synth: the gateways run the buffer (and its status relay).
         assert set(deployment["Properties"]["Components"]) == {
-            "com.iiot.SensorBuffer",
+            f"com.iiot.{env}.SensorBuffer",
             "aws.greengrass.clientdevices.mqtt.Bridge",
         }
 
@@ -573,17 +595,27 @@ def test_deployments_configure_the_catalogs_thresholds(synth: Synth, catalog: An
     deployment = next(
         iter(resources(synth, "dev", "edge", "AWS::GreengrassV2::Deployment").values())
     )
-    merge = json.loads(
-        deployment["Properties"]["Components"]["com.iiot.SensorBuffer"]["ConfigurationUpdate"][
-            "Merge"
-        ]
-    )
+    components = deployment["Properties"]["Components"]
+    merge = json.loads(components["com.iiot.dev.SensorBuffer"]["ConfigurationUpdate"]["Merge"])
     assert merge["factoryId"] in environments()["dev"].factories
     for name, metric in catalog.items():
         assert merge["thresholds"][name]["max"] == metric.edge.max
         assert merge["thresholds"][name]["debounce"] == metric.edge.debounce
     topics_ = json.dumps(merge["accessControl"])
     assert f"factory/{merge['factoryId']}/readings" in topics_
+    # The environment's IoT Core topics: configured, and the only ones the relay may use.
+    assert merge["uploadTopic"] == f"iiot/dev/{topics.SENSOR_DATA}"
+    assert merge["anomaliesTopic"] == f"iiot/dev/{topics.ANOMALIES}"
+    (cloud,) = merge["accessControl"]["aws.greengrass.ipc.mqttproxy"].values()
+    assert cloud["resources"] == [merge["uploadTopic"], merge["anomaliesTopic"]]
+    assert (
+        "com.iiot.dev.SensorBuffer:mqttproxy:1"
+        in merge["accessControl"]["aws.greengrass.ipc.mqttproxy"]
+    )
+    bridge = json.loads(
+        components["aws.greengrass.clientdevices.mqtt.Bridge"]["ConfigurationUpdate"]["Merge"]
+    )
+    assert bridge["mqttTopicMapping"]["GatewayStatus"]["targetTopicPrefix"] == "iiot/dev/"
 
 
 def test_gateways_may_fetch_exactly_the_component_artifacts(synth: Synth) -> None:
@@ -639,7 +671,7 @@ def test_approval_starts_the_publish_flow(synth: Synth) -> None:
     buildspec = next(spec for spec in buildspecs if "create-component-version" in spec)
     assert "component/failure_model.zip" in buildspec  # the pipeline's compile output
     # The notification says how to deploy the version: the environment's context key.
-    assert "npx cdk deploy -c dev:edge_model_version=1.0.{} iiot-dev-edge" in definition
+    assert "npx cdk deploy -c dev:edge_model_version=1.0.{} iiot-dev/edge" in definition
 
 
 def test_publish_job_runs_the_repository_script_on_the_recipe(synth: Synth) -> None:
@@ -764,14 +796,20 @@ def test_pipeline_steps_run_the_image_built_from_the_repository(synth: Synth) ->
 
 
 def test_flink_package_is_built_with_the_connector_before_the_application(synth: Synth) -> None:
-    from stacks.streaming_stack import CONNECTOR_COORDINATES, CONNECTOR_JAR
+    from stacks.streaming_stack import CONNECTOR_JAR, CONNECTOR_URL
+    from tests.infra.conftest import TEST_PINS
 
     streaming = synth.template("dev", "streaming")["Resources"]
     ((build_id, build),) = resources(synth, "dev", "streaming", "Custom::CDKNodejsBuild").items()
     props = build["Properties"]
-    commands = " && ".join(props["buildCommands"])
-    assert f"-Dartifact={CONNECTOR_COORDINATES}" in commands
-    assert "--strict-checksums" in commands
+    commands = props["buildCommands"]
+    # The jar is downloaded, then refused unless its SHA-256 is the pinned one.
+    download = next(c for c in commands if CONNECTOR_URL in c)
+    check = next(c for c in commands if "sha256sum" in c)
+    assert commands.index(download) < commands.index(check)
+    sha256 = TEST_PINS["pins:flink_connector_sha256"]
+    assert check == f'echo "{sha256}  lib/{CONNECTOR_JAR}" | sha256sum --check --strict -'
+    assert "--fail" in download
     assert "iiot-dev-artifacts-" in json.dumps(props["destinationBucketName"])
     prefix = props["destinationKeyPrefix"]
     assert prefix.startswith("flink/")

@@ -35,6 +35,26 @@ def test_the_new_version_points_at_the_published_zip() -> None:
     assert recipe == yaml.safe_load(RECIPE.read_text())
 
 
+def test_the_version_is_published_under_the_environments_component_name() -> None:
+    """Component versions are account-wide: each environment publishes its own FailureModel."""
+    published = component_recipe(
+        yaml.safe_load(RECIPE.read_text()),
+        version="1.0.7",
+        model_package_version="7",
+        artifact_uri=ARTIFACT,
+        component_name="com.iiot.dev.FailureModel",
+    )
+    assert published["ComponentName"] == "com.iiot.dev.FailureModel"
+    with pytest.raises(RecipeError, match="is not a component name"):
+        component_recipe(
+            yaml.safe_load(RECIPE.read_text()),
+            version="1.0.7",
+            model_package_version="7",
+            artifact_uri=ARTIFACT,
+            component_name="com iiot",
+        )
+
+
 @pytest.mark.parametrize(
     ("arguments", "problem"),
     [
