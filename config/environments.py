@@ -393,15 +393,16 @@ class ArtifactPins:
             )
         return self.emr_image_digest
 
-    def require_flink_connector_sha256(self, url: str) -> str:
-        """The jar's SHA-256, or ConfigError with the command that gets it from `url`."""
+    def require_flink_connector_sha256(self, coordinates: str, jar: str) -> str:
+        """The jar's SHA-256, or ConfigError with the commands that get the jar `coordinates`
+        names and its checksum."""
         if self.flink_connector_sha256 is None:
             raise ConfigError(
                 f"context {PINS_PREFIX}:flink_connector_sha256 is not set: the Flink package "
-                f"checks the connector jar's SHA-256. Get it with `curl -fsSL {url} | "
-                f"sha256sum`, compare the download with Maven Central's published checksums "
-                f"(`curl -fsSL {url}.sha1`, `{url}.sha512`), and commit it as "
-                f'"{PINS_PREFIX}:flink_connector_sha256" under cdk.json\'s "context"'
+                f"checks the connector jar's SHA-256. Get it on a machine with Maven: `mvn "
+                f"dependency:copy -Dartifact={coordinates} -DoutputDirectory=lib && sha256sum "
+                f"lib/{jar}` (Maven checks the repository's published checksums), and commit "
+                f'it as "{PINS_PREFIX}:flink_connector_sha256" under cdk.json\'s "context"'
             )
         return self.flink_connector_sha256
 

@@ -6,10 +6,11 @@ the alert router reads. The rules' parameters are the runner's `StreamRules` pro
 
 Connector: the Kinesis SQL connector for Flink 1.20,
     org.apache.flink:flink-sql-connector-kinesis:5.0.0-1.20
-is a jar from Maven Central, which the machine that synthesizes cannot reach. The package is
-therefore assembled in the cloud while the stack deploys: deploy-time-build runs a CodeBuild job
-(its NodejsBuild construct, which runs any shell commands) that downloads the jar, refuses it
-unless its SHA-256 is the pinned one (CDK context `pins:flink_connector_sha256`,
+is a Maven artifact, which the machine that synthesizes cannot fetch. The package is therefore
+assembled in the cloud while the stack deploys: deploy-time-build runs a CodeBuild job (its
+NodejsBuild construct, which runs any shell commands; Maven is on CodeBuild's standard image)
+that fetches the jar with Maven (checksums enforced), refuses it unless its SHA-256 is the
+pinned one (CDK context `pins:flink_connector_sha256`,
 config/environments.py: ArtifactPins), adds it as lib/<jar> next to the code and writes
 `application.zip` under a content-addressed key of the artifacts bucket. The application is
 created only after that job has succeeded, and names the jar in its `jarfile` run option.
@@ -62,9 +63,11 @@ CONNECTOR_GROUP, CONNECTOR_ARTIFACT, CONNECTOR_VERSION = (
 )
 CONNECTOR_COORDINATES = f"{CONNECTOR_GROUP}:{CONNECTOR_ARTIFACT}:{CONNECTOR_VERSION}"
 CONNECTOR_JAR = f"{CONNECTOR_ARTIFACT}-{CONNECTOR_VERSION}.jar"
-CONNECTOR_URL = (
-    "https://MAVEN-REPOSITORY/maven2/"
-    f"{CONNECTOR_GROUP.replace('.', '/')}/{CONNECTOR_ARTIFACT}/{CONNECTOR_VERSION}/{CONNECTOR_JAR}"
+# Maven's own copy goal (pinned), run in the package folder; it fails on a checksum mismatch.
+FETCH_CONNECTOR = (
+    "mvn --batch-mode --quiet --strict-checksums "
+    "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy "
+    f"-Dartifact={CONNECTOR_COORDINATES} -DoutputDirectory=lib"
 )
 
 
@@ -72,9 +75,7 @@ def fetch_connector(sha256: str) -> list[str]:
     """Shell commands (run in the package folder) that put the connector in lib/ and fail the
     build unless its SHA-256 is `sha256`."""
     return [
-        "mkdir -p lib",
-        f"curl --fail --silent --show-error --location --retry 3 -o lib/{CONNECTOR_JAR} "
-        f"{CONNECTOR_URL}",
+        FETCH_CONNECTOR,
         f'echo "{sha256}  lib/{CONNECTOR_JAR}" | sha256sum --check --strict -',
     ]
 
@@ -287,7 +288,7 @@ class StreamingStack(Stack):
         return starter
 
     def _package(self, prefix: str, lake_key: kms.IKey, pins: ArtifactPins) -> Package:
-        sha256 = pins.require_flink_connector_sha256(CONNECTOR_URL)
+        sha256 = pins.require_flink_connector_sha256(CONNECTOR_COORDINATES, CONNECTOR_JAR)
         code, content_hash = stage_code()
         key_prefix = f"{PACKAGE_PREFIX}{content_hash[:24]}/"
         artifacts_bucket = s3.Bucket.from_bucket_attributes(
@@ -313,7 +314,8 @@ class StreamingStack(Stack):
         project = build.node.find_child("Project")
         acknowledge_build_project(
             project,
-            "deploy-time-build's package job downloads the connector (SHA-256 pinned) and writes "
+            "deploy-time-build's package job fetches the connector with Maven (SHA-256 "
+            "pinned) and writes "
             "application.zip under the content-addressed flink/ prefix of the artifacts "
             "bucket: the library's read/write grant on that one bucket and its KMS key "
             "(with CDK's action wildcards); its only output is that object, stored with "

@@ -111,8 +111,10 @@ def test_every_account_wide_name_carries_the_environment() -> None:
 def test_artifact_pins_are_validated_and_required_with_the_command() -> None:
     pins = artifact_pins({"pins:emr_image_digest": "sha256:" + "a" * 64, "dev:alarm_email": ""})
     assert pins.require_emr_image_digest("public.ecr.aws/x") == "sha256:" + "a" * 64
-    with pytest.raises(ConfigError, match=r"curl -fsSL https://x/c\.jar \| sha256sum"):
-        pins.require_flink_connector_sha256("https://x/c.jar")
+    with pytest.raises(
+        ConfigError, match=r"-Dartifact=g:a:1 -DoutputDirectory=lib && sha256sum lib/a-1\.jar"
+    ):
+        pins.require_flink_connector_sha256("g:a:1", "a-1.jar")
     with pytest.raises(ConfigError, match=r"docker buildx imagetools inspect public\.ecr\.aws/x"):
         artifact_pins({}).require_emr_image_digest("public.ecr.aws/x")
     with pytest.raises(ConfigError, match="must be sha256:<64 hex>"):

@@ -796,20 +796,21 @@ def test_pipeline_steps_run_the_image_built_from_the_repository(synth: Synth) ->
 
 
 def test_flink_package_is_built_with_the_connector_before_the_application(synth: Synth) -> None:
-    from stacks.streaming_stack import CONNECTOR_JAR, CONNECTOR_URL
+    from stacks.streaming_stack import CONNECTOR_COORDINATES, CONNECTOR_JAR
     from tests.infra.conftest import TEST_PINS
 
     streaming = synth.template("dev", "streaming")["Resources"]
     ((build_id, build),) = resources(synth, "dev", "streaming", "Custom::CDKNodejsBuild").items()
     props = build["Properties"]
     commands = props["buildCommands"]
-    # The jar is downloaded, then refused unless its SHA-256 is the pinned one.
-    download = next(c for c in commands if CONNECTOR_URL in c)
+    # The jar is fetched with Maven (checksums enforced), then refused unless its SHA-256 is
+    # the pinned one.
+    download = next(c for c in commands if f"-Dartifact={CONNECTOR_COORDINATES}" in c)
     check = next(c for c in commands if "sha256sum" in c)
     assert commands.index(download) < commands.index(check)
     sha256 = TEST_PINS["pins:flink_connector_sha256"]
     assert check == f'echo "{sha256}  lib/{CONNECTOR_JAR}" | sha256sum --check --strict -'
-    assert "--fail" in download
+    assert "--strict-checksums" in download
     assert "iiot-dev-artifacts-" in json.dumps(props["destinationBucketName"])
     prefix = props["destinationKeyPrefix"]
     assert prefix.startswith("flink/")
