@@ -1,6 +1,6 @@
 """A PLC for the collector's tests: an asyncua server on 127.0.0.1, run as its own process.
 
-    python tests/edge/opcua_plc.py PORT [--generation N] [--period-ms MS]
+    python tests/edge/opcua_plc.py PORT [--generation N] [--period-ms MS] [--secure DIR]
 
 Namespace `urn:iiot:test-plc` (registered first: index 2), object `Pump1` with:
 
@@ -24,8 +24,11 @@ import contextlib
 import signal
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 from asyncua import Server, ua
+from asyncua.crypto.cert_gen import setup_self_signed_certificate
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 NAMESPACE = "urn:iiot:test-plc"
 
@@ -41,11 +44,22 @@ def values(i: int, generation: int) -> dict[str, tuple[object, ua.VariantType]]:
     }
 
 
-async def serve(port: int, generation: int, period_s: float) -> None:
+async def serve(port: int, generation: int, period_s: float, secure: Path | None) -> None:
     server = Server()
     await server.init()
     server.set_endpoint(f"opc.tcp://127.0.0.1:{port}/plc")
-    server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+    if secure is None:
+        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+    else:
+        # Basic256Sha256 only, with a self-signed certificate written to `secure` (the client
+        # may pin it); a client connects only with its own certificate, signed and encrypted.
+        key, cert = secure / "plc-key.pem", secure / "plc-cert.der"
+        await setup_self_signed_certificate(
+            key, cert, "urn:iiot:test-plc", "127.0.0.1", [ExtendedKeyUsageOID.SERVER_AUTH], {}
+        )
+        await server.load_certificate(str(cert))
+        await server.load_private_key(str(key))
+        server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
     index = await server.register_namespace(NAMESPACE)
     pump = await server.nodes.objects.add_object(ua.NodeId("Pump1", index), "Pump1")
     variables = {}
@@ -82,8 +96,9 @@ def main() -> None:
     parser.add_argument("port", type=int)
     parser.add_argument("--generation", type=int, default=0)
     parser.add_argument("--period-ms", type=float, default=100.0)
+    parser.add_argument("--secure", type=Path, help="Basic256Sha256 only; its certificate here")
     args = parser.parse_args()
-    asyncio.run(serve(args.port, args.generation, args.period_ms / 1000))
+    asyncio.run(serve(args.port, args.generation, args.period_ms / 1000, args.secure))
     sys.exit(0)
 
 

@@ -5,6 +5,7 @@ survived; bad values are refused with the reason and counted; the backlog is bou
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -21,7 +22,9 @@ import paho.mqtt.client as mqtt
 import pytest
 import yaml
 from asyncua import ua
-from opcua_collector.collector import OpcUaCollector
+from asyncua.crypto.cert_gen import setup_self_signed_certificate
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from opcua_collector.collector import OpcUaCollector, application_uri
 from opcua_collector.config import ConfigError, default_configuration, from_mapping
 from opcua_collector.main import gateway_config, validation_problem
 from paho.mqtt.enums import CallbackAPIVersion
@@ -49,9 +52,16 @@ class Plc:
         self.endpoint = f"opc.tcp://127.0.0.1:{port}/plc"
         self.process: subprocess.Popen[str] | None = None
 
-    def start(self, generation: int = 0) -> None:
+    def start(self, generation: int = 0, secure: Path | None = None) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, str(PLC_SCRIPT), str(self.port), "--generation", str(generation)],
+            [
+                sys.executable,
+                str(PLC_SCRIPT),
+                str(self.port),
+                "--generation",
+                str(generation),
+                *(["--secure", str(secure)] if secure else []),
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -446,3 +456,38 @@ def test_an_uninterpolated_thing_name_falls_back_to_the_gateways(catalog, monkey
     monkeypatch.setenv("AWS_IOT_THING_NAME", "gw-2")
     assert gateway_config(default_configuration(), catalog).factory_id == "gw-2"
     assert "plcs must be a mapping" in (validation_problem({"plcs": "line1"}, catalog) or "")
+
+
+@pytest.mark.slow
+def test_a_plc_that_requires_basic256sha256_is_read_with_the_gateways_certificate(
+    plc, broker, collector_factory, tmp_path
+) -> None:
+    """Signed and encrypted, the session's application URI taken from the certificate."""
+    key, cert = tmp_path / "gateway-key.pem", tmp_path / "gateway-cert.der"
+    asyncio.run(
+        setup_self_signed_certificate(
+            key, cert, "urn:iiot:gateway:gw-1", "gw-1", [ExtendedKeyUsageOID.CLIENT_AUTH], {}
+        )
+    )
+    assert application_uri(str(cert)) == "urn:iiot:gateway:gw-1"
+    plc.start(secure=tmp_path)
+    readings = Readings(broker.port)
+    raw = configuration(plc.endpoint, {"Rpm": "rpm"})
+    plain = dict(raw["plcs"]["line1"])
+    raw["plcs"]["line1"].update(
+        securityPolicy="Basic256Sha256",
+        securityMode="SignAndEncrypt",
+        certificate=str(cert),
+        privateKey=str(key),
+        serverCertificate=str(tmp_path / "plc-cert.der"),
+    )
+    raw["plcs"]["unsecured"] = {**plain, "endpoint": plc.endpoint.replace("/plc", "/plc/")}
+    collector = collector_factory(raw, broker.url)
+    try:
+        wait_for(lambda: len(readings.of("rpm")) >= 3, 30, "readings over the secure channel")
+    finally:
+        readings.close()
+    assert collector.plcs["line1"].connected
+    # The same PLC without security is refused (it offers Basic256Sha256 only).
+    assert not collector.plcs["unsecured"].connected
+    assert collector.plcs["unsecured"].last_error

@@ -33,7 +33,7 @@ COMPONENTS = {
 # fallback for a missing native library (refused with a reason when it is not installed).
 REQUIRED_IMPORTS = {"msgspec", "numpy", "yaml", "zstandard", "typer", "rich", "awsiot", "awscrt"}
 # What a component needs beyond them (its pyproject.toml extra besides `edge`).
-COMPONENT_IMPORTS = {"com.iiot.OpcUaCollector": {"asyncua"}}
+COMPONENT_IMPORTS = {"com.iiot.OpcUaCollector": {"asyncua", "cryptography"}}
 OPTIONAL_IMPORTS = {"xgboost"}
 
 

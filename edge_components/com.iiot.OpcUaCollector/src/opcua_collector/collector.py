@@ -42,6 +42,7 @@ from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.common.node import Node
 from asyncua.common.subscription import DataChangeNotif
+from cryptography import x509
 
 from edge_runtime.transport import Ack, Transport
 from iiot.catalog import MetricCatalog
@@ -242,6 +243,8 @@ class OpcUaCollector:
         state = self.plcs[plc.name]
         security = plc.security_string()
         if security is not None:
+            # A PLC checks that the session's application URI is the certificate's.
+            client.application_uri = application_uri(plc.certificate) or client.application_uri
             await client.set_security_string(security)
         if plc.username:
             client.set_user(plc.username)
@@ -422,3 +425,19 @@ async def _resolve(client: Client, node_id: str) -> ua.NodeId:
         return parsed
     index = await client.get_namespace_index(uri)
     return ua.NodeId(parsed.Identifier, ua.Int16(index), parsed.NodeIdType)
+
+
+def application_uri(certificate: str) -> str | None:
+    """The URI in the certificate's subject alternative names (PEM or DER), if any."""
+    data = Path(certificate).read_bytes()
+    cert = (
+        x509.load_pem_x509_certificate(data)
+        if data.lstrip().startswith(b"-----BEGIN")
+        else x509.load_der_x509_certificate(data)
+    )
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    uris = names.get_values_for_type(x509.UniformResourceIdentifier)
+    return uris[0] if uris else None
