@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retry-attempts", type=int, default=3)
     parser.add_argument("--on-failure", required=True, help="SQS queue URL")
     parser.add_argument("--timeout-s", type=float, default=60.0)
+    parser.add_argument(
+        "--ledger", type=Path, help="append each record's arrival time and data here (JSON lines)"
+    )
     args = parser.parse_args(argv)
     plan = Plan.read(args.plan)
     handler = importlib.import_module(HANDLERS[args.function]).handler
@@ -123,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         "pending": False,
     }
     service.counters = counters
+    ledger = args.ledger.open("a") if args.ledger else None
     attempts: dict[str, int] = {}  # shard -> retries of its current batch
     limits: dict[str, int] = {}  # shard -> batch size after bisecting
 
@@ -178,6 +182,20 @@ def main(argv: list[str] | None = None) -> int:
             busy = True
             counters["last_activity"] = time.time()
             counters["pending"] = True
+            if ledger is not None:
+                for record in records:
+                    ledger.write(
+                        json.dumps(
+                            {
+                                "sequence": record["SequenceNumber"],
+                                "arrival": record["ApproximateArrivalTimestamp"].timestamp(),
+                                "invoked": time.time(),
+                                "data": bytes(record["Data"]).decode(errors="replace"),
+                            }
+                        )
+                        + "\n"
+                    )
+                ledger.flush()
             failed_at, function_error = invoke(shard.shard_id, records)
             if failed_at is None:
                 counters["records"] += len(records)
@@ -203,13 +221,13 @@ def main(argv: list[str] | None = None) -> int:
             if function_error:
                 limits[shard.shard_id] = max(1, len(records) // 2)
             reader.rewind(shard, failed_at)
-            time.sleep(min(1.0 * retries, 5.0))  # the mapping's retry delay
+            service.stopping.wait(min(1.0 * retries, 5.0))  # the mapping's retry delay
         counters["behind_ms"] = reader.behind_ms
         if not busy:
             counters["pending"] = False
         return 0.0 if busy else 0.25
 
-    service.run(step)
+    service.run(step, on_stop=ledger.close if ledger is not None else None)
     return 0
 
 

@@ -68,10 +68,10 @@ class Plan:
     lake_every_s: float = 12.0  # wall seconds between incremental lake runs
     model_update_at: float = 0.45  # share of the live hours: train, publish, hot swap
     firehose_buffer_s: float = 2.0  # the delivery stream's buffering interval (wall)
-    # The rules' event-time tolerance in wall seconds; the watermark delay is this many wall
-    # seconds of simulated time (accelerated time turns a second of pipeline delay into
-    # `speed` simulated seconds).
-    watermark_wall_s: float = 6.0
+    # An alert is late when it reaches the anomaly stream more than this many wall seconds of
+    # simulated time after its readings were published (accelerated time turns each second of
+    # the pipeline's normal delay into `speed` simulated seconds).
+    late_after_wall_s: float = 6.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -132,10 +132,9 @@ class Plan:
         return self.hours * 3600 / self.speed
 
     @property
-    def watermark_delay_s(self) -> int:
-        """The stream rules' watermark delay in event-time seconds (at least the 5 s the
-        deployed application uses)."""
-        return max(5, math.ceil(self.watermark_wall_s * self.speed))
+    def late_after_s(self) -> int:
+        """Simulated seconds after which an alert counts as late."""
+        return max(5, math.ceil(self.late_after_wall_s * self.speed))
 
     def at(self, share: float) -> int:
         """The simulated time (UTC ms) `share` of the way through the live hours."""

@@ -67,6 +67,27 @@ class Supervisor:
         self._order: list[str] = []
         self.processes: dict[str, Managed] = {}
 
+    def reap_leftovers(self) -> list[int]:
+        """Stop what a previous runner of this run directory left running (it was killed
+        before it could stop them): the PIDs in its `pids.json` whose command line still names
+        this directory."""
+        stopped: list[int] = []
+        previous = self.run_dir / "pids.json"
+        try:
+            pids = json.loads(previous.read_text())
+        except (OSError, ValueError):
+            return stopped
+        for pid in pids.values():
+            try:
+                command = Path(f"/proc/{int(pid)}/cmdline").read_bytes().replace(b"\0", b" ")
+            except (OSError, ValueError):
+                continue
+            if str(self.run_dir).encode() in command:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGTERM)
+                    stopped.append(int(pid))
+        return stopped
+
     def start(
         self,
         name: str,
@@ -161,7 +182,7 @@ class Supervisor:
             try:
                 popen.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
-                log.warning("process ignored SIGTERM; killing it", extra={"process": name})
+                log.warning("process ignored SIGTERM; killing it", extra={"managed": name})
                 with contextlib.suppress(ProcessLookupError):
                     popen.send_signal(signal.SIGKILL)
                 popen.wait()
@@ -176,7 +197,7 @@ class Supervisor:
             try:
                 self.stop(name, grace_s=grace_s)
             except Exception:  # keep stopping the others
-                log.exception("could not stop a process", extra={"process": name})
+                log.exception("could not stop a process", extra={"managed": name})
 
     def check(self, names: Sequence[str] | None = None) -> None:
         """Fail when a process that should be running exited on its own."""

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from iiot import topics
-from local_platform.connected import aws, lake, reconcile
+from local_platform.connected import aws, lake, late, reconcile
 from local_platform.connected.clock import SimClock
 from local_platform.connected.influxd import InfluxServer, V2WriteRelay, start_influxd
 from local_platform.connected.kinesis import aws_environment
@@ -101,6 +101,7 @@ class Run:
 
     def setup(self) -> None:
         plan = self.plan
+        Supervisor(plan.run_dir).reap_leftovers() if (plan.run_dir / "pids.json").exists() else None
         for name in RUN_OUTPUTS:
             path = plan.run_dir / name
             if path.is_dir():
@@ -169,6 +170,7 @@ class Run:
             ready=lambda: (plan.status_dir / "firehose.json").exists(),
         )
         self._start_functions()
+        self._start_stream_rules()
         self.progress("setting up the platform", 3, steps)
 
         # The lake's past
@@ -253,10 +255,80 @@ class Run:
                     on_failure,
                     "--timeout-s",
                     str(timeout),
+                    *(
+                        ["--ledger", str(plan.cloud_dir / "anomaly-stream-records.jsonl")]
+                        if function == "alert_router"
+                        else []
+                    ),
                 ),
                 env=env,
                 ready=_exists(plan.status_dir / f"lambda-{function}.json"),
             )
+
+    def _start_stream_rules(self) -> None:
+        """The rules' feed (a consumer of the telemetry stream) and the Flink SQL job on
+        PyFlink, reading what the feed writes."""
+        from kda_sql.flink_env import ensure_flink_env
+
+        plan = self.plan
+        python = ensure_flink_env()
+        (plan.stream_dir / "readings").mkdir(parents=True, exist_ok=True)
+        (plan.stream_dir / "anomalies").mkdir(parents=True, exist_ok=True)
+        (plan.stream_dir / "late" / "readings").mkdir(parents=True, exist_ok=True)
+        (plan.stream_dir / "late" / "anomalies").mkdir(parents=True, exist_ok=True)
+        self.supervisor.start(
+            "stream-feed",
+            self._python("local_platform.connected.stream"),
+            env=self.env,
+            ready=_exists(plan.status_dir / "stream.json"),
+        )
+        self.supervisor.start(
+            "flink",
+            [
+                str(python),
+                str(Path(__file__).with_name("flink_job.py")),
+                "--source",
+                str(plan.stream_dir / "readings"),
+                "--sink",
+                str(plan.stream_dir / "anomalies"),
+                "--watermark-delay-s",
+                "5",  # the deployed application's (kda_sql.runner DEFAULTS)
+                "--late-source",
+                str(plan.stream_dir / "late" / "readings"),
+                "--late-sink",
+                str(plan.stream_dir / "late" / "anomalies"),
+            ],
+        )
+
+    def _drain_stream(self, deadline: float) -> None:
+        """End the rules' input (the end-of-stream row) and wait until the job's last
+        anomalies are forwarded."""
+        plan = self.plan
+        feed = read_json(plan.status_dir / "stream.json", {})
+        (plan.stream_dir / "finish").write_text("")
+        self._wait_quiet("stream", lambda s: bool(s.get("finished")), deadline)
+        self._wait_quiet("stream", lambda s: bool(s.get("sentinel_seen")), deadline)
+        # Every open window closes once the job reads the end-of-stream row; its output is
+        # committed at the next checkpoints.
+        self.wait_for_output(plan.stream_dir / "anomalies", deadline)
+        self._wait_quiet(
+            "stream",
+            lambda s: time.time() - float(s.get("last_activity", 0)) > 1.0,
+            deadline,
+        )
+        del feed
+
+    def wait_for_output(self, output: Path, deadline: float) -> None:
+        """Until a Flink sink folder holds the sentinel's anomaly (`stream.end_of_stream_row`):
+        everything before it is committed."""
+        from local_platform.connected.stream import holds_sentinel
+
+        while time.time() < deadline:
+            if holds_sentinel(output):
+                return
+            self.supervisor.check(self._long_running())
+            time.sleep(0.25)
+        raise RunFailedError(f"the stream rules' output {output} did not end in time")
 
     def _start_gateway(self, factory: str, *, wait: bool = True) -> None:
         assert self.topology is not None
@@ -367,7 +439,7 @@ class Run:
         plan = self.plan
         assert self.monitor is not None
         deadline = time.time() + DRAIN_TIMEOUT_S
-        stages = ["gateways", "iot rules", "delivery stream", "functions"]
+        stages = ["gateways", "iot rules", "delivery stream", "stream rules and functions"]
         self.progress("draining the pipeline", 0, len(stages))
         published = {
             f: int(read_json(plan.status_dir / f"sensors-{f}.json", {}).get("readings", 0))
@@ -411,6 +483,18 @@ class Run:
             deadline,
         )
         self.progress("draining the pipeline", 3, len(stages))
+        self._drain_stream(deadline)
+        for function in ("influx_writer", "alert_router"):
+            self._wait_quiet(
+                f"lambda-{function}",
+                lambda s: (
+                    s.get("behind_ms", 1) == 0
+                    and not s.get("pending", True)
+                    and time.time() - float(s.get("last_activity", 0)) > 1.0
+                ),
+                deadline,
+            )
+        self.progress("draining the pipeline", 4, len(stages))
 
     def _wait_quiet(
         self, name: str, condition: Callable[[dict[str, Any]], bool], deadline: float
@@ -439,6 +523,30 @@ class Run:
         # The gateways stop cleanly: their databases hold the final counters.
         for factory in plan.factory_ids:
             self.supervisor.stop(f"sensor-buffer-{factory}")
+        late_figures: dict[str, Any] = {"evaluated": False}
+        spans = read_json(plan.status_dir / "stream.json", {}).get("late_spans", {})
+        if spans:
+            self.progress("late data: the rules over the backlog (batch)", 0, 1)
+            assert self.clock is not None
+            with self._timed("late data evaluated"), _environment(self.env):
+                late_figures = late.evaluate(
+                    plan,
+                    spans,
+                    self.clock,
+                    lambda folder: self.wait_for_output(folder, time.time() + DRAIN_TIMEOUT_S),
+                )
+            deadline = time.time() + DRAIN_TIMEOUT_S
+            self._wait_quiet(
+                "lambda-alert_router",
+                lambda s: (
+                    s.get("behind_ms", 1) == 0
+                    and not s.get("pending", True)
+                    and time.time() - float(s.get("last_activity", 0)) > 1.5
+                ),
+                deadline,
+            )
+            self.progress("late data: the rules over the backlog (batch)", 1, 1)
+        self.supervisor.stop("flink")
         self.progress("reconciling", 0, 1)
         result = reconcile.Reconciliation()
         with self._timed("reconciliation"):
@@ -447,6 +555,23 @@ class Run:
             assert self.resources is not None
             with _environment(self.env):
                 reconcile.reconcile_cloud(plan, result, self.influx, self.resources)
+            assert self.clock is not None
+            reconcile.reconcile_stream(plan, result, self.clock)
+            if late_figures.get("evaluated"):
+                result.check(
+                    "anomalies on the replayed backlog = a run without the fault on the same "
+                    "readings",
+                    late_figures["anomalies_on_backlog"],
+                    late_figures["anomalies_reference_run"],
+                    note=f"{late_figures['missing_from_backlog']} missing, "
+                    f"{late_figures['extra_on_backlog']} extra",
+                )
+                result.check(
+                    "anomalies the live stream raised on the backlog are among them",
+                    late_figures["live_on_backlog_also_found_late"],
+                    True,
+                )
+            result.figures["late_data"] = late_figures
         result.figures["faults"] = self.faults
         result.figures["lake_runs"] = [
             {

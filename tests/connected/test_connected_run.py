@@ -39,5 +39,10 @@ def test_a_tiny_fleet_reconciles_exactly_through_the_faults(tmp_path: Path) -> N
     assert set(faults) == {"outage", "kill", "influxdb"}
     assert faults["outage"]["max_backlog_readings"] > 0  # the gateway buffered, then sent
     assert faults["kill"]["killed"][0]["process"] == "sensor-buffer-F02"
+    # the stream rules read every valid reading once; the backlog came late and was evaluated
+    assert document["stream"]["rows_fed"] == readings["expected_valid"]
+    assert document["stream"]["late_rows"] > 0
+    assert document["late_data"]["evaluated"]
+    assert document["late_data"]["equal_to_reference"]
     assert json.loads((tmp_path / "reconciliation.json").read_text())["ok"]
     assert json.loads((tmp_path / "pids.json").read_text()) == {}  # every process stopped

@@ -1,0 +1,286 @@
+"""The stream rules' feed and output in a connected run.
+
+`python -m local_platform.connected.stream --plan PLAN` is a consumer of the telemetry stream of
+its own (its own iterator, like a second application on the stream): it decodes each compact
+batch once (by batch id; the contract's checks as everywhere) into one JSON row per reading,
+the rows the Flink SQL reads, and writes them to `stream/readings/` for the job. The InfluxDB
+writer does not feed the rules any more, so a stopped InfluxDB does not stop them.
+
+It also forwards what the job writes (`stream/anomalies/`, committed files) to the anomaly
+stream, where the alert router reads them, and records for every anomaly its delay: the
+simulated time between the readings that raised it and the moment it reached the anomaly
+stream.
+
+Late readings: a reading that reaches the feed more than the watermark delay behind the newest
+event time it has seen is late for the job's windows (the event-time windows drop it; the
+stateless severity rules still fire). The feed keeps each factory's late spans (`late_spans` in
+its status) for the lake's batch evaluation of the same rules at the end of the run. When the
+runner asks (`stream/finish`), the feed writes an end-of-stream row: far ahead in event time,
+dropped by the rules' own filter, it moves the watermark past every open window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from iiot.anomaly import decode_anomaly
+from iiot.catalog import load_catalog
+from iiot.contract import Validator
+from iiot.wire import WireFormatError, is_batch, validate_batch
+from local_platform.connected.clock import SimClock
+from local_platform.connected.kinesis import ShardReader, client
+from local_platform.connected.plan import ANOMALY_STREAM, TELEMETRY_STREAM, Plan, read_json
+from local_platform.connected.service import Service
+
+END_OF_STREAM_MS = 4_102_444_800_000  # 2100-01-01: beyond any window of the run
+IDLE_S = 2.0  # a factory silent this long does not hold the others' rows back
+FLINK_DELAY_MS = 5_000  # the deployed watermark delay (kda_sql runner default)
+
+
+class _Row(msgspec.Struct):
+    timestamp: int
+    factory_id: str
+    machine_id: str
+    sensor_id: str
+    metric: str
+    value: float
+    unit: str
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def write_rows(folder: Path, number: int, content: bytes) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f".part-{number:07d}.partial"
+    partial.write_bytes(content)
+    partial.replace(folder / f"part-{number:07d}.jsonl")
+
+
+SENTINEL = "SENTINEL"
+
+
+def end_of_stream_row() -> bytes:
+    """The end of a bounded input: a row the rules' view drops (no such metric) whose event
+    time moves the watermark past every window, then a sentinel reading whose anomaly (a
+    stateless rule, so it fires after the windows) tells that all output is committed."""
+    end = _Row(END_OF_STREAM_MS, "END", "END", "END", "end_of_stream", 0.0, "none")
+    sentinel = _Row(
+        END_OF_STREAM_MS + 1, SENTINEL, SENTINEL, "SENTINEL-temperature", "temperature", 200.0,
+        "degC",
+    )  # fmt: skip
+    return msgspec.json.encode(end) + b"\n" + msgspec.json.encode(sentinel) + b"\n"
+
+
+def holds_sentinel(folder: Path) -> bool:
+    """Whether the job's committed output holds the sentinel's anomaly."""
+    marker = f'"factory_id":"{SENTINEL}"'.encode()
+    return any(
+        marker in path.read_bytes()
+        for path in folder.rglob("*")
+        if path.is_file() and not path.name.startswith(".")
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    from iiot import logs
+
+    parser = argparse.ArgumentParser(description="The stream rules' feed and output")
+    parser.add_argument("--plan", type=Path, required=True)
+    args = parser.parse_args(argv)
+    logs.configure("INFO")
+    plan = Plan.read(args.plan)
+    service = Service(plan.status_dir / "stream.json")
+    kinesis = client("kinesis")
+    reader = ShardReader(TELEMETRY_STREAM, kinesis)
+    reader.refresh()
+    validator = Validator(load_catalog())
+    readings_dir = plan.stream_dir / "readings"
+    anomalies_dir = plan.stream_dir / "anomalies"
+    ledger = (plan.stream_dir / "anomalies-forwarded.jsonl").open("ab")
+    seen: set[Any] = set()
+    forwarded_files: set[str] = set()
+    late_spans: dict[str, list[int]] = {}  # factory -> [first, last, readings]
+    counters: dict[str, Any] = {
+        "batches": 0,
+        "duplicate_batches": 0,
+        "rows": 0,
+        "late_rows": 0,
+        "files": 0,
+        "max_event_ms": 0,
+        "anomalies_forwarded": 0,
+        "last_activity": 0.0,
+        "finished": False,
+        "sentinel_seen": False,
+        "late_spans": late_spans,
+    }
+    service.counters = counters
+    clock: SimClock | None = None
+
+    def sim_now() -> int:
+        nonlocal clock
+        if clock is None:
+            document = read_json(plan.status_dir / "clock.json")
+            if document is None:
+                return 0
+            clock = SimClock(int(document["start_ms"]), document["wall0"], document["speed"])
+        return clock.sim_ms()
+
+    # rows received and not yet given to the job: event times, JSON lines, factories
+    pending: list[tuple[np.ndarray, list[bytes], list[str]]] = []
+    last_seen: dict[str, float] = {}  # factory -> wall time of its last batch
+    newest: dict[str, int] = {}  # factory -> newest event time received
+    released = 0  # event time up to which rows went to the job, in order
+
+    def receive() -> bool:
+        got = False
+        for shard in reader.shards.values():
+            records = reader.read(shard, 100)
+            for record in records:
+                payload = bytes(record["Data"])
+                if not is_batch(payload):
+                    continue  # the gateways upload compact batches only
+                try:
+                    batch, validated = validate_batch(payload, validator)
+                except WireFormatError:
+                    continue
+                if batch is None:  # refused whole: the writer dead-letters it
+                    continue
+                if batch.batch_id in seen:
+                    counters["duplicate_batches"] += 1
+                    continue
+                seen.add(batch.batch_id)
+                counters["batches"] += 1
+                columns = validated.columns
+                if not len(columns):
+                    continue
+                readings = columns.to_readings()
+                rows = [
+                    _encode(
+                        _Row(r.timestamp, r.factory_id, r.machine_id, r.sensor_id, r.metric,
+                             r.value, r.unit)
+                    ) + b"\n"
+                    for r in readings
+                ]  # fmt: skip
+                factories = [r.factory_id for r in readings]
+                if not last_seen:  # every factory is expected from the first batch on
+                    for expected in plan.factory_ids:
+                        last_seen[expected] = time.time()
+                        newest[expected] = 0
+                pending.append((columns.timestamp.copy(), rows, factories))
+                for factory in set(factories):
+                    last_seen[factory] = time.time()
+                    newest[factory] = max(newest.get(factory, 0), int(columns.timestamp.max()))
+                counters["rows"] += len(columns)
+                got = True
+            if records:
+                reader.checkpoint(shard, records[-1]["SequenceNumber"])
+        return got
+
+    def release(everything: bool = False) -> bool:
+        """Rows up to the slowest active factory's newest event time, in event-time order;
+        a factory silent for `IDLE_S` does not hold the others back (source idleness)."""
+        nonlocal released
+        if not pending:
+            return False
+        now = time.time()
+        active = [f for f, at in last_seen.items() if now - at <= IDLE_S]
+        if everything:
+            threshold = 2**62
+        elif active:
+            threshold = min(newest[f] for f in active)
+        else:
+            threshold = max(newest.values())
+        timestamps = np.concatenate([p[0] for p in pending])
+        rows = [row for p in pending for row in p[1]]
+        factories = [f for p in pending for f in p[2]]
+        ready = timestamps <= threshold
+        if not ready.any():
+            return False
+        order = np.flatnonzero(ready)[np.argsort(timestamps[ready], kind="stable")]
+        out = []
+        for i in order.tolist():
+            ts = int(timestamps[i])
+            if ts < released - FLINK_DELAY_MS:
+                span = late_spans.setdefault(factories[i], [2**62, 0, 0])
+                span[0], span[1] = min(span[0], ts), max(span[1], ts)
+                span[2] += 1
+                counters["late_rows"] += 1
+            out.append(rows[i])
+        released = max(released, int(timestamps[order[-1]]))
+        keep = np.flatnonzero(~ready).tolist()
+        pending.clear()
+        if keep:
+            pending.append(
+                (timestamps[keep], [rows[i] for i in keep], [factories[i] for i in keep])
+            )
+        counters["files"] += 1
+        write_rows(readings_dir, counters["files"], b"".join(out))
+        counters["released_ms"] = released
+        counters["last_activity"] = time.time()
+        return True
+
+    def forward() -> bool:
+        if not anomalies_dir.is_dir():
+            return False
+        moved = False
+        for path in sorted(anomalies_dir.rglob("*")):
+            if not path.is_file() or path.name.startswith(".") or str(path) in forwarded_files:
+                continue
+            forwarded_files.add(str(path))
+            for line in path.read_bytes().splitlines():
+                if not line.strip():
+                    continue
+                anomaly = decode_anomaly(line)
+                if anomaly.factory_id == SENTINEL:
+                    counters["sentinel_seen"] = True
+                    continue
+                kinesis.put_record(
+                    StreamName=ANOMALY_STREAM,
+                    Data=line,
+                    PartitionKey=f"{anomaly.factory_id}/{anomaly.machine_id}",
+                )
+                now_sim = sim_now()
+                ledger.write(
+                    msgspec.json.encode(
+                        {
+                            "anomaly_id": anomaly.anomaly_id,
+                            "factory_id": anomaly.factory_id,
+                            "anomaly_type": anomaly.anomaly_type,
+                            "timestamp": anomaly.timestamp,
+                            "forwarded_wall": time.time(),
+                            "delay_s": round((now_sim - anomaly.timestamp) / 1000, 1),
+                        }
+                    )
+                    + b"\n"
+                )
+                counters["anomalies_forwarded"] += 1
+                moved = True
+        if moved:
+            ledger.flush()
+            counters["last_activity"] = time.time()
+        return moved
+
+    def step() -> float:
+        finishing = (plan.stream_dir / "finish").exists()
+        busy = receive()
+        busy = release(everything=finishing) or busy
+        busy = forward() or busy
+        if finishing and not counters["finished"] and not pending:
+            counters["files"] += 1
+            write_rows(readings_dir, counters["files"], end_of_stream_row())
+            counters["finished"] = True
+        return 0.0 if busy else 0.2
+
+    service.run(step, on_stop=ledger.close)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
