@@ -10,10 +10,14 @@ series (factory, machine, metric) gets its own, from its normal operation:
   `min_readings` readings at the series' sampling interval (the median spacing of its normal
   readings). A series read every 10 s keeps 60 s; one read every minute gets 360 s. Multiples of
   the catalog window keep every window a multiple of the HOP slide that divides the catalog's;
-* **limit**: `margin` times the `quantile` of the sample standard deviations of the windows the
-  rule itself would form over the normal readings (HOP windows of that size sliding by
-  `slide_seconds`, at least two readings each), and never below `min_resolutions` sensor
-  resolutions (a flat series must not alarm on one quantization step).
+* **limit**: `margin` (1.5) times the `quantile` (by default the largest) of the sample
+  standard deviations of the windows the rule itself would form over the normal readings (HOP
+  windows of that size sliding by `slide_seconds`, at least two readings each), and never below
+  `min_resolutions` sensor resolutions (a flat series must not alarm on one quantization step).
+  The rule judges every series once per slide, 8,640 windows a day at 10 s: any quantile below
+  the largest lets through, every day, windows that normal operation itself produced (0.999
+  over five normal days of the demo's fleet: 124 alerts in its 24 h run, against 156 with the
+  catalog's limits; the largest: 6).
 
 Normal operation is what `ml_pipeline.anomaly.normal_operation` also trains on: valid readings,
 without the horizon before each recorded failure, its down time and every maintenance job.
@@ -38,7 +42,7 @@ from iiot.catalog import MetricCatalog
 
 CALIBRATION_VERSION = 1
 MIN_READINGS = 6
-QUANTILE = 0.999
+QUANTILE = 1.0  # the largest normal window: see the module docstring
 MARGIN = 1.5
 MIN_RESOLUTIONS = 2.0
 MIN_WINDOWS = 30

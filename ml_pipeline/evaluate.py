@@ -146,6 +146,7 @@ def alert_quality(
     incidents: Sequence[Incident],
     *,
     horizon_ms: int = DEFAULT_HORIZON_MS,
+    since_ms: int | None = None,
 ) -> dict[str, Any]:
     """How much the alerts were worth, for the RAISED ones among `alerts`:
 
@@ -155,6 +156,10 @@ def alert_quality(
       horizon (in ``[start - horizon, start)``), over all failures; the same for injected
       faults (an alert up to the fault's end counts: the fault is there to be found);
     * the same per anomaly type, so each producer is judged on its own alerts.
+
+    With `since_ms` (when the alerting began), an incident that started before it is left out
+    of the recall (no alert of the data could have announced it) and counted apart; an alert
+    while it is still under way still counts as followed by it.
     """
     by_machine: dict[str, list[tuple[int, Incident]]] = {}
     for number, incident in enumerate(incidents):
@@ -184,8 +189,12 @@ def alert_quality(
     def share(part: int, whole: int) -> float | None:
         return round(part / whole, 4) if whole else None
 
-    failures = [n for n, i in enumerate(incidents) if i.kind == "failure"]
-    faults = [n for n, i in enumerate(incidents) if i.kind != "failure"]
+    def announceable(incident: Incident) -> bool:
+        return since_ms is None or incident.start_ms >= since_ms
+
+    failures = [n for n, i in enumerate(incidents) if i.kind == "failure" and announceable(i)]
+    faults = [n for n, i in enumerate(incidents) if i.kind != "failure" and announceable(i)]
+    before = [i for i in incidents if not announceable(i)]
     failures_alerted = sum(n in announced for n in failures)
     faults_alerted = sum(n in announced for n in faults)
     return {
@@ -198,6 +207,7 @@ def alert_quality(
         "failure_recall": share(failures_alerted, len(failures)),
         "injected_faults": len(faults),
         "injected_faults_alerted": faults_alerted,
+        "incidents_before_the_data": len(before),
         "by_type": {
             kind: {"alerts": n, "followed": hit, "precision": share(hit, n)}
             for kind, (n, hit) in sorted(per_type.items())

@@ -78,15 +78,16 @@ def test_cross_validation_sees_the_training_rows_only(
     seen = {}
     real = train.cross_validate
 
-    def spy(x, label, machines, **kwargs):  # type: ignore[no-untyped-def]
-        seen.update(x=x, machines=machines)
-        return real(x, label, machines, **kwargs)
+    def spy(x, label, machines, timestamps, **kwargs):  # type: ignore[no-untyped-def]
+        seen.update(x=x, machines=machines, timestamps=timestamps)
+        return real(x, label, machines, timestamps, **kwargs)
 
     monkeypatch.setattr(train, "cross_validate", spy)
     metrics = train.train_and_evaluate(feature_table, tmp_path / "m", rounds=5, threshold=0.65)
     split = split_by_time_and_machine(feature_table)
     np.testing.assert_array_equal(seen["x"], feature_table.x[split.train])
     assert not set(seen["machines"].tolist()) & set(split.test_machines)
+    assert seen["timestamps"].max() < split.cut_ms
     # a threshold given explicitly overrides the chosen one; the choice is still recorded
     assert metrics["threshold"] == 0.65
     assert json.loads((tmp_path / "m" / "training.json").read_text())["threshold"] == 0.65
@@ -106,6 +107,20 @@ def test_cross_validation_prefers_the_max_bin_that_resolves_the_signal() -> None
     assert by_bins[256] > by_bins[2] + 0.3
     assert choice.measured[-1]["cv_f1"] > 0.9
     assert choice.threshold in THRESHOLDS
+
+
+def test_alert_figures_count_alerts_and_announced_failures() -> None:
+    from ml_pipeline.train import alert_figures
+
+    # one machine: rows 1-4 and 9-10 are two failures' horizons; an alert at rows 1-2 (followed,
+    # announcing the first), another at row 7 (followed by nothing); the second failure missed
+    prob = np.array([0.1, 0.9, 0.9, 0.2, 0.1, 0.1, 0.1, 0.95, 0.1, 0.1, 0.1])
+    label = np.array([0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1], dtype=np.int8)
+    machines = np.array(["M1"] * len(prob))
+    t = np.arange(len(prob), dtype=np.int64)[::-1].copy()  # given in reverse time order
+    precision, recall = alert_figures(prob[::-1], label[::-1], machines, t, 0.8)
+    assert (precision, recall) == (0.5, 0.5)
+    assert alert_figures(prob, label, machines, t[::-1].copy(), 0.99) == (0.0, 0.0)
 
 
 def test_train_runs_as_a_sagemaker_script_mode_entry_point(
@@ -231,6 +246,14 @@ def test_alert_quality_counts_alerts_that_an_incident_followed():
     assert quality["injected_faults_alerted"] == 1
     assert quality["by_type"]["FAILURE_PREDICTED"] == {"alerts": 1, "followed": 1, "precision": 1.0}
     assert quality["by_type"]["MULTIVARIATE_ANOMALY"]["alerts"] == 5
+    # a failure before the alerting began: out of the recall, its down time still explains
+    early = [Incident("M5", 1 * hour, 6 * hour), *incidents]
+    alerts.append(alert("M5", 3))
+    since = alert_quality(alerts, early, horizon_ms=24 * hour, since_ms=2 * hour)
+    assert since["failures"] == 2
+    assert since["incidents_before_the_data"] == 1
+    assert since["alerts_followed_by_an_incident"] == 4
+    assert alert_quality(alerts, early, horizon_ms=24 * hour)["failures"] == 3
     empty = alert_quality([], [], horizon_ms=hour)
     assert empty["alert_precision"] is None
     assert empty["failure_recall"] is None

@@ -85,7 +85,7 @@ def test_limits_are_learned_per_series_from_normal_operation(catalog: MetricCata
         ("M-FLAT", "vibration"),
     }
     quiet, noisy = by[("M-QUIET", "temperature")], by[("M-NOISY", "temperature")]
-    # a high quantile of the normal windows' spread, with margin: near 0.2 x 1.5 x a little
+    # the largest normal window, with margin: near 0.2 x 1.5 x a little
     assert 0.3 < quiet.stddev_limit < 1.0
     assert 8 < noisy.stddev_limit / quiet.stddev_limit < 12  # ten times the noise
     assert quiet.stddev_limit < catalog["temperature"].rapid_change.stddev_limit / 20
@@ -135,7 +135,8 @@ def test_render_puts_learned_limits_and_windows_into_the_sql(catalog: MetricCata
     assert "WHEN 'temperature' THEN 20.0" in one_minute
     assert "INTERVAL '360' SECOND(3)" in six_minutes
     assert "WHEN 'F1/M-SLOW/temperature' THEN 2.0" in six_minutes
-    assert "ELSE" not in six_minutes  # no catalog default has a 6-minute window
+    assert "      ELSE\n" not in six_minutes  # no catalog default has a 6-minute window
+    assert "      ELSE\n" in one_minute
     assert "WHERE metric IN ('temperature')" in six_minutes
     # without a calibration the checked-in SQL is what renders
     assert stale_files(catalog) == []
