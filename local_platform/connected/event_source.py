@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import importlib
 import json
 import time
 import uuid
@@ -108,7 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     plan = Plan.read(args.plan)
-    handler = importlib.import_module(HANDLERS[args.function]).handler
+    handler: Any
+    if args.function == "influx_writer":
+        from lambdas.influx_writer.handler import handler
+    else:
+        from lambdas.alert_router.handler import handler
     function_name = f"iiot-local-{args.function.replace('_', '-')}"
     service = Service(plan.status_dir / f"lambda-{args.function}.json")
     reader = ShardReader(args.stream, client("kinesis"))
