@@ -19,8 +19,9 @@ series (factory, machine, metric) gets its own, from its normal operation:
   over five normal days of the demo's fleet: 124 alerts in its 24 h run, against 156 with the
   catalog's limits; the largest: 6).
 
-Normal operation is what `ml_pipeline.anomaly.normal_operation` also trains on: valid readings,
-without the horizon before each recorded failure, its down time and every maintenance job.
+Normal operation is what the anomaly detector (`ml_pipeline.anomaly`) also trains on: valid
+readings, without the horizon before each recorded failure, its down time and every maintenance
+job.
 `learn_limits` takes the series directly; `learn_from_run` reads a run directory (or the lake's
 silver export). `kda_sql.generate.render(catalog, calibration)` renders the learned limits and
 windows into the Flink SQL; series without one keep the catalog's default.
@@ -209,6 +210,15 @@ def learn_limits(
     )
 
 
+def _csv_windows(path: Path, begin: str, end: str) -> list[tuple[str, int, int]]:
+    import csv
+
+    if not path.exists():
+        return []
+    with path.open(newline="") as handle:
+        return [(r["machine_id"], int(r[begin]), int(r[end])) for r in csv.DictReader(handle)]
+
+
 def learn_from_run(
     run_dir: Path,
     catalog: MetricCatalog,
@@ -216,36 +226,51 @@ def learn_from_run(
     horizon_ms: int = 24 * 3_600_000,
     **settings: Any,
 ) -> Calibration:
-    """Learn every series' limit from a run directory's normal operation (the readings outside
-    the horizon before each failure, its down time and the maintenance jobs)."""
-    from ml_pipeline.anomaly import _maintenance_windows
-    from ml_pipeline.dataset import read_history, read_streams
+    """Learn every series' limit from a run directory's (or the lake's silver export's) normal
+    operation: its valid readings (`readings.parquet`) outside the horizon before each failure
+    and its down time (`failures.csv`) and every maintenance job (`maintenance_records.csv`)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
 
-    history = read_history(run_dir)
-    excluded: dict[str, list[tuple[int, int]]] = {}
-    for failure in history.failures:
-        excluded.setdefault(failure.machine_id, []).append(
-            (failure.failed_at_ms - horizon_ms, failure.repaired_at_ms)
+    path = run_dir / "readings.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: expected a simulation or silver export dir")
+    table = pq.read_table(
+        path, columns=["timestamp", "factory_id", "machine_id", "metric", "value"]
+    )
+
+    def strings(name: str) -> npt.NDArray[np.str_]:
+        return np.asarray(table.column(name).combine_chunks().cast("string").to_numpy(False))
+
+    factory, machine, metric = strings("factory_id"), strings("machine_id"), strings("metric")
+    timestamp = np.asarray(pc.cast(table.column("timestamp"), "int64").to_numpy(), np.int64)
+    value = np.asarray(table.column("value").to_numpy(), np.float64)
+    keep = np.zeros(len(value), dtype=bool)
+    for name in np.unique(metric).tolist():
+        if name in catalog:
+            valid = catalog[name].valid_range
+            keep |= (metric == name) & (value >= valid.min) & (value <= valid.max)
+    excluded = [
+        (m, failed - horizon_ms, repaired)
+        for m, failed, repaired in _csv_windows(
+            run_dir / "failures.csv", "failed_at_ms", "repaired_at_ms"
         )
-    for machine_id, jobs in _maintenance_windows(run_dir).items():
-        excluded.setdefault(machine_id, []).extend(jobs)
+    ] + _csv_windows(run_dir / "maintenance_records.csv", "started_at_ms", "completed_at_ms")
+    for machine_id, begin, end in excluded:
+        keep &= ~((machine == machine_id) & (timestamp >= begin) & (timestamp < end))
+    rows = np.flatnonzero(keep)
+    key = np.char.add(np.char.add(factory[rows], "\x00"), np.char.add(machine[rows], "\x00"))
+    key = np.char.add(key, metric[rows])
+    order = np.lexsort((timestamp[rows], key))
+    rows, key = rows[order], key[order]
+    breaks = np.flatnonzero(key[1:] != key[:-1]) + 1
 
     def normal_series() -> Iterable[tuple[str, str, str, IntArray, FloatArray]]:
-        for stream in read_streams(run_dir, history, catalog):
-            machine = stream.machine
-            keep = np.ones(len(stream.timestamp), dtype=bool)
-            for begin, end in excluded.get(machine.machine_id, []):
-                keep &= (stream.timestamp < begin) | (stream.timestamp >= end)
-            metrics = np.asarray(stream.metric)
-            for metric in np.unique(metrics[keep]).tolist():
-                picked = keep & (metrics == metric)
-                yield (
-                    stream.factory_id,
-                    machine.machine_id,
-                    str(metric),
-                    np.asarray(stream.timestamp[picked], dtype=np.int64),
-                    np.asarray(stream.value[picked], dtype=np.float64),
-                )
+        for part in np.split(np.arange(len(rows)), breaks):
+            if len(part):
+                r = rows[part]
+                yield (str(factory[r[0]]), str(machine[r[0]]), str(metric[r[0]]),
+                       timestamp[r], value[r])  # fmt: skip
 
     calibration = learn_limits(normal_series(), catalog, **settings)
     calibration.settings.update({"source": str(run_dir), "horizon_hours": horizon_ms / 3_600_000})
