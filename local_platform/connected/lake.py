@@ -264,3 +264,39 @@ def landed(landing_dir: Path) -> dict[str, Any]:
         "unique_readings": sum(unique.values()),
         "unreadable_objects": damaged,
     }
+
+
+def sensor_to_silver_s(runs: list[LakeRun], clock: Any, live_start_ms: int) -> dict[str, Any]:
+    """Seconds from a reading's publication to the end of the lake run that put it in silver.
+
+    Each run made visible, per factory, the readings between the newest event time silver held
+    before it and the newest after it; the sensors publish a reading when the simulated clock
+    reaches its timestamp (`clock.wall`). Those spans, sampled evenly and weighted by the rows
+    each run added, give the distribution."""
+    samples: list[tuple[float, int]] = []
+    previous: dict[str, int] = {}
+    previous_rows = 0
+    for run in runs:
+        added = run.silver_live_rows - previous_rows
+        previous_rows = run.silver_live_rows
+        spans = [
+            (previous.get(factory, live_start_ms), newest)
+            for factory, newest in run.silver_max_ts.items()
+            if newest > previous.get(factory, live_start_ms)
+        ]
+        previous.update(run.silver_max_ts)
+        if added <= 0 or not spans:
+            continue
+        weight = added / (len(spans) * 50)
+        for first, last in spans:
+            for i in range(50):
+                ts = first + (last - first) * (i + 0.5) / 50
+                samples.append((run.finished - clock.wall(ts), int(max(weight, 1))))
+    if not samples:
+        return {"p50": None, "p90": None}
+    expanded = sorted(value for value, weight in samples for _ in range(weight))
+    return {
+        "p50": round(expanded[len(expanded) // 2], 2),
+        "p90": round(expanded[int(len(expanded) * 0.9)], 2),
+        "runs": len(runs),
+    }

@@ -229,8 +229,12 @@ def reconcile_readings(plan: Plan, result: Reconciliation) -> None:
 
 def write(plan: Plan, result: Reconciliation) -> dict[str, Any]:
     document = result.as_dict()
-    write_json(plan.run_dir / RECONCILIATION_FILE, document)
+    write_document(plan, document)
     return document
+
+
+def write_document(plan: Plan, document: dict[str, Any]) -> None:
+    write_json(plan.run_dir / RECONCILIATION_FILE, document)
 
 
 def function_log(path: Path, message: str) -> list[dict[str, Any]]:

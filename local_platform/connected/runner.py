@@ -80,6 +80,7 @@ class Run:
     influx: InfluxServer | None = None
     relay: V2WriteRelay | None = None
     resources: aws.CloudResources | None = None
+    drained_at: float = 0.0
 
     def __post_init__(self) -> None:
         self.supervisor = Supervisor(self.plan.run_dir)
@@ -494,6 +495,7 @@ class Run:
                 ),
                 deadline,
             )
+        self.drained_at = time.time()
         self.progress("draining the pipeline", 4, len(stages))
 
     def _wait_quiet(
@@ -583,9 +585,28 @@ class Run:
         ]
         document = reconcile.write(plan, result)
         write_json(plan.run_dir / FAULTS_FILE, self.faults)
+        assert self.clock is not None
+        live_rate = sum(
+            int(read_json(plan.status_dir / f"sensors-{f}.json", {}).get("readings", 0))
+            for f in plan.factory_ids
+        )
+        figures = {
+            "readings_published": live_rate,
+            "live_wall_s": self.timings.get("live seconds"),
+            "readings_per_s_published": round(live_rate / self.timings["live seconds"])
+            if self.timings.get("live seconds")
+            else None,
+            "sensor_to_alert_ms": document.get("alerts", {}).get("sensor_to_alert_ms"),
+            "sensor_to_silver_s": lake.sensor_to_silver_s(
+                self.schedule.runs, self.clock, plan.live_start_ms
+            ),
+        }
+        document["platform"] = figures
+        reconcile.write_document(plan, document)
         write_json(
             plan.run_dir / FIGURES_FILE,
             {
+                "platform": figures,
                 "plan": plan.to_json(),
                 "speed": plan.speed,
                 "timings_s": self.timings,
