@@ -125,7 +125,11 @@ def _overview(data: dict[str, Any]) -> str:
         ("factories", _e(", ".join(o.get("factories") or []) or "-")),
         ("span", f"{_e(o.get('start'))} to {_e(o.get('end'))}" if o.get("start") else "-"),
         ("readings", _num(o.get("readings"))),
-        ("failures", _num(o.get("failures"))),
+        (
+            "failures in the run",
+            _num(o.get("failures"))
+            + (f" (+{o['failures_before']} before it)" if o.get("failures_before") else ""),
+        ),
         ("maintenance jobs", _num(o.get("maintenance_jobs"))),
     ]
     if rel.get("available"):
@@ -182,7 +186,12 @@ def _case_study(data: dict[str, Any]) -> str:
             ("Readings per machine over time", "readings", "readings", 360),
             ("Temperature vs pressure, coloured by anomaly", "scatter", "scatter", 360),
             ("Anomalies per machine", "anomalies", "anomalies", 360),
-            ("KPI indicators: latest reading of each sensor", "indicators", "readings", 300),
+            (
+                "KPI indicators: latest reading per metric (mean over the machines in scope)",
+                "indicators",
+                "readings",
+                300,
+            ),
         )
     )
     return f"""<section id="pumps"><h2>The oil-pump case study's four panels</h2>
@@ -298,10 +307,13 @@ def _risk(data: dict[str, Any]) -> str:
             for e in plan["ranking"]
         ]
         plan_html = (
-            f"<p>{plan['planned']} machine(s) to service; expected downtime avoided "
-            f"{plan['downtime_avoided_h']} h (probability x (mean repair {plan['repair_h']} h "
-            f"- a planned stop of 2 h)). Jobs go to the night shift (22:00-06:00, lowest load); "
-            "not imminent (p &lt; 0.8) to the weekend's.</p>"
+            f"<p>{plan['planned']} machine(s) to service: those at or above the model's "
+            f"alert threshold (p &ge; {plan['alert_threshold']:.2f} of a failure within 24 h). "
+            f"Each job starts at the first shift change (06:00, 14:00, 22:00 UTC) at least "
+            f"{plan['lead_h']:g} h after the run's end, or after that lead alone at "
+            f"p &ge; {plan['urgent_probability']:.2f}: the policy the downtime what-if below "
+            f"measures. Expected downtime avoided {plan['downtime_avoided_h']} h "
+            f"(probability x (mean repair {plan['repair_h']} h - a planned stop of 2 h)).</p>"
             + _table(
                 [
                     "machine",
@@ -394,7 +406,8 @@ def _data_path(data: dict[str, Any]) -> str:
         )
     if d.get("gateway_buffer"):
         parts.append(
-            "<h3>Gateway buffer (SQLite rows)</h3>"
+            "<h3>Gateway buffer (rows in its store; blocks and outbox wait for upload, "
+            "quarantine holds rejected readings)</h3>"
             + _table(["table", "rows"], [[_e(k), _num(v)] for k, v in d["gateway_buffer"].items()])
         )
     reconciliation = d.get("reconciliation") or {}

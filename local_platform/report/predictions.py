@@ -37,6 +37,22 @@ def machines_config(simulation_dir: Path) -> dict[str, dict[str, str]]:
         }
 
 
+def alert_thresholds(model_dir: Path) -> dict[str, float]:
+    """The predictor's thresholds for the model in `model_dir`, as a gateway running it is
+    configured (local_platform/steps/ml.py): the alert threshold its training chose (the
+    manifest's `threshold`), clearing at three quarters of it, a shutdown request at 0.95 or
+    above. Empty (the component's defaults) for a manifest that names none."""
+    manifest = model_dir / "manifest.json"
+    threshold = json.loads(manifest.read_text()).get("threshold") if manifest.is_file() else None
+    if not isinstance(threshold, int | float) or isinstance(threshold, bool):
+        return {}
+    return {
+        "alertThreshold": float(threshold),
+        "clearThreshold": round(float(threshold) * 0.75, 3),
+        "shutdownThreshold": max(0.95, float(threshold)),
+    }
+
+
 def replay_run(
     simulation_dir: Path,
     model_dir: Path,
@@ -89,6 +105,7 @@ def replay_run(
             "factoryId": "F01",
             "modelDir": str(model_dir),
             "machines": {k: v for k, v in machines_config(simulation_dir).items() if k in results},
+            **alert_thresholds(model_dir),
         }
     )
     predictor = FailurePredictor(config, ModelHandle(model_dir), publish, catalog)

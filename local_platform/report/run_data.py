@@ -16,7 +16,7 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,8 @@ SCATTER_POINTS = 4000
 # so planned maintenance goes there.
 SHIFTS = (("early", 6, 14), ("late", 14, 22), ("night", 22, 30))
 PREVENTIVE_HOURS = 2.0  # a planned job stops the machine for 1-3 h in the simulator
+# The FailurePredictor's default alert threshold, for a model whose manifest names none.
+DEFAULT_ALERT_THRESHOLD = 0.8
 
 Panel = dict[str, Any]
 
@@ -137,9 +139,11 @@ def reliability(history: dict[str, Any], predictions: dict[str, Any] | None) -> 
             )
     alerts = {m: p["alerts"] for m, p in (predictions or {}).items()}
     outcomes = []
+    before = 0  # failed before the run began (their repairs may fall inside it)
     for failure in history["failures"]:
         failed = int(failure["failed_at_ms"])
         entry = per_machine.get(failure["machine_id"])
+        before += entry is not None and failed < start
         if entry is None or not start <= failed < end:
             continue
         entry["failures"] += 1
@@ -198,6 +202,7 @@ def reliability(history: dict[str, Any], predictions: dict[str, Any] | None) -> 
         "machines": sorted(rows, key=lambda r: r["machine_id"]),
         "factories": sorted(factories.values(), key=lambda f: f["factory_id"]),
         "failures": outcomes,
+        "failures_before": before,
         "caught": len(caught),
         "missed": sum(1 for o in outcomes if o["caught"] is False),
         "median_lead_h": float(np.median([o["lead_h"] for o in caught])) if caught else None,
@@ -408,27 +413,34 @@ def predictor_panel(run: Run, catalog: MetricCatalog) -> dict[str, Any] | None:
     return out
 
 
-def _next_window(after_ms: int, start_hour: int) -> int:
-    day = datetime.fromtimestamp(after_ms / 1000, tz=UTC).replace(
-        hour=0, minute=0, second=0, microsecond=0
-    )
-    candidate = day + timedelta(hours=start_hour)
-    while candidate.timestamp() * 1000 < after_ms:
-        candidate += timedelta(days=1)
-    return int(candidate.timestamp() * 1000)
+def _shift_of(moment_ms: int) -> str:
+    """The shift under way at `moment_ms` (UTC), as 'night shift 22:00-06:00'."""
+    hour = datetime.fromtimestamp(moment_ms / 1000, tz=UTC).hour
+    for name, begin, finish in SHIFTS:
+        if begin <= hour < finish or begin <= hour + 24 < finish:
+            return f"{name} shift {begin:02d}:00-{finish % 24:02d}:00"
+    raise AssertionError("unreachable: the shifts cover the day")
 
 
 def maintenance_plan(
-    predictions: dict[str, Any] | None, reliability_panel: Panel, end_ms: int | None
+    predictions: dict[str, Any] | None,
+    reliability_panel: Panel,
+    end_ms: int | None,
+    alert_threshold: float = DEFAULT_ALERT_THRESHOLD,
 ) -> Panel:
-    """Machines ranked by the predictor's latest failure probability, and for the risky ones a
-    planned job: the next night shift (lowest load) when the model expects a failure within its
-    horizon, else the next weekend's night shift; expected downtime avoided = probability x
-    (mean repair time - a planned job's stop)."""
+    """Machines ranked by the predictor's latest failure probability, and for each at or above
+    the model's alert threshold a planned job by the policy the downtime what-if measures
+    (`whatif.Policy`): at the first shift change at least the lead time after the run's end,
+    or after the lead alone when the probability reaches the predictor's shutdown level. The
+    probability is of a failure within the model's 24 h horizon, so no job waits longer.
+    Expected downtime avoided = probability x (mean repair time - a planned job's stop)."""
     if predictions is None:
         return missing("no failure model (ml/failure_model) and simulation in this run")
     if end_ms is None:
         return missing("the run's manifest gives no end time")
+    from local_platform.report.whatif import Policy, next_shift_change
+
+    policy = Policy()
     mttr = [r["mttr_h"] for r in reliability_panel.get("machines", []) if r.get("mttr_h")]
     repair_h = float(np.mean(mttr)) if mttr else 5.0  # the simulator's repairs take 2-8 h
     ranking = []
@@ -440,21 +452,16 @@ def maintenance_plan(
             "probability": round(probability, 3),
             "alerts": len(p["alerts"]),
         }
-        if probability >= 0.5:
-            hour = datetime.fromtimestamp(end_ms / 1000, tz=UTC).hour
-            under_way = hour >= 22 or hour < 3  # the night shift has 3 h or more left
-            if probability >= 0.8:  # within the model's horizon: this night
-                when = end_ms if under_way else _next_window(end_ms, 22)
-                window = "night shift 22:00-06:00" + (" (under way)" if under_way else "")
-            else:  # not imminent: the weekend's night shift
-                when = _next_window(end_ms, 22)
-                while datetime.fromtimestamp(when / 1000, tz=UTC).weekday() != 5:
-                    when += 24 * HOUR_MS
-                window = "night shift 22:00-06:00 (Saturday)"
+        if probability >= alert_threshold:
+            earliest = end_ms + int(policy.lead_hours * HOUR_MS)
+            urgent = probability >= policy.urgent_probability
+            when = earliest if urgent else next_shift_change(earliest)
             entry.update(
-                action="service (inspect bearings, seals, cooling)",
+                action="stop and service now (inspect bearings, seals, cooling)"
+                if urgent
+                else "service (inspect bearings, seals, cooling)",
                 when=_iso(when),
-                window=window,
+                window=_shift_of(when) + (" (urgent: at once)" if urgent else " (from its start)"),
                 downtime_avoided_h=round(probability * max(repair_h - PREVENTIVE_HOURS, 0), 2),
             )
         ranking.append(entry)
@@ -465,6 +472,9 @@ def maintenance_plan(
         "source": "failure predictor replay (latest probability per machine)",
         "ranking": ranking,
         "planned": len(planned),
+        "alert_threshold": alert_threshold,
+        "urgent_probability": policy.urgent_probability,
+        "lead_h": policy.lead_hours,
         "repair_h": round(repair_h, 2),
         "downtime_avoided_h": round(sum(e["downtime_avoided_h"] for e in planned), 2),
     }
@@ -499,13 +509,16 @@ def alert_precision(run: Run, predictions: dict[str, Any] | None, history: dict[
             )
     stream = stream_alerts(run)
     if stream:
-        hits = 0
+        hits = untimed = 0
         for alert in stream:
-            when = datetime.strptime(alert.get("Time", "")[:19], "%Y-%m-%d %H:%M:%S").replace(
-                tzinfo=UTC
-            )
-            hits += followed(alert["Machine"], int(when.timestamp() * 1000))
-        rows.append({"source": "stream rules", "alerts": len(stream), "followed": hits})
+            try:
+                when = datetime.strptime(alert.get("Time", "")[:19], "%Y-%m-%d %H:%M:%S")
+            except ValueError:  # an alert without a readable time cannot be matched
+                untimed += 1
+                continue
+            hits += followed(alert["Machine"], int(when.replace(tzinfo=UTC).timestamp() * 1000))
+        source = "stream rules" + (f" ({untimed} without a readable time)" if untimed else "")
+        rows.append({"source": source, "alerts": len(stream) - untimed, "followed": hits})
     if not rows:
         return missing("no alerts in this run (no stream alerts, failure model or ml figures)")
     for row in rows:
@@ -558,7 +571,12 @@ def data_path(run: Run) -> Panel:
         import sqlite3
 
         with sqlite3.connect(f"file:{buffer}?mode=ro", uri=True) as db:
-            names = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+            names = [
+                r[0]
+                for r in db.execute(
+                    "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'"
+                )
+            ]
             panel["gateway_buffer"] = {
                 name: db.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0]  # noqa: S608
                 for name in names
@@ -624,6 +642,15 @@ def whatif_panel(run: Run) -> Panel:
     return {"available": True, "source": "whatif/whatif.json", **json.loads(path.read_text())}
 
 
+def _alert_threshold(run: Run) -> float:
+    """The alert threshold the run's failure model raises FAILURE_PREDICTED at."""
+    from local_platform.report.predictions import alert_thresholds
+
+    return alert_thresholds(run.root / "ml" / "failure_model").get(
+        "alertThreshold", DEFAULT_ALERT_THRESHOLD
+    )
+
+
 def collect(run_dir: Path, catalog: MetricCatalog | None = None) -> dict[str, Any]:
     """Every panel of the report for `run_dir`."""
     catalog = catalog or load_catalog()
@@ -650,7 +677,9 @@ def collect(run_dir: Path, catalog: MetricCatalog | None = None) -> dict[str, An
         "start": _iso(history["start_ms"]) if history["start_ms"] else None,
         "end": _iso(history["end_ms"]) if history["end_ms"] else None,
         "readings": manifest.get("readings"),
-        "failures": len(history["failures"]),
+        # failures in the run's span; one before it (its repair may fall inside) apart
+        "failures": len(rel.get("failures", [])) if rel.get("available") else None,
+        "failures_before": rel.get("failures_before", 0) if rel.get("available") else 0,
         "maintenance_jobs": len(history["maintenance"]),
         "malformed_payloads": sum(manifest.get("malformed_json_lines", {}).values()),
         "seed": manifest.get("config", {}).get("seed"),
@@ -668,7 +697,10 @@ def collect(run_dir: Path, catalog: MetricCatalog | None = None) -> dict[str, An
             "machines": predictions or {},
             "reason": "no failure model (ml/failure_model) and simulation in this run",
         },
-        "plan": _guard("plan", lambda: maintenance_plan(predictions, rel, history["end_ms"])),
+        "plan": _guard(
+            "plan",
+            lambda: maintenance_plan(predictions, rel, history["end_ms"], _alert_threshold(run)),
+        ),
         "data_path": _guard("data_path", lambda: data_path(run)),
         "cost": _guard("cost", cost_panel),
         "whatif": _guard("whatif", lambda: whatif_panel(run)),

@@ -111,6 +111,7 @@ def first_alert(
 
     from iiot import topics
     from iiot.anomaly import decode_anomaly
+    from local_platform.report.predictions import alert_thresholds
 
     raised: list[tuple[int, float]] = []
 
@@ -121,7 +122,12 @@ def first_alert(
                 raised.append((anomaly.timestamp, anomaly.value))
 
     config = PredictorConfig.from_mapping(
-        {"factoryId": "F", "modelDir": str(model_dir), "machines": {machine_id: machine_config}}
+        {
+            "factoryId": "F",
+            "modelDir": str(model_dir),
+            "machines": {machine_id: machine_config},
+            **alert_thresholds(model_dir),  # as the gateway running this model is configured
+        }
     )
     predictor = FailurePredictor(config, ModelHandle(model_dir), publish, catalog)
     for done in completions:

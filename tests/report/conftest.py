@@ -99,4 +99,37 @@ def full_run(tmp_path_factory: pytest.TempPathFactory, catalog: MetricCatalog) -
         )
     )
     (run / "faults.json").write_text(json.dumps([{"fault": "uplink down", "factory": "F01"}]))
+    # The what-if's figures in the shape local_platform/report/whatif.py writes, so that the
+    # browser draws its panel whatever order the tests run in (test_whatif.py computes real
+    # ones and replaces this file).
+    arm = {"failures": 0, "unplanned_h": 0.0, "planned_h": 0.0, "downtime_h": 0.0}
+    (run / "whatif").mkdir()
+    (run / "whatif" / "whatif.json").write_text(
+        json.dumps(
+            {
+                "fleet": "2 factories x 3 machines (fixture)",
+                "run_to_failure": {
+                    **arm,
+                    "failures": 4,
+                    "unplanned_h": 20.0,
+                    "downtime_h": 20.0,
+                    "planned_jobs": 0,
+                    "averted": 0,
+                    "false_alarm_jobs": 0,
+                },
+                "predictive": {
+                    **arm,
+                    "failures": 2,
+                    "unplanned_h": 10.0,
+                    "planned_h": 4.0,
+                    "downtime_h": 14.0,
+                    "planned_jobs": 3,
+                    "averted": 2,
+                    "false_alarm_jobs": 1,
+                },
+                "unplanned_reduction": 0.5,
+                "downtime_reduction": 0.3,
+            }
+        )
+    )
     return run

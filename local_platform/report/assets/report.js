@@ -73,16 +73,22 @@ function drawPumps() {
     plot('anomalies', sources.map((src, i) => ({type: 'bar', name: src, x: machines,
       y: machines.map(m => a.counts[m][src] || 0), marker: {color: COLORS[i + 1]}})),
       {barmode: 'group', yaxis: {title: 'count (log scale)', type: 'log', dtick: 1},
-       xaxis: {tickangle: -60, automargin: true}, margin: {l: 50, r: 16, t: 10, b: 90}});
+       xaxis: {tickangle: -60, automargin: true}, margin: {l: 50, r: 16, t: 30, b: 90},
+       legend: {orientation: 'h', x: 0, y: 1.02, yanchor: 'bottom'}});
   }
 }
 function drawRisk() {
   const r = DATA.risk;
   if (!r.available) return;
   const ranked = Object.entries(r.machines).sort((a, b) => (b[1].last || 0) - (a[1].last || 0));
+  // red: at or above the model's alert threshold (a job is planned), amber: above half of it
+  const alertAt = DATA.plan.alert_threshold || 0.8;
   plot('risk', [{type: 'bar', x: ranked.map(e => e[0]), y: ranked.map(e => e[1].last || 0),
-    marker: {color: ranked.map(e => (e[1].last || 0) >= 0.8 ? '#e63946' : (e[1].last || 0) >= 0.5 ? '#f4a261' : '#2a9d8f')}}],
-    {yaxis: {title: 'p(failure within 24 h)', range: [0, 1]}});
+    marker: {color: ranked.map(e => (e[1].last || 0) >= alertAt ? '#e63946' : (e[1].last || 0) >= alertAt / 2 ? '#f4a261' : '#2a9d8f')}}],
+    {yaxis: {title: 'p(failure within 24 h)', range: [0, 1]},
+     shapes: [{type: 'line', xref: 'paper', x0: 0, x1: 1, y0: alertAt, y1: alertAt, line: {dash: 'dot', color: '#c0392b'}}],
+     annotations: [{xref: 'paper', x: 1, y: alertAt, xanchor: 'right', yanchor: 'bottom', showarrow: false,
+                    text: 'alert threshold ' + alertAt.toFixed(2), font: {color: '#c0392b'}}]});
   plot('risk-trend', ranked.slice(0, 5).map((e, i) => ({type: 'scatter', mode: 'lines', name: e[0],
     x: e[1].times, y: e[1].probabilities, line: {color: COLORS[i]}})),
     {yaxis: {title: 'probability', range: [0, 1]}});
@@ -108,7 +114,9 @@ function drawOthers() {
     const traces = services.map((svc, i) => ({type: 'bar', name: svc, x, y: columns.map(col => col[2][svc] || 0),
       marker: {color: COLORS[i % COLORS.length]}}));
     plot('cost', traces, {barmode: 'stack', yaxis: {title: 'USD per machine a month'},
-      shapes: [{type: 'line', xref: 'paper', x0: 0, x1: 1, y0: 27, y1: 27, line: {dash: 'dot', color: '#c0392b'}}]});
+      shapes: [{type: 'line', xref: 'paper', x0: 0, x1: 1, y0: 27, y1: 27, line: {dash: 'dot', color: '#c0392b'}}],
+      annotations: [{xref: 'paper', x: 1, y: 27, xanchor: 'right', yanchor: 'bottom', showarrow: false,
+                     text: 'goal at prod scale: $27', font: {color: '#c0392b'}}]});
   }
   const w = DATA.whatif;
   if (w.available) {
