@@ -294,6 +294,13 @@ def test_bad_values_are_refused_with_the_reason_and_counted(
     status = collector.publish_status()
     assert status["rejected"]["value"] >= 6
     assert status["rejected"]["status"] >= 1
+    # the refused values themselves are kept (the latest, bounded) with node and reason
+    kept = {r["node_id"].removeprefix(NS): r for r in status["recent_rejects"]}
+    assert set(kept) == set(BAD)
+    assert kept["Broken"]["status"] == "BadSensorFailure"
+    assert kept["Label"]["value"].startswith("'running")
+    assert kept["Overheat"]["reason"].startswith("value: ")
+    assert kept["Broken"]["reason"].startswith("status: ")
 
 
 @pytest.mark.slow
@@ -304,12 +311,20 @@ def test_an_unknown_node_is_reported_and_the_others_flow(plc, broker, collector_
     raw["plcs"]["line1"]["nodes"].append(
         {"nodeId": "ns=2;s=Pump1.Missing", "machineId": "pump-1", "sensorId": "x", "metric": "rpm"}
     )
+    # a namespace URI the PLC does not publish (a typo): refused too, not the whole session
+    unknown_namespace = "nsu=urn:iiot:no-such-plc;s=Pump1.Rpm"
+    raw["plcs"]["line1"]["nodes"].append(
+        {"nodeId": unknown_namespace, "machineId": "pump-1", "sensorId": "y", "metric": "rpm"}
+    )
     collector = collector_factory(raw, broker.url)
     try:
         wait_for(lambda: len(readings.of("rpm")) >= 3, 30, "the known node flowing")
     finally:
         readings.close()
-    assert collector.plcs["line1"].nodes_refused == {"ns=2;s=Pump1.Missing": "BadNodeIdUnknown"}
+    refused = collector.plcs["line1"].nodes_refused
+    assert refused["ns=2;s=Pump1.Missing"] == "BadNodeIdUnknown"
+    assert refused[unknown_namespace].startswith("BadNamespaceUnknown")
+    assert len(refused) == 2
     assert collector.plcs["line1"].nodes_subscribed == 1
 
 

@@ -15,7 +15,9 @@ JSON envelopes (`iiot.wire.encode_json`) every `publishIntervalMs`; and a health
   beyond that the oldest are dropped and counted (`dropped`), logged once a minute at most.
   A publish that fails keeps its readings at the head of the backlog for the next tick.
 * **Bad values** are refused with the reason (`opcua_collector.mapping`), counted per reason
-  and per node, and logged (the first of each node, then at most once a minute with the count).
+  and per node, and logged (the first of each node, then at most once a minute with the count);
+  the latest 50 are kept with their node, value, status and reason (`recent_rejects` in the
+  status), so that a throttled log does not lose what was refused.
   The initial notification of a new session repeats the last value the PLC had: a value equal
   to the node's previous one with the same timestamp is skipped (`repeated`).
 * **Health** every `healthIntervalSeconds` on `factory/<id>/collector/status` and in the log:
@@ -56,6 +58,7 @@ log = logging.getLogger("opcua_collector")
 _LOG_EVERY_S = 60.0  # repeated warnings of one kind: at most once a minute per node or PLC
 _DISCONNECT_TIMEOUT_S = 2.0
 _LAST_PUBLISH_GRACE_S = 0.3
+_RECENT_REJECTS = 50  # the latest refused values kept (and reported) with their reasons
 
 
 @dataclass
@@ -131,6 +134,8 @@ class OpcUaCollector:
         self.rejected: Counter[str] = Counter()  # by reason kind: status, value, timestamp, ...
         self.rejected_by_node: Counter[str] = Counter()
         self.last_rejects: dict[str, str] = {}  # "<plc>/<node id>" -> the latest reason
+        # the latest refused values themselves, with node, time and reason (bounded)
+        self.recent_rejects: deque[dict[str, Any]] = deque(maxlen=_RECENT_REJECTS)
         self.last_status: dict[str, Any] = {}
         self._last: dict[tuple[str, str], tuple[int, float]] = {}
         self._throttles: dict[str, _Throttle] = {}
@@ -259,23 +264,30 @@ class OpcUaCollector:
         client.connection_lost_callback = lost
         await asyncio.wait_for(client.connect(), plc.timeout_s * 2)
         nodes: dict[ua.NodeId, NodeMapping] = {}
+        # A node whose namespace URI the PLC does not publish is refused like an unknown node:
+        # one mistyped nodeId must not stop every other node of the PLC.
+        refused: dict[str, str] = {}
         for mapping in plc.nodes:
-            nodes[await _resolve(client, mapping.node_id)] = mapping
+            try:
+                nodes[await _resolve(client, mapping.node_id)] = mapping
+            except UnknownNamespaceError as exc:
+                refused[mapping.node_id] = str(exc)
         handler.nodes = nodes
-        subscription = await client.create_subscription(plc.publishing_interval_ms, handler)
-        results = await subscription.subscribe_data_change(
-            [client.get_node(node_id) for node_id in nodes],
-            queuesize=plc.queue_size,
-            sampling_interval=ua.Double(plc.sampling_interval_ms),
-        )
-        refused = {
-            mapping.node_id: result.name
-            for mapping, result in zip(nodes.values(), results, strict=True)
-            if isinstance(result, ua.StatusCode)
-        }
+        if nodes:
+            subscription = await client.create_subscription(plc.publishing_interval_ms, handler)
+            results = await subscription.subscribe_data_change(
+                [client.get_node(node_id) for node_id in nodes],
+                queuesize=plc.queue_size,
+                sampling_interval=ua.Double(plc.sampling_interval_ms),
+            )
+            refused |= {
+                mapping.node_id: result.name
+                for mapping, result in zip(nodes.values(), results, strict=True)
+                if isinstance(result, ua.StatusCode)
+            }
         state.connected = True
         state.sessions += 1
-        state.nodes_subscribed = len(nodes) - len(refused)
+        state.nodes_subscribed = len(plc.nodes) - len(refused)
         state.nodes_refused = refused
         state.last_error = ""
         for node_id, reason in refused.items():
@@ -314,6 +326,19 @@ class OpcUaCollector:
             self.rejected[result.split(":", 1)[0]] += 1
             self.rejected_by_node[key] += 1
             self.last_rejects[key] = result
+            shown = repr(getattr(data.Value, "Value", None))
+            self.recent_rejects.append(
+                {
+                    "plc": plc.name,
+                    "node_id": node.node_id,
+                    "machine_id": node.machine_id,
+                    "sensor_id": node.sensor_id,
+                    "received_ms": received_ms,
+                    "value": shown[:80],
+                    "status": data.StatusCode.name if data.StatusCode is not None else None,
+                    "reason": result,
+                }
+            )
             self._warn(
                 f"reject:{key}",
                 "opcua value rejected",
@@ -388,6 +413,7 @@ class OpcUaCollector:
             "published_payloads": self.published_payloads,
             "publish_failures": self.publish_failures,
             "rejected": dict(self.rejected),
+            "recent_rejects": list(self.recent_rejects),
             "repeated": self.repeated,
             "backlog": len(self.backlog),
             "dropped": self.dropped,
@@ -417,14 +443,20 @@ class OpcUaCollector:
         throttle.last, throttle.suppressed = now, 0
 
 
+class UnknownNamespaceError(LookupError):
+    """A node id's namespace URI is not in the PLC's namespace array."""
+
+
 async def _resolve(client: Client, node_id: str) -> ua.NodeId:
     """The node id on this session: `nsu=<uri>;...` gets the PLC's current namespace index."""
     parsed = ua.NodeId.from_string(node_id)
     uri = getattr(parsed, "NamespaceUri", None)
     if not uri:
         return parsed
-    index = await client.get_namespace_index(uri)
-    return ua.NodeId(parsed.Identifier, ua.Int16(index), parsed.NodeIdType)
+    namespaces = await client.get_namespace_array()
+    if uri not in namespaces:
+        raise UnknownNamespaceError(f"BadNamespaceUnknown: the PLC has no namespace {uri}")
+    return ua.NodeId(parsed.Identifier, ua.Int16(namespaces.index(uri)), parsed.NodeIdType)
 
 
 def application_uri(certificate: str) -> str | None:
