@@ -185,12 +185,19 @@ def skab(
     cross_validate: Annotated[
         bool, typer.Option(help="Also estimate a label-chosen smoothing by cross-validation.")
     ] = True,
+    candidates: Annotated[
+        bool,
+        typer.Option(
+            help="Also score the other detector families (Hotelling T², MSET, MLP autoencoder, "
+            "forecast residuals) under the shipped pipeline (about 2 minutes more)."
+        ),
+    ] = False,
 ) -> None:
     """SKAB by its outlier protocol: the anomaly detector and the Isolation Forest baselines."""
     from ml_pipeline.skab import run
 
     try:
-        figures = run(data, cross_validate=cross_validate)
+        figures = run(data, cross_validate=cross_validate, candidates=candidates)
     except (FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from exc
     if out is not None:

@@ -408,7 +408,7 @@ def cross_validated(files: Sequence[SkabFile], config: DetectorConfig) -> dict[s
     }
 
 
-def run(data: Path, *, cross_validate: bool = True) -> dict[str, Any]:
+def run(data: Path, *, cross_validate: bool = True, candidates: bool = False) -> dict[str, Any]:
     """Every figure of the `iiot ml skab` report."""
     began = time.perf_counter()
     files = load_skab(data)
@@ -481,6 +481,10 @@ def run(data: Path, *, cross_validate: bool = True) -> dict[str, Any]:
             "labels of the other groups only.",
         ],
     }
+    if candidates:
+        from ml_pipeline.skab_candidates import compare
+
+        report["candidates"].update(compare(files, models.training["sensors"]))
     if cross_validate:
         log.info("skab: cross-validated choice of the smoothing")
         report["cross_validation"] = {

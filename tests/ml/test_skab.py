@@ -144,3 +144,36 @@ def test_run_follows_the_protocol_on_skab_shaped_files(tmp_path: Path):
 def test_a_folder_without_skab_files_is_named(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="pass --data to the SKAB folder"):
         load_skab(tmp_path)
+
+
+def test_candidate_families_run_under_the_shipped_pipeline(tmp_path: Path):
+    from edge_runtime.anomaly_detector import smoothed_scores
+    from ml_pipeline.anomaly import DetectorConfig
+    from ml_pipeline.skab import SENSORS, train_per_file
+    from ml_pipeline.skab_candidates import FAMILIES, alarms, compare
+
+    write_skab_folder(tmp_path, np.random.default_rng(5))
+    files = load_skab(tmp_path)
+    quick = [f for f in FAMILIES if f != "mlp_autoencoder"]  # the slow one: one file below
+    report = compare(files, SENSORS[:6], quick)
+    assert set(report) == {
+        f"{family} ({subset})" for family in quick for subset in ("screened", "all_8_sensors")
+    }
+    assert alarms(files[0], range(8), FAMILIES["mlp_autoencoder"]).shape == (200,)
+    for name, figures in report.items():
+        assert {"f1", "far", "mar", "nab"} <= set(figures), name
+    assert report["pca_t2q (all_8_sensors)"]["f1"] > 0.8  # the broken sensor is found
+    # the PCA family here is the gateway's detector: same alarms on every test row
+    config = DetectorConfig(screen_sensors=False)
+    models = train_per_file(files, config)
+    for file in files:
+        model = models.machines[file.name]
+        scores = smoothed_scores(
+            model,
+            file.values,
+            ewma_span=models.ewma_span,
+            smoothing_readings=models.smoothing_readings,
+        )
+        shipped = (scores[TRAIN_ROWS:] > model.threshold).astype(np.int8)
+        candidate = alarms(file, range(8), FAMILIES["pca_t2q"])
+        assert (shipped == candidate).mean() > 0.98
