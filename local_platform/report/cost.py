@@ -11,10 +11,10 @@ The model follows the data path the stacks deploy: gateways publish compact batc
 Core; a rule puts them on the telemetry stream; Firehose lands them in the lake and the
 InfluxDB writer (Lambda) writes them to Timestream for InfluxDB and forwards each reading as a
 JSON row to the readings stream that Managed Flink reads; EMR Serverless builds bronze, silver
-and gold on S3; Redshift Serverless serves the KPI views; SageMaker retrains; CloudWatch
-watches; Managed Grafana shows. Not counted (each under a dollar a month at prod scale or
-not deployed): SNS, SQS, the alert router and the anomaly stream's data, KMS requests,
-Spectrum scans of gold, S3 GET requests.
+and gold on S3; Redshift Serverless serves the dashboards' warehouse queries; SageMaker
+retrains; CloudWatch watches; Managed Grafana shows. Not counted (each under a dollar a month
+at prod scale or not deployed): SNS, SQS, the alert router and the anomaly stream's data, KMS
+requests, Spectrum scans of gold, S3 GET requests.
 """
 
 from __future__ import annotations
@@ -582,7 +582,7 @@ def estimate(
     add(
         "Redshift Serverless",
         f"{env.redshift_base_rpu} RPU x {book.use('redshift_active_hours_per_day', name)} h a "
-        "day (KPI views)",
+        "day (dashboard queries)",
         rpu_hours,
         "RPU-hours",
         "redshift_serverless_rpu_hour",

@@ -8,9 +8,13 @@ Two dashboards for Amazon Managed Grafana, written as JSON under `dashboards/`
   severities as thresholds; temperature against pressure, with readings beyond a limit as
   their own series; readings beyond the edge limits per machine; the latest reading of each
   sensor as KPI stats coloured by the same limits. Variables: factory and machine.
-* **Fleet risk and KPIs** (`iiot-fleet`): the failure predictor's latest probability per
-  machine and its trend (InfluxDB measurement `failure_probability`), and availability,
-  MTBF and MTTR per machine-day from the warehouse's KPI views (Redshift).
+* **Fleet risk and anomalies** (`iiot-fleet`): the failure predictor's latest probability per
+  machine and its trend (InfluxDB measurement `failure_probability`, which the platform does
+  not write yet: the InfluxDB writer takes readings only, the predictor's probabilities travel
+  as FAILURE_PREDICTED anomalies; the panels say so), and anomalies and readings per
+  machine-day and factory-day from the lake's gold tables through the warehouse (Redshift
+  Spectrum, schema `lake`). Availability, MTBF and MTTR per machine-day are not on it: the
+  lake holds no failures or repairs, so no warehouse view can compute them.
 
 The data sources are template variables (`${influxdb}`, `${redshift}`), so the same JSON
 works in every environment's workspace. The InfluxDB bucket and the readings' measurement
@@ -37,6 +41,12 @@ from iiot.catalog import Metric, MetricCatalog, load_catalog
 DASHBOARDS_DIR = Path(__file__).resolve().parents[2] / "dashboards"
 BUCKET = "telemetry"  # the InfluxDB writer's bucket (stacks/timeseries_stack.py BUCKET)
 INFLUX = model.DataSourceRef(type_val="influxdb", uid="${influxdb}")
+# What the risk panels need and the platform does not send yet (see the module's docstring).
+NOT_WRITTEN_YET = (
+    "Reads InfluxDB measurement failure_probability (tags factory_id, machine_id). The "
+    "platform's InfluxDB writer takes readings only: until the predictor's probabilities are "
+    "written there, this panel shows no data."
+)
 REDSHIFT = model.DataSourceRef(type_val="grafana-redshift-datasource", uid="${redshift}")
 MACHINE_FILTER = (
     "  |> filter(fn: (r) => r.factory_id =~ /^${factory:regex}$/ and "
@@ -250,12 +260,12 @@ def _anomaly_expression(catalog: MetricCatalog) -> str:
 
 
 def fleet_dashboard() -> dict[str, Any]:
-    """Fleet risk (the predictor's probabilities) and the warehouse's reliability KPIs."""
+    """Fleet risk (the predictor's probabilities) and anomalies from the warehouse."""
     redshift = (
         dash.DatasourceVariable("redshift").label("Redshift").type("grafana-redshift-datasource")
     )
     builder = (
-        dash.Dashboard("Fleet risk and reliability KPIs")
+        dash.Dashboard("Fleet risk and anomalies")
         .uid("iiot-fleet")
         .tags(["iiot", "generated"])
         .time("now-7d", "now")
@@ -278,6 +288,7 @@ def fleet_dashboard() -> dict[str, Any]:
     builder = builder.with_panel(
         BarChart()
         .title("Fleet risk: latest failure probability per machine (24 h horizon)")
+        .description(NOT_WRITTEN_YET)
         .datasource(INFLUX)
         .min(0)
         .max(1)
@@ -293,6 +304,7 @@ def fleet_dashboard() -> dict[str, Any]:
     builder = builder.with_panel(
         timeseries.Panel()
         .title("Failure probability over time")
+        .description(NOT_WRITTEN_YET)
         .datasource(INFLUX)
         .min(0)
         .max(1)
@@ -300,32 +312,40 @@ def fleet_dashboard() -> dict[str, Any]:
         .with_target(Target(FluxQuery("A", trend)))
         .grid_pos(_pos(12, 0, 12, 9))
     )
-    kpis = (
-        "SELECT event_date, factory_id, machine_id, availability, downtime_hours, mtbf_hours, "
-        "mttr_hours, failures\nFROM gold.machine_kpis_daily\n"
+    # The warehouse reads the lake's gold tables through its external schema (`lake`,
+    # stacks/warehouse_stack.py; tables: stacks/lake_stack.py TABLES). Gold holds readings
+    # and anomalies per machine-day, no failures or repairs: availability, MTBF and MTTR need
+    # maintenance records in the lake first, so no panel pretends to show them.
+    anomalies = (
+        "SELECT event_date, factory_id, machine_id, SUM(anomaly_count) AS anomalies,\n"
+        "  SUM(reading_count) AS readings\nFROM lake.gold_machine_daily\n"
         "WHERE $__timeFilter(event_date)\n  AND factory_id ~ '^${factory:regex}$'\n"
-        "  AND machine_id ~ '^${machine:regex}$'\nORDER BY availability ASC"
+        "  AND machine_id ~ '^${machine:regex}$'\nGROUP BY 1, 2, 3\nORDER BY anomalies DESC"
     )
     builder = builder.with_panel(
         table.Panel()
-        .title("Availability, MTBF and MTTR per machine-day (warehouse KPI view)")
+        .title("Anomalies and readings per machine-day (warehouse: lake.gold_machine_daily)")
+        .description(
+            "The lake's z-score anomalies and the readings that arrived, per machine and day. "
+            "Availability, MTBF and MTTR are not here: the lake holds no failures or repairs."
+        )
         .datasource(REDSHIFT)
-        .with_target(Target(SqlQuery("A", kpis)))
+        .with_target(Target(SqlQuery("A", anomalies)))
         .grid_pos(_pos(0, 9, 24, 10))
     )
-    availability = (
-        "SELECT event_date AS time, factory_id, AVG(availability) AS availability\n"
-        "FROM gold.machine_kpis_daily\nWHERE $__timeFilter(event_date)\n"
-        "GROUP BY 1, 2\nORDER BY 1"
+    affected = (
+        "SELECT event_date AS time, factory_id,\n"
+        "  machines_with_anomalies::float / NULLIF(active_machines, 0) AS share\n"
+        "FROM lake.gold_factory_daily\nWHERE $__timeFilter(event_date)\nORDER BY 1"
     )
     builder = builder.with_panel(
         timeseries.Panel()
-        .title("Availability per factory")
+        .title("Share of machines with anomalies per factory-day (lake.gold_factory_daily)")
         .datasource(REDSHIFT)
         .unit("percentunit")
         .min(0)
         .max(1)
-        .with_target(Target(SqlQuery("A", availability, table_format=False)))
+        .with_target(Target(SqlQuery("A", affected, table_format=False)))
         .grid_pos(_pos(0, 19, 24, 8))
     )
     return _json(builder)

@@ -168,6 +168,7 @@ def reliability(history: dict[str, Any], predictions: dict[str, Any] | None) -> 
         rows.append(
             {
                 **entry,
+                "repairs_h": repairs,
                 "availability": round(operating / span_h, 4) if span_h else None,
                 "downtime_h": round(entry["downtime_h"], 2),
                 "unplanned_h": round(entry["unplanned_h"], 2),
@@ -191,8 +192,11 @@ def reliability(history: dict[str, Any], predictions: dict[str, Any] | None) -> 
         f["downtime_h"] = round(f["downtime_h"], 2)
         operating = machine_hours - f["downtime_h"]
         f["mtbf_h"] = round(operating / f["failures"], 1) if f["failures"] else None
-        repairs = [r["mttr_h"] for r in rows if r["factory_id"] == f["factory_id"] and r["mttr_h"]]
+        # every repair of the factory counts once (not a mean of its machines' means)
+        repairs = [h for r in rows if r["factory_id"] == f["factory_id"] for h in r["repairs_h"]]
         f["mttr_h"] = round(sum(repairs) / len(repairs), 2) if repairs else None
+    for row in rows:
+        del row["repairs_h"]
     caught = [o for o in outcomes if o["caught"]]
     return {
         "available": True,

@@ -119,7 +119,37 @@ def test_each_catalog_metric_has_its_panels_and_limits(generated, catalog):
     assert any("per machine" in t for t in titles)
     fleet = generated["fleet.json"]["panels"]
     assert any("Fleet risk" in p["title"] for p in fleet)
-    assert any("MTBF" in p["title"] for p in fleet)
+
+
+def test_every_warehouse_query_reads_a_table_the_warehouse_has(generated):
+    """The SQL panels read the lake's tables through the warehouse's external schema, by the
+    names and columns the stacks give them (a panel over a view nobody creates shows an error
+    in Grafana, not data)."""
+    import re
+
+    from stacks.lake_stack import TABLES
+    from stacks.warehouse_stack import EXTERNAL_SCHEMA
+
+    columns = {
+        f"{EXTERNAL_SCHEMA}.{t.name}": {c.name for c in (*t.columns, *t.partition_keys)}
+        for t in TABLES
+    }
+    queries = [
+        target["rawSQL"]
+        for data in generated.values()
+        for panel in data["panels"]
+        for target in panel.get("targets", [])
+        if "rawSQL" in target
+    ]
+    assert queries
+    for sql in queries:
+        tables = re.findall(r"\bFROM\s+([\w.]+)", sql)
+        assert tables, sql
+        for name in tables:
+            assert name in columns, f"{name} is not a table of the warehouse: {sql}"
+            words = set(re.findall(r"\b[a-z_]+\b", sql.split("FROM")[0]))
+            used = {w for w in words if w.endswith(("_count", "_machines", "_id", "_date"))}
+            assert used <= columns[name], (name, used - columns[name])
 
 
 def test_dashboards_command_writes_the_files(tmp_path: Path):

@@ -174,6 +174,22 @@ def test_reliability_figures_worked_by_hand():
     assert (late["caught"], late["missed"]) == (0, 1)
 
 
+def test_the_factory_mttr_counts_every_repair_once():
+    history = _history()
+    history["machines"].append({"machine_id": "F01-M003", "factory_id": "F01", "model": "SP-100"})
+    for begin in (2, 6):  # two repairs of 2 h
+        history["maintenance"].append(
+            {
+                "machine_id": "F01-M003",
+                "kind": "corrective",
+                "started_at_ms": str(T0 + begin * H),
+                "completed_at_ms": str(T0 + (begin + 2) * H),
+            }
+        )
+    [factory] = reliability(history, None)["factories"]
+    assert factory["mttr_h"] == (4 + 3 + 2 + 2) / 4  # not the machines' means' mean (3.0)
+
+
 def test_the_plan_follows_the_what_ifs_policy_and_the_alert_threshold():
     history = _history()
     rel = reliability(history, None)
