@@ -8,7 +8,11 @@
 4. Incremental run: 1% new readings land; our jobs again; then the seeds' logic again.
 
 The last line is JSON: readings_per_s (ours, full run), seed_readings_per_s (seeds' full run),
-incremental_fraction_of_full (our incremental run's time over our full run's).
+incremental_fraction_of_full (our incremental run's time over our full run's),
+silver_bytes_per_reading (silver's data files over its rows, after both runs), and the same
+comparison in CPU seconds of this process and its children (Sail runs in it), which other work on
+a shared machine disturbs far less than wall-clock time: cpu_readings_per_s, seed_cpu_readings_per_s
+and cpu_ratio_to_seed (ours per reading against the seeds', > 1 is faster).
 
     .venv/bin/python bench/lake.py [--readings 10000000] [--work-dir DIR]
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import sys
 import tempfile
@@ -104,11 +109,30 @@ def seed_job(spark: Any, paths: io.LakePaths, rules: dict[str, Any]) -> None:
     io.overwrite(factory, paths.root + "/seed/factory_metrics", partition_by=("event_date",))
 
 
+CPU: dict[str, float] = {}
+
+
+def cpu_seconds() -> float:
+    """User and system CPU time of this process (Sail's server included) and its children."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def silver_file_bytes(paths: io.LakePaths) -> int:
+    """The size of silver's current data files (its Parquet, whatever the codec)."""
+    from deltalake import DeltaTable
+
+    sizes = DeltaTable(paths.silver).get_add_actions(flatten=True).column("size_bytes")
+    return sum(int(size) for size in sizes.to_pylist())
+
+
 def timed(label: str, action: Any) -> float:
-    began = time.perf_counter()
+    began, began_cpu = time.perf_counter(), cpu_seconds()
     action()
     seconds = time.perf_counter() - began
-    print(f"{label}: {seconds:.1f} s", file=sys.stderr, flush=True)
+    CPU[label] = cpu_seconds() - began_cpu
+    print(f"{label}: {seconds:.1f} s ({CPU[label]:.1f} CPU s)", file=sys.stderr, flush=True)
     return seconds
 
 
@@ -146,6 +170,8 @@ def main() -> None:
         seed_incremental = timed("seeds' logic, +1%", lambda: seed_job(spark, paths, rules))
         noop = timed("ours, nothing new", lambda: jobs.run_all(spark, paths, rules))
     tables = {t.name: t.rows for t in io.describe_tables(paths) if t.exists}
+    silver_bytes = silver_file_bytes(paths)
+    silver_bytes_per_reading = silver_bytes / max(tables.get("silver.readings") or 0, 1)
     figures.update(
         full_seconds=round(full, 2),
         seed_full_seconds=round(seed_full, 2),
@@ -153,6 +179,8 @@ def main() -> None:
         seed_incremental_seconds=round(seed_incremental, 2),
         noop_seconds=round(noop, 2),
         silver_rows=tables.get("silver.readings"),
+        silver_bytes=silver_bytes,
+        cpu_seconds={label: round(value, 2) for label, value in CPU.items()},
         quarantined=tables.get("silver.quarantine", 0),
     )
     print(json.dumps(figures), file=sys.stderr)
@@ -164,6 +192,12 @@ def main() -> None:
                 "readings_per_s": round(len(full_part) / full),
                 "seed_readings_per_s": round(len(full_part) / seed_full),
                 "incremental_fraction_of_full": round(incremental / full, 4),
+                "silver_bytes_per_reading": round(silver_bytes_per_reading, 2),
+                "cpu_readings_per_s": round(len(full_part) / CPU["ours, full run"]),
+                "seed_cpu_readings_per_s": round(len(full_part) / CPU["seeds' logic, full run"]),
+                "cpu_ratio_to_seed": round(
+                    CPU["seeds' logic, full run"] / CPU["ours, full run"], 3
+                ),
             }
         )
     )

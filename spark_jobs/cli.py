@@ -30,6 +30,13 @@ def run(
     job: Annotated[str, typer.Option(help="bronze, silver, gold or all.")] = "all",
     last_n: Annotated[int, typer.Option(min=2, help="Rolling window in readings.")] = 100,
     sigma: Annotated[float, typer.Option(min=0.0, help="Anomaly threshold in sigmas.")] = 3.0,
+    full_listing: Annotated[
+        bool,
+        typer.Option(
+            "--full-listing",
+            help="List every landing prefix, not only the last 25 hours' (a sweep).",
+        ),
+    ] = False,
 ) -> None:
     """Run bronze -> silver -> gold (or one job) on the raw batches landed under ROOT/landing."""
     from iiot.catalog import load_catalog
@@ -49,9 +56,11 @@ def run(
 
     with sail_session() as spark:
         if job == "all":
-            results = jobs.run_all(spark, paths, rules, settings=settings, progress=progress)
+            results = jobs.run_all(
+                spark, paths, rules, settings=settings, progress=progress, full_listing=full_listing
+            )
         elif job == "bronze":
-            results = [jobs.run_bronze(spark, paths, progress=progress)]
+            results = [jobs.run_bronze(spark, paths, progress=progress, full_listing=full_listing)]
         elif job == "silver":
             results = [jobs.run_silver(spark, paths, rules, settings=settings, progress=progress)]
         else:

@@ -5,20 +5,35 @@ production). Spark does the data I/O on every engine (Sail locally, Apache Spark
 EMR Serverless); table maintenance (compaction, vacuum, table properties, symlink manifests) uses
 delta-rs (`deltalake`) locally, because Sail does not parse `OPTIMIZE`/`VACUUM`, and the
 equivalent Spark SQL in production (`maintenance_statements`).
+
+**Every table is ZSTD Parquet** (`PARQUET_CODEC`, as the source design names it). Apache Spark
+writes it from the session's `spark.sql.parquet.compression.codec` (`SPARK_CONF`, set by
+`spark_jobs.main`) and the writer's option. Sail's Delta writer always writes snappy (0.7.2: its
+writer takes no Parquet properties), so on Sail a local table's rows are written by Sail as
+ZSTD Parquet files and committed with delta-rs (`append`: Sail computes and encodes, nothing is
+written twice), and merges run in delta-rs with ZSTD writer properties (`merge`).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F  # noqa: N812  (the PySpark convention)
+
+PARQUET_CODEC = "zstd"
+ZSTD_LEVEL = 3  # zstd's default: about 3 times snappy's ratio on silver at snappy's write cost
+SPARK_CONF = {"spark.sql.parquet.compression.codec": PARQUET_CODEC}
 
 SPECTRUM_PROPERTIES = {
     # Redshift Spectrum reads Delta through symlink manifests and cannot apply deletion vectors.
@@ -75,6 +90,10 @@ class LakePaths:
     def changes(self) -> str:
         return self._join("_state", "silver_changes")
 
+    @property
+    def landed(self) -> str:
+        return self._join("_state", "landed_files")
+
     def tables(self) -> dict[str, str]:
         """Every Delta table of the lake by name (the state table last)."""
         return {
@@ -85,6 +104,7 @@ class LakePaths:
             "gold.factory_daily": self.factory_daily,
             "_state.watermarks": self.state,
             "_state.silver_changes": self.changes,
+            "_state.landed_files": self.landed,
         }
 
     @property
@@ -101,30 +121,162 @@ def local_path(uri: str) -> Path:
 
 # ------------------------------------------------------------------------------ landed files
 
+HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
+# Firehose's prefix (stacks/ingestion_stack.py): the arrival date and hour of an object's records.
+_DATE_FOLDER = re.compile(r"date=(\d{4})-(\d{2})-(\d{2})")
+_HOUR_FOLDER = re.compile(r"hour=(\d{2})")
 
-def read_landed(spark: SparkSession, landing_uri: str) -> DataFrame | None:
-    """The landed raw files (path, content), or None when nothing has landed yet.
 
-    Locally the files are listed here and named to the engine one by one: Sail infers
-    partitions from `key=value` folders even with `recursiveFileLookup`, and fails the whole
-    read when Firehose's `date=.../hour=...` folders sit next to any other (`json/`, or one
-    stray file); and it leaves out empty files, which Spark reads (as empty content, which
-    silver quarantines: every landed object is accounted for). Hidden files (`.` or `_`:
-    partial writes) are skipped, as Spark does.
+@dataclass(frozen=True)
+class LandedObject:
+    """One landed file: its URI, size and modification time, and the arrival hour its
+    `date=YYYY-MM-DD/hour=HH` prefix names (epoch ms; None for a file outside such folders)."""
+
+    path: str
+    size: int
+    modified_ms: int
+    hour_ms: int | None
+
+
+def list_landing(
+    spark: SparkSession, landing_uri: str, *, since_ms: int | None = None
+) -> list[LandedObject]:
+    """The landed files, without listing the `date=/hour=` prefixes that end at or before
+    `since_ms` (None: every prefix). Files in other folders are always listed. Hidden files and
+    folders (`.` or `_`: partial writes) are skipped, as Spark does."""
+    if landing_uri.startswith("file://"):
+        folder = local_path(landing_uri)
+        if not folder.is_dir():
+            return []
+        return sorted(_walk_local(folder, since_ms, None, None), key=lambda o: o.path)
+    return sorted(_walk_hadoop(spark, landing_uri, since_ms), key=lambda o: o.path)
+
+
+def _folder_span(name: str, day_ms: int | None) -> tuple[int | None, int | None]:
+    """(start ms, length ms) of a `date=` or `hour=` folder (None: another folder)."""
+    if day_ms is None:
+        match = _DATE_FOLDER.fullmatch(name)
+        if match:
+            day = date(int(match[1]), int(match[2]), int(match[3]))
+            return (day - date(1970, 1, 1)).days * DAY_MS, DAY_MS
+        return None, None
+    match = _HOUR_FOLDER.fullmatch(name)
+    if match:
+        return day_ms + int(match[1]) * HOUR_MS, HOUR_MS
+    return None, None
+
+
+def _walk_local(
+    folder: Path, since_ms: int | None, day_ms: int | None, hour_ms: int | None
+) -> Iterator[LandedObject]:
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.startswith((".", "_")):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                start, length = _folder_span(entry.name, day_ms)
+                if start is None or length is None:
+                    yield from _walk_local(Path(entry.path), since_ms, day_ms, hour_ms)
+                    continue
+                if since_ms is not None and start + length <= since_ms:
+                    continue  # a prefix wholly before the window: not listed
+                is_day = length == DAY_MS
+                yield from _walk_local(
+                    Path(entry.path),
+                    since_ms,
+                    start if is_day else day_ms,
+                    None if is_day else start,
+                )
+            elif entry.is_file():
+                stat = entry.stat()
+                yield LandedObject(
+                    Path(entry.path).as_uri(),
+                    stat.st_size,
+                    int(stat.st_mtime * 1000),
+                    hour_ms if hour_ms is not None else day_ms,
+                )
+
+
+def _walk_hadoop(spark: SparkSession, landing_uri: str, since_ms: int | None) -> list[LandedObject]:
+    """`list_landing` through Hadoop's FileSystem (Apache Spark, e.g. S3 on EMR); on a Spark
+    Connect session (no JVM here) the engine lists the whole prefix, and contents stay unread."""
+    jvm = getattr(spark, "_jvm", None)
+    if jvm is None:
+        return _list_with_engine(spark, landing_uri)
+    root = jvm.org.apache.hadoop.fs.Path(landing_uri)
+    filesystem = root.getFileSystem(spark._jsc.hadoopConfiguration())
+    if not filesystem.exists(root):
+        return []
+    found: list[LandedObject] = []
+
+    def walk(folder: Any, day_ms: int | None, hour_ms: int | None) -> None:
+        for status in filesystem.listStatus(folder):
+            name = status.getPath().getName()
+            if name.startswith((".", "_")):
+                continue
+            if status.isDirectory():
+                start, length = _folder_span(name, day_ms)
+                if start is None or length is None:
+                    walk(status.getPath(), day_ms, hour_ms)
+                elif since_ms is None or start + length > since_ms:
+                    is_day = length == DAY_MS
+                    walk(status.getPath(), start if is_day else day_ms, None if is_day else start)
+            else:
+                found.append(
+                    LandedObject(
+                        status.getPath().toString(),
+                        int(status.getLen()),
+                        int(status.getModificationTime()),
+                        hour_ms if hour_ms is not None else day_ms,
+                    )
+                )
+
+    walk(root, None, None)
+    return found
+
+
+def _list_with_engine(spark: SparkSession, landing_uri: str) -> list[LandedObject]:
+    rows = (
+        spark.read.format("binaryFile")
+        .option("recursiveFileLookup", "true")
+        .load(landing_uri)
+        .select("path", "length", "modificationTime")
+        .collect()
+    )
+    found = []
+    for row in rows:
+        day_ms = hour_ms = None
+        for part in str(row["path"]).split("/"):
+            start, length = _folder_span(part, day_ms)
+            if start is not None and length == DAY_MS:
+                day_ms = start
+            elif start is not None:
+                hour_ms = start
+        modified = row["modificationTime"]
+        found.append(
+            LandedObject(
+                str(row["path"]),
+                int(row["length"]),
+                int(modified.timestamp() * 1000) if modified is not None else 0,
+                hour_ms if hour_ms is not None else day_ms,
+            )
+        )
+    return found
+
+
+def read_landed_files(spark: SparkSession, objects: Sequence[LandedObject]) -> DataFrame | None:
+    """The content of the given landed files (path, content), or None for no files.
+
+    The files are named to the engine one by one: Sail infers partitions from `key=value`
+    folders even with `recursiveFileLookup`, and fails the whole read when Firehose's
+    `date=.../hour=...` folders sit next to any other (`json/`, or one stray file); and it
+    leaves out empty files, which Spark reads (as empty content, which silver quarantines:
+    every landed object is accounted for).
     """
     reader = spark.read.format("binaryFile")
-    if not landing_uri.startswith("file://"):
-        return (
-            reader.option("recursiveFileLookup", "true").load(landing_uri).select("path", "content")
-        )
-    folder = local_path(landing_uri)
-    files = sorted(
-        path
-        for path in (folder.rglob("*") if folder.is_dir() else [])
-        if path.is_file() and not _hidden(path.relative_to(folder))
-    )
-    sized = [path.as_uri() for path in files if path.stat().st_size]
-    empty = [(path.as_uri(), b"") for path in files if not path.stat().st_size]
+    sized = [item.path for item in objects if item.size]
+    empty = [(item.path, b"") for item in objects if not item.size]
     frames = [reader.load(sized).select("path", "content")] if sized else []
     if empty:
         frames.append(spark.createDataFrame(empty, "path string, content binary"))
@@ -133,8 +285,17 @@ def read_landed(spark: SparkSession, landing_uri: str) -> DataFrame | None:
     return frames[0] if len(frames) == 1 else frames[0].unionByName(frames[1])
 
 
-def _hidden(relative: Path) -> bool:
-    return any(part.startswith((".", "_")) for part in relative.parts)
+def read_landed(spark: SparkSession, landing_uri: str) -> DataFrame | None:
+    """Every landed raw file (path, content), or None when nothing has landed yet (the whole
+    landing zone; the bronze job reads only the files its manifest has not seen)."""
+    if not landing_uri.startswith("file://"):
+        return (
+            spark.read.format("binaryFile")
+            .option("recursiveFileLookup", "true")
+            .load(landing_uri)
+            .select("path", "content")
+        )
+    return read_landed_files(spark, list_landing(spark, landing_uri))
 
 
 def land_file(landing_dir: Path, relative: str, content: bytes) -> Path:
@@ -168,8 +329,11 @@ def read_table(spark: SparkSession, uri: str, columns: Sequence[str] | None = No
 
 
 def append(frame: DataFrame, uri: str, *, partition_by: Sequence[str] = ()) -> None:
-    """Append rows (creating the table on first write)."""
-    writer = frame.write.format("delta").mode("append")
+    """Append rows as ZSTD Parquet (creating the table on first write)."""
+    if _sail_local(frame, uri):
+        _append_staged(frame, uri, partition_by)
+        return
+    writer = frame.write.format("delta").mode("append").option("compression", PARQUET_CODEC)
     if partition_by:
         writer = writer.partitionBy(*partition_by)
     writer.save(uri)
@@ -196,6 +360,9 @@ def merge(
     """`MERGE INTO` the table at `uri`: match on `keys`; update `update_columns` of matches
     (`None`: leave matches alone); insert the rest. `target_filter` (SQL on the target `t`, e.g.
     a partition predicate) lets the engine skip the files a merge cannot touch."""
+    if _sail_local(source, uri):
+        _merge_delta_rs(source, uri, keys, update_columns, insert, target_filter)
+        return
     view = f"merge_source_{uuid.uuid4().hex}"
     source.createOrReplaceTempView(view)
     condition = " AND ".join(f"t.`{key}` = s.`{key}`" for key in keys)
@@ -213,6 +380,182 @@ def merge(
         ).collect()
     finally:
         spark.catalog.dropTempView(view)
+
+
+# ------------------------------------------------------------ ZSTD Delta writes next to Sail
+
+
+def _sail_local(frame: DataFrame, uri: str) -> bool:
+    """A local table written from Sail (a Spark Connect DataFrame): Sail's own Delta writer
+    would write snappy."""
+    return uri.startswith("file://") and type(frame).__module__.startswith("pyspark.sql.connect")
+
+
+def zstd_writer_properties() -> Any:
+    """delta-rs writer properties for the lake's Parquet (ZSTD)."""
+    from deltalake import WriterProperties
+
+    return WriterProperties(compression="ZSTD", compression_level=ZSTD_LEVEL)
+
+
+def _append_staged(frame: DataFrame, uri: str, partition_by: Sequence[str]) -> None:
+    """Sail writes the rows as ZSTD Parquet (partition folders as Delta lays them out) into a
+    hidden staging folder beside the table; the files move into the table and one delta-rs
+    commit adds them, with their row counts and statistics. A crash before the commit leaves
+    unreferenced files, which no reader sees and vacuum removes."""
+    from deltalake import DeltaTable
+    from deltalake.transaction import AddAction, create_table_with_add_actions
+
+    table_dir = local_path(uri)
+    staging = table_dir.parent / f".{table_dir.name}.staging-{uuid.uuid4().hex}"
+    try:
+        writer = frame.write.format("parquet").option("compression", f"zstd({ZSTD_LEVEL})")
+        if partition_by:
+            writer = writer.partitionBy(*partition_by)
+        writer.save(staging.as_uri())
+        actions: list[Any] = []
+        for file in sorted(staging.rglob("*.parquet")):
+            folder = file.parent.relative_to(staging)
+            values = _partition_values(folder, partition_by)
+            target = table_dir / folder / f"part-{uuid.uuid4().hex}-c000.zstd.parquet"
+            stats = _file_stats(file)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(file, target)
+            relative = quote(target.relative_to(table_dir).as_posix(), safe="/=-_.")
+            actions.append(
+                AddAction(
+                    relative, target.stat().st_size, values, int(time.time() * 1000), True, stats
+                )
+            )
+    finally:
+        _remove_tree(staging)
+    if DeltaTable.is_deltatable(uri):
+        table = DeltaTable(uri)
+        if actions:
+            table.create_write_transaction(
+                actions,
+                mode="append",
+                schema=table.schema(),
+                partition_by=list(table.metadata().partition_columns) or None,
+            )
+        return
+    from deltalake import Schema
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    schema = Schema.from_arrow(to_arrow_schema(frame.schema, timezone="UTC"))
+    create_table_with_add_actions(
+        uri, schema, actions, mode="append", partition_by=list(partition_by) or None
+    )
+
+
+def _partition_values(folder: Path, partition_by: Sequence[str]) -> dict[str, str | None]:
+    """`column=value` folders (Hive-escaped) -> Delta's partition values."""
+    values: dict[str, str | None] = {}
+    for part in folder.parts:
+        name, _, text = part.partition("=")
+        value = unquote(text)
+        values[name] = None if value == "__HIVE_DEFAULT_PARTITION__" else value
+    missing = set(partition_by) - set(values)
+    if missing:
+        raise RuntimeError(f"staged Parquet file under {folder} lacks partitions {missing}")
+    return values
+
+
+def _file_stats(path: Path) -> str:
+    """Delta statistics of one Parquet file from its footer: row count, null counts, and
+    minimum/maximum of integer and date columns (what the jobs filter on: timestamps, sequence
+    numbers). Bounds are left out where any row group lacks them, so no reader skips a file
+    that holds matching rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    meta = pq.read_metadata(path)
+    schema = meta.schema.to_arrow_schema()
+    nulls: dict[str, int] = {}
+    low: dict[str, Any] = {}
+    high: dict[str, Any] = {}
+    for index, field in enumerate(schema):
+        bounded = pa.types.is_integer(field.type) or pa.types.is_date(field.type)
+        count, lows, highs, complete = 0, [], [], True
+        for group in range(meta.num_row_groups):
+            column = meta.row_group(group).column(index)
+            stats = column.statistics
+            if stats is None or not stats.has_null_count:
+                complete = False
+                break
+            count += stats.null_count
+            if stats.has_min_max:
+                lows.append(stats.min)
+                highs.append(stats.max)
+            elif stats.null_count < column.num_values:
+                bounded = False
+        if not complete:
+            continue
+        nulls[field.name] = count
+        if bounded and lows:
+            low[field.name] = _stat_value(min(lows))
+            high[field.name] = _stat_value(max(highs))
+    return json.dumps(
+        {"numRecords": meta.num_rows, "minValues": low, "maxValues": high, "nullCount": nulls}
+    )
+
+
+def _stat_value(value: Any) -> Any:
+    return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+def _remove_tree(folder: Path) -> None:
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _merge_delta_rs(
+    source: DataFrame,
+    uri: str,
+    keys: Sequence[str],
+    update_columns: Sequence[str] | None,
+    insert: bool,
+    target_filter: str | None,
+) -> None:
+    """`merge` with delta-rs: the source streams out of Sail as Arrow batches."""
+    from deltalake import DeltaTable
+
+    condition = " AND ".join(f't."{key}" = s."{key}"' for key in keys)
+    if target_filter:
+        condition = f"({target_filter}) AND {condition}"
+    merger = DeltaTable(uri).merge(
+        _arrow_stream(source),
+        condition,
+        source_alias="s",
+        target_alias="t",
+        writer_properties=zstd_writer_properties(),
+    )
+    if update_columns:
+        merger = merger.when_matched_update({c: f's."{c}"' for c in update_columns})
+    if insert:
+        merger = merger.when_not_matched_insert_all()
+    merger.execute()
+
+
+def _arrow_stream(frame: DataFrame) -> Any:
+    """A DataFrame's rows as an Arrow stream, batch by batch as Spark Connect sends them."""
+    import pyarrow as pa
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    schema = to_arrow_schema(frame.schema, timezone="UTC")
+    connect: Any = frame  # a Spark Connect DataFrame: its client streams the result
+    client = connect.sparkSession.client
+    if not hasattr(client, "to_table_as_iterator"):  # an older client: the whole result at once
+        return connect.toArrow().cast(schema)
+    plan = connect._plan.to_proto(client)
+
+    def batches() -> Iterable[Any]:
+        for item in client.to_table_as_iterator(plan, {}):
+            if isinstance(item, pa.Table):
+                yield from item.cast(schema).to_batches()
+
+    return pa.RecordBatchReader.from_batches(schema, batches())
 
 
 def partition_predicate(partitions: Iterable[tuple[Any, str]], alias: str | None = "t") -> str:
@@ -285,6 +628,49 @@ def read_changes(spark: SparkSession, paths: LakePaths, after_seq: int) -> list[
     )
 
 
+# ------------------------------------------------------------------------- landing manifest
+
+
+def landed_window_start(spark: SparkSession, paths: LakePaths, lateness_ms: int) -> int | None:
+    """Where the next listing starts: `lateness_ms` before the newest arrival hour the manifest
+    holds (None: no manifest yet, list everything)."""
+    if not table_exists(spark, paths.landed):
+        return None
+    row = read_table(spark, paths.landed).agg(F.max("hour_ms").alias("top")).collect()[0]
+    return None if row["top"] is None else int(row["top"]) - lateness_ms
+
+
+def read_landed_manifest(
+    spark: SparkSession, paths: LakePaths, since_ms: int | None
+) -> dict[str, tuple[int, int]]:
+    """(size, modified_ms) by path of the files bronze has read, in the listing's window."""
+    if not table_exists(spark, paths.landed):
+        return {}
+    manifest = read_table(spark, paths.landed)
+    if since_ms is not None:
+        manifest = manifest.filter(F.col("hour_ms").isNull() | (F.col("hour_ms") >= since_ms))
+    return {
+        row["path"]: (int(row["size"]), int(row["modified_ms"]))
+        for row in manifest.select("path", "size", "modified_ms").collect()
+    }
+
+
+def record_landed(
+    spark: SparkSession, paths: LakePaths, objects: Sequence[LandedObject], ingest_seq: int
+) -> None:
+    """Record the files bronze has read (after bronze's append: a crash in between makes the
+    next run read them again, and their content digests make that a no-op)."""
+    if not objects:
+        return
+    rows = [
+        (item.path, item.size, item.modified_ms, item.hour_ms, int(ingest_seq)) for item in objects
+    ]
+    frame = spark.createDataFrame(
+        rows, "path string, size long, modified_ms long, hour_ms long, ingest_seq long"
+    )
+    append(frame, paths.landed)
+
+
 # ------------------------------------------------------------------------------ maintenance
 
 
@@ -337,7 +723,7 @@ def maintain_local(
     files_before = len(table.file_uris())
     if spectrum:
         _set_properties(table, SPECTRUM_PROPERTIES)
-    table.optimize.compact()
+    table.optimize.compact(writer_properties=zstd_writer_properties())
     table = DeltaTable(uri)
     vacuumed = table.vacuum(
         retention_hours=retention_hours,
@@ -392,6 +778,7 @@ class TableSummary:
     rows: int | None = None
     files: int | None = None
     partition_columns: tuple[str, ...] = ()
+    bytes: int | None = None  # of the current data files
 
 
 def describe_tables(paths: LakePaths) -> list[TableSummary]:
@@ -404,7 +791,9 @@ def describe_tables(paths: LakePaths) -> list[TableSummary]:
             summaries.append(TableSummary(name, uri, False))
             continue
         table = DeltaTable(uri)
-        rows = sum(int(n) for n in _column(table.get_add_actions(flatten=True), "num_records") if n)
+        actions = table.get_add_actions(flatten=True)
+        rows = sum(int(n) for n in _column(actions, "num_records") if n)
+        size = sum(int(n) for n in _column(actions, "size_bytes") if n)
         summaries.append(
             TableSummary(
                 name,
@@ -414,6 +803,7 @@ def describe_tables(paths: LakePaths) -> list[TableSummary]:
                 rows,
                 len(table.file_uris()),
                 tuple(table.metadata().partition_columns),
+                size,
             )
         )
     return summaries

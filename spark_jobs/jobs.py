@@ -44,6 +44,9 @@ KNOWN_SCHEMA = (
     "batch_id string, content_digest string, source_format string, source_path string, "
     "reject_reason string"
 )
+# Firehose retries a failed delivery to S3 for up to 24 hours, into the prefix of the records'
+# arrival hour: each run lists the prefixes from this long before the newest one it has read.
+LANDING_LATENESS_MS = 25 * 3_600_000
 MACHINE_DAILY_KEYS = ("event_date", "factory_id", "machine_id", "metric")
 FACTORY_DAILY_KEYS = ("event_date", "factory_id")
 
@@ -61,6 +64,8 @@ class LakeSettings:
     # gateways sample at 1-10 s).
     lookback_ms: int = 3_600_000
     max_future_ms: int = DEFAULT_MAX_FUTURE_MS
+    # Bronze: how far before the newest landing prefix read so far each run lists.
+    landing_lateness_ms: int = LANDING_LATENESS_MS
 
     def __post_init__(self) -> None:
         if self.lookback_ms < self.time_window_ms:
@@ -102,20 +107,38 @@ def run_bronze(
     *,
     progress: Progress = _nothing,
     now_ms: int | None = None,
+    lateness_ms: int = LANDING_LATENESS_MS,
+    full_listing: bool = False,
 ) -> StepResult:
     """Append the landed payloads whose content bronze has not seen (one new `ingest_seq` per
     run). Figures: `rows_written` new payloads, `duplicates` landed copies of content already
-    in bronze (or landed twice), `extra` what landed and the new payloads' problems by field."""
+    in bronze (or landed twice), `extra` what landed and the new payloads' problems by field.
+
+    Only files the landing manifest (`_state/landed_files`) has not seen are read, and only the
+    `date=/hour=` prefixes from `lateness_ms` before the newest one read so far are listed
+    (Firehose names a prefix by its records' arrival hour and can deliver an object late into
+    an older one); `full_listing` lists every prefix (a sweep, e.g. after restoring objects)."""
     began = time.perf_counter()
     result = StepResult("bronze")
     exists = io.table_exists(spark, paths.bronze)
     if exists:
         _upgrade_bronze(spark, paths, progress)
-    landed_files = io.read_landed(spark, paths.landing)
-    if landed_files is None:
+    since_ms = (
+        None if full_listing or not exists else io.landed_window_start(spark, paths, lateness_ms)
+    )
+    listed = io.list_landing(spark, paths.landing, since_ms=since_ms)
+    seen = io.read_landed_manifest(spark, paths, since_ms) if exists else {}
+    new_files = [item for item in listed if seen.get(item.path) != (item.size, item.modified_ms)]
+    result.extra["landed files listed"] = len(listed)
+    if not listed:
         result.skipped = f"nothing has landed under {paths.landing}"
         return result
-    progress("bronze: listing landed batches")
+    if not new_files:
+        result.skipped = f"no new batches ({len(listed)} landed files, all read before)"
+        return result
+    landed_files = io.read_landed_files(spark, new_files)
+    assert landed_files is not None  # new_files is not empty
+    progress(f"bronze: reading {len(new_files)} new landed files of {len(listed)} listed")
     landed = transforms.split_landed_files(landed_files)
     if exists:
         bronze = io.read_table(spark, paths.bronze)
@@ -162,6 +185,7 @@ def run_bronze(
         io.append(rows, paths.bronze, partition_by=BRONZE_PARTITIONS)
         result.source_seq = ingest_seq
         result.rows_written = count
+    io.record_landed(spark, paths, new_files, ingest_seq if count else last_seq)
     result.seconds = time.perf_counter() - began
     return result
 
@@ -405,9 +429,18 @@ def run_all(
     *,
     settings: LakeSettings = LakeSettings(),
     progress: Progress = _nothing,
+    full_listing: bool = False,
 ) -> list[StepResult]:
-    """bronze -> silver -> gold."""
-    results = [run_bronze(spark, paths, progress=progress)]
+    """bronze -> silver -> gold (`full_listing`: bronze lists every landing prefix)."""
+    results = [
+        run_bronze(
+            spark,
+            paths,
+            progress=progress,
+            lateness_ms=settings.landing_lateness_ms,
+            full_listing=full_listing,
+        )
+    ]
     results.append(run_silver(spark, paths, rules, settings=settings, progress=progress))
     results.append(run_gold(spark, paths, progress=progress))
     for step in results:

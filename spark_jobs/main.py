@@ -29,6 +29,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--retention-hours", type=int, default=168)
     parser.add_argument(
+        "--full-listing",
+        action="store_true",
+        help="bronze: list every landing prefix, not only the last 25 hours' (a sweep)",
+    )
+    parser.add_argument(
         "--catalog-tables",
         default="",
         help="maintain: comma-separated database.table catalog tables over the symlink "
@@ -43,6 +48,7 @@ def run(
     lake_root: str,
     retention_hours: int,
     catalog_tables: Sequence[str] = (),
+    full_listing: bool = False,
 ) -> list[dict[str, object]]:
     """Run one job (or all) on `spark`; return each job's figures."""
     from iiot.catalog import load_catalog
@@ -71,10 +77,12 @@ def run(
             }
         ]
     steps = {
-        "bronze": lambda: [jobs.run_bronze(spark, paths)],  # type: ignore[arg-type]
+        "bronze": lambda: [
+            jobs.run_bronze(spark, paths, full_listing=full_listing)  # type: ignore[arg-type]
+        ],
         "silver": lambda: [jobs.run_silver(spark, paths, rules)],  # type: ignore[arg-type]
         "gold": lambda: [jobs.run_gold(spark, paths)],  # type: ignore[arg-type]
-        "all": lambda: jobs.run_all(spark, paths, rules),  # type: ignore[arg-type]
+        "all": lambda: jobs.run_all(spark, paths, rules, full_listing=full_listing),  # type: ignore[arg-type]
     }
     return [result.figures() for result in steps[job]()]
 
@@ -87,13 +95,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         from spark_jobs.engine import sail_session
 
         with sail_session() as spark:
-            figures = run(spark, args.job, args.lake_root, args.retention_hours, tables)
+            figures = run(
+                spark, args.job, args.lake_root, args.retention_hours, tables, args.full_listing
+            )
     else:
         from pyspark.sql import SparkSession
 
+        from spark_jobs.io import SPARK_CONF
+
         spark = SparkSession.builder.appName(f"iiot-lake-{args.job}").getOrCreate()
         spark.conf.set("spark.sql.session.timeZone", "UTC")
-        figures = run(spark, args.job, args.lake_root, args.retention_hours, tables)
+        for key, value in SPARK_CONF.items():  # ZSTD Parquet, merges included
+            spark.conf.set(key, value)
+        figures = run(
+            spark, args.job, args.lake_root, args.retention_hours, tables, args.full_listing
+        )
     print(json.dumps(figures, default=str))
     return 0
 

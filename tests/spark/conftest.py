@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+# gRPC's fork handlers (Spark Connect's client) can abort a child forked while a stream is
+# polled (tests/poison.py's run_limited forks to set its memory limit before exec).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 pytest.importorskip("pyspark")
 pytest.importorskip("pysail")

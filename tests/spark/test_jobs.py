@@ -34,6 +34,24 @@ def snapshot(uri: str, drop: set[str] = frozenset()) -> pa.Table:  # type: ignor
     return table.sort_by([(c, "ascending") for c in table.column_names if c != "payload"])
 
 
+def codecs(paths: io.LakePaths) -> dict[str, set[str]]:
+    """The Parquet codecs of every column chunk of each table's current files."""
+    from deltalake import DeltaTable
+
+    found: dict[str, set[str]] = {}
+    for name, uri in paths.tables().items():
+        if not DeltaTable.is_deltatable(uri):
+            continue
+        for file_uri in DeltaTable(uri).file_uris():
+            meta = pq.read_metadata(io.local_path(file_uri) if "://" in file_uri else file_uri)
+            found.setdefault(name, set()).update(
+                meta.row_group(g).column(c).compression
+                for g in range(meta.num_row_groups)
+                for c in range(meta.num_columns)
+            )
+    return found
+
+
 def versions(paths: io.LakePaths) -> dict[str, int | None]:
     return {t.name: t.version for t in io.describe_tables(paths)}
 
@@ -151,6 +169,10 @@ def test_late_data_gives_the_same_lake_as_one_complete_run(
     assert silver.rows_written == int(late.sum()) - silver.duplicates
     assert silver.extra["late partitions updated"] >= 1
     assert gold.partitions >= 1
+    # appends, the late readings' updates and gold's merges all wrote ZSTD Parquet
+    written = codecs(incremental)
+    assert {"silver.readings", "gold.machine_daily", "gold.factory_daily"} <= set(written)
+    assert all(found == {"ZSTD"} for found in written.values()), written
 
     for uri_complete, uri_incremental in (
         (complete.silver, incremental.silver),
@@ -208,6 +230,7 @@ def test_maintenance_compacts_and_writes_spectrum_manifests(
         lake.silver, retention_hours=0, spectrum=True, enforce_retention=False
     )
     assert result.files_after <= result.files_before
+    assert codecs(lake)["silver.readings"] == {"ZSTD"}  # compaction keeps the codec
     assert result.manifests == 2
     assert snapshot(lake.silver).equals(rows_before)
     from deltalake import DeltaTable
@@ -220,3 +243,72 @@ def test_maintenance_compacts_and_writes_spectrum_manifests(
     assert sorted(listed) == sorted("file://" + f for f in table.file_uris())
     # the lake still runs after maintenance (nothing new: a no-op)
     assert all(step.skipped for step in run(sail, lake, catalog))
+
+
+def land_in_prefix(paths: io.LakePaths, prefix: str, name: str, columns: ReadingColumns) -> None:
+    """A compact batch delivered the way Firehose names it: under its arrival date and hour."""
+    io.land_file(
+        io.local_path(paths.landing),
+        f"{prefix}/{name}",
+        encode_batch(columns, batch_id=uuid.uuid5(uuid.NAMESPACE_URL, name)),
+    )
+
+
+def test_bronze_lists_recent_prefixes_and_a_late_file_in_an_old_prefix_still_lands(
+    sail: Any, tmp_path: Path, simulation: Path, catalog: Any
+) -> None:
+    columns = columns_from_arrow(pq.read_table(simulation / "readings.parquet"))
+    parts = [columns.take(slice(i * 2000, (i + 1) * 2000)) for i in range(5)]
+    paths = io.LakePaths.from_root(tmp_path / "lake")
+    land_in_prefix(paths, "date=2026-01-03/hour=09", "old.bin", parts[0])
+    land_in_prefix(paths, "date=2026-01-05/hour=10", "a.bin", parts[1])
+    first = run(sail, paths, catalog)[0]
+    assert first.rows_written == 2  # the first run lists every prefix
+
+    land_in_prefix(paths, "date=2026-01-05/hour=12", "b.bin", parts[2])
+    second = run(sail, paths, catalog)[0]
+    assert second.rows_written == 1
+    assert second.extra["landed files listed"] == 2  # 2026-01-03 is older than the window
+
+    # Firehose delivered late into an earlier hour: inside the window, so it lands.
+    land_in_prefix(paths, "date=2026-01-05/hour=10", "late.bin", parts[3])
+    bronze, silver, _gold = run(sail, paths, catalog)
+    assert bronze.rows_written == 1
+    assert silver.rows_written == 2000
+    # A late file older than the window waits for a full listing (a sweep), then lands.
+    land_in_prefix(paths, "date=2026-01-03/hour=09", "very-late.bin", parts[4])
+    assert run(sail, paths, catalog)[0].skipped
+    since = io.landed_window_start(sail, paths, jobs.LakeSettings().landing_lateness_ms)
+    listed = {
+        item.path.rsplit("/", 1)[-1]
+        for item in io.list_landing(sail, paths.landing, since_ms=since)
+    }
+    assert listed == {"a.bin", "b.bin", "late.bin"}
+    swept = jobs.run_all(sail, paths, quality_rules(catalog), settings=SETTINGS, full_listing=True)
+    assert swept[0].rows_written == 1
+    assert io.read_arrow(paths.silver).num_rows == expected_rows(parts, catalog)
+    # every file was read once: nothing new, nothing read again
+    assert run(sail, paths, catalog)[0].skipped
+
+
+def test_a_landed_file_rewritten_in_place_is_read_again_and_deduplicated_by_content(
+    sail: Any, tmp_path: Path, simulation: Path, catalog: Any
+) -> None:
+    columns = columns_from_arrow(pq.read_table(simulation / "readings.parquet"))
+    paths = io.LakePaths.from_root(tmp_path / "lake")
+    land_in_prefix(paths, "date=2026-01-05/hour=10", "a.bin", columns.take(slice(0, 1000)))
+    run(sail, paths, catalog)
+    silver_before = snapshot(paths.silver)
+    target = io.local_path(paths.landing) / "date=2026-01-05/hour=10/a.bin"
+    content = target.read_bytes()
+    io.land_file(io.local_path(paths.landing), "date=2026-01-05/hour=10/a.bin", content + content)
+    bronze = run(sail, paths, catalog)[0]
+    assert bronze.extra["landed payloads"] == 2  # read again: its size changed
+    assert bronze.rows_written == 0
+    assert bronze.duplicates == 2
+    assert snapshot(paths.silver).equals(silver_before)
+
+
+def expected_rows(parts: list[ReadingColumns], catalog: Any) -> int:
+    validator = Validator(catalog, max_future_ms=10**15)
+    return sum(validator.validate_columns(part).accepted for part in parts)
