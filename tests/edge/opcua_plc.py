@@ -2,7 +2,8 @@
 
     python tests/edge/opcua_plc.py PORT [--generation N] [--period-ms MS] [--secure DIR]
 
-Namespace `urn:iiot:test-plc` (registered first: index 2), object `Pump1` with:
+Namespace `urn:iiot:test-plc` (index 2 at generation 0, index 3 from generation 1 on: the
+index moves across a restart), object `Pump1` with:
 
     Temperature  Double  40 + 10*N + (i % 20) * 0.5   degC       (N: the generation)
     Vibration    Float   2.0 + (i % 10) * 0.25        mm/s
@@ -60,6 +61,11 @@ async def serve(port: int, generation: int, period_s: float, secure: Path | None
         await server.load_certificate(str(cert))
         await server.load_private_key(str(key))
         server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+    # A PLC whose project changed between two power-ups publishes its namespaces in another
+    # order: from generation 1 on, another namespace comes first and this one moves to index 3,
+    # so only a collector that resolves `nsu=` node ids at every session reads it right.
+    if generation > 0:
+        await server.register_namespace(f"urn:iiot:test-plc-library:{generation}")
     index = await server.register_namespace(NAMESPACE)
     pump = await server.nodes.objects.add_object(ua.NodeId("Pump1", index), "Pump1")
     variables = {}

@@ -238,7 +238,8 @@ def test_a_plc_absent_at_start_killed_and_back_is_survived(plc, broker, collecto
         plc.kill()
         wait_for(lambda: not collector.plcs["line1"].connected, 20, "the lost session noticed")
         before = len(readings.readings())
-        # The PLC comes back on the same port, its values 10 degC higher (generation 1).
+        # The PLC comes back on the same port, its values 10 degC higher and its namespace at
+        # another index (generation 1): the nsu= node ids are resolved again.
         plc.start(generation=1)
         wait_for(
             lambda: any(r["value"] >= 50.0 for r in readings.of("temperature")),
