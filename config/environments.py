@@ -40,7 +40,19 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 METRICS_CATALOG = REPOSITORY / "config" / "metrics.yaml"
 ENVIRONMENT_NAMES = ("dev", "staging", "prod")
 # The settings given at deployment time, as CDK context `<env>:<setting>` (Environment).
-DEPLOY_INPUTS = ("account", "region", "alarm_email", "edge_model_version", "metrics_catalog")
+DEPLOY_INPUTS = (
+    "account",
+    "region",
+    "alarm_email",
+    "alert_emails",
+    "alert_https",
+    "escalation_emails",
+    "edge_model_version",
+    "metrics_catalog",
+)
+# Inputs given as comma-separated lists (`-c prod:alert_emails=a@example.com,b@example.com`).
+LIST_INPUTS = ("alert_emails", "alert_https", "escalation_emails")
+_HTTPS = re.compile(r"https://[^\s,]+")
 # Regions where every resource type of the app exists (cfn-lint's CloudFormation schemas;
 # tests/infra/test_gates.py lints every template for each). GreengrassV2, the IoT thing types
 # and groups, Timestream for InfluxDB or Managed Flink's logging option are missing elsewhere,
@@ -163,6 +175,23 @@ class EdgeRollout:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ClientDevices:
+    """The gateways' local MQTT broker for sensors and PLCs (Greengrass client devices).
+
+    Each factory's deployment runs the client device auth component, the broker, the IP
+    detector (it reports the gateway's addresses for discovery) and the MQTT bridge that hands
+    `factory/<id>/readings` from the local broker to the components. A sensor belongs to its
+    factory's device group when its thing name starts with `<env prefix>-<factory>-`
+    (`iiot-dev-factory-01-press-07`) and may then connect and publish its factory's readings
+    topic, nothing else. The broker is Moquette (MQTT 3.1.1, runs in the nucleus's JVM); AWS's
+    EMQX broker (MQTT 5) needs Docker on the gateway and is not offered until a gateway image
+    with Docker is part of the platform.
+    """
+
+    broker: Literal["moquette"]
+
+
+@dataclass(frozen=True, kw_only=True)
 class Retraining:
     """When the SageMaker pipeline retrains the failure model.
 
@@ -192,6 +221,10 @@ class Environment:
       stacks refuse to deploy until both are given.
     - `alarm_email` (`<env>:alarm_email`): an address subscribed to the operations alarm
       topic; None: the topic has no subscriber.
+    - `alert_emails`, `alert_https` (`<env>:alert_emails`, `<env>:alert_https`,
+      comma-separated): addresses and HTTPS endpoints subscribed to the equipment alert topic
+      (every routed alert); `escalation_emails`: addresses subscribed to the escalation topic
+      (critical alerts). Empty: the topic has no subscriber of that kind.
     - `edge_model_version` (`<env>:edge_model_version`): the com.iiot.FailureModel version
       the gateways run, MAJOR.MINOR.PATCH as the ML stack's publish flow makes them
       (`1.0.<model package version>`); None: the factory deployments run the sensor buffer
@@ -222,11 +255,15 @@ class Environment:
     flink_parallelism_per_kpu: int
     edge_rollout: EdgeRollout
     retraining: Retraining
+    client_devices: ClientDevices
     tags: Mapping[str, str] = field(default_factory=dict)
     # Deployment inputs (see above).
     account: str | None = None
     region: str | None = None
     alarm_email: str | None = None
+    alert_emails: tuple[str, ...] = ()
+    alert_https: tuple[str, ...] = ()
+    escalation_emails: tuple[str, ...] = ()
     edge_model_version: str | None = None
     metrics_catalog: Path = METRICS_CATALOG
 
@@ -245,6 +282,17 @@ class Environment:
         filter): `factory/anomalies` -> `iiot/dev/factory/anomalies`. The gateway components
         keep the plain names as defaults (local runs); deployments set these."""
         return f"iiot/{self.name}/{topic}"
+
+    def factory_topic(self, topic: str, factory: str) -> str:
+        """The environment's IoT Core topic of one factory for one of iiot/topics.py's cloud
+        topics (`factory/...`): `factory/sensor/data` -> `iiot/dev/factory/f1/sensor/data`.
+        The gateway IoT policy lets a gateway publish only under its own factory's topics
+        (its thing's `factory_id` attribute); the rules read the factory at `topic(4)`."""
+        return self.cloud_topic(f"factory/{factory}/{topic.removeprefix('factory/')}")
+
+    def sensor_thing_prefix(self, factory: str) -> str:
+        """Thing names of a factory's sensors start with this: `iiot-dev-factory-01-`."""
+        return f"{self.prefix}-{factory}-"
 
     def component_name(self, name: str) -> str:
         """The environment's Greengrass component name: component names and versions are
@@ -307,6 +355,17 @@ class Environment:
             problems.append(
                 f"alarm_email {self.alarm_email!r} (context {self.name}:alarm_email) is not an "
                 "email address"
+            )
+        for setting in ("alert_emails", "escalation_emails"):
+            bad = [a for a in getattr(self, setting) if not _EMAIL.fullmatch(a)]
+            if bad:
+                problems.append(
+                    f"{setting} {bad} (context {self.name}:{setting}) are not email addresses"
+                )
+        bad = [url for url in self.alert_https if not _HTTPS.fullmatch(url)]
+        if bad:
+            problems.append(
+                f"alert_https {bad} (context {self.name}:alert_https) are not https:// URLs"
             )
         version = self.edge_model_version
         if version is not None and not _COMPONENT_VERSION.fullmatch(version):
@@ -462,6 +521,8 @@ def deploy_inputs(context: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             )
         elif not isinstance(value, str):
             problems.append(f"context {key!r} must be text, got {value!r}")
+        elif value and setting in LIST_INPUTS:
+            inputs[env][setting] = tuple(item.strip() for item in value.split(",") if item.strip())
         elif value:
             inputs[env][setting] = REPOSITORY / value if setting == "metrics_catalog" else value
     if problems:
@@ -502,6 +563,7 @@ def environments(context: Mapping[str, Any] | None = None) -> dict[str, Environm
         ),
         # The lake runs daily: retrain after each run, and weekly in any case.
         retraining=Retraining(schedule_cron="cron(0 4 ? * MON *)", on_new_silver=True),
+        client_devices=ClientDevices(broker="moquette"),
     )
     staging = Environment(
         name="staging",
@@ -528,6 +590,7 @@ def environments(context: Mapping[str, Any] | None = None) -> dict[str, Environm
             timeout_seconds=900,
         ),
         retraining=Retraining(schedule_cron="cron(0 4 ? * MON *)", on_new_silver=True),
+        client_devices=ClientDevices(broker="moquette"),
     )
     prod = Environment(
         name="prod",
@@ -559,6 +622,7 @@ def environments(context: Mapping[str, Any] | None = None) -> dict[str, Environm
         # The lake runs hourly: a retraining per lake run would be 24 pipeline runs a day, so
         # prod retrains on its schedule (daily) only.
         retraining=Retraining(schedule_cron="cron(0 4 * * ? *)", on_new_silver=False),
+        client_devices=ClientDevices(broker="moquette"),
     )
 
     def configured(env: Environment) -> Environment:

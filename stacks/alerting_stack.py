@@ -12,6 +12,7 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_event_sources as sources
 from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
 
 from config.environments import Environment
@@ -52,6 +53,17 @@ class AlertingStack(Stack):
             enforce_ssl=True,
         )
         self.router = self._router(env_config)
+        self._subscribe(env_config)
+
+    def _subscribe(self, env_config: Environment) -> None:
+        """The people and systems the alerts reach, from the environment's typed settings
+        (`<env>:alert_emails`, `<env>:alert_https`, `<env>:escalation_emails`)."""
+        for address in env_config.alert_emails:
+            self.alert_topic.add_subscription(subscriptions.EmailSubscription(address))
+        for url in env_config.alert_https:
+            self.alert_topic.add_subscription(subscriptions.UrlSubscription(url))
+        for address in env_config.escalation_emails:
+            self.escalation_topic.add_subscription(subscriptions.EmailSubscription(address))
 
     def _router(self, env_config: Environment) -> lambda_.Function:
         removal = RemovalPolicy.DESTROY

@@ -8,9 +8,15 @@ includes the predictor and the model once the environment names the model versio
 alone.
 
 Each environment publishes its own component names (`com.iiot.<env>.SensorBuffer`: component
-versions are account-wide in a region) and configures its own IoT Core topics
-(`iiot/<env>/...`): the components' defaults stay the local names, which the local platform
-runs with, and the deployments set the environment's.
+versions are account-wide in a region) and configures its own IoT Core topics, one set per
+factory (`iiot/<env>/factory/<factory>/...`, the only ones the gateway's IoT policy lets it
+publish): the components' defaults stay the local names, which the local platform runs with,
+and the deployments set the environment's.
+
+The sensor path: every factory deployment also runs AWS's client-device components (client
+device auth with the factory's device group, the Moquette broker, the IP detector) and the
+MQTT bridge, which hands `factory/<factory>/readings` from the local broker to the buffer
+(`ClientDevices` in config/environments.py; docs/deploy.md shows a sensor connecting).
 """
 
 from __future__ import annotations
@@ -39,10 +45,77 @@ FAILURE_MODEL = "com.iiot.FailureModel"
 # build` runs too).
 BUILT_HERE = (SENSOR_BUFFER, FAILURE_PREDICTOR)
 THING = "{iot:thingName}"
-# AWS-provided component that relays the buffer's local status topic to IoT Core, where a rule
-# turns the health snapshots into CloudWatch metrics (iot stack).
+# AWS-provided components. The MQTT bridge relays the buffer's local status topic to IoT Core,
+# where a rule turns the health snapshots into CloudWatch metrics (iot stack), and hands the
+# sensors' readings from the local broker to the components' local publish/subscribe.
 MQTT_BRIDGE = "aws.greengrass.clientdevices.mqtt.Bridge"
-MQTT_BRIDGE_VERSION = "2.3.0"
+# The sensors' way in (ClientDevices in config/environments.py): client device auth with the
+# factory's device group, a local broker, the IP detector. Published versions: Moquette 2.3.7
+# is in the Greengrass developer guide ("MQTT 3.1.1 broker (Moquette)", which requires client
+# device auth >=2.2.0 <2.6.0); Auth 2.5.5, Bridge 2.3.2 and IP detector 2.1.5 as public
+# Greengrass deployments pin them. A new version is a reviewed change here.
+CLIENT_DEVICE_AUTH = "aws.greengrass.clientdevices.Auth"
+IP_DETECTOR = "aws.greengrass.clientdevices.IPDetector"
+BROKERS = {"moquette": ("aws.greengrass.clientdevices.mqtt.Moquette", "2.3.7")}
+VERSIONS = {
+    MQTT_BRIDGE: "2.3.2",
+    CLIENT_DEVICE_AUTH: "2.5.5",
+    IP_DETECTOR: "2.1.5",
+}
+MQTT_BRIDGE_VERSION = VERSIONS[MQTT_BRIDGE]
+DEVICE_GROUP = "FactorySensors"
+DEVICE_POLICY = "FactorySensorPolicy"
+
+
+def client_device_auth(env: Environment, factory: str) -> dict[str, Any]:
+    """The factory's device group: sensors named `<env prefix>-<factory>-*` may connect and
+    publish on their factory's readings topic, and do nothing else."""
+    return {
+        "deviceGroups": {
+            "formatVersion": "2021-03-05",
+            "definitions": {
+                DEVICE_GROUP: {
+                    "selectionRule": f"thingName: {env.sensor_thing_prefix(factory)}*",
+                    "policyName": DEVICE_POLICY,
+                }
+            },
+            "policies": {
+                DEVICE_POLICY: {
+                    "Connect": {
+                        "statementDescription": "Sensors of this factory may connect.",
+                        "operations": ["mqtt:connect"],
+                        "resources": ["*"],
+                    },
+                    "PublishReadings": {
+                        "statementDescription": "They may publish their factory's readings.",
+                        "operations": ["mqtt:publish"],
+                        "resources": [f"mqtt:topic:{topics.readings_topic(factory)}"],
+                    },
+                }
+            },
+        }
+    }
+
+
+def bridge_mapping(env: Environment, factory: str) -> dict[str, Any]:
+    """The bridge's topic mappings: readings from the local broker to the components' local
+    publish/subscribe, the buffer's health to the environment's IoT Core status topic."""
+    return {
+        "mqttTopicMapping": {
+            "SensorReadings": {
+                "topic": topics.readings_topic(factory),
+                "source": "LocalMqtt",
+                "target": "Pubsub",
+            },
+            "GatewayStatus": {
+                "topic": GATEWAY_STATUS_TOPIC.format(factory_id=factory),
+                "source": "Pubsub",
+                "target": "IotCore",
+                # The environment's cloud topic: iiot/<env>/factory/...
+                "targetTopicPrefix": env.cloud_topic(""),
+            },
+        }
+    }
 
 
 # IPC services of the access-control policies: the local broker, and the relay to IoT Core.
@@ -54,13 +127,14 @@ CLOUD_TOPIC_KEYS = {"uploadTopic": topics.SENSOR_DATA, "anomaliesTopic": topics.
 
 def _with_factory_topics(access_control: Any, factory: str, env: Environment) -> Any:
     """Every `{iot:thingName}` topic also for the factory id the deployment sets, and the
-    IoT Core topics as the environment's (only those: IoT Core refuses the others)."""
+    IoT Core topics as the environment's for this factory (only those: IoT Core refuses the
+    others)."""
     result = copy.deepcopy(access_control)
     for service, policies in result.items():
         for policy in policies.values():
             resources = policy.get("resources", [])
             if service == IOT_CORE:
-                policy["resources"] = [env.cloud_topic(r) for r in resources]
+                policy["resources"] = [env.factory_topic(r, factory) for r in resources]
                 continue
             extra = [r.replace(THING, factory) for r in resources if THING in r]
             policy["resources"] = resources + [r for r in extra if r not in resources]
@@ -74,7 +148,7 @@ def factory_configuration(
     env: Environment,
 ) -> dict[str, Any]:
     """What a factory's deployment merges into a component's default configuration: the
-    factory, the catalog's thresholds, and the environment's IoT Core topics."""
+    factory, the catalog's thresholds, and the environment's IoT Core topics of the factory."""
     merge: dict[str, Any] = {}
     if "factoryId" in default_configuration:
         merge["factoryId"] = factory
@@ -82,7 +156,7 @@ def factory_configuration(
         merge["thresholds"] = catalog.edge_threshold_config()
     for key, topic in CLOUD_TOPIC_KEYS.items():
         if key in default_configuration:
-            merge[key] = env.cloud_topic(topic)
+            merge[key] = env.factory_topic(topic, factory)
     if "accessControl" in default_configuration:
         merge["accessControl"] = _with_factory_topics(
             default_configuration["accessControl"], factory, env
@@ -91,6 +165,28 @@ def factory_configuration(
 
 
 class EdgeStack(Stack):
+    @staticmethod
+    def _client_device_components(env: Environment, factory: str) -> dict[str, Any]:
+        """The AWS components of the sensor path, each with its merged configuration."""
+        broker, broker_version = BROKERS[env.client_devices.broker]
+        merges: dict[str, tuple[str, dict[str, Any] | None]] = {
+            CLIENT_DEVICE_AUTH: (VERSIONS[CLIENT_DEVICE_AUTH], client_device_auth(env, factory)),
+            broker: (broker_version, None),
+            IP_DETECTOR: (VERSIONS[IP_DETECTOR], None),
+            MQTT_BRIDGE: (VERSIONS[MQTT_BRIDGE], bridge_mapping(env, factory)),
+        }
+        return {
+            name: greengrass.CfnDeployment.ComponentDeploymentSpecificationProperty(
+                component_version=version,
+                configuration_update=greengrass.CfnDeployment.ComponentConfigurationUpdateProperty(
+                    merge=json.dumps(merge, sort_keys=True)
+                )
+                if merge is not None
+                else None,
+            )
+            for name, (version, merge) in merges.items()
+        }
+
     def __init__(
         self,
         scope: Construct,
@@ -148,24 +244,7 @@ class EdgeStack(Stack):
                 )
                 for name in deployed
             }
-            specs[MQTT_BRIDGE] = greengrass.CfnDeployment.ComponentDeploymentSpecificationProperty(
-                component_version=MQTT_BRIDGE_VERSION,
-                configuration_update=greengrass.CfnDeployment.ComponentConfigurationUpdateProperty(
-                    merge=json.dumps(
-                        {
-                            "mqttTopicMapping": {
-                                "GatewayStatus": {
-                                    "topic": GATEWAY_STATUS_TOPIC.format(factory_id=factory),
-                                    "source": "Pubsub",
-                                    "target": "IotCore",
-                                    # The environment's cloud topic: iiot/<env>/factory/...
-                                    "targetTopicPrefix": env_config.cloud_topic(""),
-                                }
-                            }
-                        }
-                    )
-                ),
-            )
+            specs.update(self._client_device_components(env_config, factory))
             if env_config.edge_model_version:
                 specs[names[FAILURE_MODEL]] = (
                     greengrass.CfnDeployment.ComponentDeploymentSpecificationProperty(

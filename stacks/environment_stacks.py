@@ -239,10 +239,13 @@ def build_environment(
         env_config=env_config,
         monitored=Monitored(
             telemetry=ingestion.telemetry,
+            readings=ingestion.readings,
             anomalies=alerting.anomalies,
             delivery_stream_name=ingestion.delivery_stream_name,
             functions=functions,
             flink_application_name=streaming.application_name,
+            lake_run=lake.job_runner.state_machine,
+            pipeline_name=ml.pipeline.pipeline_name,
         ),
         description=description("alarms and dashboard"),
     )

@@ -15,15 +15,23 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
+from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
 from config.environments import Environment
-from stacks.iot_stack import GATEWAY_BACKLOG_METRIC
+from stacks.iot_stack import (
+    FACTORY_MISMATCH_METRIC,
+    GATEWAY_BACKLOG_METRIC,
+    GATEWAY_REPORTS_METRIC,
+)
 
 # The gateway buffer's health metric: readings stored and not yet uploaded (the largest of any
 # gateway reporting in the period).
 GATEWAY_BACKLOG_ALARM_READINGS = 1_000_000  # about 50 s of a 20K readings/s factory
 ITERATOR_AGE_ALARM = Duration.minutes(5)
+# A factory whose gateways sent no health report for this long is silent (they report every
+# minute or so, sensor_buffer/health.py); missing data is breaching.
+SILENT_GATEWAY_AFTER = Duration.minutes(15)
 
 
 @dataclass(frozen=True)
@@ -31,10 +39,13 @@ class Monitored:
     """What the other stacks expose for monitoring."""
 
     telemetry: kinesis.IStream
+    readings: kinesis.IStream
     anomalies: kinesis.IStream
     delivery_stream_name: str
     functions: Mapping[str, lambda_.IFunction]
     flink_application_name: str
+    lake_run: sfn.IStateMachine
+    pipeline_name: str
 
 
 class MonitoringStack(Stack):
@@ -68,7 +79,7 @@ class MonitoringStack(Stack):
             master_key=key,
             enforce_ssl=True,
         )
-        if env_config.alarm_email:
+        if env_config.alarm_email:  # every environment may name one (<env>:alarm_email)
             self.alarm_topic.add_subscription(
                 subscriptions.EmailSubscription(env_config.alarm_email)
             )
@@ -77,6 +88,7 @@ class MonitoringStack(Stack):
 
         for name, stream in (
             ("Telemetry", monitored.telemetry),
+            ("Readings", monitored.readings),
             ("Anomalies", monitored.anomalies),
         ):
             self._alarm(
@@ -133,6 +145,57 @@ class MonitoringStack(Stack):
             threshold=0,
             description="The Flink application is restarting or down",
             treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
+        )
+        self._alarm(
+            "LakeRunFailed",
+            monitored.lake_run.metric_failed(statistic="Sum", period=period),
+            threshold=0,
+            description="A lake run (bronze -> silver -> gold -> maintain) failed",
+        )
+        self._alarm(
+            "LakeRunTimedOut",
+            monitored.lake_run.metric_timed_out(statistic="Sum", period=period),
+            threshold=0,
+            description="A lake run timed out",
+        )
+        self._alarm(
+            "PipelineRunFailed",
+            cloudwatch.Metric(
+                namespace="AWS/Sagemaker/ModelBuildingPipeline",
+                metric_name="ExecutionFailed",
+                dimensions_map={"PipelineName": monitored.pipeline_name},
+                statistic="Sum",
+                period=period,
+            ),
+            threshold=0,
+            description="A run of the training pipeline failed",
+        )
+        for factory in env_config.factories:
+            self._alarm(
+                f"GatewaySilent-{factory}",
+                cloudwatch.Metric(
+                    namespace=env_config.gateway_metrics_namespace,
+                    metric_name=GATEWAY_REPORTS_METRIC.format(factory_id=factory),
+                    statistic="Sum",
+                    period=SILENT_GATEWAY_AFTER,
+                ),
+                threshold=1,
+                comparison=cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
+                description=f"No gateway of {factory} reported its health for "
+                f"{SILENT_GATEWAY_AFTER.to_minutes()} minutes (offline, or not yet installed)",
+                treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
+            )
+        self._alarm(
+            "FactoryMismatch",
+            cloudwatch.Metric(
+                namespace=env_config.gateway_metrics_namespace,
+                metric_name=FACTORY_MISMATCH_METRIC,
+                statistic="Sum",
+                period=period,
+            ),
+            threshold=0,
+            description="A gateway sent anomalies of another factory (dropped; see the IoT "
+            "rule error log)",
         )
         self._alarm(
             "GatewayBacklog",

@@ -199,3 +199,29 @@ def test_invalid_deploy_inputs_are_rejected_naming_the_key(
 ) -> None:
     with pytest.raises(ConfigError, match=problem):
         environments(context)
+
+
+def test_alert_subscriptions_are_typed_lists_in_every_environment() -> None:
+    envs = environments(
+        {
+            "staging:alert_emails": "a@example.com, b@example.com",
+            "staging:alert_https": "https://hooks.example.com/x",
+            "dev:escalation_emails": "c@example.com",
+        }
+    )
+    assert envs["staging"].alert_emails == ("a@example.com", "b@example.com")
+    assert envs["staging"].alert_https == ("https://hooks.example.com/x",)
+    assert envs["dev"].escalation_emails == ("c@example.com",)
+    assert envs["prod"].alert_emails == ()
+    with pytest.raises(ConfigError, match="are not email addresses"):
+        environments({"prod:alert_emails": "a@example.com,not-an-address"})
+    with pytest.raises(ConfigError, match=r"are not https:// URLs"):
+        environments({"prod:alert_https": "http://plain.example.com"})
+
+
+def test_factory_topics_and_sensor_names_carry_environment_and_factory() -> None:
+    dev = environments()["dev"]
+    assert dev.factory_topic("factory/sensor/data", "f1") == "iiot/dev/factory/f1/sensor/data"
+    assert dev.factory_topic("factory/anomalies", "f1") == "iiot/dev/factory/f1/anomalies"
+    assert dev.sensor_thing_prefix("f1") == "iiot-dev-f1-"
+    assert {env.client_devices.broker for env in environments().values()} == {"moquette"}

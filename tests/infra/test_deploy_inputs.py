@@ -21,6 +21,9 @@ from tests.infra.test_gates import CFN_LINT_IGNORED, CFN_LINT_REGIONS
 
 MODEL_VERSION = "1.0.7"
 ALARM_EMAIL = "operations@example.com"
+ALERT_EMAILS = ("maintenance@example.com", "shift-lead@example.com")
+ALERT_HTTPS = "https://alerts.example.com/iiot"
+ESCALATION_EMAIL = "plant-manager@example.com"
 SENSOR_BUFFER = "com.iiot.dev.SensorBuffer"
 FAILURE_PREDICTOR = "com.iiot.dev.FailurePredictor"
 FAILURE_MODEL = "com.iiot.dev.FailureModel"
@@ -62,6 +65,9 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> DevSynth:
             **TEST_PINS,
             "dev:edge_model_version": MODEL_VERSION,
             "dev:alarm_email": ALARM_EMAIL,
+            "dev:alert_emails": ",".join(ALERT_EMAILS),
+            "dev:alert_https": ALERT_HTTPS,
+            "dev:escalation_emails": ESCALATION_EMAIL,
             "dev:metrics_catalog": str(catalog_path),
         },
     )
@@ -100,7 +106,10 @@ def test_a_model_version_deploys_the_predictor_and_that_model_to_every_factory(
     assert len(deployments) == len(environments()["dev"].factories)
     for deployment in deployments:
         components = deployment["Properties"]["Components"]
-        assert set(components) == {SENSOR_BUFFER, FAILURE_PREDICTOR, FAILURE_MODEL, MQTT_BRIDGE}
+        assert {SENSOR_BUFFER, FAILURE_PREDICTOR, FAILURE_MODEL, MQTT_BRIDGE} <= set(components)
+        assert {name for name in components if name.startswith("com.iiot.")} == {
+            SENSOR_BUFFER, FAILURE_PREDICTOR, FAILURE_MODEL,
+        }  # fmt: skip
         # The code components run the versions this stack publishes; the model, the version
         # the ML stack's flow published and the environment names.
         assert components[SENSOR_BUFFER]["ComponentVersion"] == published[SENSOR_BUFFER]
@@ -137,6 +146,27 @@ def test_the_alarm_address_is_subscribed(dev: DevSynth) -> None:
     (subscription,) = dev.resources("monitoring", "AWS::SNS::Subscription").values()
     assert subscription["Properties"]["Protocol"] == "email"
     assert subscription["Properties"]["Endpoint"] == ALARM_EMAIL
+
+
+def test_alerts_reach_the_subscribers_the_environment_names(dev: DevSynth) -> None:
+    template = json.loads(dev.template_path("alerting").read_text())["Resources"]
+    topics = {
+        name: body["Properties"]["TopicName"]
+        for name, body in template.items()
+        if body["Type"] == "AWS::SNS::Topic"
+    }
+    subscribed = {
+        (topics[body["Properties"]["TopicArn"]["Ref"]], body["Properties"]["Protocol"],
+         body["Properties"]["Endpoint"])
+        for body in template.values()
+        if body["Type"] == "AWS::SNS::Subscription"
+    }  # fmt: skip
+    assert subscribed == {
+        ("iiot-dev-alerts", "email", ALERT_EMAILS[0]),
+        ("iiot-dev-alerts", "email", ALERT_EMAILS[1]),
+        ("iiot-dev-alerts", "https", ALERT_HTTPS),
+        ("iiot-dev-alerts-critical", "email", ESCALATION_EMAIL),
+    }
 
 
 def test_the_model_branch_passes_the_gates(dev: DevSynth) -> None:

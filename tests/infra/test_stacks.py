@@ -256,18 +256,37 @@ def test_gateway_policy_is_limited_to_the_thing_itself(synth: Synth) -> None:
     assert '"iot:*"' not in document
     for statement in statements_:
         if statement["Action"] in ("iot:Subscribe", "iot:Receive"):
-            assert "$aws/things/${iot:Connection.Thing.ThingName}/" in json.dumps(
-                statement["Resource"]
-            )
+            for resource in statement["Resource"]:  # its own thing's topics only
+                assert "$aws/things/${iot:Connection.Thing.ThingName}" in json.dumps(resource)
     publish = next(s for s in statements_ if s["Action"] == "iot:Publish")
     published = json.dumps(publish["Resource"])
-    # The environment's upload topics only (IoT Core topics are account-wide).
-    assert f"topic/iiot/dev/{topics.SENSOR_DATA}" in published
-    assert f"topic/iiot/dev/{topics.ANOMALIES}" in published
+    # The environment's upload topics of the gateway's own factory only: a gateway cannot
+    # publish another factory's data (its thing's factory_id attribute, a policy variable).
+    factory = "${iot:Connection.Thing.Attributes[factory_id]}"
+    assert f"topic/iiot/dev/factory/{factory}/sensor/data" in published
+    assert f"topic/iiot/dev/factory/{factory}/anomalies" in published
+    assert "factory/+/" not in published
+    assert "factory/*" not in published
     assert f"topic/{topics.SENSOR_DATA}" not in published
+    # Client devices: it verifies its own factory's sensors only.
+    verify = next(
+        s for s in statements_
+        if s["Action"] == "greengrass:VerifyClientDeviceIoTCertificateAssociation"
+    )  # fmt: skip
+    assert f"thing/iiot-dev-{factory}-*" in json.dumps(verify["Resource"])
 
 
-def test_token_exchange_role_can_only_write_telemetry_and_gateway_metrics(synth: Synth) -> None:
+def test_sensors_may_only_discover_their_gateway(synth: Synth) -> None:
+    policies = resources(synth, "dev", "iot", "AWS::IoT::Policy").values()
+    (sensor,) = [p for p in policies if p["Properties"]["PolicyName"] == "iiot-dev-sensor"]
+    (statement,) = sensor["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Action"] == "greengrass:Discover"
+    assert "thing/${iot:Connection.Thing.ThingName}" in json.dumps(statement["Resource"])
+
+
+def test_token_exchange_role_gets_only_what_the_components_need(synth: Synth) -> None:
+    """The gateways' AWS credentials may read their components' artifacts and the published
+    models, nothing else: uploads go through IoT Core (factory-scoped), not to the streams."""
     iot = template(synth, "dev", "iot")
     iot.has_resource_properties(
         "AWS::IAM::Role",
@@ -280,28 +299,50 @@ def test_token_exchange_role_can_only_write_telemetry_and_gateway_metrics(synth:
         },
     )
     iot.has_resource_properties("AWS::IoT::RoleAlias", {"CredentialDurationSeconds": 3600})
-    actions = {
-        a
-        for s in statements(synth, "dev", "iot")
-        for a in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]])
-    }
-    assert "s3:*" not in actions
-    assert "kinesis:*" not in actions
-    metric = next(
-        s for s in statements(synth, "dev", "iot") if s["Action"] == "cloudwatch:PutMetricData"
-    )
-    assert metric["Condition"] == {"StringEquals": {"cloudwatch:namespace": "IIoT/dev/Gateway"}}
+    (role_id,) = [
+        name for name, body in resources(synth, "dev", "iot", "AWS::IAM::Role").items()
+        if "credentials.iot" in json.dumps(body["Properties"]["AssumeRolePolicyDocument"])
+    ]  # fmt: skip
+    actions = set()
+    for concern in ("iot", "edge", "ml"):
+        for policy in resources(synth, "dev", concern, "AWS::IAM::Policy").values():
+            if role_id in json.dumps(policy["Properties"]["Roles"]):
+                for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+                    action = statement["Action"]
+                    actions |= set(action if isinstance(action, list) else [action])
+    assert actions == {"s3:GetObject", "kms:Decrypt"}
 
 
 def test_rules_route_uploads_to_kinesis_and_log_errors(synth: Synth) -> None:
     rules = resources(synth, "dev", "iot", "AWS::IoT::TopicRule")
     by_sql = {r["Properties"]["TopicRulePayload"]["Sql"]: r for r in rules.values()}
-    for topic in (topics.SENSOR_DATA, topics.ANOMALIES):
-        payload = by_sql[f"SELECT * FROM 'iiot/dev/{topic}'"]["Properties"]["TopicRulePayload"]
-        assert "Kinesis" in payload["Actions"][0]
+    telemetry = by_sql["SELECT * FROM 'iiot/dev/factory/+/sensor/data'"]
+    kinesis = telemetry["Properties"]["TopicRulePayload"]["Actions"][0]["Kinesis"]
+    # Binary batches: the topic's factory (the only one its gateway may use) keys the record.
+    assert kinesis["PartitionKey"] == "${topic(4)}/${newuuid()}"
+    anomalies = by_sql[
+        "SELECT * FROM 'iiot/dev/factory/+/anomalies' WHERE factory_id = topic(4)"
+    ]  # an anomaly naming another factory than its topic's is not routed
+    assert "Kinesis" in anomalies["Properties"]["TopicRulePayload"]["Actions"][0]
     for rule in rules.values():
         assert "CloudwatchLogs" in rule["Properties"]["TopicRulePayload"]["ErrorAction"]
         assert rule["Properties"]["RuleName"].startswith("iiot_dev_")
+
+
+def test_factory_mismatches_are_logged_counted_and_alarmed(synth: Synth) -> None:
+    rules = resources(synth, "dev", "iot", "AWS::IoT::TopicRule").values()
+    (mismatch,) = [
+        r for r in rules if "factory_id <> topic(4)" in r["Properties"]["TopicRulePayload"]["Sql"]
+    ]
+    actions = mismatch["Properties"]["TopicRulePayload"]["Actions"]
+    assert {next(iter(a)) for a in actions} == {"CloudwatchLogs", "CloudwatchMetric"}
+    metric = next(a["CloudwatchMetric"] for a in actions if "CloudwatchMetric" in a)
+    alarms = resources(synth, "dev", "monitoring", "AWS::CloudWatch::Alarm").values()
+    assert any(
+        a["Properties"].get("MetricName") == metric["MetricName"]
+        and a["Properties"]["Namespace"] == metric["MetricNamespace"]
+        for a in alarms
+    )
 
 
 def test_gateway_health_becomes_the_metric_the_backlog_alarm_watches(synth: Synth) -> None:
@@ -584,9 +625,12 @@ def test_one_deployment_per_factory_with_rollout_and_abort(synth: Synth, env: st
         criteria = job["AbortConfig"]["CriteriaList"][0]
         assert criteria["ThresholdPercentage"] == config.edge_rollout.failure_threshold_percent
         assert deployment["Properties"]["DeploymentPolicies"]["FailureHandlingPolicy"] == "ROLLBACK"
-        # No model published in this synth: the gateways run the buffer (and its status relay).
+        # No model published in this synth: the gateways run the buffer and the sensor path.
         assert set(deployment["Properties"]["Components"]) == {
             f"com.iiot.{env}.SensorBuffer",
+            "aws.greengrass.clientdevices.Auth",
+            "aws.greengrass.clientdevices.mqtt.Moquette",
+            "aws.greengrass.clientdevices.IPDetector",
             "aws.greengrass.clientdevices.mqtt.Bridge",
         }
 
@@ -603,9 +647,11 @@ def test_deployments_configure_the_catalogs_thresholds(synth: Synth, catalog: An
         assert merge["thresholds"][name]["debounce"] == metric.edge.debounce
     topics_ = json.dumps(merge["accessControl"])
     assert f"factory/{merge['factoryId']}/readings" in topics_
-    # The environment's IoT Core topics: configured, and the only ones the relay may use.
-    assert merge["uploadTopic"] == f"iiot/dev/{topics.SENSOR_DATA}"
-    assert merge["anomaliesTopic"] == f"iiot/dev/{topics.ANOMALIES}"
+    # The environment's IoT Core topics of the factory: configured, and the only ones the
+    # relay may use (and the only ones the gateway's IoT policy lets it publish).
+    factory = merge["factoryId"]
+    assert merge["uploadTopic"] == f"iiot/dev/factory/{factory}/sensor/data"
+    assert merge["anomaliesTopic"] == f"iiot/dev/factory/{factory}/anomalies"
     (cloud,) = merge["accessControl"]["aws.greengrass.ipc.mqttproxy"].values()
     assert cloud["resources"] == [merge["uploadTopic"], merge["anomaliesTopic"]]
     assert (
@@ -616,6 +662,56 @@ def test_deployments_configure_the_catalogs_thresholds(synth: Synth, catalog: An
         components["aws.greengrass.clientdevices.mqtt.Bridge"]["ConfigurationUpdate"]["Merge"]
     )
     assert bridge["mqttTopicMapping"]["GatewayStatus"]["targetTopicPrefix"] == "iiot/dev/"
+
+
+@pytest.mark.parametrize("env", ["dev", "prod"])
+def test_each_factory_deploys_the_sensor_path(synth: Synth, env: str) -> None:
+    """Broker, client device auth with the factory's device group, IP detector, and the
+    bridge that hands the sensors' readings to the buffer: the deployments' components and
+    their merged configuration."""
+    config = environments()[env]
+    deployments = resources(synth, env, "edge", "AWS::GreengrassV2::Deployment").values()
+    factories = set()
+    for deployment in deployments:
+        components = deployment["Properties"]["Components"]
+        buffer = json.loads(
+            components[f"com.iiot.{env}.SensorBuffer"]["ConfigurationUpdate"]["Merge"]
+        )
+        factory = buffer["factoryId"]
+        factories.add(factory)
+        readings = f"factory/{factory}/readings"
+        # The buffer reads its readings from the local publish/subscribe...
+        assert readings in json.dumps(buffer["accessControl"]["aws.greengrass.ipc.pubsub"])
+        # ...where the bridge puts what the sensors publish on the local broker.
+        bridge = json.loads(
+            components["aws.greengrass.clientdevices.mqtt.Bridge"]["ConfigurationUpdate"]["Merge"]
+        )
+        assert bridge["mqttTopicMapping"]["SensorReadings"] == {
+            "topic": readings,
+            "source": "LocalMqtt",
+            "target": "Pubsub",
+        }
+        auth = json.loads(
+            components["aws.greengrass.clientdevices.Auth"]["ConfigurationUpdate"]["Merge"]
+        )
+        groups = auth["deviceGroups"]
+        assert groups["formatVersion"] == "2021-03-05"
+        (group,) = groups["definitions"].values()
+        assert group["selectionRule"] == f"thingName: iiot-{env}-{factory}-*"
+        policy = groups["policies"][group["policyName"]]
+        granted = {
+            operation: statement["resources"]
+            for statement in policy.values()
+            for operation in statement["operations"]
+        }
+        # Sensors may connect and publish their factory's readings, nothing else.
+        assert granted == {"mqtt:connect": ["*"], "mqtt:publish": [f"mqtt:topic:{readings}"]}
+        for name in (
+            "aws.greengrass.clientdevices.mqtt.Moquette",
+            "aws.greengrass.clientdevices.IPDetector",
+        ):
+            assert re.fullmatch(r"\d+\.\d+\.\d+", components[name]["ComponentVersion"])
+    assert factories == set(config.factories)
 
 
 def test_gateways_may_fetch_exactly_the_component_artifacts(synth: Synth) -> None:
