@@ -507,3 +507,20 @@ def test_a_plc_that_requires_basic256sha256_is_read_with_the_gateways_certificat
     # The same PLC without security is refused (it offers Basic256Sha256 only).
     assert not collector.plcs["unsecured"].connected
     assert collector.plcs["unsecured"].last_error
+
+
+def test_the_command_line_follows_the_conventions(tmp_path: Path, capsys) -> None:
+    from opcua_collector.main import main
+
+    main(["--help"])  # usage on stdout, exit 0
+    assert "python -m opcua_collector run" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as unknown:
+        main(["bogus"])
+    assert unknown.value.code == 2
+    assert "unknown command 'bogus'" in capsys.readouterr().err
+    listed = tmp_path / "collector.yaml"
+    listed.write_text("- line1\n")
+    with pytest.raises(SystemExit) as refused:
+        main(["run", "--config", str(listed)])
+    assert refused.value.code == 2
+    assert "must be a mapping" in capsys.readouterr().err

@@ -28,6 +28,10 @@ from opcua_collector.config import CollectorConfig, ConfigError, from_mapping
 log = logging.getLogger("opcua_collector")
 LOG_LEVEL_ENV = "OPCUA_COLLECTOR_LOG_LEVEL"
 PASSWORD_ENV = "OPCUA_COLLECTOR_MQTT_PASSWORD"  # noqa: S105 - the variable's name
+USAGE = (
+    "usage: python -m opcua_collector              (under Greengrass)\n"
+    "       python -m opcua_collector run --config FILE [--broker URL] ...  (run --help)"
+)
 
 
 def gateway_config(raw: dict[str, Any], catalog: MetricCatalog) -> CollectorConfig:
@@ -88,6 +92,8 @@ def run(argv: list[str]) -> None:
     try:
         catalog = load_catalog(args.catalog)
         raw = yaml.safe_load(args.config.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"{args.config}: the configuration must be a mapping of its keys")
         if args.factory:
             raw = {**raw, "factoryId": args.factory}
         config = from_mapping(raw, catalog)
@@ -126,8 +132,11 @@ def main(argv: list[str] | None = None) -> None:
         greengrass()
     elif argv[0] == "run":
         run(argv[1:])
+    elif argv[0] in ("-h", "--help"):
+        print(USAGE)
     else:
-        sys.exit("usage: python -m opcua_collector [run --config FILE --broker URL ...]")
+        print(f"error: unknown command {argv[0]!r}\n{USAGE}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
