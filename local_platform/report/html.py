@@ -246,9 +246,21 @@ def _reliability(data: dict[str, Any]) -> str:
     precision = data["precision"]
     precision_html = (
         _table(
-            ["alert source", "alerts", "followed by a failure within 24 h", "precision"],
             [
-                [_e(r["source"]), _num(r["alerts"]), _num(r["followed"]), _pct(r["precision"])]
+                "alert source",
+                "alerts",
+                "followed by a failure within 24 h",
+                "open (less than 24 h before the run's end)",
+                "precision (of the alerts judged)",
+            ],
+            [
+                [
+                    _e(r["source"]),
+                    _num(r["alerts"]),
+                    _num(r["followed"]),
+                    _num(r.get("open")),
+                    _pct(r["precision"]),
+                ]
                 for r in precision["rows"]
             ],
         )

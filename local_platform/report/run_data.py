@@ -485,7 +485,12 @@ def maintenance_plan(
 
 
 def alert_precision(run: Run, predictions: dict[str, Any] | None, history: dict[str, Any]) -> Panel:
-    """Share of alerts followed by a failure on the same machine within 24 h, per source."""
+    """Share of alerts followed by a failure on the same machine within 24 h, per source.
+
+    An alert less than 24 h before the run's end that no failure has followed yet is open: the
+    run cannot tell whether it was right, so it is counted apart and left out of the precision
+    (otherwise every alert of a short run's last day would count as a false alarm)."""
+    end = history.get("end_ms")
     failures: dict[str, list[int]] = {}
     for failure in history["failures"]:
         failures.setdefault(failure["machine_id"], []).append(int(failure["failed_at_ms"]))
@@ -493,12 +498,20 @@ def alert_precision(run: Run, predictions: dict[str, Any] | None, history: dict[
     def followed(machine: str, t: int) -> bool:
         return any(t <= f < t + HORIZON_MS for f in failures.get(machine, []))
 
+    def still_open(machine: str, t: int) -> bool:
+        return end is not None and t + HORIZON_MS > end and not followed(machine, t)
+
     rows: list[dict[str, Any]] = []
     if predictions is not None:
         alerts = [(m, t) for m, p in predictions.items() for t in p["alerts"]]
         hits = sum(followed(m, t) for m, t in alerts)
         rows.append(
-            {"source": "failure predictor (replayed)", "alerts": len(alerts), "followed": hits}
+            {
+                "source": "failure predictor (replayed)",
+                "alerts": len(alerts),
+                "followed": hits,
+                "open": sum(still_open(m, t) for m, t in alerts),
+            }
         )
     quality = run.root / "ml" / "alert_quality.json"
     if quality.is_file():
@@ -509,24 +522,30 @@ def alert_precision(run: Run, predictions: dict[str, Any] | None, history: dict[
                     "source": f"demo ml step: {kind}",
                     "alerts": entry.get("alerts", 0),
                     "followed": entry.get("followed", 0),
+                    "open": None,  # its own evaluation (ml_pipeline.evaluate.alert_quality)
                 }
             )
     stream = stream_alerts(run)
     if stream:
-        hits = untimed = 0
+        hits = untimed = pending = 0
         for alert in stream:
             try:
                 when = datetime.strptime(alert.get("Time", "")[:19], "%Y-%m-%d %H:%M:%S")
             except ValueError:  # an alert without a readable time cannot be matched
                 untimed += 1
                 continue
-            hits += followed(alert["Machine"], int(when.replace(tzinfo=UTC).timestamp() * 1000))
+            at = int(when.replace(tzinfo=UTC).timestamp() * 1000)
+            hits += followed(alert["Machine"], at)
+            pending += still_open(alert["Machine"], at)
         source = "stream rules" + (f" ({untimed} without a readable time)" if untimed else "")
-        rows.append({"source": source, "alerts": len(stream) - untimed, "followed": hits})
+        rows.append(
+            {"source": source, "alerts": len(stream) - untimed, "followed": hits, "open": pending}
+        )
     if not rows:
         return missing("no alerts in this run (no stream alerts, failure model or ml figures)")
     for row in rows:
-        row["precision"] = round(row["followed"] / row["alerts"], 3) if row["alerts"] else None
+        judged = row["alerts"] - (row["open"] or 0)
+        row["precision"] = round(row["followed"] / judged, 3) if judged else None
     return {"available": True, "source": "alerts vs simulation/failures.csv", "rows": rows}
 
 

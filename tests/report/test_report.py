@@ -15,7 +15,13 @@ from typer.testing import CliRunner
 
 from local_platform.cli import app
 from local_platform.report.html import CHART_PANELS, write_report
-from local_platform.report.run_data import collect, maintenance_plan, reliability
+from local_platform.report.run_data import (
+    Run,
+    alert_precision,
+    collect,
+    maintenance_plan,
+    reliability,
+)
 
 runner = CliRunner()
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -275,3 +281,19 @@ def test_every_panel_renders_in_chromium(full_run: Path, capsys: pytest.CaptureF
     assert png.stat().st_size > 50_000
     with capsys.disabled():
         print(f"\nreport screenshot: {png}\nreport: {shots / 'report.html'}")
+
+
+def test_alerts_too_close_to_the_runs_end_are_open_not_false_alarms(tmp_path: Path):
+    history = _history()
+    alerts = {
+        # followed by FL-1 at 10:00; 28 h before FL-0, too early (a false alarm); 2 h before
+        # the end, nothing followed yet (open)
+        "F01-M001": [T0 + 4 * H],
+        "F01-M002": [T0 - 30 * H, T0 + 22 * H],
+    }
+    panel = alert_precision(
+        Run(tmp_path), _predictions({"F01-M001": 0.1, "F01-M002": 0.1}, alerts), history
+    )
+    [row] = panel["rows"]
+    assert (row["alerts"], row["followed"], row["open"]) == (3, 1, 1)
+    assert row["precision"] == 0.5  # 1 of the 2 alerts the run can judge
