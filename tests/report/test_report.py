@@ -262,6 +262,11 @@ def test_every_panel_renders_in_chromium(full_run: Path, capsys: pytest.CaptureF
     assert body is not None
     assert 'data-ready="1"' in body.group(0), "the charts never finished drawing"
     assert "Every count reconciles" in dom.stdout
+    # axes carry their titles (plotly.js 3 drops a title given as a bare string)
+    drawn_titles = set(re.findall(r'<text class="[xy]title"[^>]*>([^<]+)</text>', dom.stdout))
+    assert {"USD per machine a month", "machine-hours of downtime", "pressure (bar)"} <= (
+        drawn_titles
+    ), drawn_titles
     assert "data-errors" not in body.group(0), body.group(0)
     for name in CHART_PANELS:
         tag = re.search(rf'<div class="chart[^"]*" data-panel="{name}"[^>]*>', dom.stdout)
@@ -283,7 +288,7 @@ def test_every_panel_renders_in_chromium(full_run: Path, capsys: pytest.CaptureF
         print(f"\nreport screenshot: {png}\nreport: {shots / 'report.html'}")
 
 
-def test_alerts_too_close_to_the_runs_end_are_open_not_false_alarms(tmp_path: Path):
+def test_alerts_too_close_to_the_runs_end_are_open_and_widen_the_precision(tmp_path: Path):
     history = _history()
     alerts = {
         # followed by FL-1 at 10:00; 28 h before FL-0, too early (a false alarm); 2 h before
@@ -296,4 +301,5 @@ def test_alerts_too_close_to_the_runs_end_are_open_not_false_alarms(tmp_path: Pa
     )
     [row] = panel["rows"]
     assert (row["alerts"], row["followed"], row["open"]) == (3, 1, 1)
-    assert row["precision"] == 0.5  # 1 of the 2 alerts the run can judge
+    # between 1 of 3 (the open one a false alarm) and 2 of 3 (the open one right)
+    assert (row["precision"], row["precision_open_right"]) == (0.333, 0.667)

@@ -19,10 +19,19 @@ function inScope(machine) {
   const scope = document.getElementById('scope').value;
   return scope === '*' || machine === scope || (scope.endsWith('-') && machine.startsWith(scope));
 }
+// plotly.js 3 draws an axis title only as {text: ...} (a bare string is ignored, silently)
+function axisTitles(layout) {
+  for (const [key, axis] of Object.entries(layout)) {
+    if (/^[xy]axis/.test(key) && axis && typeof axis.title === 'string') {
+      layout[key] = Object.assign({}, axis, {title: {text: axis.title}});
+    }
+  }
+  return layout;
+}
 async function plot(name, traces, layout) {
   const div = document.querySelector(`.chart[data-panel="${name}"]`);
   if (!div || div.dataset.missing) return;
-  await Plotly.react(div, traces, Object.assign({}, layoutBase, layout || {}),
+  await Plotly.react(div, traces, axisTitles(Object.assign({}, layoutBase, layout || {})),
                      {displaylogo:false, responsive:true});
   const points = traces.reduce((n, t) => n + ((t.y || t.values || t.r || [t.value]).length || 0), 0);
   div.dataset.rendered = String(points);
