@@ -47,6 +47,7 @@ def main() -> None:
             history_hours=args.history_hours,
             readings_per_s=args.rate,
             faults=Faults(enabled=False),
+            model_lifecycle=False,  # the data path's figures; `make demo` runs the models too
         )
         document = run(plan)
     platform = document["platform"]

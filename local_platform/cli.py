@@ -409,9 +409,16 @@ def demo(
     ] = 20_000.0,
     history_hours: Annotated[
         int, typer.Option(min=0, help="Hours of the fleet's past in the lake before the run.")
-    ] = 48,
+    ] = 72,
     faults: Annotated[
         bool, typer.Option(help="Inject the faults (uplink outage, gateway kill, InfluxDB stop).")
+    ] = True,
+    model_lifecycle: Annotated[
+        bool,
+        typer.Option(
+            help="Train a FailureModel from the lake before the run and again mid-run, publish "
+            "it and let the gateways' predictors swap it in."
+        ),
     ] = True,
     step: Annotated[
         list[str] | None,
@@ -443,6 +450,7 @@ def demo(
             readings_per_s=readings_per_s,
             history_hours=history_hours,
             faults=Faults(enabled=faults),
+            model_lifecycle=model_lifecycle,
         )
     except ValueError as exc:
         raise fail(str(exc), 2) from exc

@@ -158,7 +158,11 @@ def evaluate(
                 "anomaly_id": anomaly.anomaly_id,
                 "anomaly_type": anomaly.anomaly_type,
                 "timestamp": anomaly.timestamp,
-                "delay_h": round((clock.sim_ms() - anomaly.timestamp) / 3.6e6, 2),
+                # the backlog is evaluated once it landed: at the end of the live hours at
+                # the latest (the clock runs on through the drain, which is wall time)
+                "delay_h": round(
+                    (min(clock.sim_ms(), plan.live_end_ms) - anomaly.timestamp) / 3.6e6, 2
+                ),
             }
         )
     return {

@@ -61,12 +61,19 @@ class Plan:
     seed: int = 1
     malformed_rate: float = 0.002
     mtbf_hours: float = 48.0
-    history_hours: int = 48
+    history_hours: int = 72
     readings_per_s: float = 20_000.0
     live_start: datetime = DEFAULT_LIVE_START
     faults: Faults = field(default_factory=Faults)
     lake_every_s: float = 12.0  # wall seconds between incremental lake runs
-    model_update_at: float = 0.45  # share of the live hours: train, publish, hot swap
+    # The model lifecycle: two FailureModel versions from the lake before the sensors start,
+    # the first trained on the history up to `model_lag_hours` before the live start (the
+    # gateways start with it), the second on all of it; the second is deployed to the running
+    # gateways `model_swap_at` (a share) into the live hours, and their predictors swap it in.
+    # Off: the gateways run the SensorBuffer alone.
+    model_lifecycle: bool = True
+    model_lag_hours: int = 24
+    model_swap_at: float = 0.4
     firehose_buffer_s: float = 2.0  # the delivery stream's buffering interval (wall)
     # An alert is late when it reaches the anomaly stream more than this many wall seconds of
     # simulated time after its readings were published (accelerated time turns each second of

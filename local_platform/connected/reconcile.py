@@ -307,9 +307,12 @@ def reconcile_cloud(plan: Plan, result: Reconciliation, influx: Any, resources: 
     sent = decisions["sent"] + decisions["escalated"]
     stream = read_json(plan.status_dir / "stream.json", {})
     result.check(
-        "anomalies the router handled = anomalies put on the stream (IoT rule + stream rules)",
+        "anomalies the router handled = anomalies put on the stream (IoT rule, stream rules, "
+        "late evaluation)",
         len(routed) + len(invalid),
-        int(ingress.get("anomaly_messages", 0)) + int(stream.get("anomalies_forwarded", 0)),
+        int(ingress.get("anomaly_messages", 0))
+        + int(stream.get("anomalies_forwarded", 0))
+        + len(result.figures.get("late_data", {}).get("routed_as_late", [])),
     )
     result.check("alerts people received (SNS -> inbox) = alerts sent", len(alerts), sent)
     result.check(
@@ -406,7 +409,9 @@ def reconcile_stream(plan: Plan, result: Reconciliation, clock: Any) -> None:
         if record is None:
             continue
         anomaly = record["anomaly"]
-        delay_s = (clock.sim_ms(record["arrival"]) - anomaly.timestamp) / 1000
+        # the clock runs on after the live hours (the drain is wall time): cap there
+        arrived = min(clock.sim_ms(record["arrival"]), plan.live_end_ms)
+        delay_s = (arrived - anomaly.timestamp) / 1000
         late = delay_s > tolerance_s
         decision = str(entry.get("decision"))
         kind = "sent" if decision in ("sent", "escalated") else decision
@@ -451,4 +456,37 @@ def reconcile_stream(plan: Plan, result: Reconciliation, clock: Any) -> None:
             "p50": _percentile(latency_ms, 50),
             "p99": _percentile(latency_ms, 99),
         },
+    }
+
+
+def reconcile_models(
+    plan: Plan,
+    result: Reconciliation,
+    lifecycles: list[dict[str, Any]],
+    predictions: dict[str, dict[str, int]],
+    live_ended_wall: float,
+) -> None:
+    """The model's way from the lake back to the gateways: versions published, and the
+    predictions each version made on each gateway (observed on the local bus)."""
+    published = [m for m in lifecycles if m.get("published")]
+    result.check(
+        "FailureModel versions published from the lake (start, mid-run)", len(published), 2
+    )
+    if len(published) == 2:
+        new = published[1]["model_version"]
+        result.check(
+            "the new version reached the gateways while the sensors were publishing",
+            float(published[1].get("deployed_wall", 0)) < live_ended_wall,
+            True,
+        )
+        for factory in plan.factory_ids:
+            made = predictions.get(factory, {})
+            result.check(
+                f"{factory}: the running predictor swapped to the new version (predictions by it)",
+                made.get(new, 0) > 0,
+                True,
+            )
+    result.figures["models"] = {
+        "lifecycles": lifecycles,
+        "predictions_by_version": predictions,
     }

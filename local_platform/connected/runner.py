@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from iiot import topics
-from local_platform.connected import aws, lake, late, reconcile
+from local_platform.connected import aws, lake, late, maintenance, models, reconcile
 from local_platform.connected.clock import SimClock
 from local_platform.connected.influxd import InfluxServer, V2WriteRelay, start_influxd
 from local_platform.connected.kinesis import aws_environment
@@ -81,6 +81,10 @@ class Run:
     relay: V2WriteRelay | None = None
     resources: aws.CloudResources | None = None
     drained_at: float = 0.0
+    live_ended_wall: float = 0.0
+    model_figures: list[dict[str, Any]] = field(default_factory=list)
+    cmms: tuple[list[dict[str, Any]], list[dict[str, Any]]] = ([], [])
+    cmms_fed_ms: int = 0
 
     def __post_init__(self) -> None:
         self.supervisor = Supervisor(self.plan.run_dir)
@@ -189,9 +193,53 @@ class Run:
             raise RunFailedError(f"the first lake run failed; see {first.log}")
         self.progress("setting up the platform", 4, steps)
 
+        # The maintenance system's past, and the first model from the lake
+        jobs, failures, machines = maintenance.schedule(plan)
+        self.cmms = (jobs, failures)
+        self.cmms_fed_ms = plan.live_start_ms
+        maintenance.land(
+            plan,
+            [j for j in jobs if int(j["completed_at_ms"]) <= plan.live_start_ms],
+            [f for f in failures if int(f["repaired_at_ms"]) <= plan.live_start_ms],
+        )
+        for factory in plan.factory_ids:
+            write_json(
+                plan.gateway_dir(factory) / "machines.json",
+                {
+                    m.machine_id: {"model": m.model, "installedOn": m.installed_on}
+                    for m in machines
+                    if m.factory_id == factory
+                },
+            )
+        if plan.model_lifecycle:
+            self.progress("model v1: lake -> features -> train -> gate -> compile", 0, 1)
+            with self._timed("model v1 (lifecycle)"):
+                try:
+                    first_model = models.lifecycle(
+                        plan, 1, plan.live_start_ms - plan.model_lag_hours * 3_600_000
+                    )
+                except models.LifecycleError as error:  # reported; the run goes on without
+                    first_model = {"published": False, "error": str(error)}
+            self.model_figures.append(first_model)
+            if first_model.get("published"):
+                for factory in plan.factory_ids:
+                    models.deploy(plan, factory, Path(first_model["store"]))
+            self.progress("model v1: lake -> features -> train -> gate -> compile", 1, 1)
+            if first_model.get("published"):
+                self.progress("model v2: the whole history, published for a mid-run swap", 0, 1)
+                with self._timed("model v2 (lifecycle)"):
+                    try:
+                        second = models.lifecycle(plan, 2, plan.live_start_ms)
+                    except models.LifecycleError as error:
+                        second = {"published": False, "error": str(error)}
+                self.model_figures.append(second)
+                self.progress("model v2: the whole history, published for a mid-run swap", 1, 1)
+
         # The gateways
         for factory in plan.factory_ids:
             self._start_gateway(factory)
+            if plan.model_lifecycle and self.model_figures[0].get("published"):
+                self._start_predictor(factory)
         self.monitor = Monitor({f: self.brokers[f].port for f in plan.factory_ids})
         self.monitor.start()
         self.progress("setting up the platform", 6, steps)
@@ -331,6 +379,67 @@ class Run:
             time.sleep(0.25)
         raise RunFailedError(f"the stream rules' output {output} did not end in time")
 
+    def _start_predictor(self, factory: str) -> None:
+        """The FailurePredictor; the maintenance system then tells it the completed jobs."""
+        assert self.topology is not None
+        plan, broker = self.plan, self.brokers[factory]
+        name = f"failure-predictor-{factory}"
+        self.supervisor.start(
+            name,
+            self._python(
+                "local_platform.connected.gateway",
+                "failure-predictor",
+                "--factory",
+                factory,
+                "--broker",
+                broker.url,
+                "--cloud",
+                f"mqtt://127.0.0.1:{self.topology.uplinks[factory]}",
+                "--machines",
+                str(plan.gateway_dir(factory) / "machines.json"),
+            ),
+            ready=lambda: broker.subscribed(name, f"factory/{factory}/maintenance"),
+        )
+        jobs = [
+            j
+            for j in self.cmms[0]
+            if j["factory_id"] == factory and int(j["completed_at_ms"]) <= self.cmms_fed_ms
+        ]
+        self._tell_gateway(factory, jobs)
+
+    def _tell_gateway(self, factory: str, jobs: list[dict[str, Any]]) -> None:
+        if not jobs or not self.plan.model_lifecycle:
+            return
+        from local_platform.publisher import MqttWriter
+
+        writer = MqttWriter(self.brokers[factory].url, f"cmms-bridge-{factory}")
+        try:
+            for job in jobs:
+                writer.publish(f"factory/{factory}/maintenance", maintenance.gateway_message(job))
+            writer.flush()
+        finally:
+            writer.close()
+
+    def _feed_maintenance(self, now_sim: int) -> None:
+        """Jobs and failures completed since the last call: to the lake and the gateways."""
+        plan = self.plan
+        jobs, failures = self.cmms
+        done = maintenance.completed(jobs, "completed_at_ms", self.cmms_fed_ms, now_sim)
+        repaired = maintenance.completed(failures, "repaired_at_ms", self.cmms_fed_ms, now_sim)
+        self.cmms_fed_ms = now_sim
+        maintenance.land(plan, done, repaired)
+        for factory in plan.factory_ids:
+            self._tell_gateway(factory, [j for j in done if j["factory_id"] == factory])
+
+    def _deploy_new_model(self, now_sim: int) -> None:
+        """The published new version onto every running gateway (their predictors swap it
+        in within their poll interval)."""
+        figures = self.model_figures[-1]
+        for factory in self.plan.factory_ids:
+            models.deploy(self.plan, factory, Path(figures["store"]))
+        figures["deployed_wall"] = time.time()
+        figures["deployed_sim_ms"] = now_sim
+
     def _start_gateway(self, factory: str, *, wait: bool = True) -> None:
         assert self.topology is not None
         broker = self.brokers[factory]
@@ -382,12 +491,23 @@ class Run:
                 expect_exit=True,
             )
         self.schedule.start()
+        swap_pending = plan.model_lifecycle and any(
+            m.get("published") for m in self.model_figures[1:]
+        )
         faults = _FaultSchedule(self) if plan.faults.enabled else None
         began = time.time()
         hours = plan.hours
         while True:
             if faults is not None:
                 faults.tick()
+            if plan.model_lifecycle:
+                now_sim = self.clock.sim_ms()
+                if now_sim - self.cmms_fed_ms >= 600_000:  # every ten simulated minutes
+                    self._feed_maintenance(min(now_sim, plan.live_end_ms))
+                if swap_pending and now_sim >= plan.at(plan.model_swap_at):
+                    swap_pending = False
+                    self._deploy_new_model(now_sim)
+
             statuses = [
                 read_json(plan.status_dir / f"sensors-{f}.json", {}) for f in plan.factory_ids
             ]
@@ -411,6 +531,7 @@ class Run:
             if time.time() - began > plan.live_wall_s * 4 + 120:
                 raise RunFailedError("the sensors did not finish in time")
             time.sleep(0.2)
+        self.live_ended_wall = time.time()
         self.timings["live seconds"] = round(time.time() - self.clock.wall0, 2)
         if faults is not None:
             faults.finish()
@@ -495,6 +616,8 @@ class Run:
                 ),
                 deadline,
             )
+        if plan.model_lifecycle:
+            self._feed_maintenance(plan.live_end_ms)
         self.drained_at = time.time()
         self.progress("draining the pipeline", 4, len(stages))
 
@@ -553,6 +676,16 @@ class Run:
         result = reconcile.Reconciliation()
         with self._timed("reconciliation"):
             reconcile.reconcile_readings(plan, result)
+            result.figures["late_data"] = late_figures
+            if plan.model_lifecycle:
+                assert self.monitor is not None
+                reconcile.reconcile_models(
+                    plan,
+                    result,
+                    self.model_figures,
+                    self.monitor.predictions(),
+                    self.live_ended_wall,
+                )
             assert self.influx is not None
             assert self.resources is not None
             with _environment(self.env):

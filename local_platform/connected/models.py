@@ -1,0 +1,205 @@
+"""The model lifecycle in a connected run: from the lake to the gateways.
+
+`lifecycle(plan, version, until_ms)` does what the SageMaker pipeline and the publish flow do,
+with their own commands:
+
+1. the training set: silver readings (delta-rs) up to `until_ms`, the silver maintenance and
+   failure tables and the asset register, exported as the run folder `iiot ml features` reads
+   (the pipeline's Features step);
+2. `iiot ml features`, `iiot ml train`, `iiot ml evaluate` (the pipeline's steps), then the gate
+   (PR-AUC at least the pipeline's `MinPrAuc`, 0.3);
+3. `iiot ml compile --zip` for the gateways' architectures;
+4. publish: the zip and the component recipe (`ml_pipeline.publish_component`) of a new
+   com.iiot.FailureModel version into the local component store (`components/`), which mirrors
+   the artifacts bucket's layout.
+
+`deploy(plan, factory, store_dir)` is the deployment on one gateway: the version's files are
+unpacked beside the current ones and moved into place one by one (a rename each), the manifest
+last, which is what the running FailurePredictor watches: it loads the new model beside the old
+one and swaps it in, keeping its per-machine feature state.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from local_platform.connected import maintenance
+from local_platform.connected.gateway import ROOT, model_dir
+from local_platform.connected.plan import Plan, write_json
+
+MIN_PR_AUC = 0.3  # ml_pipeline/sagemaker_pipeline.py: MinPrAuc's default
+RECIPE = ROOT / "edge_components/com.iiot.FailureModel/recipe.yaml"
+STORE_URI = "s3://iiot-local-artifacts/components"
+
+
+# The columns of the run folder's CSV files (local_platform/simulator.py writes the same).
+FAILURE_FIELDS = [
+    "failure_id", "factory_id", "machine_id", "failure_mode", "degradation_start_ms",
+    "failed_at_ms", "repaired_at_ms",
+]  # fmt: skip
+MAINTENANCE_FIELDS = [
+    "maintenance_id", "factory_id", "machine_id", "kind", "started_at_ms", "completed_at_ms",
+    "failure_id", "averted_failure",
+]  # fmt: skip
+MACHINE_FIELDS = [
+    "factory_id", "machine_id", "model", "installed_on", "vibration_sensitivity",
+    "thermal_sensitivity", "load_factor",
+]  # fmt: skip
+
+
+class LifecycleError(RuntimeError):
+    pass
+
+
+def export_training_set(plan: Plan, out: Path, until_ms: int) -> dict[str, int]:
+    """The run folder of the pipeline's Features step, from the lake."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+    from deltalake import DeltaTable
+
+    out.mkdir(parents=True, exist_ok=True)
+    silver = DeltaTable(str(plan.lake_dir / "silver" / "readings")).to_pyarrow_dataset()
+    columns = ["timestamp", "factory_id", "machine_id", "sensor_id", "metric", "value", "unit"]
+    readings = silver.to_table(columns=columns, filter=ds.field("timestamp") < until_ms)
+    readings = readings.set_column(
+        0, "timestamp", readings.column("timestamp").cast(pa.timestamp("ms", tz="UTC"))
+    )
+    pq.write_table(readings, out / "readings.parquet", compression="zstd")
+
+    def table(name: str) -> list[dict[str, Any]]:
+        path = plan.lake_dir / "silver" / name
+        if not (path / "_delta_log").is_dir():
+            return []
+        rows: list[dict[str, Any]] = DeltaTable(str(path)).to_pyarrow_table().to_pylist()
+        return rows
+
+    failures = [f for f in table("failures") if int(f["failed_at_ms"]) < until_ms]
+    jobs = [j for j in table("maintenance_records") if int(j["completed_at_ms"]) < until_ms]
+    _write_csv(out / "failures.csv", failures, FAILURE_FIELDS)
+    _write_csv(out / "maintenance_records.csv", jobs, MAINTENANCE_FIELDS)
+    _, _, machines = maintenance.schedule(plan)
+    _write_csv(out / "machines.csv", [vars(m) for m in machines], MACHINE_FIELDS)
+    start = int(readings.column("timestamp").cast(pa.int64()).to_numpy().min())
+    (out / "manifest.json").write_text(json.dumps({"start_ms": start, "end_ms": until_ms}))
+    return {"readings": readings.num_rows, "failures": len(failures), "maintenance": len(jobs)}
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]], fields: list[str]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _iiot(log: Path, *args: str) -> str:
+    with log.open("ab") as sink:
+        sink.write(f"$ iiot {' '.join(args)}\n".encode())
+        done = subprocess.run(  # noqa: S603 - our interpreter and the project's command line
+            [sys.executable, "-m", "local_platform.cli", "--no-log-json", *args],
+            capture_output=True,
+            check=False,
+        )
+        sink.write(done.stdout + done.stderr)
+    if done.returncode != 0:
+        raise LifecycleError(f"iiot {args[0]} {args[1]} failed; see {log}")
+    return done.stdout.decode()
+
+
+def lifecycle(plan: Plan, number: int, until_ms: int) -> dict[str, Any]:
+    """Train, evaluate, gate, compile and publish FailureModel version 1.0.<number>."""
+    began = time.perf_counter()
+    work = plan.work_dir / "ml" / f"v{number}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    log = plan.run_dir / "logs" / f"model-v{number}.log"
+    lake_tables = maintenance.build_tables(plan)
+    data = export_training_set(plan, work / "training_set", until_ms)
+    _iiot(log, "ml", "features", "--data", str(work / "training_set"),
+          "--out", str(work / "features.npz"))  # fmt: skip
+    version = f"local-{number}-{int(until_ms)}"
+    _iiot(log, "ml", "train", "--data", str(work / "features.npz"), "--out", str(work / "model"),
+          "--rounds", "80")  # fmt: skip
+    _set_version(work / "model", version)
+    _iiot(log, "ml", "evaluate", "--model", str(work / "model"),
+          "--data", str(work / "features.npz"), "--out", str(work / "evaluation.json"))  # fmt: skip
+    evaluation = json.loads((work / "evaluation.json").read_text())
+    pr_auc = evaluation.get("pr_auc")
+    figures: dict[str, Any] = {
+        "component_version": f"1.0.{number}",
+        "model_version": version,
+        "trained_until_ms": until_ms,
+        "training_set": data,
+        "lake_maintenance_tables": lake_tables,
+        "pr_auc": pr_auc,
+        "gate": f"PR-AUC >= {MIN_PR_AUC}",
+    }
+    if pr_auc is None or pr_auc < MIN_PR_AUC:
+        figures.update(published=False, seconds=round(time.perf_counter() - began, 1))
+        return figures
+    arches = "x86_64,aarch64" if shutil.which("aarch64-linux-gnu-gcc") else "x86_64"
+    _iiot(log, "ml", "compile", "--model", str(work / "model"), "--out",
+          str(work / "failure_model"), "--arch", arches, "--zip",
+          str(work / "failure_model.zip"))  # fmt: skip
+    store = publish(plan, number, work / "failure_model.zip")
+    figures.update(
+        published=True,
+        store=str(store),
+        compiled_for=arches.split(","),
+        seconds=round(time.perf_counter() - began, 1),
+    )
+    return figures
+
+
+def _set_version(model: Path, version: str) -> None:
+    """Name the model version (the pipeline names it after the model package)."""
+    for name in ("training.json", "metrics.json"):
+        path = model / name
+        if path.exists():
+            document = json.loads(path.read_text())
+            if "model_version" in document:
+                document["model_version"] = version
+                path.write_text(json.dumps(document, indent=2))
+
+
+def publish(plan: Plan, number: int, artifact: Path) -> Path:
+    """The version's zip and recipe in the local component store."""
+    from ml_pipeline.publish_component import component_recipe
+
+    component_version = f"1.0.{number}"
+    folder = plan.work_dir / "components" / "com.iiot.FailureModel" / component_version
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(artifact, folder / "failure_model.zip")
+    recipe = component_recipe(
+        yaml.safe_load(RECIPE.read_text()),
+        version=component_version,
+        model_package_version=str(number),
+        artifact_uri=f"{STORE_URI}/com.iiot.FailureModel/{component_version}/failure_model.zip",
+    )
+    write_json(folder / "recipe.json", recipe)
+    return folder
+
+
+def deploy(plan: Plan, factory: str, store: Path) -> None:
+    """Put a published version in place on one gateway, the manifest last."""
+    target = model_dir(plan, factory) / "failure_model"
+    target.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        with zipfile.ZipFile(store / "failure_model.zip") as archive:
+            archive.extractall(tmp)
+        unpacked = Path(tmp) / "failure_model"
+        files = sorted(unpacked.iterdir(), key=lambda p: p.name == "manifest.json")
+        for file in files:
+            os.replace(file, target / file.name)
