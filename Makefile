@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
 
-demo:  ## run the whole platform locally on embedded defaults and print a summary
+demo:  ## run the connected platform locally (sensors -> gateways -> cloud -> lake -> models), through faults, and reconcile
 	@scripts/bootstrap.sh demo
 	$(BIN)/iiot demo
 

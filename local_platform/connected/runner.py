@@ -514,6 +514,8 @@ class Run:
             done = all(s.get("done") for s in statuses)
             sim_now = min(int(s.get("last_event_ms", plan.live_start_ms)) for s in statuses)
             hours_done = max(0.0, (sim_now - plan.live_start_ms) / 3_600_000)
+            if done:
+                hours_done = hours
             self.progress("sensors: simulated hours published", min(hours_done, hours), hours)
             self._report_uploads()
             if done:

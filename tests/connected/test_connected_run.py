@@ -15,7 +15,10 @@ from local_platform.connected.runner import run
 pytestmark = pytest.mark.slow
 
 
-def test_a_tiny_fleet_reconciles_exactly_through_the_faults(tmp_path: Path) -> None:
+def test_a_tiny_fleet_reconciles_exactly_through_the_faults(
+    tmp_path: Path, flink_python: Path
+) -> None:
+    """`flink_python`: the stream rules need `.venv-flink`, made at set-up, never here."""
     plan = Plan(
         work_dir=tmp_path,
         factories=2,
