@@ -251,8 +251,14 @@ class Environment:
     influx_multi_az: bool
     influx_retention_days: int  # hot time series; the lake keeps the history
     redshift_base_rpu: int
+    # Cost guardrails: the warehouse's ceiling, Flink's autoscaling, the interface endpoints'
+    # Availability Zones, and the monthly budget whose alerts reach the operations topic.
+    redshift_max_rpu: int
     flink_parallelism: int
     flink_parallelism_per_kpu: int
+    flink_autoscaling: bool
+    single_az_endpoints: bool
+    monthly_budget_usd: int
     edge_rollout: EdgeRollout
     retraining: Retraining
     client_devices: ClientDevices
@@ -332,6 +338,10 @@ class Environment:
             problems.append("kinesis_retention_hours must be between 24 and 8760")
         if self.redshift_base_rpu < 8 or self.redshift_base_rpu % 8:
             problems.append("redshift_base_rpu must be a multiple of 8, at least 8")
+        if self.redshift_max_rpu < self.redshift_base_rpu or self.redshift_max_rpu % 8:
+            problems.append("redshift_max_rpu must be a multiple of 8, at least the base")
+        if self.monthly_budget_usd < 1:
+            problems.append("monthly_budget_usd must be at least 1")
         if self.account is not None and not _ACCOUNT.fullmatch(self.account):
             problems.append(
                 f"account {self.account!r} (context {self.name}:account) must be a 12-digit "
@@ -553,6 +563,10 @@ def environments(context: Mapping[str, Any] | None = None) -> dict[str, Environm
         influx_multi_az=False,
         influx_retention_days=7,
         redshift_base_rpu=8,
+        redshift_max_rpu=8,
+        flink_autoscaling=False,
+        single_az_endpoints=True,
+        monthly_budget_usd=1500,
         flink_parallelism=1,
         flink_parallelism_per_kpu=1,
         edge_rollout=EdgeRollout(
@@ -581,6 +595,10 @@ def environments(context: Mapping[str, Any] | None = None) -> dict[str, Environm
         influx_multi_az=False,
         influx_retention_days=30,
         redshift_base_rpu=8,
+        redshift_max_rpu=32,
+        flink_autoscaling=False,
+        single_az_endpoints=False,
+        monthly_budget_usd=5000,
         flink_parallelism=2,
         flink_parallelism_per_kpu=1,
         edge_rollout=EdgeRollout(
@@ -611,6 +629,10 @@ def environments(context: Mapping[str, Any] | None = None) -> dict[str, Environm
         influx_multi_az=True,
         influx_retention_days=90,
         redshift_base_rpu=32,
+        redshift_max_rpu=128,
+        flink_autoscaling=True,
+        single_az_endpoints=False,
+        monthly_budget_usd=60000,
         flink_parallelism=8,
         flink_parallelism_per_kpu=1,
         edge_rollout=EdgeRollout(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aws_cdk import Duration, RemovalPolicy, Stack
+from aws_cdk import aws_budgets as budgets
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as actions
 from aws_cdk import aws_iam as iam
@@ -67,9 +68,13 @@ class MonitoringStack(Stack):
             enable_key_rotation=True,
             removal_policy=RemovalPolicy.DESTROY,
         )
-        # CloudWatch alarms publish to an encrypted topic only if they may use its key.
+        # CloudWatch alarms and AWS Budgets publish to an encrypted topic only if they may use
+        # its key.
         key.grant(
             iam.ServicePrincipal("cloudwatch.amazonaws.com"), "kms:Decrypt", "kms:GenerateDataKey*"
+        )
+        key.grant(
+            iam.ServicePrincipal("budgets.amazonaws.com"), "kms:Decrypt", "kms:GenerateDataKey*"
         )
         self.alarm_topic = sns.Topic(
             self,
@@ -85,6 +90,7 @@ class MonitoringStack(Stack):
             )
         self.alarms: dict[str, cloudwatch.Alarm] = {}
         period = Duration.minutes(5)
+        self.budget = self._budget(env_config)
 
         for name, stream in (
             ("Telemetry", monitored.telemetry),
@@ -250,6 +256,51 @@ class MonitoringStack(Stack):
             cloudwatch.AlarmStatusWidget(
                 title="Alarms", alarms=list(self.alarms.values()), width=24
             )
+        )
+
+    def _budget(self, env_config: Environment) -> budgets.CfnBudget:
+        """A monthly cost budget for the environment's resources (its `environment` tag, a
+        cost allocation tag to activate once per account), alerting the operations topic at
+        80 % of actual spend and at 100 % forecast."""
+        self.alarm_topic.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="AwsBudgetsPublish",
+                principals=[iam.ServicePrincipal("budgets.amazonaws.com")],
+                actions=["sns:Publish"],
+                resources=[self.alarm_topic.topic_arn],
+                conditions={"StringEquals": {"aws:SourceAccount": self.account}},
+            )
+        )
+        subscribers = [
+            budgets.CfnBudget.SubscriberProperty(
+                subscription_type="SNS", address=self.alarm_topic.topic_arn
+            )
+        ]
+
+        def notify(kind: str, percent: int) -> Any:
+            return budgets.CfnBudget.NotificationWithSubscribersProperty(
+                notification=budgets.CfnBudget.NotificationProperty(
+                    notification_type=kind,
+                    comparison_operator="GREATER_THAN",
+                    threshold=percent,
+                    threshold_type="PERCENTAGE",
+                ),
+                subscribers=subscribers,
+            )
+
+        return budgets.CfnBudget(
+            self,
+            "MonthlyBudget",
+            budget=budgets.CfnBudget.BudgetDataProperty(
+                budget_name=f"{env_config.prefix}-monthly",
+                budget_type="COST",
+                time_unit="MONTHLY",
+                budget_limit=budgets.CfnBudget.SpendProperty(
+                    amount=env_config.monthly_budget_usd, unit="USD"
+                ),
+                cost_filters={"TagKeyValue": [f"user:environment${env_config.name}"]},
+            ),
+            notifications_with_subscribers=[notify("ACTUAL", 80), notify("FORECASTED", 100)],
         )
 
     def _alarm(

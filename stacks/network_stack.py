@@ -69,6 +69,11 @@ class NetworkStack(Stack):
                 private_dns_enabled=True,
                 open=False,  # the endpoint security group above already admits the VPC
                 security_groups=[self.endpoint_security_group],
+                # One AZ where cost matters more than an AZ outage (dev): an endpoint's network
+                # interface serves the whole VPC.
+                subnets=ec2.SubnetSelection(subnets=[self.vpc.isolated_subnets[0]])
+                if env_config.single_az_endpoints
+                else None,
             )
         self.data_subnets = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED)
 

@@ -204,7 +204,7 @@ class StreamingStack(Stack):
                         configuration_type="CUSTOM",
                         parallelism=env_config.flink_parallelism,
                         parallelism_per_kpu=env_config.flink_parallelism_per_kpu,
-                        auto_scaling_enabled=True,
+                        auto_scaling_enabled=env_config.flink_autoscaling,  # off in dev
                     ),
                 ),
                 application_snapshot_configuration=flink.CfnApplication.ApplicationSnapshotConfigurationProperty(

@@ -126,6 +126,7 @@ class WarehouseStack(Stack):
             workgroup_name=f"{prefix}-warehouse",
             namespace_name=self.namespace.namespace_name,
             base_capacity=env_config.redshift_base_rpu,
+            max_capacity=env_config.redshift_max_rpu,  # the ceiling a query may scale to
             publicly_accessible=False,
             enhanced_vpc_routing=False,
             subnet_ids=vpc.select_subnets(subnet_type=subnets.subnet_type).subnet_ids,
