@@ -383,18 +383,25 @@ def _reading_table(
     batch_id, source_format, source_path, ingest_seq, ingested_ms = meta
     n = len(columns)
     series = columns.series
+    # Columns are gathered in Arrow (`take`) from one value per series or per payload: no
+    # Python list of a row's worth (building those was half of a batch's decoding).
+    series_index = pa.array(np.asarray(columns.series_index, dtype=np.int32))
+    payload_index = pa.array(np.zeros(n, dtype=np.int32))
 
     def series_column(values: list[str | None]) -> Any:
         column = pa.array(values, pa.string())
-        return column.take(pa.array(columns.series_index)) if n else pa.array([], pa.string())
+        return column.take(series_index) if n else pa.array([], pa.string())
+
+    def payload_column(value: str) -> Any:
+        return pa.array([value], pa.string()).take(payload_index)
 
     problems = [_id_problem(key) for key in series]
 
     return pa.table(
         {
-            "batch_id": pa.array([batch_id] * n, pa.string()),
-            "source_format": pa.array([source_format] * n, pa.string()),
-            "source_path": pa.array([source_path] * n, pa.string()),
+            "batch_id": payload_column(batch_id),
+            "source_format": payload_column(source_format),
+            "source_path": payload_column(source_path),
             "ingest_seq": pa.array(np.full(n, ingest_seq, dtype=np.int64)),
             "ingested_ms": pa.array(np.full(n, ingested_ms, dtype=np.int64)),
             "position": pa.array(positions, pa.int32()),
@@ -407,7 +414,7 @@ def _reading_table(
             "unit": series_column([key.unit for key in series]),
             "value": pa.array(columns.value, pa.float64()),
             "reject_reason": series_column(problems) if any(problems) else pa.nulls(n, pa.string()),
-            "raw": pa.array(raws if raws is not None else [None] * n, pa.string()),
+            "raw": pa.array(raws, pa.string()) if raws is not None else pa.nulls(n, pa.string()),
         }
     )
 

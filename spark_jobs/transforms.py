@@ -471,8 +471,23 @@ def quality_check(
             ),
         )
     )
+    # Nearly every reading passes: one cheap test of the rules, so that the lookups and the
+    # reason's text are evaluated for the few that fail only (a CASE evaluates a branch only
+    # on the rows that reach it). NaN and infinities fail the range comparisons.
+    passes: Column = F.lit(False)
+    for name, rule in rules.items():
+        passes = passes | (
+            (metric == F.lit(name))
+            & (unit == F.lit(rule.unit))
+            & (value >= F.lit(float(rule.min)))
+            & (value <= F.lit(float(rule.max)))
+        )
+    passes = passes & (ts >= F.lit(EARLIEST_TIMESTAMP_MS)) & (ts <= latest)
     return decoded.withColumn(
-        "reject_reason", F.coalesce(F.col("reject_reason"), reason.otherwise(F.lit(None)))
+        "reject_reason",
+        F.when(F.col("reject_reason").isNotNull(), F.col("reject_reason"))
+        .when(passes, F.lit(None))
+        .otherwise(reason.otherwise(F.lit(None))),
     )
 
 

@@ -312,3 +312,27 @@ def test_a_landed_file_rewritten_in_place_is_read_again_and_deduplicated_by_cont
 def expected_rows(parts: list[ReadingColumns], catalog: Any) -> int:
     validator = Validator(catalog, max_future_ms=10**15)
     return sum(validator.validate_columns(part).accepted for part in parts)
+
+
+def test_committed_files_carry_exact_row_counts_and_safe_bounds(tmp_path: Path) -> None:
+    """The statistics a ZSTD file is committed with (readers skip files by them): exact row and
+    null counts, bounds only for integer and date columns, over every row group."""
+    import datetime
+    import json
+
+    table = pa.table(
+        {
+            "seq": pa.array([5, None, 9, 2], pa.int64()),
+            "day": pa.array([datetime.date(2026, 1, d) for d in (3, 1, 2, 4)], pa.date32()),
+            "value": pa.array([1.5, float("nan"), 0.5, 2.0], pa.float64()),
+            "name": pa.array(["b", "a", None, "c"], pa.string()),
+            "empty": pa.nulls(4, pa.int32()),
+        }
+    )
+    path = tmp_path / "part.parquet"
+    pq.write_table(table, path, row_group_size=2, compression="zstd")
+    stats = json.loads(io._file_stats(path))
+    assert stats["numRecords"] == 4
+    assert stats["nullCount"] == {"seq": 1, "day": 0, "value": 0, "name": 1, "empty": 4}
+    assert stats["minValues"] == {"seq": 2, "day": "2026-01-01"}
+    assert stats["maxValues"] == {"seq": 9, "day": "2026-01-04"}
