@@ -135,10 +135,12 @@ def test_the_sandbox_deploys_anywhere(synth: Synth) -> None:
             assert "EnvironmentIsPinned" not in template.get("Rules", {})
 
 
-def test_supported_regions_are_listed_in_the_deploy_guide() -> None:
+def test_supported_regions_are_listed_in_the_readme_and_deploy_guide() -> None:
     guide = (ROOT / "docs" / "deploy.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     for region in SUPPORTED_REGIONS:
         assert f"`{region}`" in guide, region
+        assert region in readme, region
 
 
 # --- first deploy and teardown ----------------------------------------------------------------
