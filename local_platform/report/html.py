@@ -482,13 +482,22 @@ def _cost(data: dict[str, Any]) -> str:
         f"{_e(d['service'])} {_e(d['item'])} ({d['share'] * 100:.0f}%)" for d in prod["drivers"]
     )
     warnings = "".join(f"<li>{_e(w)}</li>" for w in prod["warnings"])
+    book = c.get("prices") or {}
+    prices = (
+        f"<p>Unit prices: {book['count']} AWS on-demand list prices, {_e(book['region'])}, "
+        f"as of {_e(book['checked_on'])}, each with its source in config/prices.yaml; how sure: "
+        + ", ".join(f"{n} {_e(status)}" for status, n in book["statuses"].items())
+        + " (<code>iiot cost</code> lists the ones to check).</p>"
+        if book
+        else ""
+    )
     table = _table(
         [
             "environment",
             "machines",
             "as deployed",
             "per machine",
-            "Flink reading batches",
+            "if Flink read the batches (not built)",
             "per machine",
         ],
         rows,
@@ -497,7 +506,7 @@ def _cost(data: dict[str, Any]) -> str:
 {table}
 <p>Case study: $163,740/month for 10,000 machines, stated as $273 per machine ($16.37 by its own
 total). Goal: at most $27 per machine at prod scale. Prod's largest lines: {drivers}.</p>
-<ul>{warnings}</ul>
+{prices}<ul>{warnings}</ul>
 {_chart("cost", c, 380)}{_source(c)}</section>"""
 
 

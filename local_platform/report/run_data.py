@@ -639,7 +639,10 @@ def data_path(run: Run) -> Panel:
 
 
 def cost_panel() -> Panel:
-    from local_platform.report.cost import estimate_environment
+    from local_platform.report.cost import estimate_environment, load_prices
+
+    book = load_prices()
+    statuses = Counter(price.status for price in book.prices.values())
 
     envs = {}
     for name in ("dev", "staging", "prod"):
@@ -660,7 +663,17 @@ def cost_panel() -> Panel:
             "drivers": deployed.drivers(3),
             "warnings": deployed.capacity_warnings,
         }
-    return {"available": True, "source": "iiot cost (config/prices.yaml)", "environments": envs}
+    return {
+        "available": True,
+        "source": "iiot cost (config/prices.yaml)",
+        "environments": envs,
+        "prices": {
+            "region": book.region,
+            "checked_on": book.checked_on,
+            "count": len(book.prices),
+            "statuses": dict(statuses.most_common()),
+        },
+    }
 
 
 def whatif_panel(run: Run) -> Panel:

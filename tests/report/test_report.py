@@ -33,7 +33,10 @@ def test_an_empty_run_directory_gives_a_report_of_absent_panels(tmp_path: Path):
         assert data[name]["available"] is False, name
         assert data[name]["reason"]
     assert data["cost"]["available"]  # from the configuration, not the run
+    prices = data["cost"]["prices"]
+    assert sum(prices["statuses"].values()) == prices["count"] > 0
     html = write_report(tmp_path).read_text()
+    assert f"{prices['count']} AWS on-demand list prices" in html  # how sure the figures are
     assert html.count("Not in this run") >= 6
     # offline: nothing is loaded from elsewhere
     assert re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html) is None
