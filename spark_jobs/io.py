@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F  # noqa: N812  (the PySpark convention)
@@ -421,7 +420,7 @@ def _append_staged(frame: DataFrame, uri: str, partition_by: Sequence[str]) -> N
             stats = _file_stats(file)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(file, target)
-            relative = quote(target.relative_to(table_dir).as_posix(), safe="/=-_.")
+            relative = target.relative_to(table_dir).as_posix()  # delta-rs encodes it
             actions.append(
                 AddAction(
                     relative, target.stat().st_size, values, int(time.time() * 1000), True, stats
@@ -449,11 +448,11 @@ def _append_staged(frame: DataFrame, uri: str, partition_by: Sequence[str]) -> N
 
 
 def _partition_values(folder: Path, partition_by: Sequence[str]) -> dict[str, str | None]:
-    """`column=value` folders (Hive-escaped) -> Delta's partition values."""
+    """`column=value` folders -> Delta's partition values (Sail writes the values as they are:
+    ids and dates, whose characters need no escaping in a path)."""
     values: dict[str, str | None] = {}
     for part in folder.parts:
-        name, _, text = part.partition("=")
-        value = unquote(text)
+        name, _, value = part.partition("=")
         values[name] = None if value == "__HIVE_DEFAULT_PARTITION__" else value
     missing = set(partition_by) - set(values)
     if missing:

@@ -336,3 +336,25 @@ def test_committed_files_carry_exact_row_counts_and_safe_bounds(tmp_path: Path) 
     assert stats["nullCount"] == {"seq": 1, "day": 0, "value": 0, "name": 1, "empty": 4}
     assert stats["minValues"] == {"seq": 2, "day": "2026-01-01"}
     assert stats["maxValues"] == {"seq": 9, "day": "2026-01-04"}
+
+
+def test_zstd_appends_and_merges_keep_partition_values_that_paths_escape(
+    sail: Any, tmp_path: Path
+) -> None:
+    """Ids may hold `:` and `.` (the contract's id rule): Sail names such a partition folder as
+    it is, delta-rs escapes it, and both are read back under the id itself."""
+    uri = io.LakePaths.from_root(tmp_path).root + "/table"
+    rows = [("F:1.a", 1, 2.0), ("plain", 2, 3.0)]
+    frame = sail.createDataFrame(rows, "factory_id string, n long, v double")
+    io.append(frame, uri, partition_by=("factory_id",))
+    io.append(frame, uri, partition_by=("factory_id",))
+    changed = sail.createDataFrame([("F:1.a", 1, 9.0), ("F:1.a", 3, 4.0)], frame.schema)
+    io.merge(sail, changed, uri, keys=("factory_id", "n"), update_columns=("v",))
+    assert sorted(map(tuple, io.read_table(sail, uri).collect())) == [
+        ("F:1.a", 1, 9.0),
+        ("F:1.a", 1, 9.0),
+        ("F:1.a", 3, 4.0),
+        ("plain", 2, 3.0),
+        ("plain", 2, 3.0),
+    ]
+    assert io.read_arrow(uri).num_rows == 5
