@@ -86,24 +86,62 @@ def run_sensor_buffer(raw: dict[str, Any], broker: str, cloud: str) -> None:
     run_until_signalled(lambda: SensorBuffer(config, transport, catalog))
 
 
-def run_failure_predictor(raw: dict[str, Any], broker: str, cloud: str) -> None:
+def run_failure_predictor(
+    raw: dict[str, Any], broker: str, cloud: str, status: Path | None = None
+) -> None:
+    import os
     import secrets
+    import threading
+    from collections import Counter
 
     from failure_predictor.config import PredictorConfig
     from failure_predictor.main import PredictorComponent
 
     from edge_runtime.mqtt import MqttTransport
     from edge_runtime.run import run_until_signalled
+    from local_platform.connected.plan import write_json
+
+    predictions: Counter[str] = Counter()
+    lock = threading.Lock()
+    marker = b'"model_version":"'
+
+    class CountingTransport(MqttTransport):
+        """The MQTT transport, counting the predictions it publishes by model version (the
+        run's record of which version predicted what; the local bus is QoS 0)."""
+
+        def publish_local(self, topic: str, payload: bytes) -> None:
+            if topic.endswith("/predictions"):
+                start = payload.find(marker) + len(marker)
+                version = payload[start : payload.find(b'"', start)].decode(errors="replace")
+                with lock:
+                    predictions[version] += 1
+            super().publish_local(topic, payload)
+
+    def report(stop: threading.Event) -> None:
+        while True:
+            stopped = stop.wait(0.5)
+            if status is not None:
+                with lock:
+                    write_json(status, {"pid": os.getpid(), "predictions": dict(predictions)})
+            if stopped:
+                return
 
     def make() -> PredictorComponent:
         config = PredictorConfig.from_mapping(raw)
         # A clean session per run, as `failure_predictor.main --mqtt` does: its state is in
         # memory and does not outlive the process.
         client_id = f"failure-predictor-{config.factory_id}-{secrets.token_hex(8)}"
-        transport = MqttTransport(broker, cloud, client_id, persistent_session=False)
+        transport = CountingTransport(broker, cloud, client_id, persistent_session=False)
         return PredictorComponent(config, transport)
 
-    run_until_signalled(make)
+    done = threading.Event()
+    reporter = threading.Thread(target=report, args=(done,), daemon=True)
+    reporter.start()
+    try:
+        run_until_signalled(make)
+    finally:
+        done.set()
+        reporter.join(5)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,7 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.component == "sensor-buffer":
         run_sensor_buffer(raw, args.broker, args.cloud)
     else:
-        run_failure_predictor(raw, args.broker, args.cloud)
+        import os
+
+        status = plan.status_dir / f"predictor-{args.factory}-{os.getpid()}.json"
+        run_failure_predictor(raw, args.broker, args.cloud, status)
     return 0
 
 

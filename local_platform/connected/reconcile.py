@@ -465,6 +465,8 @@ def reconcile_models(
     lifecycles: list[dict[str, Any]],
     predictions: dict[str, dict[str, int]],
     live_ended_wall: float,
+    *,
+    observed: dict[str, dict[str, int]] | None = None,
 ) -> None:
     """The model's way from the lake back to the gateways: versions published, and the
     predictions each version made on each gateway (observed on the local bus)."""
@@ -489,4 +491,17 @@ def reconcile_models(
     result.figures["models"] = {
         "lifecycles": lifecycles,
         "predictions_by_version": predictions,
+        "predictions_seen_on_local_bus": observed or {},
     }
+
+
+def predictions_by_version(plan: Plan) -> dict[str, dict[str, int]]:
+    """Per factory, the predictions its predictor processes published, by model version
+    (each process start writes its own `status/predictor-<factory>-<pid>.json`)."""
+    result: dict[str, dict[str, int]] = {}
+    for factory in plan.factory_ids:
+        total: Counter[str] = Counter()
+        for path in plan.status_dir.glob(f"predictor-{factory}-*.json"):
+            total.update(read_json(path, {}).get("predictions", {}))
+        result[factory] = dict(sorted(total.items()))
+    return result

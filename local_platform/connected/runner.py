@@ -685,8 +685,9 @@ class Run:
                     plan,
                     result,
                     self.model_figures,
-                    self.monitor.predictions(),
+                    reconcile.predictions_by_version(plan),
                     self.live_ended_wall,
+                    observed=self.monitor.predictions(),
                 )
             assert self.influx is not None
             assert self.resources is not None
