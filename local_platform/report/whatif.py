@@ -104,7 +104,11 @@ def first_alert(
     warmup_ms: int,
 ) -> tuple[int, float] | None:
     """The first FAILURE_PREDICTED alert (time, probability) at or after `since_ms`, from a
-    predictor that reads the machine's readings from `since_ms - warmup_ms` on."""
+    predictor that reads the machine's readings from `since_ms - warmup_ms` on. An alert the
+    predictor raised during the warm-up and still holds at `since_ms` counts at the first
+    reading from then on: the predictor raises an alert once and holds it until the
+    probability falls below the clear threshold, so dropping it would leave a machine that is
+    already at risk when the planner starts watching without a job."""
     from failure_predictor.config import PredictorConfig
     from failure_predictor.model_loader import ModelHandle
     from failure_predictor.predictor import FailurePredictor
@@ -113,13 +117,13 @@ def first_alert(
     from iiot.anomaly import decode_anomaly
     from local_platform.report.predictions import alert_thresholds
 
-    raised: list[tuple[int, float]] = []
+    events: list[tuple[int, float, str]] = []  # FAILURE_PREDICTED RAISED / CLEARED
 
     def publish(topic: str, payload: bytes) -> None:
         if topic == topics.LOCAL_ALERTS:
             anomaly = decode_anomaly(payload)
-            if anomaly.anomaly_type == "FAILURE_PREDICTED" and anomaly.state == "RAISED":
-                raised.append((anomaly.timestamp, anomaly.value))
+            if anomaly.anomaly_type == "FAILURE_PREDICTED":
+                events.append((anomaly.timestamp, anomaly.value, anomaly.state))
 
     config = PredictorConfig.from_mapping(
         {
@@ -136,6 +140,7 @@ def first_alert(
         )
     start = int(np.searchsorted(readings.timestamp, since_ms - warmup_ms))
     on_reading = predictor.on_reading
+    active: tuple[int, float] | None = None  # the alert the predictor holds
     for t, metric, value in zip(
         readings.timestamp[start:].tolist(),
         readings.metric[start:].tolist(),
@@ -143,10 +148,11 @@ def first_alert(
         strict=True,
     ):
         on_reading(t, machine_id, metric, value)
-        if raised:
-            if raised[-1][0] >= since_ms:
-                return raised[-1]
-            raised.clear()  # raised during the warm-up: the predictor is still catching up
+        for at, probability, state in events:
+            active = (at, probability) if state == "RAISED" else None
+        events.clear()
+        if active is not None and t >= since_ms:
+            return (active[0] if active[0] >= since_ms else t, active[1])
     return None
 
 
