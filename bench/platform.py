@@ -21,10 +21,17 @@ The last line is JSON with the four figures.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# This file's name shadows the standard library's `platform` module, which the libraries below
+# import: the script's own folder must not be on the import path.
+if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+
 import argparse
 import json
 import tempfile
-from pathlib import Path
 
 from local_platform.connected.plan import Faults, Plan
 from local_platform.connected.runner import run
