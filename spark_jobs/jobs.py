@@ -6,10 +6,11 @@
   under an id already taken is kept apart with the reason, for silver to quarantine.
 * **silver** processes only bronze rows above its watermark (the last `ingest_seq` it finished):
   decode, check against the contract and the catalog, quarantine rejects (`MERGE`, insert-only,
-  keyed by batch and position), and `MERGE INTO` the readings exactly once per (sensor_id,
-  timestamp). No payload fails the job: whatever cannot be decoded is quarantined. Rolling
-  features are recomputed from each affected series' earliest new reading on (late data changes
-  the statistics of the readings after it), with the stored rows before it as the frames' context.
+  keyed by batch and position), and append the readings silver does not hold (an anti-join),
+  exactly once per (sensor_id, timestamp). No payload fails the job: whatever cannot be
+  decoded is quarantined. Rolling features are recomputed from each affected series' earliest
+  new reading on (late data changes the statistics of the readings after it), with the stored
+  rows before it as the frames' context.
 * **gold** recomputes the daily aggregates of the (event_date, factory_id) partitions that silver
   changed since gold's watermark, and merges them.
 
@@ -343,15 +344,16 @@ def _merge_readings(
             insert=False,
             target_filter=io.partition_predicate(changed),
         )
-    progress(f"silver: merging {count} new readings")
-    # New readings: an insert-only MERGE (exactly once per key, and no file is rewritten).
-    io.merge(
-        spark,
+    progress(f"silver: appending {count} new readings")
+    # New readings: `fresh` left out every key silver holds (the anti-join above, in the same
+    # partitions from the earliest new timestamp on), so an append writes each key exactly
+    # once; a MERGE would join the same partitions against silver a second time. The anti-join
+    # is evaluated by this write, after the late-data update (which changes no key), and a
+    # crashed run's rows are left out by the next run's anti-join the same way.
+    io.append(
         transforms.changed_rows(window, new=True),
         paths.silver,
-        keys=(*transforms.PARTITION_COLUMNS, *transforms.READING_KEY),
-        update_columns=None,
-        target_filter=io.partition_predicate(partitions),
+        partition_by=transforms.PARTITION_COLUMNS,
     )
     result.rows_written = count
     return touched_partitions
