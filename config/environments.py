@@ -49,7 +49,10 @@ DEPLOY_INPUTS = (
     "escalation_emails",
     "edge_model_version",
     "metrics_catalog",
+    "opcua_plcs",
 )
+# Inputs that name a file, relative to the repository unless absolute.
+PATH_INPUTS = ("metrics_catalog", "opcua_plcs")
 # Inputs given as comma-separated lists (`-c prod:alert_emails=a@example.com,b@example.com`).
 LIST_INPUTS = ("alert_emails", "alert_https", "escalation_emails")
 _HTTPS = re.compile(r"https://[^\s,]+")
@@ -229,6 +232,10 @@ class Environment:
       the gateways run, MAJOR.MINOR.PATCH as the ML stack's publish flow makes them
       (`1.0.<model package version>`); None: the factory deployments run the sensor buffer
       without prediction.
+    - `opcua_plcs` (`<env>:opcua_plcs`): a YAML file `{<factory>: {<plc name>: {endpoint,
+      nodes: [...]}}}` (the OpcUaCollector's `plcs`, edge_components/README.md): each factory
+      named there also runs the collector with its PLCs (validated at synth by the
+      component's own rules); None: no factory runs it.
     - `metrics_catalog` (`<env>:metrics_catalog`): the metric catalog whose edge thresholds
       the factory deployments set on the gateways; a path, relative to the repository unless
       absolute (default config/metrics.yaml). Only the stacks read this setting: the runtime
@@ -272,6 +279,7 @@ class Environment:
     escalation_emails: tuple[str, ...] = ()
     edge_model_version: str | None = None
     metrics_catalog: Path = METRICS_CATALOG
+    opcua_plcs: Path | None = None
 
     @property
     def prefix(self) -> str:
@@ -384,6 +392,8 @@ class Environment:
                 "be a component version MAJOR.MINOR.PATCH, as the ML stack publishes them "
                 "(1.0.<model package version>)"
             )
+        if self.opcua_plcs is not None:
+            problems += _plc_problems(self)
         if not self.metrics_catalog.is_file():
             problems.append(
                 f"metrics_catalog {self.metrics_catalog} (context {self.name}:metrics_catalog) "
@@ -392,6 +402,37 @@ class Environment:
         if problems:
             raise ConfigError(f"environment {self.name}: " + "; ".join(problems))
         return self
+
+
+def opcua_plcs(env: Environment) -> dict[str, dict[str, Any]]:
+    """The environment's `opcua_plcs` file: factory -> the collector's `plcs` ({} if none)."""
+    if env.opcua_plcs is None:
+        return {}
+    import yaml
+
+    loaded = yaml.safe_load(env.opcua_plcs.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"opcua_plcs {env.opcua_plcs}: not a mapping of factory -> plcs")
+    return {str(factory): plcs for factory, plcs in loaded.items()}
+
+
+def _plc_problems(env: Environment) -> list[str]:
+    where = f"opcua_plcs {env.opcua_plcs} (context {env.name}:opcua_plcs)"
+    assert env.opcua_plcs is not None
+    if not env.opcua_plcs.is_file():
+        return [f"{where} is not a file"]
+    try:
+        plcs = opcua_plcs(env)
+    except (ConfigError, ValueError) as error:
+        return [f"{where}: {error}"]
+    unknown = sorted(set(plcs) - set(env.factories))
+    if unknown:
+        return [f"{where} names factories {unknown} that {env.name} does not have"]
+    return [
+        f"{where}: factory {factory}: its plcs must be a mapping of PLC name -> endpoint, nodes"
+        for factory, value in plcs.items()
+        if not isinstance(value, dict) or not value
+    ]
 
 
 _DEV_LAKE = LakeSettings(
@@ -534,7 +575,7 @@ def deploy_inputs(context: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         elif value and setting in LIST_INPUTS:
             inputs[env][setting] = tuple(item.strip() for item in value.split(",") if item.strip())
         elif value:
-            inputs[env][setting] = REPOSITORY / value if setting == "metrics_catalog" else value
+            inputs[env][setting] = REPOSITORY / value if setting in PATH_INPUTS else value
     if problems:
         raise ConfigError("; ".join(problems))
     return inputs

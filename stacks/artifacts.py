@@ -79,6 +79,7 @@ COMPONENTS = {
     "com.iiot.SensorBuffer": _component("com.iiot.SensorBuffer", built_here=True),
     "com.iiot.FailurePredictor": _component("com.iiot.FailurePredictor", built_here=True),
     "com.iiot.FailureModel": _component("com.iiot.FailureModel", built_here=False),
+    "com.iiot.OpcUaCollector": _component("com.iiot.OpcUaCollector", built_here=True),
 }
 ALL = (
     ALERT_ROUTER,

@@ -17,12 +17,16 @@ The sensor path: every factory deployment also runs AWS's client-device componen
 device auth with the factory's device group, the Moquette broker, the IP detector) and the
 MQTT bridge, which hands `factory/<factory>/readings` from the local broker to the buffer
 (`ClientDevices` in config/environments.py; docs/deploy.md shows a sensor connecting).
+Factories whose PLCs speak OPC UA also run the OpcUaCollector, configured with the PLCs the
+environment's `opcua_plcs` file lists for them.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,7 +35,7 @@ from aws_cdk import aws_greengrassv2 as greengrass
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
-from config.environments import Environment
+from config.environments import ConfigError, Environment, opcua_plcs
 from iiot import topics
 from iiot.catalog import MetricCatalog, load_catalog
 from stacks import artifacts
@@ -43,7 +47,9 @@ FAILURE_PREDICTOR = "com.iiot.FailurePredictor"
 FAILURE_MODEL = "com.iiot.FailureModel"
 # Components built from edge_components/<name>/src by edge_runtime.build (what `gdk component
 # build` runs too).
-BUILT_HERE = (SENSOR_BUFFER, FAILURE_PREDICTOR)
+OPCUA_COLLECTOR = "com.iiot.OpcUaCollector"
+# Published in every environment; deployed to the factories that name PLCs (opcua_plcs).
+BUILT_HERE = (SENSOR_BUFFER, FAILURE_PREDICTOR, OPCUA_COLLECTOR)
 THING = "{iot:thingName}"
 # AWS-provided components. The MQTT bridge relays the buffer's local status topic to IoT Core,
 # where a rule turns the health snapshots into CloudWatch metrics (iot stack), and hands the
@@ -164,6 +170,30 @@ def factory_configuration(
     return merge
 
 
+def collector_plcs(env: Environment, catalog: MetricCatalog) -> dict[str, Any]:
+    """factory -> the OPC UA collector's `plcs` for the factories `<env>:opcua_plcs` names,
+    each checked with the collector's own configuration rules (opcua_collector.config, loaded
+    from its component folder): a bad node fails the synth, not the gateway."""
+    plcs = opcua_plcs(env)
+    if not plcs:
+        return {}
+    source = artifacts.COMPONENTS[OPCUA_COLLECTOR].require().parent / "src"
+    spec = importlib.util.spec_from_file_location(
+        "_opcua_collector_config", source / "opcua_collector" / "config.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    for factory, factory_plcs in plcs.items():
+        try:
+            module.from_mapping({"factoryId": factory, "plcs": factory_plcs}, catalog)
+        except module.ConfigError as error:
+            raise ConfigError(f"{env.name}:opcua_plcs, factory {factory}: {error}") from error
+    return plcs
+
+
 class EdgeStack(Stack):
     @staticmethod
     def _client_device_components(env: Environment, factory: str) -> dict[str, Any]:
@@ -204,6 +234,9 @@ class EdgeStack(Stack):
         names = {name: env_config.component_name(name) for name in artifacts.COMPONENTS}
         self.component_names = names
         self.components: dict[str, GreengrassComponent] = {}
+        # Factories whose PLCs the OPC UA collector reads (`<env>:opcua_plcs`), each factory's
+        # configuration validated by the component's own rules.
+        plcs = collector_plcs(env_config, catalog)
         for name in BUILT_HERE:
             component_dir = artifacts.COMPONENTS[name].require().parent
             self.components[name] = GreengrassComponent(
@@ -227,6 +260,7 @@ class EdgeStack(Stack):
             deployed.append(FAILURE_PREDICTOR)
         rollout = env_config.edge_rollout
         for factory, group_arn in thing_group_arns.items():
+            factory_components = deployed + ([OPCUA_COLLECTOR] if factory in plcs else [])
             specs: dict[str, Any] = {
                 names[name]: greengrass.CfnDeployment.ComponentDeploymentSpecificationProperty(
                     component_version=self.components[name].version,
@@ -237,12 +271,13 @@ class EdgeStack(Stack):
                                 factory,
                                 catalog,
                                 env_config,
-                            ),
+                            )
+                            | ({"plcs": plcs[factory]} if name == OPCUA_COLLECTOR else {}),
                             sort_keys=True,
                         )
                     ),
                 )
-                for name in deployed
+                for name in factory_components
             }
             specs.update(self._client_device_components(env_config, factory))
             if env_config.edge_model_version:
@@ -285,7 +320,7 @@ class EdgeStack(Stack):
                     ),
                 ),
             )
-            for name in deployed:
+            for name in factory_components:
                 self.deployments[factory].add_resource_dependency(
                     self.components[name].component_version
                 )

@@ -16,6 +16,7 @@ import yaml
 from cfnlint.api import ManualArgs, lint_file
 
 from config.environments import METRICS_CATALOG, environments
+from iiot.catalog import load_catalog
 from tests.infra.conftest import TEST_PINS, stack_templates
 from tests.infra.test_gates import CFN_LINT_IGNORED, CFN_LINT_REGIONS
 
@@ -28,6 +29,17 @@ SENSOR_BUFFER = "com.iiot.dev.SensorBuffer"
 FAILURE_PREDICTOR = "com.iiot.dev.FailurePredictor"
 FAILURE_MODEL = "com.iiot.dev.FailureModel"
 MQTT_BRIDGE = "aws.greengrass.clientdevices.mqtt.Bridge"
+OPCUA_COLLECTOR = "com.iiot.dev.OpcUaCollector"
+# factory-01's press line: one PLC, one node mapped to a catalog metric.
+PLCS = {
+    "press-line": {
+        "endpoint": "opc.tcp://10.1.2.3:4840",
+        "nodes": [
+            {"nodeId": "ns=2;s=Press1.Temperature", "machineId": "press-1",
+             "sensorId": "temp-1", "metric": "temperature"}
+        ],
+    }
+}  # fmt: skip
 
 
 class DevSynth:
@@ -56,6 +68,8 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> DevSynth:
     catalog["metrics"]["temperature"]["edge"]["max"] = 111.0
     catalog_path = tmp_path_factory.mktemp("catalog") / "metrics.yaml"
     catalog_path.write_text(yaml.safe_dump(catalog))
+    plcs_path = tmp_path_factory.mktemp("plcs") / "plcs.yaml"
+    plcs_path.write_text(yaml.safe_dump({"factory-01": PLCS}))
     outdir = tmp_path_factory.mktemp("cdk.out")
     flags = {key: value for key, value in feature_flags().items() if not is_deploy_input(key)}
     app = cdk.App(
@@ -69,6 +83,7 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> DevSynth:
             "dev:alert_https": ALERT_HTTPS,
             "dev:escalation_emails": ESCALATION_EMAIL,
             "dev:metrics_catalog": str(catalog_path),
+            "dev:opcua_plcs": str(plcs_path),
         },
     )
     build_app(app, ["dev"])
@@ -101,13 +116,13 @@ def test_a_model_version_deploys_the_predictor_and_that_model_to_every_factory(
     dev: DevSynth,
 ) -> None:
     published = _published_versions(dev)
-    assert set(published) == {SENSOR_BUFFER, FAILURE_PREDICTOR}
+    assert set(published) == {SENSOR_BUFFER, FAILURE_PREDICTOR, OPCUA_COLLECTOR}
     deployments = dev.resources("edge", "AWS::GreengrassV2::Deployment").values()
     assert len(deployments) == len(environments()["dev"].factories)
     for deployment in deployments:
         components = deployment["Properties"]["Components"]
         assert {SENSOR_BUFFER, FAILURE_PREDICTOR, FAILURE_MODEL, MQTT_BRIDGE} <= set(components)
-        assert {name for name in components if name.startswith("com.iiot.")} == {
+        assert {name for name in components if name.startswith("com.iiot.")} - {OPCUA_COLLECTOR} == {
             SENSOR_BUFFER, FAILURE_PREDICTOR, FAILURE_MODEL,
         }  # fmt: skip
         # The code components run the versions this stack publishes; the model, the version
@@ -129,7 +144,14 @@ def test_the_predictor_is_configured_for_its_factory(dev: DevSynth) -> None:
 def test_deployments_wait_for_every_component_version_they_run(dev: DevSynth) -> None:
     versions = dev.resources("edge", "AWS::GreengrassV2::ComponentVersion")
     for deployment in dev.resources("edge", "AWS::GreengrassV2::Deployment").values():
-        assert set(deployment["DependsOn"]) >= set(versions)
+        runs = {
+            logical_id
+            for logical_id in versions
+            if f"com.iiot.dev.{logical_id.split('Version')[0]}"
+            in deployment["Properties"]["Components"]
+        }
+        assert len(runs) >= 2  # the buffer and the predictor, and the collector if it runs
+        assert set(deployment["DependsOn"]) >= runs
 
 
 def test_the_deployments_set_the_named_catalogs_thresholds(dev: DevSynth) -> None:
@@ -146,6 +168,41 @@ def test_the_alarm_address_is_subscribed(dev: DevSynth) -> None:
     (subscription,) = dev.resources("monitoring", "AWS::SNS::Subscription").values()
     assert subscription["Properties"]["Protocol"] == "email"
     assert subscription["Properties"]["Endpoint"] == ALARM_EMAIL
+
+
+def test_factories_with_plcs_run_the_opcua_collector_with_them(dev: DevSynth) -> None:
+    published = _published_versions(dev)
+    assert OPCUA_COLLECTOR in published
+    for deployment in dev.resources("edge", "AWS::GreengrassV2::Deployment").values():
+        components = deployment["Properties"]["Components"]
+        buffer = json.loads(components[SENSOR_BUFFER]["ConfigurationUpdate"]["Merge"])
+        if buffer["factoryId"] != "factory-01":
+            assert OPCUA_COLLECTOR not in components
+            continue
+        collector = components[OPCUA_COLLECTOR]
+        assert collector["ComponentVersion"] == published[OPCUA_COLLECTOR]
+        merge = json.loads(collector["ConfigurationUpdate"]["Merge"])
+        assert merge["factoryId"] == "factory-01"
+        assert merge["plcs"] == PLCS
+        # It publishes the factory's readings on the local bus, where the buffer reads them.
+        assert "factory/factory-01/readings" in json.dumps(merge["accessControl"])
+
+
+def test_a_bad_plc_node_fails_the_synth_with_the_collectors_reason(tmp_path: Path) -> None:
+    from config.environments import ConfigError, environments
+    from stacks.edge_stack import collector_plcs
+
+    bad = {"press-line": {"endpoint": "opc.tcp://10.1.2.3:4840",
+                          "nodes": [{"nodeId": "ns=2;s=X", "machineId": "press-1",
+                                     "sensorId": "t", "metric": "no-such-metric"}]}}  # fmt: skip
+    path = tmp_path / "plcs.yaml"
+    path.write_text(yaml.safe_dump({"factory-01": bad}))
+    env = environments({"dev:opcua_plcs": str(path)})["dev"]
+    with pytest.raises(ConfigError, match="dev:opcua_plcs, factory factory-01"):
+        collector_plcs(env, load_catalog(METRICS_CATALOG))
+    path.write_text(yaml.safe_dump({"factory-99": PLCS}))
+    with pytest.raises(ConfigError, match=r"names factories \['factory-99'\]"):
+        environments({"dev:opcua_plcs": str(path)})
 
 
 def test_alerts_reach_the_subscribers_the_environment_names(dev: DevSynth) -> None:

@@ -595,7 +595,13 @@ def test_components_are_published_with_their_recipe_and_asset(synth: Synth) -> N
     }
     # Component names are account-wide in a region: each environment publishes its own, and
     # the recipes name each other by the environment's names.
-    assert set(recipes) == {"com.iiot.dev.SensorBuffer", "com.iiot.dev.FailurePredictor"}
+    assert set(recipes) == {
+        "com.iiot.dev.SensorBuffer",
+        "com.iiot.dev.FailurePredictor",
+        "com.iiot.dev.OpcUaCollector",
+    }
+    collector = recipes["com.iiot.dev.OpcUaCollector"]
+    assert "com.iiot.dev.SensorBuffer" in collector["ComponentDependencies"]
     predictor = recipes["com.iiot.dev.FailurePredictor"]
     assert "com.iiot.dev.FailureModel" in predictor["ComponentDependencies"]
     defaults = predictor["ComponentConfiguration"]["DefaultConfiguration"]
