@@ -420,6 +420,9 @@ def demo(
             "it and let the gateways' predictors swap it in."
         ),
     ] = True,
+    report: Annotated[
+        bool, typer.Option(help="Write the fleet report (report.html) into the run directory.")
+    ] = True,
     step: Annotated[
         list[str] | None,
         typer.Option(
@@ -473,6 +476,13 @@ def demo(
         except RunFailedError as exc:
             raise fail(str(exc)) from exc
     _print_reconciliation(document, work_dir)
+    if report:
+        # Written whether or not the run reconciles: the report shows which check failed.
+        from local_platform.report.html import write_report
+
+        with stderr.status("writing the fleet report"):
+            path = write_report(work_dir)
+        stdout.print(f"fleet report: {path.resolve()}", highlight=False)
     if not document["ok"]:
         raise fail(f"the run does not reconcile: {', '.join(document['failed'])}")
 
