@@ -73,12 +73,14 @@ def _component(name: str, *, built_here: bool) -> Artifact:
     )
 
 
-# Components whose code is in src/; FailureModel is data only (the ML publish flow makes its
-# versions from its recipe).
+# Components whose code is in src/; FailureModel and AnomalyModel are data only (published from
+# their recipes after a model is approved). All are here so that the recipes that name each
+# other get the environment's names.
 COMPONENTS = {
     "com.iiot.SensorBuffer": _component("com.iiot.SensorBuffer", built_here=True),
     "com.iiot.FailurePredictor": _component("com.iiot.FailurePredictor", built_here=True),
     "com.iiot.FailureModel": _component("com.iiot.FailureModel", built_here=False),
+    "com.iiot.AnomalyModel": _component("com.iiot.AnomalyModel", built_here=False),
     "com.iiot.OpcUaCollector": _component("com.iiot.OpcUaCollector", built_here=True),
 }
 ALL = (

@@ -231,7 +231,11 @@ class EdgeStack(Stack):
         catalog = load_catalog(env_config.metrics_catalog)
         # Every component of the project by its environment's name, for the recipes that
         # name each other (the predictor depends on the model).
-        names = {name: env_config.component_name(name) for name in artifacts.COMPONENTS}
+        names = {
+            name: env_config.component_name(name)
+            for name, artifact in artifacts.COMPONENTS.items()
+            if artifact.require()  # every component's folder is there (the names come from it)
+        }
         self.component_names = names
         self.components: dict[str, GreengrassComponent] = {}
         # Factories whose PLCs the OPC UA collector reads (`<env>:opcua_plcs`), each factory's

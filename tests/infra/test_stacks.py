@@ -606,10 +606,12 @@ def test_components_are_published_with_their_recipe_and_asset(synth: Synth) -> N
     assert "com.iiot.dev.FailureModel" in predictor["ComponentDependencies"]
     defaults = predictor["ComponentConfiguration"]["DefaultConfiguration"]
     assert defaults["modelDir"].startswith("{com.iiot.dev.FailureModel:artifacts:")
+    assert defaults["anomalyModelDir"].startswith("{com.iiot.dev.AnomalyModel:artifacts:")
     for recipe in recipes.values():
         text = json.dumps(recipe)
         assert "com.iiot.SensorBuffer" not in text
         assert "com.iiot.FailureModel" not in text
+        assert "com.iiot.AnomalyModel" not in text
         assert "BUCKET_NAME" not in text  # the gdk placeholder is replaced by the asset
         for manifest in recipe["Manifests"]:
             (artifact,) = manifest["Artifacts"]  # the CDK asset, a reference
