@@ -209,29 +209,37 @@ def _walk_hadoop(spark: SparkSession, landing_uri: str, since_ms: int | None) ->
         return []
     found: list[LandedObject] = []
 
-    def walk(folder: Any, day_ms: int | None, hour_ms: int | None) -> None:
+    # Paths are built from the landing URI and the entries' names: a Hadoop path's own string
+    # form escapes characters such as `=` in folder names.
+    def walk(folder: Any, uri: str, day_ms: int | None, hour_ms: int | None) -> None:
         for status in filesystem.listStatus(folder):
             name = status.getPath().getName()
+            path = f"{uri}/{name}"
             if name.startswith((".", "_")):
                 continue
             if status.isDirectory():
                 start, length = _folder_span(name, day_ms)
                 if start is None or length is None:
-                    walk(status.getPath(), day_ms, hour_ms)
+                    walk(status.getPath(), path, day_ms, hour_ms)
                 elif since_ms is None or start + length > since_ms:
                     is_day = length == DAY_MS
-                    walk(status.getPath(), start if is_day else day_ms, None if is_day else start)
+                    walk(
+                        status.getPath(),
+                        path,
+                        start if is_day else day_ms,
+                        None if is_day else start,
+                    )
             else:
                 found.append(
                     LandedObject(
-                        status.getPath().toString(),
+                        path,
                         int(status.getLen()),
                         int(status.getModificationTime()),
                         hour_ms if hour_ms is not None else day_ms,
                     )
                 )
 
-    walk(root, None, None)
+    walk(root, landing_uri.rstrip("/"), None, None)
     return found
 
 

@@ -6,6 +6,7 @@ import shutil
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import numpy as np
 import pyarrow as pa
@@ -358,3 +359,33 @@ def test_zstd_appends_and_merges_keep_partition_values_that_paths_escape(
         ("plain", 2, 3.0),
     ]
     assert io.read_arrow(uri).num_rows == 5
+
+
+def test_listing_through_hadoop_prunes_the_same_prefixes(classic: Any, tmp_path: Path) -> None:
+    """On EMR the listing goes through Hadoop's FileSystem (classic Spark; here on local files):
+    the same files, sizes and arrival hours as the local walk, the old prefixes left out."""
+    landing = tmp_path / "landing"
+    for relative in (
+        "date=2026-01-03/hour=09/old",
+        "date=2026-01-05/hour=10/a",
+        "date=2026-01-05/hour=12/b",
+        "date=2026-01-05/c",
+        "json/d.jsonl",
+        "date=2026-01-05/hour=12/.e.partial",
+    ):
+        io.land_file(landing, relative, relative.encode())
+    since = 1_767_571_200_000  # 2026-01-05T00:00Z
+    local = io.list_landing(classic, landing.as_uri(), since_ms=since)
+    hadoop = io._walk_hadoop(classic, landing.as_uri(), since)
+
+    def summary(items: list[io.LandedObject]) -> list[tuple[str, int, int | None]]:
+        return sorted((unquote(i.path.split("/landing/")[1]), i.size, i.hour_ms) for i in items)
+
+    assert summary(hadoop) == summary(local)
+    assert summary(local) == [
+        ("date=2026-01-05/c", 17, since),
+        ("date=2026-01-05/hour=10/a", 25, since + 10 * 3_600_000),
+        ("date=2026-01-05/hour=12/b", 25, since + 12 * 3_600_000),
+        ("json/d.jsonl", 12, None),
+    ]
+    assert len(io._walk_hadoop(classic, landing.as_uri(), None)) == 5
