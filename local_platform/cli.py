@@ -420,8 +420,12 @@ def demo(
             "it and let the gateways' predictors swap it in."
         ),
     ] = True,
-    report: Annotated[
-        bool, typer.Option(help="Write the fleet report (report.html) into the run directory.")
+    fleet_report: Annotated[
+        bool,
+        typer.Option(
+            "--report/--no-report",
+            help="Write the fleet report (report.html) into the run directory.",
+        ),
     ] = True,
     step: Annotated[
         list[str] | None,
@@ -476,7 +480,7 @@ def demo(
         except RunFailedError as exc:
             raise fail(str(exc)) from exc
     _print_reconciliation(document, work_dir)
-    if report:
+    if fleet_report:
         # Written whether or not the run reconciles: the report shows which check failed.
         from local_platform.report.html import write_report
 
