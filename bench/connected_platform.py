@@ -14,24 +14,17 @@ Flink SQL rules run on PyFlink, and `iiot lake run` builds silver on a schedule.
 * sensor_to_silver_p50_s: from publication to the end of the lake run that put the reading in
   silver (the lake runs every 12 s, each run taking what it takes on this machine).
 
-    python bench/platform.py [--hours 24] [--factories 2] [--machines 10] [--rate 20000]
+    python bench/connected_platform.py [--hours 24] [--factories 2] [--machines 10] [--rate 20000]
 
 The last line is JSON with the four figures.
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# This file's name shadows the standard library's `platform` module, which the libraries below
-# import: the script's own folder must not be on the import path.
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
-
 import argparse
 import json
 import tempfile
+from pathlib import Path
 
 from local_platform.connected.plan import Faults, Plan
 from local_platform.connected.runner import run
