@@ -237,7 +237,7 @@ def _reliability(data: dict[str, Any]) -> str:
             _e(f["mode"]),
             _e(f["failed_at"]),
             {True: '<span class="ok">caught</span>', False: '<span class="bad">missed</span>'}.get(
-                f["caught"], "no predictor in this run"
+                f["caught"], _e(f.get("not_judged", "no predictor in this run"))
             ),
             _num(f["lead_h"], 1, " h"),
         ]
@@ -451,7 +451,9 @@ def _data_path(data: dict[str, Any]) -> str:
             else _missing("no backlog or outage figures (the connected run writes them)")
         )
     )
-    rejected = bool(d.get("contract_quarantine") or d.get("lake_quarantine"))
+    rejected = bool(
+        d.get("contract_quarantine") or d.get("lake_quarantine") or d.get("gateway_quarantine")
+    )
     quarantine = _chart(
         "quarantine",
         {"available": rejected, "reason": "nothing quarantined in this run"},

@@ -89,7 +89,14 @@ def _guard(name: str, build: Callable[[], Panel]) -> Panel:
 
 
 def machine_history(run: Run) -> dict[str, Any]:
-    """Machines, failures, maintenance and the run's span (simulation ground truth)."""
+    """Machines, failures, maintenance and the run's span: the simulation's ground truth, or
+    for a connected run (no simulation files) its lake's maintenance tables and plan."""
+    if not run.has_simulation():
+        from local_platform.report.connected_run import connected_history
+
+        connected = connected_history(run.root)
+        if connected is not None:
+            return connected
     manifest = run.manifest()
     machines = run.rows("machines.csv")
     failures = run.rows("failures.csv")
@@ -110,7 +117,10 @@ def reliability(history: dict[str, Any], predictions: dict[str, Any] | None) -> 
     """Availability, downtime, MTBF, MTTR, failures caught and missed per machine and factory."""
     start, end = history["start_ms"], history["end_ms"]
     if not history["machines"] or start is None or end is None:
-        return missing("no simulation with machines.csv and manifest.json in this run")
+        return missing(
+            "no simulation with machines.csv and manifest.json, or connected run with "
+            "plan.json, in this run"
+        )
     span_h = (end - start) / HOUR_MS
     per_machine: dict[str, dict[str, Any]] = {}
     for machine in history["machines"]:
@@ -138,6 +148,7 @@ def reliability(history: dict[str, Any], predictions: dict[str, Any] | None) -> 
                 (int(job["completed_at_ms"]) - int(job["started_at_ms"])) / HOUR_MS
             )
     alerts = {m: p["alerts"] for m, p in (predictions or {}).items()}
+    predicted_from = history.get("predicted_from_ms")
     outcomes = []
     before = 0  # failed before the run began (their repairs may fall inside it)
     for failure in history["failures"]:
@@ -150,6 +161,7 @@ def reliability(history: dict[str, Any], predictions: dict[str, Any] | None) -> 
         warned = [
             t for t in alerts.get(failure["machine_id"], []) if failed - HORIZON_MS <= t < failed
         ]
+        judged = predictions is not None and (predicted_from is None or failed >= predicted_from)
         outcomes.append(
             {
                 "failure_id": failure["failure_id"],
@@ -157,8 +169,13 @@ def reliability(history: dict[str, Any], predictions: dict[str, Any] | None) -> 
                 "factory_id": failure["factory_id"],
                 "mode": failure["failure_mode"],
                 "failed_at": _iso(failed),
-                "caught": bool(warned) if predictions is not None else None,
-                "lead_h": round((failed - min(warned)) / HOUR_MS, 1) if warned else None,
+                "caught": bool(warned) if judged else None,
+                "lead_h": round((failed - min(warned)) / HOUR_MS, 1) if warned and judged else None,
+                **(
+                    {"not_judged": "before the live hours (no predictor ran)"}
+                    if predictions is not None and not judged
+                    else {}
+                ),
             }
         )
     rows = []
@@ -200,7 +217,9 @@ def reliability(history: dict[str, Any], predictions: dict[str, Any] | None) -> 
     caught = [o for o in outcomes if o["caught"]]
     return {
         "available": True,
-        "source": "simulation/failures.csv, maintenance_records.csv, manifest.json"
+        "source": history.get(
+            "source", "simulation/failures.csv, maintenance_records.csv, manifest.json"
+        )
         + (" + the failure predictor's alerts" if predictions is not None else ""),
         "span_h": round(span_h, 2),
         "machines": sorted(rows, key=lambda r: r["machine_id"]),
@@ -302,9 +321,14 @@ def scatter_panel(run: Run) -> Panel:
     from deltalake import DeltaTable
 
     table = DeltaTable(str(silver)).to_pyarrow_table(
-        columns=["machine_id", "timestamp", "metric", "value", "is_anomaly"],
-        filters=[("metric", "in", ["temperature", "pressure"])],
+        columns=["machine_id", "timestamp", "metric", "value", "is_anomaly"]
     )
+    # delta-rs may read strings as string_view, which arrow's compute kernels and the filter
+    # pushdown do not all take: compare and join on plain strings
+    table = table.set_column(0, "machine_id", table.column("machine_id").cast("string")).set_column(
+        2, "metric", table.column("metric").cast("string")
+    )
+    table = table.set_column(1, "timestamp", table.column("timestamp").cast("int64"))
     temperature = table.filter(pc.equal(table.column("metric"), "temperature"))
     pressure = table.filter(pc.equal(table.column("metric"), "pressure"))
     joined = temperature.select(["machine_id", "timestamp", "value", "is_anomaly"]).join(
@@ -384,10 +408,24 @@ def anomaly_counts(run: Run, predictions: dict[str, Any] | None) -> Panel:
             counts.setdefault(machine, {}).setdefault("stream rule alerts", 0)
             counts[machine]["stream rule alerts"] += 1
         sources.append("stream/alerts.txt")
+    else:
+        from local_platform.report.connected_run import anomaly_records
+
+        stream = [
+            a
+            for a in anomaly_records(run.root)
+            if a.get("state", "RAISED") == "RAISED" and a.get("source") in {"stream", "edge"}
+        ]
+        for anomaly in stream:
+            name = "stream rule alerts" if anomaly["source"] == "stream" else "edge rule alerts"
+            counts.setdefault(anomaly.get("machine_id", "?"), {}).setdefault(name, 0)
+            counts[anomaly.get("machine_id", "?")][name] += 1
+        if stream:
+            sources.append("cloud/anomaly-stream-records.jsonl")
     if predictions is not None:
         for machine, p in predictions.items():
             counts.setdefault(machine, {})["failure predictor alerts"] = len(p["alerts"])
-        sources.append("failure predictor replay")
+        sources.append("failure predictor alerts")
     if not counts:
         return missing("no lake gold, stream alerts or failure model in this run")
     return {"available": True, "source": ", ".join(sources), "counts": counts}
@@ -431,6 +469,7 @@ def maintenance_plan(
     reliability_panel: Panel,
     end_ms: int | None,
     alert_threshold: float = DEFAULT_ALERT_THRESHOLD,
+    predictor_label: str = "failure predictor replay",
 ) -> Panel:
     """Machines ranked by the predictor's latest failure probability, and for each at or above
     the model's alert threshold a planned job by the policy the downtime what-if measures
@@ -439,7 +478,10 @@ def maintenance_plan(
     probability is of a failure within the model's 24 h horizon, so no job waits longer.
     Expected downtime avoided = probability x (mean repair time - a planned job's stop)."""
     if predictions is None:
-        return missing("no failure model (ml/failure_model) and simulation in this run")
+        return missing(
+            "no failure model (ml/failure_model) and simulation, or gateway predictor alerts, "
+            "in this run"
+        )
     if end_ms is None:
         return missing("the run's manifest gives no end time")
     from local_platform.report.whatif import Policy, next_shift_change
@@ -453,7 +495,9 @@ def maintenance_plan(
         entry: dict[str, Any] = {
             "machine_id": machine,
             "factory_id": p["factory_id"],
-            "probability": round(probability, 3),
+            # None: the predictor said nothing of it (a gateway's alerts carry the probability
+            # only when it crosses a threshold)
+            "probability": round(probability, 3) if p["last"] is not None else None,
             "alerts": len(p["alerts"]),
         }
         if probability >= alert_threshold:
@@ -469,11 +513,11 @@ def maintenance_plan(
                 downtime_avoided_h=round(probability * max(repair_h - PREVENTIVE_HOURS, 0), 2),
             )
         ranking.append(entry)
-    ranking.sort(key=lambda e: -e["probability"])
+    ranking.sort(key=lambda e: -(e["probability"] or 0.0))
     planned = [e for e in ranking if "when" in e]
     return {
         "available": True,
-        "source": "failure predictor replay (latest probability per machine)",
+        "source": f"{predictor_label} (latest probability per machine)",
         "ranking": ranking,
         "planned": len(planned),
         "alert_threshold": alert_threshold,
@@ -484,7 +528,12 @@ def maintenance_plan(
     }
 
 
-def alert_precision(run: Run, predictions: dict[str, Any] | None, history: dict[str, Any]) -> Panel:
+def alert_precision(
+    run: Run,
+    predictions: dict[str, Any] | None,
+    history: dict[str, Any],
+    predictor_label: str = "failure predictor (replayed)",
+) -> Panel:
     """Share of alerts followed by a failure on the same machine within 24 h, per source.
 
     An alert less than 24 h before the run's end that no failure has followed yet is open: the
@@ -509,7 +558,7 @@ def alert_precision(run: Run, predictions: dict[str, Any] | None, history: dict[
         hits = sum(followed(m, t) for m, t in alerts)
         rows.append(
             {
-                "source": "failure predictor (replayed)",
+                "source": predictor_label,
                 "alerts": len(alerts),
                 "followed": hits,
                 "open": sum(still_open(m, t) for m, t in alerts),
@@ -528,6 +577,23 @@ def alert_precision(run: Run, predictions: dict[str, Any] | None, history: dict[
                 }
             )
     stream = stream_alerts(run)
+    if not stream:
+        from local_platform.report.connected_run import anomaly_records
+
+        raised = [
+            a
+            for a in anomaly_records(run.root)
+            if a.get("source") == "stream" and a.get("state", "RAISED") == "RAISED"
+        ]
+        if raised:
+            rows.append(
+                {
+                    "source": "stream rules (anomaly stream)",
+                    "alerts": len(raised),
+                    "followed": sum(followed(a["machine_id"], int(a["timestamp"])) for a in raised),
+                    "open": sum(still_open(a["machine_id"], int(a["timestamp"])) for a in raised),
+                }
+            )
     if stream:
         hits = untimed = pending = 0
         for alert in stream:
@@ -551,7 +617,12 @@ def alert_precision(run: Run, predictions: dict[str, Any] | None, history: dict[
         row["precision_open_right"] = (
             round((hits + row["open"]) / alerts, 3) if alerts and row["open"] is not None else None
         )
-    return {"available": True, "source": "alerts vs simulation/failures.csv", "rows": rows}
+    return {
+        "available": True,
+        "source": "alerts vs "
+        + ("the run's failures" if "source" in history else "simulation/failures.csv"),
+        "rows": rows,
+    }
 
 
 # ------------------------------------------------------------------------- data-path health
@@ -581,6 +652,9 @@ def data_path(run: Run) -> Panel:
             "silver/quarantine",
             "gold/machine_daily",
             "gold/factory_daily",
+            "bronze/maintenance_events",
+            "silver/maintenance_records",
+            "silver/failures",
         ):
             path = lake / name
             if (path / "_delta_log").is_dir():
@@ -610,6 +684,23 @@ def data_path(run: Run) -> Panel:
                 for name in names
             }
         panel["source"].append("edge/sensor_buffer.sqlite3")
+    from local_platform.report.connected_run import gateway_quarantine
+
+    gateways = gateway_quarantine(run.root)
+    source = "gateways/*/sensor_buffer/sensor_buffer.sqlite3 (quarantine)"
+    if not any(gateways.values()):
+        recon = _json_or_none(run.root / "reconciliation.json") or {}
+        by_gateway = {
+            f: g.get("quarantine_rows_by_reason", {})
+            for f, g in (recon.get("gateways") or {}).items()
+            if isinstance(g, dict)
+        }
+        total = (recon.get("readings") or {}).get("quarantined_at_gateways_by_reason")
+        gateways = by_gateway if any(by_gateway.values()) else {"gateways": total or {}}
+        source = "reconciliation.json (gateways' quarantine)"
+    if any(gateways.values()):
+        panel["gateway_quarantine"] = {f: r for f, r in gateways.items() if r}
+        panel["source"].append(source)
     documents = {}
     # the connected run writes reconciliation.json, figures.json and faults.json (outages,
     # kills) in its directory (local_platform/connected)
@@ -636,6 +727,13 @@ def data_path(run: Run) -> Panel:
         return missing("no quarantine, lake, gateway buffer or connected-run figures in this run")
     panel["source"] = ", ".join(panel["source"])
     return panel
+
+
+def _json_or_none(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except ValueError:
+        return None
 
 
 def cost_panel() -> Panel:
@@ -698,10 +796,21 @@ def collect(run_dir: Path, catalog: MetricCatalog | None = None) -> dict[str, An
     run = Run(run_dir)
     history = _guard_history(run)
     predictions = None
+    predictor_label = "failure predictor (replayed)"
+    alert_threshold: float | None = None
     try:
         predictions = predictor_panel(run, catalog)
     except Exception as exc:  # a broken model leaves the risk panels empty, not the report
         log.warning("failure predictor replay failed", extra={"error": repr(exc)})
+    if predictions is None and not run.has_simulation():
+        # a connected run: the gateways' predictors ran on the live readings
+        from local_platform.report.connected_run import gateway_predictions
+
+        try:
+            predictions, alert_threshold = gateway_predictions(run.root, history["machines"], _iso)
+            predictor_label = "gateways' failure predictors (anomaly stream)"
+        except Exception as exc:
+            log.warning("gateway predictions unreadable", extra={"error": repr(exc)})
     readings = None
     try:
         readings = _valid_readings(run, catalog)
@@ -711,7 +820,7 @@ def collect(run_dir: Path, catalog: MetricCatalog | None = None) -> dict[str, An
     manifest = history["manifest"]
     overview = {
         "available": bool(manifest) or bool(history["machines"]),
-        "reason": "no simulation in this run",
+        "reason": "no simulation or connected run in this run",
         "run_dir": str(run_dir),
         "factories": sorted({m["factory_id"] for m in history["machines"]}),
         "machines": len(history["machines"]),
@@ -732,15 +841,25 @@ def collect(run_dir: Path, catalog: MetricCatalog | None = None) -> dict[str, An
         "scatter": _guard("scatter", lambda: scatter_panel(run)),
         "anomalies": _guard("anomalies", lambda: anomaly_counts(run, predictions)),
         "reliability": rel,
-        "precision": _guard("precision", lambda: alert_precision(run, predictions, history)),
+        "precision": _guard(
+            "precision", lambda: alert_precision(run, predictions, history, predictor_label)
+        ),
         "risk": {
             "available": predictions is not None,
             "machines": predictions or {},
-            "reason": "no failure model (ml/failure_model) and simulation in this run",
+            "source": predictor_label,
+            "reason": "no failure model (ml/failure_model) and simulation, or gateway "
+            "predictor alerts (cloud/anomaly-stream-records.jsonl), in this run",
         },
         "plan": _guard(
             "plan",
-            lambda: maintenance_plan(predictions, rel, history["end_ms"], _alert_threshold(run)),
+            lambda: maintenance_plan(
+                predictions,
+                rel,
+                history["end_ms"],
+                alert_threshold if alert_threshold is not None else _alert_threshold(run),
+                predictor_label,
+            ),
         ),
         "data_path": _guard("data_path", lambda: data_path(run)),
         "cost": _guard("cost", cost_panel),

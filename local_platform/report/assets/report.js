@@ -104,10 +104,13 @@ function drawRisk() {
 }
 function drawOthers() {
   const d = DATA.data_path;
-  if (d.available && (d.contract_quarantine || d.lake_quarantine)) {
+  if (d.available && (d.contract_quarantine || d.lake_quarantine || d.gateway_quarantine)) {
     const traces = [];
     if (d.contract_quarantine) traces.push({type: 'bar', name: 'contract (JSON payloads)',
       x: Object.keys(d.contract_quarantine), y: Object.values(d.contract_quarantine), marker: {color: '#f4a261'}});
+    Object.entries(d.gateway_quarantine || {}).forEach(([gateway, reasons], i) => traces.push({type: 'bar',
+      name: 'gateway ' + gateway + ' (SensorBuffer)', x: Object.keys(reasons), y: Object.values(reasons),
+      marker: {color: ['#e76f51', '#2a9d8f', '#264653', '#e9c46a'][i % 4]}}));
     if (d.lake_quarantine) traces.push({type: 'bar', name: 'lake silver quarantine',
       x: Object.keys(d.lake_quarantine), y: Object.values(d.lake_quarantine), marker: {color: '#6a4c93'}});
     plot('quarantine', traces, {barmode: 'group', xaxis: {title: 'reason (field)'}, yaxis: {title: 'rejected'}});
