@@ -223,7 +223,8 @@ def gateway_predictions(
             machine["last"] = float(value)
         if event.get("state") == "RAISED":
             machine["alerts"].append(t)
-        if isinstance(event.get("threshold"), int | float):
+        # a RAISED alert carries the alert threshold, a CLEARED one the clear threshold
+        if event.get("state") == "RAISED" and isinstance(event.get("threshold"), int | float):
             threshold = float(event["threshold"])
     return out, threshold
 

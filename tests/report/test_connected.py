@@ -67,7 +67,8 @@ def _anomaly(machine, kind: str, state: str, t: int, value: float, source: str) 
         "anomaly_type": kind,
         "severity": "WARNING",
         "value": value,
-        "threshold": 0.7 if source == "model" else 90.0,
+        # a RAISED prediction alert carries the alert threshold, a CLEARED one the clear one
+        "threshold": (0.7 if state == "RAISED" else 0.5) if source == "model" else 90.0,
         "timestamp": t,
         "source": source,
         "sensor_id": None,
