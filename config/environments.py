@@ -48,6 +48,7 @@ DEPLOY_INPUTS = (
     "alert_https",
     "escalation_emails",
     "edge_model_version",
+    "edge_anomaly_model_version",
     "metrics_catalog",
     "opcua_plcs",
 )
@@ -211,8 +212,8 @@ class Retraining:
 class Environment:
     """Everything that differs between dev, staging and prod.
 
-    The last five settings are deployment inputs: they are not written in this file but
-    arrive as CDK context keys `<env>:<setting>`, either for one command
+    The settings after `tags` are deployment inputs (DEPLOY_INPUTS): they are not written in
+    this file but arrive as CDK context keys `<env>:<setting>`, either for one command
     (`npx cdk deploy -c prod:edge_model_version=1.0.7 'iiot-prod/edge'`) or committed under
     cdk.json's "context" so that the change is reviewed and later deploys keep it. An empty
     value leaves the setting at its default. A key for an unknown setting, or a setting
@@ -232,6 +233,12 @@ class Environment:
       the gateways run, MAJOR.MINOR.PATCH as the ML stack's publish flow makes them
       (`1.0.<model package version>`); None: the factory deployments run the sensor buffer
       without prediction.
+    - `edge_anomaly_model_version` (`<env>:edge_anomaly_model_version`): the
+      com.iiot.AnomalyModel version the gateways' FailurePredictor runs (the per-machine
+      multivariate anomaly detector), MAJOR.MINOR.PATCH as the ML stack's anomaly publish flow
+      makes them (`1.0.<anomaly model package version>`); it needs `edge_model_version` (the
+      predictor is deployed with the failure model). None: the deployments carry no anomaly
+      model and the predictor runs without multivariate anomaly detection.
     - `opcua_plcs` (`<env>:opcua_plcs`): a YAML file `{<factory>: {<plc name>: {endpoint,
       nodes: [...]}}}` (the OpcUaCollector's `plcs`, edge_components/README.md): each factory
       named there also runs the collector with its PLCs (validated at synth by the
@@ -278,6 +285,7 @@ class Environment:
     alert_https: tuple[str, ...] = ()
     escalation_emails: tuple[str, ...] = ()
     edge_model_version: str | None = None
+    edge_anomaly_model_version: str | None = None
     metrics_catalog: Path = METRICS_CATALOG
     opcua_plcs: Path | None = None
 
@@ -385,12 +393,19 @@ class Environment:
             problems.append(
                 f"alert_https {bad} (context {self.name}:alert_https) are not https:// URLs"
             )
-        version = self.edge_model_version
-        if version is not None and not _COMPONENT_VERSION.fullmatch(version):
+        for setting in ("edge_model_version", "edge_anomaly_model_version"):
+            version = getattr(self, setting)
+            if version is not None and not _COMPONENT_VERSION.fullmatch(version):
+                problems.append(
+                    f"{setting} {version!r} (context {self.name}:{setting}) must be a component "
+                    "version MAJOR.MINOR.PATCH, as the ML stack publishes them "
+                    "(1.0.<model package version>)"
+                )
+        if self.edge_anomaly_model_version is not None and self.edge_model_version is None:
             problems.append(
-                f"edge_model_version {version!r} (context {self.name}:edge_model_version) must "
-                "be a component version MAJOR.MINOR.PATCH, as the ML stack publishes them "
-                "(1.0.<model package version>)"
+                f"edge_anomaly_model_version (context {self.name}:edge_anomaly_model_version) "
+                "needs edge_model_version: the FailurePredictor that runs the anomaly model is "
+                "deployed with the failure model"
             )
         if self.opcua_plcs is not None:
             problems += _plc_problems(self)

@@ -5,7 +5,10 @@ com.iiot.FailureModel carries the trained model, which exists only after the ML 
 and a model was approved; the ML stack's flow publishes its versions. A factory deployment
 includes the predictor and the model once the environment names the model version to run
 (`edge_model_version`, CDK context `<env>:edge_model_version`); until then it runs the buffer
-alone.
+alone. com.iiot.AnomalyModel, the predictor's multivariate anomaly detector, is published the
+same way from its own model package group and deployed pinned with it once the environment names
+its version (`edge_anomaly_model_version`, CDK context `<env>:edge_anomaly_model_version`, only
+with a failure model); until then the deployments carry no anomaly model.
 
 Each environment publishes its own component names (`com.iiot.<env>.SensorBuffer`: component
 versions are account-wide in a region) and configures its own IoT Core topics, one set per
@@ -45,6 +48,7 @@ from stacks.iot_stack import GATEWAY_STATUS_TOPIC
 SENSOR_BUFFER = "com.iiot.SensorBuffer"
 FAILURE_PREDICTOR = "com.iiot.FailurePredictor"
 FAILURE_MODEL = "com.iiot.FailureModel"
+ANOMALY_MODEL = "com.iiot.AnomalyModel"
 # Components built from edge_components/<name>/src by edge_runtime.build (what `gdk component
 # build` runs too).
 OPCUA_COLLECTOR = "com.iiot.OpcUaCollector"
@@ -284,12 +288,18 @@ class EdgeStack(Stack):
                 for name in factory_components
             }
             specs.update(self._client_device_components(env_config, factory))
-            if env_config.edge_model_version:
-                specs[names[FAILURE_MODEL]] = (
-                    greengrass.CfnDeployment.ComponentDeploymentSpecificationProperty(
-                        component_version=env_config.edge_model_version
+            # The model components: the versions the ML stack's flows published and the
+            # environment names (none named: none deployed).
+            for model, version in (
+                (FAILURE_MODEL, env_config.edge_model_version),
+                (ANOMALY_MODEL, env_config.edge_anomaly_model_version),
+            ):
+                if version:
+                    specs[names[model]] = (
+                        greengrass.CfnDeployment.ComponentDeploymentSpecificationProperty(
+                            component_version=version
+                        )
                     )
-                )
             self.deployments[factory] = greengrass.CfnDeployment(
                 self,
                 f"Deployment-{factory}",

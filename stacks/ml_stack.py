@@ -1,7 +1,8 @@
-"""Machine learning: the model registry (a SageMaker model package group), the training
-pipeline from ml_pipeline/ with its role and container image (built during deployment from
-ml_pipeline/container/Dockerfile), and the flow that turns an approved model into a new
-com.iiot.FailureModel component version for the gateways.
+"""Machine learning: the model registry (two SageMaker model package groups: the failure
+model's and the anomaly detector's), the training pipeline from ml_pipeline/ with its role and
+container image (built during deployment from ml_pipeline/container/Dockerfile), and the flows
+that turn an approved model into a new com.iiot.FailureModel or com.iiot.AnomalyModel
+component version for the gateways.
 
 Flow: the pipeline trains, evaluates, registers the model (PendingManualApproval) and compiles
 it for the gateways (TL2cgen, x86_64 + aarch64: `<OutputS3Uri>/component/failure_model.zip`).
@@ -10,6 +11,12 @@ Approving the model package in the registry starts the publish flow
 version `1.0.<package version>` and notifies the ML topic. Deploying it to the gateways is a
 reviewed change: set the environment's model version (CDK context `<env>:edge_model_version`,
 config/environments.py) and `cdk deploy` the edge stack.
+
+The anomaly detector takes the same way with its own group: the pipeline's TrainAnomalyModel
+step writes `anomaly_model.zip` and registers it (RegisterAnomalyModel, the zip is the
+package's ModelDataUrl); approving it publishes AnomalyModel version `1.0.<package version>`
+(a second instance of the publish flow, announcing on the same topic), and
+`<env>:edge_anomaly_model_version` deploys it.
 
 The pipeline runs without anyone starting it: on the environment's retraining schedule and,
 where `retraining.on_new_silver` is set, after every successful lake run (new silver data).
@@ -40,7 +47,11 @@ from stacks import artifacts
 from stacks.artifacts import ROOT
 from stacks.constructs.access import acknowledge, bucket_name, grant_bucket
 from stacks.constructs.deploy_time_image import DeployTimeImage, stage_context
-from stacks.constructs.model_publish_flow import PUBLISHED_PREFIX, ModelPublishFlow
+from stacks.constructs.model_publish_flow import (
+    ANOMALY_MODEL,
+    PUBLISHED_MODELS,
+    ModelPublishFlow,
+)
 from stacks.constructs.python_bundle import project_requirements
 
 ML_PYTHON = "3.11"  # the image's interpreter (ml_pipeline/container/Dockerfile)
@@ -129,6 +140,17 @@ class MlStack(Stack):
             self, "Default", env_config=env_config, group_name=self.group_name,
             artifacts_key=lake_key,
         )  # fmt: skip
+        # The anomaly detector's approvals publish AnomalyModel versions; announced on the
+        # same topic.
+        self.anomaly_publish_flow = ModelPublishFlow(
+            self, "AnomalyModelPublish", env_config=env_config,
+            group_name=self.anomaly_group_name, artifacts_key=lake_key, model=ANOMALY_MODEL,
+            topic=self.publish_flow.topic, key=self.publish_flow.key,
+        )  # fmt: skip
+        published = [
+            f"{bucket_name(prefix, 'artifacts')}/{model.published_prefix}*"
+            for model in PUBLISHED_MODELS
+        ]
         # Gateways download published models with the token-exchange role.
         model_access = iam.Policy(
             self,
@@ -138,12 +160,8 @@ class MlStack(Stack):
                 iam.PolicyStatement(
                     actions=["s3:GetObject"],
                     resources=[
-                        self.format_arn(
-                            service="s3",
-                            region="",
-                            account="",
-                            resource=f"{bucket_name(prefix, 'artifacts')}/{PUBLISHED_PREFIX}*",
-                        )
+                        self.format_arn(service="s3", region="", account="", resource=path)
+                        for path in published
                     ],
                 ),
                 iam.PolicyStatement(actions=["kms:Decrypt"], resources=[lake_key.key_arn]),
@@ -151,10 +169,14 @@ class MlStack(Stack):
         )
         acknowledge(
             model_access,
-            "Gateways fetch the FailureModel versions published after each approval; their "
-            "keys (one folder per version) exist only at run time. Read-only, one prefix.",
-            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:s3:::"
-            f"{prefix}-artifacts-<AWS::AccountId>-<AWS::Region>/{PUBLISHED_PREFIX}*]",
+            "Gateways fetch the FailureModel and AnomalyModel versions published after each "
+            "approval; their keys (one folder per version) exist only at run time. Read-only, "
+            "one prefix per model component.",
+            *(
+                "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:s3:::"
+                f"{prefix}-artifacts-<AWS::AccountId>-<AWS::Region>/{model.published_prefix}*]"
+                for model in PUBLISHED_MODELS
+            ),
         )
 
     def _execution_role(self, prefix: str, lake_key: kms.IKey) -> iam.Role:

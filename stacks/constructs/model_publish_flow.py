@@ -1,16 +1,20 @@
-"""The flow that turns an approved failure model into a com.iiot.FailureModel component version.
+"""The flow that turns an approved model package into a new version of its model component.
 
-Approving a model package of the registry group starts a state machine that describes the
-package, runs a CodeBuild project that publishes the pipeline's compiled zip as component
-version `1.0.<package version>` of the environment's FailureModel (`com.iiot.<env>.FailureModel`:
-component versions are account-wide), and notifies the ML topic. The build's source is a zip of the
-component's recipe.yaml and ml_pipeline/publish_component.py (the script that writes the new
-version's recipe; tested in tests/ml). Deploying the version to the gateways stays a reviewed
-change: the environment's `edge_model_version` (config/environments.py).
+Two models ship to the gateways as data-only components, each published by one instance of this
+construct (`PublishedModel`: FAILURE_MODEL, ANOMALY_MODEL). Approving a model package of the
+model's registry group starts a state machine that describes the package, runs a CodeBuild
+project that publishes the pipeline's zip as component version `1.0.<package version>` of the
+environment's component (`com.iiot.<env>.FailureModel`, `com.iiot.<env>.AnomalyModel`:
+component versions are account-wide), and notifies the ML topic (one topic for both). The
+build's source is a zip of the component's recipe.yaml and ml_pipeline/publish_component.py
+(the script that writes the new version's recipe; tested in tests/ml). Deploying the version to
+the gateways stays a reviewed change: the environment's `edge_model_version` or
+`edge_anomaly_model_version` (config/environments.py).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from aws_cdk import ArnFormat, Duration, RemovalPolicy, Stack
@@ -37,39 +41,95 @@ from stacks.constructs.python_bundle import (
 )
 from stacks.constructs.python_function import log_retention
 
-MODEL_COMPONENT = "com.iiot.FailureModel"
-# Where the published versions' zips live in the artifacts bucket (the gateways read them).
-PUBLISHED_PREFIX = f"greengrass/{MODEL_COMPONENT}/"
 # A model package version N is published as component version 1.0.N.
 VERSION_PREFIX = "1.0."
 
-# CodeBuild: copy the pipeline's compiled zip next to the other published versions, write the
-# version's recipe with the repository's script and register it.
-PUBLISH_BUILDSPEC: dict[str, Any] = {
-    "version": "0.2",
-    "phases": {
-        "install": {"commands": ["pip3 install --quiet pyyaml"]},
-        "build": {
-            "commands": [
-                'OUTPUT="${MODEL_DATA_URL%%/model/*}"',
-                f'VERSION="{VERSION_PREFIX}${{MODEL_PACKAGE_VERSION}}"',
-                f'TARGET="s3://${{ARTIFACT_BUCKET}}/{PUBLISHED_PREFIX}${{VERSION}}/'
-                'failure_model.zip"',
-                'aws s3 cp "${OUTPUT}/component/failure_model.zip" "${TARGET}"',
-                'python3 publish_component.py --recipe recipe.yaml --version "${VERSION}" '
-                '--model-package-version "${MODEL_PACKAGE_VERSION}" --artifact "${TARGET}" '
-                '--component-name "${COMPONENT_NAME}" --out recipe.json',
-                "aws greengrassv2 create-component-version --inline-recipe fileb://recipe.json",
-            ]
+
+@dataclass(frozen=True, kw_only=True)
+class PublishedModel:
+    """A model component the ML stack publishes after an approval.
+
+    `component`: the component's local name (its folder under edge_components/); `artifact`:
+    the zip each version carries; `locate`: shell commands run first in the build, then
+    `source`: the approved package's zip as a shell word (both from $MODEL_DATA_URL, the
+    package's ModelDataUrl); `setting`: the environment setting that deploys a version;
+    `what`: the model in prose (the approval rule's description); `summary`: the publish
+    project's description.
+    """
+
+    component: str
+    artifact: str
+    locate: tuple[str, ...]
+    source: str
+    setting: str
+    what: str
+    summary: str
+
+    @property
+    def short_name(self) -> str:
+        return self.component.rsplit(".", 1)[-1]
+
+    @property
+    def published_prefix(self) -> str:
+        """Where the published versions' zips live in the artifacts bucket (the gateways
+        read them)."""
+        return f"greengrass/{self.component}/"
+
+
+# The failure model: the package's ModelDataUrl is the training job's model.tar.gz
+# (`<output>/model/<job>/output/model.tar.gz`); the compile step wrote the gateways' zip to
+# `<output>/component/failure_model.zip`.
+FAILURE_MODEL = PublishedModel(
+    component="com.iiot.FailureModel",
+    artifact="failure_model.zip",
+    locate=('OUTPUT="${MODEL_DATA_URL%%/model/*}"',),
+    source='"${OUTPUT}/component/failure_model.zip"',
+    setting="edge_model_version",
+    what="failure model",
+    summary="Publishes an approved, compiled model as a FailureModel component",
+)
+# The anomaly detector: the package's ModelDataUrl is the zip itself (RegisterAnomalyModel,
+# ml_pipeline/sagemaker_pipeline.py).
+ANOMALY_MODEL = PublishedModel(
+    component="com.iiot.AnomalyModel",
+    artifact="anomaly_model.zip",
+    locate=(),
+    source='"${MODEL_DATA_URL}"',
+    setting="edge_anomaly_model_version",
+    what="anomaly model",
+    summary="Publishes an approved anomaly model as an AnomalyModel component",
+)
+PUBLISHED_MODELS = (FAILURE_MODEL, ANOMALY_MODEL)
+
+
+def publish_buildspec(model: PublishedModel) -> dict[str, Any]:
+    """CodeBuild: copy the pipeline's zip next to the other published versions, write the
+    version's recipe with the repository's script and register it."""
+    return {
+        "version": "0.2",
+        "phases": {
+            "install": {"commands": ["pip3 install --quiet pyyaml"]},
+            "build": {
+                "commands": [
+                    *model.locate,
+                    f'VERSION="{VERSION_PREFIX}${{MODEL_PACKAGE_VERSION}}"',
+                    f'TARGET="s3://${{ARTIFACT_BUCKET}}/{model.published_prefix}${{VERSION}}/'
+                    f'{model.artifact}"',
+                    f'aws s3 cp {model.source} "${{TARGET}}"',
+                    'python3 publish_component.py --recipe recipe.yaml --version "${VERSION}" '
+                    '--model-package-version "${MODEL_PACKAGE_VERSION}" --artifact "${TARGET}" '
+                    '--component-name "${COMPONENT_NAME}" --out recipe.json',
+                    "aws greengrassv2 create-component-version --inline-recipe fileb://recipe.json",
+                ]
+            },
         },
-    },
-}
+    }
 
 
-def stage_source() -> str:
-    """The build's source folder (staged once under cdk.out): the FailureModel recipe and the
-    publish script, side by side as the buildspec expects them."""
-    recipe = artifacts.COMPONENTS[MODEL_COMPONENT].require()
+def stage_source(model: PublishedModel = FAILURE_MODEL) -> str:
+    """The build's source folder (staged once under cdk.out): the model component's recipe and
+    the publish script, side by side as the buildspec expects them."""
+    recipe = artifacts.COMPONENTS[model.component].require()
     script = artifacts.MODEL_PUBLISHER.require()
     copies = [(recipe, ""), (script, "")]
     bundling = LocalPythonBundling(copies=copies, requirements=[], platform="", python_version="")
@@ -80,8 +140,10 @@ def stage_source() -> str:
 class ModelPublishFlow(Construct):
     """Approval -> describe the model package -> publish the component version -> notify.
 
-    Exposes `key` (encrypts the topic), `topic` (published versions are announced here),
-    `project` (the CodeBuild publish job), `state_machine` and `rule` (the approval trigger).
+    Publishes `model` (default: the failure model) from the packages of `group_name`. Exposes
+    `key` (encrypts the topic), `topic` (published versions are announced here), `project`
+    (the CodeBuild publish job), `state_machine` and `rule` (the approval trigger). Given a
+    `topic` and its `key` (another flow's), it announces there instead of creating its own.
     """
 
     def __init__(
@@ -92,33 +154,28 @@ class ModelPublishFlow(Construct):
         env_config: Environment,
         group_name: str,
         artifacts_key: kms.IKey,
+        model: PublishedModel = FAILURE_MODEL,
+        topic: sns.ITopic | None = None,
+        key: kms.IKey | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
+        if (topic is None) != (key is None):
+            raise ValueError("a shared topic comes with the key that encrypts it")
         prefix = env_config.prefix
-        self.component_name = env_config.component_name(MODEL_COMPONENT)
-        self.key = kms.Key(
-            self,
-            "MlKey",
-            alias=f"alias/{prefix}-ml",
-            description="Encrypts the ML notifications topic",
-            enable_key_rotation=True,
-            removal_policy=RemovalPolicy.DESTROY,
-        )
-        self.topic = sns.Topic(
-            self,
-            "ModelTopic",
-            topic_name=f"{prefix}-ml-models",
-            display_name="IIoT failure models published for the gateways",
-            master_key=self.key,
-            enforce_ssl=True,
-        )
-        source = s3_assets.Asset(self, "PublishSource", path=stage_source())
+        self.model = model
+        self.component_name = env_config.component_name(model.component)
+        if topic is not None and key is not None:
+            self.key: kms.IKey = key
+            self.topic: sns.ITopic = topic
+        else:
+            self.key, self.topic = self._topic(prefix)
+        source = s3_assets.Asset(self, "PublishSource", path=stage_source(model))
         self.project = codebuild.Project(
             self,
             "PublishModel",
-            description="Publishes an approved, compiled model as a FailureModel component",
+            description=model.summary,
             source=codebuild.Source.s3(bucket=source.bucket, path=source.s3_object_key),
-            build_spec=codebuild.BuildSpec.from_object(PUBLISH_BUILDSPEC),
+            build_spec=codebuild.BuildSpec.from_object(publish_buildspec(model)),
             environment=codebuild.BuildEnvironment(
                 build_image=codebuild.LinuxBuildImage.STANDARD_7_0,
                 compute_type=codebuild.ComputeType.SMALL,
@@ -147,7 +204,7 @@ class ModelPublishFlow(Construct):
         self.rule = events.Rule(
             self,
             "OnApproval",
-            description="An approved failure model starts the publish flow",
+            description=f"An approved {model.what} starts the publish flow",
             event_pattern=events.EventPattern(
                 source=["aws.sagemaker"],
                 detail_type=["SageMaker Model Package State Change"],
@@ -159,6 +216,26 @@ class ModelPublishFlow(Construct):
             targets=[targets.SfnStateMachine(self.state_machine)],
         )
 
+    def _topic(self, prefix: str) -> tuple[kms.Key, sns.Topic]:
+        """The ML notifications topic and its key (one per environment)."""
+        key = kms.Key(
+            self,
+            "MlKey",
+            alias=f"alias/{prefix}-ml",
+            description="Encrypts the ML notifications topic",
+            enable_key_rotation=True,
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+        topic = sns.Topic(
+            self,
+            "ModelTopic",
+            topic_name=f"{prefix}-ml-models",
+            display_name="IIoT models published for the gateways",
+            master_key=key,
+            enforce_ssl=True,
+        )
+        return key, topic
+
     def _grant_publishing(self, prefix: str, artifacts_key: kms.IKey) -> None:
         stack = Stack.of(self)
         project = self.project
@@ -169,7 +246,7 @@ class ModelPublishFlow(Construct):
         )  # fmt: skip
         grant_bucket(
             project.role, project.role, prefix=prefix, layer="artifacts",
-            path=PUBLISHED_PREFIX, write=True, key=artifacts_key,
+            path=self.model.published_prefix, write=True, key=artifacts_key,
             why="the build stores each published model version",
         )  # fmt: skip
         project.add_to_role_policy(
@@ -249,11 +326,11 @@ class ModelPublishFlow(Construct):
             self,
             "Notify",
             topic=self.topic,
-            subject="FailureModel published",
+            subject=f"{self.model.short_name} published",
             message=sfn.TaskInput.from_text(
                 sfn.JsonPath.format(
                     f"{self.component_name} {VERSION_PREFIX}{{}} is published. Deploy it to the "
-                    f"gateways: npx cdk deploy -c {env_config.name}:edge_model_version="
+                    f"gateways: npx cdk deploy -c {env_config.name}:{self.model.setting}="
                     f"{VERSION_PREFIX}{{}} {env_config.prefix}/edge",
                     sfn.JsonPath.string_at("$.model.version"),
                     sfn.JsonPath.string_at("$.model.version"),

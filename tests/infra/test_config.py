@@ -156,6 +156,7 @@ def test_deploy_inputs_arrive_as_context_keys_per_environment() -> None:
         {
             "prod:alarm_email": "ops@example.com",
             "dev:edge_model_version": "1.0.7",
+            "dev:edge_anomaly_model_version": "1.0.4",
             "staging:metrics_catalog": "config/metrics.yaml",
             # CDK's own context is not an input.
             "@aws-cdk/core:checkSecretUsage": True,
@@ -166,6 +167,8 @@ def test_deploy_inputs_arrive_as_context_keys_per_environment() -> None:
     assert envs["dev"].alarm_email is None
     assert envs["dev"].edge_model_version == "1.0.7"
     assert envs["prod"].edge_model_version is None
+    assert envs["dev"].edge_anomaly_model_version == "1.0.4"
+    assert envs["prod"].edge_anomaly_model_version is None
     assert envs["staging"].metrics_catalog == METRICS_CATALOG
 
 
@@ -178,6 +181,7 @@ def test_without_inputs_the_defaults_hold_and_environment_variables_change_nothi
     monkeypatch.setenv("IIOT_METRICS_CATALOG", "/nowhere/metrics.yaml")
     for env in environments().values():
         assert (env.alarm_email, env.edge_model_version) == (None, None)
+        assert env.edge_anomaly_model_version is None
         assert env.metrics_catalog == METRICS_CATALOG
     # An empty value leaves the default (`-c prod:edge_model_version=` takes the model out).
     assert environments({"prod:edge_model_version": ""})["prod"].edge_model_version is None
@@ -190,6 +194,15 @@ def test_without_inputs_the_defaults_hold_and_environment_variables_change_nothi
         ({"prod:edge_model_versoin": "1.0.7"}, "'edge_model_versoin' is not a deployment input"),
         ({"prod:edge_model_version": 7}, "'prod:edge_model_version' must be text"),
         ({"prod:edge_model_version": "1.0"}, r"\(context prod:edge_model_version\) must be"),
+        (
+            {"prod:edge_model_version": "1.0.7", "prod:edge_anomaly_model_version": "4"},
+            r"\(context prod:edge_anomaly_model_version\) must be",
+        ),
+        # The predictor that runs the anomaly model is deployed with the failure model.
+        (
+            {"prod:edge_anomaly_model_version": "1.0.4"},
+            r"\(context prod:edge_anomaly_model_version\) needs edge_model_version",
+        ),
         ({"prod:alarm_email": "ops"}, r"\(context prod:alarm_email\) is not an email"),
         ({"dev:metrics_catalog": "config/none.yaml"}, r"\(context dev:metrics_catalog\) is not a"),
     ],

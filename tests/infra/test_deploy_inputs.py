@@ -1,6 +1,6 @@
-"""The deployment inputs, given as CDK context, through a synth of dev: the model version
-deploys the predictor and the model (the edge stack's model branch, which the session synth
-never takes), the alarm address is subscribed, and the thresholds come from the catalog named.
+"""The deployment inputs, given as CDK context, through a synth of dev: the model versions
+deploy the predictor, the failure model and the anomaly model (the edge stack's model branch,
+which the session synth never takes), the alarm address is subscribed, and the thresholds come from the catalog named.
 
 This is its own synth of dev alone, checked by the same gates (cdk-nag and cfn-lint).
 """
@@ -21,6 +21,7 @@ from tests.infra.conftest import TEST_PINS, stack_templates
 from tests.infra.test_gates import CFN_LINT_IGNORED, CFN_LINT_REGIONS
 
 MODEL_VERSION = "1.0.7"
+ANOMALY_MODEL_VERSION = "1.0.4"
 ALARM_EMAIL = "operations@example.com"
 ALERT_EMAILS = ("maintenance@example.com", "shift-lead@example.com")
 ALERT_HTTPS = "https://alerts.example.com/iiot"
@@ -28,6 +29,7 @@ ESCALATION_EMAIL = "plant-manager@example.com"
 SENSOR_BUFFER = "com.iiot.dev.SensorBuffer"
 FAILURE_PREDICTOR = "com.iiot.dev.FailurePredictor"
 FAILURE_MODEL = "com.iiot.dev.FailureModel"
+ANOMALY_MODEL = "com.iiot.dev.AnomalyModel"
 MQTT_BRIDGE = "aws.greengrass.clientdevices.mqtt.Bridge"
 OPCUA_COLLECTOR = "com.iiot.dev.OpcUaCollector"
 # factory-01's press line: one PLC, one node mapped to a catalog metric.
@@ -78,6 +80,7 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> DevSynth:
             **flags,
             **TEST_PINS,
             "dev:edge_model_version": MODEL_VERSION,
+            "dev:edge_anomaly_model_version": ANOMALY_MODEL_VERSION,
             "dev:alarm_email": ALARM_EMAIL,
             "dev:alert_emails": ",".join(ALERT_EMAILS),
             "dev:alert_https": ALERT_HTTPS,
@@ -112,7 +115,7 @@ def _published_versions(synth: DevSynth) -> dict[str, str]:
     return {recipe["ComponentName"]: recipe["ComponentVersion"] for recipe in recipes}
 
 
-def test_a_model_version_deploys_the_predictor_and_that_model_to_every_factory(
+def test_the_model_versions_deploy_the_predictor_and_those_models_to_every_factory(
     dev: DevSynth,
 ) -> None:
     published = _published_versions(dev)
@@ -123,13 +126,14 @@ def test_a_model_version_deploys_the_predictor_and_that_model_to_every_factory(
         components = deployment["Properties"]["Components"]
         assert {SENSOR_BUFFER, FAILURE_PREDICTOR, FAILURE_MODEL, MQTT_BRIDGE} <= set(components)
         assert {name for name in components if name.startswith("com.iiot.")} - {OPCUA_COLLECTOR} == {
-            SENSOR_BUFFER, FAILURE_PREDICTOR, FAILURE_MODEL,
+            SENSOR_BUFFER, FAILURE_PREDICTOR, FAILURE_MODEL, ANOMALY_MODEL,
         }  # fmt: skip
-        # The code components run the versions this stack publishes; the model, the version
-        # the ML stack's flow published and the environment names.
+        # The code components run the versions this stack publishes; the models, the versions
+        # the ML stack's flows published and the environment names (pinned, not configured).
         assert components[SENSOR_BUFFER]["ComponentVersion"] == published[SENSOR_BUFFER]
         assert components[FAILURE_PREDICTOR]["ComponentVersion"] == published[FAILURE_PREDICTOR]
         assert components[FAILURE_MODEL] == {"ComponentVersion": MODEL_VERSION}
+        assert components[ANOMALY_MODEL] == {"ComponentVersion": ANOMALY_MODEL_VERSION}
 
 
 def test_the_predictor_is_configured_for_its_factory(dev: DevSynth) -> None:

@@ -358,22 +358,40 @@ def test_pipeline_is_started_on_schedule_and_on_new_silver(cloud: Cloud) -> None
     }
 
 
-def publish_flow(cloud: Cloud) -> Resource:
+# The model components the ML stack publishes: component -> (its package group's name part,
+# the zip a version carries). The two flows are one construct; each may reach only its own.
+PUBLISHED_MODELS = {
+    "com.iiot.FailureModel": ("failure", "failure_model.zip"),
+    "com.iiot.AnomalyModel": ("anomaly", "anomaly_model.zip"),
+}
+
+
+def publish_flow(cloud: Cloud, component: str) -> Resource:
+    """The ML stack's state machine that publishes `component` (its notification names it)."""
+    local = component.rsplit(".", 1)[-1]
     (machine,) = [
-        m for m in cloud.resources("AWS::StepFunctions::StateMachine") if m.stack.endswith("-ml")
-    ]
+        m for m in cloud.resources("AWS::StepFunctions::StateMachine")
+        if m.stack.endswith("-ml") and f"com.iiot.dev.{local} " in json.dumps(
+            cloud.resolve(m.stack, m.properties["DefinitionString"]))
+    ]  # fmt: skip
     return machine
 
 
-def approval_event(cloud: Cloud) -> dict[str, Any]:
+def model_group(cloud: Cloud, component: str) -> str:
+    kind, _ = PUBLISHED_MODELS[component]
     (group,) = [g for g in cloud.resources("AWS::SageMaker::ModelPackageGroup")
-                if "failure" in cloud.name(g)]  # fmt: skip
-    _, defaults = pipeline_output(cloud)
+                if f"-{kind}-" in cloud.name(g)]  # fmt: skip
+    return cloud.name(group)
+
+
+def approval_event(cloud: Cloud, component: str) -> dict[str, Any]:
     return {
         "detail": {
-            "ModelPackageArn": cloud.arn("sagemaker", f"model-package/{cloud.name(group)}/3")
+            "ModelPackageArn": cloud.arn(
+                "sagemaker", f"model-package/{model_group(cloud, component)}/3"
+            )
         },
-        "model": {"modelDataUrl": defaults, "version": 3},
+        "model": {"modelDataUrl": model_data_url(cloud, component), "version": 3},
     }
 
 
@@ -386,36 +404,61 @@ def pipeline_output(cloud: Cloud) -> tuple[str, str]:
     return output, f"{output}/model/pipelines-a1b2c3d4e5f6-train-x1y2z3/output/model.tar.gz"
 
 
-def test_model_publish_flow(cloud: Cloud) -> None:
-    """Approval -> describe the package -> run the publish build -> notify the encrypted topic."""
-    machine = publish_flow(cloud)
-    calls = state_machine_calls(cloud, machine, approval_event(cloud))
+def model_data_url(cloud: Cloud, component: str) -> str:
+    """The ModelDataUrl the pipeline registers for `component`'s model: the failure model's
+    training artifact; the anomaly detector's zip (TrainAnomalyModel's `anomaly` output)."""
+    output, model_data = pipeline_output(cloud)
+    if component == "com.iiot.AnomalyModel":
+        return f"{output}/anomaly/anomaly_model.zip"
+    return model_data
+
+
+@pytest.mark.parametrize("component", sorted(PUBLISHED_MODELS))
+def test_model_publish_flow(cloud: Cloud, component: str) -> None:
+    """Approval -> describe the package -> run the publish build -> notify the encrypted topic;
+    the flow may describe its own group's packages only."""
+    machine = publish_flow(cloud, component)
+    calls = state_machine_calls(cloud, machine, approval_event(cloud, component))
     assert {"sagemaker.DescribeModelPackage", "codebuild.StartBuild", "sns.Publish"} <= {
         str(c) for c in calls
     }
-    check("model publish flow (Step Functions)", cloud, machine_permissions(cloud, machine), calls)
+    permissions = machine_permissions(cloud, machine)
+    check("model publish flow (Step Functions)", cloud, permissions, calls)
+    (other,) = set(PUBLISHED_MODELS) - {component}
+    assert denied(permissions, [Access(
+        "sagemaker:DescribeModelPackage",
+        cloud.arn("sagemaker", f"model-package/{model_group(cloud, other)}/3"),
+        "another model's package",
+    )])  # fmt: skip
     (on_approval,) = [
         r for r in cloud.resources("AWS::Events::Rule") if "OnApproval" in r.logical_id
-    ]
+        and model_group(cloud, component) in json.dumps(r.properties["EventPattern"])
+    ]  # fmt: skip
     for role_arn, access in rule_target_accesses(cloud, on_approval):
+        assert access.resource == cloud.attributes(machine)["Arn"]
         check(
             "approval rule (EventBridge)", cloud, role_arn_permissions(cloud, role_arn), [], access
         )
 
 
-def published_recipe(cloud: Cloud, workdir: Path) -> tuple[Permissions, list[Call]]:
+def published_recipe(
+    cloud: Cloud, workdir: Path, component: str = "com.iiot.FailureModel"
+) -> tuple[Permissions, list[Call]]:
+    from stacks.constructs.model_publish_flow import PUBLISHED_MODELS as MODELS
     from stacks.constructs.model_publish_flow import stage_source
 
+    (model,) = [m for m in MODELS if m.component == component]
     (project,) = [p for p in cloud.resources("AWS::CodeBuild::Project")
-                  if "publish_component.py" in json.dumps(p.properties)]  # fmt: skip
+                  if "publish_component.py" in json.dumps(p.properties)
+                  and f"greengrass/{component}/" in json.dumps(p.properties)]  # fmt: skip
     # A CodeBuild S3 source is a zip (or a folder), never a lone file.
     assert str(cloud.resolve(project.stack, project.properties["Source"]["Location"])).endswith(
         ".zip"
     )
-    _, model_data = pipeline_output(cloud)
     calls = run_buildspec(
-        cloud, project, Path(stage_source()),
-        {"MODEL_DATA_URL": model_data, "MODEL_PACKAGE_VERSION": "3"}, workdir,
+        cloud, project, Path(stage_source(model)),
+        {"MODEL_DATA_URL": model_data_url(cloud, component), "MODEL_PACKAGE_VERSION": "3"},
+        workdir,
     )  # fmt: skip
     role = role_arn_permissions(
         cloud, cloud.resolve(project.stack, project.properties["ServiceRole"])
@@ -423,20 +466,40 @@ def published_recipe(cloud: Cloud, workdir: Path) -> tuple[Permissions, list[Cal
     return role, calls
 
 
-def test_model_publish_build(cloud: Cloud, tmp_path: Path) -> None:
-    """The buildspec and publish_component.py, run for real: the copy of the compiled zip and
-    the component version (Greengrass digests its artifact with the caller's role)."""
-    role, calls = published_recipe(cloud, tmp_path)
+@pytest.mark.parametrize("component", sorted(PUBLISHED_MODELS))
+def test_model_publish_build(cloud: Cloud, tmp_path: Path, component: str) -> None:
+    """The buildspec and publish_component.py, run for real: the copy of the pipeline's zip and
+    the component version (Greengrass digests its artifact with the caller's role). The build
+    may publish its own component only."""
+    role, calls = published_recipe(cloud, tmp_path, component)
     assert [str(c) for c in calls] == ["s3.CopyObject", "greengrassv2.CreateComponentVersion"]
+    _, artifact = PUBLISHED_MODELS[component]
+    copy = calls[0].params
+    assert copy["CopySource"]["Key"].endswith(f"/{artifact}")
+    assert copy["Key"] == f"greengrass/{component}/1.0.3/{artifact}"
     recipe = json.loads(calls[1].params["inlineRecipe"])
-    assert recipe["ComponentName"] == "com.iiot.dev.FailureModel"
+    local = component.rsplit(".", 1)[-1]
+    assert recipe["ComponentName"] == f"com.iiot.dev.{local}"
     assert recipe["ComponentVersion"] == "1.0.3"
+    assert recipe["ComponentConfiguration"]["DefaultConfiguration"]["modelVersion"] == "3"
     check("model publish build (CodeBuild)", cloud, role, calls)
+    (other,) = set(PUBLISHED_MODELS) - {component}
+    other_local = other.rsplit(".", 1)[-1]
+    bucket = f"arn:{cloud.partition}:s3:::{copy['Bucket']}"
+    elsewhere = [
+        Access("s3:PutObject", f"{bucket}/greengrass/{other}/1.0.3/x.zip", "another component"),
+        Access("s3:PutObject", f"{bucket}/greengrass/com.iiot.SensorBuffer/1.0.3/x.zip", "code"),
+        Access("greengrass:CreateComponentVersion",
+               cloud.arn("greengrass", f"components:com.iiot.dev.{other_local}"), "another"),
+        Access("greengrass:CreateComponentVersion",
+               cloud.arn("greengrass", "components:com.iiot.dev.FailurePredictor"), "code"),
+    ]  # fmt: skip
+    assert denied(role, elsewhere) == elsewhere
 
 
 def test_gateway_token_exchange(cloud: Cloud, tmp_path: Path) -> None:
     """The Greengrass nucleus installs every component version the factories' deployments
-    name, and the published FailureModel, with the token-exchange role."""
+    name, and the published FailureModel and AnomalyModel, with the token-exchange role."""
     (role,) = roles_assumed_by(cloud, "credentials.iot.amazonaws.com")
     permissions = role_permissions(cloud, role)
     recipes = {}
@@ -450,8 +513,11 @@ def test_gateway_token_exchange(cloud: Cloud, tmp_path: Path) -> None:
         if name.startswith("com.iiot.")
     }
     assert deployed <= set(recipes)
-    _, calls = published_recipe(cloud, tmp_path)
-    recipes["com.iiot.dev.FailureModel"] = json.loads(calls[1].params["inlineRecipe"])
+    for component in PUBLISHED_MODELS:
+        _, calls = published_recipe(cloud, tmp_path / component, component)
+        published = json.loads(calls[1].params["inlineRecipe"])
+        recipes[published["ComponentName"]] = published
+    assert {"com.iiot.dev.FailureModel", "com.iiot.dev.AnomalyModel"} <= set(recipes)
     needed = [
         access
         for name, recipe in recipes.items()

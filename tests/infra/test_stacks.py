@@ -749,7 +749,36 @@ def test_model_registry_and_pipeline_with_the_generated_definition(synth: Synth)
             assert name in variables
 
 
-def test_approval_starts_the_publish_flow(synth: Synth) -> None:
+# Each model component and what publishes it: its package group, the zip the build copies (the
+# pipeline's compile output; the anomaly package's ModelDataUrl is its zip) and the setting the
+# notification names.
+PUBLISHED = {
+    "com.iiot.FailureModel": (
+        "iiot-dev-failure-model",
+        '"${OUTPUT}/component/failure_model.zip"',
+        "edge_model_version",
+    ),
+    "com.iiot.AnomalyModel": (
+        "iiot-dev-anomaly-model",
+        '"${MODEL_DATA_URL}"',
+        "edge_anomaly_model_version",
+    ),
+}
+
+
+def _publish_project(synth: Synth, component: str) -> dict[str, Any]:
+    (project,) = [
+        body["Properties"]
+        for body in resources(synth, "dev", "ml", "AWS::CodeBuild::Project").values()
+        if "create-component-version" in body["Properties"]["Source"]["BuildSpec"]
+        and f"greengrass/{component}/" in body["Properties"]["Source"]["BuildSpec"]
+    ]
+    return project
+
+
+@pytest.mark.parametrize("component", sorted(PUBLISHED))
+def test_approval_starts_the_publish_flow(synth: Synth, component: str) -> None:
+    group, source, setting = PUBLISHED[component]
     ml = template(synth, "dev", "ml")
     ml.has_resource_properties(
         "AWS::Events::Rule",
@@ -758,40 +787,45 @@ def test_approval_starts_the_publish_flow(synth: Synth) -> None:
                 "source": ["aws.sagemaker"],
                 "detail-type": ["SageMaker Model Package State Change"],
                 "detail": {
-                    "ModelPackageGroupName": ["iiot-dev-failure-model"],
+                    "ModelPackageGroupName": [group],
                     "ModelApprovalStatus": ["Approved"],
                 },
             }
         },
     )
-    machine = next(iter(resources(synth, "dev", "ml", "AWS::StepFunctions::StateMachine").values()))
-    definition = json.dumps(machine["Properties"]["DefinitionString"])
+    local = component.rsplit(".", 1)[-1]
+    machines = resources(synth, "dev", "ml", "AWS::StepFunctions::StateMachine").values()
+    definitions = [json.dumps(machine["Properties"]["DefinitionString"]) for machine in machines]
+    (definition,) = [text for text in definitions if f"com.iiot.dev.{local} " in text]
     for state in ("DescribeModelPackage", "PublishComponent", "Notify"):
         assert state in definition
-    buildspecs = [
-        project["Properties"]["Source"]["BuildSpec"]
-        for project in resources(synth, "dev", "ml", "AWS::CodeBuild::Project").values()
-    ]
-    buildspec = next(spec for spec in buildspecs if "create-component-version" in spec)
-    assert "component/failure_model.zip" in buildspec  # the pipeline's compile output
+    commands = json.loads(_publish_project(synth, component)["Source"]["BuildSpec"])["phases"][
+        "build"
+    ]["commands"]
+    assert f'aws s3 cp {source} "${{TARGET}}"' in commands
     # The notification says how to deploy the version: the environment's context key.
-    assert "npx cdk deploy -c dev:edge_model_version=1.0.{} iiot-dev/edge" in definition
+    assert f"npx cdk deploy -c dev:{setting}=1.0.{{}} iiot-dev/edge" in definition
 
 
-def test_publish_job_runs_the_repository_script_on_the_recipe(synth: Synth) -> None:
+def test_the_publish_flows_share_the_ml_topic(synth: Synth) -> None:
+    assert len(resources(synth, "dev", "ml", "AWS::SNS::Topic")) == 1
+    assert len(resources(synth, "dev", "ml", "AWS::KMS::Key")) == 1
+    assert len(resources(synth, "dev", "ml", "AWS::StepFunctions::StateMachine")) == 2
+
+
+@pytest.mark.parametrize("component", sorted(PUBLISHED))
+def test_publish_job_runs_the_repository_script_on_the_recipe(synth: Synth, component: str) -> None:
     from stacks.artifacts import ROOT
 
-    (project,) = [
-        body["Properties"]
-        for body in resources(synth, "dev", "ml", "AWS::CodeBuild::Project").values()
-        if "create-component-version" in body["Properties"]["Source"]["BuildSpec"]
-    ]
+    project = _publish_project(synth, component)
     commands = json.loads(project["Source"]["BuildSpec"])["phases"]["build"]["commands"]
     (run,) = [command for command in commands if "publish_component.py" in command]
     assert run.startswith("python3 publish_component.py --recipe recipe.yaml ")
     assert commands.index(run) < commands.index(
         "aws greengrassv2 create-component-version --inline-recipe fileb://recipe.json"
     )
+    variables = {v["Name"]: v["Value"] for v in project["Environment"]["EnvironmentVariables"]}
+    assert variables["COMPONENT_NAME"] == component.replace("com.iiot.", "com.iiot.dev.")
     # CodeBuild's S3 source is a zip: the recipe and the script side by side, as in the repo.
     (asset_hash,) = re.findall(r"([0-9a-f]{64})\.zip", json.dumps(project["Source"]["Location"]))
     source = synth.outdir / f"asset.{asset_hash}"
@@ -800,7 +834,7 @@ def test_publish_job_runs_the_repository_script_on_the_recipe(synth: Synth) -> N
         "recipe.yaml",
     ]
     for name, original in (
-        ("recipe.yaml", "edge_components/com.iiot.FailureModel/recipe.yaml"),
+        ("recipe.yaml", f"edge_components/{component}/recipe.yaml"),
         ("publish_component.py", "ml_pipeline/publish_component.py"),
     ):
         assert (source / name).read_bytes() == (ROOT / original).read_bytes()
@@ -811,7 +845,9 @@ def test_gateways_may_read_only_published_models(synth: Synth) -> None:
     gateway = next(p for p in policies.values() if "TokenExchangeRole" in json.dumps(p))
     statement = gateway["Properties"]["PolicyDocument"]["Statement"][0]
     assert statement["Action"] == "s3:GetObject"
-    assert "greengrass/com.iiot.FailureModel/*" in json.dumps(statement["Resource"])
+    assert len(statement["Resource"]) == len(PUBLISHED)
+    for component in PUBLISHED:
+        assert f"greengrass/{component}/*" in json.dumps(statement["Resource"])
 
 
 def test_lake_run_submits_each_job_in_order_on_a_schedule(synth: Synth) -> None:
