@@ -37,6 +37,14 @@ class PredictorConfig:
     # spike decays within the detector's smoothing) and cleared once it stayed off this many.
     anomaly_raise_after_readings: int = 6
     anomaly_clear_after_readings: int = 60
+    # The anomaly outbox: each anomaly is committed here before it is published to the cloud
+    # and deleted on its PUBACK. A relative path is in the component's work folder
+    # ($FAILURE_PREDICTOR_WORK_DIR, `{work:path}` on a gateway); with no work folder known,
+    # or empty, the outbox is in memory (retries and order, but not across a restart).
+    outbox_path: str = ""
+    outbox_max_anomalies: int = 10_000  # beyond it the oldest are evicted, counted and logged
+    backoff_initial_seconds: float = 1.0  # retry delay while the cloud is unreachable, ...
+    backoff_max_seconds: float = 10.0  # ... doubling up to this, full jitter
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> PredictorConfig:
@@ -99,6 +107,18 @@ class PredictorConfig:
         if not isinstance(anomaly_model_dir, str):
             problems.append(f"anomalyModelDir must be a folder path, got {anomaly_model_dir!r}")
             anomaly_model_dir = ""
+        outbox_path = raw.get("outboxPath", "")
+        if not isinstance(outbox_path, str):
+            problems.append(f"outboxPath must be a file path, got {outbox_path!r}")
+            outbox_path = ""
+        outbox_max = number("outboxMaxAnomalies", 10_000, low=1, high=10_000_000)
+        backoff_initial = number("backoffInitialSeconds", 1.0, low=0.01, high=3_600.0)
+        backoff_max = number("backoffMaxSeconds", 10.0, low=0.01, high=3_600.0)
+        if backoff_max < backoff_initial:
+            problems.append(
+                f"backoffMaxSeconds ({backoff_max}) must be at least backoffInitialSeconds "
+                f"({backoff_initial})"
+            )
         if problems:
             raise ConfigError("invalid FailurePredictor configuration: " + "; ".join(problems))
         return cls(
@@ -117,4 +137,8 @@ class PredictorConfig:
             anomaly_model_dir=anomaly_model_dir.strip(),
             anomaly_raise_after_readings=int(raise_after),
             anomaly_clear_after_readings=int(clear_after),
+            outbox_path=outbox_path.strip(),
+            outbox_max_anomalies=int(outbox_max),
+            backoff_initial_seconds=backoff_initial,
+            backoff_max_seconds=backoff_max,
         )
