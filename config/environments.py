@@ -236,9 +236,10 @@ class Environment:
     - `edge_anomaly_model_version` (`<env>:edge_anomaly_model_version`): the
       com.iiot.AnomalyModel version the gateways' FailurePredictor runs (the per-machine
       multivariate anomaly detector), MAJOR.MINOR.PATCH as the ML stack's anomaly publish flow
-      makes them (`1.0.<anomaly model package version>`); it needs `edge_model_version` (the
-      predictor is deployed with the failure model). None: the deployments carry no anomaly
-      model and the predictor runs without multivariate anomaly detection.
+      makes them (`1.0.<anomaly model package version>`). The two are given together or not
+      at all: the FailurePredictor's recipe depends on both model components and Greengrass
+      resolves every dependency of a deployment. None (both): the factory deployments run
+      the sensor buffer without prediction.
     - `opcua_plcs` (`<env>:opcua_plcs`): a YAML file `{<factory>: {<plc name>: {endpoint,
       nodes: [...]}}}` (the OpcUaCollector's `plcs`, edge_components/README.md): each factory
       named there also runs the collector with its PLCs (validated at synth by the
@@ -401,11 +402,18 @@ class Environment:
                     "version MAJOR.MINOR.PATCH, as the ML stack publishes them "
                     "(1.0.<model package version>)"
                 )
-        if self.edge_anomaly_model_version is not None and self.edge_model_version is None:
+        if (self.edge_anomaly_model_version is None) != (self.edge_model_version is None):
+            given, missing = (
+                ("edge_model_version", "edge_anomaly_model_version")
+                if self.edge_anomaly_model_version is None
+                else ("edge_anomaly_model_version", "edge_model_version")
+            )
             problems.append(
-                f"edge_anomaly_model_version (context {self.name}:edge_anomaly_model_version) "
-                "needs edge_model_version: the FailurePredictor that runs the anomaly model is "
-                "deployed with the failure model"
+                f"{given} (context {self.name}:{given}) needs {missing} (context "
+                f"{self.name}:{missing}): the FailurePredictor's recipe depends on both model "
+                "components, and Greengrass resolves every dependency of a deployment (SOFT "
+                "ones too), so a deployment naming one model fails while the other has no "
+                "published version"
             )
         if self.opcua_plcs is not None:
             problems += _plc_problems(self)

@@ -331,7 +331,8 @@ class ModelPublishFlow(Construct):
                 sfn.JsonPath.format(
                     f"{self.component_name} {VERSION_PREFIX}{{}} is published. Deploy it to the "
                     f"gateways: npx cdk deploy -c {env_config.name}:{self.model.setting}="
-                    f"{VERSION_PREFIX}{{}} {env_config.prefix}/edge",
+                    f"{VERSION_PREFIX}{{}} {env_config.prefix}/edge (keep the other model "
+                    "pinned: edge_model_version and edge_anomaly_model_version roll out together)",
                     sfn.JsonPath.string_at("$.model.version"),
                     sfn.JsonPath.string_at("$.model.version"),
                 )

@@ -198,10 +198,14 @@ def test_without_inputs_the_defaults_hold_and_environment_variables_change_nothi
             {"prod:edge_model_version": "1.0.7", "prod:edge_anomaly_model_version": "4"},
             r"\(context prod:edge_anomaly_model_version\) must be",
         ),
-        # The predictor that runs the anomaly model is deployed with the failure model.
+        # The predictor depends on both model components: they are pinned together.
         (
             {"prod:edge_anomaly_model_version": "1.0.4"},
             r"\(context prod:edge_anomaly_model_version\) needs edge_model_version",
+        ),
+        (
+            {"prod:edge_model_version": "1.0.7"},
+            r"\(context prod:edge_model_version\) needs edge_anomaly_model_version",
         ),
         ({"prod:alarm_email": "ops"}, r"\(context prod:alarm_email\) is not an email"),
         ({"dev:metrics_catalog": "config/none.yaml"}, r"\(context dev:metrics_catalog\) is not a"),
