@@ -37,7 +37,7 @@ LOCAL_SETTINGS: dict[str, dict[str, Any]] = {
         "backoffMaxSeconds": 1.0,
         "synchronous": "NORMAL",
     },
-    "failure-predictor": {"modelPollSeconds": 0.5},
+    "failure-predictor": {"modelPollSeconds": 0.5, "backoffMaxSeconds": 1.0},
 }
 
 
@@ -69,6 +69,9 @@ def component_configuration(
         raw["modelDir"] = str(model_dir(plan, factory) / "failure_model")
         raw["anomalyModelDir"] = ""  # com.iiot.AnomalyModel is not deployed in a local run
         raw["machines"] = machines or {}
+        # The predictor's anomalies wait in a durable outbox while the uplink is down, and survive
+        # the run's kill -9 of a gateway (a relative path would need a Greengrass work folder).
+        raw["outboxPath"] = str(plan.gateway_dir(factory) / "failure_predictor" / "outbox.sqlite3")
     raw.update(LOCAL_SETTINGS[component])
     return raw
 
