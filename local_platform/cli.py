@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from iiot import logs
-from iiot.catalog import CatalogError, load_catalog
+from iiot.catalog import CatalogError, MetricCatalog, load_catalog
 from iiot.contract import Validator
 from local_platform.simulator import DEFAULT_START, FleetConfig, FleetSimulator, write_simulation
 
@@ -221,6 +221,13 @@ def validate(
         raise typer.Exit(1)
 
 
+def _catalog_or_exit(path: Path | None) -> MetricCatalog:
+    try:
+        return load_catalog(path)
+    except CatalogError as exc:
+        raise fail(str(exc)) from exc
+
+
 @catalog_app.command("show")
 def catalog_show(
     path: Annotated[
@@ -228,10 +235,7 @@ def catalog_show(
     ] = None,
 ) -> None:
     """Print the catalog's metrics, units, ranges and thresholds."""
-    try:
-        catalog = load_catalog(path)
-    except CatalogError as exc:
-        raise fail(str(exc)) from exc
+    catalog = _catalog_or_exit(path)
     table = Table(
         "metric",
         "unit",
@@ -265,10 +269,7 @@ def catalog_check(
     ] = None,
 ) -> None:
     """Check a catalog file; exit 1 with the problems when it is invalid."""
-    try:
-        catalog = load_catalog(path)
-    except CatalogError as exc:
-        raise fail(str(exc)) from exc
+    catalog = _catalog_or_exit(path)
     stdout.print(f"{catalog.source}: {len(catalog)} metrics, valid (digest {catalog.digest})")
 
 

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -89,17 +90,11 @@ def read_history(directory: Path) -> History:
     )
 
 
-def read_streams(
-    directory: Path, history: History, catalog: MetricCatalog | None = None
-) -> Iterator[MachineStream]:
-    """Each machine's valid readings in arrival order (time, then file order)."""
+def reading_columns(table: Any, catalog: MetricCatalog) -> tuple[np.ndarray, ...]:
+    """A readings table (machine_id, metric, timestamp, value) as numpy columns, and the mask
+    of the rows inside their metric's valid range (unknown metrics are not valid)."""
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
-    catalog = catalog or load_catalog()
-    table = pq.read_table(
-        directory / "readings.parquet", columns=["timestamp", "machine_id", "metric", "value"]
-    )
     machine = table.column("machine_id").combine_chunks().cast("string").to_numpy(False)
     metric = table.column("metric").combine_chunks().cast("string").to_numpy(False)
     timestamp = pc.cast(table.column("timestamp"), "int64").to_numpy()
@@ -110,6 +105,20 @@ def read_streams(
             bounds = catalog[name].valid_range
             rows = metric == name
             valid |= rows & (value >= bounds.min) & (value <= bounds.max)
+    return machine, metric, timestamp, value, valid
+
+
+def read_streams(
+    directory: Path, history: History, catalog: MetricCatalog | None = None
+) -> Iterator[MachineStream]:
+    """Each machine's valid readings in arrival order (time, then file order)."""
+    import pyarrow.parquet as pq
+
+    catalog = catalog or load_catalog()
+    table = pq.read_table(
+        directory / "readings.parquet", columns=["timestamp", "machine_id", "metric", "value"]
+    )
+    machine, metric, timestamp, value, valid = reading_columns(table, catalog)
     order = np.lexsort((np.arange(len(value)), timestamp, machine))
     order = order[valid[order]]
     machine, metric, timestamp, value = (

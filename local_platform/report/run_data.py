@@ -238,8 +238,9 @@ def reliability(history: dict[str, Any], predictions: dict[str, Any] | None) -> 
 def _valid_readings(run: Run, catalog: MetricCatalog) -> dict[str, np.ndarray] | None:
     """The simulation's readings, or the lake's silver readings when the run has no
     simulation files (a connected run regenerates its sensors' messages from the seed)."""
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
+
+    from ml_pipeline.dataset import reading_columns
 
     columns = ["timestamp", "machine_id", "metric", "value"]
     path = run.simulation / "readings.parquet"
@@ -252,16 +253,7 @@ def _valid_readings(run: Run, catalog: MetricCatalog) -> dict[str, np.ndarray] |
         table = DeltaTable(str(silver)).to_pyarrow_table(columns=columns)
     else:
         return None
-    machine = table.column("machine_id").combine_chunks().cast("string").to_numpy(False)
-    metric = table.column("metric").combine_chunks().cast("string").to_numpy(False)
-    timestamp = pc.cast(table.column("timestamp"), "int64").to_numpy()
-    value = table.column("value").to_numpy()
-    valid = np.zeros(len(value), dtype=bool)
-    for name in np.unique(metric):
-        if name in catalog:
-            bounds = catalog[name].valid_range
-            rows = metric == name
-            valid |= rows & (value >= bounds.min) & (value <= bounds.max)
+    machine, metric, timestamp, value, valid = reading_columns(table, catalog)
     return {
         "machine": machine[valid].astype(str),
         "metric": metric[valid].astype(str),

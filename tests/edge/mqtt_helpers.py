@@ -93,12 +93,40 @@ def uploaded(batches: list) -> Counter[Key]:
     return total
 
 
-class Component:
+class Subprocess:
+    """A component run as a subprocess with its output in `log`, stopped or killed by its PID."""
+
+    def __init__(self, args: list[str], log: Path) -> None:
+        self.args = args
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def launch(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(self.args, stdout=log, stderr=log)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        """SIGTERM, and SIGKILL when it has not ended 20 s later."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+
+
+class Component(Subprocess):
     """`iiot edge run` as a subprocess, killed or stopped by its PID."""
 
     def __init__(self, tmp_path: Path, local_url: str, cloud_url: str, *extra: str) -> None:
         self.data_dir = tmp_path / "buffer"
-        self.args = [
+        args = [
             sys.executable,
             "-m",
             "local_platform.cli",
@@ -122,35 +150,22 @@ class Component:
             "1",
             *extra,
         ]
-        self.log = tmp_path / "component.log"
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__(args, tmp_path / "component.log")
 
     def start(self, *, wait_port: int | None = None) -> None:
         """Start; with `wait_port` (the local broker), return once it reports its status."""
         status = (
             Collector(wait_port, ("factory/F01/gateway/status",), "probe") if wait_port else None
         )
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(self.args, stdout=log, stderr=log)
+        self.launch()
         if status is not None:
             try:
                 wait_for(lambda: bool(status.messages["factory/F01/gateway/status"]), 30, "status")
             finally:
                 status.close()
 
-    def kill(self) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
-
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
+        super().stop()
         # 0: clean stop; -SIGTERM: stopped before it installed its handler (still starting)
         assert self.process is None or self.process.returncode in (
             0,

@@ -7,10 +7,7 @@ once. The outbox bound and the configuration are checked in-process."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sqlite3
-import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -33,7 +30,7 @@ from iiot.catalog import MetricCatalog
 from iiot.contract import Reading
 from iiot.wire import encode_json
 from local_platform.localbroker import Mosquitto
-from tests.edge.mqtt_helpers import Collector, wait_for
+from tests.edge.mqtt_helpers import Collector, Subprocess, wait_for
 
 FACTORY = "F01"
 MACHINES = ("F01-M001", "F01-M002", "F01-M003")
@@ -104,44 +101,30 @@ def expected_ids(tmp_path: Path, sent: list[bytes]) -> list[str]:
     return [decode_anomaly(p).anomaly_id for _, p in transport.cloud]
 
 
-class Predictor:
+class Predictor(Subprocess):
     """The component as a subprocess, stopped or killed by its PID."""
 
     def __init__(self, tmp_path: Path, local: Mosquitto, cloud: Mosquitto, raw: dict) -> None:
         config = tmp_path / "predictor.json"
         config.write_text(json.dumps(raw))
         self.outbox = Path(raw["outboxPath"])
-        self.log = tmp_path / "predictor.log"
-        self.args = [
-            sys.executable,
-            "-m",
-            "failure_predictor.main",
-            "--mqtt",
-            local.url,
-            "--cloud-mqtt",
-            cloud.url,
-            "--config",
-            str(config),
-        ]
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__(
+            [
+                sys.executable,
+                "-m",
+                "failure_predictor.main",
+                "--mqtt",
+                local.url,
+                "--cloud-mqtt",
+                cloud.url,
+                "--config",
+                str(config),
+            ],
+            tmp_path / "predictor.log",
+        )
 
     def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(self.args, stdout=log, stderr=log)
-
-    def kill(self) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
+        self.launch()
 
     def waiting(self) -> int:
         """Anomalies committed and not acknowledged (read as another process would)."""
