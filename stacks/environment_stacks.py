@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aws_cdk import (
     App,
@@ -54,6 +54,7 @@ from stacks.timeseries_stack import TimeSeriesStack
 from stacks.warehouse_stack import WarehouseStack
 
 CDK_JSON = ROOT / "cdk.json"
+S = TypeVar("S", bound=Stack)
 
 
 def feature_flags(cdk_json: Path = CDK_JSON) -> dict[str, Any]:
@@ -99,9 +100,19 @@ def build_environment(
     stage = environment_stage(scope, env_config)
     prefix = env_config.prefix
     built = EnvironmentStacks(stage=stage)
-    env = None  # every stack takes the stage's account and region
 
-    def add(concern: str, stack: Stack) -> Stack:
+    def add(stack_class: type[S], concern: str, summary: str, **wiring: Any) -> S:
+        """The concern's stack `iiot-<env>-<concern>`, tagged; it takes the stage's account
+        and region, and refuses to deploy while the environment is unpinned."""
+        stack = stack_class(
+            stage,
+            concern,
+            stack_name=f"{prefix}-{concern}",
+            env=None,
+            env_config=env_config,
+            description=f"IIoT platform ({env_config.name}): {summary}",
+            **wiring,
+        )
         Tags.of(stack).add("project", "iiot-platform")
         Tags.of(stack).add("environment", env_config.name)
         Tags.of(stack).add("concern", concern)
@@ -110,133 +121,88 @@ def build_environment(
         built.stacks[concern] = stack
         return stack
 
-    def description(text: str) -> str:
-        return f"IIoT platform ({env_config.name}): {text}"
-
-    network = NetworkStack(
-        stage,
+    network = add(
+        NetworkStack,
         "network",
-        stack_name=f"{prefix}-network",
-        env=env,
-        env_config=env_config,
-        description=description("VPC for the private data stores"),
+        "VPC for the private data stores",
     )
-    add("network", network)
-    lake = LakeStack(
-        stage,
+    lake = add(
+        LakeStack,
         "lake",
-        stack_name=f"{prefix}-lake",
-        env=env,
-        env_config=env_config,
+        "Delta Lake buckets, Glue catalog, EMR Serverless runs",
         pins=pins,
-        description=description("Delta Lake buckets, Glue catalog, EMR Serverless runs"),
     )
-    add("lake", lake)
-    ingestion = IngestionStack(
-        stage,
+    ingestion = add(
+        IngestionStack,
         "ingestion",
-        stack_name=f"{prefix}-ingestion",
-        env=env,
-        env_config=env_config,
+        "telemetry stream and Firehose to bronze",
         lake_key=lake.key,
-        description=description("telemetry stream and Firehose to bronze"),
     )
     ingestion.add_stack_dependency(lake, "Firehose writes to the bronze bucket")
-    add("ingestion", ingestion)
-    alerting = AlertingStack(
-        stage,
+    alerting = add(
+        AlertingStack,
         "alerting",
-        stack_name=f"{prefix}-alerting",
-        env=env,
-        env_config=env_config,
-        description=description("anomaly stream, alert topic and router"),
+        "anomaly stream, alert topic and router",
     )
-    add("alerting", alerting)
-    iot = IotStack(
-        stage,
+    iot = add(
+        IotStack,
         "iot",
-        stack_name=f"{prefix}-iot",
-        env=env,
-        env_config=env_config,
+        "IoT Core things, policy, token exchange and rules",
         telemetry=ingestion.telemetry,
         anomalies=alerting.anomalies,
-        description=description("IoT Core things, policy, token exchange and rules"),
     )
-    add("iot", iot)
-    streaming = StreamingStack(
-        stage,
+    streaming = add(
+        StreamingStack,
         "streaming",
-        stack_name=f"{prefix}-streaming",
-        env=env,
-        env_config=env_config,
+        "Flink SQL stream rules (Managed Service for Apache Flink)",
         readings=ingestion.readings,
         anomalies=alerting.anomalies,
         lake_key=lake.key,
         pins=pins,
-        description=description("Flink SQL stream rules (Managed Service for Apache Flink)"),
     )
-    add("streaming", streaming)
-    warehouse = WarehouseStack(
-        stage,
+    add(
+        WarehouseStack,
         "warehouse",
-        stack_name=f"{prefix}-warehouse",
-        env=env,
-        env_config=env_config,
+        "Redshift Serverless with Spectrum over the lake",
         vpc=network.vpc,
         subnets=network.data_subnets,
         lake_key=lake.key,
         lake_paths=("silver/", "gold/"),
         glue_database=lake.database_name,
-        description=description("Redshift Serverless with Spectrum over the lake"),
     )
-    add("warehouse", warehouse)
-    timeseries = TimeSeriesStack(
-        stage,
+    timeseries = add(
+        TimeSeriesStack,
         "timeseries",
-        stack_name=f"{prefix}-timeseries",
-        env=env,
-        env_config=env_config,
+        "Timestream for InfluxDB and its writer",
         vpc=network.vpc,
         subnets=network.data_subnets,
         telemetry=ingestion.telemetry,
         readings=ingestion.readings,
         logs_bucket=lake.logs,
-        description=description("Timestream for InfluxDB and its writer"),
     )
-    add("timeseries", timeseries)
 
-    ml = MlStack(
-        stage,
+    ml = add(
+        MlStack,
         "ml",
-        stack_name=f"{prefix}-ml",
-        env=env,
-        env_config=env_config,
+        "model registry, training pipeline, model publishing",
         lake_key=lake.key,
         token_exchange_role=iot.token_exchange_role,
         lake_run=lake.job_runner.state_machine,
-        description=description("model registry, training pipeline, model publishing"),
     )
     ml.add_stack_dependency(lake, "the pipeline reads the lake and writes artifacts")
-    add("ml", ml)
-    edge = EdgeStack(
-        stage,
+    add(
+        EdgeStack,
         "edge",
-        stack_name=f"{prefix}-edge",
-        env=env,
-        env_config=env_config,
+        "Greengrass component versions and factory deployments",
         thing_group_arns={f: group.attr_arn for f, group in iot.thing_groups.items()},
         token_exchange_role=iot.token_exchange_role,
-        description=description("Greengrass component versions and factory deployments"),
     )
-    add("edge", edge)
 
     functions = {"AlertRouter": alerting.router, "InfluxWriter": timeseries.writer}
-    monitoring = MonitoringStack(
-        stage,
+    add(
+        MonitoringStack,
         "monitoring",
-        stack_name=f"{prefix}-monitoring",
-        env=env,
-        env_config=env_config,
+        "alarms and dashboard",
         monitored=Monitored(
             telemetry=ingestion.telemetry,
             readings=ingestion.readings,
@@ -247,9 +213,7 @@ def build_environment(
             lake_run=lake.job_runner.state_machine,
             pipeline_name=ml.pipeline.pipeline_name,
         ),
-        description=description("alarms and dashboard"),
     )
-    add("monitoring", monitoring)
     return built
 
 
