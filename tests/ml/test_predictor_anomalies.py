@@ -215,3 +215,23 @@ def test_configuration_and_wiring(tmp_path: Path, catalog: MetricCatalog) -> Non
         PredictorConfig.from_mapping({**raw, "anomalyRaiseAfterReadings": 0})
     with pytest.raises(ConfigError, match="anomalyModelDir"):
         PredictorConfig.from_mapping({**raw, "anomalyModelDir": 5})
+
+
+def test_the_raise_and_clear_defaults_are_the_recipes() -> None:
+    """A configuration without the keys gets what the recipe deploys: one constant each."""
+    import yaml
+    from failure_predictor.config import (
+        ANOMALY_CLEAR_AFTER_READINGS,
+        ANOMALY_RAISE_AFTER_READINGS,
+    )
+
+    recipe = Path(__file__).resolve().parents[2] / (
+        "edge_components/com.iiot.FailurePredictor/recipe.yaml"
+    )
+    default = yaml.safe_load(recipe.read_text())["ComponentConfiguration"]["DefaultConfiguration"]
+    assert default["anomalyRaiseAfterReadings"] == ANOMALY_RAISE_AFTER_READINGS == 18
+    assert default["anomalyClearAfterReadings"] == ANOMALY_CLEAR_AFTER_READINGS
+    bare = PredictorConfig.from_mapping({"factoryId": FACTORY, "modelDir": "/nowhere"})
+    assert bare.anomaly_raise_after_readings == ANOMALY_RAISE_AFTER_READINGS
+    assert bare.anomaly_clear_after_readings == ANOMALY_CLEAR_AFTER_READINGS
+    assert PredictorConfig(FACTORY, "/nowhere").anomaly_raise_after_readings == 18

@@ -10,6 +10,13 @@ from typing import Any
 from edge_runtime.features import MachineInfo
 from iiot import topics
 
+# A MULTIVARIATE_ANOMALY is raised once a machine's alarm held this many rows (a lone spike
+# decays within the detector's smoothing: 3 minutes at 10 s sampling; the recipe's
+# anomalyRaiseAfterReadings is this value, tests/ml/test_predictor_anomalies.py checks it) and
+# cleared once it stayed off this many.
+ANOMALY_RAISE_AFTER_READINGS = 18
+ANOMALY_CLEAR_AFTER_READINGS = 60
+
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message lists every problem."""
@@ -33,10 +40,8 @@ class PredictorConfig:
     anomalies_topic: str = topics.ANOMALIES
     # The AnomalyModel component's artifact folder; empty: no multivariate anomaly detection.
     anomaly_model_dir: str = ""
-    # A MULTIVARIATE_ANOMALY is raised once a machine's alarm held this many rows (a lone
-    # spike decays within the detector's smoothing) and cleared once it stayed off this many.
-    anomaly_raise_after_readings: int = 6
-    anomaly_clear_after_readings: int = 60
+    anomaly_raise_after_readings: int = ANOMALY_RAISE_AFTER_READINGS
+    anomaly_clear_after_readings: int = ANOMALY_CLEAR_AFTER_READINGS
     # The anomaly outbox: each anomaly is committed here before it is published to the cloud
     # and deleted on its PUBACK. A relative path is in the component's work folder
     # ($FAILURE_PREDICTOR_WORK_DIR, `{work:path}` on a gateway); with no work folder known,
@@ -101,8 +106,12 @@ class PredictorConfig:
         anomalies_topic = str(raw.get("anomaliesTopic", topics.ANOMALIES)).strip()
         if not anomalies_topic or any(c in anomalies_topic for c in "#+"):
             problems.append(f"anomaliesTopic must be a topic name, got {anomalies_topic!r}")
-        raise_after = number("anomalyRaiseAfterReadings", 6, low=1, high=100_000)
-        clear_after = number("anomalyClearAfterReadings", 60, low=1, high=100_000)
+        raise_after = number(
+            "anomalyRaiseAfterReadings", ANOMALY_RAISE_AFTER_READINGS, low=1, high=100_000
+        )
+        clear_after = number(
+            "anomalyClearAfterReadings", ANOMALY_CLEAR_AFTER_READINGS, low=1, high=100_000
+        )
         anomaly_model_dir = raw.get("anomalyModelDir", "")
         if not isinstance(anomaly_model_dir, str):
             problems.append(f"anomalyModelDir must be a folder path, got {anomaly_model_dir!r}")
