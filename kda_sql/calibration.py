@@ -23,7 +23,9 @@ Normal operation is what the anomaly detector (`ml_pipeline.anomaly`) also train
 readings, without the horizon before each recorded failure, its down time and every maintenance
 job.
 `learn_limits` takes the series directly; `learn_from_run` reads a run directory (or the lake's
-silver export). `kda_sql.generate.render(catalog, calibration)` renders the learned limits and
+silver export), `learn_from_silver` the lake's silver Delta tables (what a calibration job over
+the lake runs: `iiot stream calibrate --silver <lake>/silver`).
+`kda_sql.generate.render(catalog, calibration)` renders the learned limits and
 windows into the Flink SQL; series without one keep the catalog's default.
 """
 
@@ -229,15 +231,78 @@ def learn_from_run(
     """Learn every series' limit from a run directory's (or the lake's silver export's) normal
     operation: its valid readings (`readings.parquet`) outside the horizon before each failure
     and its down time (`failures.csv`) and every maintenance job (`maintenance_records.csv`)."""
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     path = run_dir / "readings.parquet"
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: expected a simulation or silver export dir")
-    table = pq.read_table(
-        path, columns=["timestamp", "factory_id", "machine_id", "metric", "value"]
+    table = pq.read_table(path, columns=list(READING_COLUMNS))
+    failures = _csv_windows(run_dir / "failures.csv", "failed_at_ms", "repaired_at_ms")
+    jobs = _csv_windows(run_dir / "maintenance_records.csv", "started_at_ms", "completed_at_ms")
+    calibration = _learn(table, failures, jobs, catalog, horizon_ms, settings)
+    calibration.settings.update({"source": str(run_dir), "horizon_hours": horizon_ms / 3_600_000})
+    return calibration
+
+
+def learn_from_silver(
+    silver_dir: Path,
+    catalog: MetricCatalog,
+    *,
+    horizon_ms: int = 24 * 3_600_000,
+    until_ms: int | None = None,
+    **settings: Any,
+) -> Calibration:
+    """The same, from the lake's silver Delta tables themselves (`silver_dir` holds
+    `readings`, and `failures` and `maintenance_records` when the maintenance system has fed
+    them): readings before `until_ms` when given."""
+    import pyarrow.dataset as ds
+    from deltalake import DeltaTable
+
+    readings_dir = silver_dir / "readings"
+    if not (readings_dir / "_delta_log").is_dir():
+        raise FileNotFoundError(f"{readings_dir} is not a Delta table (silver readings)")
+    dataset = DeltaTable(str(readings_dir)).to_pyarrow_dataset()
+    where = ds.field("timestamp") < until_ms if until_ms is not None else None
+    table = dataset.to_table(columns=list(READING_COLUMNS), filter=where)
+
+    def windows(name: str, begin: str, end: str) -> list[tuple[str, int, int]]:
+        path = silver_dir / name
+        if not (path / "_delta_log").is_dir():
+            return []
+        rows = DeltaTable(str(path)).to_pyarrow_table(columns=["machine_id", begin, end])
+        return [
+            (str(r["machine_id"]), int(r[begin]), int(r[end]))
+            for r in rows.to_pylist()
+            if r[begin] is not None and r[end] is not None
+        ]
+
+    failures = windows("failures", "failed_at_ms", "repaired_at_ms")
+    jobs = windows("maintenance_records", "started_at_ms", "completed_at_ms")
+    calibration = _learn(table, failures, jobs, catalog, horizon_ms, settings)
+    calibration.settings.update(
+        {
+            "source": str(silver_dir),
+            "horizon_hours": horizon_ms / 3_600_000,
+            **({"until_ms": until_ms} if until_ms is not None else {}),
+        }
     )
+    return calibration
+
+
+READING_COLUMNS = ("timestamp", "factory_id", "machine_id", "metric", "value")
+
+
+def _learn(
+    table: Any,
+    failures: list[tuple[str, int, int]],
+    jobs: list[tuple[str, int, int]],
+    catalog: MetricCatalog,
+    horizon_ms: int,
+    settings: dict[str, Any],
+) -> Calibration:
+    """Every series' limit from a readings table (pyarrow: READING_COLUMNS), without invalid
+    readings, the horizon before each failure to its repair, and every maintenance job."""
+    import pyarrow.compute as pc
 
     def strings(name: str) -> npt.NDArray[np.str_]:
         return np.asarray(table.column(name).combine_chunks().cast("string").to_numpy(False))
@@ -250,12 +315,7 @@ def learn_from_run(
         if name in catalog:
             valid = catalog[name].valid_range
             keep |= (metric == name) & (value >= valid.min) & (value <= valid.max)
-    excluded = [
-        (m, failed - horizon_ms, repaired)
-        for m, failed, repaired in _csv_windows(
-            run_dir / "failures.csv", "failed_at_ms", "repaired_at_ms"
-        )
-    ] + _csv_windows(run_dir / "maintenance_records.csv", "started_at_ms", "completed_at_ms")
+    excluded = [(m, failed - horizon_ms, repaired) for m, failed, repaired in failures] + jobs
     for machine_id, begin, end in excluded:
         keep &= ~((machine == machine_id) & (timestamp >= begin) & (timestamp < end))
     rows = np.flatnonzero(keep)
@@ -272,6 +332,4 @@ def learn_from_run(
                 yield (str(factory[r[0]]), str(machine[r[0]]), str(metric[r[0]]),
                        timestamp[r], value[r])  # fmt: skip
 
-    calibration = learn_limits(normal_series(), catalog, **settings)
-    calibration.settings.update({"source": str(run_dir), "horizon_hours": horizon_ms / 3_600_000})
-    return calibration
+    return learn_limits(normal_series(), catalog, **settings)

@@ -14,7 +14,14 @@ from rich.console import Console
 from rich.table import Table
 
 from iiot.catalog import CatalogError, load_catalog
-from kda_sql.calibration import MARGIN, MIN_READINGS, QUANTILE, Calibration, learn_from_run
+from kda_sql.calibration import (
+    MARGIN,
+    MIN_READINGS,
+    QUANTILE,
+    Calibration,
+    learn_from_run,
+    learn_from_silver,
+)
 from kda_sql.generate import RENDERED_DIR, rule_summaries, stale_files, write_rendered
 
 app = typer.Typer(
@@ -58,7 +65,19 @@ def _calibration(path: Path | None) -> Calibration | None:
 
 @app.command()
 def calibrate(
-    data: Annotated[Path, typer.Option(help="Run directory (or silver export) to learn from.")],
+    data: Annotated[
+        Path | None, typer.Option(help="Run directory (or silver export) to learn from.")
+    ] = None,
+    silver: Annotated[
+        Path | None,
+        typer.Option(
+            help="Or the lake's silver folder: its Delta tables readings, failures and "
+            "maintenance_records."
+        ),
+    ] = None,
+    until_ms: Annotated[
+        int | None, typer.Option(help="With --silver: only readings before this time (ms).")
+    ] = None,
     out: Annotated[Path, typer.Option(help="Calibration JSON to write.")] = Path(
         "rapid_change_limits.json"
     ),
@@ -74,18 +93,27 @@ def calibrate(
 ) -> None:
     """Learn each series' rapid-change limit and window from its normal operation."""
     metric_catalog = _catalog(catalog)
-    if not data.exists():
-        stderr.print(f"[bold red]error:[/] {data}: no such run directory", highlight=False)
+    if (data is None) == (silver is None):
+        stderr.print("[bold red]error:[/] give --data or --silver (one of them)", highlight=False)
+        raise typer.Exit(2)
+    source = data if data is not None else silver
+    assert source is not None
+    if not source.exists():
+        stderr.print(f"[bold red]error:[/] {source}: no such folder", highlight=False)
         raise typer.Exit(1)
+    settings: dict[str, float] = {
+        "quantile": quantile,
+        "margin": margin,
+        "min_readings": min_readings,
+    }
+    horizon_ms = int(horizon_hours * 3_600_000)
     try:
-        calibration = learn_from_run(
-            data,
-            metric_catalog,
-            horizon_ms=int(horizon_hours * 3_600_000),
-            quantile=quantile,
-            margin=margin,
-            min_readings=min_readings,
-        )
+        if silver is not None:
+            calibration = learn_from_silver(
+                silver, metric_catalog, horizon_ms=horizon_ms, until_ms=until_ms, **settings
+            )
+        else:
+            calibration = learn_from_run(source, metric_catalog, horizon_ms=horizon_ms, **settings)
     except (FileNotFoundError, ValueError) as exc:
         stderr.print(f"[bold red]error:[/] {exc}", highlight=False)
         raise typer.Exit(1) from exc

@@ -251,3 +251,58 @@ def test_the_flink_job_applies_learned_limits_and_scaled_windows(
     # the catalog's rules alone see none of the quiet or slow steps
     assert hop_expected(rows("M-QUIET", "temperature"), 60, 20.0) == []
     assert hop_expected(rows("M-SLOW", "temperature"), 60, 20.0) == []
+
+
+def test_cli_calibrates_from_the_lakes_silver_tables(run_dir: Path, tmp_path: Path, catalog):  # type: ignore[no-untyped-def]
+    """`--silver` reads the lake's Delta tables (readings with int64 ms timestamps, failures,
+    maintenance_records) and learns what the same rows learn as a run directory."""
+    import csv
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from deltalake import write_deltalake
+
+    readings = pq.read_table(run_dir / "readings.parquet")
+    readings = readings.set_column(
+        readings.schema.get_field_index("timestamp"),
+        "timestamp",
+        readings.column("timestamp").cast(pa.int64()),
+    )
+    silver = tmp_path / "silver"
+    write_deltalake(str(silver / "readings"), readings)
+    for name, columns in (
+        ("failures", ("failed_at_ms", "repaired_at_ms")),
+        ("maintenance_records", ("started_at_ms", "completed_at_ms")),
+    ):
+        with (run_dir / f"{name}.csv").open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        if rows:
+            table = pa.table(
+                {
+                    "machine_id": [r["machine_id"] for r in rows],
+                    **{c: pa.array([int(r[c]) for r in rows], pa.int64()) for c in columns},
+                }
+            )
+            write_deltalake(str(silver / name), table)
+    out = tmp_path / "limits.json"
+    result = CliRunner().invoke(app, ["calibrate", "--silver", str(silver), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert Calibration.load(out).series == learn_from_run(run_dir, catalog).series
+    # --until-ms: only the readings before it (fewer windows per series)
+    half = int(readings.column("timestamp").to_numpy().min()) + 12 * 3_600_000
+    early = tmp_path / "early.json"
+    result = CliRunner().invoke(
+        app,
+        ["calibrate", "--silver", str(silver), "--until-ms", str(half), "--out", str(early)],
+    )
+    assert result.exit_code == 0, result.output
+    whole = {s.key: s.windows for s in Calibration.load(out).series}
+    before = {s.key: s.windows for s in Calibration.load(early).series}
+    assert before and set(before) <= set(whole)  # a machine may hold no normal half-day
+    assert all(before[k] < whole[k] for k in before)
+    # one source, not both, not none
+    both = CliRunner().invoke(
+        app, ["calibrate", "--silver", str(silver), "--data", str(run_dir), "--out", str(out)]
+    )
+    assert both.exit_code == 2
+    assert CliRunner().invoke(app, ["calibrate", "--out", str(out)]).exit_code == 2
