@@ -5,7 +5,9 @@ environment is created at set-up, never inside a test: `scripts/bootstrap.sh tes
 demo and bench set-up) runs `python -m kda_sql.flink_env`, which creates it from
 `kda_sql/requirements-flink.txt` (about 30 s with uv) and records a stamp. Tests call
 `require_flink_env()`, which only checks the stamp and fails with the command to run.
-`run_rules()` runs `kda_sql/runner.py` with that interpreter on local JSON-lines files.
+`run_rules()` runs `kda_sql/runner.py` with that interpreter on local files: JSON lines (one
+reading per line) or, with `batches=True`, compact batches (one base64 batch per line, decoded
+by the `iiot-batch` format of `kda_sql/decoder`, whose jar `decoder_jar()` builds).
 
 `FLINK_VERSION` is the one place that names the Flink version: the streaming stack deploys the
 Managed Flink runtime of this version (`FLINK-1_20`) with the Kinesis connector built for it,
@@ -23,7 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -121,30 +123,80 @@ def _run(command: Sequence[str], what: str) -> None:
 
 @dataclass(frozen=True)
 class FlinkRun:
-    """The outcome of one local job: output rows (JSON lines) and how long it took."""
+    """The outcome of one local job: output rows and dead letters (JSON lines), its duration."""
 
     output_lines: list[bytes]
     seconds: float
     log: str
+    dead_letter_lines: list[bytes] = field(default_factory=list)
+
+
+def decoder_jar(out_dir: Path | None = None) -> Path:
+    """The compact-batch decoder's jar, compiled against `.venv-flink`'s Flink jars (cached
+    by content in `out_dir`, default `.venv-flink/decoder-jars`)."""
+    from kda_sql.decoder.build import build_jar, flink_lib_jars
+
+    env_dir = flink_env_dir()
+    return build_jar(out_dir or env_dir / "decoder-jars", flink_lib_jars(env_dir))
+
+
+def dead_letter_dir(output_dir: Path) -> Path:
+    """Where a local run's dead letters go: beside the anomalies, `<output_dir>-deadletters`."""
+    return output_dir.with_name(output_dir.name + "-deadletters")
+
+
+def source_properties(path: Path, *, batches: bool, jar: Path | None = None) -> dict[str, str]:
+    """The filesystem source of the rules: JSON lines, or one base64 compact batch per line
+    decoded by the `iiot-batch` format (the filesystem connector reads a file line by line;
+    Kinesis gives the format each record's raw bytes)."""
+    if not batches:
+        return {
+            "source.connector": "filesystem",
+            "source.path": str(path),
+            "source.format": "json",
+            "source.json.ignore-parse-errors": "true",
+        }
+    return {
+        "source.connector": "filesystem",
+        "source.path": str(path),
+        "source.format": "iiot-batch",
+        "source.iiot-batch.encoding": "base64",
+        "pipeline.jars": (jar or decoder_jar()).resolve().as_uri(),
+    }
 
 
 def local_file_properties(
-    input_path: Path, output_dir: Path, extra: Mapping[str, str] | None = None
+    input_path: Path,
+    output_dir: Path,
+    extra: Mapping[str, str] | None = None,
+    *,
+    batches: bool = False,
+    jar: Path | None = None,
 ) -> dict[str, str]:
-    """Runner properties for JSON-lines files in and out, with per-reading watermarks."""
+    """Runner properties for local files in and out (JSON lines, or base64 batches with
+    `batches`), dead letters beside the output, with per-reading watermarks."""
     properties = {
-        "source.connector": "filesystem",
-        "source.path": str(input_path),
-        "source.format": "json",
-        "source.json.ignore-parse-errors": "true",
+        **source_properties(input_path, batches=batches, jar=jar),
         "sink.connector": "filesystem",
         "sink.path": str(output_dir),
         "sink.format": "json",
+        "deadletter.connector": "filesystem",
+        "deadletter.path": str(dead_letter_dir(output_dir)),
+        "deadletter.format": "json",
         # A watermark after every reading: which readings are late no longer depends on timing.
         "watermark.interval.ms": "0",
     }
     properties.update(extra or {})
     return properties
+
+
+def _json_lines(folder: Path) -> list[bytes]:
+    lines: list[bytes] = []
+    if folder.exists():
+        for part in sorted(folder.rglob("*")):
+            if part.is_file() and not part.name.startswith("."):
+                lines.extend(line for line in part.read_bytes().splitlines() if line.strip())
+    return lines
 
 
 def run_rules(
@@ -154,14 +206,20 @@ def run_rules(
     sql_dir: Path | None = None,
     extra_properties: Mapping[str, str] | None = None,
     timeout_s: float = 900.0,
+    batches: bool = False,
+    jar: Path | None = None,
 ) -> FlinkRun:
-    """Run the rules over a JSON-lines file (or folder) on local PyFlink; return the anomalies.
+    """Run the rules over a JSON-lines file (or folder), or with `batches` a file of base64
+    compact batches, on local PyFlink; return the anomalies and dead letters.
 
     The environment must exist (`ensure_flink_env()` or the set-up command creates it)."""
     python = require_flink_env()
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    properties = local_file_properties(input_path, output_dir, extra_properties)
+    for folder in (output_dir, dead_letter_dir(output_dir)):
+        if folder.exists():
+            shutil.rmtree(folder)
+    properties = local_file_properties(
+        input_path, output_dir, extra_properties, batches=batches, jar=jar
+    )
     command = [str(python), str(RUNNER)]
     if sql_dir is not None:
         command += ["--sql-dir", str(sql_dir)]
@@ -174,12 +232,9 @@ def run_rules(
     seconds = time.perf_counter() - began
     if done.returncode != 0:
         raise FlinkEnvError(f"the Flink job failed ({done.returncode}): {done.stderr[-4000:]}")
-    lines: list[bytes] = []
-    if output_dir.exists():
-        for part in sorted(output_dir.rglob("*")):
-            if part.is_file() and not part.name.startswith("."):
-                lines.extend(line for line in part.read_bytes().splitlines() if line.strip())
-    return FlinkRun(lines, seconds, done.stderr)
+    return FlinkRun(
+        _json_lines(output_dir), seconds, done.stderr, _json_lines(dead_letter_dir(output_dir))
+    )
 
 
 def main() -> int:

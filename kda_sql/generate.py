@@ -3,7 +3,8 @@
 The templates in `kda_sql/templates/` hold two kinds of placeholder:
 
 * ``{{name}}``: catalog values (thresholds, valid ranges, window sizes), filled here;
-* ``${name}``: deployment parameters (connector options, watermark delay, window slide), left in
+* ``${name}``: deployment parameters (connector options of the source, the anomaly sink and the
+  dead-letter sink, watermark delay, window slide), left in
   the rendered SQL and filled by `kda_sql.runner` from the application properties.
 
 The rendered SQL for the project's catalog is checked in under `kda_sql/sql/` (what reviewers
@@ -24,8 +25,14 @@ from kda_sql.calibration import Calibration, SeriesLimit
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 RENDERED_DIR = Path(__file__).resolve().parent / "sql"
 # Execution order: the runner sorts the rendered files by name.
-TABLE_FILES = ("00_readings_table.sql", "01_anomalies_table.sql", "02_valid_readings_view.sql")
+TABLE_FILES = (
+    "00_readings_table.sql",
+    "01_anomalies_table.sql",
+    "02_valid_readings_view.sql",
+    "03_deadletters_table.sql",
+)
 SEVERITY_FILE = "10_severity_rules.sql"
+DEAD_LETTER_FILE = "90_dead_letters.sql"
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 _INDENT = "      "
 
@@ -105,6 +112,8 @@ def render(catalog: MetricCatalog, calibration: Calibration | None = None) -> di
     rendered: dict[str, str] = {}
     rendered[TABLE_FILES[0]] = _template("readings_table.sql")
     rendered[TABLE_FILES[1]] = _template("anomalies_table.sql")
+    rendered[TABLE_FILES[3]] = _template("deadletters_table.sql")
+    rendered[DEAD_LETTER_FILE] = _template("dead_letters.sql")
     valid = [
         f"(metric = {_quote(name)} AND unit = {_quote(m.unit)} "
         f"AND `value` BETWEEN {_number(m.valid_range.min)} AND {_number(m.valid_range.max)})"

@@ -11,9 +11,13 @@ Parameters come from, in increasing priority:
    (``/etc/flink/application_properties.json`` on the service),
 3. ``--property key=value`` on the command line (local runs and tests).
 
-Connector options are properties with a ``source.`` or ``sink.`` prefix, e.g.
-``source.connector=kinesis``, ``source.stream.arn=...``, ``source.format=json``. Every
-``${name}`` in the SQL files must have a value, or the run stops naming what is missing.
+Connector options are properties with a ``source.``, ``sink.`` or ``deadletter.`` prefix, e.g.
+``source.connector=kinesis``, ``source.stream.arn=...``, ``source.format=iiot-batch`` (the
+gateways' compact batches, decoded in the source by `kda_sql/decoder`'s format; ``json`` reads
+one reading per record), ``deadletter.connector=kinesis`` for the records the decoder refuses.
+``pipeline.jars`` (local runs) names jars to load, e.g. the decoder's; on the service the
+application's ``jarfile`` does that. Every ``${name}`` in the SQL files must have a value, or
+the run stops naming what is missing.
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ def parameters(properties: dict[str, str]) -> dict[str, str]:
     return {
         "source_options": connector_options(properties, "source."),
         "sink_options": connector_options(properties, "sink."),
+        "deadletter_options": connector_options(properties, "deadletter."),
         "watermark_delay_seconds": properties["watermark.delay.seconds"],
         "hop_slide_seconds": properties["window.slide.seconds"],
     }
@@ -115,6 +120,8 @@ def build_job(properties: dict[str, str], sql_dir: Path = DEFAULT_SQL_DIR) -> An
     # lateness for tests and the local demo; production keeps the periodic default.
     if "watermark.interval.ms" in properties:
         config.set("pipeline.auto-watermark-interval", properties["watermark.interval.ms"] + " ms")
+    if properties.get("pipeline.jars"):
+        config.set("pipeline.jars", properties["pipeline.jars"])
     statement_set = table_env.create_statement_set()
     inserts = 0
     for name, statement in load_statements(sql_dir, parameters(properties)):

@@ -4,14 +4,27 @@ All scenarios share one input file (one JVM start for the whole rule suite), so 
 are interleaved by event time as a real stream would be; a scenario's machine id keeps its
 anomalies apart. Times are seconds after T0 (a minute boundary, so HOP windows start at
 T0 + 10 s * k). The expected anomalies are worked out by hand in each scenario's docstring.
+
+The same stream comes in two encodings: JSON lines (one reading per line, malformed lines in
+the middle) and compact batches (`Streams.batches`: one batch per arrival instant, so a reading
+that arrives out of order or late arrives in a later batch; poison batches in the middle).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import math
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import groupby
+
+import numpy as np
+
+from iiot.contract import ReadingColumns, SeriesKey
+from iiot.wire import encode_batch, is_batch
+from tests.poison import Poison, good_batch, good_readings, known_poisons, shadow_copies
 
 T0_MS = 1_767_571_200_000  # 2026-01-05T00:00:00Z
 UNITS = {
@@ -38,18 +51,41 @@ class Row:
     def sort_key(self) -> tuple[float, str, str]:
         return (self.second if self.order is None else self.order, self.machine_id, self.metric)
 
+    def to_dict(self) -> dict:
+        return {
+            "timestamp": T0_MS + int(self.second * 1000),
+            "factory_id": self.factory_id,
+            "machine_id": self.machine_id,
+            "sensor_id": f"{self.machine_id}-{self.metric}",
+            "metric": self.metric,
+            "value": self.value,
+            "unit": self.unit or UNITS[self.metric],
+        }
+
     def to_json(self) -> bytes:
-        return json.dumps(
-            {
-                "timestamp": T0_MS + int(self.second * 1000),
-                "factory_id": self.factory_id,
-                "machine_id": self.machine_id,
-                "sensor_id": f"{self.machine_id}-{self.metric}",
-                "metric": self.metric,
-                "value": self.value,
-                "unit": self.unit or UNITS[self.metric],
-            }
-        ).encode()
+        return json.dumps(self.to_dict()).encode()
+
+    def arrival(self) -> float:
+        return self.second if self.order is None else self.order
+
+
+def batch_of(readings: Sequence[dict], batch_id: uuid.UUID | None = None) -> bytes:
+    """Readings (contract dicts) as one compact batch, as a gateway uploads them."""
+    lookup: dict[SeriesKey, int] = {}
+    index = [
+        lookup.setdefault(
+            SeriesKey(r["factory_id"], r["machine_id"], r["sensor_id"], r["metric"], r["unit"]),
+            len(lookup),
+        )
+        for r in readings
+    ]
+    columns = ReadingColumns(
+        list(lookup),
+        np.asarray(index, np.int32),
+        np.asarray([r["timestamp"] for r in readings], np.int64),
+        np.asarray([r["value"] for r in readings], np.float64),
+    )
+    return encode_batch(columns, batch_id=batch_id, producer="tests/stream")
 
 
 @dataclass
@@ -63,6 +99,32 @@ class Streams:
         # Malformed lines in the middle of the stream: skipped, never a failed job.
         middle = len(lines) // 2
         return lines[:middle] + self.garbage + lines[middle:]
+
+    def batches(self, poisons: Sequence[bytes] = ()) -> list[bytes]:
+        """The same readings as compact batches, one per arrival instant (every machine's
+        readings that arrive together), in arrival order; `poisons` in the middle."""
+        ordered = sorted(self.rows, key=Row.sort_key)
+        batches = [
+            batch_of([row.to_dict() for row in group])
+            for _, group in groupby(ordered, key=Row.arrival)
+        ]
+        middle = len(batches) // 2
+        return batches[:middle] + list(poisons) + batches[middle:]
+
+
+def batch_poisons() -> list[Poison]:
+    """The poison corpus's batches (`tests/poison.py`; its JSON poisons are not records of the
+    telemetry stream, which carries batches), the shadow copies of a good batch, and a record
+    that is not a batch at all."""
+    poisons = [p for p in known_poisons(T0_MS) if is_batch(p.payload)]
+    poisons += shadow_copies(good_batch(good_readings(40, start_ms=T0_MS - 3_600_000, sensor=3)))
+    poisons.append(Poison("not a batch", bytes(range(1, 40)), "missing IIOTB magic"))
+    return poisons
+
+
+def base64_lines(payloads: Sequence[bytes]) -> bytes:
+    """One base64 payload per line: what the local source of the `iiot-batch` format reads."""
+    return b"".join(base64.b64encode(payload) + b"\n" for payload in payloads)
 
 
 def step_series(machine: str, metric: str, low: float, high: float) -> Iterator[Row]:

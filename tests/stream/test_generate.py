@@ -46,9 +46,11 @@ def test_every_threshold_comes_from_the_catalog():
         "00_readings_table.sql",
         "01_anomalies_table.sql",
         "02_valid_readings_view.sql",
+        "03_deadletters_table.sql",
         "10_severity_rules.sql",
         "20_rapid_change_30s.sql",
         "21_rapid_change_120s.sql",
+        "90_dead_letters.sql",
     }
     assert "INTERVAL '30' SECOND\n" in sql["20_rapid_change_30s.sql"]
     assert "INTERVAL '120' SECOND(3)" in sql["21_rapid_change_120s.sql"]  # past SQL's 2 digits
@@ -73,7 +75,7 @@ def test_rule_summaries_name_their_catalog_source(catalog):
 def test_runner_fills_parameters_and_names_a_missing_one(tmp_path: Path):
     properties = dict(runner.DEFAULTS)
     properties.update({"source.connector": "kinesis", "source.stream.arn": "arn:x'y"})
-    properties.update({"sink.connector": "print"})
+    properties.update({"sink.connector": "print", "deadletter.connector": "blackhole"})
     statements = dict(runner.load_statements(RENDERED_DIR, runner.parameters(properties)))
     readings = statements["00_readings_table.sql"]
     assert "'connector' = 'kinesis'" in readings
@@ -81,12 +83,17 @@ def test_runner_fills_parameters_and_names_a_missing_one(tmp_path: Path):
     assert "INTERVAL '5' SECOND" in readings
     assert "INTERVAL '10' SECOND" in statements["20_rapid_change_60s.sql"]
     assert not any("--" in s.splitlines()[0] for s in statements.values())
+    assert "'connector' = 'blackhole'" in statements["03_deadletters_table.sql"]
+    # the dead letters are the rows the decoder refused, and only those
+    assert "WHERE dead_letter_reason IS NOT NULL" in statements["90_dead_letters.sql"]
 
     (tmp_path / "x.sql").write_text("SELECT ${nope}")
     with pytest.raises(runner.RunnerError, match=r"x.sql: no value for parameter \$\{nope\}"):
         runner.load_statements(tmp_path, {})
     with pytest.raises(runner.RunnerError, match=r"no sink\.connector property"):
         runner.parameters({**runner.DEFAULTS, "source.connector": "x"})
+    with pytest.raises(runner.RunnerError, match=r"no deadletter\.connector property"):
+        runner.parameters({k: v for k, v in properties.items() if not k.startswith("dead")})
     with pytest.raises(runner.RunnerError, match=r"window\.slide\.seconds must be"):
         runner.parameters({**properties, "window.slide.seconds": "0"})
 

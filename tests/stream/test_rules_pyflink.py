@@ -1,33 +1,61 @@
-"""Every Flink SQL rule on crafted streams, run on real local PyFlink (one job for all).
+"""Every Flink SQL rule on crafted streams, run on real local PyFlink (one job per encoding).
 
-The job reads one JSON-lines file holding every scenario (see `scenarios.py`), interleaved by
-event time, with a few out-of-order, late and malformed lines, and writes anomalies as JSON
-lines; each test checks one scenario's anomalies exactly.
+The job reads one file holding every scenario (see `scenarios.py`), interleaved by event time,
+with a few out-of-order and late readings, and writes anomalies as JSON lines; each test checks
+one scenario's anomalies exactly, for both encodings of the same stream: JSON lines (with
+malformed lines in the middle) and compact batches decoded by the `iiot-batch` format (one
+batch per arrival instant, so out-of-order and late readings arrive in later batches; poison
+batches in the middle, which go to the dead letters and leave the anomalies as they are).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from iiot.anomaly import Anomaly, decode_anomaly
-from kda_sql.flink_env import run_rules
+from iiot.wire import HEADER_SIZE, is_batch, read_header
+from kda_sql.flink_env import FlinkRun, run_rules
+from tests.poison import Poison
 
-from .scenarios import T0_MS, build, sample_stddev
+from .scenarios import T0_MS, base64_lines, batch_poisons, build, sample_stddev
 
 pytestmark = pytest.mark.slow
 
 
+@dataclass
+class RulesRun:
+    encoding: str
+    run: FlinkRun
+    poisons: list[Poison]  # in the input, between the good batches
+
+
+@pytest.fixture(scope="module", params=["json", "batches"])
+def rules_run(request, flink_python: Path, tmp_path_factory) -> RulesRun:
+    work = tmp_path_factory.mktemp(f"rules-{request.param}")
+    streams = build()
+    if request.param == "json":
+        source = work / "readings.jsonl"
+        source.write_bytes(b"\n".join(streams.lines()) + b"\n")
+        return RulesRun(request.param, run_rules(source, work / "anomalies"), [])
+    jar = request.getfixturevalue("decoder_jar")
+    poisons = batch_poisons()  # random batch ids: the same list goes in and is checked
+    source = work / "batches.b64"
+    source.write_bytes(base64_lines(streams.batches([p.payload for p in poisons])))
+    run = run_rules(source, work / "anomalies", batches=True, jar=jar)
+    return RulesRun(request.param, run, poisons)
+
+
 @pytest.fixture(scope="module")
-def anomalies_by_machine(flink_python: Path, tmp_path_factory) -> dict[str, list[Anomaly]]:
-    work = tmp_path_factory.mktemp("rules")
-    source = work / "readings.jsonl"
-    source.write_bytes(b"\n".join(build().lines()) + b"\n")
-    run = run_rules(source, work / "anomalies")
+def anomalies_by_machine(rules_run: RulesRun) -> dict[str, list[Anomaly]]:
     by_machine: dict[str, list[Anomaly]] = defaultdict(list)
-    for line in run.output_lines:
+    for line in rules_run.run.output_lines:
         anomaly = decode_anomaly(line)  # every output row is a valid shared Anomaly message
         by_machine[anomaly.machine_id].append(anomaly)
     return by_machine
@@ -136,3 +164,22 @@ def test_late_reading_misses_its_windows_but_still_raises_its_severity(anomalies
 
 def test_no_anomaly_for_unexpected_machines(anomalies_by_machine):
     assert set(anomalies_by_machine) == {"M-TEMP", "M-VIB", "M-RAPID", "M-OOO", "M-LATE"}
+
+
+def test_poison_batches_are_dead_lettered_with_their_reason(rules_run: RulesRun):
+    letters = [json.loads(line) for line in rules_run.run.dead_letter_lines]
+    if rules_run.encoding == "json":
+        assert letters == []  # a JSON reading is never a batch: malformed lines are skipped
+        return
+    poisons = rules_run.poisons
+    assert len(poisons) >= 14  # every batch poison of tests/poison.py, shadows, not a batch
+    assert len(letters) == len(poisons)  # one row per refused record, nothing else
+    by_digest = {letter["payload_sha256"]: letter for letter in letters}
+    for poison in poisons:
+        letter = by_digest[hashlib.sha256(poison.payload).hexdigest()]
+        assert poison.reason in letter["reason"], poison.name
+        assert letter["payload_bytes"] == len(poison.payload)
+        assert base64.b64decode(letter["payload"]) == poison.payload[: 64 * 1024]
+        assert letter["source"] == "stream-rules"
+        if is_batch(poison.payload) and len(poison.payload) >= HEADER_SIZE:
+            assert letter["batch_id"] == str(read_header(poison.payload).batch_id)

@@ -1,0 +1,1 @@
+"""The compact-batch decoder for Flink (Java format `iiot-batch`) and its build."""
