@@ -51,6 +51,7 @@ DEPLOY_INPUTS = (
     "edge_anomaly_model_version",
     "metrics_catalog",
     "opcua_plcs",
+    "grafana_saml_metadata_url",
 )
 # Inputs that name a file, relative to the repository unless absolute.
 PATH_INPUTS = ("metrics_catalog", "opcua_plcs")
@@ -60,17 +61,16 @@ _HTTPS = re.compile(r"https://[^\s,]+")
 # Regions where every resource type of the app exists (cfn-lint's CloudFormation schemas;
 # tests/infra/test_gates.py lints every template for each). GreengrassV2, the IoT thing types
 # and groups, Timestream for InfluxDB or Managed Flink's logging option are missing elsewhere,
-# e.g. eu-north-1, sa-east-1, me-central-1 (cfn-lint E3006).
+# e.g. eu-north-1, sa-east-1, me-central-1 (cfn-lint E3006); Managed Grafana (the dashboards)
+# is missing in ca-central-1 and ap-south-1.
 SUPPORTED_REGIONS = (
     "us-east-1",
     "us-east-2",
     "us-west-2",
-    "ca-central-1",
     "eu-west-1",
     "eu-west-2",
     "eu-central-1",
     "ap-northeast-1",
-    "ap-south-1",
     "ap-southeast-1",
     "ap-southeast-2",
     "me-south-1",
@@ -249,6 +249,10 @@ class Environment:
       absolute (default config/metrics.yaml). Only the stacks read this setting: the runtime
       bundles ship config/metrics.yaml, and the core's loader keeps $IIOT_METRICS_CATALOG
       for the processes that run locally.
+    - `grafana_saml_metadata_url` (`<env>:grafana_saml_metadata_url`): the https URL of the
+      SAML identity provider's metadata that signs users in to the environment's Managed
+      Grafana workspace (assertion attribute `role`: `grafana-admin` or `grafana-editor`);
+      None: IAM Identity Center signs them in (stacks/grafana_stack.py).
     """
 
     name: Literal["dev", "staging", "prod"]
@@ -289,6 +293,7 @@ class Environment:
     edge_anomaly_model_version: str | None = None
     metrics_catalog: Path = METRICS_CATALOG
     opcua_plcs: Path | None = None
+    grafana_saml_metadata_url: str | None = None
 
     @property
     def prefix(self) -> str:
@@ -414,6 +419,13 @@ class Environment:
                 "components, and Greengrass resolves every dependency of a deployment (SOFT "
                 "ones too), so a deployment naming one model fails while the other has no "
                 "published version"
+            )
+        if self.grafana_saml_metadata_url is not None and not _HTTPS.fullmatch(
+            self.grafana_saml_metadata_url
+        ):
+            problems.append(
+                f"grafana_saml_metadata_url {self.grafana_saml_metadata_url!r} (context "
+                f"{self.name}:grafana_saml_metadata_url) is not an https:// URL"
             )
         if self.opcua_plcs is not None:
             problems += _plc_problems(self)

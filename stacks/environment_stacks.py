@@ -43,6 +43,7 @@ from config.environments import (
 from stacks.alerting_stack import AlertingStack
 from stacks.artifacts import ROOT
 from stacks.edge_stack import EdgeStack
+from stacks.grafana_stack import DashboardSources, GrafanaStack
 from stacks.ingestion_stack import IngestionStack
 from stacks.iot_stack import IotStack
 from stacks.lake_stack import LakeStack
@@ -160,7 +161,7 @@ def build_environment(
         lake_key=lake.key,
         pins=pins,
     )
-    add(
+    warehouse = add(
         WarehouseStack,
         "warehouse",
         "Redshift Serverless with Spectrum over the lake",
@@ -179,6 +180,20 @@ def build_environment(
         telemetry=ingestion.telemetry,
         readings=ingestion.readings,
         logs_bucket=lake.logs,
+    )
+    add(
+        GrafanaStack,
+        "grafana",
+        "Managed Grafana dashboards over InfluxDB and the warehouse",
+        vpc=network.vpc,
+        subnets=network.data_subnets,
+        sources=DashboardSources(
+            influx_url=timeseries.url,
+            influx_security_group=timeseries.security_group,
+            influx_admin_secret=timeseries.credentials,
+            influx_admin_secret_key=timeseries.key,
+            warehouse=warehouse.workgroup,
+        ),
     )
 
     ml = add(

@@ -1,0 +1,1 @@
+"""Custom-resource handlers of the Grafana stack (deployed as one Lambda asset)."""
