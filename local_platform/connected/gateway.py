@@ -27,6 +27,8 @@ from iiot.catalog import load_catalog
 from local_platform.connected.plan import Plan
 
 ROOT = Path(__file__).resolve().parents[2]
+FAILURE_MODEL_COMPONENT = "com.iiot.FailureModel"
+ANOMALY_MODEL_COMPONENT = "com.iiot.AnomalyModel"
 RECIPES = {
     "sensor-buffer": ROOT / "edge_components/com.iiot.SensorBuffer/recipe.yaml",
     "failure-predictor": ROOT / "edge_components/com.iiot.FailurePredictor/recipe.yaml",
@@ -47,10 +49,10 @@ def default_configuration(component: str) -> dict[str, Any]:
     return configuration
 
 
-def model_dir(plan: Plan, factory: str) -> Path:
-    """Where this gateway's nucleus unpacks the deployed com.iiot.FailureModel version (its
-    `{com.iiot.FailureModel:artifacts:decompressedPath}`)."""
-    return plan.gateway_dir(factory) / "packages" / "com.iiot.FailureModel"
+def model_dir(plan: Plan, factory: str, component: str = FAILURE_MODEL_COMPONENT) -> Path:
+    """Where this gateway's nucleus unpacks the deployed version of a model component (its
+    `{com.iiot.FailureModel:artifacts:decompressedPath}`, or com.iiot.AnomalyModel's)."""
+    return plan.gateway_dir(factory) / "packages" / component
 
 
 def component_configuration(
@@ -66,8 +68,12 @@ def component_configuration(
     if component == "sensor-buffer":
         raw["dataDir"] = str(plan.gateway_dir(factory) / "sensor_buffer")
     else:
+        # The recipe's `{<component>:artifacts:decompressedPath}/...`: before a version is
+        # deployed the folder is empty and the predictor runs without that model.
         raw["modelDir"] = str(model_dir(plan, factory) / "failure_model")
-        raw["anomalyModelDir"] = ""  # com.iiot.AnomalyModel is not deployed in a local run
+        raw["anomalyModelDir"] = str(
+            model_dir(plan, factory, ANOMALY_MODEL_COMPONENT) / "anomaly_model"
+        )
         raw["machines"] = machines or {}
         # The predictor's anomalies wait in a durable outbox while the uplink is down, and survive
         # the run's kill -9 of a gateway (a relative path would need a Greengrass work folder).
@@ -102,15 +108,34 @@ def run_failure_predictor(
 
     from edge_runtime.mqtt import MqttTransport
     from edge_runtime.run import run_until_signalled
+    from iiot import topics
+    from iiot.anomaly import decode_anomaly
     from local_platform.connected.plan import write_json
 
     predictions: Counter[str] = Counter()
+    raised: dict[str, str] = {}  # anomaly id -> type: every anomaly this process raised
     lock = threading.Lock()
+    writing = threading.Lock()  # two threads write the status file (one partial file name)
     marker = b'"model_version":"'
+
+    def write_status() -> None:
+        if status is None:
+            return
+        with writing:
+            with lock:
+                document = {
+                    "pid": os.getpid(),
+                    "predictions": dict(predictions),
+                    "anomalies": dict(raised),
+                }
+            write_json(status, document)
 
     class CountingTransport(MqttTransport):
         """The MQTT transport, counting the predictions it publishes by model version (the
-        run's record of which version predicted what; the local bus is QoS 0)."""
+        run's record of which version predicted what; the local bus is QoS 0), and recording
+        each anomaly the predictor raises by id before it enters the outbox (the predictor
+        publishes it on the local alerts topic first), so the reconciliation can follow every
+        one to the alert router, also across a kill -9."""
 
         def publish_local(self, topic: str, payload: bytes) -> None:
             if topic.endswith("/predictions"):
@@ -118,14 +143,17 @@ def run_failure_predictor(
                 version = payload[start : payload.find(b'"', start)].decode(errors="replace")
                 with lock:
                     predictions[version] += 1
+            elif topic == topics.LOCAL_ALERTS:
+                anomaly = decode_anomaly(payload)
+                with lock:
+                    raised[anomaly.anomaly_id] = anomaly.anomaly_type
+                write_status()
             super().publish_local(topic, payload)
 
     def report(stop: threading.Event) -> None:
         while True:
             stopped = stop.wait(0.5)
-            if status is not None:
-                with lock:
-                    write_json(status, {"pid": os.getpid(), "predictions": dict(predictions)})
+            write_status()
             if stopped:
                 return
 

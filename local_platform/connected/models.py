@@ -13,10 +13,16 @@ with their own commands:
    com.iiot.FailureModel version into the local component store (`components/`), which mirrors
    the artifacts bucket's layout.
 
-`deploy(plan, factory, store_dir)` is the deployment on one gateway: the version's files are
-unpacked beside the current ones and moved into place one by one (a rename each), the manifest
-last, which is what the running FailurePredictor watches: it loads the new model beside the old
-one and swaps it in, keeping its per-machine feature state.
+`anomaly_lifecycle(plan, version, until_ms)` does the same for the anomaly detector (the
+pipeline's TrainAnomalyModel step): the same training set from the lake, `iiot ml
+anomaly-train` (per machine, on its normal operation only), and a new com.iiot.AnomalyModel
+version published into the same store by the same `publish`.
+
+`deploy(plan, factory, store_dir, component)` is the deployment on one gateway: the version's
+files are unpacked beside the current ones and moved into place one by one (a rename each), the
+manifest last, which is what the running FailurePredictor watches: it loads the new model beside
+the old one and swaps it in, keeping its per-machine feature state (the anomaly model is one
+file, anomaly_model.json, which the predictor watches the same way).
 """
 
 from __future__ import annotations
@@ -30,18 +36,44 @@ import sys
 import tempfile
 import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from local_platform.connected import maintenance
-from local_platform.connected.gateway import ROOT, model_dir
+from local_platform.connected.gateway import (
+    ANOMALY_MODEL_COMPONENT,
+    FAILURE_MODEL_COMPONENT,
+    ROOT,
+    model_dir,
+)
 from local_platform.connected.plan import Plan, write_json
 
 MIN_PR_AUC = 0.3  # ml_pipeline/sagemaker_pipeline.py: MinPrAuc's default
-RECIPE = ROOT / "edge_components/com.iiot.FailureModel/recipe.yaml"
 STORE_URI = "s3://iiot-local-artifacts/components"
+
+
+@dataclass(frozen=True)
+class ModelComponent:
+    """A model component: its name, and its artifact (`<artifact>.zip`, holding the folder
+    `<artifact>/` that the gateway's nucleus unpacks and the predictor reads)."""
+
+    name: str
+    artifact: str
+
+    @property
+    def recipe(self) -> Path:
+        return ROOT / "edge_components" / self.name / "recipe.yaml"
+
+    @property
+    def zip_name(self) -> str:
+        return f"{self.artifact}.zip"
+
+
+FAILURE_MODEL = ModelComponent(FAILURE_MODEL_COMPONENT, "failure_model")
+ANOMALY_MODEL = ModelComponent(ANOMALY_MODEL_COMPONENT, "anomaly_model")
 
 
 # The columns of the run folder's CSV files (local_platform/simulator.py writes the same).
@@ -105,6 +137,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], fields: list[str]) -> Non
 
 
 def _iiot(log: Path, *args: str) -> str:
+    log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as sink:
         sink.write(f"$ iiot {' '.join(args)}\n".encode())
         done = subprocess.run(  # noqa: S603 - our interpreter and the project's command line
@@ -163,6 +196,41 @@ def lifecycle(plan: Plan, number: int, until_ms: int) -> dict[str, Any]:
     return figures
 
 
+def anomaly_lifecycle(plan: Plan, number: int, until_ms: int) -> dict[str, Any]:
+    """Train and publish AnomalyModel version 1.0.<number> from the lake's history up to
+    `until_ms`: the training set the failure model's Features step reads, then `iiot ml
+    anomaly-train` (normal operation only: the hours before each failure, down times and
+    maintenance jobs left out), then the zip into the local component store."""
+    began = time.perf_counter()
+    work = plan.work_dir / "ml" / f"anomaly-v{number}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    log = plan.run_dir / "logs" / f"anomaly-model-v{number}.log"
+    maintenance.build_tables(plan)
+    data = export_training_set(plan, work / "training_set", until_ms)
+    version = f"local-anomaly-{number}-{int(until_ms)}"
+    zip_path = work / ANOMALY_MODEL.zip_name
+    output = _iiot(log, "ml", "anomaly-train", "--data", str(work / "training_set"),
+                   "--out", str(work / ANOMALY_MODEL.artifact), "--zip", str(zip_path),
+                   "--version", version)  # fmt: skip
+    trained = json.loads(output)
+    store = publish(plan, number, zip_path, ANOMALY_MODEL)
+    return {
+        "component": ANOMALY_MODEL.name,
+        "component_version": f"1.0.{number}",
+        "model_version": version,
+        "trained_until_ms": until_ms,
+        "training_set": data,
+        "machines": trained["machines"],
+        "sensors": trained["sensors"],
+        "screened_out": (trained.get("screening") or {}).get("dropped", []),
+        "machines_without_enough_normal_rows": trained["machines_without_enough_normal_rows"],
+        "published": True,
+        "store": str(store),
+        "seconds": round(time.perf_counter() - began, 1),
+    }
+
+
 def _set_version(model: Path, version: str) -> None:
     """Name the model version (the pipeline names it after the model package)."""
     for name in ("training.json", "metrics.json"):
@@ -174,32 +242,36 @@ def _set_version(model: Path, version: str) -> None:
                 path.write_text(json.dumps(document, indent=2))
 
 
-def publish(plan: Plan, number: int, artifact: Path) -> Path:
+def publish(
+    plan: Plan, number: int, artifact: Path, component: ModelComponent = FAILURE_MODEL
+) -> Path:
     """The version's zip and recipe in the local component store."""
     from ml_pipeline.publish_component import component_recipe
 
     component_version = f"1.0.{number}"
-    folder = plan.work_dir / "components" / "com.iiot.FailureModel" / component_version
+    folder = plan.work_dir / "components" / component.name / component_version
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(artifact, folder / "failure_model.zip")
+    shutil.copy2(artifact, folder / component.zip_name)
     recipe = component_recipe(
-        yaml.safe_load(RECIPE.read_text()),
+        yaml.safe_load(component.recipe.read_text()),
         version=component_version,
         model_package_version=str(number),
-        artifact_uri=f"{STORE_URI}/com.iiot.FailureModel/{component_version}/failure_model.zip",
+        artifact_uri=f"{STORE_URI}/{component.name}/{component_version}/{component.zip_name}",
     )
     write_json(folder / "recipe.json", recipe)
     return folder
 
 
-def deploy(plan: Plan, factory: str, store: Path) -> None:
+def deploy(
+    plan: Plan, factory: str, store: Path, component: ModelComponent = FAILURE_MODEL
+) -> None:
     """Put a published version in place on one gateway, the manifest last."""
-    target = model_dir(plan, factory) / "failure_model"
+    target = model_dir(plan, factory, component.name) / component.artifact
     target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        with zipfile.ZipFile(store / "failure_model.zip") as archive:
+        with zipfile.ZipFile(store / component.zip_name) as archive:
             archive.extractall(tmp)
-        unpacked = Path(tmp) / "failure_model"
+        unpacked = Path(tmp) / component.artifact
         files = sorted(unpacked.iterdir(), key=lambda p: p.name == "manifest.json")
         for file in files:
             os.replace(file, target / file.name)

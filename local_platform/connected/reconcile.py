@@ -468,13 +468,20 @@ def reconcile_models(
     live_ended_wall: float,
     *,
     observed: dict[str, dict[str, int]] | None = None,
+    anomaly_lifecycles: list[dict[str, Any]] | None = None,
 ) -> None:
-    """The model's way from the lake back to the gateways: versions published, and the
+    """The models' way from the lake back to the gateways: versions published, and the
     predictions each version made on each gateway (observed on the local bus)."""
     published = [m for m in lifecycles if m.get("published")]
     result.check(
         "FailureModel versions published from the lake (start, mid-run)", len(published), 2
     )
+    if anomaly_lifecycles is not None:
+        result.check(
+            "AnomalyModel versions published from the lake (normal operation) and deployed",
+            len([m for m in anomaly_lifecycles if m.get("published")]),
+            1,
+        )
     if len(published) == 2:
         new = published[1]["model_version"]
         result.check(
@@ -491,6 +498,7 @@ def reconcile_models(
             )
     result.figures["models"] = {
         "lifecycles": lifecycles,
+        "anomaly_model_lifecycles": anomaly_lifecycles or [],
         "predictions_by_version": predictions,
         "predictions_seen_on_local_bus": observed or {},
     }
@@ -506,3 +514,132 @@ def predictions_by_version(plan: Plan) -> dict[str, dict[str, int]]:
             total.update(read_json(path, {}).get("predictions", {}))
         result[factory] = dict(sorted(total.items()))
     return result
+
+
+def predictor_anomalies(plan: Plan) -> dict[str, str]:
+    """Every anomaly the gateways' predictors raised: id -> type, as each predictor process
+    recorded it before the anomaly entered its outbox (`status/predictor-<factory>-<pid>.json`)."""
+    raised: dict[str, str] = {}
+    for factory in plan.factory_ids:
+        for path in plan.status_dir.glob(f"predictor-{factory}-*.json"):
+            raised.update(read_json(path, {}).get("anomalies", {}))
+    return raised
+
+
+def outbox_waiting(plan: Plan) -> dict[str, int]:
+    """Per factory, the anomalies still waiting in its predictor's outbox (not acknowledged by
+    the cloud)."""
+    waiting: dict[str, int] = {}
+    for factory in plan.factory_ids:
+        path = plan.gateway_dir(factory) / "failure_predictor" / "outbox.sqlite3"
+        if not path.exists():
+            waiting[factory] = 0
+            continue
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        try:
+            waiting[factory] = int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+        except sqlite3.OperationalError:  # created, no table yet: nothing was ever queued
+            waiting[factory] = 0
+        finally:
+            db.close()
+    return waiting
+
+
+def _anomaly_ledger(plan: Plan) -> dict[str, Any]:
+    """anomaly id -> the anomaly as it first reached the anomaly stream (the router's input)."""
+    from iiot.anomaly import decode_anomaly
+
+    records: dict[str, Any] = {}
+    for entry in _read_lines(plan.cloud_dir / "anomaly-stream-records.jsonl"):
+        try:
+            anomaly = decode_anomaly(entry["data"].encode())
+        except Exception:  # noqa: S112 - an invalid one: the router dead-letters it (counted)
+            continue
+        records.setdefault(anomaly.anomaly_id, anomaly)
+    return records
+
+
+def reconcile_predictor_anomalies(plan: Plan, result: Reconciliation) -> None:
+    """The predictors' anomalies (FAILURE_PREDICTED, MULTIVARIATE_ANOMALY), by id: each one a
+    predictor raised went through its outbox to IoT Core and was routed exactly once by the
+    alert router (a redelivery after a lost PUBACK or a restart is a duplicate the router
+    recognises), none is left waiting, and none reached the router that no predictor raised."""
+    raised = predictor_anomalies(plan)
+    ledger = _anomaly_ledger(plan)
+    routed = function_log(plan.run_dir / "logs" / "lambda-alert_router.log", "anomaly routed")
+    first: Counter[str] = Counter()
+    repeated: Counter[str] = Counter()
+    decisions: dict[str, Counter[str]] = {}
+    for entry in routed:
+        anomaly_id = str(entry.get("anomaly_id"))
+        if entry.get("duplicate"):
+            repeated[anomaly_id] += 1
+            continue
+        first[anomaly_id] += 1
+        if anomaly_id in raised:
+            decisions.setdefault(raised[anomaly_id], Counter())[str(entry.get("decision"))] += 1
+    waiting = outbox_waiting(plan)
+    once = sum(first[i] == 1 for i in raised)
+    strangers = sorted(
+        i for i, a in ledger.items() if a.source == "model" and i not in raised and first[i]
+    )
+    result.check(
+        "predictor anomalies routed exactly once by the alert router (by id) = anomalies the "
+        "predictors raised",
+        once,
+        len(raised),
+        note=f"{sum(1 for i in raised if not first[i])} never routed, "
+        f"{sum(1 for i in raised if first[i] > 1)} routed twice",
+    )
+    result.check("predictor anomalies left in the gateways' outboxes", sum(waiting.values()), 0)
+    result.check(
+        "anomalies from a predictor at the router that no predictor raised", len(strangers), 0
+    )
+    result.figures["predictor_anomalies"] = {
+        "raised": len(raised),
+        "raised_by_type": dict(sorted(Counter(raised.values()).items())),
+        "routed_once": once,
+        "redelivered_and_recognised_as_duplicates": sum(repeated[i] for i in raised),
+        "decisions_by_type": {k: dict(sorted(v.items())) for k, v in sorted(decisions.items())},
+        "left_in_outboxes": waiting,
+        "unknown_at_router": strangers[:20],
+    }
+
+
+def alert_quality(plan: Plan, result: Reconciliation, horizon_ms: int = 24 * 3_600_000) -> None:
+    """How much the run's alerts were worth (`ml_pipeline.evaluate.alert_quality`): every
+    RAISED anomaly that reached the alert router (each id once; the predictors' and the stream
+    rules', live and late) against the fleet's failures, an alert counting as right when a
+    failure of its machine followed within `horizon_ms` (or was under way); and the failures
+    of the live hours an alert announced. Also written as `ml/alert_quality.json`, which the
+    fleet report shows."""
+    import json
+
+    from local_platform.connected import maintenance
+    from ml_pipeline.evaluate import Incident
+    from ml_pipeline.evaluate import alert_quality as judge
+
+    _, failures, _ = maintenance.schedule(plan)
+    incidents = [
+        Incident(str(f["machine_id"]), int(f["failed_at_ms"]), int(f["repaired_at_ms"]))
+        for f in failures
+        if int(f["failed_at_ms"]) < plan.live_end_ms
+    ]
+    alerts = [a for a in _anomaly_ledger(plan).values() if a.timestamp >= plan.live_start_ms]
+    quality = judge(alerts, incidents, horizon_ms=horizon_ms, since_ms=plan.live_start_ms)
+    by_source: dict[str, dict[str, Any]] = {}
+    for source in sorted({a.source for a in alerts}):
+        part = judge(
+            [a for a in alerts if a.source == source],
+            incidents,
+            horizon_ms=horizon_ms,
+            since_ms=plan.live_start_ms,
+        )
+        by_source[source] = {
+            k: part[k] for k in ("alerts", "alert_precision", "failures_alerted", "failures")
+        }
+    quality["by_source"] = by_source
+    result.figures["alert_quality"] = quality
+    path = plan.work_dir / "ml" / "alert_quality.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(quality, indent=2) + "\n")

@@ -83,6 +83,7 @@ class Run:
     drained_at: float = 0.0
     live_ended_wall: float = 0.0
     model_figures: list[dict[str, Any]] = field(default_factory=list)
+    anomaly_model_figures: list[dict[str, Any]] = field(default_factory=list)
     cmms: tuple[list[dict[str, Any]], list[dict[str, Any]]] = ([], [])
     cmms_fed_ms: int = 0
 
@@ -234,15 +235,41 @@ class Run:
                         second = {"published": False, "error": str(error)}
                 self.model_figures.append(second)
                 self.progress("model v2: the whole history, published for a mid-run swap", 1, 1)
+            self._anomaly_model_lifecycle()
 
         # The gateways
         for factory in plan.factory_ids:
             self._start_gateway(factory)
-            if plan.model_lifecycle and self.model_figures[0].get("published"):
+            if self._predictors:
                 self._start_predictor(factory)
         self.monitor = Monitor({f: self.brokers[f].port for f in plan.factory_ids})
         self.monitor.start()
         self.progress("setting up the platform", 6, steps)
+
+    @property
+    def _predictors(self) -> bool:
+        """The gateways run a FailurePredictor once either of its models is deployed."""
+        return self.plan.model_lifecycle and any(
+            m.get("published") for m in (self.model_figures[:1] + self.anomaly_model_figures[:1])
+        )
+
+    def _anomaly_model_lifecycle(self) -> None:
+        """The anomaly detector from the lake's whole history (normal operation only), published
+        as AnomalyModel 1.0.1 and deployed to every gateway before it starts."""
+        plan = self.plan
+        title = "anomaly model: lake (normal operation) -> train -> publish"
+        self.progress(title, 0, 1)
+        with self._timed("anomaly model v1 (lifecycle)"):
+            try:
+                figures = models.anomaly_lifecycle(plan, 1, plan.live_start_ms)
+            except models.LifecycleError as error:  # reported; the predictors run without it
+                figures = {"published": False, "error": str(error)}
+        self.anomaly_model_figures.append(figures)
+        if figures.get("published"):
+            for factory in plan.factory_ids:
+                models.deploy(plan, factory, Path(figures["store"]), models.ANOMALY_MODEL)
+            figures["deployed_wall"] = time.time()
+        self.progress(title, 1, 1)
 
     def _start_functions(self) -> None:
         """The two Lambda functions on their event source mappings (as the stacks configure
@@ -584,6 +611,8 @@ class Run:
                 )
                 if not (idle and taken >= published[factory] and time.time() - at < 3):
                     pending.append(factory)
+            if self._predictors and any(reconcile.outbox_waiting(plan).values()):
+                pending.append("predictor outboxes")
             if not pending:
                 break
             self.supervisor.check(self._long_running())
@@ -688,11 +717,15 @@ class Run:
                     reconcile.predictions_by_version(plan),
                     self.live_ended_wall,
                     observed=self.monitor.predictions(),
+                    anomaly_lifecycles=self.anomaly_model_figures,
                 )
             assert self.influx is not None
             assert self.resources is not None
             with _environment(self.env):
                 reconcile.reconcile_cloud(plan, result, self.influx, self.resources)
+            if self._predictors:
+                reconcile.reconcile_predictor_anomalies(plan, result)
+            reconcile.alert_quality(plan, result)
             assert self.clock is not None
             reconcile.reconcile_stream(plan, result, self.clock)
             if late_figures.get("evaluated"):
