@@ -254,9 +254,8 @@ def run_silver(
     result.rows_in = sum(int(row["n"]) for row in counts)
     partitions = [(row["event_date"], row["factory_id"]) for row in counts]
     earliest = min((int(row["first"]) for row in counts), default=0)
-    readings = transforms.with_time_dimensions(
-        transforms.dedupe_readings(transforms.accepted_readings(checked))
-    )
+    # Copies (the same sensor and timestamp) are dropped where each series is sorted anyway.
+    readings = transforms.with_time_dimensions(transforms.accepted_readings(checked))
     changed = _merge_readings(
         spark, paths, readings, partitions, earliest, settings, result, progress
     )
@@ -291,7 +290,9 @@ def _merge_readings(
     features = _feature_settings(settings)
     if not io.table_exists(spark, paths.silver):
         progress(f"silver: writing {result.rows_in} accepted readings (duplicates included)")
-        rows = transforms.silver_rows(transforms.rolling_features(readings, **features))
+        rows = transforms.silver_rows(
+            transforms.rolling_features(readings, dedupe=True, **features)
+        )
         io.append(rows, paths.silver, partition_by=transforms.PARTITION_COLUMNS)
         result.rows_written = io.read_table(spark, paths.silver).count()
         result.duplicates = result.rows_in - result.rows_written
@@ -301,7 +302,7 @@ def _merge_readings(
         F.col("timestamp") >= F.lit(earliest)
     )
     # Readings already in silver (redelivered batches, duplicate readings) are not new.
-    fresh = readings.join(
+    fresh = transforms.dedupe_readings(readings).join(
         touched.select(*transforms.READING_KEY), list(transforms.READING_KEY), "left_anti"
     )
     # One row per machine and metric: few, so taken as data for the rest of the run.

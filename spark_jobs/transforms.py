@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F  # noqa: N812  (the PySpark convention)
 
 from iiot.catalog import MetricCatalog
@@ -27,7 +27,6 @@ from spark_jobs.payloads import CONTENT_ID_CHARS, REUSED_ID
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
-STD_FLOOR = 1e-6  # below any real deviation of readings at the catalog's resolutions
 
 # ---------------------------------------------------------------------------------- schemas
 
@@ -443,6 +442,7 @@ def quality_check(
                 metric,
             ),
         )
+        .when(value.isNull(), F.lit("value: missing"))
         .when(~finite, F.lit("value: not a finite number (NaN or Infinity)"))
         .when(
             (value < low) | (value > high),
@@ -456,6 +456,7 @@ def quality_check(
                 metric,
             ),
         )
+        .when(ts.isNull(), F.lit("timestamp: missing"))
         .when(
             ts < F.lit(EARLIEST_TIMESTAMP_MS),
             F.format_string(
@@ -579,23 +580,15 @@ def with_time_dimensions(readings: DataFrame) -> DataFrame:
 
 
 def dedupe_readings(readings: DataFrame) -> DataFrame:
-    """One row per (sensor_id, timestamp): the first ingested copy (deterministic tie-breaks).
+    """One row per (sensor_id, timestamp): the first ingested copy (deterministic tie-breaks:
+    `ingest_seq`, `batch_id`, `position`, `item`).
 
-    Copies are neighbours in the series order that `rolling_features` sorts by anyway, so a
-    `lag` finds them without a sort of their own (a `row_number` per key, or the minimum of a
-    struct per key, measured several times slower on Sail).
-    """
-    ordered = Window.partitionBy(*SERIES).orderBy(
-        "timestamp", "sensor_id", "ingest_seq", "batch_id", "position", "item"
-    )
-    copy = (F.lag("timestamp").over(ordered) == F.col("timestamp")) & (
-        F.lag("sensor_id").over(ordered) == F.col("sensor_id")
-    )
-    return (
-        readings.withColumn("_copy", F.coalesce(copy, F.lit(False)))
-        .filter(~F.col("_copy"))
-        .drop("_copy")
-    )
+    Copies are neighbours in the series order (`spark_jobs.features`), so each series is sorted
+    once with numpy on integer codes in a partition of its own (`rolling_features(dedupe=True)`
+    does this and the features in one pass)."""
+    from spark_jobs.features import dedupe_arrow
+
+    return readings.repartition(*SERIES).mapInArrow(dedupe_arrow, readings.schema)
 
 
 def rolling_features(
@@ -605,58 +598,47 @@ def rolling_features(
     time_window_ms: int,
     sigma: float,
     min_periods: int,
+    dedupe: bool = False,
 ) -> DataFrame:
     """Rolling statistics per machine and metric, and 3-sigma anomaly flags.
 
-    * `rolling_count/mean/std`: over the last `last_n` readings, this one included
-      (`rowsBetween(-(last_n - 1), 0)`; the seeds' `rowsBetween(100, 0)` is an empty frame);
-    * `window_mean/max`: over the readings of the last `time_window_ms` milliseconds;
+    * `rolling_count/mean/std`: over the last `last_n` readings, this one included (what
+      `rowsBetween(-(last_n - 1), 0)` ordered by timestamp and sensor gives; the seeds'
+      `rowsBetween(100, 0)` is an empty frame);
+    * `window_mean/max`: over the readings of the last `time_window_ms` milliseconds (what
+      `rangeBetween(-time_window_ms, 0)` ordered by timestamp gives: readings at the same
+      timestamp included);
     * `zscore`: this value against the mean and deviation of the `last_n` readings *before* it
       (the previous row's rolling statistics), so a spike does not dilute its own baseline;
       `is_anomaly` when |zscore| > `sigma` and that baseline holds at least `min_periods`.
 
-    A deviation below `STD_FLOOR` counts as 0: sliding-window variance is computed
-    incrementally on some engines (Sail), which leaves rounding noise, even NaN, where the
-    readings are constant; sensor resolutions make any real deviation far larger.
+    With `dedupe`, copies are dropped first (`dedupe_readings`). Each series is sorted once and
+    its features computed with numpy in one `mapInArrow` pass (`spark_jobs.features`): on Sail
+    the SQL frames (a separate operator each, the `RANGE` frame comparing bounds row by row) cost
+    most of a silver run. Deviations are exact where readings are constant (0), where Sail's
+    sliding frames left rounding noise (up to 1e-4) that the floor
+    (`spark_jobs.features.STD_FLOOR`) did not hide.
     """
+    import functools
+
+    from pyspark.sql.types import BooleanType, DoubleType, IntegerType, StructField, StructType
+
+    from spark_jobs.features import FEATURES, features_arrow
+
     if last_n < 2:
         raise ValueError(f"last_n must be at least 2 readings, got {last_n}")
-    ordered = Window.partitionBy(*SERIES).orderBy("timestamp", "sensor_id")
-    last = ordered.rowsBetween(-(last_n - 1), 0)
-    recent = Window.partitionBy(*SERIES).orderBy("timestamp").rangeBetween(-time_window_ms, 0)
-    value = F.col("value")
-    raw_std = F.stddev_samp(value).over(last)
-    previous = {
-        name: F.lag(name, 1).over(ordered)
-        for name in ("rolling_count", "rolling_mean", "rolling_std")
-    }
-    zscore = F.when(
-        previous["rolling_std"] > 0,
-        (value - previous["rolling_mean"]) / previous["rolling_std"],
+    kinds = {"int": IntegerType(), "double": DoubleType(), "boolean": BooleanType()}
+    added = [StructField(name, kinds[kind], True) for name, kind in FEATURES]
+    schema = StructType([*readings.schema.fields, *added])
+    body = functools.partial(
+        features_arrow,
+        last_n=last_n,
+        time_window_ms=time_window_ms,
+        sigma=sigma,
+        min_periods=min_periods,
+        dedupe=dedupe,
     )
-    return (
-        # readings in the frame: cheaper as a row number than as a sliding count
-        readings.withColumn(
-            "rolling_count", F.least(F.row_number().over(ordered), F.lit(last_n)).cast("int")
-        )
-        .withColumn("rolling_mean", F.avg(value).over(last))
-        .withColumn(
-            "rolling_std",
-            F.when(F.isnan(raw_std) | (raw_std < STD_FLOOR), F.lit(0.0)).otherwise(raw_std),
-        )
-        .withColumn("window_mean", F.avg(value).over(recent))
-        .withColumn("window_max", F.max(value).over(recent))
-        .withColumn("_baseline_count", F.coalesce(previous["rolling_count"], F.lit(0)))
-        .withColumn("zscore", zscore)
-        .withColumn(
-            "is_anomaly",
-            F.coalesce(
-                (F.col("_baseline_count") >= min_periods) & (F.abs(F.col("zscore")) > sigma),
-                F.lit(False),
-            ),
-        )
-        .drop("_baseline_count")
-    )
+    return readings.repartition(*SERIES).mapInArrow(body, schema)
 
 
 def series_starts(new_readings: DataFrame) -> DataFrame:
