@@ -1,10 +1,21 @@
 """The stream rules' feed and output in a connected run.
 
 `python -m local_platform.connected.stream --plan PLAN` is a consumer of the telemetry stream of
-its own (its own iterator, like a second application on the stream): it decodes each compact
-batch once (by batch id; the contract's checks as everywhere) into one JSON row per reading,
-the rows the Flink SQL reads, and writes them to `stream/readings/` for the job. The InfluxDB
-writer does not feed the rules any more, so a stopped InfluxDB does not stop them.
+its own (its own iterator, like a second application on the stream). The Flink job reads
+compact batches, as the deployed application reads the telemetry stream: the `iiot-batch`
+format (`kda_sql/decoder`) decodes them inside the job's source, and a record that fails the
+contract's checks goes to the job's dead letters (`stream/deadletters/`), never fails it. The
+feed writes those batches to `stream/readings/` (one base64 batch per line: the filesystem
+source reads lines). It checks each batch once (by batch id, the contract's checks as
+everywhere) only to order them: a batch that fails the checks is passed on as it came, for the
+job's decoder to dead-letter. The InfluxDB writer does not feed the rules, so a stopped
+InfluxDB does not stop them.
+
+Ordering: accelerated time packs minutes of simulated time into each gateway upload, far more
+than the job's 5 s watermark delay, so the feed hands the job the readings of every factory in
+event-time order: the valid readings up to the slowest active factory's newest event time,
+sorted and cut into compact batches of at most `BATCH_READINGS` (re-encoded; the format emits
+each batch's readings in time order).
 
 It also forwards what the job writes (`stream/anomalies/`, committed files) to the anomaly
 stream, where the alert router reads them, and records for every anomaly its delay: the
@@ -15,13 +26,14 @@ Late readings: a reading that reaches the feed more than the watermark delay beh
 event time it has seen is late for the job's windows (the event-time windows drop it; the
 stateless severity rules still fire). The feed keeps each factory's late spans (`late_spans` in
 its status) for the lake's batch evaluation of the same rules at the end of the run. When the
-runner asks (`stream/finish`), the feed writes an end-of-stream row: far ahead in event time,
+runner asks (`stream/finish`), the feed writes an end-of-stream batch: far ahead in event time,
 dropped by the rules' own filter, it moves the watermark past every open window.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import time
 from pathlib import Path
 from typing import Any
@@ -31,8 +43,8 @@ import numpy as np
 
 from iiot.anomaly import decode_anomaly
 from iiot.catalog import load_catalog
-from iiot.contract import Validator
-from iiot.wire import WireFormatError, is_batch, validate_batch
+from iiot.contract import ReadingColumns, SeriesKey, Validator
+from iiot.wire import WireFormatError, encode_batch, validate_batch
 from local_platform.connected.clock import SimClock
 from local_platform.connected.kinesis import ShardReader, client
 from local_platform.connected.plan import ANOMALY_STREAM, TELEMETRY_STREAM, Plan, read_json
@@ -41,6 +53,7 @@ from local_platform.connected.service import Service
 END_OF_STREAM_MS = 4_102_444_800_000  # 2100-01-01: beyond any window of the run
 IDLE_S = 2.0  # a factory silent this long does not hold the others' rows back
 FLINK_DELAY_MS = 5_000  # the deployed watermark delay (kda_sql runner default)
+BATCH_READINGS = 20_000  # a gateway's largest upload (SensorBuffer batch_max_readings)
 
 
 class _Row(msgspec.Struct):
@@ -56,11 +69,26 @@ class _Row(msgspec.Struct):
 _encode = msgspec.json.Encoder().encode
 
 
-def write_rows(folder: Path, number: int, content: bytes) -> None:
+def write_rows(folder: Path, number: int, content: bytes, suffix: str = "jsonl") -> None:
     folder.mkdir(parents=True, exist_ok=True)
     partial = folder / f".part-{number:07d}.partial"
     partial.write_bytes(content)
-    partial.replace(folder / f"part-{number:07d}.jsonl")
+    partial.replace(folder / f"part-{number:07d}.{suffix}")
+
+
+def batch_lines(payloads: list[bytes]) -> bytes:
+    """Compact batches as the job's source reads them from files: one base64 batch per line."""
+    return b"".join(base64.b64encode(payload) + b"\n" for payload in payloads)
+
+
+def sorted_batches(columns: ReadingColumns) -> list[bytes]:
+    """Readings in event-time order, cut into compact batches of at most `BATCH_READINGS`."""
+    order = np.argsort(columns.timestamp, kind="stable")
+    ordered = columns.take(order)
+    return [
+        encode_batch(ordered.take(slice(start, start + BATCH_READINGS)), producer="stream-feed")
+        for start in range(0, len(ordered), BATCH_READINGS)
+    ]
 
 
 SENTINEL = "SENTINEL"
@@ -76,6 +104,19 @@ def end_of_stream_row() -> bytes:
         "degC",
     )  # fmt: skip
     return msgspec.json.encode(end) + b"\n" + msgspec.json.encode(sentinel) + b"\n"
+
+
+def end_of_stream_batch() -> bytes:
+    """`end_of_stream_row`'s two rows as one compact batch (the live job reads batches)."""
+    end = SeriesKey("END", "END", "END", "end_of_stream", "none")
+    sentinel = SeriesKey(SENTINEL, SENTINEL, "SENTINEL-temperature", "temperature", "degC")
+    columns = ReadingColumns(
+        [end, sentinel],
+        np.array([0, 1], dtype=np.int32),
+        np.array([END_OF_STREAM_MS, END_OF_STREAM_MS + 1], dtype=np.int64),
+        np.array([0.0, 200.0]),
+    )
+    return encode_batch(columns, producer="stream-feed")
 
 
 def holds_sentinel(folder: Path) -> bool:
@@ -103,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     validator = Validator(load_catalog())
     readings_dir = plan.stream_dir / "readings"
     anomalies_dir = plan.stream_dir / "anomalies"
+    dead_letters_dir = plan.stream_dir / "deadletters"  # flink_job.py: beside the anomalies
+    counted_files: set[str] = set()
     ledger = (plan.stream_dir / "anomalies-forwarded.jsonl").open("ab")
     seen: set[Any] = set()
     forwarded_files: set[str] = set()
@@ -110,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     counters: dict[str, Any] = {
         "batches": 0,
         "duplicate_batches": 0,
+        "refused_batches": 0,
+        "dead_letters": 0,
+        "batches_written": 0,
         "rows": 0,
         "late_rows": 0,
         "files": 0,
@@ -132,8 +178,9 @@ def main(argv: list[str] | None = None) -> int:
             clock = SimClock(int(document["start_ms"]), document["wall0"], document["speed"])
         return clock.sim_ms()
 
-    # rows received and not yet given to the job: event times, JSON lines, factories
-    pending: list[tuple[np.ndarray, list[bytes], list[str]]] = []
+    # readings received and not yet given to the job; refused batches, passed on as they came
+    pending: list[ReadingColumns] = []
+    refused: list[bytes] = []
     last_seen: dict[str, float] = {}  # factory -> wall time of its last batch
     newest: dict[str, int] = {}  # factory -> newest event time received
     released = 0  # event time up to which rows went to the job, in order
@@ -143,14 +190,17 @@ def main(argv: list[str] | None = None) -> int:
         for shard in reader.shards.values():
             records = reader.read(shard, 100)
             for record in records:
+                # The gateways upload compact batches only; anything else on the stream is the
+                # decoder's to dead-letter, as in the deployed job.
                 payload = bytes(record["Data"])
-                if not is_batch(payload):
-                    continue  # the gateways upload compact batches only
                 try:
                     batch, validated = validate_batch(payload, validator)
                 except WireFormatError:
-                    continue
-                if batch is None:  # refused whole: the writer dead-letters it
+                    batch = None
+                if batch is None:  # refused whole: the job's decoder dead-letters it
+                    refused.append(payload)
+                    counters["refused_batches"] += 1
+                    got = True
                     continue
                 if batch.batch_id in seen:
                     counters["duplicate_batches"] += 1
@@ -160,23 +210,18 @@ def main(argv: list[str] | None = None) -> int:
                 columns = validated.columns
                 if not len(columns):
                     continue
-                readings = columns.to_readings()
-                rows = [
-                    _encode(
-                        _Row(r.timestamp, r.factory_id, r.machine_id, r.sensor_id, r.metric,
-                             r.value, r.unit)
-                    ) + b"\n"
-                    for r in readings
-                ]  # fmt: skip
-                factories = [r.factory_id for r in readings]
                 if not last_seen:  # every factory is expected from the first batch on
                     for expected in plan.factory_ids:
                         last_seen[expected] = time.time()
                         newest[expected] = 0
-                pending.append((columns.timestamp.copy(), rows, factories))
-                for factory in set(factories):
+                pending.append(columns)
+                factories = np.array([key.factory_id for key in columns.series])
+                for factory in set(factories[np.unique(columns.series_index)].tolist()):
+                    of_factory = factories[columns.series_index] == factory
                     last_seen[factory] = time.time()
-                    newest[factory] = max(newest.get(factory, 0), int(columns.timestamp.max()))
+                    newest[factory] = max(
+                        newest.get(factory, 0), int(columns.timestamp[of_factory].max())
+                    )
                 counters["rows"] += len(columns)
                 got = True
             if records:
@@ -184,49 +229,71 @@ def main(argv: list[str] | None = None) -> int:
         return got
 
     def release(everything: bool = False) -> bool:
-        """Rows up to the slowest active factory's newest event time, in event-time order;
-        a factory silent for `IDLE_S` does not hold the others back (source idleness)."""
+        """Readings up to the slowest active factory's newest event time, in event-time order,
+        as compact batches; a factory silent for `IDLE_S` does not hold the others back
+        (source idleness). Refused batches go on at once, as they came."""
         nonlocal released
-        if not pending:
+        if not pending and not refused:
             return False
-        now = time.time()
-        active = [f for f, at in last_seen.items() if now - at <= IDLE_S]
-        if everything:
-            threshold = 2**62
-        elif active:
-            threshold = min(newest[f] for f in active)
-        else:
-            threshold = max(newest.values())
-        timestamps = np.concatenate([p[0] for p in pending])
-        rows = [row for p in pending for row in p[1]]
-        factories = [f for p in pending for f in p[2]]
-        ready = timestamps <= threshold
-        if not ready.any():
+        out = list(refused)
+        refused.clear()
+        ready_count = 0
+        if pending:
+            now = time.time()
+            active = [f for f, at in last_seen.items() if now - at <= IDLE_S]
+            if everything:
+                threshold = 2**62
+            elif active:
+                threshold = min(newest[f] for f in active)
+            else:
+                threshold = max(newest.values())
+            columns = ReadingColumns.concat(pending)
+            ready = columns.timestamp <= threshold
+            ready_count = int(ready.sum())
+            if ready_count:
+                taken = columns.take(ready)
+                late = taken.timestamp < released - FLINK_DELAY_MS
+                if late.any():
+                    factories = np.array([key.factory_id for key in taken.series])
+                    late_factories = factories[taken.series_index[late]]
+                    late_times = taken.timestamp[late]
+                    for factory in np.unique(late_factories).tolist():
+                        times = late_times[late_factories == factory]
+                        span = late_spans.setdefault(factory, [2**62, 0, 0])
+                        span[0], span[1] = (
+                            min(span[0], int(times.min())),
+                            max(span[1], int(times.max())),
+                        )
+                        span[2] += len(times)
+                    counters["late_rows"] += int(late.sum())
+                released = max(released, int(taken.timestamp.max()))
+                out.extend(sorted_batches(taken))
+                pending.clear()
+                if ready_count < len(columns):
+                    pending.append(columns.take(~ready))
+        if not out:
             return False
-        order = np.flatnonzero(ready)[np.argsort(timestamps[ready], kind="stable")]
-        out = []
-        for i in order.tolist():
-            ts = int(timestamps[i])
-            if ts < released - FLINK_DELAY_MS:
-                span = late_spans.setdefault(factories[i], [2**62, 0, 0])
-                span[0], span[1] = min(span[0], ts), max(span[1], ts)
-                span[2] += 1
-                counters["late_rows"] += 1
-            out.append(rows[i])
-        released = max(released, int(timestamps[order[-1]]))
-        keep = np.flatnonzero(~ready).tolist()
-        pending.clear()
-        if keep:
-            pending.append(
-                (timestamps[keep], [rows[i] for i in keep], [factories[i] for i in keep])
-            )
         counters["files"] += 1
-        write_rows(readings_dir, counters["files"], b"".join(out))
+        counters["batches_written"] += len(out)
+        write_rows(readings_dir, counters["files"], batch_lines(out), suffix="b64")
         counters["released_ms"] = released
         counters["last_activity"] = time.time()
         return True
 
+    def count_dead_letters() -> None:
+        """The job's committed dead letters (records its decoder refused)."""
+        if not dead_letters_dir.is_dir():
+            return
+        for path in sorted(dead_letters_dir.rglob("*")):
+            if not path.is_file() or path.name.startswith(".") or str(path) in counted_files:
+                continue
+            counted_files.add(str(path))
+            counters["dead_letters"] += sum(
+                1 for line in path.read_bytes().splitlines() if line.strip()
+            )
+
     def forward() -> bool:
+        count_dead_letters()
         if not anomalies_dir.is_dir():
             return False
         moved = False
@@ -274,7 +341,9 @@ def main(argv: list[str] | None = None) -> int:
         busy = forward() or busy
         if finishing and not counters["finished"] and not pending:
             counters["files"] += 1
-            write_rows(readings_dir, counters["files"], end_of_stream_row())
+            write_rows(
+                readings_dir, counters["files"], batch_lines([end_of_stream_batch()]), suffix="b64"
+            )
             counters["finished"] = True
         return 0.0 if busy else 0.2
 
