@@ -51,6 +51,7 @@ def build_pipeline(region: str | None = None) -> Any:
         ProcessingS3Output,
     )
     from sagemaker.core.workflow.conditions import ConditionGreaterThanOrEqualTo
+    from sagemaker.core.workflow.execution_variables import ExecutionVariables
     from sagemaker.core.workflow.functions import Join, JsonGet
     from sagemaker.core.workflow.parameters import (
         ParameterFloat,
@@ -82,6 +83,11 @@ def build_pipeline(region: str | None = None) -> Any:
     training_instance = ParameterString("TrainingInstanceType", default_value="ml.m5.xlarge")
     horizon_hours = ParameterInteger("HorizonHours", default_value=24)
     min_pr_auc = ParameterFloat("MinPrAuc", default_value=0.3)
+    # Every run writes under its own folder, <OutputS3Uri>/<execution id>/: a model package
+    # names its run's files (ModelDataUrl), so approving an older package after a newer run
+    # publishes the older package's own models, not the newer run's (the publish flow finds
+    # the compiled zip beside the package's ModelDataUrl).
+    run_prefix = [output_prefix, ExecutionVariables.PIPELINE_EXECUTION_ID]
 
     def processor(name: str, entrypoint: list[str]) -> Processor:
         return Processor(
@@ -106,7 +112,7 @@ def build_pipeline(region: str | None = None) -> Any:
         return ProcessingOutput(
             output_name=name,
             s3_output=ProcessingS3Output(
-                s3_uri=Join(on="/", values=[output_prefix, name]),
+                s3_uri=Join(on="/", values=[*run_prefix, name]),
                 local_path=local,
                 s3_upload_mode="EndOfJob",
             ),
@@ -138,7 +144,7 @@ def build_pipeline(region: str | None = None) -> Any:
         compute=Compute(instance_type=training_instance, instance_count=1),
         base_job_name="iiot-train",
         output_data_config=OutputDataConfig(
-            s3_output_path=Join(on="/", values=[output_prefix, "model"])
+            s3_output_path=Join(on="/", values=[*run_prefix, "model"])
         ),
         sagemaker_session=session,
     )

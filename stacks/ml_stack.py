@@ -5,7 +5,8 @@ that turn an approved model into a new com.iiot.FailureModel or com.iiot.Anomaly
 component version for the gateways.
 
 Flow: the pipeline trains, evaluates, registers the model (PendingManualApproval) and compiles
-it for the gateways (TL2cgen, x86_64 + aarch64: `<OutputS3Uri>/component/failure_model.zip`).
+it for the gateways (TL2cgen, x86_64 + aarch64: `<OutputS3Uri>/<execution id>/component/
+failure_model.zip`: every run in its own folder, so a package's files stay its own).
 Approving the model package in the registry starts the publish flow
 (stacks/constructs/model_publish_flow.py), which publishes the compiled zip as FailureModel
 version `1.0.<package version>` and notifies the ML topic. Deploying it to the gateways is a

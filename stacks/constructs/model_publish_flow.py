@@ -76,9 +76,14 @@ class PublishedModel:
         return f"greengrass/{self.component}/"
 
 
+# Each package publishes its own run's model, also when an older package is approved after a
+# newer pipeline run: every run writes under its own folder, `<output>` below =
+# `<OutputS3Uri>/<pipeline execution id>` (ml_pipeline/sagemaker_pipeline.py), and the zip is
+# found from the package's ModelDataUrl, never from a fixed path.
+#
 # The failure model: the package's ModelDataUrl is the training job's model.tar.gz
-# (`<output>/model/<job>/output/model.tar.gz`); the compile step wrote the gateways' zip to
-# `<output>/component/failure_model.zip`.
+# (`<output>/model/<job>/output/model.tar.gz`); the same run's compile step wrote the gateways'
+# zip to `<output>/component/failure_model.zip`.
 FAILURE_MODEL = PublishedModel(
     component="com.iiot.FailureModel",
     artifact="failure_model.zip",
@@ -88,8 +93,8 @@ FAILURE_MODEL = PublishedModel(
     what="failure model",
     summary="Publishes an approved, compiled model as a FailureModel component",
 )
-# The anomaly detector: the package's ModelDataUrl is the zip itself (RegisterAnomalyModel,
-# ml_pipeline/sagemaker_pipeline.py).
+# The anomaly detector: the package's ModelDataUrl is the zip itself
+# (`<output>/anomaly/anomaly_model.zip`, RegisterAnomalyModel).
 ANOMALY_MODEL = PublishedModel(
     component="com.iiot.AnomalyModel",
     artifact="anomaly_model.zip",

@@ -395,19 +395,29 @@ def approval_event(cloud: Cloud, component: str) -> dict[str, Any]:
     }
 
 
-def pipeline_output(cloud: Cloud) -> tuple[str, str]:
-    """The pipeline's default OutputS3Uri and the model artifact its Train step writes."""
+# Two pipeline runs (execution ids), each writing under <OutputS3Uri>/<execution id>/: the
+# approved package is the older run's, approved after the newer run wrote its own models.
+OLDER_RUN, NEWER_RUN = "a1b2c3d4e5f6", "f6e5d4c3b2a1"
+
+
+def pipeline_output(cloud: Cloud, run: str = OLDER_RUN) -> tuple[str, str]:
+    """A run's output folder (the pipeline's default OutputS3Uri, then the run's execution id,
+    as every output of the definition is joined) and the model artifact its Train step
+    writes."""
     found = pipeline(cloud)
     body = found.properties["PipelineDefinition"]["PipelineDefinitionBody"]
     definition = json.loads(cloud.resolve(found.stack, body))
     (output,) = [p["DefaultValue"] for p in definition["Parameters"] if p["Name"] == "OutputS3Uri"]
-    return output, f"{output}/model/pipelines-a1b2c3d4e5f6-train-x1y2z3/output/model.tar.gz"
+    assert '{"Get": "Execution.PipelineExecutionId"}' in json.dumps(definition)
+    folder = f"{output}/{run}"
+    return folder, f"{folder}/model/pipelines-{run}-train-x1y2z3/output/model.tar.gz"
 
 
-def model_data_url(cloud: Cloud, component: str) -> str:
-    """The ModelDataUrl the pipeline registers for `component`'s model: the failure model's
-    training artifact; the anomaly detector's zip (TrainAnomalyModel's `anomaly` output)."""
-    output, model_data = pipeline_output(cloud)
+def model_data_url(cloud: Cloud, component: str, run: str = OLDER_RUN) -> str:
+    """The ModelDataUrl the pipeline registers for `component`'s model in a run: the failure
+    model's training artifact; the anomaly detector's zip (TrainAnomalyModel's `anomaly`
+    output)."""
+    output, model_data = pipeline_output(cloud, run)
     if component == "com.iiot.AnomalyModel":
         return f"{output}/anomaly/anomaly_model.zip"
     return model_data
@@ -476,6 +486,12 @@ def test_model_publish_build(cloud: Cloud, tmp_path: Path, component: str) -> No
     _, artifact = PUBLISHED_MODELS[component]
     copy = calls[0].params
     assert copy["CopySource"]["Key"].endswith(f"/{artifact}")
+    # the approved package's own model: its run's folder, not the newer run's
+    source = f"s3://{copy['CopySource']['Bucket']}/{copy['CopySource']['Key']}"
+    older, _ = pipeline_output(cloud, OLDER_RUN)
+    newer, _ = pipeline_output(cloud, NEWER_RUN)
+    assert source.startswith(f"{older}/")
+    assert not source.startswith(f"{newer}/")
     assert copy["Key"] == f"greengrass/{component}/1.0.3/{artifact}"
     recipe = json.loads(calls[1].params["inlineRecipe"])
     local = component.rsplit(".", 1)[-1]

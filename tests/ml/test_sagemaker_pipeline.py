@@ -61,6 +61,20 @@ def check_structure(definition: dict[str, Any]) -> None:
     }
     assert register_anomaly["ModelApprovalStatus"] == "PendingManualApproval"
     assert "Steps.TrainAnomalyModel.ProcessingOutputConfig" in json.dumps(register_anomaly)
+    # every run writes under its own folder (<OutputS3Uri>/<execution id>/...): a package's
+    # ModelDataUrl, and the compiled zip the publish flow finds beside it, stay that run's
+    # after a newer run (an older package approved later publishes its own models)
+    run_folder = [{"Get": "Parameters.OutputS3Uri"}, {"Get": "Execution.PipelineExecutionId"}]
+    outputs = [
+        o["S3Output"]["S3Uri"]
+        for step in steps.values()
+        if step["Type"] == "Processing"
+        for o in step["Arguments"]["ProcessingOutputConfig"]["Outputs"]
+    ]
+    outputs.append(steps["Train"]["Arguments"]["OutputDataConfig"]["S3OutputPath"])
+    assert len(outputs) == 5  # features, evaluation, component, anomaly; the training job's
+    for uri in outputs:
+        assert uri["Std:Join"]["Values"][:2] == run_folder, uri
     # nothing account-specific: no 12-digit account ids, the role is a placeholder
     whole = json.dumps(definition)
     assert not re.search(r"\b\d{12}\b", whole)
