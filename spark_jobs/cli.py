@@ -27,7 +27,13 @@ RootOption = Annotated[
 @app.command("run")
 def run(
     root: RootOption = Path(".demo/lake"),
-    job: Annotated[str, typer.Option(help="bronze, silver, gold or all.")] = "all",
+    job: Annotated[
+        str,
+        typer.Option(
+            help="bronze, silver, gold or all; maintenance: the CMMS records under "
+            "ROOT/maintenance_landing -> silver and gold machine_day_kpis."
+        ),
+    ] = "all",
     last_n: Annotated[int, typer.Option(min=2, help="Rolling window in readings.")] = 100,
     sigma: Annotated[float, typer.Option(min=0.0, help="Anomaly threshold in sigmas.")] = 3.0,
     full_listing: Annotated[
@@ -44,9 +50,18 @@ def run(
     from spark_jobs.engine import sail_session
     from spark_jobs.transforms import quality_rules
 
-    if job not in ("bronze", "silver", "gold", "all"):
-        stderr.print(f"[bold red]error:[/] unknown job {job!r}: use bronze, silver, gold or all")
+    if job not in ("bronze", "silver", "gold", "all", "maintenance"):
+        stderr.print(
+            f"[bold red]error:[/] unknown job {job!r}: use bronze, silver, gold, all or maintenance"
+        )
         raise typer.Exit(2)
+    if job == "maintenance":
+        from spark_jobs.maintenance import run_maintenance
+
+        with sail_session() as spark:
+            done = run_maintenance(spark, io.LakePaths.from_root(root))
+        stdout.print_json(data=done.figures())
+        return
     paths = io.LakePaths.from_root(root)
     rules = quality_rules(load_catalog())
     settings = jobs.LakeSettings(last_n=last_n, sigma=sigma)

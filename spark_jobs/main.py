@@ -14,7 +14,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-JOBS = ("bronze", "silver", "gold", "all", "maintain")
+JOBS = ("bronze", "silver", "gold", "all", "maintain", "maintenance")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -52,16 +52,23 @@ def run(
 ) -> list[dict[str, object]]:
     """Run one job (or all) on `spark`; return each job's figures."""
     from iiot.catalog import load_catalog
-    from spark_jobs import io, jobs
+    from spark_jobs import io, jobs, maintenance
     from spark_jobs.transforms import quality_rules
 
     paths = io.LakePaths.from_root(lake_root)
     rules = quality_rules(load_catalog())
+    if job == "maintenance":  # the CMMS records: silver and gold machine_day_kpis
+        return [maintenance.run_maintenance(spark, paths).figures()]  # type: ignore[arg-type]
     if job == "maintain":
-        for uri in paths.tables().values():
+        for uri in [*paths.tables().values(), *maintenance.MaintenancePaths.of(paths).tables()]:
             if not io.table_exists(spark, uri):  # type: ignore[arg-type]
                 continue
-            spectrum = uri in (paths.silver, paths.machine_daily, paths.factory_daily)
+            spectrum = uri in (
+                paths.silver,
+                paths.machine_daily,
+                paths.factory_daily,
+                *maintenance.MaintenancePaths.of(paths).spectrum_tables(),
+            )
             for statement in io.maintenance_statements(
                 uri, retention_hours=retention_hours, spectrum=spectrum
             ):

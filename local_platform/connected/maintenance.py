@@ -5,9 +5,10 @@ The simulated CMMS knows every maintenance job (preventive and corrective) and e
 of the fleet. A record is sent once its job is completed in simulated time:
 
 * to the lake: JSON lines under `lake/maintenance_landing/` (as an export job would land them),
-  from which `build_tables` makes `bronze/maintenance_events` (every record as it arrived, with
-  its arrival time) and `silver/maintenance_records` and `silver/failures` (one row per job or
-  failure id) with delta-rs;
+  from which `build_tables` runs the lake's maintenance job (spark_jobs/maintenance.py):
+  `silver/maintenance_records` and `silver/failures` (one row per job or failure id), the
+  rejected lines with their reason, and `gold/machine_day_kpis` (availability, downtime, MTBF
+  and MTTR per machine-day);
 * to the factory's gateway: `factory/<id>/maintenance` with the machine and the completion
   time, which the FailurePredictor turns into its time-since-maintenance feature.
 
@@ -18,6 +19,8 @@ readings, so a model never sees a failure the maintenance system had not reporte
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import uuid
 from dataclasses import asdict
@@ -59,42 +62,28 @@ def land(plan: Plan, jobs: list[dict[str, Any]], failures: list[dict[str, Any]])
 
 
 def build_tables(plan: Plan) -> dict[str, int]:
-    """bronze/maintenance_events, silver/maintenance_records and silver/failures from what
-    landed (rebuilt whole: the CMMS tables are small)."""
-    import pyarrow as pa
-    from deltalake import write_deltalake
-
-    folder = plan.lake_dir / "maintenance_landing"
-    events: list[dict[str, Any]] = []
-    for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
-        arrived = int(path.stat().st_mtime * 1000)
-        for line in path.read_text().splitlines():
-            if line.strip():
-                events.append({"source_file": path.name, "arrived_ms": arrived, "raw": line})
-    if not events:
-        return {"events": 0, "maintenance_records": 0, "failures": 0}
-    write_deltalake(
-        str(plan.lake_dir / "bronze" / "maintenance_events"),
-        pa.Table.from_pylist(events),
-        mode="overwrite",
-    )
-    jobs: dict[str, dict[str, Any]] = {}
-    failures: dict[str, dict[str, Any]] = {}
-    for event in events:
-        record = json.loads(event["raw"])
-        kind = record.pop("record_type")
-        if kind == "maintenance":
-            jobs.setdefault(record["maintenance_id"], record)
-        else:
-            failures.setdefault(record["failure_id"], record)
-    for name, rows in (("maintenance_records", jobs), ("failures", failures)):
-        if rows:
-            write_deltalake(
-                str(plan.lake_dir / "silver" / name),
-                pa.Table.from_pylist(list(rows.values())),
-                mode="overwrite",
-            )
-    return {"events": len(events), "maintenance_records": len(jobs), "failures": len(failures)}
+    """silver/maintenance_records, silver/failures (and the rejects) and gold/machine_day_kpis
+    from what landed, by the lake's own job (`spark_jobs.main --job maintenance` on Sail, the
+    job EMR runs in the cloud); it rebuilds them whole (the CMMS tables are small)."""
+    done = subprocess.run(  # noqa: S603 - our interpreter and the project's own job
+        [sys.executable, "-m", "spark_jobs.main", "--job", "maintenance", "--engine", "sail",
+         "--lake-root", str(plan.lake_dir)],
+        capture_output=True,
+        check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"the lake's maintenance job failed (exit {done.returncode}): "
+            f"{done.stderr.decode(errors='replace')[-2000:]}"
+        )
+    (figures,) = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    return {
+        "events": int(figures.get("lines", 0)),
+        "maintenance_records": int(figures.get("maintenance_records", 0)),
+        "failures": int(figures.get("failures", 0)),
+        "rejected": int(figures.get("rejected", 0)),
+        "machine_days": int(figures.get("machine_days", 0)),
+    }
 
 
 def gateway_message(job: dict[str, Any]) -> bytes:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from iiot.catalog import MetricCatalog, load_catalog
+from spark_jobs import kpis
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,10 @@ def machine_history(run: Run) -> dict[str, Any]:
     }
 
 
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
 def reliability(history: dict[str, Any], predictions: dict[str, Any] | None) -> Panel:
     """Availability, downtime, MTBF, MTTR, failures caught and missed per machine and factory."""
     start, end = history["start_ms"], history["end_ms"]
@@ -180,18 +185,18 @@ def reliability(history: dict[str, Any], predictions: dict[str, Any] | None) -> 
         )
     rows = []
     for entry in per_machine.values():
-        operating = span_h - entry["downtime_h"]
         repairs = entry.pop("repairs_h")
+        # The lake's gold machine_day_kpis uses the same arithmetic (spark_jobs.kpis).
         rows.append(
             {
                 **entry,
                 "repairs_h": repairs,
-                "availability": round(operating / span_h, 4) if span_h else None,
+                "availability": _round(kpis.availability(span_h, entry["downtime_h"]), 4),
                 "downtime_h": round(entry["downtime_h"], 2),
                 "unplanned_h": round(entry["unplanned_h"], 2),
                 "planned_h": round(entry["planned_h"], 2),
-                "mtbf_h": round(operating / entry["failures"], 1) if entry["failures"] else None,
-                "mttr_h": round(sum(repairs) / len(repairs), 2) if repairs else None,
+                "mtbf_h": _round(kpis.mtbf_h(span_h, entry["downtime_h"], entry["failures"]), 1),
+                "mttr_h": _round(kpis.mttr_h(sum(repairs), len(repairs)), 2),
             }
         )
     factories: dict[str, dict[str, Any]] = {}
@@ -205,13 +210,12 @@ def reliability(history: dict[str, Any], predictions: dict[str, Any] | None) -> 
         f["failures"] += row["failures"]
     for f in factories.values():
         machine_hours = f["machines"] * span_h
-        f["availability"] = round(1 - f["downtime_h"] / machine_hours, 4) if machine_hours else None
+        f["availability"] = _round(kpis.availability(machine_hours, f["downtime_h"]), 4)
         f["downtime_h"] = round(f["downtime_h"], 2)
-        operating = machine_hours - f["downtime_h"]
-        f["mtbf_h"] = round(operating / f["failures"], 1) if f["failures"] else None
+        f["mtbf_h"] = _round(kpis.mtbf_h(machine_hours, f["downtime_h"], f["failures"]), 1)
         # every repair of the factory counts once (not a mean of its machines' means)
         repairs = [h for r in rows if r["factory_id"] == f["factory_id"] for h in r["repairs_h"]]
-        f["mttr_h"] = round(sum(repairs) / len(repairs), 2) if repairs else None
+        f["mttr_h"] = _round(kpis.mttr_h(sum(repairs), len(repairs)), 2)
     for row in rows:
         del row["repairs_h"]
     caught = [o for o in outcomes if o["caught"]]
@@ -644,9 +648,10 @@ def data_path(run: Run) -> Panel:
             "silver/quarantine",
             "gold/machine_daily",
             "gold/factory_daily",
-            "bronze/maintenance_events",
             "silver/maintenance_records",
             "silver/failures",
+            "silver/cmms_rejects",
+            "gold/machine_day_kpis",
         ):
             path = lake / name
             if (path / "_delta_log").is_dir():
@@ -737,18 +742,12 @@ def cost_panel() -> Panel:
     envs = {}
     for name in ("dev", "staging", "prod"):
         deployed = estimate_environment(name)
-        batches = estimate_environment(name, flink_reads_batches=True)
         envs[name] = {
             "machines": deployed.machines,
             "total": round(deployed.total, 2),
             "per_machine": round(deployed.per_machine, 2),
-            "batches_total": round(batches.total, 2),
-            "batches_per_machine": round(batches.per_machine, 2),
             "by_service_per_machine": {
                 k: round(v / deployed.machines, 3) for k, v in deployed.by_service().items()
-            },
-            "batches_by_service_per_machine": {
-                k: round(v / batches.machines, 3) for k, v in batches.by_service().items()
             },
             "drivers": deployed.drivers(3),
             "warnings": deployed.capacity_warnings,
