@@ -32,6 +32,7 @@ from aws_cdk import (
 )
 from aws_cdk import Environment as CdkEnvironment
 from cdk_nag import AwsSolutionsChecks
+from constructs import Construct
 
 from config.environments import (
     ArtifactPins,
@@ -48,9 +49,12 @@ from stacks.ingestion_stack import IngestionStack
 from stacks.iot_stack import IotStack
 from stacks.lake_stack import LakeStack
 from stacks.ml_stack import MlStack
+from stacks.smoke_stack import SmokeStack
 from stacks.monitoring_stack import Monitored, MonitoringStack
 from stacks.network_stack import NetworkStack
 from stacks.streaming_stack import StreamingStack
+from stacks.timeseries_stack import BUCKET as INFLUX_BUCKET
+from stacks.timeseries_stack import ORGANIZATION as INFLUX_ORG
 from stacks.timeseries_stack import TimeSeriesStack
 from stacks.warehouse_stack import WarehouseStack
 
@@ -94,10 +98,15 @@ class EnvironmentStacks:
 
 
 def build_environment(
-    scope: App, env_config: Environment, *, pins: ArtifactPins
+    scope: Construct,
+    env_config: Environment,
+    *,
+    pins: ArtifactPins,
+    toolchain_account: str | None = None,
 ) -> EnvironmentStacks:
     """The stage `iiot-<env>` in `scope` with the environment's stacks, named
-    `iiot-<env>-<concern>` and wired."""
+    `iiot-<env>-<concern>` and wired. `toolchain_account`: the delivery pipeline's account,
+    trusted to assume the smoke tests' role (stacks/pipeline_stack.py)."""
     stage = environment_stage(scope, env_config)
     prefix = env_config.prefix
     built = EnvironmentStacks(stage=stage)
@@ -156,7 +165,7 @@ def build_environment(
         StreamingStack,
         "streaming",
         "Flink SQL stream rules (Managed Service for Apache Flink)",
-        readings=ingestion.readings,
+        telemetry=ingestion.telemetry,
         anomalies=alerting.anomalies,
         lake_key=lake.key,
         pins=pins,
@@ -178,7 +187,6 @@ def build_environment(
         vpc=network.vpc,
         subnets=network.data_subnets,
         telemetry=ingestion.telemetry,
-        readings=ingestion.readings,
         logs_bucket=lake.logs,
     )
     add(
@@ -220,19 +228,33 @@ def build_environment(
         "alarms and dashboard",
         monitored=Monitored(
             telemetry=ingestion.telemetry,
-            readings=ingestion.readings,
             anomalies=alerting.anomalies,
             delivery_stream_name=ingestion.delivery_stream_name,
             functions=functions,
             flink_application_name=streaming.application_name,
+            flink_consumer_name=streaming.consumer_name,
+            flink_dead_letters=streaming.dead_letters,
             lake_run=lake.job_runner.state_machine,
             pipeline_name=ml.pipeline.pipeline_name,
         ),
     )
+    add(
+        SmokeStack,
+        "smoke",
+        "outputs and role of the post-deploy smoke tests (iiot smoke)",
+        lake_state_machine=lake.job_runner.state_machine,
+        lake_key=lake.key,
+        influx_url=timeseries.url,
+        influx_secret=timeseries.credentials,
+        influx_org=INFLUX_ORG,
+        influx_bucket=INFLUX_BUCKET,
+        training_pipeline_name=ml.pipeline.pipeline_name,
+        toolchain_account=toolchain_account,
+    )
     return built
 
 
-def environment_stage(scope: App, env_config: Environment) -> Stage:
+def environment_stage(scope: Construct, env_config: Environment) -> Stage:
     """The environment's `cdk.Stage` (`iiot-<env>`): its stacks take its account and region,
     the pinned ones or, unpinned, none (environment-agnostic)."""
     return Stage(

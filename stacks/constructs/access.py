@@ -8,7 +8,7 @@ in this bucket (or prefix)", acknowledged once per grant with the reason.
 
 from __future__ import annotations
 
-from aws_cdk import Acknowledgment, Aws, RemovalPolicy, Stack, Validations
+from aws_cdk import Acknowledgment, Aws, RemovalPolicy, Stack, Token, Validations
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from constructs import IConstruct
@@ -23,9 +23,28 @@ LIST_ACTIONS = ("s3:ListBucket", "s3:GetBucketLocation")
 
 
 def acknowledge(scope: IConstruct, reason: str, *finding_ids: str) -> None:
-    """Acknowledge cdk-nag findings on `scope` and its children, each with the same reason."""
+    """Acknowledge cdk-nag findings on `scope` and its children, each with the same reason.
+
+    A finding names the account and region as `<AWS::AccountId>` and `<AWS::Region>` while the
+    stack is environment-agnostic, and literally once the stack is pinned to them (a deploy, the
+    delivery pipeline): each id is acknowledged in both forms."""
+    stack = Stack.of(scope)
+    literal = [
+        (placeholder, value)
+        for placeholder, value in (
+            ("<AWS::AccountId>", stack.account),
+            ("<AWS::Region>", stack.region),
+        )
+        if not Token.is_unresolved(value)
+    ]
+    ids = list(finding_ids)
+    for finding_id in finding_ids:
+        pinned = finding_id
+        for placeholder, value in literal:
+            pinned = pinned.replace(placeholder, value)
+        ids.append(pinned)
     Validations.of(scope).acknowledge(
-        *(Acknowledgment(id=finding_id, reason=reason) for finding_id in finding_ids)
+        *(Acknowledgment(id=finding_id, reason=reason) for finding_id in dict.fromkeys(ids))
     )
 
 
