@@ -49,9 +49,9 @@ from stacks.ingestion_stack import IngestionStack
 from stacks.iot_stack import IotStack
 from stacks.lake_stack import LakeStack
 from stacks.ml_stack import MlStack
-from stacks.smoke_stack import SmokeStack
 from stacks.monitoring_stack import Monitored, MonitoringStack
 from stacks.network_stack import NetworkStack
+from stacks.smoke_stack import SmokeStack
 from stacks.streaming_stack import StreamingStack
 from stacks.timeseries_stack import BUCKET as INFLUX_BUCKET
 from stacks.timeseries_stack import ORGANIZATION as INFLUX_ORG
@@ -165,7 +165,7 @@ def build_environment(
         StreamingStack,
         "streaming",
         "Flink SQL stream rules (Managed Service for Apache Flink)",
-        telemetry=ingestion.telemetry,
+        readings=ingestion.readings,
         anomalies=alerting.anomalies,
         lake_key=lake.key,
         pins=pins,
@@ -187,6 +187,7 @@ def build_environment(
         vpc=network.vpc,
         subnets=network.data_subnets,
         telemetry=ingestion.telemetry,
+        readings=ingestion.readings,
         logs_bucket=lake.logs,
     )
     add(
@@ -228,12 +229,11 @@ def build_environment(
         "alarms and dashboard",
         monitored=Monitored(
             telemetry=ingestion.telemetry,
+            readings=ingestion.readings,
             anomalies=alerting.anomalies,
             delivery_stream_name=ingestion.delivery_stream_name,
             functions=functions,
             flink_application_name=streaming.application_name,
-            flink_consumer_name=streaming.consumer_name,
-            flink_dead_letters=streaming.dead_letters,
             lake_run=lake.job_runner.state_machine,
             pipeline_name=ml.pipeline.pipeline_name,
         ),
