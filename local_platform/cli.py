@@ -9,6 +9,7 @@ Each part of the platform adds its own command group (`iiot edge`, `iiot lake`, 
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -316,6 +317,128 @@ def cost(
         stdout.print(line, highlight=False)
     unchecked = ", ".join(f"{p['price']} ({p['status']})" for p in deployed.prices_to_check)
     stdout.print(f"Prices not confirmed on their source page: {unchecked}", highlight=False)
+
+
+@app.command()
+def smoke(
+    env: Annotated[str, typer.Option("--env", help="dev, staging or prod.")],
+    region: Annotated[
+        str | None, typer.Option(help="The environment's region (default: the profile's).")
+    ] = None,
+    role_arn: Annotated[
+        str | None,
+        typer.Option(help="Assume this role first (the pipeline: arn:...:role/iiot-<env>-smoke)."),
+    ] = None,
+    outputs: Annotated[
+        Path | None,
+        typer.Option(help="JSON file of the stack outputs instead of reading the stacks."),
+    ] = None,
+    iot_endpoint: Annotated[
+        str | None,
+        typer.Option(help="mqtt://host:port to publish to instead of the account's IoT Core."),
+    ] = None,
+    influx_url: Annotated[
+        str | None, typer.Option(help="Query InfluxDB here instead of the outputs' InfluxUrl.")
+    ] = None,
+    local_lake: Annotated[
+        Path | None,
+        typer.Option(help="Run the lake job locally on this root instead of the state machine."),
+    ] = None,
+    skip: Annotated[
+        list[str] | None, typer.Option(help="Leave out a step (publish, influx, lake, ml).")
+    ] = None,
+    wait_ml: Annotated[
+        bool, typer.Option(help="Wait for the training pipeline to succeed, not just start.")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds each step may take.", min=1)] = 900.0,
+    poll: Annotated[float, typer.Option(help="Seconds between checks.", min=0.1)] = 5.0,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout instead.")] = False,
+) -> None:
+    """Post-deploy smoke tests: a tagged test batch through IoT Core, found in InfluxDB and
+    (after a lake run started here) in silver; the training pipeline started.
+
+    Reads the resources from the outputs of the `iiot-<env>-smoke`, `-lake` and `-timeseries`
+    stacks. Exit 0 when every step passed, 1 when one failed (stderr names the step and why),
+    2 on wrong usage or when the checks cannot start. Details: local_platform/smoke.py,
+    docs/deploy.md.
+    """
+    import boto3
+
+    from local_platform import smoke as checks
+
+    if env not in ("dev", "staging", "prod"):
+        raise fail(f"--env must be dev, staging or prod, not {env!r}", 2)
+    unknown = sorted(set(skip or []) - set(checks.STEPS))
+    if unknown:
+        raise fail(f"--skip {unknown}: the steps are {', '.join(checks.STEPS)}", 2)
+    try:
+        session = boto3.Session(region_name=region)
+        if role_arn:
+            answer = session.client("sts").assume_role(
+                RoleArn=role_arn, RoleSessionName=f"iiot-smoke-{env}"
+            )["Credentials"]
+            session = boto3.Session(
+                aws_access_key_id=answer["AccessKeyId"],
+                aws_secret_access_key=answer["SecretAccessKey"],
+                aws_session_token=answer["SessionToken"],
+                region_name=session.region_name,
+            )
+        if outputs is not None:
+            values = json.loads(outputs.read_text())
+        else:
+            values = checks.environment_outputs(session.client("cloudformation"), env)
+        targets = checks.SmokeTargets.from_outputs(values)
+        if iot_endpoint is not None:
+            url = iot_endpoint
+        else:
+            endpoint = session.client("iot").describe_endpoint(endpointType="iot:Data-ATS")
+            credentials = session.get_credentials()
+            if credentials is None:
+                raise checks.SmokeError("no AWS credentials: set a profile or --role-arn")
+            url = checks.iot_websocket_url(
+                endpoint["endpointAddress"], session.region_name, credentials
+            )
+        lake: checks.LakeRunner
+        if local_lake is not None:
+            lake = checks.LocalLake(local_lake, local_lake.parent / "smoke-logs")
+        else:
+            lake = checks.StepFunctionsLake(
+                session.client("stepfunctions"), targets.lake_state_machine_arn, poll_s=poll
+            )
+        run = checks.Smoke(
+            targets=targets,
+            catalog=load_catalog(),
+            publisher=checks.MqttPublisher(url, f"{targets.smoke_client_prefix}{os.getpid()}"),
+            lake=lake,
+            secrets=session.client("secretsmanager"),
+            sagemaker=session.client("sagemaker"),
+            influx_url=influx_url,
+            step_timeout_s=timeout,
+            poll_s=poll,
+            wait_ml=wait_ml,
+            progress=lambda message: stderr.print(f"smoke {env}: {message}", highlight=False),
+        )
+    except (checks.SmokeError, ValueError, OSError) as exc:
+        raise fail(str(exc), 2) from exc
+    except Exception as exc:  # botocore: no credentials, access denied, unknown endpoint
+        raise fail(f"cannot start the smoke tests: {type(exc).__name__}: {exc}", 2) from exc
+    report = run.run(tuple(skip or ()))
+    if as_json:
+        stdout.print_json(json.dumps(report.as_dict()))
+    else:
+        table = Table(title=f"iiot smoke --env {env}: run {report.run_id}")
+        for column in ("step", "result", "what it found", "s"):
+            table.add_column(column, overflow="fold")
+        for result in report.results:
+            table.add_row(
+                result.step, "ok" if result.ok else "FAILED", result.found, f"{result.seconds:.1f}"
+            )
+        stdout.print(table)
+    failed = [result for result in report.results if not result.ok]
+    if failed:
+        for result in failed:
+            stderr.print(f"[bold red]error:[/] step {result.step}: {result.found}", highlight=False)
+        raise typer.Exit(1)
 
 
 @app.command()
