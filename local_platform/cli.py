@@ -281,8 +281,15 @@ def cost(
     prices: Annotated[
         Path | None, typer.Option(help="Price file; default config/prices.yaml.")
     ] = None,
+    idle: Annotated[
+        bool,
+        typer.Option(help="What the environment costs left running with no workload at all."),
+    ] = False,
 ) -> None:
     """Monthly AWS cost of an environment by service, from its configuration and workload.
+
+    With --idle: deployed as configured, but no gateway, no reading and no query (what an
+    environment costs to leave running).
 
     Unit prices come from config/prices.yaml (region, date, source and status of each); the
     prices not confirmed on their source page are listed after the table. Also prices the
@@ -298,6 +305,9 @@ def cost(
 
     if env not in ("dev", "staging", "prod"):
         raise fail(f"--env must be dev, staging or prod, not {env!r}", 2)
+    if idle:
+        _idle_cost(env, prices or PRICES_PATH, as_json)
+        return
     try:
         deployed = estimate_environment(env, prices or PRICES_PATH)
         batches = estimate_environment(env, prices or PRICES_PATH, flink_reads_batches=True)
@@ -316,6 +326,29 @@ def cost(
     for line in summary_lines(deployed, batches) + deployed.capacity_warnings:
         stdout.print(line, highlight=False)
     unchecked = ", ".join(f"{p['price']} ({p['status']})" for p in deployed.prices_to_check)
+    stdout.print(f"Prices not confirmed on their source page: {unchecked}", highlight=False)
+
+
+def _idle_cost(env: str, prices: Path, as_json: bool) -> None:
+    from local_platform.report.cost import (
+        IDLE_NOT_BILLED,
+        PriceError,
+        cost_table,
+        estimate_environment_idle,
+    )
+
+    try:
+        idle = estimate_environment_idle(env, prices)
+    except (PriceError, ValueError) as exc:
+        raise fail(str(exc)) from exc
+    if as_json:
+        figures = idle.to_dict()
+        figures["not_billed_when_idle"] = IDLE_NOT_BILLED
+        stdout.print_json(json.dumps(figures))
+        return
+    stdout.print(cost_table(idle))
+    stdout.print(f"{env} idle: ${idle.total:,.0f}/month. Not billed: {IDLE_NOT_BILLED}.")
+    unchecked = ", ".join(f"{p['price']} ({p['status']})" for p in idle.prices_to_check)
     stdout.print(f"Prices not confirmed on their source page: {unchecked}", highlight=False)
 
 

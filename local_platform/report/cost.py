@@ -856,3 +856,80 @@ def summary_lines(as_deployed: Estimate, batches: Estimate) -> list[str]:
         f"machines, stated as ${CASE_STUDY_PER_MACHINE_USD:.0f}/machine although the total "
         f"divided by the machines is ${CASE_STUDY_MONTHLY_USD / CASE_STUDY_MACHINES:.2f}.",
     ]
+
+
+# What an environment pays left running with no workload (`iiot cost --idle`): capacity held
+# by the hour whatever flows (provisioned or on-demand streams, instances, KPUs, interface
+# endpoints), storage provisioned with an instance or application, what merely exists
+# (secrets, alarms, dashboards), and the scheduled runs that find nothing new.
+IDLE_UNITS = (
+    "shard-hours",
+    "stream-hours",
+    "instance-hours",
+    "KPU-hours",
+    "endpoint-hours",
+    "secrets",
+    "alarms",
+    "dashboards",
+)
+IDLE_PROVISIONED_STORAGE = ("Timestream for InfluxDB", "Managed Flink")
+IDLE_NOT_BILLED = (
+    "no gateway connected (IoT Core, Greengrass), no readings (Kinesis data, Firehose, "
+    "Lambda, DynamoDB, S3 growth), no warehouse query (Redshift Serverless bills only "
+    "queries), no Grafana user signed in (billed per active user)"
+)
+
+
+def estimate_idle(env: Environment, prices: PriceBook | None = None) -> Estimate:
+    """The monthly bill of `env` deployed as configured but idle: no gateway, no reading, no
+    query. The standing lines are the configured estimate's own (streams and Flink stay
+    sized for the configured peak); the lake and the retraining still run on their
+    schedules, the lake runs with nothing new to read (their fixed overhead only)."""
+    book = prices or load_prices()
+    configured = estimate(env, book)
+    lines = [
+        line
+        for line in configured.lines
+        if line.unit in IDLE_UNITS
+        or (line.service in IDLE_PROVISIONED_STORAGE and line.unit.endswith("-months"))
+    ]
+    lake_runs = runs_per_month(env.lake.schedule_cron)
+    vcpu_hours = lake_runs * float(book.use("lake_run_overhead_vcpu_hours"))
+    memory_hours = vcpu_hours * float(book.use("lake_memory_gb_per_vcpu"))
+    lines += [
+        CostLine(
+            "EMR Serverless",
+            f"lake runs with nothing new ({lake_runs:.0f} a month), vCPU",
+            vcpu_hours,
+            "vCPU-hours",
+            vcpu_hours * book.usd("emr_serverless_arm_vcpu_hour"),
+            "emr_serverless_arm_vcpu_hour",
+        ),
+        CostLine(
+            "EMR Serverless",
+            "lake runs with nothing new, memory",
+            memory_hours,
+            "GB-hours",
+            memory_hours * book.usd("emr_serverless_arm_gb_hour"),
+            "emr_serverless_arm_gb_hour",
+        ),
+    ]
+    used = {line.price_key for line in lines}
+    return Estimate(
+        design="idle",
+        environment=env.name,
+        region=configured.region,
+        machines=0,
+        gateways=0,
+        readings_per_second=0,
+        lines=lines,
+        prices_to_check=[p for p in configured.prices_to_check if p["price"] in used],
+    )
+
+
+def estimate_environment_idle(name: str, prices_path: Path = PRICES_PATH) -> Estimate:
+    """`estimate_idle` for dev, staging or prod as config/environments.py defines it."""
+    envs = environments({})
+    if name not in envs:
+        raise ValueError(f"unknown environment {name!r}: one of {', '.join(envs)}")
+    return estimate_idle(envs[name], load_prices(prices_path))
