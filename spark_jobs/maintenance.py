@@ -50,7 +50,7 @@ _RECORD_SCHEMA = (
     "failed_at_ms bigint, repaired_at_ms bigint"
 )
 KPI_COLUMNS = (
-    "factory_id string, machine_id string, day date, observed_h double, downtime_h double, "
+    "factory_id string, machine_id string, event_date date, observed_h double, downtime_h double, "
     "unplanned_h double, planned_h double, failures bigint, repairs bigint, repair_h double, "
     "availability double, mtbf_h double, mttr_h double"
 )
@@ -259,7 +259,7 @@ def machine_day_kpis(
         )
     )
     return facts.mapInArrow(_with_kpis, _KPI_FACTS).select(
-        "factory_id", "machine_id", day_ms.alias("day"), *_names(KPI_COLUMNS)[3:]
+        "factory_id", "machine_id", day_ms.alias("event_date"), *_names(KPI_COLUMNS)[3:]
     )
 
 
@@ -323,7 +323,7 @@ def run_maintenance(
     result.window = window or default_window(jobs, failures)
     if result.window is not None:
         gold = machine_day_kpis(spark, jobs, failures, result.window)
-        io.overwrite(gold, where.machine_day_kpis, partition_by=("day",))
+        io.overwrite(gold, where.machine_day_kpis, partition_by=("event_date",))
         result.machine_days = gold.count()
     result.seconds = time.perf_counter() - began
     return result

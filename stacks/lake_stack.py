@@ -69,7 +69,7 @@ GLUE_PARTITION_ACTIONS = (
 )
 # spark_jobs/main.py --job values, in order; `maintain` compacts, vacuums and writes the symlink
 # manifests Redshift Spectrum reads.
-LAKE_JOBS = ("bronze", "silver", "gold", "maintain")
+LAKE_JOBS = ("bronze", "silver", "gold", "maintenance", "maintain")
 
 
 # Where Timestream for InfluxDB writes an instance's logs in the logs bucket (fixed by the
@@ -136,7 +136,7 @@ def _columns(spec: str) -> tuple[Column, ...]:
 
 
 # The Spectrum-facing tables of spark_jobs (transforms.SILVER_COLUMNS, machine_daily,
-# factory_daily), partitioned as the jobs write them.
+# factory_daily, maintenance.KPI_COLUMNS), partitioned as the jobs write them.
 TABLES = (
     DeltaTable(
         "silver_readings",
@@ -171,6 +171,17 @@ TABLES = (
         ),
         _columns("event_date date"),
         "per factory and day",
+    ),
+    DeltaTable(
+        "gold_machine_day_kpis",
+        "gold/machine_day_kpis",
+        _columns(
+            "factory_id string, machine_id string, observed_h double, downtime_h double,"
+            "unplanned_h double, planned_h double, failures bigint, repairs bigint,"
+            "repair_h double, availability double, mtbf_h double, mttr_h double"
+        ),
+        _columns("event_date date"),
+        "reliability per machine and day, from the maintenance system's records",
     ),
 )
 

@@ -1,5 +1,7 @@
 """The warehouse: Redshift Serverless in the private subnets, reading the lake's Delta tables
-through Spectrum (an external schema over the Glue database)."""
+through Spectrum (an external schema over the Glue database), and the reliability KPI views
+over gold (schema `kpi`): availability, downtime hours, MTBF and MTTR per machine-day and per
+factory-day, from the lake's `machine_day_kpis` (spark_jobs/maintenance.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,40 @@ from stacks.constructs.redshift_statement import RedshiftStatement
 
 DATABASE = "iiot"
 EXTERNAL_SCHEMA = "lake"
+KPI_SCHEMA = "kpi"
+MACHINE_DAY_KPIS = "gold_machine_day_kpis"  # stacks/lake_stack.py TABLES
+
+
+def kpi_views(external_schema: str = EXTERNAL_SCHEMA) -> list[str]:
+    """The KPI views, in one transaction. Late-binding (WITH NO SCHEMA BINDING): a view over an
+    external table must be. The factory-day view sums its machines' hours first and takes the
+    ratios of the sums (spark_jobs/kpis.py's arithmetic; not a mean of the machines' ratios).
+    Every database user may read them and the lake (the warehouse's users are its admin and
+    the dashboards' reader; nothing in it is more private than the lake itself)."""
+    source = f"{external_schema}.{MACHINE_DAY_KPIS}"  # module constants: no input in the SQL
+    machine_day = (
+        f"CREATE OR REPLACE VIEW {KPI_SCHEMA}.machine_day AS SELECT factory_id, machine_id, "  # noqa: S608
+        "event_date, observed_h, downtime_h, unplanned_h, planned_h, failures, repairs, repair_h, "
+        f"availability, mtbf_h, mttr_h FROM {source} WITH NO SCHEMA BINDING"
+    )
+    factory_day = (
+        f"CREATE OR REPLACE VIEW {KPI_SCHEMA}.factory_day AS SELECT factory_id, event_date, "  # noqa: S608
+        "COUNT(*) AS machines, SUM(observed_h) AS observed_h, SUM(downtime_h) AS downtime_h, "
+        "SUM(unplanned_h) AS unplanned_h, SUM(planned_h) AS planned_h, "
+        "SUM(failures) AS failures, SUM(repairs) AS repairs, SUM(repair_h) AS repair_h, "
+        "1 - SUM(downtime_h) / NULLIF(SUM(observed_h), 0) AS availability, "
+        "(SUM(observed_h) - SUM(downtime_h)) / NULLIF(SUM(failures), 0) AS mtbf_h, "
+        "SUM(repair_h) / NULLIF(SUM(repairs), 0) AS mttr_h "
+        f"FROM {source} GROUP BY factory_id, event_date WITH NO SCHEMA BINDING"
+    )
+    return [
+        f"CREATE SCHEMA IF NOT EXISTS {KPI_SCHEMA}",
+        machine_day,
+        factory_day,
+        f"GRANT USAGE ON SCHEMA {external_schema} TO PUBLIC",
+        f"GRANT USAGE ON SCHEMA {KPI_SCHEMA} TO PUBLIC",
+        f"GRANT SELECT ON ALL TABLES IN SCHEMA {KPI_SCHEMA} TO PUBLIC",
+    ]
 
 
 class WarehouseStack(Stack):
@@ -176,6 +212,8 @@ class WarehouseStack(Stack):
             log_retention_days=env_config.log_retention_days,
         )
         schema.node.add_dependency(self.workgroup, self.spectrum_role)
+        # After the external schema, by the same handlers (one waiter for the stack).
+        self.kpi_views = schema.then("KpiViews", kpi_views())
         # The one Lambda behind every AwsCustomResource of this stack (a CDK singleton).
         provider = self.node.find_child(AWS_CUSTOM_RESOURCE_SINGLETON)
         acknowledge(

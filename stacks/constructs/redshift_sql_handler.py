@@ -1,4 +1,5 @@
-"""Custom-resource handlers that run one SQL statement on Redshift Serverless and wait for it.
+"""Custom-resource handlers that run one SQL statement (`Sql`), or several in one transaction
+(`Sqls`), on Redshift Serverless and wait for it.
 
 The Redshift Data API is asynchronous: ExecuteStatement returns an id at once, and a statement
 that fails later (a missing role association, a typo) would leave the deployment green and the
@@ -28,12 +29,11 @@ def on_event(event: dict[str, Any], _context: object = None, client: Any = None)
     if event["RequestType"] == "Delete":
         return {"PhysicalResourceId": physical_id}
     props = event["ResourceProperties"]
-    response = (client or _client()).execute_statement(
-        WorkgroupName=props["WorkgroupName"],
-        Database=props["Database"],
-        SecretArn=props["SecretArn"],
-        Sql=props["Sql"],
-    )
+    target = {k: props[k] for k in ("WorkgroupName", "Database", "SecretArn")}
+    if "Sqls" in props:  # several statements, one transaction
+        response = (client or _client()).batch_execute_statement(Sqls=props["Sqls"], **target)
+    else:
+        response = (client or _client()).execute_statement(Sql=props["Sql"], **target)
     return {"PhysicalResourceId": physical_id, "Data": {"StatementId": response["Id"]}}
 
 

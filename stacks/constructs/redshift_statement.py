@@ -56,7 +56,7 @@ class RedshiftStatement(Construct):
         log_group.grant_write(role)
         role.add_to_policy(
             iam.PolicyStatement(
-                actions=["redshift-data:ExecuteStatement"],
+                actions=["redshift-data:ExecuteStatement", "redshift-data:BatchExecuteStatement"],
                 resources=[workgroup.attr_workgroup_workgroup_arn],
             )
         )
@@ -125,18 +125,32 @@ class RedshiftStatement(Construct):
                     "AwsSolutions-IAM5[Resource::*]",
                     "AwsSolutions-SF2",
                 )
-        CustomResource(
+        self._target = {
+            "WorkgroupName": workgroup.workgroup_name,
+            "Database": database,
+            "SecretArn": secret_arn,
+        }
+        self._service_token = provider.service_token
+        self.resource = CustomResource(
             self,
             "Resource",
             service_token=provider.service_token,
             resource_type="Custom::RedshiftStatement",
-            properties={
-                "WorkgroupName": workgroup.workgroup_name,
-                "Database": database,
-                "SecretArn": secret_arn,
-                "Sql": sql,
-            },
+            properties={**self._target, "Sql": sql},
         )
+
+    def then(self, construct_id: str, sqls: list[str]) -> CustomResource:
+        """Statements run after this one, in one transaction (BatchExecuteStatement), by the
+        same handlers and waiter; a change of any of them runs them all again."""
+        batch = CustomResource(
+            self,
+            construct_id,
+            service_token=self._service_token,
+            resource_type="Custom::RedshiftBatch",
+            properties={**self._target, "Sqls": sqls},
+        )
+        batch.node.add_dependency(self.resource)
+        return batch
 
 
 def _function_ids(scope: Construct) -> list[str]:

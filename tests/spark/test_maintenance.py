@@ -80,7 +80,7 @@ def land(root: Path, name: str, lines: list[str]) -> None:
 def gold(sail: Any, root: Path) -> dict[tuple[str, str], dict[str, Any]]:
     uri = MaintenancePaths.of(io.LakePaths.from_root(root)).machine_day_kpis
     rows = sail.read.format("delta").load(uri).collect()
-    return {(r["machine_id"], r["day"].isoformat()): r.asDict() for r in rows}
+    return {(r["machine_id"], r["event_date"].isoformat()): r.asDict() for r in rows}
 
 
 @pytest.fixture
@@ -209,3 +209,36 @@ def test_hours_by_day_splits_a_stop_at_midnight_and_clips_it_to_the_window() -> 
     assert kpis.hours_by_day(5 * H, 6 * H, 10 * H, 20 * H) == []
     assert kpis.availability(0, 0) is None
     assert kpis.mtbf_h(24, 4, 0) is None
+
+
+def _select_of(view: str) -> str:
+    """A CREATE VIEW statement's query, reading gold from a temporary view of that name."""
+    query = view.split(" AS ", 1)[1].removesuffix(" WITH NO SCHEMA BINDING")
+    return query.replace("lake.gold_machine_day_kpis", "gold_machine_day_kpis")
+
+
+def test_the_warehouse_kpi_views_compute_the_same_kpis_over_gold(sail: Any, lake: Path) -> None:
+    """The warehouse stack's views, run on Sail over the gold table this job wrote."""
+    from stacks.warehouse_stack import kpi_views
+
+    uri = MaintenancePaths.of(io.LakePaths.from_root(lake)).machine_day_kpis
+    sail.read.format("delta").load(uri).createOrReplaceTempView("gold_machine_day_kpis")
+    statements = kpi_views()
+    (machine_view,) = [s for s in statements if "VIEW kpi.machine_day " in s]
+    (factory_view,) = [s for s in statements if "VIEW kpi.factory_day " in s]
+    machine_days = sail.sql(_select_of(machine_view)).collect()
+    assert {(r["machine_id"], r["event_date"].isoformat()) for r in machine_days} == set(
+        gold(sail, lake)
+    )
+    factory_days = {
+        (r["factory_id"], r["event_date"].isoformat()): r.asDict()
+        for r in sail.sql(_select_of(factory_view)).collect()
+    }
+    # f1 on day 2: a (5 h down) and b (6 h down, 2 failures, 2 repairs of 4 h and 2 h).
+    f1 = factory_days[("f1", "1970-01-02")]
+    assert (f1["machines"], f1["observed_h"], f1["downtime_h"], f1["failures"]) == (2, 48, 11, 2)
+    assert f1["availability"] == pytest.approx(kpis.availability(48, 11))
+    assert f1["mtbf_h"] == pytest.approx(18.5)  # (48 - 11) / 2
+    assert f1["mttr_h"] == pytest.approx(3.0)
+    f2 = factory_days[("f2", "1970-01-01")]
+    assert (f2["availability"], f2["mtbf_h"], f2["mttr_h"]) == (1.0, None, None)
