@@ -11,10 +11,10 @@ Two dashboards for Amazon Managed Grafana, written as JSON under `dashboards/`
 * **Fleet risk and anomalies** (`iiot-fleet`): the failure predictor's latest probability per
   machine and its trend (InfluxDB measurement `failure_probability`, which the platform does
   not write yet: the InfluxDB writer takes readings only, the predictor's probabilities travel
-  as FAILURE_PREDICTED anomalies; the panels say so), and anomalies and readings per
+  as FAILURE_PREDICTED anomalies; the panels say so), anomalies and readings per
   machine-day and factory-day from the lake's gold tables through the warehouse (Redshift
-  Spectrum, schema `lake`). Availability, MTBF and MTTR per machine-day are not on it: the
-  lake holds no failures or repairs, so no warehouse view can compute them.
+  Spectrum, schema `lake`), and availability, downtime, MTBF and MTTR per factory-day and
+  machine-day from the warehouse's KPI views (schema `kpi`, stacks/warehouse_stack.py).
 
 The data sources are template variables (`${influxdb}`, `${redshift}`), so the same JSON
 works in every environment's workspace. The InfluxDB bucket and the readings' measurement
@@ -313,9 +313,8 @@ def fleet_dashboard() -> dict[str, Any]:
         .grid_pos(_pos(12, 0, 12, 9))
     )
     # The warehouse reads the lake's gold tables through its external schema (`lake`,
-    # stacks/warehouse_stack.py; tables: stacks/lake_stack.py TABLES). Gold holds readings
-    # and anomalies per machine-day, no failures or repairs: availability, MTBF and MTTR need
-    # maintenance records in the lake first, so no panel pretends to show them.
+    # stacks/warehouse_stack.py; tables: stacks/lake_stack.py TABLES), and the reliability KPIs
+    # through its views (`kpi`, over gold machine_day_kpis: spark_jobs/maintenance.py).
     anomalies = (
         "SELECT event_date, factory_id, machine_id, SUM(anomaly_count) AS anomalies,\n"
         "  SUM(reading_count) AS readings\nFROM lake.gold_machine_daily\n"
@@ -326,8 +325,7 @@ def fleet_dashboard() -> dict[str, Any]:
         table.Panel()
         .title("Anomalies and readings per machine-day (warehouse: lake.gold_machine_daily)")
         .description(
-            "The lake's z-score anomalies and the readings that arrived, per machine and day. "
-            "Availability, MTBF and MTTR are not here: the lake holds no failures or repairs."
+            "The lake's z-score anomalies and the readings that arrived, per machine and day."
         )
         .datasource(REDSHIFT)
         .with_target(Target(SqlQuery("A", anomalies)))
@@ -347,6 +345,41 @@ def fleet_dashboard() -> dict[str, Any]:
         .max(1)
         .with_target(Target(SqlQuery("A", affected, table_format=False)))
         .grid_pos(_pos(0, 19, 24, 8))
+    )
+    availability = (
+        "SELECT event_date AS time, factory_id, availability\nFROM kpi.factory_day\n"
+        "WHERE $__timeFilter(event_date)\n  AND factory_id ~ '^${factory:regex}$'\nORDER BY 1"
+    )
+    builder = builder.with_panel(
+        timeseries.Panel()
+        .title("Availability per factory-day (warehouse: kpi.factory_day)")
+        .description(
+            "1 - downtime / observed hours of the factory's machines (planned and unplanned "
+            "stops), from the maintenance system's records in the lake."
+        )
+        .datasource(REDSHIFT)
+        .unit("percentunit")
+        .min(0)
+        .max(1)
+        .with_target(Target(SqlQuery("A", availability, table_format=False)))
+        .grid_pos(_pos(0, 27, 24, 8))
+    )
+    reliability = (
+        "SELECT event_date, factory_id, machine_id, availability, downtime_h, unplanned_h,\n"
+        "  failures, mtbf_h, repairs, mttr_h\nFROM kpi.machine_day\n"
+        "WHERE $__timeFilter(event_date)\n  AND factory_id ~ '^${factory:regex}$'\n"
+        "  AND machine_id ~ '^${machine:regex}$'\nORDER BY availability ASC, downtime_h DESC"
+    )
+    builder = builder.with_panel(
+        table.Panel()
+        .title("Availability, downtime, MTBF and MTTR per machine-day (warehouse: kpi.machine_day)")
+        .description(
+            "Per machine and day: availability, hours down (all, and unplanned), failures and "
+            "operating hours per failure (MTBF), repairs begun and their mean hours (MTTR)."
+        )
+        .datasource(REDSHIFT)
+        .with_target(Target(SqlQuery("A", reliability)))
+        .grid_pos(_pos(0, 35, 24, 10))
     )
     return _json(builder)
 

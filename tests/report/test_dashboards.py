@@ -128,12 +128,18 @@ def test_every_warehouse_query_reads_a_table_the_warehouse_has(generated):
     import re
 
     from stacks.lake_stack import TABLES
-    from stacks.warehouse_stack import EXTERNAL_SCHEMA
+    from stacks.warehouse_stack import EXTERNAL_SCHEMA, kpi_views
 
     columns = {
         f"{EXTERNAL_SCHEMA}.{t.name}": {c.name for c in (*t.columns, *t.partition_keys)}
         for t in TABLES
     }
+    # The warehouse's KPI views: the columns each one's SELECT names (or aliases).
+    for view in kpi_views():
+        created = re.match(r"CREATE OR REPLACE VIEW (\S+) AS SELECT (.+) FROM ", view)
+        if created:
+            selected = [item.strip() for item in created[2].split(",")]
+            columns[created[1]] = {re.findall(r"\w+", item)[-1] for item in selected}
     queries = [
         target["rawSQL"]
         for data in generated.values()
@@ -142,6 +148,7 @@ def test_every_warehouse_query_reads_a_table_the_warehouse_has(generated):
         if "rawSQL" in target
     ]
     assert queries
+    assert any("FROM kpi." in sql for sql in queries)
     for sql in queries:
         tables = re.findall(r"\bFROM\s+([\w.]+)", sql)
         assert tables, sql
@@ -150,6 +157,10 @@ def test_every_warehouse_query_reads_a_table_the_warehouse_has(generated):
             words = set(re.findall(r"\b[a-z_]+\b", sql.split("FROM")[0]))
             used = {w for w in words if w.endswith(("_count", "_machines", "_id", "_date"))}
             assert used <= columns[name], (name, used - columns[name])
+            if name.startswith("kpi."):  # every column a KPI panel selects is the view's
+                aliases = set(re.findall(r"\bAS (\w+)", sql.split("FROM")[0]))
+                selected = words - {"as"} - {a.lower() for a in aliases}
+                assert selected <= columns[name], (name, selected - columns[name])
 
 
 def test_dashboards_command_writes_the_files(tmp_path: Path):
