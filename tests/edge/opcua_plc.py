@@ -1,6 +1,7 @@
 """A PLC for the collector's tests: an asyncua server on 127.0.0.1, run as its own process.
 
     python tests/edge/opcua_plc.py PORT [--generation N] [--period-ms MS] [--secure DIR]
+                                        [--user NAME:PASSWORD]
 
 Namespace `urn:iiot:test-plc` (index 2 at generation 0, index 3 from generation 1 on: the
 index moves across a restart), object `Pump1` with:
@@ -14,7 +15,10 @@ index moves across a restart), object `Pump1` with:
 
 Every node's value changes every `period` (i counts the updates), with the PLC's clock as the
 source timestamp. It prints `ready PORT` once it listens and runs until SIGTERM or SIGKILL (a
-PLC's power cut); the tests start it again on the same port as the PLC coming back.
+PLC's power cut); the tests start it again on the same port as the PLC coming back. With
+`--user`, the PLC admits that user with that password only (no anonymous sessions): a wrong
+password is refused with BadUserAccessDenied, a session without a user with
+BadIdentityTokenRejected.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from pathlib import Path
 
 from asyncua import Server, ua
 from asyncua.crypto.cert_gen import setup_self_signed_certificate
+from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.user_managers import UserManager
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 NAMESPACE = "urn:iiot:test-plc"
@@ -45,10 +51,33 @@ def values(i: int, generation: int) -> dict[str, tuple[object, ua.VariantType]]:
     }
 
 
-async def serve(port: int, generation: int, period_s: float, secure: Path | None) -> None:
-    server = Server()
+class OneUser(UserManager):
+    """Admits one user with one password, nobody else."""
+
+    def __init__(self, name: str, password: str) -> None:
+        self.name, self.password = name, password
+
+    def get_user(
+        self,
+        iserver: object,
+        username: str | None = None,
+        password: str | None = None,
+        certificate: object = None,
+    ) -> User | None:
+        if username == self.name and password == self.password:
+            return User(role=UserRole.User, name=username)
+        return None
+
+
+async def serve(
+    port: int, generation: int, period_s: float, secure: Path | None, user: str | None = None
+) -> None:
+    name, _, password = (user or "").partition(":")
+    server = Server(user_manager=OneUser(name, password) if user else None)
     await server.init()
     server.set_endpoint(f"opc.tcp://127.0.0.1:{port}/plc")
+    if user:
+        server.set_security_IDs(["Username"])
     if secure is None:
         server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
     else:
@@ -103,8 +132,9 @@ def main() -> None:
     parser.add_argument("--generation", type=int, default=0)
     parser.add_argument("--period-ms", type=float, default=100.0)
     parser.add_argument("--secure", type=Path, help="Basic256Sha256 only; its certificate here")
+    parser.add_argument("--user", help="NAME:PASSWORD, the only user admitted")
     args = parser.parse_args()
-    asyncio.run(serve(args.port, args.generation, args.period_ms / 1000, args.secure))
+    asyncio.run(serve(args.port, args.generation, args.period_ms / 1000, args.secure, args.user))
     sys.exit(0)
 
 

@@ -52,7 +52,9 @@ class Plc:
         self.endpoint = f"opc.tcp://127.0.0.1:{port}/plc"
         self.process: subprocess.Popen[str] | None = None
 
-    def start(self, generation: int = 0, secure: Path | None = None) -> None:
+    def start(
+        self, generation: int = 0, secure: Path | None = None, user: str | None = None
+    ) -> None:
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -61,6 +63,7 @@ class Plc:
                 "--generation",
                 str(generation),
                 *(["--secure", str(secure)] if secure else []),
+                *(["--user", user] if user else []),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -507,6 +510,57 @@ def test_a_plc_that_requires_basic256sha256_is_read_with_the_gateways_certificat
     # The same PLC without security is refused (it offers Basic256Sha256 only).
     assert not collector.plcs["unsecured"].connected
     assert collector.plcs["unsecured"].last_error
+
+
+def test_a_plc_that_requires_a_user_is_read_with_the_password_file_and_refuses_others(
+    plc, broker, collector_factory, tmp_path
+) -> None:
+    """The PLC admits `gateway` with its password only: the configured username and
+    passwordFile sign in; a wrong password and a session without a user are refused, each with
+    the PLC's reason in the status, and keep being retried without taking the others down."""
+    plc.start(user="gateway:s3cret")
+    right, wrong = tmp_path / "right", tmp_path / "wrong"
+    right.write_text("s3cret\n")
+    wrong.write_text("s3cret2\n")
+    readings = Readings(broker.port)
+    raw = configuration(plc.endpoint, {"Rpm": "rpm"})
+    line = raw["plcs"]["line1"]
+
+    def machine(name: str) -> list[dict[str, Any]]:
+        return [{**node, "machineId": name} for node in line["nodes"]]
+
+    # The same PLC under three spellings of its endpoint (one session per configured PLC).
+    anonymous = {**line, "endpoint": plc.endpoint + "//", "nodes": machine("pump-3")}
+    line.update(username="gateway", passwordFile=str(right))
+    raw["plcs"]["wrong"] = {
+        **line,
+        "endpoint": plc.endpoint + "/",
+        "passwordFile": str(wrong),
+        "nodes": machine("pump-2"),
+    }
+    raw["plcs"]["anonymous"] = anonymous
+    collector = collector_factory(raw, broker.url)
+    try:
+        wait_for(lambda: len(readings.of("rpm")) >= 3, 30, "readings from the signed-in session")
+        wait_for(
+            lambda: "BadUserAccessDenied" in collector.plcs["wrong"].last_error,
+            30,
+            "the wrong password refused",
+        )
+        wait_for(
+            lambda: "BadIdentityTokenRejected" in collector.plcs["anonymous"].last_error,
+            30,
+            "the session without a user refused",
+        )
+        assert collector.plcs["line1"].connected
+        assert not collector.plcs["wrong"].connected
+        assert not collector.plcs["anonymous"].connected
+        status = collector.publish_status()["plcs"]
+        assert "BadUserAccessDenied" in status["wrong"]["last_error"]
+        assert status["line1"]["last_error"] == ""
+    finally:
+        readings.close()
+    assert {r["machine_id"] for r in readings.readings()} == {"pump-1"}
 
 
 def test_the_command_line_follows_the_conventions(tmp_path: Path, capsys) -> None:
