@@ -446,10 +446,14 @@ def smoke(
             secrets=session.client("secretsmanager"),
             sagemaker=session.client("sagemaker"),
             influx_url=influx_url,
+            storage_options=checks.s3_storage_options(session),
             step_timeout_s=timeout,
             poll_s=poll,
             wait_ml=wait_ml,
-            progress=lambda message: stderr.print(f"smoke {env}: {message}", highlight=False),
+            # One line per message, unwrapped: the pipeline's log is read by people and greps.
+            progress=lambda message: stderr.print(
+                f"smoke {env}: {message}", highlight=False, soft_wrap=True
+            ),
         )
     except (checks.SmokeError, ValueError, OSError) as exc:
         raise fail(str(exc), 2) from exc
@@ -470,7 +474,11 @@ def smoke(
     failed = [result for result in report.results if not result.ok]
     if failed:
         for result in failed:
-            stderr.print(f"[bold red]error:[/] step {result.step}: {result.found}", highlight=False)
+            stderr.print(
+                f"[bold red]error:[/] step {result.step}: {result.found}",
+                highlight=False,
+                soft_wrap=True,
+            )
         raise typer.Exit(1)
 
 

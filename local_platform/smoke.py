@@ -415,6 +415,25 @@ def influx_count(
     return int(series[0]["values"][0][1]) if series else 0
 
 
+def s3_storage_options(session: Any) -> dict[str, str]:
+    """delta-rs's S3 settings from a boto3 session: the same (possibly assumed-role)
+    credentials and region, since delta-rs reads neither the session nor an assumed role;
+    {} without credentials (a local table)."""
+    credentials = session.get_credentials()
+    if credentials is None:
+        return {}
+    frozen = credentials.get_frozen_credentials()
+    options = {
+        "AWS_ACCESS_KEY_ID": frozen.access_key,
+        "AWS_SECRET_ACCESS_KEY": frozen.secret_key,
+    }
+    if frozen.token:
+        options["AWS_SESSION_TOKEN"] = frozen.token
+    if session.region_name:
+        options["AWS_REGION"] = session.region_name
+    return options
+
+
 def silver_rows(
     uri: str,
     factory_id: str,

@@ -19,7 +19,9 @@ from local_platform.smoke import silver_rows
 from tests.smoke.conftest import StandIns
 
 
-def smoke(stand_ins: StandIns, outputs: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def smoke(
+    stand_ins: StandIns, outputs: Path, *args: str, local_lake: bool = True
+) -> subprocess.CompletedProcess[str]:
     command = [
         sys.executable,
         "-m",
@@ -33,8 +35,7 @@ def smoke(stand_ins: StandIns, outputs: Path, *args: str) -> subprocess.Complete
         f"mqtt://127.0.0.1:{stand_ins.cloud.port}",
         "--influx-url",
         stand_ins.influx.url,
-        "--local-lake",
-        str(stand_ins.plan.lake_dir),
+        *(["--local-lake", str(stand_ins.plan.lake_dir)] if local_lake else []),
         "--poll",
         "0.5",
         *args,
@@ -102,6 +103,32 @@ def test_a_step_that_finds_nothing_fails_and_says_which_and_why(
     assert "step ml:" in done.stderr
     assert "iiot-local-no-such-pipeline" in done.stderr or "ResourceNotFound" in done.stderr
     assert "step publish" not in done.stderr  # the publish itself worked
+
+
+def test_the_lake_step_starts_the_state_machine_and_fails_on_an_execution_that_never_ends(
+    stand_ins: StandIns, tmp_path: Path
+) -> None:
+    """Without --local-lake the step starts the outputs' state machine (on moto, whose
+    executions stay RUNNING) and waits for the execution: it fails, naming it, at the timeout."""
+    from local_platform.connected.kinesis import client
+    from local_platform.connected.runner import _environment
+
+    with _environment(stand_ins.env):
+        arn = client("stepfunctions").create_state_machine(
+            name="iiot-local-lake-run",
+            definition=json.dumps(
+                {"StartAt": "Run", "States": {"Run": {"Type": "Pass", "End": True}}}
+            ),
+            roleArn="arn:aws:iam::123456789012:role/iiot-local-lake-run",
+        )["stateMachineArn"]
+    outputs = stand_ins.write_outputs(tmp_path / "outputs.json", LakeStateMachineArn=arn)
+    done = smoke(
+        stand_ins, outputs, "--skip", "influx", "--skip", "ml", "--timeout", "3", local_lake=False
+    )
+    assert done.returncode == 1, done.stderr
+    assert "error: step lake: lake execution arn:aws:states:" in done.stderr
+    assert ":execution:iiot-local-lake-run:smoke-" in done.stderr
+    assert "still RUNNING after 3 s" in done.stderr
 
 
 def test_missing_outputs_are_a_usage_error_naming_them(stand_ins: StandIns, tmp_path: Path) -> None:
