@@ -51,10 +51,11 @@ DEPLOY_INPUTS = (
     "edge_anomaly_model_version",
     "metrics_catalog",
     "opcua_plcs",
+    "stream_calibration",
     "grafana_saml_metadata_url",
 )
 # Inputs that name a file, relative to the repository unless absolute.
-PATH_INPUTS = ("metrics_catalog", "opcua_plcs")
+PATH_INPUTS = ("metrics_catalog", "opcua_plcs", "stream_calibration")
 # Inputs given as comma-separated lists (`-c prod:alert_emails=a@example.com,b@example.com`).
 LIST_INPUTS = ("alert_emails", "alert_https", "escalation_emails")
 _HTTPS = re.compile(r"https://[^\s,]+")
@@ -82,9 +83,31 @@ PIN_INPUTS = ("emr_image_digest", "flink_connector_sha256")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
-# Kinesis Data Streams limits per shard (writes).
+# Kinesis Data Streams limits per shard: writes, and reads shared by the polling consumers
+# (GetRecords; Firehose and the InfluxDB writer's event source). An enhanced fan-out consumer
+# (the Flink rules) has its own 2 MB/s per shard, so it adds nothing to the shared reads.
 SHARD_RECORDS_PER_SECOND = 1000
 SHARD_BYTES_PER_SECOND = 1_000_000
+SHARD_READ_BYTES_PER_SECOND = 2_000_000
+
+# --- Measured figures the sizing reads (re-measure with the command, then update here) ---------
+#
+# Wire bytes per reading of a compact batch (iiot/wire.py), by readings per batch: the
+# simulator's fleet (100 machines x 5 sensors at 1 Hz, 10 minutes, seed 1; 299,610 readings)
+# cut into batches in arrival order, as a gateway's uploader cuts them. Small batches compress
+# worse: the zstd frame and the series table are paid per batch. Measured 2026-11-30 with the
+# script in tests/infra/test_sizing.py (`pytest tests/infra/test_sizing.py -k wire -s` prints
+# the figures; the test fails when the encoder moves them by more than 15 %); bench/edge_buffer.py
+# measures 1.35 B/reading for the uploader's own ~20,000-reading batches.
+WIRE_BYTES_PER_READING = {100: 18.29, 500: 5.89, 2000: 2.71, 5000: 1.88}
+# Readings per second one Flink task slot takes through decode + rules, after JVM start. Until
+# bench/stream.py's `decode_rules_events_per_s` is recorded for the compact-batch format, this
+# is the previous session's figure for the JSON rules on one slot with heap state (140K/s;
+# the compact-batch format measured 146K/s in the same research). Managed Flink keeps state in
+# RocksDB, where that research measured 17-29K/s (the HOP windows' firing dominates): with
+# autoscaling on (prod) the service adds KPUs when the application falls behind, and the
+# FlinkConsumerBehind alarm says when it does.
+DECODE_RULES_EVENTS_PER_SLOT = 140_000
 
 
 class ConfigError(ValueError):
@@ -110,11 +133,78 @@ class Workload:
     def bytes_per_second(self) -> float:
         return self.readings_per_second * self.bytes_per_reading
 
-    def shards(self) -> int:
-        """Provisioned shards for the peak: the larger of the record and byte limits."""
-        by_records = self.records_per_second() * self.headroom / SHARD_RECORDS_PER_SECOND
-        by_bytes = self.bytes_per_second() * self.headroom / SHARD_BYTES_PER_SECOND
-        return max(1, math.ceil(by_records), math.ceil(by_bytes))
+    @classmethod
+    def fleet(
+        cls,
+        *,
+        machines: int,
+        sensors_per_machine: int,
+        reading_hz: float,
+        readings_per_batch: int,
+        headroom: float = 1.25,
+    ) -> Workload:
+        """The workload of `machines` x `sensors_per_machine` sensors at `reading_hz`, uploaded
+        in batches of `readings_per_batch` at the measured wire size of that batch size
+        (WIRE_BYTES_PER_READING)."""
+        if readings_per_batch not in WIRE_BYTES_PER_READING:
+            raise ConfigError(
+                f"no measured wire size for {readings_per_batch}-reading batches: measure it "
+                f"(tests/infra/test_sizing.py) or choose one of {sorted(WIRE_BYTES_PER_READING)}"
+            )
+        return cls(
+            readings_per_second=round(machines * sensors_per_machine * reading_hz),
+            readings_per_batch=readings_per_batch,
+            bytes_per_reading=WIRE_BYTES_PER_READING[readings_per_batch],
+            headroom=headroom,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class StreamSizing:
+    """The telemetry stream's shards and the Flink rules' parallelism for a workload, with the
+    figures each comes from (shards needed by each limit, before rounding up)."""
+
+    shards_by_records: float
+    shards_by_bytes_in: float
+    shards_by_bytes_out: float
+    shards: int
+    parallelism: int
+    kpus: int  # the parallelism's KPUs plus Managed Flink's one for orchestration
+
+
+def size_stream(
+    workload: Workload,
+    *,
+    polling_consumers: int = 2,
+    events_per_slot: float = DECODE_RULES_EVENTS_PER_SLOT,
+    parallelism_per_kpu: int = 1,
+) -> StreamSizing:
+    """Shards and Flink parallelism for the peak `workload` (its headroom included).
+
+    Kinesis, per shard: 1,000 records/s and 1 MB/s in; 2 MB/s out shared by the
+    `polling_consumers` (Firehose and the InfluxDB writer), while the Flink rules read through
+    their own enhanced fan-out consumer (2 MB/s per shard of their own). The shard count is the
+    largest of the three needs. Flink: the peak readings/s over what one task slot measured
+    through decode + rules (`events_per_slot`), one slot per KPU by default (a KPU is one
+    vCPU, the core the figure was measured on), plus the orchestration KPU.
+    """
+    records = workload.records_per_second() * workload.headroom
+    bytes_in = workload.bytes_per_second() * workload.headroom
+    by_records = records / SHARD_RECORDS_PER_SECOND
+    by_bytes_in = bytes_in / SHARD_BYTES_PER_SECOND
+    by_bytes_out = bytes_in * polling_consumers / SHARD_READ_BYTES_PER_SECOND
+    shards = max(1, *(math.ceil(need) for need in (by_records, by_bytes_in, by_bytes_out)))
+    parallelism = max(
+        1, math.ceil(workload.readings_per_second * workload.headroom / events_per_slot)
+    )
+    return StreamSizing(
+        shards_by_records=by_records,
+        shards_by_bytes_in=by_bytes_in,
+        shards_by_bytes_out=by_bytes_out,
+        shards=shards,
+        parallelism=parallelism,
+        kpus=math.ceil(parallelism / parallelism_per_kpu) + 1,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -249,6 +339,11 @@ class Environment:
       absolute (default config/metrics.yaml). Only the stacks read this setting: the runtime
       bundles ship config/metrics.yaml, and the core's loader keeps $IIOT_METRICS_CATALOG
       for the processes that run locally.
+    - `stream_calibration` (`<env>:stream_calibration`): a rapid-change calibration (the JSON
+      `iiot stream calibrate` writes, kda_sql/calibration.py) the deployed Flink rules are
+      rendered with: per-series windows and limits learned from normal operation. A path,
+      relative to the repository unless absolute; a named file that is missing or invalid
+      fails the synth. None: the rules keep the catalog's limits (the checked-in kda_sql/sql).
     - `grafana_saml_metadata_url` (`<env>:grafana_saml_metadata_url`): the https URL of the
       SAML identity provider's metadata that signs users in to the environment's Managed
       Grafana workspace (assertion attribute `role`: `grafana-admin` or `grafana-editor`);
@@ -293,6 +388,7 @@ class Environment:
     edge_anomaly_model_version: str | None = None
     metrics_catalog: Path = METRICS_CATALOG
     opcua_plcs: Path | None = None
+    stream_calibration: Path | None = None
     grafana_saml_metadata_url: str | None = None
 
     @property
@@ -338,12 +434,22 @@ class Environment:
         """CloudWatch namespace of the gateways' health metrics: `IIoT/dev/Gateway`."""
         return f"{self.metrics_namespace}/Gateway"
 
+    def stream_sizing(self) -> StreamSizing:
+        """The telemetry stream and Flink sized for this environment's workload (size_stream)."""
+        return size_stream(self.workload, parallelism_per_kpu=self.flink_parallelism_per_kpu)
+
     def kinesis_shards(self) -> int | None:
         """Shard count when provisioned, None for on-demand."""
-        return self.workload.shards() if self.kinesis_capacity == "provisioned" else None
+        return self.stream_sizing().shards if self.kinesis_capacity == "provisioned" else None
 
     def validate(self) -> Environment:
         problems = []
+        needed = self.stream_sizing().parallelism
+        if self.flink_parallelism < needed:
+            problems.append(
+                f"flink_parallelism {self.flink_parallelism} is below the {needed} task slots "
+                f"{self.workload.readings_per_second:,} readings/s need (size_stream)"
+            )
         if not self.factories:
             problems.append("at least one factory is needed")
         for factory in self.factories:
@@ -429,6 +535,8 @@ class Environment:
             )
         if self.opcua_plcs is not None:
             problems += _plc_problems(self)
+        if self.stream_calibration is not None:
+            problems += _calibration_problems(self)
         if not self.metrics_catalog.is_file():
             problems.append(
                 f"metrics_catalog {self.metrics_catalog} (context {self.name}:metrics_catalog) "
@@ -449,6 +557,28 @@ def opcua_plcs(env: Environment) -> dict[str, dict[str, Any]]:
     if not isinstance(loaded, dict):
         raise ConfigError(f"opcua_plcs {env.opcua_plcs}: not a mapping of factory -> plcs")
     return {str(factory): plcs for factory, plcs in loaded.items()}
+
+
+def stream_calibration(env: Environment) -> Any:
+    """The environment's rapid-change calibration (kda_sql.calibration.Calibration), or None:
+    the rules keep the catalog's limits."""
+    if env.stream_calibration is None:
+        return None
+    from kda_sql.calibration import Calibration
+
+    return Calibration.load(env.stream_calibration)
+
+
+def _calibration_problems(env: Environment) -> list[str]:
+    where = f"stream_calibration {env.stream_calibration} (context {env.name}:stream_calibration)"
+    assert env.stream_calibration is not None
+    if not env.stream_calibration.is_file():
+        return [f"{where} is not a file (write one with `iiot stream calibrate`)"]
+    try:
+        stream_calibration(env)
+    except ValueError as error:
+        return [f"{where}: {error}"]
+    return []
 
 
 def _plc_problems(env: Environment) -> list[str]:
@@ -622,12 +752,24 @@ def environments(context: Mapping[str, Any] | None = None) -> dict[str, Environm
     region, the CLI profile's."""
     inputs = deploy_inputs(context or {})
     cli_account, cli_region = _from_environment()
+    # The peak telemetry of each environment; the stream and Flink are sized from it.
+    # dev: 2 factories x 10 machines x 5 sensors at 1 Hz (the simulator's default plant).
+    dev_load = Workload.fleet(
+        machines=20, sensors_per_machine=5, reading_hz=1, readings_per_batch=100
+    )
+    staging_load = Workload.fleet(
+        machines=200, sensors_per_machine=100, reading_hz=1, readings_per_batch=500
+    )
+    # prod, the reference workload: 10,000 machines x 100 sensors at 1 Hz (1M readings/s),
+    # gateways upload 2000-reading batches.
+    prod_load = Workload.fleet(
+        machines=10_000, sensors_per_machine=100, reading_hz=1, readings_per_batch=2000
+    )
     dev = Environment(
         name="dev",
         sandbox=True,
         factories=("factory-01", "factory-02"),
-        # 2 factories x 10 machines x 5 sensors at 1 Hz (the simulator's default plant).
-        workload=Workload(readings_per_second=100, readings_per_batch=100, bytes_per_reading=6),
+        workload=dev_load,
         kinesis_capacity="provisioned",
         kinesis_retention_hours=24,
         lake=_DEV_LAKE,
@@ -643,7 +785,7 @@ def environments(context: Mapping[str, Any] | None = None) -> dict[str, Environm
         flink_autoscaling=False,
         single_az_endpoints=True,
         monthly_budget_usd=1500,
-        flink_parallelism=1,
+        flink_parallelism=size_stream(dev_load).parallelism,  # from measurement
         flink_parallelism_per_kpu=1,
         edge_rollout=EdgeRollout(
             max_per_minute=10,
@@ -659,7 +801,7 @@ def environments(context: Mapping[str, Any] | None = None) -> dict[str, Environm
         name="staging",
         sandbox=False,
         factories=("factory-01", "factory-02", "factory-03"),
-        workload=Workload(readings_per_second=20_000, readings_per_batch=500, bytes_per_reading=6),
+        workload=staging_load,
         kinesis_capacity="provisioned",
         kinesis_retention_hours=48,
         lake=_DEV_LAKE,
@@ -675,7 +817,7 @@ def environments(context: Mapping[str, Any] | None = None) -> dict[str, Environm
         flink_autoscaling=False,
         single_az_endpoints=False,
         monthly_budget_usd=5000,
-        flink_parallelism=2,
+        flink_parallelism=size_stream(staging_load).parallelism,  # from measurement
         flink_parallelism_per_kpu=1,
         edge_rollout=EdgeRollout(
             max_per_minute=20,
@@ -690,11 +832,10 @@ def environments(context: Mapping[str, Any] | None = None) -> dict[str, Environm
         name="prod",
         sandbox=False,
         factories=tuple(f"factory-{number:02d}" for number in range(1, 51)),
-        # The reference workload: 1M sensors at 1 Hz, gateways upload 2000-reading batches.
-        workload=Workload(
-            readings_per_second=1_000_000, readings_per_batch=2000, bytes_per_reading=6
-        ),
-        kinesis_capacity="on_demand",
+        workload=prod_load,
+        # Provisioned from the sizing: on demand would bill every GB in and again out per
+        # consumer (three) at several times the shards' price.
+        kinesis_capacity="provisioned",
         kinesis_retention_hours=168,
         lake=_PROD_LAKE,
         log_retention_days=365,
@@ -709,7 +850,7 @@ def environments(context: Mapping[str, Any] | None = None) -> dict[str, Environm
         flink_autoscaling=True,
         single_az_endpoints=False,
         monthly_budget_usd=60000,
-        flink_parallelism=8,
+        flink_parallelism=size_stream(prod_load).parallelism,  # from measurement
         flink_parallelism_per_kpu=1,
         edge_rollout=EdgeRollout(
             max_per_minute=50,

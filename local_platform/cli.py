@@ -292,8 +292,8 @@ def cost(
     environment costs to leave running).
 
     Unit prices come from config/prices.yaml (region, date, source and status of each); the
-    prices not confirmed on their source page are listed after the table. Also prices the
-    design where Flink reads compact batches, and compares with the case study's bill.
+    prices not confirmed on their source page are listed after the table. Compares with the
+    case study's bill.
     """
     from local_platform.report.cost import (
         PRICES_PATH,
@@ -310,20 +310,13 @@ def cost(
         return
     try:
         deployed = estimate_environment(env, prices or PRICES_PATH)
-        batches = estimate_environment(env, prices or PRICES_PATH, flink_reads_batches=True)
     except (PriceError, ValueError) as exc:
         raise fail(str(exc)) from exc
     if as_json:
-        figures = deployed.to_dict()
-        figures["flink_reads_batches"] = {
-            "total_usd_month": round(batches.total, 2),
-            "per_machine_usd_month": round(batches.per_machine, 2),
-            "by_service": {k: round(v, 2) for k, v in batches.by_service().items()},
-        }
-        stdout.print_json(json.dumps(figures))
+        stdout.print_json(json.dumps(deployed.to_dict()))
         return
     stdout.print(cost_table(deployed))
-    for line in summary_lines(deployed, batches) + deployed.capacity_warnings:
+    for line in summary_lines(deployed) + deployed.capacity_warnings:
         stdout.print(line, highlight=False)
     unchecked = ", ".join(f"{p['price']} ({p['status']})" for p in deployed.prices_to_check)
     stdout.print(f"Prices not confirmed on their source page: {unchecked}", highlight=False)

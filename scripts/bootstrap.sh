@@ -3,21 +3,25 @@
 #   1. Debian packages (installed with apt-get when running as root, else a clear message),
 #   2. the virtual environment .venv with the project and the target's optional dependencies,
 #      pinned by constraints.txt,
-#   3. for `test`: PyFlink's own environment .venv-flink (kda_sql/requirements-flink.txt), so
-#      that no test installs anything.
+#   3. for `test`, `demo`, `synth` and `bench`: PyFlink's own environment .venv-flink
+#      (kda_sql/requirements-flink.txt), so that no test installs anything; its Flink jars are
+#      also what the compact-batch decoder (kda_sql/decoder) compiles against, with the JDK's
+#      javac (openjdk-17-jdk-headless), in every target: the stream rules' package, the
+#      connected run and the stream benchmark all carry the decoder jar.
 # Usage: scripts/bootstrap.sh TARGET    (TARGET: demo | test | synth | bench)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 target=${1:?usage: scripts/bootstrap.sh demo|test|synth|bench}
+jdk="openjdk-17-jdk-headless"  # javac for the decoder jar (kda_sql/decoder/build.py)
 case "$target" in
   # The connected demo runs the Lambda handlers against moto's server (flask) and a real
   # influxd, and the stream rules on PyFlink: the same set-up as the tests.
-  demo)  extras="all";   debs="mosquitto influxdb gcc-aarch64-linux-gnu libc6-dev-arm64-cross" ;;
+  demo)  extras="all";   debs="mosquitto influxdb gcc-aarch64-linux-gnu libc6-dev-arm64-cross $jdk" ;;
   # chromium: tests/report draws the fleet report in a real (headless) browser
-  test)  extras="all";   debs="mosquitto influxdb gcc-aarch64-linux-gnu libc6-dev-arm64-cross chromium" ;;
-  synth) extras="cdk";   debs="" ;;
-  bench) extras="all";   debs="mosquitto influxdb gcc-aarch64-linux-gnu libc6-dev-arm64-cross" ;;
+  test)  extras="all";   debs="mosquitto influxdb gcc-aarch64-linux-gnu libc6-dev-arm64-cross chromium $jdk" ;;
+  synth) extras="cdk";   debs="$jdk" ;;
+  bench) extras="all";   debs="mosquitto influxdb gcc-aarch64-linux-gnu libc6-dev-arm64-cross $jdk" ;;
   *) echo "bootstrap: unknown target '$target' (demo, test, synth or bench)" >&2; exit 2 ;;
 esac
 
@@ -85,10 +89,9 @@ if [ "$target" = test ] || [ "$target" = synth ]; then
   .venv/bin/python -m edge_runtime.build --fetch-wheels >/dev/null
 fi
 
-# --- PyFlink (test, demo): its own environment, pinned to the Flink version production runs --------
-if [ "$target" = test ] || [ "$target" = demo ]; then
-  .venv/bin/python -m kda_sql.flink_env
-fi
+# --- PyFlink (every target): its own environment, pinned to the Flink version production runs;
+#     synth compiles the decoder jar the Flink package carries against its Flink jars ----------
+.venv/bin/python -m kda_sql.flink_env
 
 # --- CDK CLI (synth): aws-cdk 2.x pinned by package.json ------------------------------------
 if [ "$target" = synth ] && [ ! -x node_modules/.bin/cdk ]; then

@@ -165,7 +165,7 @@ def build_environment(
         StreamingStack,
         "streaming",
         "Flink SQL stream rules (Managed Service for Apache Flink)",
-        readings=ingestion.readings,
+        telemetry=ingestion.telemetry,
         anomalies=alerting.anomalies,
         lake_key=lake.key,
         pins=pins,
@@ -187,7 +187,6 @@ def build_environment(
         vpc=network.vpc,
         subnets=network.data_subnets,
         telemetry=ingestion.telemetry,
-        readings=ingestion.readings,
         logs_bucket=lake.logs,
     )
     add(
@@ -229,11 +228,12 @@ def build_environment(
         "alarms and dashboard",
         monitored=Monitored(
             telemetry=ingestion.telemetry,
-            readings=ingestion.readings,
             anomalies=alerting.anomalies,
             delivery_stream_name=ingestion.delivery_stream_name,
             functions=functions,
             flink_application_name=streaming.application_name,
+            flink_consumer_name=streaming.consumer_name,
+            flink_dead_letters=streaming.dead_letters,
             lake_run=lake.job_runner.state_machine,
             pipeline_name=ml.pipeline.pipeline_name,
         ),

@@ -1,5 +1,11 @@
-"""Telemetry ingestion: the Kinesis stream that gateways' batches land in (sized from the
-environment's workload), and Firehose delivering the raw batches to the bronze bucket."""
+"""Telemetry ingestion: the Kinesis stream that gateways' batches land in, and Firehose
+delivering the raw batches to the bronze bucket.
+
+The stream's shards come from the environment's workload (config/environments.py:
+size_stream: records, bytes in, and bytes out to its two polling consumers, Firehose and the
+InfluxDB writer). Its third consumer, the Flink stream rules, reads the same compact batches
+through an enhanced fan-out consumer of its own (stacks/streaming_stack.py), so no second,
+per-reading stream exists."""
 
 from __future__ import annotations
 
@@ -52,18 +58,6 @@ class IngestionStack(Stack):
             if shards is None
             else kinesis.StreamMode.PROVISIONED,
             shard_count=shards,
-            retention_period=Duration.hours(env_config.kinesis_retention_hours),
-            encryption=kinesis.StreamEncryption.MANAGED,
-            removal_policy=removal,
-        )
-        # Decoded readings, one JSON row each, for the Flink stream rules: gateways upload
-        # compact batches, which Flink SQL cannot read, so the InfluxDB writer forwards the
-        # readings it accepted here. On demand: its rate is readings/s, not batches/s.
-        self.readings = kinesis.Stream(
-            self,
-            "Readings",
-            stream_name=f"{prefix}-readings",
-            stream_mode=kinesis.StreamMode.ON_DEMAND,
             retention_period=Duration.hours(env_config.kinesis_retention_hours),
             encryption=kinesis.StreamEncryption.MANAGED,
             removal_policy=removal,

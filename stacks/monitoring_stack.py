@@ -40,11 +40,12 @@ class Monitored:
     """What the other stacks expose for monitoring."""
 
     telemetry: kinesis.IStream
-    readings: kinesis.IStream
     anomalies: kinesis.IStream
     delivery_stream_name: str
     functions: Mapping[str, lambda_.IFunction]
     flink_application_name: str
+    flink_consumer_name: str  # the rules' enhanced fan-out consumer of the telemetry stream
+    flink_dead_letters: kinesis.IStream  # poison batches the rules' decoder refused
     lake_run: sfn.IStateMachine
     pipeline_name: str
 
@@ -94,7 +95,6 @@ class MonitoringStack(Stack):
 
         for name, stream in (
             ("Telemetry", monitored.telemetry),
-            ("Readings", monitored.readings),
             ("Anomalies", monitored.anomalies),
         ):
             self._alarm(
@@ -105,6 +105,31 @@ class MonitoringStack(Stack):
                 threshold=ITERATOR_AGE_ALARM.to_milliseconds(),
                 description=f"Consumers of the {name.lower()} stream are falling behind",
             )
+        # The Flink rules read the telemetry stream through their own enhanced fan-out
+        # consumer: GetRecords' iterator age does not see it, the consumer's own metric does.
+        self._alarm(
+            "FlinkConsumerBehind",
+            cloudwatch.Metric(
+                namespace="AWS/Kinesis",
+                metric_name="SubscribeToShardEvent.MillisBehindLatest",
+                dimensions_map={
+                    "StreamName": monitored.telemetry.stream_name,
+                    "ConsumerName": monitored.flink_consumer_name,
+                },
+                statistic="Maximum",
+                period=period,
+            ),
+            threshold=ITERATOR_AGE_ALARM.to_milliseconds(),
+            description="The Flink stream rules are falling behind the telemetry stream (more "
+            "KPUs, or see the application's logs)",
+        )
+        self._alarm(
+            "FlinkDeadLetters",
+            monitored.flink_dead_letters.metric_incoming_records(statistic="Sum", period=period),
+            threshold=0,
+            description="The stream rules' decoder refused telemetry records (poison batches; "
+            "read them on the dead-letter stream)",
+        )
         self._alarm(
             "TelemetryWriteThrottled",
             monitored.telemetry.metric_put_records_throttled_records(

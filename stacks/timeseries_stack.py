@@ -1,5 +1,7 @@
 """Hot time series: Amazon Timestream for InfluxDB in the private subnets, its admin
-credentials in Secrets Manager, and the Lambda that writes the telemetry stream into it.
+credentials in Secrets Manager, and the Lambda that writes the telemetry stream into it (one
+of the stream's independent consumers: it forwards nothing; the Flink rules read the stream
+themselves).
 
 The bucket keeps `influx_retention_days` of readings (the lake keeps the history): Timestream
 creates it without retention and only the InfluxDB API can set one, so a custom resource does
@@ -54,7 +56,6 @@ class TimeSeriesStack(Stack):
         vpc: ec2.IVpc,
         subnets: ec2.SubnetSelection,
         telemetry: kinesis.IStream,
-        readings: kinesis.IStream,
         logs_bucket: s3.IBucket,
         **kwargs: Any,
     ) -> None:
@@ -125,7 +126,7 @@ class TimeSeriesStack(Stack):
         )
         self.instance.apply_removal_policy(data_removal_policy(env_config))
         self.url = f"https://{self.instance.attr_endpoint}:{INFLUX_PORT}"
-        self.writer = self._writer(env_config, vpc, subnets, telemetry, readings)
+        self.writer = self._writer(env_config, vpc, subnets, telemetry)
         self.retention = self._retention(env_config, vpc, subnets)
 
     def _client_group(
@@ -243,7 +244,6 @@ class TimeSeriesStack(Stack):
         vpc: ec2.IVpc,
         subnets: ec2.SubnetSelection,
         telemetry: kinesis.IStream,
-        readings: kinesis.IStream,
     ) -> lambda_.Function:
         writer_group = self._client_group(
             vpc, env_config, "WriterSecurityGroup", "InfluxDB writer Lambda", "writer Lambda"
@@ -277,8 +277,6 @@ class TimeSeriesStack(Stack):
                 "INFLUXDB_BUCKET": BUCKET,
                 "IDEMPOTENCY_TABLE": idempotency.table_name,
                 "DEAD_LETTER_QUEUE_URL": dead_letters.queue_url,
-                # Accepted readings go on as JSON rows to the stream the Flink rules read.
-                "READINGS_STREAM_NAME": readings.stream_name,
                 "POWERTOOLS_SERVICE_NAME": "influx-writer",
                 "POWERTOOLS_METRICS_NAMESPACE": env_config.metrics_namespace,
                 "IIOT_ENVIRONMENT": env_config.name,
@@ -294,7 +292,6 @@ class TimeSeriesStack(Stack):
         self.credentials.grant_read(writer)
         idempotency.grant_read_write_data(writer)
         dead_letters.grant_send_messages(writer)
-        readings.grant_write(writer)
         writer.add_event_source(
             sources.KinesisEventSource(
                 telemetry,

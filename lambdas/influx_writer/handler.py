@@ -34,7 +34,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from iiot.catalog import load_catalog
 from iiot.contract import Validator
 from lambdas.influx_writer.models import WriterSettings
-from lambdas.influx_writer.repository import InfluxV2Writer, KinesisReadingsForwarder
+from lambdas.influx_writer.repository import InfluxV2Writer
 from lambdas.influx_writer.service import InfluxWriterService
 from lambdas.shared.dead_letter import SqsDeadLetter
 from lambdas.shared.idempotency import PowertoolsOnce
@@ -79,11 +79,6 @@ def _build(settings: WriterSettings) -> Dependencies:
             writer=writer,
             dead_letter=SqsDeadLetter(boto3.client("sqs"), settings.dead_letter_queue_url),
             validator=Validator(load_catalog()),
-            forwarder=(
-                KinesisReadingsForwarder(boto3.client("kinesis"), settings.readings_stream_name)
-                if settings.readings_stream_name
-                else None
-            ),
             once=once,
             batch_points=settings.batch_points,
             max_attempts=settings.max_attempts,

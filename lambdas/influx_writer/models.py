@@ -41,7 +41,6 @@ class WriterSettings:
     dead_letter_queue_url: str
     batch_points: int = DEFAULT_BATCH_POINTS
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
-    readings_stream_name: str | None = None
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> WriterSettings:
@@ -54,8 +53,6 @@ class WriterSettings:
             dead_letter_queue_url=environ["DEAD_LETTER_QUEUE_URL"],
             batch_points=int(environ.get("WRITE_BATCH_POINTS", DEFAULT_BATCH_POINTS)),
             max_attempts=int(environ.get("WRITE_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS)),
-            # optional: forward accepted readings as JSON rows to the Flink rules' stream
-            readings_stream_name=environ.get("READINGS_STREAM_NAME") or None,
         )
 
 
@@ -88,6 +85,5 @@ class RecordOutcome:
     rejected_readings: int = 0
     dead_lettered: bool = False
     attempts: int = 0
-    forwarded: int = 0
     reasons: list[str] = field(default_factory=list)
     duplicate: bool = False  # the same record was handled before: nothing was done again

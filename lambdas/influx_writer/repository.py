@@ -6,21 +6,14 @@ factory, never at import time."""
 from __future__ import annotations
 
 import atexit
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
 from typing import Any
 
-import msgspec
-
-from iiot.contract import Reading, ReadingColumns
 from lambdas.influx_writer.line_protocol import PRECISION
-from lambdas.influx_writer.models import WriteError, WriteFailedError
+from lambdas.influx_writer.models import WriteError
 from lambdas.shared.dead_letter import RecordingDeadLetter as RecordingDeadLetter  # tests, bench
-
-_encode_reading: Callable[[Reading], bytes] = msgspec.json.Encoder().encode
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -117,48 +110,3 @@ class InfluxV1Writer:
             ) from exc
         except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
             raise WriteError(f"no answer from InfluxDB: {exc}", status=None) from exc
-
-
-class KinesisReadingsForwarder:
-    """Puts each reading as one JSON row (the reading contract's JSON) on a Kinesis stream,
-    partitioned by machine so one machine's readings stay in order on one shard."""
-
-    MAX_RECORDS_PER_CALL = 500  # PutRecords limit
-    MAX_ATTEMPTS = 4
-
-    def __init__(
-        self, client: Any, stream_name: str, *, sleep: Callable[[float], None] = time.sleep
-    ) -> None:
-        self._client = client
-        self._stream_name = stream_name
-        self._sleep = sleep
-
-    def forward(self, columns: ReadingColumns) -> int:
-        # one call's worth of rows at a time: a large batch never holds all its rows at once
-        for start in range(0, len(columns), self.MAX_RECORDS_PER_CALL):
-            part = columns.take(slice(start, start + self.MAX_RECORDS_PER_CALL))
-            self._put(
-                [
-                    {"Data": _encode_reading(r), "PartitionKey": r.machine_id}
-                    for r in part.to_readings()
-                ]
-            )
-        return len(columns)
-
-    def _put(self, entries: list[dict[str, Any]]) -> None:
-        for attempt in range(1, self.MAX_ATTEMPTS + 1):
-            answer = self._client.put_records(StreamName=self._stream_name, Records=entries)
-            if not answer.get("FailedRecordCount"):
-                return
-            # keep only the entries Kinesis refused (throttled), in their order
-            entries = [
-                entry
-                for entry, result in zip(entries, answer["Records"], strict=True)
-                if result.get("ErrorCode")
-            ]
-            if attempt < self.MAX_ATTEMPTS:
-                self._sleep(0.1 * 2 ** (attempt - 1))
-        raise WriteFailedError(
-            f"{len(entries)} readings could not be forwarded to {self._stream_name} after "
-            f"{self.MAX_ATTEMPTS} attempts (throttled?); the record will be retried"
-        )

@@ -20,10 +20,10 @@ against the contract, encode points, write them in batches with retries, dead-le
 * A 4xx other than 429 means the server refuses these lines (400) or this writer (401/403/404):
   refused lines are dead-lettered with the server's reason; an auth or bucket problem fails the
   record loudly, since every record would fail the same way.
-* With a forwarder, the accepted readings then go on as JSON rows (one reading per Kinesis
-  record) to the stream the Flink rules read: this is where compact batches become rows. A
-  retried record forwards its rows again; the rules tolerate that (same anomaly ids, which the
-  alert router de-duplicates).
+* The writer is one of the telemetry stream's independent consumers: it forwards nothing. The
+  Flink stream rules read the same compact batches through their own enhanced fan-out
+  consumer (stacks/streaming_stack.py), so an InfluxDB outage or a retried record here never
+  starves or duplicates their input.
 """
 
 from __future__ import annotations
@@ -67,13 +67,6 @@ class PointWriter(Protocol):
 
 class DeadLetter(Protocol):
     def send(self, *, reason: str, payload: bytes, origin: dict[str, str]) -> None: ...
-
-
-class ReadingsForwarder(Protocol):
-    def forward(self, columns: ReadingColumns) -> int:
-        """Send the accepted readings on as one JSON row each (the Flink rules' source);
-        return how many; raise WriteFailedError when they could not all be sent."""
-        ...
 
 
 def _rejects_reason(rejects: list[Reject]) -> str:
@@ -127,7 +120,6 @@ class InfluxWriterService:
         writer: PointWriter,
         dead_letter: DeadLetter,
         validator: Validator,
-        forwarder: ReadingsForwarder | None = None,
         once: Once | None = None,
         limits: Limits = WRITER_LIMITS,
         batch_points: int = 5000,
@@ -138,7 +130,6 @@ class InfluxWriterService:
     ) -> None:
         self._writer = writer
         self._dead_letter = dead_letter
-        self._forwarder = forwarder
         self._validator = validator
         self._once: Once = once if once is not None else EveryTime()
         self._limits = limits
@@ -212,8 +203,6 @@ class InfluxWriterService:
             # encoded a chunk at a time: a large batch never holds all of its lines at once
             chunk = encode_columns(columns.take(slice(start, start + self._batch_points)))
             outcome.points += self._write_with_retries(chunk, origin, outcome)
-        if self._forwarder is not None and len(columns):
-            outcome.forwarded = self._forwarder.forward(columns)
         return outcome
 
     def _dead_letter_rejects(self, rejects: list[Reject], origin: dict[str, str]) -> None:

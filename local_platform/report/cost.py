@@ -8,10 +8,12 @@ how sure it is. The result is a list of lines (service, item, quantity, unit pri
 month) that `iiot cost` prints as a table or JSON, and the report shows per machine.
 
 The model follows the data path the stacks deploy: gateways publish compact batches to IoT
-Core; a rule puts them on the telemetry stream; Firehose lands them in the lake and the
-InfluxDB writer (Lambda) writes them to Timestream for InfluxDB and forwards each reading as a
-JSON row to the readings stream that Managed Flink reads; EMR Serverless builds bronze, silver
-and gold on S3; Redshift Serverless serves the dashboards' warehouse queries; SageMaker
+Core; a rule puts them on the telemetry stream (provisioned, its shards from the environment's
+sizing, config/environments.py: size_stream); Firehose lands them in the lake, the InfluxDB
+writer (Lambda) writes them to Timestream for InfluxDB, and Managed Flink reads the same
+batches through its own enhanced fan-out consumer (its KPUs from the same sizing), with a
+one-shard dead-letter stream for the batches its decoder refuses; EMR Serverless builds bronze,
+silver and gold on S3; Redshift Serverless serves the dashboards' warehouse queries; SageMaker
 retrains; CloudWatch watches; Managed Grafana shows. Not counted (each under a dollar a month
 at prod scale or not deployed): SNS, SQS, the alert router and the anomaly stream's data, KMS
 requests, Spectrum scans of gold, S3 GET requests.
@@ -292,16 +294,9 @@ def _tiered_gb_months(monthly_gb: float, lifecycle: Any, horizon_months: int) ->
     return held
 
 
-def estimate(
-    env: Environment, prices: PriceBook | None = None, *, flink_reads_batches: bool = False
-) -> Estimate:
-    """The monthly bill of `env` at its configured workload, line by line.
-
-    As deployed, the InfluxDB writer forwards every reading as one JSON row on the readings
-    stream, because the Flink SQL rules cannot read compact batches; `flink_reads_batches`
-    prices the design where Flink reads the telemetry stream's batches itself (a third
-    consumer) and the readings stream is gone.
-    """
+def estimate(env: Environment, prices: PriceBook | None = None) -> Estimate:
+    """The monthly bill of `env` at its configured workload, line by line, as the stacks
+    deploy it."""
     book = prices or load_prices()
     name = env.name
     workload = env.workload
@@ -360,11 +355,12 @@ def estimate(
         actions / 1e6 * book.usd("iot_core_actions_executed"),
     )
 
-    # --- Kinesis: telemetry (compact batches), readings (JSON rows for Flink)
+    # --- Kinesis: telemetry (compact batches; Firehose and the writer poll it, Flink reads
+    # it through an enhanced fan-out consumer), the rules' dead letters
     retention_h = env.kinesis_retention_hours
     record_gb = batches * batch_bytes / GB
+    shards = env.stream_sizing().shards  # what on-demand scales to: sizes the Lambda's pollers
     if env.kinesis_capacity == "provisioned":
-        shards = workload.shards()
         add(
             "Kinesis",
             f"telemetry stream: {shards} provisioned shards",
@@ -391,31 +387,41 @@ def estimate(
                 "kinesis_extended_retention_shard_hour",
                 shards * 730 * book.usd("kinesis_extended_retention_shard_hour"),
             )
+        add(
+            "Kinesis",
+            f"telemetry stream: Flink's enhanced fan-out consumer ({shards} shards)",
+            shards * 730,
+            "consumer-shard-hours",
+            "kinesis_efo_consumer_shard_hour",
+            shards * 730 * book.usd("kinesis_efo_consumer_shard_hour"),
+        )
+        add(
+            "Kinesis",
+            "telemetry stream: enhanced fan-out data retrieved",
+            record_gb,
+            "GB",
+            "kinesis_efo_data_retrieval",
+            record_gb * book.usd("kinesis_efo_data_retrieval"),
+        )
     else:
-        shards = workload.shards()  # what on-demand scales to: sizes the Lambda's pollers
         lines.extend(
             _on_demand_stream(
                 book,
                 "telemetry stream",
                 batches,
                 batch_bytes,
-                # Firehose and the InfluxDB writer (and Flink, when it reads batches)
-                consumers=3 if flink_reads_batches else 2,
+                consumers=3,  # Firehose, the InfluxDB writer, Flink
                 retention_h=retention_h,
             )
         )
-    json_row = float(book.use("json_row_bytes"))
-    if not flink_reads_batches:
-        lines.extend(
-            _on_demand_stream(
-                book,
-                "readings stream (one JSON row per reading, for Flink)",
-                readings,
-                json_row,
-                consumers=1,
-                retention_h=retention_h,
-            )
-        )
+    add(
+        "Kinesis",
+        "stream rules' dead-letter stream: 1 shard, 7 days",
+        730,
+        "shard-hours",
+        "kinesis_shard_hour",
+        730 * (book.usd("kinesis_shard_hour") + book.usd("kinesis_extended_retention_shard_hour")),
+    )
 
     # --- Firehose: telemetry -> landing
     firehose_gb = batches * math.ceil(batch_bytes / (5 * KB)) * 5 * KB / GB
@@ -676,17 +682,14 @@ def estimate(
         "vpc_interface_endpoint_hour",
         endpoint_hours * book.usd("vpc_interface_endpoint_hour"),
     )
-    # the writer reads batches and puts JSON rows through the Kinesis endpoint
-    endpoint_gb = record_gb + (0.0 if flink_reads_batches else readings * json_row / GB)
+    # the writer reads the batches through the Kinesis endpoint
     add(
         "VPC",
-        "data through the Kinesis endpoint (writer in"
-        + ("" if flink_reads_batches else ", JSON rows out")
-        + ")",
-        endpoint_gb,
+        "data through the Kinesis endpoint (the writer's reads)",
+        record_gb,
         "GB",
         "vpc_interface_endpoint_data",
-        endpoint_gb * book.usd("vpc_interface_endpoint_data"),
+        record_gb * book.usd("vpc_interface_endpoint_data"),
     )
     secrets = int(book.use("secrets"))
     add(
@@ -740,7 +743,7 @@ def estimate(
         if book[key].status != "confirmed"
     ]
     return Estimate(
-        design="flink-reads-batches" if flink_reads_batches else "as-deployed",
+        design="as-deployed",
         environment=name,
         region=book.region,
         machines=machines,
@@ -807,15 +810,13 @@ def _on_demand_stream(
     return lines
 
 
-def estimate_environment(
-    name: str, prices_path: Path = PRICES_PATH, *, flink_reads_batches: bool = False
-) -> Estimate:
+def estimate_environment(name: str, prices_path: Path = PRICES_PATH) -> Estimate:
     """The estimate for dev, staging or prod as config/environments.py defines it (no
     deployment inputs needed)."""
     envs = environments({})
     if name not in envs:
         raise ValueError(f"unknown environment {name!r}: one of {', '.join(envs)}")
-    return estimate(envs[name], load_prices(prices_path), flink_reads_batches=flink_reads_batches)
+    return estimate(envs[name], load_prices(prices_path))
 
 
 def cost_table(estimate: Estimate) -> Any:
@@ -841,7 +842,7 @@ def cost_table(estimate: Estimate) -> Any:
     return table
 
 
-def summary_lines(as_deployed: Estimate, batches: Estimate) -> list[str]:
+def summary_lines(as_deployed: Estimate) -> list[str]:
     """What the figures mean against the case study and the goal, in a few sentences."""
     top = as_deployed.drivers(1)[0]
     verdict = "meets" if as_deployed.per_machine <= GOAL_PER_MACHINE_USD else "misses"
@@ -850,8 +851,6 @@ def summary_lines(as_deployed: Estimate, batches: Estimate) -> list[str]:
         f"${as_deployed.per_machine:,.2f} per machine: {verdict} the goal of "
         f"${GOAL_PER_MACHINE_USD:.0f} (a tenth of the case study's stated $273).",
         f"Largest line: {top['service']} {top['item']} ({top['share']:.0%} of the total).",
-        f"With Flink reading the compact batches itself (no JSON-row readings stream): "
-        f"${batches.total:,.0f}/month, ${batches.per_machine:,.2f} per machine.",
         f"Case study: ${CASE_STUDY_MONTHLY_USD:,.0f}/month for {CASE_STUDY_MACHINES:,} "
         f"machines, stated as ${CASE_STUDY_PER_MACHINE_USD:.0f}/machine although the total "
         f"divided by the machines is ${CASE_STUDY_MONTHLY_USD / CASE_STUDY_MACHINES:.2f}.",
@@ -864,6 +863,7 @@ def summary_lines(as_deployed: Estimate, batches: Estimate) -> list[str]:
 # (secrets, alarms, dashboards), and the scheduled runs that find nothing new.
 IDLE_UNITS = (
     "shard-hours",
+    "consumer-shard-hours",  # the Flink rules' enhanced fan-out consumer
     "stream-hours",
     "instance-hours",
     "KPU-hours",

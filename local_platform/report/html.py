@@ -474,8 +474,6 @@ def _cost(data: dict[str, Any]) -> str:
             _num(e["machines"]),
             f"${e['total']:,.0f}",
             f"${e['per_machine']:,.2f}",
-            f"${e['batches_total']:,.0f}",
-            f"${e['batches_per_machine']:,.2f}",
         ]
         for name, e in c["environments"].items()
     ]
@@ -498,8 +496,6 @@ def _cost(data: dict[str, Any]) -> str:
             "environment",
             "machines",
             "as deployed",
-            "per machine",
-            "if Flink read the batches (not built)",
             "per machine",
         ],
         rows,

@@ -8,33 +8,61 @@ import pytest
 
 from config.environments import (
     METRICS_CATALOG,
+    WIRE_BYTES_PER_READING,
     ConfigError,
     LayerLifecycle,
     Workload,
     artifact_pins,
     environments,
+    size_stream,
 )
 
 
-def test_shards_follow_the_larger_of_the_record_and_byte_limits() -> None:
-    # 1M readings/s in 2000-reading batches: 500 records/s but 6 MB/s -> bytes decide.
+def test_shards_follow_the_largest_of_the_record_and_byte_limits() -> None:
+    # 1M readings/s in 2000-reading batches at 6 B: 500 records/s, 6 MB/s in, and 6 MB/s out
+    # to each of two polling consumers (12 MB/s against 2 MB/s a shard) -> bytes out decide.
     workload = Workload(
         readings_per_second=1_000_000, readings_per_batch=2000, bytes_per_reading=6, headroom=1.0
     )
-    assert workload.shards() == 6
+    sizing = size_stream(workload)
+    assert (sizing.shards_by_records, sizing.shards_by_bytes_in) == (0.5, 6.0)
+    assert sizing.shards_by_bytes_out == 6.0
+    assert sizing.shards == 6
+    assert size_stream(workload, polling_consumers=3).shards == 9  # 18 MB/s out
     # Tiny batches: 10K records/s -> records decide.
     chatty = Workload(
         readings_per_second=10_000, readings_per_batch=1, bytes_per_reading=6, headroom=1.0
     )
-    assert chatty.shards() == 10
-    assert Workload(readings_per_second=1, readings_per_batch=1, bytes_per_reading=1).shards() == 1
+    assert size_stream(chatty).shards == 10
+    tiny = Workload(readings_per_second=1, readings_per_batch=1, bytes_per_reading=1)
+    assert size_stream(tiny).shards == 1
 
 
-def test_headroom_adds_shards() -> None:
+def test_headroom_adds_shards_and_slots() -> None:
     workload = Workload(
         readings_per_second=1_000_000, readings_per_batch=2000, bytes_per_reading=6, headroom=1.25
     )
-    assert workload.shards() == 8
+    sizing = size_stream(workload, events_per_slot=100_000)
+    assert sizing.shards == 8  # 7.5 MB/s
+    assert sizing.parallelism == 13  # 1.25M readings/s over 100K a slot
+    assert sizing.kpus == 14  # one slot a KPU, plus the orchestration KPU
+    assert size_stream(workload, events_per_slot=100_000, parallelism_per_kpu=2).kpus == 8
+
+
+def test_a_fleet_workload_takes_the_measured_wire_size_of_its_batch_size() -> None:
+    fleet = Workload.fleet(machines=10, sensors_per_machine=5, reading_hz=2, readings_per_batch=500)
+    assert fleet.readings_per_second == 100
+    assert fleet.bytes_per_reading == WIRE_BYTES_PER_READING[500]
+    with pytest.raises(ConfigError, match="no measured wire size for 1234-reading batches"):
+        Workload.fleet(machines=1, sensors_per_machine=1, reading_hz=1, readings_per_batch=1234)
+
+
+def test_flink_parallelism_below_the_measured_need_is_refused() -> None:
+    prod = environments()["prod"]
+    needed = prod.stream_sizing().parallelism
+    assert prod.flink_parallelism == needed
+    with pytest.raises(ConfigError, match=f"below the {needed} task slots"):
+        dataclasses.replace(prod, flink_parallelism=needed - 1).validate()
 
 
 def test_environments_differ_only_in_settings(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -42,7 +70,7 @@ def test_environments_differ_only_in_settings(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.delenv("CDK_DEFAULT_REGION", raising=False)
     envs = environments()
     assert set(envs) == {"dev", "staging", "prod"}
-    assert envs["prod"].kinesis_shards() is None  # on-demand
+    assert envs["prod"].kinesis_shards() == envs["prod"].stream_sizing().shards  # provisioned
     assert envs["dev"].kinesis_shards() == 1
     assert envs["prod"].keep_data_on_delete
     assert not envs["dev"].keep_data_on_delete

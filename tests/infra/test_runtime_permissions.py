@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 from moto import mock_aws
 
@@ -239,7 +240,6 @@ def test_influx_writer(cloud: Cloud, fake_aws: None, monkeypatch: pytest.MonkeyP
         cloud,
         resource_named(cloud, "AWS::DynamoDB::Table", variables["IDEMPOTENCY_TABLE"]),
         resource_named(cloud, "AWS::SQS::Queue", variables["DEAD_LETTER_QUEUE_URL"]),
-        resource_named(cloud, "AWS::Kinesis::Stream", variables["READINGS_STREAM_NAME"]),
     )
     influx = InfluxV2Endpoint()
     # Resolved again: the secret's ARN (in the variables and the policies) is the one moto made.
@@ -274,8 +274,60 @@ def test_influx_writer(cloud: Cloud, fake_aws: None, monkeypatch: pytest.MonkeyP
     assert result == {"batchItemFailures": []}
     assert influx.writes
     operations = {str(call) for call in calls}
-    assert {"secretsmanager.GetSecretValue", "kinesis.PutRecords", "sqs.SendMessage"} <= operations
+    assert {"secretsmanager.GetSecretValue", "sqs.SendMessage"} <= operations
+    assert not any(call.service == "kinesis" for call in calls)  # it forwards nothing
     check("InfluxDB writer (Lambda)", cloud, permissions, calls)
+
+
+def test_stream_rules_read_telemetry_through_their_consumer(cloud: Cloud, fake_aws: None) -> None:
+    """The Flink application's Kinesis calls, as its role: the source of the connector the
+    package carries (flink-connector-aws-kinesis-streams 5.0, EFO reader, self-managed
+    consumer) describes the stream, lists its shards, describes its consumer and subscribes to
+    each shard through it; the sinks put anomalies and dead letters. Replayed with boto3 (moto
+    has no SubscribeToShard, whose call is recorded as the connector makes it); polling and
+    registering a consumer are denied."""
+    (application,) = cloud.resources("AWS::KinesisAnalyticsV2::Application")
+    props = cloud.resolve(application.stack, application.properties)
+    (group,) = [
+        g["PropertyMap"]
+        for g in props["ApplicationConfiguration"]["EnvironmentProperties"]["PropertyGroups"]
+        if g["PropertyGroupId"] == "StreamRules"
+    ]
+    telemetry = group["source.stream.arn"]
+    name = group["source.source.efo.consumer.name"]
+    sinks = [group["sink.stream.arn"], group["deadletter.stream.arn"]]
+    provision(
+        cloud, *(resource_named(cloud, "AWS::Kinesis::Stream", s) for s in [telemetry, *sinks])
+    )
+    kinesis = boto3.client("kinesis")
+    # what CloudFormation does (AWS::Kinesis::StreamConsumer), before the application starts
+    registered = kinesis.register_stream_consumer(StreamARN=telemetry, ConsumerName=name)
+    consumer = cloud.find("AWS::Kinesis::StreamConsumer", ConsumerName=name)
+    cloud.bind(consumer.stack, consumer.logical_id,
+               ConsumerARN=registered["Consumer"]["ConsumerARN"])  # fmt: skip
+    permissions = role_arn_permissions(cloud, props["ServiceExecutionRole"])
+    with recording() as calls:
+        kinesis.describe_stream_summary(StreamARN=telemetry)
+        shards = kinesis.list_shards(StreamARN=telemetry)["Shards"]
+        described = kinesis.describe_stream_consumer(StreamARN=telemetry, ConsumerName=name)
+        for stream in sinks:
+            kinesis.put_records(StreamARN=stream, Records=[{"Data": b"{}", "PartitionKey": "k"}])
+    consumer_arn = described["ConsumerDescription"]["ConsumerARN"]
+    calls += [
+        Call("kinesis", "SubscribeToShard",
+             {"ConsumerARN": consumer_arn, "ShardId": shard["ShardId"],
+              "StartingPosition": {"Type": "LATEST"}}, REGION)
+        for shard in shards
+    ]  # fmt: skip
+    assert shards
+    check("stream rules (Managed Flink)", cloud, permissions, calls)
+    polling = [
+        Access("kinesis:GetRecords", telemetry, "polling the telemetry stream"),
+        Access("kinesis:GetShardIterator", telemetry, "polling the telemetry stream"),
+        Access("kinesis:RegisterStreamConsumer", telemetry, "a job-managed consumer"),
+        Access("kinesis:PutRecords", telemetry, "writing the telemetry stream"),
+    ]
+    assert denied(permissions, polling) == polling
 
 
 def test_figures() -> None:

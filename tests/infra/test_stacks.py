@@ -200,23 +200,36 @@ def test_spark_role_writes_the_lake_and_only_its_log_prefix(synth: Synth) -> Non
 # --- ingestion -----------------------------------------------------------------------------
 
 
-def test_stream_is_sized_from_the_workload(synth: Synth) -> None:
-    envs = environments()
-    dev = template(synth, "dev", "ingestion")
-    dev.has_resource_properties(
+@pytest.mark.parametrize("env", ["dev", "staging", "prod"])
+def test_stream_is_sized_from_the_workload(synth: Synth, env: str) -> None:
+    """Shards from config/environments.py's size_stream (records, bytes in, bytes out to the
+    polling consumers); tests/infra/test_sizing.py checks the sizing itself."""
+    config = environments()[env]
+    template(synth, env, "ingestion").has_resource_properties(
         "AWS::Kinesis::Stream",
         {
-            "ShardCount": envs["dev"].workload.shards(),
+            "Name": f"iiot-{env}-telemetry",
+            "ShardCount": config.stream_sizing().shards,
             "StreamModeDetails": {"StreamMode": "PROVISIONED"},
             "StreamEncryption": {"EncryptionType": "KMS", "KeyId": "alias/aws/kinesis"},
         },
     )
-    staging = template(synth, "staging", "ingestion")
-    staging.has_resource_properties(
-        "AWS::Kinesis::Stream", {"ShardCount": envs["staging"].workload.shards()}
-    )
-    template(synth, "prod", "ingestion").has_resource_properties(
-        "AWS::Kinesis::Stream", {"StreamModeDetails": {"StreamMode": "ON_DEMAND"}}
+
+
+@pytest.mark.parametrize("env", ["dev", "prod"])
+def test_no_per_reading_stream_exists(synth: Synth, env: str) -> None:
+    """The rules read the compact batches themselves: no stack creates the retired readings
+    stream (one JSON record per reading), and the only streams are the telemetry stream, the
+    anomaly stream and the rules' dead letters."""
+    streams = [
+        body["Properties"]["Name"]
+        for (name, _), stack in synth.templates.items()
+        if name == env
+        for body in stack["Resources"].values()
+        if body["Type"] == "AWS::Kinesis::Stream"
+    ]
+    assert sorted(streams) == sorted(
+        f"iiot-{env}-{s}" for s in ("telemetry", "anomalies", "stream-dead-letters")
     )
 
 
@@ -523,16 +536,15 @@ def test_influx_writer_gets_every_setting_it_requires(synth: Synth) -> None:
     WriterSettings.from_environ(dict.fromkeys(variables, "set-by-the-stack"))
 
 
-def test_influx_writer_forwards_decoded_readings_to_the_stream_rules(synth: Synth) -> None:
+def test_influx_writer_only_reads_the_telemetry_stream(synth: Synth) -> None:
+    """The writer is one of the telemetry stream's consumers and puts nothing on any stream
+    (it no longer forwards readings to the stream rules)."""
     function = next(iter(resources(synth, "dev", "timeseries", "AWS::Lambda::Function").values()))
-    stream_name = function["Properties"]["Environment"]["Variables"]["READINGS_STREAM_NAME"]
-    assert "Readings" in json.dumps(stream_name)
-    writes = [
-        s
-        for s in statements(synth, "dev", "timeseries")
-        if "kinesis:PutRecords" in s["Action"] and "Readings" in json.dumps(s["Resource"])
-    ]
-    assert writes, "the writer may put records on the readings stream"
+    assert "READINGS_STREAM_NAME" not in function["Properties"]["Environment"]["Variables"]
+    actions = json.dumps([s["Action"] for s in statements(synth, "dev", "timeseries")])
+    assert "kinesis:PutRecord" not in actions
+    (mapping,) = resources(synth, "dev", "timeseries", "AWS::Lambda::EventSourceMapping").values()
+    assert "Telemetry" in json.dumps(mapping["Properties"]["EventSourceArn"])
     endpoints = resources(synth, "dev", "network", "AWS::EC2::VPCEndpoint")
     assert any(
         "kinesis-streams" in json.dumps(e["Properties"]["ServiceName"]) for e in endpoints.values()
@@ -542,28 +554,105 @@ def test_influx_writer_forwards_decoded_readings_to_the_stream_rules(synth: Synt
 # --- streaming -----------------------------------------------------------------------------
 
 
-def test_flink_runs_the_sql_runner_from_the_kinesis_streams(synth: Synth) -> None:
+def _rules(synth: Synth, env: str = "dev") -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
     application = next(
-        iter(resources(synth, "dev", "streaming", "AWS::KinesisAnalyticsV2::Application").values())
+        iter(resources(synth, env, "streaming", "AWS::KinesisAnalyticsV2::Application").values())
     )
-    props = application["Properties"]
-    assert props["RuntimeEnvironment"].startswith("FLINK-")
-    configuration = props["ApplicationConfiguration"]
+    configuration = application["Properties"]["ApplicationConfiguration"]
     groups = {
         g["PropertyGroupId"]: g["PropertyMap"]
         for g in configuration["EnvironmentProperties"]["PropertyGroups"]
     }
+    return application, groups
+
+
+def test_flink_runs_the_sql_runner_from_the_kinesis_streams(synth: Synth) -> None:
+    from kda_sql.decoder.build import FORMAT_IDENTIFIER
+
+    application, groups = _rules(synth)
+    props = application["Properties"]
+    assert props["RuntimeEnvironment"].startswith("FLINK-")
     assert groups["kinesis.analytics.flink.run.options"]["python"] == "kda_sql/runner.py"
     rules = groups["StreamRules"]  # kda_sql/runner.py: PROPERTY_GROUP
     assert rules["source.connector"] == "kinesis"
     assert rules["sink.connector"] == "kinesis"
-    # Flink SQL reads JSON rows: the decoded readings stream, not the compact-batch uploads.
-    assert "Readings" in json.dumps(rules["source.stream.arn"])
-    assert "Telemetry" not in json.dumps(rules["source.stream.arn"])
+    # The rules read the gateways' compact batches (raw) from the telemetry stream and decode
+    # them in the source; anomalies go to the anomaly stream, refused records to dead letters.
+    assert "Telemetry" in json.dumps(rules["source.stream.arn"])
+    assert rules["source.format"] == FORMAT_IDENTIFIER
     assert "Anomalies" in json.dumps(rules["sink.stream.arn"])
+    assert rules["deadletter.connector"] == "kinesis"
+    assert "DeadLetters" in json.dumps(rules["deadletter.stream.arn"])
+    assert rules["deadletter.format"] == "json"
+    configuration = props["ApplicationConfiguration"]
     assert configuration["ApplicationSnapshotConfiguration"] == {"SnapshotsEnabled": True}
     code = configuration["ApplicationCodeConfiguration"]
     assert code["CodeContentType"] == "ZIPFILE"
+
+
+@pytest.mark.parametrize("env", ["dev", "prod"])
+def test_flink_reads_telemetry_through_its_own_enhanced_fan_out_consumer(
+    synth: Synth, env: str
+) -> None:
+    """An independent consumer: the InfluxDB writer's and Firehose's reads are unaffected."""
+    streaming = synth.template(env, "streaming")["Resources"]
+    ((consumer_id, consumer),) = [
+        (name, body)
+        for name, body in streaming.items()
+        if body["Type"] == "AWS::Kinesis::StreamConsumer"
+    ]
+    application, groups = _rules(synth, env)
+    rules = groups["StreamRules"]
+    assert consumer["Properties"]["ConsumerName"] == f"iiot-{env}-stream-rules"
+    assert consumer["Properties"]["StreamARN"] == rules["source.stream.arn"]
+    assert rules["source.source.reader.type"] == "EFO"
+    assert rules["source.source.efo.consumer.name"] == f"iiot-{env}-stream-rules"
+    # CloudFormation registers it; the job neither registers nor deregisters it.
+    assert rules["source.source.efo.lifecycle"] == "SELF_MANAGED"
+    assert consumer_id in application["DependsOn"]
+    (dead_letters,) = [
+        body for body in streaming.values() if body["Type"] == "AWS::Kinesis::Stream"
+    ]
+    assert dead_letters["Properties"]["StreamEncryption"] == {
+        "EncryptionType": "KMS",
+        "KeyId": "alias/aws/kinesis",
+    }
+
+
+def test_flink_role_has_exactly_the_enhanced_fan_out_grants(synth: Synth) -> None:
+    """Telemetry: describe the stream and list its shards, describe the consumer and subscribe
+    through it; no polling (GetRecords) and no consumer registration. Writes: the anomaly and
+    dead-letter streams only."""
+    streaming = synth.template("dev", "streaming")["Resources"]
+    (consumer_id,) = [
+        n for n, b in streaming.items() if b["Type"] == "AWS::Kinesis::StreamConsumer"
+    ]
+    (stream_id,) = [n for n, b in streaming.items() if b["Type"] == "AWS::Kinesis::Stream"]
+    granted: dict[str, set[str]] = {}  # kinesis action -> resources (as JSON)
+    for statement in statements(synth, "dev", "streaming", role="ApplicationRole"):
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [
+            statement["Action"]]  # fmt: skip
+        targets = statement["Resource"] if isinstance(statement["Resource"], list) else [
+            statement["Resource"]]  # fmt: skip
+        for action in actions:
+            if action.startswith("kinesis:"):
+                granted.setdefault(action, set()).update(json.dumps(t) for t in targets)
+
+    def named(*parts: str) -> set[str]:
+        return {t for targets in granted.values() for t in targets if any(p in t for p in parts)}
+
+    consumer = json.dumps({"Fn::GetAtt": [consumer_id, "ConsumerARN"]})
+    (telemetry,) = named("Telemetry")
+    writes = named("Anomalies", stream_id)
+    assert len(writes) == 2
+    assert granted == {
+        "kinesis:DescribeStreamConsumer": {consumer},
+        "kinesis:SubscribeToShard": {consumer},
+        "kinesis:DescribeStreamSummary": {telemetry},
+        "kinesis:ListShards": {telemetry, *writes},
+        "kinesis:PutRecord": writes,
+        "kinesis:PutRecords": writes,
+    }
 
 
 def test_flink_property_group_is_the_runners(synth: Synth) -> None:
@@ -939,7 +1028,7 @@ def test_pipeline_steps_run_the_image_built_from_the_repository(synth: Synth) ->
 
 
 def test_flink_package_is_built_with_the_connector_before_the_application(synth: Synth) -> None:
-    from stacks.streaming_stack import CONNECTOR_COORDINATES, CONNECTOR_JAR
+    from stacks.streaming_stack import CONNECTOR_COORDINATES, CONNECTOR_JAR, MERGE_JARS, RULES_JAR
     from tests.infra.conftest import TEST_PINS
 
     streaming = synth.template("dev", "streaming")["Resources"]
@@ -954,6 +1043,12 @@ def test_flink_package_is_built_with_the_connector_before_the_application(synth:
     sha256 = TEST_PINS["pins:flink_connector_sha256"]
     assert check == f'echo "{sha256}  lib/{CONNECTOR_JAR}" | sha256sum --check --strict -'
     assert "--strict-checksums" in download
+    # ... then merged with the decoder jar staged at synth into the one jar the app names.
+    assert (
+        commands.index(check)
+        < commands.index(MERGE_JARS)
+        < commands.index(next(c for c in commands if c.startswith("zip ")))
+    )
     assert "iiot-dev-artifacts-" in json.dumps(props["destinationBucketName"])
     prefix = props["destinationKeyPrefix"]
     assert prefix.startswith("flink/")
@@ -972,7 +1067,7 @@ def test_flink_package_is_built_with_the_connector_before_the_application(synth:
         g["PropertyGroupId"]: g["PropertyMap"]
         for g in configuration["EnvironmentProperties"]["PropertyGroups"]
     }
-    assert groups["kinesis.analytics.flink.run.options"]["jarfile"] == f"lib/{CONNECTOR_JAR}"
+    assert groups["kinesis.analytics.flink.run.options"]["jarfile"] == f"lib/{RULES_JAR}"
     # The application reads exactly its package.
     reads = [
         s
@@ -980,6 +1075,49 @@ def test_flink_package_is_built_with_the_connector_before_the_application(synth:
         if "s3:GetObject" in s["Action"]
     ]
     assert [f"{prefix}application.zip" in json.dumps(s["Resource"]) for s in reads] == [True]
+
+
+def test_flink_package_carries_the_decoder_and_its_merge_keeps_both_factories(
+    tmp_path: Path,
+) -> None:
+    """The staged package holds the decoder jar built at synth (its format factory registered)
+    and the merge tool; the build's merge command, run as CodeBuild runs it, leaves one jar
+    that registers the connector's table factory and the decoder's format, and nothing else."""
+    import shutil
+    import subprocess
+    import zipfile
+
+    from stacks.streaming_stack import (
+        CONNECTOR_JAR,
+        DECODER_JAR,
+        MERGE_JARS,
+        RULES_JAR,
+        stage_code,
+    )
+
+    code = stage_code()
+    services = "META-INF/services/org.apache.flink.table.factories.Factory"
+    decoder = code.directory / "lib" / DECODER_JAR
+    with zipfile.ZipFile(decoder) as jar:
+        decoder_factories = jar.read(services).decode().split()
+        classes = [n for n in jar.namelist() if n.endswith(".class")]
+    assert decoder_factories == ["com.iiot.flink.BatchFormatFactory"]
+    assert classes
+    assert (code.directory / "tools" / "build.py").is_file()
+    assert (code.directory / "kda_sql" / "runner.py").is_file()
+    # CodeBuild's folder: the staged code plus the connector Maven put in lib/.
+    work = tmp_path / "app"
+    shutil.copytree(code.directory, work)
+    connector_factory = "org.apache.flink.connector.kinesis.table.KinesisDynamicTableFactory"
+    with zipfile.ZipFile(work / "lib" / CONNECTOR_JAR, "w") as jar:
+        jar.writestr(services, connector_factory + "\n")
+        jar.writestr("org/apache/flink/connector/kinesis/Marker.class", b"\xca\xfe")
+    subprocess.run(["bash", "-c", MERGE_JARS], cwd=work, check=True)
+    assert sorted(p.name for p in (work / "lib").iterdir()) == [RULES_JAR]
+    with zipfile.ZipFile(work / "lib" / RULES_JAR) as jar:
+        assert jar.read(services).decode().split() == [connector_factory, *decoder_factories]
+        names = set(jar.namelist())
+    assert set(classes) | {"org/apache/flink/connector/kinesis/Marker.class"} <= names
 
 
 @pytest.mark.parametrize(

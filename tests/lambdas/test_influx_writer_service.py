@@ -165,39 +165,3 @@ def test_idempotency_key_is_the_batch_id_or_the_payload_hash_once_intact(catalog
     damaged = bytearray(batch_payload(readings(count=1)))
     damaged[-2] ^= 0x01
     assert "CRC-32 mismatch" in str(service.check(bytes(damaged)))  # no key: a reason
-
-
-class ThrottlingKinesis:
-    """put_records that refuses the first entry `throttled` times."""
-
-    def __init__(self, throttled: int) -> None:
-        self.throttled = throttled
-        self.calls: list[int] = []
-
-    def put_records(self, **request):
-        records = request["Records"]
-        self.calls.append(len(records))
-        if self.throttled:
-            self.throttled -= 1
-            results = [{"ErrorCode": "ProvisionedThroughputExceededException"}] + [
-                {"SequenceNumber": "1"} for _ in records[1:]
-            ]
-            return {"FailedRecordCount": 1, "Records": results}
-        return {"FailedRecordCount": 0, "Records": [{"SequenceNumber": "1"} for _ in records]}
-
-
-def test_forwarding_retries_only_the_throttled_rows_and_fails_the_record_when_stuck(catalog):
-    from lambdas.influx_writer.repository import KinesisReadingsForwarder
-
-    kinesis = ThrottlingKinesis(throttled=2)
-    forwarder = KinesisReadingsForwarder(kinesis, "readings", sleep=lambda _s: None)
-    service, _, _ = make_service(ScriptedWriter(), catalog, forwarder=forwarder)
-    items = readings("F01-M001", count=150) + readings("F01-M002", count=150)
-    outcome = service.write_record(batch_payload(items), ORIGIN)
-    assert outcome.forwarded == 600
-    assert kinesis.calls == [500, 1, 1, 100]
-
-    stuck = KinesisReadingsForwarder(ThrottlingKinesis(99), "readings", sleep=lambda _s: None)
-    service, _, _ = make_service(ScriptedWriter(), catalog, forwarder=stuck)
-    with pytest.raises(WriteFailedError, match="could not be forwarded"):
-        service.write_record(batch_payload(readings(count=1)), ORIGIN)

@@ -82,7 +82,8 @@ def test_lines_add_up_and_quantities_follow_the_configuration():
     # a larger Flink application costs more: its KPUs, their storage and their logs, no more
     bigger = estimate(replace(env, flink_parallelism=16), load_prices())
     delta = bigger.by_service()["Managed Flink"] - prod.by_service()["Managed Flink"]
-    assert delta == pytest.approx(8 * 730 * 0.11 + 8 * 50 * 0.10)
+    more = 16 - env.flink_parallelism
+    assert delta == pytest.approx(more * 730 * 0.11 + more * 50 * 0.10)
     changed = {
         service
         for service, usd in bigger.by_service().items()
@@ -93,7 +94,7 @@ def test_lines_add_up_and_quantities_follow_the_configuration():
 
 def test_provisioned_streams_pay_for_the_shards_the_workload_needs():
     staging = environments({})["staging"]
-    shards = staging.workload.shards()
+    shards = staging.stream_sizing().shards
     lines = estimate(staging, load_prices()).lines
     shard_hours = next(line for line in lines if line.price_key == "kinesis_shard_hour")
     assert shard_hours.quantity == shards * 730
@@ -104,27 +105,28 @@ def test_iot_core_meters_batches_in_5kb_units():
     lines = estimate(prod, load_prices()).lines
     messages = next(line for line in lines if line.price_key == "iot_core_messages")
     batches = prod.workload.readings_per_second / prod.workload.readings_per_batch
-    # 2000 readings x 6 B + 36 B header = 12,036 B: three 5 KB units
-    assert messages.quantity > batches * SECONDS_PER_MONTH * 3
-    assert messages.quantity < batches * SECONDS_PER_MONTH * 3.01
+    # 2000 readings x 2.71 B (measured) + 36 B header = 5,456 B: two 5 KB units
+    assert messages.quantity > batches * SECONDS_PER_MONTH * 2
+    assert messages.quantity < batches * SECONDS_PER_MONTH * 2.01
 
 
 def test_prod_per_machine_against_the_case_study_and_the_goal():
     deployed = estimate_environment("prod")
-    batches = estimate_environment("prod", flink_reads_batches=True)
     figures = deployed.to_dict()
     assert figures["case_study"]["total_divided_by_machines"] == pytest.approx(
         CASE_STUDY_MONTHLY_USD / CASE_STUDY_MACHINES, abs=0.01
     )
-    # as deployed, one reading per Kinesis record on the readings stream, each billed as 1 KB,
-    # is most of the bill
-    top = deployed.drivers(1)[0]
-    assert "readings stream" in top["item"]
-    assert top["share"] > 0.5
-    # without it (Flink reading the compact batches) prod is far under the goal
-    assert batches.per_machine < GOAL_PER_MACHINE_USD / 2
-    assert not any("readings stream" in line.item for line in batches.lines)
-    assert figures["meets_goal"] == (deployed.per_machine <= GOAL_PER_MACHINE_USD)
+    # Flink reads the compact batches itself (an enhanced fan-out consumer of the telemetry
+    # stream): no per-reading stream, and prod is far under the goal
+    assert not any("readings stream" in line.item for line in deployed.lines)
+    assert deployed.per_machine < GOAL_PER_MACHINE_USD / 2
+    assert figures["meets_goal"]
+    kinesis = deployed.by_service()["Kinesis"]
+    assert kinesis < 0.05 * deployed.total  # the stream is no longer what the bill is about
+    efo = next(
+        line for line in deployed.lines if line.price_key == "kinesis_efo_consumer_shard_hour"
+    )
+    assert efo.quantity == environments({})["prod"].stream_sizing().shards * 730
     assert any("writes/s" in warning for warning in deployed.capacity_warnings)
 
 
@@ -141,7 +143,6 @@ def test_cost_command_table_json_and_errors(tmp_path: Path):
     assert "$163,740/month" in result.output
     figures = json.loads(runner.invoke(app, ["cost", "--env", "dev", "--json"]).output)
     assert figures["environment"] == "dev"
-    assert figures["flink_reads_batches"]["total_usd_month"] < figures["total_usd_month"]
     assert {"service", "item", "quantity", "unit", "usd_month", "price_key"} <= set(
         figures["lines"][0]
     )

@@ -118,8 +118,7 @@ function drawOthers() {
   const c = DATA.cost;
   if (c.available) {
     const envs = Object.keys(c.environments);
-    const columns = envs.flatMap(e => [[e, 'as deployed', c.environments[e].by_service_per_machine],
-                                        [e, 'if Flink read batches', c.environments[e].batches_by_service_per_machine]]);
+    const columns = envs.map(e => [e, 'as deployed', c.environments[e].by_service_per_machine]);
     // services in the order of prod's bill, each its own colour
     const services = [...new Set(columns.slice().reverse().flatMap(col => Object.keys(col[2])))];
     const x = [columns.map(col => col[0]), columns.map(col => col[1])];

@@ -159,6 +159,13 @@ def resources_of(call: Call, cloud: Cloud) -> list[str]:
     if service == "dynamodb":
         return [_table(cloud, params["TableName"])]
     if service == "kinesis":
+        if "ConsumerARN" in params:  # SubscribeToShard, DescribeStreamConsumer by ARN
+            return [params["ConsumerARN"]]
+        if "ConsumerName" in params:  # DescribeStreamConsumer by stream and name: the consumer
+            consumer = cloud.find(
+                "AWS::Kinesis::StreamConsumer", ConsumerName=params["ConsumerName"]
+            )
+            return [cloud.attributes(consumer)["ConsumerARN"]]
         stream = params.get("StreamARN") or arn("kinesis", f"stream/{params['StreamName']}")
         return [stream]
     if service == "secretsmanager":

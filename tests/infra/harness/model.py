@@ -37,6 +37,7 @@ NAME_PROPERTY = {
     "AWS::SQS::Queue": "QueueName",
     "AWS::DynamoDB::Table": "TableName",
     "AWS::Kinesis::Stream": "Name",
+    "AWS::Kinesis::StreamConsumer": "ConsumerName",
     "AWS::IAM::Role": "RoleName",
     "AWS::Lambda::Function": "FunctionName",
     "AWS::Logs::LogGroup": "LogGroupName",
@@ -186,6 +187,14 @@ class Cloud:
             attrs |= {"Arn": arn("dynamodb", f"table/{name}")}
         elif kind == "AWS::Kinesis::Stream":
             attrs |= {"Arn": arn("kinesis", f"stream/{name}")}
+        elif kind == "AWS::Kinesis::StreamConsumer":
+            # Kinesis appends the registration time; the fake cloud binds the one it made.
+            stream = self.resolve(resource.stack, resource.properties["StreamARN"])
+            attrs |= {
+                "ConsumerARN": f"{stream}/consumer/{name}:1767571200",
+                "ConsumerName": name,
+                "StreamARN": stream,
+            }
         elif kind == "AWS::KMS::Key":
             key_id = str(_uuid(f"{resource.stack}/{resource.logical_id}"))
             attrs |= {"Ref": key_id, "KeyId": key_id, "Arn": arn("kms", f"key/{key_id}")}
