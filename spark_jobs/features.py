@@ -33,7 +33,7 @@ compares them on random series with gaps, copies, peers and rows in any order).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -77,18 +77,6 @@ def sort_codes(column: Any) -> np.ndarray:
     present = indices >= 0
     codes[present] = rank[indices[present]]
     return codes
-
-
-def series_order(keys: Sequence[np.ndarray]) -> np.ndarray:
-    """The permutation that sorts rows by `keys` (the first key primary)."""
-    return np.lexsort(tuple(reversed(keys))) if keys else np.empty(0, np.int64)
-
-
-def copies(series: np.ndarray, ts: np.ndarray, sensor: np.ndarray) -> np.ndarray:
-    """In sorted order: rows with the same series, timestamp and sensor as the row before."""
-    copy = np.zeros(len(ts), bool)
-    copy[1:] = (series[1:] == series[:-1]) & (ts[1:] == ts[:-1]) & (sensor[1:] == sensor[:-1])
-    return copy
 
 
 def compute(
@@ -143,41 +131,87 @@ def _last_rows(
     position: np.ndarray, value: np.ndarray, valid: np.ndarray, last_n: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean and sample deviation over the last `last_n` rows of each series (this one included):
-    (mean, NaN without values; deviation; its null mask, fewer than 2 values)."""
+    (mean, NaN without values; deviation; its null mask, fewer than 2 values).
+
+    Rows fall into blocks of `last_n` from each series' start; cumulative sums of the values'
+    deviations from their block's mean run within a block only (a grid of blocks x `last_n`),
+    and a window is the head of its row's block plus the tail of the block before."""
     n = len(position)
     col = position % last_n
-    block = np.cumsum(col == 0) - 1
-    blocks = int(block[-1]) + 1 if n else 0
-    grid = np.full((blocks, last_n), np.nan)
-    grid[block, col] = np.where(valid, value, np.nan)
-    present = ~np.isnan(grid)
-    first_valid = np.argmax(present, axis=1)
-    centre = grid[np.arange(blocks), first_valid]
-    centre = np.where(np.isnan(centre), 0.0, centre)
-    deviation = np.where(present, grid - centre[:, None], 0.0)
-    sum1 = np.cumsum(deviation, axis=1)
-    sum2 = np.cumsum(deviation * deviation, axis=1)
-    counts = np.cumsum(present, axis=1, dtype=np.float64)
-    s1, s2, k = sum1[block, col], sum2[block, col], counts[block, col]
+    opens = col == 0
+    block = np.cumsum(opens) - 1
+    starts = np.flatnonzero(opens)
+    blocks = len(starts)
+    flat = block * last_n + col  # the row's cell in the grid
+    values = np.where(valid, value, 0.0)
+    counted = np.add.reduceat(valid.astype(np.float64), starts) if n else np.empty(0)
+    centre = np.add.reduceat(values, starts) / np.maximum(counted, 1.0) if n else np.empty(0)
+    deviation = np.where(valid, value - centre[block], 0.0)
+
+    def running(cells: np.ndarray) -> np.ndarray:
+        grid = np.zeros(blocks * last_n)
+        grid[flat] = cells
+        return np.cumsum(grid.reshape(blocks, last_n), axis=1).ravel()
+
+    sum1, sum2 = running(deviation), running(deviation * deviation)
+    s1, s2 = sum1[flat], sum2[flat]
+    if valid.all():
+        k = (col + 1).astype(np.float64)  # the head: this block's rows up to this one
+        counts = None
+    else:
+        counts = running(valid.astype(np.float64))
+        k = counts[flat]
     # a full window that does not start at a block's first row: the previous block's tail too
     tail = (position >= last_n) & (col != last_n - 1)
-    previous = np.where(tail, block - 1, 0)
-    end = last_n - 1
-    a1 = np.where(tail, sum1[previous, end] - sum1[previous, col], 0.0)
-    a2 = np.where(tail, sum2[previous, end] - sum2[previous, col], 0.0)
-    ak = np.where(tail, counts[previous, end] - counts[previous, col], 0.0)
-    shift = np.where(tail, centre[previous] - centre[block], 0.0)
+    end = np.where(tail, flat - col - 1, 0)  # the previous block's last cell
+    before = np.where(tail, flat - last_n, 0)  # the previous block's cell in this row's column
+    a1 = np.where(tail, sum1[end] - sum1[before], 0.0)
+    a2 = np.where(tail, sum2[end] - sum2[before], 0.0)
+    if counts is None:
+        ak = np.where(tail, last_n - 1 - col, 0).astype(np.float64)
+    else:
+        ak = np.where(tail, counts[end] - counts[before], 0.0)
+    shift = np.where(tail, centre[np.maximum(block - 1, 0)] - centre[block], 0.0)
     s2 = s2 + a2 + 2.0 * shift * a1 + ak * shift * shift
     s1 = s1 + a1 + ak * shift
     k = k + ak
     with np.errstate(divide="ignore", invalid="ignore"):
         mean = centre[block] + s1 / k
-        variance = (s2 - s1 * s1 / k) / (k - 1.0)
+        spread = s2 - s1 * s1 / k
+        variance = spread / (k - 1.0)
+    # Where the deviation is small against the values' distance from their block's mean (a
+    # constant run, above all), the difference of sums keeps too few digits: those windows are
+    # summed again directly, in two passes (mean, then squared deviations), as Spark's frames do.
+    redo = np.flatnonzero((k >= 2) & (spread <= 1e-4 * s2))
+    if len(redo):
+        mean[redo], variance[redo] = _two_pass(redo, position, value, valid, last_n)
     std = np.sqrt(np.maximum(variance, 0.0))
     std_null = k < 2
     std = np.where(std_null | (std < STD_FLOOR), 0.0, std)
     mean = np.where(k > 0, mean, np.nan)
     return mean, std, std_null
+
+
+def _two_pass(
+    rows: np.ndarray, position: np.ndarray, value: np.ndarray, valid: np.ndarray, last_n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sample variance of the last `last_n` rows' values of `rows`, summed directly."""
+    means, variances = np.empty(len(rows)), np.empty(len(rows))
+    back = np.arange(last_n)
+    step = max(1, 2_000_000 // last_n)
+    for begin in range(0, len(rows), step):
+        chunk = rows[begin : begin + step]
+        cells = chunk[:, None] - back[None, :]
+        inside = back[None, :] <= position[chunk][:, None]
+        cells = np.where(inside, cells, chunk[:, None])
+        used = inside & valid[cells]
+        values = np.where(used, value[cells], 0.0)
+        count = used.sum(axis=1)
+        mean = values.sum(axis=1) / count
+        deviation = np.where(used, values - mean[:, None], 0.0)
+        means[begin : begin + step] = mean
+        variances[begin : begin + step] = (deviation * deviation).sum(axis=1) / (count - 1)
+    return means, variances
 
 
 def _last_time(
@@ -225,25 +259,31 @@ def _range_bounds(
         return np.empty(0, np.int64), np.empty(0, np.int64)
     offset = ts - int(ts.min())
     span = int(offset.max()) + window_ms + 1
+    # high: the end of the row's run of equal timestamps (peers) in its series
+    opens = np.ones(n, bool)
+    opens[1:] = (series_id[1:] != series_id[:-1]) | (ts[1:] != ts[:-1])
+    high = np.append(np.flatnonzero(opens)[1:], n)[np.cumsum(opens) - 1]
     if (int(series_id[-1]) + 1) * span < 2**62:
         key = series_id * np.int64(span) + offset
-        return (
-            np.searchsorted(key, key - window_ms, "left"),
-            np.searchsorted(key, key, "right"),
-        )
+        return np.searchsorted(key, key - window_ms, "left"), high
     low = np.empty(n, np.int64)  # timestamps too far apart for one key: series by series
-    high = np.empty(n, np.int64)
     edges = np.flatnonzero(np.diff(series_id)) + 1
     for begin, end in zip(np.r_[0, edges], np.r_[edges, n], strict=True):
         part = ts[begin:end]
         low[begin:end] = begin + np.searchsorted(part, part - window_ms, "left")
-        high[begin:end] = begin + np.searchsorted(part, part, "right")
     return low, high
 
 
-def _sorted_keys(table: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(series codes, timestamps, sensor codes, the permutation into series order)."""
-    series = np.zeros(table.num_rows, np.int64)
+def sorted_rows(table: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(series codes, timestamps, the permutation into series order, and in that order the
+    copies: rows with the same series, timestamp and sensor as the row before).
+
+    Rows sort by series and timestamp as one integer key; only rows that tie on it (peers and
+    copies, few) are ordered further by sensor and the tie-breaks, from their own codes."""
+    import pyarrow as pa
+
+    n = table.num_rows
+    series = np.zeros(n, np.int64)
     for name in SERIES:
         codes = sort_codes(table.column(name))
         series = series * (int(codes.max()) + 2) + codes + 1
@@ -251,10 +291,32 @@ def _sorted_keys(table: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
     if ts_column.null_count:
         raise ValueError("readings without a timestamp have no place in a series")
     ts = np.asarray(ts_column.to_numpy(), np.int64)
-    sensor = sort_codes(table.column("sensor_id"))
-    keys = [series, ts, sensor]
-    keys += [sort_codes(table.column(name)) for name in TIE_BREAKS if name in table.column_names]
-    return series, ts, sensor, series_order(keys)
+    offset = ts - int(ts.min())
+    span = int(offset.max()) + 1
+    if (int(series.max()) + 1) * span < 2**63:
+        order = np.argsort(series * np.int64(span) + offset, kind="stable")
+    else:
+        order = np.lexsort((ts, series))
+    in_series, at = series[order], ts[order]
+    tie = (in_series[1:] == in_series[:-1]) & (at[1:] == at[:-1])
+    copy = np.zeros(n, bool)
+    if tie.any():
+        tied = np.zeros(n, bool)
+        tied[1:] |= tie
+        tied[:-1] |= tie
+        places = np.flatnonzero(tied)
+        rows = order[places]
+        run = np.cumsum(np.r_[True, ~tie])[places]  # the tie's number, ascending
+        part = table.take(pa.array(rows))
+        sensor = sort_codes(part.column("sensor_id"))
+        keys = [sort_codes(part.column(name)) for name in TIE_BREAKS if name in part.column_names]
+        within = np.lexsort((*reversed(keys), sensor, run))
+        order[places] = rows[within]
+        run, sensor = run[within], sensor[within]
+        # a null sensor is nobody's copy (SQL's comparison of nulls is not true)
+        same = (run[1:] == run[:-1]) & (sensor[1:] == sensor[:-1]) & (sensor[1:] >= 0)
+        copy[places[1:]] = same
+    return series, ts, order, copy
 
 
 def features_arrow(
@@ -275,16 +337,14 @@ def features_arrow(
     if not parts:
         return
     table = pa.Table.from_batches(parts)
-    series, ts, sensor, order = _sorted_keys(table)
-    if dedupe:
-        copy = copies(series[order], ts[order], sensor[order])
-        if copy.any():
-            keep = np.ones(table.num_rows, bool)
-            keep[order[copy]] = False
-            position = np.cumsum(keep) - 1
-            order = position[order[~copy]]
-            table = table.filter(pa.array(keep))
-            series, ts = series[keep], ts[keep]
+    series, ts, order, copy = sorted_rows(table)
+    if dedupe and copy.any():
+        keep = np.ones(table.num_rows, bool)
+        keep[order[copy]] = False
+        position = np.cumsum(keep) - 1
+        order = position[order[~copy]]
+        table = table.filter(pa.array(keep))
+        series, ts = series[keep], ts[keep]
     value_column = table.column("value")
     valid = ~np.asarray(value_column.is_null().to_numpy(), bool)
     value = np.asarray(value_column.fill_null(0.0).to_numpy(), np.float64)
@@ -313,15 +373,14 @@ def features_arrow(
 
 def dedupe_arrow(batches: Iterator[Any]) -> Iterator[Any]:
     """`mapInArrow` body: one partition's rows (every series whole in it) without the copies
-    (`copies`: the same sensor and timestamp as the row before in the series order)."""
+    (the same sensor and timestamp as the row before in the series order, `sorted_rows`)."""
     import pyarrow as pa
 
     parts = list(batches)
     if not parts:
         return
     table = pa.Table.from_batches(parts)
-    series, ts, sensor, order = _sorted_keys(table)
-    copy = copies(series[order], ts[order], sensor[order])
+    _, _, order, copy = sorted_rows(table)
     if copy.any():
         keep = np.ones(table.num_rows, bool)
         keep[order[copy]] = False

@@ -500,9 +500,26 @@ def _lookup(key: Column, mapping: Mapping[str, Any]) -> Column:
     return expression.otherwise(F.lit(None)) if mapping else F.lit(None)
 
 
+ACCEPTED_COLUMNS = (
+    "batch_id",
+    "ingest_seq",
+    "position",  # with `item`: the last tie-breaks between copies of a reading
+    "item",
+    "timestamp",
+    "factory_id",
+    "machine_id",
+    "sensor_id",
+    "metric",
+    "unit",
+    "value",
+)
+
+
 def accepted_readings(checked: DataFrame) -> DataFrame:
-    """The readings that passed every check."""
-    return checked.filter(F.col("reject_reason").isNull())
+    """The readings that passed every check, in the columns silver takes from them
+    (`ACCEPTED_COLUMNS`: the source's path and format, the raw text and the reason stay behind,
+    so that they are neither shuffled nor handed to the features' Python)."""
+    return checked.filter(F.col("reject_reason").isNull()).select(*ACCEPTED_COLUMNS)
 
 
 def quarantine_records(checked: DataFrame) -> DataFrame:
