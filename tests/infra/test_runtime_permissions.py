@@ -356,9 +356,10 @@ def test_lake_run(cloud: Cloud) -> None:
     (machine,) = [
         m for m in cloud.resources("AWS::StepFunctions::StateMachine") if m.stack.endswith("-lake")
     ]
+    from stacks.lake_stack import LAKE_JOBS  # bronze, silver, gold, maintenance, maintain
+
     calls = state_machine_calls(cloud, machine, {})
-    # bronze, silver, gold, maintenance (the CMMS records), maintain
-    assert [c.operation for c in calls].count("StartJobRun") == 5
+    assert [c.operation for c in calls].count("StartJobRun") == len(LAKE_JOBS) == 5
     check("lake run (Step Functions)", cloud, machine_permissions(cloud, machine), calls)
     (schedule,) = [r for r in cloud.resources("AWS::Events::Rule") if r.stack.endswith("-lake")]
     for role_arn, access in rule_target_accesses(cloud, schedule):
