@@ -48,6 +48,8 @@ KNOWN_SCHEMA = (
 # Firehose retries a failed delivery to S3 for up to 24 hours, into the prefix of the records'
 # arrival hour: each run lists the prefixes from this long before the newest one it has read.
 LANDING_LATENESS_MS = 25 * 3_600_000
+# The quarantine decodes again only the payloads with rejects when they are at most this many.
+REJECTED_PAYLOADS_LISTED = 1_000
 MACHINE_DAILY_KEYS = ("event_date", "factory_id", "machine_id", "metric")
 FACTORY_DAILY_KEYS = ("event_date", "factory_id")
 
@@ -248,7 +250,19 @@ def run_silver(
     if rejected:
         total = sum(rejected.values())
         progress(f"silver: quarantining {total} rejects")
-        _quarantine(spark, paths, checked)
+        # Only the payloads with rejects (the figures name them; few) are decoded again for the
+        # quarantine, not every new payload.
+        with_rejects = {row["batch_id"] for row in stats if row["reason_field"] is not None}
+        rejects_from = checked
+        if None not in with_rejects and len(with_rejects) <= REJECTED_PAYLOADS_LISTED:
+            rejects_from = transforms.quality_check(
+                transforms.decode_payloads(
+                    new_bronze.filter(F.col("batch_id").isin(sorted(with_rejects)))
+                ),
+                rules,
+                max_future_ms=settings.max_future_ms,
+            )
+        _quarantine(spark, paths, rejects_from)
         result.quarantined = total
         result.extra["quarantined by field"] = _by_field(rejected)
     result.rows_in = sum(int(row["n"]) for row in counts)

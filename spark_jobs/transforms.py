@@ -551,8 +551,9 @@ def quarantine_records(checked: DataFrame) -> DataFrame:
 
 def run_figures(checked: DataFrame) -> DataFrame:
     """The figures silver's merges and its summary need, in one pass: rows per rejected field
-    (`reason_field`, null for accepted readings) and, for accepted readings, per (`event_date`,
-    `factory_id`) with the earliest timestamp.
+    (`reason_field`, null for accepted readings) and payload (`batch_id`, null for accepted
+    readings: the quarantine decodes only those payloads again) and, for accepted readings, per
+    (`event_date`, `factory_id`) with the earliest timestamp.
 
     Dates come from accepted readings only: a rejected timestamp can be anything an int64 holds,
     which no date can (a timestamp of 9e18 failed the whole job on Sail).
@@ -562,11 +563,12 @@ def run_figures(checked: DataFrame) -> DataFrame:
     return (
         checked.select(
             F.substring_index("reject_reason", ":", 1).alias("reason_field"),
+            F.when(~accepted, F.col("batch_id")).alias("batch_id"),
             F.date_from_unix_date(F.floor(timestamp / DAY_MS).cast("int")).alias("event_date"),
             F.when(accepted, F.col("factory_id")).alias("factory_id"),
             timestamp.alias("timestamp"),
         )
-        .groupBy("reason_field", *PARTITION_COLUMNS)
+        .groupBy("reason_field", "batch_id", *PARTITION_COLUMNS)
         .agg(F.count("*").alias("n"), F.min("timestamp").alias("first"))
     )
 
