@@ -173,6 +173,8 @@ class PipelineStack(Stack):
             self.stages[name] = built
             smoke = pipelines.CodeBuildStep(
                 f"Smoke-{name}",
+                # The checkout (the smoke tests are the project's own command), not cdk.out.
+                input=source,
                 commands=[SMOKE_INSTALL, smoke_command(env_config)],
                 role_policy_statements=[
                     iam.PolicyStatement(

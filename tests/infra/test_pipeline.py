@@ -145,6 +145,9 @@ def test_each_environment_is_deployed_to_its_account_then_smoke_tested(
         if a["ActionTypeId"]["Provider"] == "CodeBuild" and a["Name"].startswith("Smoke")
     ]  # fmt: skip
     assert smoke["RunOrder"] > max(a["RunOrder"] for a in deploys)
+    # It runs in the checkout (it installs the project), not in the synthesized cdk.out.
+    (source,) = pipeline.stages()[0]["Actions"]
+    assert smoke["InputArtifacts"] == source["OutputArtifacts"]
     commands = pipeline.buildspec(smoke)["phases"]["build"]["commands"]
     role = f"arn:aws:iam::{account}:role/iiot-{env}-smoke"
     assert any(c.startswith(f"iiot smoke --env {env} ") and role in c for c in commands)
