@@ -159,7 +159,13 @@ class _PipelineValues:
             p["Name"]: overrides.get(p["Name"], p.get("DefaultValue"))
             for p in definition["Parameters"]
         }
-        self.properties: dict[str, Any] = {}
+        # The run's own id (SageMaker's `Execution.PipelineExecutionId`): the pipeline writes
+        # its outputs under <OutputS3Uri>/<execution id>/ (7314a17).
+        self.properties: dict[str, Any] = {
+            "Execution.PipelineExecutionId": overrides.get(
+                "Execution.PipelineExecutionId", "harness-execution"
+            )
+        }
 
     def __call__(self, value: Any) -> Any:
         if isinstance(value, list):
