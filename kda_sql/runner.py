@@ -16,8 +16,9 @@ Connector options are properties with a ``source.``, ``sink.`` or ``deadletter.`
 gateways' compact batches, decoded in the source by `kda_sql/decoder`'s format; ``json`` reads
 one reading per record), ``deadletter.connector=kinesis`` for the records the decoder refuses.
 ``pipeline.jars`` (local runs) names jars to load, e.g. the decoder's; on the service the
-application's ``jarfile`` does that. Every ``${name}`` in the SQL files must have a value, or
-the run stops naming what is missing.
+application's ``jarfile`` does that. A ``flink.`` prefix passes a Flink option through, e.g.
+``flink.state.backend.type=rocksdb`` (local measurements; the service sets its own). Every
+``${name}`` in the SQL files must have a value, or the run stops naming what is missing.
 """
 
 from __future__ import annotations
@@ -122,6 +123,9 @@ def build_job(properties: dict[str, str], sql_dir: Path = DEFAULT_SQL_DIR) -> An
         config.set("pipeline.auto-watermark-interval", properties["watermark.interval.ms"] + " ms")
     if properties.get("pipeline.jars"):
         config.set("pipeline.jars", properties["pipeline.jars"])
+    for key, value in sorted(properties.items()):
+        if key.startswith("flink."):
+            config.set(key.removeprefix("flink."), value)
     statement_set = table_env.create_statement_set()
     inserts = 0
     for name, statement in load_statements(sql_dir, parameters(properties)):
