@@ -12,7 +12,8 @@ incremental_fraction_of_full (our incremental run's time over our full run's),
 silver_bytes_per_reading (silver's data files over its rows, after both runs), and the same
 comparison in CPU seconds of this process and its children (Sail runs in it), which other work on
 a shared machine disturbs far less than wall-clock time: cpu_readings_per_s, seed_cpu_readings_per_s
-and cpu_ratio_to_seed (ours per reading against the seeds', > 1 is faster).
+and cpu_ratio_to_seed (ours per reading against the seeds', > 1 is faster); load_average: the
+machine's 1-minute load average before the first timed run and after the last.
 
     .venv/bin/python bench/lake.py [--readings 10000000] [--work-dir DIR]
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import sys
@@ -162,6 +164,7 @@ def main() -> None:
     )
     rules = transforms.quality_rules(load_catalog())
     figures: dict[str, Any] = {"readings": len(full_part), "new_readings": len(new_part)}
+    load_before = os.getloadavg()[0]
     with sail_session() as spark:
         full = timed("ours, full run", lambda: jobs.run_all(spark, paths, rules))
         seed_full = timed("seeds' logic, full run", lambda: seed_job(spark, paths, rules))
@@ -169,6 +172,7 @@ def main() -> None:
         incremental = timed("ours, +1% new data", lambda: jobs.run_all(spark, paths, rules))
         seed_incremental = timed("seeds' logic, +1%", lambda: seed_job(spark, paths, rules))
         noop = timed("ours, nothing new", lambda: jobs.run_all(spark, paths, rules))
+    load_after = os.getloadavg()[0]
     tables = {t.name: t.rows for t in io.describe_tables(paths) if t.exists}
     silver_bytes = silver_file_bytes(paths)
     silver_bytes_per_reading = silver_bytes / max(tables.get("silver.readings") or 0, 1)
@@ -198,6 +202,7 @@ def main() -> None:
                 "cpu_ratio_to_seed": round(
                     CPU["seeds' logic, full run"] / CPU["ours, full run"], 3
                 ),
+                "load_average": [round(load_before, 2), round(load_after, 2)],
             }
         )
     )
