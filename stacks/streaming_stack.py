@@ -62,7 +62,7 @@ from aws_cdk import custom_resources as cr
 from cdklabs.deploy_time_build import AssetConfig, NodejsBuild
 from constructs import Construct
 
-from config.environments import METRICS_CATALOG, ArtifactPins, Environment, stream_calibration
+from config.environments import METRICS_CATALOG, ArtifactPins, ConfigError, Environment
 from iiot.catalog import load_catalog
 from kda_sql.calibration import Calibration
 from kda_sql.decoder.build import FORMAT_IDENTIFIER, build_jar, flink_lib_jars
@@ -158,6 +158,20 @@ class StagedCode:
     content_hash: str
 
 
+def load_calibration(env_config: Environment) -> Calibration | None:
+    """The environment's rapid-change calibration (`<env>:stream_calibration`), or None: the
+    rules keep the catalog's limits. ConfigError (the synth fails) when the file is invalid."""
+    if env_config.stream_calibration is None:
+        return None
+    try:
+        return Calibration.load(env_config.stream_calibration)
+    except ValueError as error:
+        raise ConfigError(
+            f"environment {env_config.name}: stream_calibration (context "
+            f"{env_config.name}:stream_calibration): {error}"
+        ) from error
+
+
 def rendered_sql(calibration: Calibration | None) -> Path:
     """The rules' SQL folder: the checked-in kda_sql/sql (the catalog's limits), or, with a
     calibration, the catalog's rules rendered with its per-series windows and limits (staged
@@ -216,7 +230,7 @@ class StreamingStack(Stack):
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
         prefix = env_config.prefix
-        package = self._package(prefix, lake_key, pins, stream_calibration(env_config))
+        package = self._package(prefix, lake_key, pins, load_calibration(env_config))
         log_group = logs.LogGroup(
             self,
             "Logs",

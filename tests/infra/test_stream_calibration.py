@@ -25,11 +25,24 @@ def test_a_named_calibration_is_validated_with_the_environment(tmp_path: Path) -
     assert dev.stream_calibration == path
     with pytest.raises(ConfigError, match=r"stream_calibration .*missing\.json.* is not a file"):
         environments({"dev:stream_calibration": str(tmp_path / "missing.json")})
+    assert environments()["dev"].stream_calibration is None
+
+
+def test_an_invalid_calibration_fails_the_synth(tmp_path: Path) -> None:
+    """The stack loads the named file with kda_sql.calibration: an invalid one is a
+    ConfigError naming the file and the problem (config/ cannot import kda_sql)."""
+    from stacks.streaming_stack import load_calibration
+
     broken = tmp_path / "broken.json"
     broken.write_text(json.dumps({"version": 1, "series": [{"metric": "temperature"}]}))
+    prod = environments({"prod:stream_calibration": str(broken)})["prod"]
     with pytest.raises(ConfigError, match=r"broken\.json.*a series entry is incomplete"):
-        environments({"prod:stream_calibration": str(broken)})
-    assert environments()["dev"].stream_calibration is None
+        load_calibration(prod)
+    dev = environments({"dev:stream_calibration": str(calibration_file(tmp_path))})["dev"]
+    loaded = load_calibration(dev)
+    assert loaded is not None
+    assert loaded.series == (LIMIT,)
+    assert load_calibration(environments()["dev"]) is None
 
 
 def test_the_package_carries_the_calibrated_rules_or_the_catalogs(tmp_path: Path) -> None:
