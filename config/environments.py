@@ -106,7 +106,10 @@ WIRE_BYTES_PER_READING = {100: 18.29, 500: 5.89, 2000: 2.71, 5000: 1.88}
 # the compact-batch format measured 146K/s in the same research). Managed Flink keeps state in
 # RocksDB, where that research measured 17-29K/s (the HOP windows' firing dominates): with
 # autoscaling on (prod) the service adds KPUs when the application falls behind, and the
-# FlinkConsumerBehind alarm says when it does.
+# FlinkConsumerBehind alarm says when it does. bench/stream.py's run at 0138b8e (machine load
+# 10-22, wall clock) gave medians of 32.7K/s for batches decode + rules on heap state (JSON
+# 35.9K/s), 143K/s decode only, and 10.5K/s on RocksDB with 60 s checkpoints: too loaded to be
+# a per-slot figure, so the research's is kept until a run on an idle machine replaces it.
 DECODE_RULES_EVENTS_PER_SLOT = 140_000
 
 
