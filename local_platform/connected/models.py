@@ -18,6 +18,10 @@ pipeline's TrainAnomalyModel step): the same training set from the lake, `iiot m
 anomaly-train` (per machine, on its normal operation only), and a new com.iiot.AnomalyModel
 version published into the same store by the same `publish`.
 
+`calibrate_rules(plan)` learns the stream rules' rapid-change limits from the same lake
+(`iiot stream calibrate --silver`) and renders the SQL with them (the run's Flink job does not
+use it yet: local_platform/README.md says why).
+
 `deploy(plan, factory, store_dir, component)` is the deployment on one gateway: the version's
 files are unpacked beside the current ones and moved into place one by one (a rename each), the
 manifest last, which is what the running FailurePredictor watches: it loads the new model beside
@@ -36,7 +40,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -227,6 +231,45 @@ def anomaly_lifecycle(plan: Plan, number: int, until_ms: int) -> dict[str, Any]:
         "machines_without_enough_normal_rows": trained["machines_without_enough_normal_rows"],
         "published": True,
         "store": str(store),
+        "seconds": round(time.perf_counter() - began, 1),
+    }
+
+
+def calibrate_rules(plan: Plan) -> dict[str, Any]:
+    """The stream rules' rapid-change limits from the lake's history (what a calibration job
+    over the lake does before the Flink application is updated): `iiot stream calibrate
+    --silver` over silver's normal operation before the live start, then `iiot stream render
+    --calibration` into `stream/calibration/sql` (what `flink_job.py --sql-dir` takes). Series
+    without a learned limit keep the catalog's."""
+    from kda_sql.calibration import Calibration
+    from local_platform.connected.late import REFERENCE
+
+    began = time.perf_counter()
+    folder = plan.stream_dir / "calibration"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    log = plan.run_dir / "logs" / "calibration.log"
+    maintenance.build_tables(plan)
+    limits = folder / "rapid_change_limits.json"
+    _iiot(log, "stream", "calibrate", "--silver", str(plan.lake_dir / "silver"),
+          "--until-ms", str(plan.live_start_ms), "--out", str(limits))  # fmt: skip
+    learned = Calibration.load(limits)
+    series = learned.series
+    # The late data's evaluation runs, in the same job, a reference copy of each late span under
+    # the factory id REF-<factory> (`late.py`): it must meet the same rules, so each series'
+    # limit is rendered for that name too.
+    rendered = folder / "rendered_limits.json"
+    Calibration(
+        series + tuple(replace(s, factory_id=REFERENCE + s.factory_id) for s in series),
+        learned.settings,
+    ).save(rendered)
+    _iiot(log, "stream", "render", "--calibration", str(rendered), "--out", str(folder / "sql"))
+    return {
+        "calibrated": True,
+        "series": len(series),
+        "windows_s": sorted({s.window_seconds for s in series}),
+        "limits": str(limits),
+        "sql_dir": str(folder / "sql"),
         "seconds": round(time.perf_counter() - began, 1),
     }
 
