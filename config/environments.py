@@ -111,6 +111,12 @@ WIRE_BYTES_PER_READING = {100: 18.29, 500: 5.89, 2000: 2.71, 5000: 1.88}
 # 35.9K/s), 143K/s decode only, and 10.5K/s on RocksDB with 60 s checkpoints: too loaded to be
 # a per-slot figure, so the research's is kept until a run on an idle machine replaces it.
 DECODE_RULES_EVENTS_PER_SLOT = 140_000
+# Readings per second one source subtask decodes (the iiot-batch format decodes inside the
+# Kinesis source, and a shard is read by one subtask only, so this bounds the readings one
+# shard can carry into the rules). bench/stream.py's decode-only figure at 0138b8e: 143K/s
+# on a machine at load 10-22, so a low (safe) figure: it adds shards rather than leaving a
+# decoding subtask behind.
+DECODE_EVENTS_PER_SOURCE_SUBTASK = 143_000
 
 
 class ConfigError(ValueError):
@@ -170,6 +176,7 @@ class StreamSizing:
     shards_by_records: float
     shards_by_bytes_in: float
     shards_by_bytes_out: float
+    shards_by_decode: float
     shards: int
     parallelism: int
     kpus: int  # the parallelism's KPUs plus Managed Flink's one for orchestration
@@ -180,30 +187,36 @@ def size_stream(
     *,
     polling_consumers: int = 2,
     events_per_slot: float = DECODE_RULES_EVENTS_PER_SLOT,
+    decode_events_per_subtask: float = DECODE_EVENTS_PER_SOURCE_SUBTASK,
     parallelism_per_kpu: int = 1,
 ) -> StreamSizing:
     """Shards and Flink parallelism for the peak `workload` (its headroom included).
 
     Kinesis, per shard: 1,000 records/s and 1 MB/s in; 2 MB/s out shared by the
     `polling_consumers` (Firehose and the InfluxDB writer), while the Flink rules read through
-    their own enhanced fan-out consumer (2 MB/s per shard of their own). The shard count is the
-    largest of the three needs. Flink: the peak readings/s over what one task slot measured
-    through decode + rules (`events_per_slot`), one slot per KPU by default (a KPU is one
-    vCPU, the core the figure was measured on), plus the orchestration KPU.
+    their own enhanced fan-out consumer (2 MB/s per shard of their own). The rules decode the
+    batches in their Kinesis source, where one subtask reads a shard, so a shard carries at
+    most what one subtask decodes (`decode_events_per_subtask`). The shard count is the
+    largest of the four needs. Flink: the peak readings/s over what one task slot measured
+    through decode + rules (`events_per_slot`), and at least one slot per shard (a shard's
+    reader is one subtask); one slot per KPU by default (a KPU is one vCPU, the core the
+    figure was measured on), plus the orchestration KPU.
     """
     records = workload.records_per_second() * workload.headroom
     bytes_in = workload.bytes_per_second() * workload.headroom
     by_records = records / SHARD_RECORDS_PER_SECOND
     by_bytes_in = bytes_in / SHARD_BYTES_PER_SECOND
     by_bytes_out = bytes_in * polling_consumers / SHARD_READ_BYTES_PER_SECOND
-    shards = max(1, *(math.ceil(need) for need in (by_records, by_bytes_in, by_bytes_out)))
-    parallelism = max(
-        1, math.ceil(workload.readings_per_second * workload.headroom / events_per_slot)
-    )
+    peak_readings = workload.readings_per_second * workload.headroom
+    by_decode = peak_readings / decode_events_per_subtask
+    needs = (by_records, by_bytes_in, by_bytes_out, by_decode)
+    shards = max(1, *(math.ceil(need) for need in needs))
+    parallelism = max(shards, math.ceil(peak_readings / events_per_slot))
     return StreamSizing(
         shards_by_records=by_records,
         shards_by_bytes_in=by_bytes_in,
         shards_by_bytes_out=by_bytes_out,
+        shards_by_decode=by_decode,
         shards=shards,
         parallelism=parallelism,
         kpus=math.ceil(parallelism / parallelism_per_kpu) + 1,

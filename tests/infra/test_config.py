@@ -24,11 +24,15 @@ def test_shards_follow_the_largest_of_the_record_and_byte_limits() -> None:
     workload = Workload(
         readings_per_second=1_000_000, readings_per_batch=2000, bytes_per_reading=6, headroom=1.0
     )
-    sizing = size_stream(workload)
+    fast_decode = {"decode_events_per_subtask": 500_000}  # 2 shards' worth: not deciding here
+    sizing = size_stream(workload, **fast_decode)
     assert (sizing.shards_by_records, sizing.shards_by_bytes_in) == (0.5, 6.0)
-    assert sizing.shards_by_bytes_out == 6.0
+    assert (sizing.shards_by_bytes_out, sizing.shards_by_decode) == (6.0, 2.0)
     assert sizing.shards == 6
-    assert size_stream(workload, polling_consumers=3).shards == 9  # 18 MB/s out
+    assert size_stream(workload, polling_consumers=3, **fast_decode).shards == 9  # 18 MB/s out
+    # The source decodes: one subtask per shard at 100K/s -> decode decides, a slot per shard.
+    slow_decode = size_stream(workload, decode_events_per_subtask=100_000, events_per_slot=1e9)
+    assert (slow_decode.shards, slow_decode.parallelism) == (10, 10)
     # Tiny batches: 10K records/s -> records decide.
     chatty = Workload(
         readings_per_second=10_000, readings_per_batch=1, bytes_per_reading=6, headroom=1.0
@@ -42,11 +46,12 @@ def test_headroom_adds_shards_and_slots() -> None:
     workload = Workload(
         readings_per_second=1_000_000, readings_per_batch=2000, bytes_per_reading=6, headroom=1.25
     )
-    sizing = size_stream(workload, events_per_slot=100_000)
+    settings = {"events_per_slot": 100_000, "decode_events_per_subtask": 1e9}
+    sizing = size_stream(workload, **settings)
     assert sizing.shards == 8  # 7.5 MB/s
     assert sizing.parallelism == 13  # 1.25M readings/s over 100K a slot
     assert sizing.kpus == 14  # one slot a KPU, plus the orchestration KPU
-    assert size_stream(workload, events_per_slot=100_000, parallelism_per_kpu=2).kpus == 8
+    assert size_stream(workload, parallelism_per_kpu=2, **settings).kpus == 8
 
 
 def test_a_fleet_workload_takes_the_measured_wire_size_of_its_batch_size() -> None:

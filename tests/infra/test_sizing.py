@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from config.environments import (
+    DECODE_EVENTS_PER_SOURCE_SUBTASK,
     DECODE_RULES_EVENTS_PER_SLOT,
     SHARD_BYTES_PER_SECOND,
     SHARD_READ_BYTES_PER_SECOND,
@@ -72,12 +73,14 @@ def test_each_environment_is_sized_from_its_workload(name: str) -> None:
         math.ceil(records / SHARD_RECORDS_PER_SECOND),
         math.ceil(peak * load.bytes_per_reading / SHARD_BYTES_PER_SECOND),
         math.ceil(2 * peak * load.bytes_per_reading / SHARD_READ_BYTES_PER_SECOND),
+        # the format decodes in the source: one subtask per shard
+        math.ceil(peak / DECODE_EVENTS_PER_SOURCE_SUBTASK),
     )
     assert env.kinesis_shards() == sizing.shards
     assert (
         env.flink_parallelism
         == sizing.parallelism
-        == math.ceil(peak / DECODE_RULES_EVENTS_PER_SLOT)
+        == max(sizing.shards, math.ceil(peak / DECODE_RULES_EVENTS_PER_SLOT))
     )
     assert sizing.kpus == env.flink_parallelism + 1
 
@@ -86,7 +89,9 @@ def test_prod_takes_a_million_readings_a_second_in_at_most_ten_shards() -> None:
     prod = environments()["prod"]
     assert prod.workload.readings_per_second == 1_000_000
     sizing = prod.stream_sizing()
-    # 2000-reading batches at 2.71 B: 3.39 MB/s in with headroom, bytes decide.
+    # 2000-reading batches at 2.71 B: 3.39 MB/s in with headroom, more than the records need;
+    # decoding 1.25M readings/s in the source at 143K/s per subtask needs more shards still.
     assert sizing.shards_by_bytes_in > sizing.shards_by_records
-    assert sizing.shards == 4 <= 10
+    assert sizing.shards_by_decode > sizing.shards_by_bytes_in
+    assert sizing.shards == 9 <= 10
     assert (sizing.parallelism, sizing.kpus) == (9, 10)
