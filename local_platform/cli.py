@@ -370,6 +370,13 @@ def smoke(
         Path | None,
         typer.Option(help="Run the lake job locally on this root instead of the state machine."),
     ] = None,
+    influx_via: Annotated[
+        str | None,
+        typer.Option(
+            help="probe: invoke the environment's InfluxDB probe Lambda (its VPC); direct: "
+            "query InfluxDB from here. Default: probe when the outputs name one."
+        ),
+    ] = None,
     skip: Annotated[
         list[str] | None, typer.Option(help="Leave out a step (publish, influx, lake, ml).")
     ] = None,
@@ -394,6 +401,8 @@ def smoke(
 
     if env not in ("dev", "staging", "prod"):
         raise fail(f"--env must be dev, staging or prod, not {env!r}", 2)
+    if influx_via not in (None, "probe", "direct"):
+        raise fail(f"--influx-via must be probe or direct, not {influx_via!r}", 2)
     unknown = sorted(set(skip or []) - set(checks.STEPS))
     if unknown:
         raise fail(f"--skip {unknown}: the steps are {', '.join(checks.STEPS)}", 2)
@@ -424,6 +433,19 @@ def smoke(
             url = checks.iot_websocket_url(
                 endpoint["endpointAddress"], session.region_name, credentials
             )
+        influx_counter: checks.InfluxCounter
+        if influx_via == "probe" or (influx_via is None and targets.influx_probe_function):
+            if not targets.influx_probe_function:
+                raise checks.SmokeError("--influx-via probe: the outputs name no SmokeInfluxProbe")
+            influx_counter = checks.LambdaProbe(
+                session.client("lambda"), targets.influx_probe_function
+            )
+        else:
+            influx_counter = checks.DirectInflux(
+                influx_url or targets.influx_url,
+                session.client("secretsmanager"),
+                targets.influx_secret_arn,
+            )
         lake: checks.LakeRunner
         if local_lake is not None:
             lake = checks.LocalLake(local_lake, local_lake.parent / "smoke-logs")
@@ -436,9 +458,8 @@ def smoke(
             catalog=load_catalog(),
             publisher=checks.MqttPublisher(url, f"{targets.smoke_client_prefix}{os.getpid()}"),
             lake=lake,
-            secrets=session.client("secretsmanager"),
+            influx_counter=influx_counter,
             sagemaker=session.client("sagemaker"),
-            influx_url=influx_url,
             storage_options=checks.s3_storage_options(session),
             step_timeout_s=timeout,
             poll_s=poll,

@@ -7,7 +7,11 @@ shows"), checked end to end with one tagged test batch:
    published through IoT Core's data-plane endpoint on the smoke factory's telemetry topic,
    over MQTT (QoS 1: the broker's PUBACK is awaited).
 2. **influx**: the InfluxDB writer has written every reading of the batch (InfluxQL through
-   the v1-compatible `/query` endpoint, signed in with the writer's own secret).
+   the v1-compatible `/query` endpoint, signed in with the writer's own secret). The instance
+   is private to the environment's VPC, so where the `smoke` stack outputs an InfluxDB probe
+   (`SmokeInfluxProbe`: a Lambda in the VPC, lambdas/smoke_probe) the step invokes it, and it
+   runs the same count query (lambdas/smoke_probe/influx.py) from inside; without one, or with
+   `--influx-via direct`, the query goes from here (inside the VPC, or the local stand-ins).
 3. **lake**: the lake's state machine is started and its execution awaited; silver's readings
    table then holds the batch exactly once (by the batch id; read with delta-rs). Firehose
    buffers before it lands the batch, so the step runs the lake again until the batch is in
@@ -32,7 +36,6 @@ Where the resources are comes from the outputs of the environment's `smoke`, `la
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import threading
@@ -52,6 +55,7 @@ import numpy as np
 from iiot.catalog import MetricCatalog
 from iiot.contract import ReadingColumns, SeriesKey
 from iiot.wire import encode_batch
+from lambdas.smoke_probe.influx import InfluxQueryError, influx_count, influx_credentials
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +73,8 @@ OUTPUT_KEYS = {
     "influx_bucket": "InfluxBucket",
     "training_pipeline_name": "TrainingPipelineName",
 }
+# Outputs the smoke tests use when the environment has them.
+OPTIONAL_OUTPUT_KEYS = {"influx_probe_function": "SmokeInfluxProbe"}
 TERMINAL_LAKE = ("SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED")
 ML_RUNNING = ("Executing", "Succeeded")
 ML_FAILED = ("Failed", "Stopped", "Stopping")
@@ -97,6 +103,7 @@ class SmokeTargets:
     influx_org: str
     influx_bucket: str
     training_pipeline_name: str
+    influx_probe_function: str = ""  # none: the influx step queries InfluxDB directly
 
     @property
     def factory_id(self) -> str:
@@ -114,7 +121,8 @@ class SmokeTargets:
                 "(npx cdk deploy 'iiot-<env>/*', which includes iiot-<env>/smoke) or give them "
                 "in --outputs"
             )
-        return cls(**{setting: outputs[key] for setting, key in OUTPUT_KEYS.items()})
+        optional = {s: outputs[k] for s, k in OPTIONAL_OUTPUT_KEYS.items() if outputs.get(k)}
+        return cls(**{setting: outputs[key] for setting, key in OUTPUT_KEYS.items()}, **optional)
 
 
 # The stacks that output them (stacks/smoke_stack.py: SMOKE_OUTPUT_STACKS).
@@ -372,47 +380,53 @@ class SmokeReport:
         }
 
 
-def influx_credentials(secrets: Any, secret_arn: str) -> dict[str, str]:
-    """The writer's secret: `token`, or `username` and `password`."""
-    document: dict[str, str] = json.loads(
-        secrets.get_secret_value(SecretId=secret_arn)["SecretString"]
-    )
-    return document
+class InfluxCounter(Protocol):
+    def count(self, machine_id: str, metric: str, bucket: str) -> int:
+        """How many readings of `metric` from `machine_id` the bucket holds."""
+        ...
 
 
-def influx_count(
-    url: str, database: str, credentials: Mapping[str, str], batch: TestBatch, timeout_s: float
-) -> int:
-    """How many of the batch's readings InfluxDB holds (InfluxQL over the v1-compatible
-    /query; a 2.x bucket answers under its name). Signs in with the secret's token, or its
-    username and password (a session, as Timestream for InfluxDB's admin user)."""
-    # urlopen below only ever gets this http(s) URL.
-    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-        raise StepFailedError(f"InfluxDB URL {url!r} is not http(s)")
-    headers: dict[str, str] = {}
-    if credentials.get("token"):
-        headers["Authorization"] = f"Token {credentials['token']}"
-    elif credentials.get("username"):
-        pair = f"{credentials['username']}:{credentials.get('password', '')}".encode()
-        signin = urllib.request.Request(  # noqa: S310
-            f"{url}/api/v2/signin",
-            method="POST",
-            headers={"Authorization": "Basic " + base64.b64encode(pair).decode()},
+@dataclass
+class DirectInflux:
+    """The count query run from here (`--influx-via direct`): needs a network path to the
+    InfluxDB URL, i.e. a machine inside the environment's VPC (or the local stand-ins)."""
+
+    url: str
+    secrets: Any
+    secret_arn: str
+    timeout_s: float = 30.0
+
+    def count(self, machine_id: str, metric: str, bucket: str) -> int:
+        credentials = influx_credentials(self.secrets, self.secret_arn)
+        try:
+            return influx_count(self.url, bucket, credentials, machine_id, metric, self.timeout_s)
+        except InfluxQueryError as error:
+            raise StepFailedError(str(error)) from error
+
+
+@dataclass
+class LambdaProbe:
+    """The same count query run by the environment's probe Lambda in its VPC
+    (lambdas/smoke_probe, `SmokeInfluxProbe` output; `--influx-via probe`): the smoke role may
+    invoke it, and only it."""
+
+    lambda_client: Any
+    function_name: str
+
+    def count(self, machine_id: str, metric: str, bucket: str) -> int:
+        answer = self.lambda_client.invoke(
+            FunctionName=self.function_name,
+            InvocationType="RequestResponse",
+            Payload=json.dumps({"machine_id": machine_id, "metric": metric, "bucket": bucket}),
         )
-        with urllib.request.urlopen(signin, timeout=timeout_s) as answer:  # noqa: S310
-            headers["Cookie"] = answer.headers.get("Set-Cookie", "").split(";", 1)[0]
-    # The metric comes from the catalog and the machine id from the run id: no outside text.
-    where = f"\"machine_id\" = '{batch.machine_id}'"
-    query = f'SELECT count("value") FROM "{batch.metric}" WHERE {where}'  # noqa: S608
-    address = f"{url}/query?" + urllib.parse.urlencode({"db": database, "q": query})
-    request = urllib.request.Request(address, headers=headers)  # noqa: S310
-    with urllib.request.urlopen(request, timeout=timeout_s) as answer:  # noqa: S310
-        document = json.loads(answer.read())
-    result = document["results"][0]
-    if "error" in result:
-        raise StepFailedError(f"InfluxDB refused the query: {result['error']}")
-    series = result.get("series") or []
-    return int(series[0]["values"][0][1]) if series else 0
+        document = json.loads(answer["Payload"].read() or b"null")
+        if answer.get("FunctionError"):
+            message = document.get("errorMessage") if isinstance(document, dict) else document
+            raise StepFailedError(
+                f"the InfluxDB probe {self.function_name} failed ({answer['FunctionError']}): "
+                f"{message}"
+            )
+        return int(document["count"])
 
 
 def s3_storage_options(session: Any) -> dict[str, str]:
@@ -474,9 +488,8 @@ class Smoke:
     catalog: MetricCatalog
     publisher: Publisher
     lake: LakeRunner
-    secrets: Any
+    influx_counter: InfluxCounter
     sagemaker: Any
-    influx_url: str | None = None  # where to query (default: the outputs' InfluxUrl)
     storage_options: Mapping[str, str] | None = None
     step_timeout_s: float = 900.0
     poll_s: float = 5.0
@@ -532,12 +545,10 @@ class Smoke:
             time.sleep(self.poll_s)
 
     def influx(self, batch: TestBatch) -> str:
-        credentials = influx_credentials(self.secrets, self.targets.influx_secret_arn)
-        url = self.influx_url or self.targets.influx_url
         bucket = self.targets.influx_bucket
         seen, waited = self._until(
             "influx",
-            lambda: influx_count(url, bucket, credentials, batch, min(self.step_timeout_s, 30)),
+            lambda: self.influx_counter.count(batch.machine_id, batch.metric, bucket),
             batch.readings,
         )
         if seen != batch.readings:

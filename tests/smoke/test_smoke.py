@@ -20,7 +20,12 @@ from tests.smoke.conftest import StandIns
 
 
 def smoke(
-    stand_ins: StandIns, outputs: Path, *args: str, local_lake: bool = True
+    stand_ins: StandIns,
+    outputs: Path,
+    *args: str,
+    local_lake: bool = True,
+    influx_url: str | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     command = [
         sys.executable,
@@ -34,7 +39,7 @@ def smoke(
         "--iot-endpoint",
         f"mqtt://127.0.0.1:{stand_ins.cloud.port}",
         "--influx-url",
-        stand_ins.influx.url,
+        influx_url or stand_ins.influx.url,
         *(["--local-lake", str(stand_ins.plan.lake_dir)] if local_lake else []),
         "--poll",
         "0.5",
@@ -43,7 +48,7 @@ def smoke(
     # Our own interpreter running the project's command line; fixed argv.
     return subprocess.run(
         command,
-        env={**os.environ, **stand_ins.env},
+        env={**os.environ, **stand_ins.env, **(extra_env or {})},
         capture_output=True,
         text=True,
         timeout=900,
