@@ -35,7 +35,7 @@ from constructs import Construct
 
 from config.environments import Environment
 from stacks.artifacts import ROOT
-from stacks.constructs.access import acknowledge
+from stacks.constructs.access import acknowledge, allow_vpc_network_interfaces
 from stacks.constructs.python_function import ARCHITECTURE, RUNTIME, log_retention
 from stacks.timeseries_stack import BUCKET, INFLUX_PORT, ORGANIZATION
 from stacks.warehouse_stack import DATABASE
@@ -370,19 +370,7 @@ class GrafanaStack(Stack):
             )
         )
         self.read_token.grant_write(role)
-        role.add_to_policy(
-            iam.PolicyStatement(
-                # The function's network interfaces in the VPC (no resource-level permissions).
-                actions=[
-                    "ec2:CreateNetworkInterface",
-                    "ec2:DescribeNetworkInterfaces",
-                    "ec2:DeleteNetworkInterface",
-                    "ec2:AssignPrivateIpAddresses",
-                    "ec2:UnassignPrivateIpAddresses",
-                ],
-                resources=["*"],
-            )
-        )
+        allow_vpc_network_interfaces(role)
         acknowledge(
             role,
             "A VPC function's network interface actions have no resource-level permissions; "

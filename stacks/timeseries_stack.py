@@ -30,7 +30,11 @@ from constructs import Construct
 
 from config.environments import Environment
 from stacks import artifacts
-from stacks.constructs.access import acknowledge, data_removal_policy
+from stacks.constructs.access import (
+    acknowledge,
+    allow_vpc_network_interfaces,
+    data_removal_policy,
+)
 from stacks.constructs.dead_letters import dead_letter_queue
 from stacks.constructs.python_function import (
     ARCHITECTURE,
@@ -168,19 +172,7 @@ class TimeSeriesStack(Stack):
         )
         log_group.grant_write(role)
         self.credentials.grant_read(role)
-        role.add_to_policy(
-            iam.PolicyStatement(
-                # The function's network interfaces in the VPC (no resource-level permissions).
-                actions=[
-                    "ec2:CreateNetworkInterface",
-                    "ec2:DescribeNetworkInterfaces",
-                    "ec2:DeleteNetworkInterface",
-                    "ec2:AssignPrivateIpAddresses",
-                    "ec2:UnassignPrivateIpAddresses",
-                ],
-                resources=["*"],
-            )
-        )
+        allow_vpc_network_interfaces(role)
         acknowledge(
             role,
             "A VPC function's network interface actions have no resource-level permissions; "

@@ -48,6 +48,24 @@ def acknowledge(scope: IConstruct, reason: str, *finding_ids: str) -> None:
     )
 
 
+# What a Lambda function in a VPC does with its network interfaces (no resource-level
+# permissions: the statement is on "*", which each caller acknowledges with its own reason).
+VPC_NETWORK_INTERFACE_ACTIONS = (
+    "ec2:CreateNetworkInterface",
+    "ec2:DescribeNetworkInterfaces",
+    "ec2:DeleteNetworkInterface",
+    "ec2:AssignPrivateIpAddresses",
+    "ec2:UnassignPrivateIpAddresses",
+)
+
+
+def allow_vpc_network_interfaces(role: iam.IRole) -> None:
+    """Let the VPC function running as `role` create and remove its network interfaces."""
+    role.add_to_principal_policy(
+        iam.PolicyStatement(actions=list(VPC_NETWORK_INTERFACE_ACTIONS), resources=["*"])
+    )
+
+
 def data_removal_policy(env_config: Environment) -> RemovalPolicy:
     """What deleting a stack does to a resource that holds data, or the key or secret that
     opens it: prod (`keep_data_on_delete`) retains it, dev and staging delete it, so that a
