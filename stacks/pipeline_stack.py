@@ -13,7 +13,8 @@ approval -> prod, each environment smoke-tested after its deployment.
   region, with the toolchain account trusted to assume its smoke role. A manual approval
   comes before prod.
 * **Smoke tests** after each environment: `iiot smoke --env <env>` assuming the environment's
-  `iiot-<env>-smoke` role (local_platform/smoke.py).
+  `iiot-<env>-smoke` role (local_platform/smoke.py), every step: InfluxDB, private to the
+  environment's VPC, is counted through the smoke stack's probe Lambda in that VPC.
 
 The pipeline's artifacts bucket is KMS-encrypted with a rotating key that the target accounts'
 CDK deploy roles may use (cross-account keys), refuses plain HTTP and logs its access.
@@ -64,11 +65,13 @@ SMOKE_INSTALL = 'pip install --quiet -c constraints.txt -e ".[sim,lambdas,spark]
 
 def smoke_command(env_config: Environment) -> str:
     """The smoke step's command in the toolchain account: assume the environment's smoke role
-    and run every check."""
+    and run every check. The InfluxDB instance is private to the environment's VPC: the
+    influx step counts the batch through the environment's probe Lambda (the smoke stack's
+    `SmokeInfluxProbe`), which the smoke role may invoke."""
     role = f"arn:aws:iam::{env_config.account}:role/{smoke_role_name(env_config)}"
     return (
         f"iiot smoke --env {env_config.name} --region {env_config.region} --role-arn {role} "
-        "--skip influx"
+        "--influx-via probe"
     )
 
 

@@ -9,25 +9,39 @@ and secret); the smoke tests read the outputs of those stacks (SMOKE_OUTPUT_STAC
 The role `iiot-<env>-smoke` may do exactly what the smoke tests do: find the IoT data
 endpoint, connect as `iiot-<env>-smoke-*` and publish on the smoke factory's telemetry topic,
 start and read the lake state machine's executions, read silver (the lake key decrypts), read
-the InfluxDB writer's secret, start and read the training pipeline. It trusts the
-environment's own account (an operator's `iiot smoke --role-arn`) and, when the environment is
-deployed by the delivery pipeline, the toolchain account, whose smoke step assumes it
-(stacks/pipeline_stack.py).
+the InfluxDB writer's secret, invoke the InfluxDB probe, start and read the training
+pipeline. It trusts the environment's own account (an operator's `iiot smoke --role-arn`) and,
+when the environment is deployed by the delivery pipeline, the toolchain account, whose smoke
+step assumes it (stacks/pipeline_stack.py).
+
+The InfluxDB probe (`iiot-<env>-smoke`'s function, output `SmokeInfluxProbe`;
+lambdas/smoke_probe) runs the smoke tests' InfluxDB count from inside the environment's VPC,
+where the private Timestream for InfluxDB instance is: the pipeline's smoke step runs in the
+toolchain account and has no network path to it. It sits in the data subnets as the InfluxDB
+writer does, with its own security group that may reach only InfluxDB's port and the AWS API
+endpoints (443 in the VPC); InfluxDB's security group admits it by an ingress rule kept in this
+stack (the time-series stack knows no smoke stack). It reads the writer's secret by explicit
+statements on its own role. The smoke role may invoke it and no other function.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from aws_cdk import Arn, ArnFormat, Aws, CfnOutput, Stack
+from aws_cdk import Arn, ArnComponents, ArnFormat, Aws, CfnOutput, Duration, Stack
+from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
 from config.environments import Environment
+from stacks.artifacts import ROOT
 from stacks.constructs.access import acknowledge, bucket_name
+from stacks.constructs.python_function import PythonFunction
+from stacks.timeseries_stack import INFLUX_PORT
 
 # The outputs' keys, which `iiot smoke` reads (local_platform/smoke.py: SmokeTargets).
 OUTPUTS = {
@@ -40,11 +54,13 @@ OUTPUTS = {
     "influx_org": "InfluxOrg",
     "influx_bucket": "InfluxBucket",
     "training_pipeline_name": "TrainingPipelineName",
+    "influx_probe_function": "SmokeInfluxProbe",
 }
 # The stacks whose outputs the smoke tests read, by concern.
 SMOKE_OUTPUT_STACKS = ("smoke", "lake", "timeseries")
 SILVER_PREFIX = "silver/readings/"
 SMOKE_FACTORY_INDEX = 0  # the smoke batch is published as the environment's first factory
+PROBE_DIR = ROOT / "lambdas" / "smoke_probe"
 
 
 def smoke_role_name(env_config: Environment) -> str:
@@ -62,7 +78,10 @@ class SmokeStack(Stack):
         env_config: Environment,
         lake_state_machine: sfn.StateMachine,
         lake_key: kms.IKey,
+        vpc: ec2.IVpc,
+        subnets: ec2.SubnetSelection,
         influx_url: str,
+        influx_security_group: ec2.ISecurityGroup,
         influx_secret: secretsmanager.ISecret,
         influx_org: str,
         influx_bucket: str,
@@ -75,6 +94,8 @@ class SmokeStack(Stack):
         topic = env_config.factory_topic("factory/sensor/data", factory)
         client_prefix = f"{env_config.prefix}-smoke-"
         silver = f"s3://{bucket_name(env_config.prefix, 'lake')}/{SILVER_PREFIX.rstrip('/')}"
+        self.probe = self._probe(env_config, vpc, subnets, influx_url, influx_security_group,
+                                 influx_secret)  # fmt: skip
         values = {
             "telemetry_topic": topic,
             "smoke_client_prefix": client_prefix,
@@ -85,6 +106,7 @@ class SmokeStack(Stack):
             "influx_org": influx_org,
             "influx_bucket": influx_bucket,
             "training_pipeline_name": training_pipeline_name,
+            "influx_probe_function": self.probe.function_name,
         }
         # Each output in the stack that owns the resource: an output of this stack that
         # re-exported another stack's value would be an import (cfn-lint W6001).
@@ -113,13 +135,15 @@ class SmokeStack(Stack):
         )
 
         def arn(service: str, resource: str, name: str) -> str:
+            # ArnComponents, not a dict: jsii reads a dict's keys in camelCase and would drop
+            # resource_name and arn_format (the ARN would end at `:client`, `:topic`).
             return Arn.format(
-                {
-                    "service": service,
-                    "resource": resource,
-                    "resource_name": name,
-                    "arn_format": ArnFormat.SLASH_RESOURCE_NAME,
-                },
+                ArnComponents(
+                    service=service,
+                    resource=resource,
+                    resource_name=name,
+                    arn_format=ArnFormat.SLASH_RESOURCE_NAME,
+                ),
                 self,
             )
 
@@ -128,16 +152,26 @@ class SmokeStack(Stack):
         lake_arn = self.format_arn(
             service="s3", region="", account="", resource=bucket_name(env_config.prefix, "lake")
         )
+        # The state machine's generated name as the export CDK makes for it anyway, so that
+        # the acknowledgment below can name the finding (cdk-nag prints the export's name).
+        machine_name = Stack.of(lake_state_machine).export_value(
+            lake_state_machine.state_machine_name
+        )
+        machine_export = self.resolve(machine_name)["Fn::ImportValue"]
         execution_arn = Arn.format(
-            {
-                "service": "states",
-                "resource": "execution",
-                "resource_name": f"{lake_state_machine.state_machine_name}:*",
-                "arn_format": ArnFormat.COLON_RESOURCE_NAME,
-            },
+            ArnComponents(
+                service="states",
+                resource="execution",
+                resource_name=f"{machine_name}:*",
+                arn_format=ArnFormat.COLON_RESOURCE_NAME,
+            ),
             self,
         )
         statements = [
+            # The InfluxDB probe, and no other function.
+            iam.PolicyStatement(
+                actions=["lambda:InvokeFunction"], resources=[self.probe.function_arn]
+            ),
             # DescribeEndpoint takes no resource.
             iam.PolicyStatement(actions=["iot:DescribeEndpoint"], resources=["*"]),
             iam.PolicyStatement(
@@ -190,9 +224,108 @@ class SmokeStack(Stack):
         )
         acknowledge(
             self.role,
+            "Each smoke run connects with its own client id under the smoke prefix "
+            f"({client_prefix}<run>): Connect is limited to that prefix, never a gateway's id.",
+            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:iot:<AWS::Region>:"
+            f"<AWS::AccountId>:client/{client_prefix}*]",
+        )
+        acknowledge(
+            self.role,
+            "The smoke tests read back the lake executions they start, whose names are made "
+            "per run: DescribeExecution on the lake state machine's executions only.",
+            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:states:<AWS::Region>:"
+            f"<AWS::AccountId>:execution:{machine_export}:*]",
+        )
+        acknowledge(
+            self.role,
+            "SageMaker names a pipeline execution when it starts: the smoke tests read back "
+            "the executions of the training pipeline only.",
+            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:sagemaker:<AWS::Region>:"
+            f"<AWS::AccountId>:pipeline/{training_pipeline_name}/execution/*]",
+        )
+        acknowledge(
+            self.role,
             "The smoke tests read silver's readings table to find the test batch: Delta names "
             "its log and data files at run time, so the resource is the table's key space, "
             "read-only.",
             "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:s3:::"
             f"{env_config.prefix}-lake-<AWS::AccountId>-<AWS::Region>/{SILVER_PREFIX}*]",
         )
+
+    def _probe(
+        self,
+        env_config: Environment,
+        vpc: ec2.IVpc,
+        subnets: ec2.SubnetSelection,
+        influx_url: str,
+        influx_security_group: ec2.ISecurityGroup,
+        influx_secret: secretsmanager.ISecret,
+    ) -> lambda_.IFunction:
+        """The InfluxDB probe in the VPC (module doc)."""
+        group = ec2.SecurityGroup(
+            self,
+            "ProbeSecurityGroup",
+            vpc=vpc,
+            description="iiot smoke InfluxDB probe: InfluxDB and the AWS API endpoints",
+            allow_all_outbound=False,
+        )
+        group.add_egress_rule(influx_security_group, ec2.Port.tcp(INFLUX_PORT), "InfluxDB API")
+        group.add_egress_rule(
+            ec2.Peer.ipv4(env_config.vpc_cidr), ec2.Port.tcp(443), "AWS APIs via VPC endpoints"
+        )
+        # The rule lives in this stack (remote_rule): the time-series stack knows no probe.
+        influx_security_group.add_ingress_rule(
+            group, ec2.Port.tcp(INFLUX_PORT), "InfluxDB API from the smoke tests' probe",
+            remote_rule=True,
+        )  # fmt: skip
+        probe = PythonFunction(
+            self,
+            "InfluxProbe",
+            function_dir=PROBE_DIR,
+            description="iiot smoke: counts the test batch's readings in InfluxDB (in the VPC)",
+            environment={
+                "INFLUXDB_URL": influx_url,
+                "INFLUXDB_SECRET_ARN": influx_secret.secret_arn,
+            },
+            log_retention_days=env_config.log_retention_days,
+            timeout=Duration.seconds(30),
+            memory_size=128,
+            vpc=vpc,
+            vpc_subnets=subnets,
+            security_groups=[group],
+        )
+        # Explicit statements, not grant_read: a grant would write this stack's role into the
+        # time-series stack's key policy, a reference back to this stack (a cycle).
+        probe.role.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=["secretsmanager:GetSecretValue"], resources=[influx_secret.secret_arn]
+            )
+        )
+        if influx_secret.encryption_key is not None:
+            probe.role.add_to_principal_policy(
+                iam.PolicyStatement(
+                    actions=["kms:Decrypt"], resources=[influx_secret.encryption_key.key_arn]
+                )
+            )
+        # A function in a VPC needs its network interfaces (CDK adds these only to a role it
+        # makes itself; CreateFunction refuses a VPC function whose role lacks them).
+        probe.role.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=[
+                    "ec2:CreateNetworkInterface",
+                    "ec2:DescribeNetworkInterfaces",
+                    "ec2:DeleteNetworkInterface",
+                    "ec2:AssignPrivateIpAddresses",
+                    "ec2:UnassignPrivateIpAddresses",
+                ],
+                resources=["*"],
+            )
+        )
+        acknowledge(
+            probe.role,
+            "X-Ray PutTraceSegments/PutTelemetryRecords (active tracing) and the VPC network "
+            "interface actions (ec2:CreateNetworkInterface etc.) do not support resource-level "
+            "permissions.",
+            "AwsSolutions-IAM5[Resource::*]",
+        )
+        return probe.function

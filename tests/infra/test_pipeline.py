@@ -150,7 +150,11 @@ def test_each_environment_is_deployed_to_its_account_then_smoke_tested(
     assert smoke["InputArtifacts"] == source["OutputArtifacts"]
     commands = pipeline.buildspec(smoke)["phases"]["build"]["commands"]
     role = f"arn:aws:iam::{account}:role/iiot-{env}-smoke"
-    assert any(c.startswith(f"iiot smoke --env {env} ") and role in c for c in commands)
+    (command,) = [c for c in commands if c.startswith(f"iiot smoke --env {env} ")]
+    assert role in command
+    # Every step, InfluxDB's through the environment's probe in its VPC.
+    assert "--skip" not in command
+    assert command.endswith(" --influx-via probe")
 
 
 def test_a_manual_approval_comes_before_prod_only(pipeline: Pipeline) -> None:
