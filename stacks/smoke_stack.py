@@ -307,20 +307,6 @@ class SmokeStack(Stack):
                     actions=["kms:Decrypt"], resources=[influx_secret.encryption_key.key_arn]
                 )
             )
-        # A function in a VPC needs its network interfaces (CDK adds these only to a role it
-        # makes itself; CreateFunction refuses a VPC function whose role lacks them).
-        probe.role.add_to_principal_policy(
-            iam.PolicyStatement(
-                actions=[
-                    "ec2:CreateNetworkInterface",
-                    "ec2:DescribeNetworkInterfaces",
-                    "ec2:DeleteNetworkInterface",
-                    "ec2:AssignPrivateIpAddresses",
-                    "ec2:UnassignPrivateIpAddresses",
-                ],
-                resources=["*"],
-            )
-        )
         acknowledge(
             probe.role,
             "X-Ray PutTraceSegments/PutTelemetryRecords (active tracing) and the VPC network "

@@ -17,6 +17,7 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from stacks.artifacts import ROOT
+from stacks.constructs.access import allow_vpc_network_interfaces
 from stacks.constructs.python_bundle import (
     LocalPythonBundling,
     local_bundling,
@@ -92,6 +93,10 @@ class PythonFunction(Construct):
             description=f"{description} (function role)",
         )
         self.log_group.grant_write(self.role)
+        if vpc is not None:
+            # CDK adds the network-interface permissions only to a role it makes itself, and
+            # CreateFunction refuses a VPC function whose role lacks them.
+            allow_vpc_network_interfaces(self.role)
         self.function = lambda_.Function(
             self,
             "Function",

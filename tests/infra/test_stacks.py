@@ -1140,3 +1140,42 @@ def test_functions_bundle_their_package_the_shared_code_and_the_core(
         "config/metrics.yaml",
     ):
         assert (bundle / path).is_file(), path
+
+
+# --- functions in a VPC --------------------------------------------------------------------
+
+
+def _allows(statement: dict[str, Any], action: str) -> bool:
+    actions = statement.get("Action", [])
+    actions = [actions] if isinstance(actions, str) else actions
+    return statement.get("Effect") == "Allow" and action in actions
+
+
+@pytest.mark.parametrize("env", ["dev", "prod"])
+def test_every_function_in_a_vpc_may_create_its_network_interfaces(synth: Synth, env: str) -> None:
+    # Lambda's CreateFunction refuses a VPC function whose role cannot create network
+    # interfaces, and CDK grants that only to roles it makes itself (PythonFunction and the
+    # handlers bring their own).
+    checked = 0
+    for (name, concern), stack in synth.templates.items():
+        if name != env:
+            continue
+        body = stack["Resources"]
+        for function_id, function in body.items():
+            props = function["Properties"] if function["Type"] == "AWS::Lambda::Function" else {}
+            if "VpcConfig" not in props:
+                continue
+            role_id = props["Role"]["Fn::GetAtt"][0]
+            managed = json.dumps(body[role_id]["Properties"].get("ManagedPolicyArns", []))
+            granted = [
+                statement
+                for policy in body.values()
+                if policy["Type"] == "AWS::IAM::Policy"
+                and {"Ref": role_id} in policy["Properties"].get("Roles", [])
+                for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+            ]
+            assert "AWSLambdaVPCAccessExecutionRole" in managed or any(
+                _allows(statement, "ec2:CreateNetworkInterface") for statement in granted
+            ), f"{concern}: {function_id} runs in a VPC but its role cannot create interfaces"
+            checked += 1
+    assert checked >= 4  # the InfluxDB writer, retention, Grafana's handlers, the smoke probe
