@@ -100,21 +100,19 @@ SHARD_READ_BYTES_PER_SECOND = 2_000_000
 # the figures; the test fails when the encoder moves them by more than 15 %); bench/edge_buffer.py
 # measures 1.35 B/reading for the uploader's own ~20,000-reading batches.
 WIRE_BYTES_PER_READING = {100: 18.29, 500: 5.89, 2000: 2.71, 5000: 1.88}
-# Readings per second one Flink task slot takes through decode + rules, after JVM start. Until
-# bench/stream.py's `decode_rules_events_per_s` is recorded for the compact-batch format, this
-# is the previous session's figure for the JSON rules on one slot with heap state (140K/s;
-# the compact-batch format measured 146K/s in the same research). Managed Flink keeps state in
-# RocksDB, where that research measured 17-29K/s (the HOP windows' firing dominates): with
-# autoscaling on (prod) the service adds KPUs when the application falls behind, and the
-# FlinkConsumerBehind alarm says when it does. bench/stream.py's run at 0138b8e (machine load
-# 10-22, wall clock) gave medians of 32.7K/s for batches decode + rules on heap state (JSON
-# 35.9K/s), 143K/s decode only, and 10.5K/s on RocksDB with 60 s checkpoints: too loaded to be
-# a per-slot figure, so the research's is kept until a run on an idle machine replaces it.
-DECODE_RULES_EVENTS_PER_SLOT = 140_000
+# Readings per second one Flink task slot takes through decode + rules, after JVM start, on
+# heap state: bench/stream.py's `decode_rules_events_per_s` at 6e67161 on an idle machine
+# (load 0.2-2, `bench/stream.py --repeat 3`, 2026-11-30): 108K, 126K, 113K/s, median 113K/s
+# (the JSON rules in the same run: 138K/s). Managed Flink keeps state in RocksDB, where
+# the windows' firing dominates (17-29K/s in the previous session's research, 10.5K/s on a
+# loaded machine here): with autoscaling on (prod) the service adds KPUs when the
+# application falls behind, and the FlinkConsumerBehind alarm says when it does.
+DECODE_RULES_EVENTS_PER_SLOT = 113_000
 # Readings per second one source subtask decodes (the iiot-batch format decodes inside the
 # Kinesis source, and a shard is read by one subtask only, so this bounds the readings one
-# shard can carry into the rules). bench/stream.py's decode-only figure at 0138b8e: 143K/s
-# on a machine at load 10-22, so a low (safe) figure: it adds shards rather than leaving a
+# shard can carry into the rules). bench/stream.py's decode-only figure: 143K/s at 0138b8e on
+# a machine at load 10-22, 298K/s at 6e67161 idle. The loaded figure is kept: a Managed Flink
+# KPU is one vCPU shared with the rules, and a low figure adds shards rather than leaving a
 # decoding subtask behind.
 DECODE_EVENTS_PER_SOURCE_SUBTASK = 143_000
 

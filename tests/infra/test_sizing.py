@@ -94,4 +94,4 @@ def test_prod_takes_a_million_readings_a_second_in_at_most_ten_shards() -> None:
     assert sizing.shards_by_bytes_in > sizing.shards_by_records
     assert sizing.shards_by_decode > sizing.shards_by_bytes_in
     assert sizing.shards == 9 <= 10
-    assert (sizing.parallelism, sizing.kpus) == (9, 10)
+    assert (sizing.parallelism, sizing.kpus) == (12, 13)  # 1.25M readings/s over 113K a slot
