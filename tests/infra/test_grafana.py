@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from moto import mock_aws
 from syrupy.assertion import SnapshotAssertion
 from syrupy.extensions.json import JSONSnapshotExtension
 
+from local_platform.connected.local_http import LocalHttpServer
 from stacks.constructs.grafana_handlers import influx_token, provision
 from stacks.grafana_stack import DASHBOARDS, INFLUX_DATA_SOURCE_UID
 from tests.infra.conftest import ENVIRONMENTS, Synth
@@ -347,9 +347,11 @@ class GrafanaApi:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self._http = LocalHttpServer(Handler)
+        self.url = self._http.url
+
+    def close(self) -> None:
+        self._http.close()
 
     def route(self, method: str, path: str, body: Any) -> tuple[int, Any]:
         if (method, path) == ("POST", "/api/datasources"):
@@ -407,8 +409,7 @@ class GrafanaApi:
 def grafana_api() -> Iterator[GrafanaApi]:
     server = GrafanaApi()
     yield server
-    server.server.shutdown()
-    server.server.server_close()
+    server.close()
 
 
 @pytest.fixture
@@ -653,17 +654,18 @@ class InfluxApi:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self._http = LocalHttpServer(Handler)
+        self.url = self._http.url
+
+    def close(self) -> None:
+        self._http.close()
 
 
 @pytest.fixture
 def influx_api() -> Iterator[InfluxApi]:
     server = InfluxApi()
     yield server
-    server.server.shutdown()
-    server.server.server_close()
+    server.close()
 
 
 def _token_event(request: str, influx_api: InfluxApi, secrets: Any, **extra: Any) -> dict[str, Any]:
