@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
 
 from config.environments import environments
+from local_platform.connected.local_http import LocalHttpServer
 from stacks.constructs import influx_retention_handler as handler
 from tests.infra.conftest import Synth
 
@@ -59,17 +59,18 @@ class InfluxApi:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.http = LocalHttpServer(Handler)
+        self.url = self.http.url
+
+    def close(self) -> None:
+        self.http.close()
 
 
 @pytest.fixture
 def api() -> Iterator[InfluxApi]:
     server = InfluxApi([{"id": "0a1b2c", "name": "telemetry", "retentionRules": []}])
     yield server
-    server.server.shutdown()
-    server.server.server_close()
+    server.close()
 
 
 CREDENTIALS = {"username": "iiot-admin", "password": "secret"}

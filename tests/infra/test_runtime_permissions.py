@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ import pytest
 from moto import mock_aws
 
 from iiot.anomaly import Anomaly, encode_anomaly
+from local_platform.connected.local_http import LocalHttpServer
 from tests.infra.conftest import Synth
 from tests.infra.harness.access import Access, accesses, denied
 from tests.infra.harness.fake_cloud import provision
@@ -218,13 +218,11 @@ class InfluxV2Endpoint:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.http = LocalHttpServer(Handler)
+        self.url = self.http.url
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.http.close()
 
 
 def test_influx_writer(cloud: Cloud, fake_aws: None, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -639,7 +637,6 @@ def test_influx_retention_handler(cloud: Cloud, fake_aws: None) -> None:
         with recording() as calls:
             handler.on_event({"RequestType": "Create", "ResourceProperties": properties})
     finally:
-        api.server.shutdown()
-        api.server.server_close()
+        api.close()
     assert [str(c) for c in calls] == ["secretsmanager.GetSecretValue"]
     check("InfluxDB retention (custom resource)", cloud, permissions, calls)
