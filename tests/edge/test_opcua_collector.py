@@ -228,13 +228,18 @@ def test_plc_values_reach_the_buffer_input_and_through_the_buffer_the_cloud(
 
 
 @pytest.mark.slow
-def test_a_plc_absent_at_start_killed_and_back_is_survived(plc, broker, collector_factory) -> None:
+def test_a_plc_absent_at_start_killed_and_back_is_survived(
+    plc, broker, collector_factory, caplog
+) -> None:
     readings = Readings(broker.port)
     collector = collector_factory(configuration(plc.endpoint, GOOD), broker.url)
     try:
         # Not there at start: the collector retries until it is.
         wait_for(lambda: collector.plcs["line1"].last_error != "", 10, "a failed first connect")
         assert readings.readings() == []
+        said = lambda: {r.getMessage() for r in caplog.records if getattr(r, "plc", None)}  # noqa: E731
+        wait_for(lambda: said() != set(), 10, "the failed connect logged")
+        assert said() == {"plc not reachable; retrying"}
         plc.start(generation=0)
         wait_for(lambda: len(readings.of("temperature")) >= 5, 30, "readings once the PLC is up")
         # A power cut: SIGKILL, no goodbye to the client.
@@ -513,11 +518,12 @@ def test_a_plc_that_requires_basic256sha256_is_read_with_the_gateways_certificat
 
 
 def test_a_plc_that_requires_a_user_is_read_with_the_password_file_and_refuses_others(
-    plc, broker, collector_factory, tmp_path
+    plc, broker, collector_factory, tmp_path, caplog
 ) -> None:
     """The PLC admits `gateway` with its password only: the configured username and
     passwordFile sign in; a wrong password and a session without a user are refused, each with
-    the PLC's reason in the status, and keep being retried without taking the others down."""
+    the PLC's reason in the status and the log saying it refused (not that it is unreachable),
+    and keep being retried without taking the others down."""
     plc.start(user="gateway:s3cret")
     right, wrong = tmp_path / "right", tmp_path / "wrong"
     right.write_text("s3cret\n")
@@ -558,6 +564,10 @@ def test_a_plc_that_requires_a_user_is_read_with_the_password_file_and_refuses_o
         status = collector.publish_status()["plcs"]
         assert "BadUserAccessDenied" in status["wrong"]["last_error"]
         assert status["line1"]["last_error"] == ""
+        said = lambda: {r.plc: r.getMessage() for r in caplog.records if getattr(r, "plc", None)}  # noqa: E731
+        wait_for(lambda: {"wrong", "anonymous"} <= said().keys(), 10, "both refusals logged")
+        assert said()["wrong"] == "plc refused the session; retrying"
+        assert said()["anonymous"] == "plc refused the session; retrying"
     finally:
         readings.close()
     assert {r["machine_id"] for r in readings.readings()} == {"pump-1"}

@@ -219,9 +219,14 @@ class OpcUaCollector:
                 raise
             except Exception as exc:
                 state.last_error = f"{type(exc).__name__}: {exc}"
+                # a PLC that answers but refuses the session (login, security policy, a node
+                # id it does not know) is not an unreachable one: say which it was
+                unreachable = isinstance(exc, OSError | TimeoutError)
                 self._warn(
                     f"connect:{plc.name}",
-                    "plc not reachable; retrying",
+                    "plc not reachable; retrying"
+                    if unreachable
+                    else "plc refused the session; retrying",
                     plc=plc.name,
                     endpoint=plc.endpoint,
                     error=state.last_error,
