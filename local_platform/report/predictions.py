@@ -38,19 +38,17 @@ def machines_config(simulation_dir: Path) -> dict[str, dict[str, str]]:
 
 
 def alert_thresholds(model_dir: Path) -> dict[str, float]:
-    """The predictor's thresholds for the model in `model_dir`, as a gateway running it is
-    configured (local_platform/steps/ml.py): the alert threshold its training chose (the
-    manifest's `threshold`), clearing at three quarters of it, a shutdown request at 0.95 or
-    above. Empty (the component's defaults) for a manifest that names none."""
+    """The thresholds a predictor with the recipe's configuration uses with the model in
+    `model_dir` (the component's rule, `failure_predictor.config.AlertThresholds.around`: the
+    alert threshold its training chose, the manifest's `threshold`), as recipe keys. Empty for
+    a manifest that names none."""
+    from failure_predictor.config import AlertThresholds
+
     manifest = model_dir / "manifest.json"
     threshold = json.loads(manifest.read_text()).get("threshold") if manifest.is_file() else None
     if not isinstance(threshold, int | float) or isinstance(threshold, bool):
         return {}
-    return {
-        "alertThreshold": float(threshold),
-        "clearThreshold": round(float(threshold) * 0.75, 3),
-        "shutdownThreshold": max(0.95, float(threshold)),
-    }
+    return AlertThresholds.around(float(threshold)).as_configuration()
 
 
 def replay_run(
@@ -105,7 +103,7 @@ def replay_run(
             "factoryId": "F01",
             "modelDir": str(model_dir),
             "machines": {k: v for k, v in machines_config(simulation_dir).items() if k in results},
-            **alert_thresholds(model_dir),
+            # no thresholds: the predictor takes the model's, as a gateway with the recipe does
         }
     )
     predictor = FailurePredictor(config, ModelHandle(model_dir), publish, catalog)

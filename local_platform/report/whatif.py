@@ -115,7 +115,6 @@ def first_alert(
 
     from iiot import topics
     from iiot.anomaly import decode_anomaly
-    from local_platform.report.predictions import alert_thresholds
 
     events: list[tuple[int, float, str]] = []  # FAILURE_PREDICTED RAISED / CLEARED
 
@@ -130,7 +129,7 @@ def first_alert(
             "factoryId": "F",
             "modelDir": str(model_dir),
             "machines": {machine_id: machine_config},
-            **alert_thresholds(model_dir),  # as the gateway running this model is configured
+            # no thresholds: the model's own, as on a gateway with the recipe's configuration
         }
     )
     predictor = FailurePredictor(config, ModelHandle(model_dir), publish, catalog)

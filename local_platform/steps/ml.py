@@ -95,17 +95,14 @@ def ml_step(context: DemoContext) -> Figures:
     context.progress("ml: predicting on the live stream", 5, 6)
     run_dir = context.simulation_dir
     published: list[tuple[str, bytes]] = []
-    # the alert threshold the training's cross-validation chose (what training.json records)
-    threshold = float(metrics["threshold"])
     config = PredictorConfig.from_mapping(
         {
             "factoryId": "F01",
             "modelDir": str(work / "failure_model"),
             "anomalyModelDir": str(work / "anomaly_model"),
             "machines": _machines_config(run_dir),
-            "alertThreshold": threshold,
-            "clearThreshold": round(threshold * 0.75, 3),
-            "shutdownThreshold": max(0.95, threshold),
+            # no alert thresholds: the predictor takes the compiled model's (the one the
+            # training's cross-validation chose), as a gateway with the recipe's defaults does
             # a multivariate alarm pages people once it held 3 minutes at the run's 10 s
             # sampling (the recipe's 6 readings let sensor dropouts and spikes through: alert
             # precision 0.27 on the default run against 0.55 for 18, 30 or 60 readings)
@@ -161,6 +158,12 @@ def ml_step(context: DemoContext) -> Figures:
 
     counters = predictor.counters
     lead = metrics["lead_time_hours"]
+    limits = predictor.thresholds
+    assert limits is not None
+    if abs(limits.alert - float(metrics["threshold"])) > 1e-9:
+        raise RuntimeError(
+            f"the predictor alerted at {limits.alert}, not at the model's {metrics['threshold']}"
+        )
     alerts = [decode_anomaly(p) for t, p in published if t == topics.LOCAL_ALERTS]
     quality = alert_quality(
         alerts,
@@ -206,7 +209,8 @@ def ml_step(context: DemoContext) -> Figures:
         ),
         "live anomalies raised": counters.anomalies_raised,
         "gateway alert settings": (
-            f"FAILURE_PREDICTED at p>={threshold:.2f} (cross-validated), MULTIVARIATE_ANOMALY "
+            f"FAILURE_PREDICTED at p>={limits.alert:.2f} (the model's, cross-validated; "
+            f"clear below {limits.clear:.2f}), MULTIVARIATE_ANOMALY "
             f"after {ANOMALY_RAISE_AFTER_READINGS} readings off"
         ),
         "live failures in the run": len(run_history.failures),

@@ -5,7 +5,10 @@ The new version carries the same trees under another version (a new manifest, as
 component version deploys it): if the swap rebuilt the feature state, the predictions after it
 would come at other readings and with other probabilities than those of a predictor that ran
 the model all along. They come at the same readings with the same probabilities, and under the
-new version.
+new version. The new version carries another alert threshold (as a retrained model brings the
+one its cross-validation chose): the gateway, configured as the connected run configures it
+(the recipe's defaults, no threshold of its own), flags alerts at v1's threshold before the
+swap and at v2's after it.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ def compiled(tmp_path_factory: pytest.TempPathFactory, catalog: MetricCatalog) -
     return root / "failure_model"
 
 
-def _install(source: Path, target: Path, version: str) -> None:
+def _install(source: Path, target: Path, version: str, threshold: float | None = None) -> None:
     """A component version's files into place, the manifest last (as `models.deploy`)."""
     target.mkdir(parents=True, exist_ok=True)
     for file in sorted(source.iterdir(), key=lambda p: p.name == "manifest.json"):
@@ -62,6 +65,8 @@ def _install(source: Path, target: Path, version: str) -> None:
         if file.name == "manifest.json":
             manifest = json.loads(data)
             manifest["model_version"] = version
+            if threshold is not None:
+                manifest["threshold"] = threshold
             data = json.dumps(manifest, indent=2).encode()
         partial = target / f".{file.name}.partial"
         partial.write_bytes(data)
@@ -81,7 +86,7 @@ def test_the_predictor_swaps_the_model_and_keeps_its_feature_state(
     tmp_path: Path, broker: Any, catalog: MetricCatalog, compiled: Path
 ) -> None:
     import paho.mqtt.client as mqtt
-    from failure_predictor.config import PredictorConfig
+    from failure_predictor.config import AlertThresholds, PredictorConfig
     from failure_predictor.model_loader import ModelHandle
     from failure_predictor.predictor import FailurePredictor
     from paho.mqtt.enums import CallbackAPIVersion
@@ -146,16 +151,27 @@ def test_the_predictor_swaps_the_model_and_keeps_its_feature_state(
             lambda topic, payload: expected.append(_prediction(topic, payload)),
             catalog,
         )
+        for message in sent[:half]:
+            reference.on_payload(message.payload)
+        first_half = len(expected)
+        for message in sent[half:]:
+            reference.on_payload(message.payload)
+        wanted_v1 = len([e for e in expected[:first_half] if e[0]])
+        # v2's threshold: one that some of the second half's probabilities reach and others not
+        later = sorted(e[2] for e in expected[first_half:] if e[0])
+        v1_threshold = json.loads((target / "manifest.json").read_text())["threshold"]
+        v2_threshold = round(min(max(later[len(later) * 3 // 4], 0.01), 0.9), 3)
+        assert v2_threshold != v1_threshold
         writer = MqttWriter(broker.url, "sensors-F01")
         for part, version in ((sent[:half], "v1"), (sent[half:], "v2")):
             for message in part:
                 writer.publish(message.topic, message.payload)
-                reference.on_payload(message.payload)
             writer.flush()
-            wanted = len([e for e in expected if e[0]])
+            wanted = wanted_v1 if version == "v1" else len([e for e in expected if e[0]])
             _wait(lambda n=wanted: _count(received, lock) >= n, 60, "predictions")
             if version == "v1":
-                _install(compiled, target, "v2")  # a new component version arrives
+                # a new component version arrives, with its own threshold
+                _install(compiled, target, "v2", threshold=v2_threshold)
                 _wait(lambda: "\"previous\": \"v1\"" in (tmp_path / "predictor.log").read_text(),
                       30, "the swap")  # fmt: skip
         with lock:
@@ -176,6 +192,18 @@ def test_the_predictor_swaps_the_model_and_keeps_its_feature_state(
     assert sorted((p["machine_id"], p["timestamp"], p["probability"]) for p in got) == sorted(
         (machine, ts, round(p, 6)) for machine, ts, p in ((e[0], e[1], e[2]) for e in expected)
     )
+    # alerts at each version's own threshold, with its hysteresis, across the swap
+    limits = {v: AlertThresholds.around(t) for v, t in (("v1", v1_threshold), ("v2", v2_threshold))}
+    alert: dict[str, bool] = {}
+    flagged_v2 = 0
+    for p in sorted(got, key=lambda p: (p["machine_id"], p["timestamp"])):
+        at = limits[p["model_version"]]
+        was = alert.get(p["machine_id"], False)
+        now = p["probability"] >= at.clear if was else p["probability"] >= at.alert
+        alert[p["machine_id"]] = now
+        assert p["alert"] == now, p
+        flagged_v2 += now and p["model_version"] == "v2"
+    assert flagged_v2 > 0
 
 
 def _prediction(topic: str, payload: bytes) -> tuple[str, int, float]:

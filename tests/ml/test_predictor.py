@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -11,7 +12,7 @@ from typing import Any
 import msgspec
 import numpy as np
 import pytest
-from failure_predictor.config import ConfigError, PredictorConfig
+from failure_predictor.config import AlertThresholds, ConfigError, PredictorConfig
 from failure_predictor.main import build
 from failure_predictor.messages import ShutdownConfirmation
 from failure_predictor.model_loader import ModelHandle
@@ -60,9 +61,16 @@ def config(compiled_dir: Path, **overrides: Any) -> PredictorConfig:
 
 
 def scripted(
-    compiled_dir: Path, catalog: MetricCatalog, probabilities: list[float], **overrides: Any
+    compiled_dir: Path,
+    catalog: MetricCatalog,
+    probabilities: list[float],
+    *,
+    model_threshold: float = 0.8,
+    **overrides: Any,
 ) -> tuple[FailurePredictor, ScriptedModel, list[tuple[str, bytes]]]:
-    model = ScriptedModel(Manifest.read(compiled_dir), probabilities)
+    """A predictor on a scripted model whose manifest carries `model_threshold`."""
+    manifest = dataclasses.replace(Manifest.read(compiled_dir), threshold=model_threshold)
+    model = ScriptedModel(manifest, probabilities)
     handle = ModelHandle(compiled_dir, loader=lambda _d: model)
     published: list[tuple[str, bytes]] = []
     predictor = FailurePredictor(
@@ -128,6 +136,83 @@ def test_alert_raises_at_threshold_and_clears_only_below_the_hysteresis(
     assert len([1 for t, _ in published if t == topics.ANOMALIES]) == 2
     flags = [p["alert"] for p in on(published, f"factory/{FACTORY}/predictions")]
     assert flags == [False, True, True, True, True, False, False]
+
+
+def test_alerts_at_the_models_own_threshold(compiled_dir: Path, catalog: MetricCatalog) -> None:
+    """The recipe sets no threshold: the model's (its training's cross-validated choice)
+    raises, three quarters of it clears, max(0.95, it) is CRITICAL."""
+    probabilities = [0.5, 0.6, 0.45, 0.41, 0.96, 0.2]
+    predictor, _, published = scripted(compiled_dir, catalog, probabilities, model_threshold=0.55)
+    feed(predictor, 5 * len(probabilities))
+    assert predictor.thresholds == AlertThresholds(0.55, 0.413, 0.95)
+    alerts = [decode_anomaly(p) for t, p in published if t == topics.LOCAL_ALERTS]
+    # at the old fixed 0.8 only 0.96 would have raised
+    assert [(a.state, a.value, a.threshold) for a in alerts] == [
+        ("RAISED", 0.6, 0.55),
+        ("CLEARED", 0.41, 0.413),
+        ("RAISED", 0.96, 0.55),
+        ("CLEARED", 0.2, 0.413),
+    ]
+    assert [a.severity for a in alerts if a.state == "RAISED"] == ["WARNING", "CRITICAL"]
+
+
+def test_an_explicit_threshold_overrides_the_models(
+    compiled_dir: Path, catalog: MetricCatalog
+) -> None:
+    predictor, _, published = scripted(
+        compiled_dir, catalog, [0.6, 0.85, 0.64, 0.59], model_threshold=0.55, alertThreshold=0.8
+    )
+    feed(predictor, 20)
+    assert predictor.thresholds == AlertThresholds(0.8, 0.6, 0.95)  # derived from the override
+    alerts = [decode_anomaly(p) for t, p in published if t == topics.LOCAL_ALERTS]
+    assert [(a.state, a.value) for a in alerts] == [("RAISED", 0.85), ("CLEARED", 0.59)]
+    # every key pinned: the model's threshold plays no part
+    pinned = config(compiled_dir, alertThreshold=0.7, clearThreshold=0.3, shutdownThreshold=0.9)
+    assert pinned.thresholds(0.2) == (AlertThresholds(0.7, 0.3, 0.9), [])
+    # an explicit clear threshold above a model's alert threshold is corrected and reported
+    limits, corrected = config(compiled_dir, clearThreshold=0.6).thresholds(0.5)
+    assert limits == AlertThresholds(0.5, 0.375, 0.95)
+    assert "clearThreshold 0.6" in corrected[0]
+
+
+def test_a_new_model_version_brings_its_own_threshold(
+    compiled_dir: Path, catalog: MetricCatalog, tmp_path: Path
+) -> None:
+    deployed = tmp_path / "failure_model"
+    shutil.copytree(compiled_dir, deployed)
+    probabilities = [0.5, 0.5, 0.5, 0.3, 0.2]
+    models: list[ScriptedModel] = []
+
+    def load(directory: Path) -> ScriptedModel:  # the real manifest, scripted probabilities
+        models.append(ScriptedModel(Manifest.read(directory), []))
+        models[-1].probabilities = probabilities
+        return models[-1]
+
+    def install(version: str, threshold: float) -> None:
+        manifest = json.loads((deployed / "manifest.json").read_text())
+        manifest.update(model_version=version, threshold=threshold)
+        (deployed / "manifest.json").write_text(json.dumps(manifest))
+
+    install("t-1", 0.8)
+    published: list[tuple[str, bytes]] = []
+    predictor = FailurePredictor(
+        config(deployed),
+        ModelHandle(deployed, loader=load),  # type: ignore[arg-type]
+        lambda t, p: published.append((t, p)),
+        catalog,
+    )
+    feed(predictor, 5)  # p 0.5 under model t-1's 0.8: no alert
+    assert predictor.thresholds == AlertThresholds(0.8, 0.6, 0.95)
+    install("t-2", 0.45)
+    assert predictor.refresh_model()
+    assert predictor.thresholds == AlertThresholds(0.45, 0.338, 0.95)
+    for i in range(5, 25):  # on from the same feature state
+        predictor.on_reading(1_767_000_000_000 + i * 10_000, "F01-M001", "temperature", 60.0 + i)
+    alerts = [decode_anomaly(p) for t, p in published if t == topics.LOCAL_ALERTS]
+    assert [(a.state, a.value, a.threshold) for a in alerts] == [
+        ("RAISED", 0.5, 0.45),
+        ("CLEARED", 0.3, 0.338),
+    ]
 
 
 def test_no_shutdown_request_unless_enabled(compiled_dir: Path, catalog: MetricCatalog) -> None:
@@ -260,7 +345,10 @@ def test_the_component_polls_for_models_until_stopped_and_refuses_bad_updates(
     # What the configuration watch reports to a deployment (None: accepted).
     good = {"factoryId": FACTORY, "modelDir": str(compiled_dir)}
     assert validation_problem(good) is None
-    assert "clearThreshold" in (validation_problem({**good, "alertThreshold": 0.5}) or "")
+    assert validation_problem({**good, "alertThreshold": 0.5}) is None  # clear derives from it
+    assert "clearThreshold" in (
+        validation_problem({**good, "alertThreshold": 0.5, "clearThreshold": 0.6}) or ""
+    )
 
 
 def test_configuration_is_validated_with_reasons() -> None:
@@ -325,7 +413,13 @@ def test_recipe_grants_exactly_the_topics_the_component_uses() -> None:
     # shutdown requests stay off unless a deployment enables them
     assert defaults["shutdownRequestsEnabled"] is False
     parsed = PredictorConfig.from_mapping({**defaults, "factoryId": "F01"})
-    assert parsed.alert_threshold == 0.8
+    # no threshold that would override the model's own
+    assert (parsed.alert_threshold, parsed.clear_threshold, parsed.shutdown_threshold) == (
+        None,
+        None,
+        None,
+    )
+    assert parsed.thresholds(0.37)[0] == AlertThresholds.around(0.37)
     model_recipe = yaml.safe_load((root / "com.iiot.FailureModel/recipe.yaml").read_text())
     assert model_recipe["ComponentName"] == "com.iiot.FailureModel"
     assert "com.iiot.FailureModel" in recipe["ComponentDependencies"]

@@ -22,15 +22,49 @@ class ConfigError(ValueError):
     """The configuration is invalid; the message lists every problem."""
 
 
+# The hysteresis and shutdown rule around an alert threshold t: an alert clears only below
+# CLEAR_FRACTION * t, a shutdown request needs max(SHUTDOWN_FLOOR, t).
+CLEAR_FRACTION = 0.75
+SHUTDOWN_FLOOR = 0.95
+
+
+@dataclass(frozen=True)
+class AlertThresholds:
+    """The FAILURE_PREDICTED thresholds a predictor uses with one model."""
+
+    alert: float  # RAISED at p >= alert
+    clear: float  # CLEARED only at p < clear (hysteresis)
+    shutdown: float  # a shutdown request (when enabled) and CRITICAL severity at p >= shutdown
+
+    @classmethod
+    def around(cls, threshold: float) -> AlertThresholds:
+        """The rule: alert at `threshold` (the one the training's cross-validation chose, which
+        the model's manifest carries), clear at three quarters of it, shutdown at 0.95 or at
+        the threshold if that is higher."""
+        t = float(threshold)
+        return cls(t, round(t * CLEAR_FRACTION, 3), max(SHUTDOWN_FLOOR, t))
+
+    def as_configuration(self) -> dict[str, float]:
+        """The recipe keys that pin these thresholds explicitly."""
+        return {
+            "alertThreshold": self.alert,
+            "clearThreshold": self.clear,
+            "shutdownThreshold": self.shutdown,
+        }
+
+
 @dataclass(frozen=True)
 class PredictorConfig:
     factory_id: str
     model_dir: str
     predict_every_readings: int = 25  # per machine: predict after this many new readings ...
     predict_every_seconds: float = 60.0  # ... or once this much event time has passed
-    alert_threshold: float = 0.8
-    clear_threshold: float = 0.6  # hysteresis: the alert clears only below this
-    shutdown_threshold: float = 0.95
+    # Explicit overrides of the FAILURE_PREDICTED thresholds; None (the recipe's default): the
+    # deployed model's own threshold, with clear and shutdown derived from the one in force
+    # (`thresholds`). A new model version brings its own threshold.
+    alert_threshold: float | None = None
+    clear_threshold: float | None = None  # hysteresis: the alert clears only below this
+    shutdown_threshold: float | None = None
     shutdown_requests_enabled: bool = False  # off unless the site opts in
     shutdown_request_ttl_seconds: float = 900.0
     model_poll_seconds: float = 10.0
@@ -75,14 +109,21 @@ class PredictorConfig:
             problems.append("modelDir is required (the FailureModel component's artifact path)")
         every = number("predictEveryReadings", 25, low=1, high=1_000_000)
         seconds = number("predictEverySeconds", 60.0, low=0.0, high=86_400.0)
-        alert = number("alertThreshold", 0.8, low=0.0, high=1.0)
-        clear = number("clearThreshold", 0.6, low=0.0, high=1.0)
-        shutdown = number("shutdownThreshold", 0.95, low=0.0, high=1.0)
+
+        def optional(key: str) -> float | None:
+            if raw.get(key) is None or raw.get(key) == "":
+                return None  # not set: derived from the model's threshold
+            return number(key, 0.0, low=0.0, high=1.0)
+
+        alert = optional("alertThreshold")
+        clear = optional("clearThreshold")
+        shutdown = optional("shutdownThreshold")
         ttl = number("shutdownRequestTtlSeconds", 900.0, low=1.0, high=86_400.0)
         poll = number("modelPollSeconds", 10.0, low=0.1, high=86_400.0)
-        if clear >= alert:
+        # Only what is set explicitly is checked here; against a model's threshold at load.
+        if clear is not None and alert is not None and clear >= alert:
             problems.append(f"clearThreshold ({clear}) must be below alertThreshold ({alert})")
-        if shutdown < alert:
+        if shutdown is not None and alert is not None and shutdown < alert:
             problems.append(f"shutdownThreshold ({shutdown}) must be at least alertThreshold")
         enabled = raw.get("shutdownRequestsEnabled", False)
         if isinstance(enabled, str):
@@ -151,3 +192,32 @@ class PredictorConfig:
             backoff_initial_seconds=backoff_initial,
             backoff_max_seconds=backoff_max,
         )
+
+    def thresholds(self, model_threshold: float) -> tuple[AlertThresholds, list[str]]:
+        """The thresholds in force with a model whose manifest carries `model_threshold`, and
+        what had to be corrected. The alert threshold is the configuration's when set, else the
+        model's; clear and shutdown are the configuration's when set, else derived from that
+        alert threshold by `AlertThresholds.around`. An explicit clear or shutdown threshold
+        that does not fit the model's alert threshold (clear >= alert, shutdown < alert) is
+        replaced by the derived one and reported."""
+        derived = AlertThresholds.around(
+            self.alert_threshold if self.alert_threshold is not None else model_threshold
+        )
+        clear = self.clear_threshold if self.clear_threshold is not None else derived.clear
+        shutdown = (
+            self.shutdown_threshold if self.shutdown_threshold is not None else derived.shutdown
+        )
+        corrected: list[str] = []
+        if clear >= derived.alert:
+            corrected.append(
+                f"clearThreshold {clear} is not below the alert threshold {derived.alert}: "
+                f"clearing below {derived.clear}"
+            )
+            clear = derived.clear
+        if shutdown < derived.alert:
+            corrected.append(
+                f"shutdownThreshold {shutdown} is below the alert threshold {derived.alert}: "
+                f"requesting at {derived.shutdown}"
+            )
+            shutdown = derived.shutdown
+        return AlertThresholds(derived.alert, clear, shutdown), corrected

@@ -10,7 +10,9 @@ leave their normal pattern raises a MULTIVARIATE_ANOMALY with its score and the 
 contributed most, and clears it once they are back. A prediction runs every
 `predict_every_readings` readings or every `predict_every_seconds` of event time. A
 FAILURE_PREDICTED anomaly is RAISED at p >= the alert threshold and CLEARED only below the
-lower clear threshold (hysteresis, no flapping). At p >= the shutdown threshold, and only when
+lower clear threshold (hysteresis, no flapping). The thresholds are the model's own (the one
+its training's cross-validation chose, in its manifest; `PredictorConfig.thresholds`) unless
+the configuration sets them, and follow a model swap. At p >= the shutdown threshold, and only when
 enabled, the predictor publishes a shutdown *request* for an operator; an operator's
 confirmation becomes a decision message for the site's control
 system. Nothing here calls an actuator.
@@ -29,7 +31,8 @@ import msgspec
 
 from edge_runtime.anomaly_detector import AnomalyDetector, AnomalyEvent, AnomalyModelSet
 from edge_runtime.features import MachineFeatureState, MachineInfo
-from failure_predictor.config import PredictorConfig
+from edge_runtime.model_runtime import Model
+from failure_predictor.config import AlertThresholds, PredictorConfig
 from failure_predictor.messages import (
     PREDICTIONS,
     SHUTDOWN_CONFIRMATIONS,
@@ -107,6 +110,34 @@ class FailurePredictor:
         self._maintenance: dict[str, list[int]] = {}
         self._spec = model.model.manifest.feature_spec if model.model else None
         self._interval_ms = int(config.predict_every_seconds * 1000)
+        self._thresholds_of: tuple[Model, AlertThresholds] | None = None
+
+    @property
+    def thresholds(self) -> AlertThresholds | None:
+        """The thresholds in force with the current model (None: no model yet)."""
+        model = self.model.model
+        return self._thresholds_for(model) if model is not None else None
+
+    def _thresholds_for(self, model: Model) -> AlertThresholds:
+        cached = self._thresholds_of
+        if cached is not None and cached[0] is model:
+            return cached[1]
+        thresholds, corrected = self.config.thresholds(model.manifest.threshold)
+        for problem in corrected:
+            log.warning(problem, extra={"model_version": model.manifest.model_version})
+        log.info(
+            "failure alert thresholds",
+            extra={
+                "model_version": model.manifest.model_version,
+                "model_threshold": model.manifest.threshold,
+                "alert": thresholds.alert,
+                "clear": thresholds.clear,
+                "shutdown": thresholds.shutdown,
+                "configured": self.config.alert_threshold is not None,
+            },
+        )
+        self._thresholds_of = (model, thresholds)
+        return thresholds
 
     # ------------------------------------------------------------------------ inputs
 
@@ -313,15 +344,16 @@ class FailurePredictor:
         counters.last_probability[machine_id] = p
         cfg = self.config
         version = model.manifest.model_version
-        if not machine.alert and p >= cfg.alert_threshold:
+        limits = self._thresholds_for(model)
+        if not machine.alert and p >= limits.alert:
             machine.alert = True
             counters.alerts_raised += 1
-            self._anomaly(machine_id, p, timestamp_ms, "RAISED")
-        elif machine.alert and p < cfg.clear_threshold:
+            self._anomaly(machine_id, p, timestamp_ms, "RAISED", limits)
+        elif machine.alert and p < limits.clear:
             machine.alert = False
             counters.alerts_cleared += 1
             machine.pending_request = None
-            self._anomaly(machine_id, p, timestamp_ms, "CLEARED")
+            self._anomaly(machine_id, p, timestamp_ms, "CLEARED", limits)
         self.publish(
             topic(PREDICTIONS, cfg.factory_id),
             encoder.encode(
@@ -336,19 +368,21 @@ class FailurePredictor:
                 )
             ),
         )
-        if cfg.shutdown_requests_enabled and p >= cfg.shutdown_threshold:
-            self._request_shutdown(machine_id, machine, p, timestamp_ms, version)
+        if cfg.shutdown_requests_enabled and p >= limits.shutdown:
+            self._request_shutdown(machine_id, machine, p, timestamp_ms, version, limits)
 
-    def _anomaly(self, machine_id: str, p: float, timestamp_ms: int, state: str) -> None:
+    def _anomaly(
+        self, machine_id: str, p: float, timestamp_ms: int, state: str, limits: AlertThresholds
+    ) -> None:
         cfg = self.config
         anomaly = Anomaly(
             factory_id=cfg.factory_id,
             machine_id=machine_id,
             metric=ANOMALY_METRIC,
             anomaly_type="FAILURE_PREDICTED",
-            severity="CRITICAL" if p >= cfg.shutdown_threshold else "WARNING",
+            severity="CRITICAL" if p >= limits.shutdown else "WARNING",
             value=round(p, 6),
-            threshold=cfg.alert_threshold if state == "RAISED" else cfg.clear_threshold,
+            threshold=limits.alert if state == "RAISED" else limits.clear,
             timestamp=timestamp_ms,
             source="model",
             state=state,  # type: ignore[arg-type]
@@ -357,7 +391,13 @@ class FailurePredictor:
         self._publish_anomaly(anomaly)
 
     def _request_shutdown(
-        self, machine_id: str, machine: _Machine, p: float, timestamp_ms: int, version: str
+        self,
+        machine_id: str,
+        machine: _Machine,
+        p: float,
+        timestamp_ms: int,
+        version: str,
+        limits: AlertThresholds,
     ) -> None:
         now_ms = int(self.clock() * 1000)
         pending = machine.pending_request
@@ -373,7 +413,7 @@ class FailurePredictor:
             model_version=version,
             expires_at=now_ms + int(cfg.shutdown_request_ttl_seconds * 1000),
             confirm_topic=topic(SHUTDOWN_CONFIRMATIONS, cfg.factory_id),
-            reason=f"failure probability {p:.3f} >= {cfg.shutdown_threshold}",
+            reason=f"failure probability {p:.3f} >= {limits.shutdown}",
         )
         machine.pending_request = request
         self.counters.shutdown_requests += 1
