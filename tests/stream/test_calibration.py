@@ -129,14 +129,23 @@ def test_render_puts_learned_limits_and_windows_into_the_sql(catalog: MetricCata
         "21_rapid_change_360s.sql",
     ]
     one_minute, six_minutes = sql["20_rapid_change_60s.sql"], sql["21_rapid_change_360s.sql"]
-    assert "WHEN 'F1/M-QUIET/temperature' THEN 1.0" in one_minute
-    # the slow series belongs to the 6-minute query only; uncalibrated series keep the catalog
-    assert "WHEN 'F1/M-SLOW/temperature' THEN CAST(NULL AS DOUBLE)" in one_minute
+    # the limits are a lookup (a literal map keyed by factory/machine/metric), not a CASE branch
+    # per series: the generated code does not grow with the number of series
+    assert "'F1/M-QUIET/temperature', 1.0," in one_minute
+    assert (
+        "] AS MAP<STRING, DOUBLE>)[factory_id || '/' || machine_id || '/' || metric]" in one_minute
+    )
+    assert "WHEN 'F1/M-QUIET" not in one_minute
+    assert one_minute.count("CAST(MAP[") == 2  # this window's limits, the other window's series
+    # the slow series belongs to the 6-minute query only (NULL, never fires, in the 1-minute
+    # one); uncalibrated series keep the catalog's limit
+    assert "'F1/M-SLOW/temperature', 360\n      ] AS MAP<STRING, INT>)" in one_minute
+    assert "THEN CAST(NULL AS DOUBLE)" in one_minute
     assert "WHEN 'temperature' THEN 20.0" in one_minute
     assert "INTERVAL '360' SECOND(3)" in six_minutes
-    assert "WHEN 'F1/M-SLOW/temperature' THEN 2.0" in six_minutes
-    assert "      ELSE\n" not in six_minutes  # no catalog default has a 6-minute window
-    assert "      ELSE\n" in one_minute
+    assert "'F1/M-SLOW/temperature', 2.0\n" in six_minutes
+    assert "CASE metric" not in six_minutes  # no catalog default has a 6-minute window
+    assert "COALESCE(" in one_minute
     assert "WHERE metric IN ('temperature')" in six_minutes
     # without a calibration the checked-in SQL is what renders
     assert stale_files(catalog) == []
