@@ -676,9 +676,34 @@ def _print_reconciliation(document: dict[str, Any], work_dir: Path) -> None:
         mark = "[green]ok[/]" if check["ok"] else "[bold red]FAILED[/]"
         table.add_row(check["check"], _short(check["left"]), _short(check["right"]), mark)
     stdout.print(table)
+    quality = document.get("alert_quality")
+    if quality:
+        stdout.print(_alert_quality_line(quality), highlight=False)
     stdout.print(
         f"{'reconciled' if document['ok'] else 'NOT reconciled'} in {document['seconds']} s; "
         f"figures in {work_dir}/reconciliation.json and {work_dir}/figures.json"
+    )
+
+
+def _alert_quality_line(quality: dict[str, Any]) -> str:
+    """The alerts' worth in one line: precision (alerts a failure of the machine followed within
+    the horizon), failures alerted, and per alert type."""
+
+    def share(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.2f}"
+
+    types = ", ".join(
+        f"{kind} {part['alerts']} at {share(part['precision'])}"
+        for kind, part in sorted(
+            quality.get("by_type", {}).items(), key=lambda item: -int(item[1]["alerts"])
+        )
+    )
+    return (
+        f"alert precision {share(quality.get('alert_precision'))} "
+        f"({quality.get('alerts_followed_by_an_incident', 0)} of {quality.get('alerts', 0)} "
+        f"alerts followed by a failure within {quality.get('horizon_hours', 24):g} h); "
+        f"failures alerted {quality.get('failures_alerted', 0)}/{quality.get('failures', 0)}"
+        + (f"; by type: {types}" if types else "")
     )
 
 

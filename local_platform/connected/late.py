@@ -9,7 +9,8 @@ as late alerts (the anomaly stream -> the alert router), each with its delay.
 
 The same job evaluates a reference: the same span's readings regenerated from the simulator,
 as a run without the fault would have seen them in order (their factory id prefixed `REF-`, so
-they form their own windows). The reconciliation compares the two sets of anomalies.
+they form their own windows; the calibrated rules carry each series' limit for its `REF-` copy
+too, `models.calibrate_rules`). The reconciliation compares the two sets of anomalies.
 """
 
 from __future__ import annotations
@@ -29,8 +30,22 @@ from iiot.wire import validate_payload
 from local_platform.connected.plan import ANOMALY_STREAM, Plan
 from local_platform.connected.sensors import factory_messages
 
-CONTEXT_MS = 60_000  # the rules' longest window
+CONTEXT_MS = 60_000  # the catalog rules' longest window
 REFERENCE = "REF-"
+CALIBRATION_FILE = "calibration/rapid_change_limits.json"  # under the stream dir (models.py)
+
+
+def context_ms(plan: Plan) -> int:
+    """The rules' longest window: the catalog's, or wider when the run's rules were calibrated
+    with a wider window for a slowly sampled series (`kda_sql.calibration.window_for`)."""
+    from kda_sql.calibration import Calibration
+
+    longest = CONTEXT_MS
+    path = plan.stream_dir / CALIBRATION_FILE
+    if path.exists():
+        windows = [s.window_seconds * 1000 for s in Calibration.load(path).series]
+        longest = max([longest, *windows])
+    return longest
 
 
 class _Row(msgspec.Struct):
@@ -103,8 +118,9 @@ def evaluate(
     encoder = msgspec.json.Encoder()
     rows: list[_Row] = []
     spans = {}
+    context = context_ms(plan)
     for factory, (first, last, _count) in sorted(late_spans.items()):
-        begin, end = first - CONTEXT_MS, last + CONTEXT_MS
+        begin, end = first - context, last + context
         rows.extend(_silver_rows(plan, factory, begin, end))
         rows.extend(_reference_rows(plan, factory, begin, end))
         spans[factory] = (first, last)

@@ -19,8 +19,8 @@ anomaly-train` (per machine, on its normal operation only), and a new com.iiot.A
 version published into the same store by the same `publish`.
 
 `calibrate_rules(plan)` learns the stream rules' rapid-change limits from the same lake
-(`iiot stream calibrate --silver`) and renders the SQL with them (the run's Flink job does not
-use it yet: local_platform/README.md says why).
+(`iiot stream calibrate --silver`) and renders the SQL with them, which the run's Flink job runs
+(the live rules and the late data's evaluation).
 
 `deploy(plan, factory, store_dir, component)` is the deployment on one gateway: the version's
 files are unpacked beside the current ones and moved into place one by one (a rename each), the
@@ -242,7 +242,7 @@ def calibrate_rules(plan: Plan) -> dict[str, Any]:
     --calibration` into `stream/calibration/sql` (what `flink_job.py --sql-dir` takes). Series
     without a learned limit keep the catalog's."""
     from kda_sql.calibration import Calibration
-    from local_platform.connected.late import REFERENCE
+    from local_platform.connected.late import CALIBRATION_FILE, REFERENCE
 
     began = time.perf_counter()
     folder = plan.stream_dir / "calibration"
@@ -250,7 +250,7 @@ def calibrate_rules(plan: Plan) -> dict[str, Any]:
     folder.mkdir(parents=True)
     log = plan.run_dir / "logs" / "calibration.log"
     maintenance.build_tables(plan)
-    limits = folder / "rapid_change_limits.json"
+    limits = plan.stream_dir / CALIBRATION_FILE  # where late.context_ms reads it
     _iiot(log, "stream", "calibrate", "--silver", str(plan.lake_dir / "silver"),
           "--until-ms", str(plan.live_start_ms), "--out", str(limits))  # fmt: skip
     learned = Calibration.load(limits)

@@ -84,6 +84,7 @@ class Run:
     live_ended_wall: float = 0.0
     model_figures: list[dict[str, Any]] = field(default_factory=list)
     anomaly_model_figures: list[dict[str, Any]] = field(default_factory=list)
+    calibration_figures: dict[str, Any] = field(default_factory=dict)
     cmms: tuple[list[dict[str, Any]], list[dict[str, Any]]] = ([], [])
     cmms_fed_ms: int = 0
 
@@ -212,6 +213,9 @@ class Run:
                     if m.factory_id == factory
                 },
             )
+        # The stream rules: rapid-change limits learned from the lake's history, then the job
+        self._calibrate_rules()
+        self._start_flink(self.calibration_figures.get("sql_dir"))
         if plan.model_lifecycle:
             self.progress("model v1: lake -> features -> train -> gate -> compile", 0, 1)
             with self._timed("model v1 (lifecycle)"):
@@ -252,6 +256,22 @@ class Run:
         return self.plan.model_lifecycle and any(
             m.get("published") for m in (self.model_figures[:1] + self.anomaly_model_figures[:1])
         )
+
+    def _calibrate_rules(self) -> None:
+        """The rapid-change limits per series from the lake's normal operation before the live
+        start (`models.calibrate_rules`), rendered into the SQL the run's Flink job runs. Without
+        a history to learn from (or when learning fails) the job runs the catalog's SQL."""
+        plan = self.plan
+        if plan.history_hours <= 0:
+            self.calibration_figures = {"calibrated": False, "reason": "no history"}
+            return
+        self.progress("stream rules: limits learned from the lake", 0, 1)
+        with self._timed("stream rules calibrated"):
+            try:
+                self.calibration_figures = models.calibrate_rules(plan)
+            except models.LifecycleError as error:  # reported; the catalog's limits apply
+                self.calibration_figures = {"calibrated": False, "error": str(error)}
+        self.progress("stream rules: limits learned from the lake", 1, 1)
 
     def _anomaly_model_lifecycle(self) -> None:
         """The anomaly detector from the lake's whole history (normal operation only), published
@@ -342,12 +362,12 @@ class Run:
             )
 
     def _start_stream_rules(self) -> None:
-        """The rules' feed (a consumer of the telemetry stream) and the Flink SQL job on
-        PyFlink, reading what the feed writes."""
+        """The rules' feed (a consumer of the telemetry stream); the Flink SQL job that reads
+        what it writes starts once the rules are calibrated on the lake (`_start_flink`)."""
         from kda_sql.flink_env import ensure_flink_env
 
         plan = self.plan
-        python = ensure_flink_env()
+        ensure_flink_env()  # made once, before anything else waits on it
         (plan.stream_dir / "readings").mkdir(parents=True, exist_ok=True)
         (plan.stream_dir / "anomalies").mkdir(parents=True, exist_ok=True)
         (plan.stream_dir / "late" / "readings").mkdir(parents=True, exist_ok=True)
@@ -358,6 +378,14 @@ class Run:
             env=self.env,
             ready=_exists(plan.status_dir / "stream.json"),
         )
+
+    def _start_flink(self, sql_dir: str | None) -> None:
+        """The Flink SQL job on PyFlink (the live rules and, as its second job, the late data's
+        batch evaluation), with the rendered rules of `sql_dir` (calibrated) or the catalog's."""
+        from kda_sql.flink_env import ensure_flink_env
+
+        plan = self.plan
+        python = ensure_flink_env()
         self.supervisor.start(
             "flink",
             [
@@ -373,6 +401,7 @@ class Run:
                 str(plan.stream_dir / "late" / "readings"),
                 "--late-sink",
                 str(plan.stream_dir / "late" / "anomalies"),
+                *(["--sql-dir", sql_dir] if sql_dir else []),
             ],
         )
 
@@ -728,6 +757,7 @@ class Run:
             reconcile.alert_quality(plan, result)
             assert self.clock is not None
             reconcile.reconcile_stream(plan, result, self.clock)
+            result.figures["stream"]["calibration"] = self.calibration_figures
             if late_figures.get("evaluated"):
                 result.check(
                     "anomalies on the replayed backlog = a run without the fault on the same "

@@ -1,6 +1,7 @@
 """The connected run's stream rules are calibrated on its lake: `models.calibrate_rules` runs
 `iiot stream calibrate --silver` over the lake's silver history and renders the SQL the run's
-Flink job is started with (`flink_job.py --sql-dir`)."""
+Flink job is started with (`flink_job.py --sql-dir`; the whole run with it:
+tests/connected/test_connected_run.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from iiot.catalog import MetricCatalog
 from kda_sql.calibration import Calibration
+from local_platform.connected import late
 from local_platform.connected.plan import Plan
 from tests.connected.test_anomaly_detector import _write_silver
 
@@ -41,9 +43,14 @@ def test_the_rules_are_rendered_with_limits_learned_from_the_lake(
     sql_dir = Path(figures["sql_dir"])
     rapid = (sql_dir / "20_rapid_change_60s.sql").read_text()
     for series in calibration.series:
-        assert f"WHEN '{series.key}' THEN {series.stddev_limit!r}" in rapid
+        assert f"'{series.key}', {series.stddev_limit!r}," in rapid
         # the late evaluation's reference copy (factory REF-<factory>) meets the same limit
-        assert f"WHEN 'REF-{series.key}' THEN {series.stddev_limit!r}" in rapid
+        assert f"'REF-{series.key}', {series.stddev_limit!r}" in rapid
+    # a lookup in one map (not a CASE branch per series), the catalog's limit when absent
+    assert rapid.count("CAST(MAP[") == 1
+    assert "WHEN 'F01/" not in rapid
+    # the late evaluation's context covers the longest calibrated window
+    assert late.context_ms(plan) == 60_000
     # the other statements are the catalog's (the same files as kda_sql/sql)
     shipped = Path(__file__).resolve().parents[2] / "kda_sql" / "sql"
     assert sorted(p.name for p in sql_dir.glob("*.sql")) == sorted(

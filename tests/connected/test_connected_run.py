@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from iiot.anomaly import decode_anomaly
+from iiot.catalog import load_catalog
+from kda_sql.calibration import Calibration
 from local_platform.connected.plan import Faults, Plan
 from local_platform.connected.runner import run
 
@@ -48,5 +51,24 @@ def test_a_tiny_fleet_reconciles_exactly_through_the_faults(
     assert document["stream"]["late_rows"] > 0
     assert document["late_data"]["evaluated"]
     assert document["late_data"]["equal_to_reference"]
+    # the rules ran calibrated on the lake's history: every rapid change the live job raised
+    # was judged against its series' learned limit
+    calibration = document["stream"]["calibration"]
+    assert calibration["calibrated"], calibration
+    learned = {s.key: s.stddev_limit for s in Calibration.load(Path(calibration["limits"])).series}
+    assert learned
+    rapid = [
+        decode_anomaly(line)
+        for path in sorted((plan.stream_dir / "anomalies").rglob("*"))
+        if path.is_file() and not path.name.startswith(".")
+        for line in path.read_bytes().splitlines()
+        if b'"RAPID_CHANGE"' in line
+    ]
+    catalog = load_catalog()
+    for anomaly in rapid:
+        key = f"{anomaly.factory_id}/{anomaly.machine_id}/{anomaly.metric}"
+        default = catalog[anomaly.metric].rapid_change
+        assert default is not None
+        assert anomaly.threshold == learned.get(key, default.stddev_limit)
     assert json.loads((tmp_path / "reconciliation.json").read_text())["ok"]
     assert json.loads((tmp_path / "pids.json").read_text()) == {}  # every process stopped
