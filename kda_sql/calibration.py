@@ -128,10 +128,20 @@ def window_for(
 
 
 def window_stddevs(
-    timestamp_ms: IntArray, values: FloatArray, window_ms: int, slide_ms: int
+    timestamp_ms: IntArray,
+    values: FloatArray,
+    window_ms: int,
+    slide_ms: int,
+    *,
+    without_farthest: bool = False,
 ) -> FloatArray:
     """Sample standard deviations of the HOP windows (size `window_ms`, starting at multiples of
-    `slide_ms`, epoch-aligned as Flink's) that hold at least two of the readings."""
+    `slide_ms`, epoch-aligned as Flink's) that hold at least two of the readings.
+
+    With `without_farthest`, what the rule judges (`kda_sql/templates/rapid_change.sql`): for
+    each window of at least three readings, the smaller of its standard deviation and its
+    standard deviation without its one reading farthest from the window's mean (the rule fires
+    only when both are above the limit, so a single spike does not make a rapid change)."""
     order = np.argsort(timestamp_ms, kind="stable")
     t = np.asarray(timestamp_ms, dtype=np.int64)[order]
     v = np.asarray(values, dtype=np.float64)[order]
@@ -146,12 +156,23 @@ def window_stddevs(
     lo = np.searchsorted(t, starts, side="left")
     hi = np.searchsorted(t, starts + window_ms, side="left")
     n = (hi - lo).astype(np.float64)
-    keep = n >= 2
+    keep = n >= (3 if without_farthest else 2)
     n, lo, hi = n[keep], lo[keep], hi[keep]
     total = s1[hi] - s1[lo]
-    variance = (s2[hi] - s2[lo] - total * total / n) / (n - 1)
-    stddev: FloatArray = np.sqrt(np.maximum(variance, 0.0))
-    return stddev
+    squares = s2[hi] - s2[lo] - total * total / n  # sum of squared deviations from the mean
+    stddev: FloatArray = np.sqrt(np.maximum(squares / (n - 1), 0.0))
+    if not without_farthest or not len(n):
+        return stddev
+    # the reading farthest from each window's mean: a window's readings side by side
+    width = int((hi - lo).max())
+    index = lo[:, None] + np.arange(width)[None, :]
+    inside = index < hi[:, None]
+    deviation = np.abs(v[np.minimum(index, len(v) - 1)] - (total / n)[:, None])
+    farthest = np.where(inside, deviation, 0.0).max(axis=1)
+    # without it: the sum of squares loses n / (n - 1) x farthest^2, n - 2 degrees of freedom
+    trimmed = np.sqrt(np.maximum((squares - n / (n - 1) * farthest**2) / (n - 2), 0.0))
+    judged: FloatArray = np.minimum(stddev, trimmed)
+    return judged
 
 
 def learn_limits(
@@ -183,7 +204,9 @@ def learn_limits(
             continue
         interval_ms = int(np.median(gaps))
         window_s = window_for(interval_ms, spec.rapid_change.window_seconds, min_readings)
-        stds = window_stddevs(timestamp_ms, values, window_s * 1000, slide_seconds * 1000)
+        stds = window_stddevs(
+            timestamp_ms, values, window_s * 1000, slide_seconds * 1000, without_farthest=True
+        )
         if len(stds) < min_windows:
             continue
         limit = max(margin * float(np.quantile(stds, quantile)), min_resolutions * spec.resolution)

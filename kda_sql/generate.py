@@ -232,7 +232,9 @@ def render(catalog: MetricCatalog, calibration: Calibration | None = None) -> di
                 ),
                 "limit_source": source,
                 "metric_list": ", ".join(_quote(name) for name in metrics),
-                "limit_expression": expression,
+                "limit_expression": "\n".join(
+                    "  " + line if line else line for line in expression.split("\n")
+                ),
             },
         )
     return rendered

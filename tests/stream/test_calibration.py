@@ -47,6 +47,35 @@ def test_window_stddevs_are_the_hop_windows_flink_forms():
     np.testing.assert_allclose(got, want, rtol=1e-9)
 
 
+def brute_force_judged(t_ms, values, window_ms, slide_ms):  # type: ignore[no-untyped-def]
+    """What the rule judges: per window of at least 3 readings, the smaller of its standard
+    deviation and its standard deviation without its reading farthest from its mean."""
+    out = []
+    start = (min(t_ms) - window_ms) // slide_ms * slide_ms
+    while start <= max(t_ms):
+        inside = [v for t, v in zip(t_ms, values, strict=True) if start <= t < start + window_ms]
+        if len(inside) >= 3:
+            mean = float(np.mean(inside))
+            farthest = max(range(len(inside)), key=lambda i: abs(inside[i] - mean))
+            rest = inside[:farthest] + inside[farthest + 1 :]
+            out.append(min(float(np.std(inside, ddof=1)), float(np.std(rest, ddof=1))))
+        start += slide_ms
+    return out
+
+
+def test_the_rule_judges_each_window_without_its_farthest_reading():
+    rng = np.random.default_rng(1)
+    t = np.sort(rng.choice(np.arange(0, 900_000, 1000), 150, replace=False)) + T0_MS
+    v = 1480.0 + rng.normal(0, 2.0, len(t))
+    v[40] *= 2.0  # a spike: one reading
+    got = window_stddevs(t, v, 60_000, 10_000, without_farthest=True)
+    want = brute_force_judged(t.tolist(), v.tolist(), 60_000, 10_000)
+    np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-9)
+    # the spike dominates the plain standard deviation of its windows, not the judged one
+    assert window_stddevs(t, v, 60_000, 10_000).max() > 100
+    assert got.max() < 10
+
+
 def test_the_window_widens_for_slow_sampling_in_multiples_of_the_catalog_window():
     assert window_for(10_000, 60) == 60  # 6 readings in 60 s
     assert window_for(1_000, 60) == 60  # fast sampling keeps the catalog window
@@ -118,6 +147,7 @@ CALIBRATION = Calibration(
         SeriesLimit("F1", "M-QUIET", "temperature", 5_000, 60, 1.0, 500),
         SeriesLimit("F1", "M-QUIET", "vibration", 5_000, 60, 50.0, 500),
         SeriesLimit("F1", "M-SLOW", "temperature", 60_000, 360, 2.0, 500),
+        SeriesLimit("F1", "M-SPIKE", "temperature", 5_000, 60, 1.0, 500),
     )
 )
 
@@ -139,7 +169,7 @@ def test_render_puts_learned_limits_and_windows_into_the_sql(catalog: MetricCata
     assert one_minute.count("CAST(MAP[") == 2  # this window's limits, the other window's series
     # the slow series belongs to the 6-minute query only (NULL, never fires, in the 1-minute
     # one); uncalibrated series keep the catalog's limit
-    assert "'F1/M-SLOW/temperature', 360\n      ] AS MAP<STRING, INT>)" in one_minute
+    assert "'F1/M-SLOW/temperature', 360\n        ] AS MAP<STRING, INT>)" in one_minute
     assert "THEN CAST(NULL AS DOUBLE)" in one_minute
     assert "WHEN 'temperature' THEN 20.0" in one_minute
     assert "INTERVAL '360' SECOND(3)" in six_minutes
@@ -200,19 +230,32 @@ def calibrated_streams() -> Streams:
         streams.rows.append(Row(second, "M-UNCAL", "temperature", 40.0 if second < 60 else 90.0))
     for minute in range(24):
         streams.rows.append(Row(minute * 60, "M-SLOW", "temperature", 40.0 + 10 * (minute >= 12)))
+    # M-SPIKE: the quiet wiggle, and one reading of 90 at 60 s (a sensor's glitch, below the
+    # severity rule's 100): its windows' standard deviation (about 7) is far above the learned
+    # 1.0, but not without that reading
+    for second in range(0, 120, 5):
+        wiggle = 0.5 if second % 10 else -0.5
+        spike = 25.0 if second == 60 else 0.0
+        streams.rows.append(Row(second, "M-SPIKE", "temperature", 65.0 + wiggle + spike))
     return streams
 
 
 def hop_expected(rows: list[Row], window_s: int, limit: float) -> list[tuple[int, float]]:
-    """(newest reading's second, stddev) of every HOP window (slide 10 s) above `limit`."""
+    """(newest reading's second, stddev) of every HOP window (slide 10 s) of at least 3 readings
+    whose standard deviation is above `limit` with and without its reading farthest from its
+    mean."""
     t = np.array([int(r.second * 1000) for r in rows])
     v = np.array([r.value for r in rows])
     found = []
     start = (t.min() - window_s * 1000) // 10_000 * 10_000
     while start <= t.max():
-        inside = (t >= start) & (t < start + window_s * 1000)
-        if inside.sum() >= 2 and np.std(v[inside], ddof=1) > limit:
-            found.append((int(t[inside].max()), round(float(np.std(v[inside], ddof=1)), 6)))
+        inside = v[(t >= start) & (t < start + window_s * 1000)]
+        if len(inside) >= 3:
+            stddev = float(np.std(inside, ddof=1))
+            rest = np.delete(inside, int(np.argmax(np.abs(inside - inside.mean()))))
+            if stddev > limit and float(np.std(rest, ddof=1)) > limit:
+                last = int(t[(t >= start) & (t < start + window_s * 1000)].max())
+                found.append((last, round(stddev, 6)))
         start += 10_000
     return sorted(found)
 
@@ -257,6 +300,10 @@ def test_the_flink_job_applies_learned_limits_and_scaled_windows(
         ("M-SLOW", "temperature"): 2.0,
         ("M-UNCAL", "temperature"): 20.0,
     }
+    # the glitch raised nothing, though its windows' standard deviation was far above the limit
+    spike = rows("M-SPIKE", "temperature")
+    assert hop_expected(spike, 60, 1.0) == []
+    assert np.std([r.value for r in spike if 10 <= r.second < 70], ddof=1) > 5
     # the catalog's rules alone see none of the quiet or slow steps
     assert hop_expected(rows("M-QUIET", "temperature"), 60, 20.0) == []
     assert hop_expected(rows("M-SLOW", "temperature"), 60, 20.0) == []
