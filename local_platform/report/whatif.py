@@ -43,6 +43,8 @@ class Policy:
     urgent_probability: float = 0.95
     min_gap_hours: float = 24.0  # at most one job per machine in this time
     warmup_hours: float = 2.0  # readings the predictor sees before its alerts count
+    # the predictors' alertThreshold, as a deployment may pin it; None: the model's own
+    alert_threshold: float | None = None
 
 
 @dataclass
@@ -102,6 +104,7 @@ def first_alert(
     catalog: MetricCatalog,
     machine_config: dict[str, str],
     warmup_ms: int,
+    alert_threshold: float | None = None,
 ) -> tuple[int, float] | None:
     """The first FAILURE_PREDICTED alert (time, probability) at or after `since_ms`, from a
     predictor that reads the machine's readings from `since_ms - warmup_ms` on. An alert the
@@ -130,6 +133,7 @@ def first_alert(
             "modelDir": str(model_dir),
             "machines": {machine_id: machine_config},
             # no thresholds: the model's own, as on a gateway with the recipe's configuration
+            **({"alertThreshold": alert_threshold} if alert_threshold is not None else {}),
         }
     )
     predictor = FailurePredictor(config, ModelHandle(model_dir), publish, catalog)
@@ -222,6 +226,7 @@ def run_whatif(
                 catalog,
                 configs.get(machine, {}),
                 warmup,
+                policy.alert_threshold,
             )
             if alert is None:
                 continue
@@ -247,6 +252,8 @@ def run_whatif(
     predictive = FleetSimulator(replace(fleet, planned_maintenance=final_jobs), catalog)
     rtf, pred = downtime(baseline), downtime(predictive)
     # each failure the predictive arm still suffered: alerted too late for its job, or missed
+    suffered = []
+    pred["failures_late"] = pred["failures_missed"] = 0
     for failure in predictive.failures:
         if not fleet.start_ms <= failure.failed_at_ms < fleet.end_ms:
             continue
@@ -256,9 +263,19 @@ def run_whatif(
             if a["machine_id"] == failure.machine_id
             and failure.failed_at_ms - 24 * HOUR_MS <= a["alert_ms"] < failure.failed_at_ms
         ]
-        pred.setdefault("failures_late", 0)
-        pred.setdefault("failures_missed", 0)
-        pred["failures_late" if before else "failures_missed"] += 1
+        verdict = "late" if before else "missed"
+        pred[f"failures_{verdict}"] += 1
+        suffered.append(
+            {
+                "machine_id": failure.machine_id,
+                "failure_mode": failure.failure_mode,
+                "failed_at_ms": failure.failed_at_ms,
+                "degradation_h": round(
+                    (failure.failed_at_ms - failure.degradation_start_ms) / HOUR_MS, 1
+                ),
+                "verdict": verdict,
+            }
+        )
     reduction = 1 - pred["downtime_h"] / rtf["downtime_h"] if rtf["downtime_h"] else 0.0
     unplanned = 1 - pred["unplanned_h"] / rtf["unplanned_h"] if rtf["unplanned_h"] else 0.0
     return {
@@ -286,12 +303,21 @@ def run_whatif(
         "goal_reduction": 0.5,
         "meets_goal": reduction >= 0.5,
         "jobs": alerts,
+        "failures": suffered,  # those of the predictive arm: by mode, missed or late
         "iterations": iterations,
         "seconds": round(time.perf_counter() - began, 1),
     }
 
 
-def fleet_after_run(run_dir: Path, days: float = 7.0) -> FleetConfig:
+WHATIF_SEED_OFFSET = 2000  # the what-if's fleet: the run's seed + this
+# The fleet the policy's parameters are chosen on (`choose_policy`): another seed than the
+# what-if's, so its figure is not the one the parameters were tuned to.
+VALIDATION_SEED_OFFSET = 3000
+
+
+def fleet_after_run(
+    run_dir: Path, days: float = 7.0, seed_offset: int = WHATIF_SEED_OFFSET
+) -> FleetConfig:
     """The run's fleet (factories, machines, sampling, MTBF) for the `days` after the run,
     on a seed of its own (readings the model was not trained on)."""
     manifest_path = run_dir / "simulation" / "manifest.json"
@@ -309,7 +335,7 @@ def fleet_after_run(run_dir: Path, days: float = 7.0) -> FleetConfig:
         start=start,
         hours=days * 24,
         interval_ms=int(config.get("interval_ms", base.interval_ms)),
-        seed=int(config.get("seed", base.seed)) + 2000,
+        seed=int(config.get("seed", base.seed)) + seed_offset,
         mtbf_hours=float(config.get("mtbf_hours", base.mtbf_hours)),
         malformed_rate=0.0,
     )
@@ -327,3 +353,46 @@ def write_whatif(run_dir: Path, days: float = 7.0, policy: Policy | None = None)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(figures, indent=2))
     return out
+
+
+def choose_policy(
+    run_dir: Path, candidates: list[Policy], days: float = 7.0
+) -> tuple[Policy, list[dict[str, Any]]]:
+    """The candidate with the largest downtime reduction on the validation fleet (the run's
+    fleet on the seed + VALIDATION_SEED_OFFSET), and each candidate's figures there."""
+    model_dir = run_dir / "ml" / "failure_model"
+    fleet = fleet_after_run(run_dir, days, VALIDATION_SEED_OFFSET)
+    catalog = load_catalog()
+    measured = []
+    for policy in candidates:
+        figures = run_whatif(fleet, model_dir, catalog, policy)
+        measured.append(
+            {
+                "policy": asdict(policy),
+                "downtime_reduction": figures["downtime_reduction"],
+                "run_to_failure": figures["run_to_failure"],
+                "predictive": figures["predictive"],
+            }
+        )
+    best = max(range(len(candidates)), key=lambda i: measured[i]["downtime_reduction"])
+    return candidates[best], measured
+
+
+if __name__ == "__main__":  # python -m local_platform.report.whatif RUN: the validation sweep
+    import argparse
+
+    parser = argparse.ArgumentParser(description=choose_policy.__doc__)
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--days", type=float, default=7.0)
+    parser.add_argument("--min-gap-hours", type=float, nargs="+", default=[24.0, 4.0])
+    parser.add_argument("--urgent-probability", type=float, nargs="+", default=[0.95])
+    args = parser.parse_args()
+    grid = [
+        Policy(min_gap_hours=gap, urgent_probability=urgent)
+        for gap in args.min_gap_hours
+        for urgent in args.urgent_probability
+    ]
+    chosen, rows = choose_policy(args.run, grid, args.days)
+    for row in rows:
+        print(json.dumps(row))
+    print(json.dumps({"chosen": asdict(chosen)}))

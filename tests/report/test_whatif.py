@@ -79,11 +79,17 @@ def test_whatif_on_a_run_and_in_the_report(full_run: Path, catalog):
         # after the alert and its lead, at a shift change unless urgent
         assert job["job_ms"] >= job["alert_ms"] + Policy().lead_hours * 3_600_000
         hour = datetime.fromtimestamp(job["job_ms"] / 1000, tz=UTC)
-        assert job["probability"] >= 0.95 or (hour.hour, hour.minute) in {(6, 0), (14, 0), (22, 0)}
+        urgent = job["probability"] >= Policy().urgent_probability
+        assert urgent or (hour.hour, hour.minute) in {(6, 0), (14, 0), (22, 0)}
     # jobs inside a degradation avert its failure (the machine may fail again later: on the
     # fixture's 2 days that can cost more than it saves, which the test does not judge)
     assert pred["averted"] >= 1
     assert pred["downtime_h"] == pytest.approx(pred["unplanned_h"] + pred["planned_h"], abs=0.02)
+    # each failure the predictive arm suffered, by mode and verdict
+    suffered = figures["failures"]
+    assert len(suffered) == pred["failures"]
+    assert sum(f["verdict"] == "late" for f in suffered) == pred["failures_late"]
+    assert sum(f["verdict"] == "missed" for f in suffered) == pred["failures_missed"]
     assert figures["downtime_reduction"] == pytest.approx(
         1 - pred["downtime_h"] / rtf["downtime_h"], abs=1e-3
     )
