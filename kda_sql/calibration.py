@@ -10,9 +10,11 @@ series (factory, machine, metric) gets its own, from its normal operation:
   `min_readings` readings at the series' sampling interval (the median spacing of its normal
   readings). A series read every 10 s keeps 60 s; one read every minute gets 360 s. Multiples of
   the catalog window keep every window a multiple of the HOP slide that divides the catalog's;
-* **limit**: `margin` (1.5) times the `quantile` (by default the largest) of the sample
-  standard deviations of the windows the rule itself would form over the normal readings (HOP
-  windows of that size sliding by `slide_seconds`, at least two readings each), and never below
+* **limit**: `margin` (1.5) times the `quantile` (by default the largest) of what the rule
+  judges in the windows it would form over the normal readings (HOP windows of that size
+  sliding by `slide_seconds`, at least three readings each: the smaller of the window's sample
+  standard deviation and the same without its reading farthest from the mean, since the rule
+  fires only when both are above the limit; `window_stddevs`), and never below
   `min_resolutions` sensor resolutions (a flat series must not alarm on one quantization step).
   The rule judges every series once per slide, 8,640 windows a day at 10 s: any quantile below
   the largest lets through, every day, windows that normal operation itself produced (0.999
