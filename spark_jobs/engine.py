@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+# Also the fewest partitions silver's Python passes (decoding, features) run in (`jobs`):
+# Sail runs the partitions of a stage at once, two per core here.
 SHUFFLE_PARTITIONS = 4
 _CONNECT_MODE = "SPARK_CONNECT_MODE_ENABLED"  # pyspark's switch between Connect and classic
 

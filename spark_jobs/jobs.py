@@ -69,6 +69,10 @@ class LakeSettings:
     max_future_ms: int = DEFAULT_MAX_FUTURE_MS
     # Bronze: how far before the newest landing prefix read so far each run lists.
     landing_lateness_ms: int = LANDING_LATENESS_MS
+    # Silver's Python passes (decoding, features) run per partition, at least the session's
+    # `spark.sql.shuffle.partitions` of them, and more when the series' rows exceed this many
+    # per partition: a partition's rows are in one Python call's memory at once.
+    rows_per_partition: int = 1_000_000
 
     def __post_init__(self) -> None:
         if self.lookback_ms < self.time_window_ms:
@@ -76,6 +80,8 @@ class LakeSettings:
                 f"lookback_ms ({self.lookback_ms}) must cover time_window_ms "
                 f"({self.time_window_ms}), or window statistics after late data are cut short"
             )
+        if self.rows_per_partition < 1:
+            raise ValueError(f"rows_per_partition must be positive, got {self.rows_per_partition}")
 
 
 @dataclass
@@ -236,8 +242,12 @@ def run_silver(
     result.source_seq = top
     progress(f"silver: decoding bronze ingest_seq {watermark + 1}..{top}")
     new_bronze = bronze.filter((F.col("ingest_seq") > watermark) & (F.col("ingest_seq") <= top))
+    # The payloads are decoded in parallel (bronze holds a run's payloads in few files).
+    parallelism = _shuffle_partitions(spark)
     checked = transforms.quality_check(
-        transforms.decode_payloads(new_bronze), rules, max_future_ms=settings.max_future_ms
+        transforms.decode_payloads(new_bronze, partitions=parallelism),
+        rules,
+        max_future_ms=settings.max_future_ms,
     )
     # One pass for the figures the merges and the summary need; no .cache(): Sail's cache made
     # these plans far slower than decoding again.
@@ -257,7 +267,8 @@ def run_silver(
         if None not in with_rejects and len(with_rejects) <= REJECTED_PAYLOADS_LISTED:
             rejects_from = transforms.quality_check(
                 transforms.decode_payloads(
-                    new_bronze.filter(F.col("batch_id").isin(sorted(with_rejects)))
+                    new_bronze.filter(F.col("batch_id").isin(sorted(with_rejects))),
+                    partitions=parallelism,
                 ),
                 rules,
                 max_future_ms=settings.max_future_ms,
@@ -270,8 +281,11 @@ def run_silver(
     earliest = min((int(row["first"]) for row in counts), default=0)
     # Copies (the same sensor and timestamp) are dropped where each series is sorted anyway.
     readings = transforms.with_time_dimensions(transforms.accepted_readings(checked))
+    # Each series whole in one partition for the features' Python pass, spread over enough
+    # partitions to use every core and to bound the rows each Python call holds.
+    series_partitions = max(parallelism, -(-result.rows_in // settings.rows_per_partition))
     changed = _merge_readings(
-        spark, paths, readings, partitions, earliest, settings, result, progress
+        spark, paths, readings, partitions, earliest, settings, result, progress, series_partitions
     )
     io.record_changes(spark, paths, top, changed)
     io.write_watermark(spark, paths, "silver", top)
@@ -296,12 +310,13 @@ def _merge_readings(
     settings: LakeSettings,
     result: StepResult,
     progress: Progress,
+    series_partitions: int,
 ) -> set[tuple[Any, str]]:
     """Merge the readings; return the (event_date, factory_id) partitions that changed."""
     result.partitions = len(partitions)
     if not partitions:
         return set()
-    features = _feature_settings(settings)
+    features = {**_feature_settings(settings), "partitions": series_partitions}
     if not io.table_exists(spark, paths.silver):
         progress(f"silver: writing {result.rows_in} accepted readings (duplicates included)")
         rows = transforms.silver_rows(
@@ -316,7 +331,7 @@ def _merge_readings(
         F.col("timestamp") >= F.lit(earliest)
     )
     # Readings already in silver (redelivered batches, duplicate readings) are not new.
-    fresh = transforms.dedupe_readings(readings).join(
+    fresh = transforms.dedupe_readings(readings, partitions=series_partitions).join(
         touched.select(*transforms.READING_KEY), list(transforms.READING_KEY), "left_anti"
     )
     # One row per machine and metric: few, so taken as data for the rest of the run.
@@ -381,6 +396,11 @@ def _feature_settings(settings: LakeSettings) -> dict[str, Any]:
         "sigma": settings.sigma,
         "min_periods": settings.min_periods,
     }
+
+
+def _shuffle_partitions(spark: SparkSession) -> int:
+    """The session's `spark.sql.shuffle.partitions` (Spark's default 200 where unset)."""
+    return max(int(spark.conf.get("spark.sql.shuffle.partitions", "200") or 200), 1)
 
 
 def _day(epoch_ms: int) -> date:

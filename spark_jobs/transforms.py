@@ -349,7 +349,7 @@ def _identify_arrow(batches: Iterator[Any]) -> Iterator[Any]:
 # ---------------------------------------------------------------------------- silver: decode
 
 
-def decode_payloads(bronze: DataFrame) -> DataFrame:
+def decode_payloads(bronze: DataFrame, *, partitions: int | None = None) -> DataFrame:
     """Bronze rows -> one row per reading, or per structural reject with its reason.
 
     Readings come out with `reject_reason` null; a payload or item that cannot be decoded comes
@@ -357,9 +357,15 @@ def decode_payloads(bronze: DataFrame) -> DataFrame:
     `reject_reason`: failed integrity, reused batch id). Decoding never fails the job
     (`spark_jobs.payloads.decode_one_payload`). The catalog's rules are applied afterwards, in
     Spark (`quality_check`), so that they are visible and testable as a DataFrame transform.
+
+    `partitions` spreads the payloads over that many partitions first (hashed by `batch_id`),
+    so that they are decoded in parallel: a scan yields a file's payloads as one partition, and
+    bronze holds a run's payloads in few files (Sail reads one file as one partition).
     """
     if "reject_reason" not in bronze.columns:
         bronze = bronze.withColumn("reject_reason", F.lit(None).cast("string"))
+    if partitions is not None:
+        bronze = bronze.repartition(partitions, "batch_id")
     return bronze.select(
         "batch_id",
         "source_format",
@@ -598,16 +604,25 @@ def with_time_dimensions(readings: DataFrame) -> DataFrame:
     )
 
 
-def dedupe_readings(readings: DataFrame) -> DataFrame:
+def dedupe_readings(readings: DataFrame, *, partitions: int | None = None) -> DataFrame:
     """One row per (sensor_id, timestamp): the first ingested copy (deterministic tie-breaks:
     `ingest_seq`, `batch_id`, `position`, `item`).
 
     Copies are neighbours in the series order (`spark_jobs.features`), so each series is sorted
     once with numpy on integer codes in a partition of its own (`rolling_features(dedupe=True)`
-    does this and the features in one pass)."""
+    does this and the features in one pass). `partitions`: as in `rolling_features`."""
     from spark_jobs.features import dedupe_arrow
 
-    return readings.repartition(*SERIES).mapInArrow(dedupe_arrow, readings.schema)
+    return by_series(readings, partitions).mapInArrow(dedupe_arrow, readings.schema)
+
+
+def by_series(readings: DataFrame, partitions: int | None) -> DataFrame:
+    """Every series (machine and metric) whole in one of `partitions` partitions (`None`: the
+    engine's default number). Sail's default is one partition, whatever
+    `spark.sql.shuffle.partitions` says: all the rows in one Python call on one core."""
+    if partitions is None:
+        return readings.repartition(*SERIES)
+    return readings.repartition(partitions, *SERIES)
 
 
 def rolling_features(
@@ -618,6 +633,7 @@ def rolling_features(
     sigma: float,
     min_periods: int,
     dedupe: bool = False,
+    partitions: int | None = None,
 ) -> DataFrame:
     """Rolling statistics per machine and metric, and 3-sigma anomaly flags.
 
@@ -637,6 +653,9 @@ def rolling_features(
     most of a silver run. Deviations are exact where readings are constant (0), where Sail's
     sliding frames left rounding noise (up to 1e-4) that the floor
     (`spark_jobs.features.STD_FLOOR`) did not hide.
+
+    `partitions`: how many partitions the series are spread over (`by_series`); each
+    partition's rows are in one Python call's memory at once.
     """
     import functools
 
@@ -657,7 +676,7 @@ def rolling_features(
         min_periods=min_periods,
         dedupe=dedupe,
     )
-    return readings.repartition(*SERIES).mapInArrow(body, schema)
+    return by_series(readings, partitions).mapInArrow(body, schema)
 
 
 def series_starts(new_readings: DataFrame) -> DataFrame:

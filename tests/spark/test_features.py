@@ -144,10 +144,28 @@ def assert_close(expected: Any, actual: Any, what: str) -> None:
         assert expected == actual, what
 
 
-def features(frame: Any, *, dedupe: bool, last_n: int = 5, window_ms: int = 3_600_000) -> Any:
+def features(
+    frame: Any,
+    *,
+    dedupe: bool,
+    last_n: int = 5,
+    window_ms: int = 3_600_000,
+    partitions: int | None = None,
+) -> Any:
     return transforms.rolling_features(
-        frame, last_n=last_n, time_window_ms=window_ms, sigma=2.0, min_periods=3, dedupe=dedupe
+        frame,
+        last_n=last_n,
+        time_window_ms=window_ms,
+        sigma=2.0,
+        min_periods=3,
+        dedupe=dedupe,
+        partitions=partitions,
     )
+
+
+# The engine's default number of partitions (Sail: one), or the series spread over several (the
+# jobs' setting): every series must still be whole in one of them.
+PARTITIONS = st.sampled_from([None, 3])
 
 
 @EXAMPLES
@@ -155,16 +173,18 @@ def features(frame: Any, *, dedupe: bool, last_n: int = 5, window_ms: int = 3_60
     seed=st.integers(0, 2**32 - 1),
     rows=st.integers(1, 60),
     window_ms=st.sampled_from([1_000, 25_000, 3_600_000]),
+    partitions=PARTITIONS,
 )
 def test_last_hour_matches_the_sql_range_frame(
-    spark: Any, seed: int, rows: int, window_ms: int
+    spark: Any, seed: int, rows: int, window_ms: int, partitions: int | None
 ) -> None:
     """Mean and maximum over [t - W, t] (peers and copies included), on each engine against its
     own `RANGE` frame."""
     frame = spark.createDataFrame(random_readings(seed, rows, copies=True, nulls=True), SCHEMA)
     expected = by_rid(sql_last_hour(frame, window_ms), ["window_mean", "window_max"])
     actual = by_rid(
-        features(frame, dedupe=False, window_ms=window_ms), ["window_mean", "window_max"]
+        features(frame, dedupe=False, window_ms=window_ms, partitions=partitions),
+        ["window_mean", "window_max"],
     )
     assert actual.keys() == expected.keys()
     for rid, row in expected.items():
@@ -173,16 +193,16 @@ def test_last_hour_matches_the_sql_range_frame(
 
 
 @EXAMPLES
-@given(seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 60))
-def test_copies_dropped_as_the_sql_lag_dropped_them(spark: Any, seed: int, rows: int) -> None:
+@given(seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 60), partitions=PARTITIONS)
+def test_copies_dropped_as_the_sql_lag_dropped_them(
+    spark: Any, seed: int, rows: int, partitions: int | None
+) -> None:
     frame = spark.createDataFrame(random_readings(seed, rows, copies=True, nulls=True), SCHEMA)
     expected = {row["rid"] for row in sql_dedupe(frame).select("rid").collect()}
-    assert {row["rid"] for row in transforms.dedupe_readings(frame).select("rid").collect()} == (
-        expected
-    )
-    assert {row["rid"] for row in features(frame, dedupe=True).select("rid").collect()} == (
-        expected
-    )
+    deduped = transforms.dedupe_readings(frame, partitions=partitions)
+    assert {row["rid"] for row in deduped.select("rid").collect()} == expected
+    featured = features(frame, dedupe=True, partitions=partitions)
+    assert {row["rid"] for row in featured.select("rid").collect()} == expected
 
 
 @EXAMPLES
@@ -190,9 +210,10 @@ def test_copies_dropped_as_the_sql_lag_dropped_them(spark: Any, seed: int, rows:
     seed=st.integers(0, 2**32 - 1),
     rows=st.integers(1, 60),
     last_n=st.sampled_from([2, 3, 5, 100]),
+    partitions=PARTITIONS,
 )
 def test_last_rows_and_baseline_match_the_sql_frames(
-    classic: Any, seed: int, rows: int, last_n: int
+    classic: Any, seed: int, rows: int, last_n: int, partitions: int | None
 ) -> None:
     """Count, mean and deviation of the last N readings, z-score and flag, against classic
     Spark's `ROWS` frames (which recompute each frame; Sail's slide and leave rounding noise,
@@ -206,7 +227,9 @@ def test_last_rows_and_baseline_match_the_sql_frames(
         )
         columns = ["rolling_count", "rolling_mean", "rolling_std", "zscore", "is_anomaly"]
         expected = by_rid(sql_last_rows(frame, last_n=last_n, sigma=2.0, min_periods=3), columns)
-        actual = by_rid(features(frame, dedupe=False, last_n=last_n), columns)
+        actual = by_rid(
+            features(frame, dedupe=False, last_n=last_n, partitions=partitions), columns
+        )
     finally:
         use_connect(True)
     assert actual.keys() == expected.keys()
