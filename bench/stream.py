@@ -14,18 +14,27 @@ planning and submission cost the same in both), so `decode_rules_events_per_s` i
 rules on one slot after JVM start, and `json_rules_events_per_s` the JSON source's figure from
 the same run. Wall-clock: the machine's load average is printed with them.
 
+CPU per reading, which load disturbs far less than the wall clock: a sampler reads the Flink
+JVM's threads' CPU time from /proc while each job runs (every thread but the JIT compilers,
+whose work is start-up cost that the larger input only spreads further); the larger input's
+extra CPU over its extra readings is `decode_rules_cpu_us_per_reading` (and
+`json_rules_cpu_us_per_reading`), `decode_rules_events_per_cpu_s` its inverse: what one fully
+busy vCPU (a KPU's, one slot) would decode and judge per second.
+
 Kinesis at 1M readings/s: the shards `config.environments.size_stream` gives for prod's
 workload (1M readings/s in the gateways' batches, their measured wire size), priced with
 `config/prices.yaml` (shard-hours and PUT payload units, its `checked_on` date), against the
 source design's 100 shards at $43,200 a month.
 
     python bench/stream.py [--hours 24] [--machines 10] [--factories 2] [--batch-readings 20000]
-                           [--no-decode-only] [--rocksdb] [--repeat 1]
+                           [--no-decode-only] [--no-copying] [--rocksdb] [--repeat 1]
 
 Decode only (`json_decode_only_events_per_s`, `batches_decode_only_events_per_s`): the same
 sources (format, event time, watermark) into a filter that keeps nothing, no rules. `--rocksdb`
 adds the rules on RocksDB state with 60 s checkpoints, as Managed Flink runs them
-(`*_rules_rocksdb_events_per_s`).
+(`*_rules_rocksdb_events_per_s`). Copying (`*_rules_copying_events_per_s`, skipped with
+`--no-copying`): the rules with `pipeline.object-reuse` off, Flink's default, which
+`kda_sql/runner.py` turns on: the baseline of that option, side by side.
 
 The last line is JSON with every figure.
 """
@@ -34,10 +43,15 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
+import itertools
 import json
 import os
 import statistics
 import tempfile
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +78,75 @@ ROCKSDB = {  # Managed Flink's state backend and checkpoint interval
     "flink.state.backend.type": "rocksdb",
     "flink.execution.checkpointing.interval": "60 s",
 }
+COPYING = {"flink.pipeline.object-reuse": "false"}  # Flink's default; the runner turns it on
+_JIT_THREADS = ("C1 CompilerThre", "C2 CompilerThre")  # /proc comm: 15 characters
+
+
+def _descendants(root: int) -> list[int]:
+    """The processes below `root` (the runner and the JVM it starts), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat[stat.rfind(")") + 2 :].split()[1])
+    found, frontier = [], [root]
+    while frontier:
+        children = [pid for pid, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def _threads_cpu(pid: int, clock_ticks: int) -> dict[int, float]:
+    """CPU seconds (user + system) of each thread of `pid` but the JIT compilers'."""
+    seconds: dict[int, float] = {}
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return seconds
+    for task in tasks:
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        if stat[stat.find("(") + 1 : stat.rfind(")")] in _JIT_THREADS:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        seconds[int(task.name)] = (int(fields[11]) + int(fields[12])) / clock_ticks
+    return seconds
+
+
+def with_cpu_seconds(job: Callable[[], FlinkRun]) -> tuple[FlinkRun, float]:
+    """Run `job` and return its result and the CPU seconds its processes' threads used (JIT
+    compilers excepted), sampled from /proc every 0.1 s (a thread's last 0.1 s may be missed:
+    far below the differences compared)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    seen: dict[tuple[int, int], float] = {}
+    done = threading.Event()
+
+    def sample() -> None:
+        pids: list[int] = []
+        for tick in itertools.count():
+            if done.is_set():
+                return
+            if tick % 10 == 0:  # the processes rarely change: look them up once a second
+                pids = _descendants(os.getpid())
+            for pid in pids:
+                for tid, cpu in _threads_cpu(pid, ticks).items():
+                    seen[pid, tid] = max(seen.get((pid, tid), 0.0), cpu)
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        result = job()
+    finally:
+        done.set()
+        sampler.join()
+    return result, sum(seen.values())
 
 
 def decode_only_sql(folder: Path) -> Path:
@@ -103,6 +186,14 @@ def simulate(out: Path, factories: int, machines: int, hours: float, batch_readi
     with (out / "readings.jsonl").open("rb") as jsonl:
         made.json_lines = sum(1 for _ in jsonl)
     return made
+
+
+def cpu_us_per_event(events: tuple[int, int], cpu: list[tuple[float, float]]) -> float:
+    """CPU microseconds per event after start-up (the larger input's extra CPU over its extra
+    events), the median over the repetitions."""
+    return statistics.median(
+        (large - small) / (events[1] - events[0]) * 1e6 for small, large in cpu
+    )
 
 
 def steady_rate(events: tuple[int, int], runs: list[tuple[FlinkRun, FlinkRun]]) -> float:
@@ -167,6 +258,10 @@ def main() -> None:
         "--no-decode-only", action="store_true", help="skip the decode-only (no rules) runs"
     )
     parser.add_argument(
+        "--no-copying", action="store_true",
+        help="skip the rules with pipeline.object-reuse off (Flink's default)",
+    )  # fmt: skip
+    parser.add_argument(
         "--repeat", type=int, default=1, help="repetitions (figures: the median of each)"
     )
     parser.add_argument(
@@ -184,25 +279,32 @@ def main() -> None:
         variants: dict[str, tuple[Path | None, dict[str, str]]] = {"rules": (None, {})}
         if not args.no_decode_only:
             variants["decode_only"] = (decode_only_sql(root / "decode-only-sql"), {})
+        if not args.no_copying:
+            variants["rules_copying"] = (None, COPYING)
         if args.rocksdb:
             variants["rules_rocksdb"] = (None, ROCKSDB)
         runs: dict[tuple[str, str], list[tuple[FlinkRun, FlinkRun]]] = {}
+        cpu: dict[tuple[str, str], list[tuple[float, float]]] = {}
         for _ in range(args.repeat):
             for variant, (sql_dir, extra) in variants.items():
                 for kind in ("json", "batches"):  # each pair small then large, interleaved
                     source = "readings.jsonl" if kind == "json" else "batches.b64"
-                    small_run, large_run = (
-                        run_rules(
-                            root / size / source,
-                            root / f"out-{variant}-{kind}-{size}",
-                            sql_dir=sql_dir,
-                            extra_properties=extra,
-                            batches=kind == "batches",
-                            jar=jar,
+                    (small_run, small_cpu), (large_run, large_cpu) = (
+                        with_cpu_seconds(
+                            functools.partial(
+                                run_rules,
+                                root / size / source,
+                                root / f"out-{variant}-{kind}-{size}",
+                                sql_dir=sql_dir,
+                                extra_properties=extra,
+                                batches=kind == "batches",
+                                jar=jar,
+                            )
                         )
                         for size in ("small", "large")
                     )
                     runs.setdefault((variant, kind), []).append((small_run, large_run))
+                    cpu.setdefault((variant, kind), []).append((small_cpu, large_cpu))
     json_runs, batch_runs = runs["rules", "json"], runs["rules", "batches"]
     last_json, last_batches = json_runs[-1], batch_runs[-1]
     json_events = (small.json_lines, large.json_lines)
@@ -224,6 +326,15 @@ def main() -> None:
         "repetitions": args.repeat,
         "json_rules_events_per_s_each": each_rate(json_events, json_runs),
         "decode_rules_events_per_s_each": each_rate(batch_events, batch_runs),
+        "decode_rules_cpu_us_per_reading": round(
+            cpu_us_per_event(batch_events, cpu["rules", "batches"]), 2
+        ),
+        "decode_rules_events_per_cpu_s": round(
+            1e6 / cpu_us_per_event(batch_events, cpu["rules", "batches"])
+        ),
+        "json_rules_cpu_us_per_reading": round(
+            cpu_us_per_event(json_events, cpu["rules", "json"]), 2
+        ),
     }
     for variant in variants:
         if variant == "rules":
@@ -233,6 +344,12 @@ def main() -> None:
         )
         figures[f"batches_{variant}_events_per_s"] = round(
             steady_rate(batch_events, runs[variant, "batches"])
+        )
+        figures[f"json_{variant}_cpu_us_per_reading"] = round(
+            cpu_us_per_event(json_events, cpu[variant, "json"]), 2
+        )
+        figures[f"batches_{variant}_cpu_us_per_reading"] = round(
+            cpu_us_per_event(batch_events, cpu[variant, "batches"]), 2
         )
     figures.update(
         {
