@@ -103,6 +103,8 @@ def compile_model(
         "feature_names": info["feature_names"],
         "feature_spec": info["feature_spec"],
         "threshold": info["threshold"],
+        # which rule chose it (train.threshold_rule); absent from models trained before it
+        "threshold_source": info.get("threshold_source", "unrecorded"),
         "libraries": libraries,
         "xgboost_model": {"file": XGBOOST_MODEL, "sha256": sha256_file(out_dir / XGBOOST_MODEL)},
         "toolchain": {

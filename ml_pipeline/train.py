@@ -14,8 +14,11 @@ XGBoost's ``max_bin`` and the alert threshold are chosen by cross-validation ove
 rows only (folds of whole training machines): the ``max_bin`` whose out-of-fold predictions
 have the best PR-AUC, then the threshold whose alerts have the best F1 of alert precision
 (alerts a failure followed within the horizon) and failure recall (failures an alert
-announced). The held-out machines are scored once, at that threshold, which `training.json`
-records for the gateway.
+announced). The cross-validated threshold is used only when the training rows hold enough
+evidence for it (`MIN_CV_FAILURES` failure episodes and a cross-validated alert precision of
+`MIN_CV_ALERT_PRECISION`); otherwise the model keeps the documented default `ALERT_THRESHOLD`.
+The held-out machines are scored once, at the threshold in force, which `training.json` records
+for the gateway with the rule that chose it (`threshold_source`).
 """
 
 from __future__ import annotations
@@ -39,7 +42,21 @@ from ml_pipeline.labels import EXCLUDED, FailureEvent, label_rows
 FEATURES_FILE = "features.npz"
 MODEL_FILE = "model.json"
 TRAINING_FILE = "training.json"
-ALERT_THRESHOLD = 0.8  # what evaluates a model whose training recorded no threshold
+# The conservative default: alerts at p >= 0.8 (the platform's threshold before it was
+# cross-validated, and what evaluates a model whose training recorded no threshold).
+ALERT_THRESHOLD = 0.8
+# Cross-validation may choose the alert threshold only on enough evidence. A threshold is chosen
+# on failure episodes (runs of positive rows per machine), not rows: rows of one episode are
+# strongly correlated. With n episodes one failure more or less moves the measured recall by
+# 1/n, and a proportion's 95% interval is about +-1/sqrt(n): 20 episodes keep that to +-0.22,
+# 10 episodes (the connected demo's second model) leave +-0.32, so its choice is noise (it
+# picked 0.3 there). And the chosen threshold must itself be worth alerting at: its
+# cross-validated alert precision at least 0.5, the product's alert-precision goal (most of
+# its alerts would be followed by a failure); below that the default, which is stricter than
+# any low choice, alerts less.
+MIN_CV_FAILURES = 20
+MIN_CV_ALERT_PRECISION = 0.5
+CROSS_VALIDATION = "cross-validation"
 MAX_BINS = (64, 256)
 CV_FOLDS = 3
 THRESHOLDS = np.round(np.arange(0.2, 0.951, 0.05), 2)
@@ -184,8 +201,39 @@ class Choice:
     """What cross-validation over the training machines chose, and what it measured."""
 
     max_bin: int
-    threshold: float
+    threshold: float  # the threshold in force: cross-validation's, or ALERT_THRESHOLD
     measured: list[dict[str, float]]
+    source: str = CROSS_VALIDATION  # which rule chose `threshold`
+    cv_threshold: float | None = None  # what cross-validation picked, used or not
+
+
+def failure_episodes(
+    label: npt.NDArray[np.int8],
+    machines: npt.NDArray[np.str_],
+    timestamps: npt.NDArray[np.int64] | None = None,
+) -> int:
+    """Failure episodes in labelled rows: runs of consecutive positive rows per machine (in
+    time order when timestamps are given, else in the rows' order)."""
+    count = 0
+    for machine in np.unique(machines):
+        rows = np.flatnonzero(machines == machine)
+        if timestamps is not None:
+            rows = rows[np.argsort(timestamps[rows], kind="stable")]
+        positive = label[rows] == 1
+        count += int((positive & ~np.concatenate([[False], positive[:-1]])).sum())
+    return count
+
+
+def threshold_rule(episodes: int, cv_precision: float | None) -> str:
+    """Which rule sets the alert threshold: cross-validation when the training rows hold at
+    least MIN_CV_FAILURES failure episodes and the cross-validated choice's alert precision is
+    at least MIN_CV_ALERT_PRECISION, else the default (the reason is recorded)."""
+    if episodes < MIN_CV_FAILURES:
+        return f"default: only {episodes} failures"
+    if cv_precision is None or cv_precision < MIN_CV_ALERT_PRECISION:
+        shown = "none" if cv_precision is None else f"{cv_precision:.2f}"
+        return f"default: cross-validated alert precision {shown}"
+    return CROSS_VALIDATION
 
 
 def alert_figures(
@@ -229,7 +277,9 @@ def cross_validate(
     """Choose max_bin (out-of-fold PR-AUC), then the alert threshold, with folds of whole
     machines, from training rows only. The threshold maximizes the F1 of alert precision and
     failure recall (`alert_figures`: what the people who receive the alerts see) on the
-    out-of-fold predictions, the highest of equals; without timestamps, the row F1."""
+    out-of-fold predictions, the highest of equals; without timestamps, the row F1 (and the
+    row precision stands for the alert precision). It is used only on enough evidence
+    (`threshold_rule`); otherwise the Choice carries ALERT_THRESHOLD and the reason."""
     from ml_pipeline.evaluate import classification_at, pr_auc
 
     keep = label != EXCLUDED
@@ -242,8 +292,12 @@ def cross_validate(
     usable = [
         k for k in range(folds) if (label[fold != k] == 1).any() and (label[fold == k] == 1).any()
     ]
+    episodes = failure_episodes(label, machines, times)
     if len(names) < 2 or not usable:
-        return Choice(DEFAULT_PARAMS["max_bin"], ALERT_THRESHOLD, [])
+        source = threshold_rule(episodes, None)
+        if source == CROSS_VALIDATION:
+            source = "default: no fold to cross-validate on"
+        return Choice(DEFAULT_PARAMS["max_bin"], ALERT_THRESHOLD, [], source)
     measured = []
     best: tuple[float, int, npt.NDArray[np.float64]] | None = None
     rows = np.isin(fold, usable)
@@ -258,11 +312,21 @@ def cross_validate(
             best = (score, bins, out_of_fold)
     assert best is not None
     _, bins, out_of_fold = best
-    f1 = [classification_at(label[rows], out_of_fold[rows], float(t))["f1"] for t in THRESHOLDS]
+    rows_at = [classification_at(label[rows], out_of_fold[rows], float(t)) for t in THRESHOLDS]
+    f1 = [r["f1"] for r in rows_at]
     if times is None:
         pick = int(np.argmax(f1))
-        measured.append({"threshold": float(THRESHOLDS[pick]), "cv_f1": round(f1[pick], 4)})
-        return Choice(bins, float(THRESHOLDS[pick]), measured)
+        measured.append(
+            {
+                "threshold": float(THRESHOLDS[pick]),
+                "cv_f1": round(f1[pick], 4),
+                "cv_precision": round(rows_at[pick]["precision"], 4),
+                "failure_episodes": episodes,
+            }
+        )
+        return _chosen(
+            bins, float(THRESHOLDS[pick]), measured, episodes, rows_at[pick]["precision"]
+        )
     figures = [
         alert_figures(out_of_fold[rows], label[rows], machines[rows], times[rows], float(t))
         for t in THRESHOLDS
@@ -276,9 +340,22 @@ def cross_validate(
             "cv_failure_recall": round(figures[pick][1], 4),
             "cv_alert_f1": round(alert_f1[pick], 4),
             "cv_f1": round(f1[pick], 4),
+            "failure_episodes": episodes,
         }
     )
-    return Choice(bins, float(THRESHOLDS[pick]), measured)
+    return _chosen(bins, float(THRESHOLDS[pick]), measured, episodes, figures[pick][0])
+
+
+def _chosen(
+    bins: int,
+    picked: float,
+    measured: list[dict[str, float]],
+    episodes: int,
+    precision: float,
+) -> Choice:
+    source = threshold_rule(episodes, precision)
+    threshold = picked if source == CROSS_VALIDATION else ALERT_THRESHOLD
+    return Choice(bins, threshold, measured, source, picked)
 
 
 def predict(booster: Any, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -315,6 +392,7 @@ def train_and_evaluate(
         rounds=rounds,
         folds=cv_folds,
     )
+    source = choice.source if threshold is None else "given (--threshold)"
     threshold = choice.threshold if threshold is None else threshold
     booster = fit(
         table.x[split.train], split.train_label, rounds=rounds, params={"max_bin": choice.max_bin}
@@ -332,8 +410,13 @@ def train_and_evaluate(
     metrics["cross_validation"] = {
         "max_bin": choice.max_bin,
         "threshold": choice.threshold,
+        "threshold_source": choice.source,
+        "cv_threshold": choice.cv_threshold,
+        "min_failures": MIN_CV_FAILURES,
+        "min_alert_precision": MIN_CV_ALERT_PRECISION,
         "measured": choice.measured,
     }
+    metrics["threshold_source"] = source
     metrics["split"] = {
         "train_rows": len(split.train),
         "train_positive_rows": int((split.train_label == 1).sum()),
@@ -341,7 +424,14 @@ def train_and_evaluate(
         "test_machines": split.test_machines,
         "cut_ms": split.cut_ms,
     }
-    save_model(booster, table.extra["spec"], model_dir, threshold=threshold, version=version)
+    save_model(
+        booster,
+        table.extra["spec"],
+        model_dir,
+        threshold=threshold,
+        threshold_source=source,
+        version=version,
+    )
     write_metrics(metrics, model_dir / "metrics.json")
     return metrics
 
@@ -352,6 +442,7 @@ def save_model(
     model_dir: Path,
     *,
     threshold: float = ALERT_THRESHOLD,
+    threshold_source: str = "default",
     version: str | None = None,
 ) -> None:
     import xgboost as xgb
@@ -363,6 +454,7 @@ def save_model(
         "feature_names": spec.names,
         "feature_spec": spec.to_dict(),
         "threshold": threshold,
+        "threshold_source": threshold_source,
         "xgboost_version": xgb.__version__,
     }
     (model_dir / TRAINING_FILE).write_text(json.dumps(info, indent=2) + "\n")

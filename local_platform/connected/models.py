@@ -170,6 +170,7 @@ def lifecycle(plan: Plan, number: int, until_ms: int) -> dict[str, Any]:
     _iiot(log, "ml", "train", "--data", str(work / "features.npz"), "--out", str(work / "model"),
           "--rounds", "80")  # fmt: skip
     _set_version(work / "model", version)
+    training = json.loads((work / "model" / "training.json").read_text())
     _iiot(log, "ml", "evaluate", "--model", str(work / "model"),
           "--data", str(work / "features.npz"), "--out", str(work / "evaluation.json"))  # fmt: skip
     evaluation = json.loads((work / "evaluation.json").read_text())
@@ -181,6 +182,10 @@ def lifecycle(plan: Plan, number: int, until_ms: int) -> dict[str, Any]:
         "training_set": data,
         "lake_maintenance_tables": lake_tables,
         "pr_auc": pr_auc,
+        # the gateways alert at the model's threshold; on a short lake history it is the
+        # documented default rather than cross-validation's noisy pick (train.threshold_rule)
+        "threshold": training["threshold"],
+        "threshold_source": training.get("threshold_source"),
         "gate": f"PR-AUC >= {MIN_PR_AUC}",
     }
     if pr_auc is None or pr_auc < MIN_PR_AUC:

@@ -63,7 +63,13 @@ def test_training_writes_model_and_metrics(model_dir: Path) -> None:
     # the threshold and max_bin are cross-validation's, recorded for the gateway
     chosen = metrics["cross_validation"]
     assert info["threshold"] == chosen["threshold"] == metrics["threshold"]
-    assert chosen["threshold"] in THRESHOLDS
+    assert info["threshold_source"] == chosen["threshold_source"] == metrics["threshold_source"]
+    assert chosen["cv_threshold"] in THRESHOLDS
+    if chosen["threshold_source"] == "cross-validation":
+        assert chosen["threshold"] == chosen["cv_threshold"]
+    else:  # this small fleet's training rows hold too few failures to choose on
+        assert chosen["threshold_source"].startswith("default: ")
+        assert chosen["threshold"] == 0.8
     assert chosen["max_bin"] in MAX_BINS
     assert {m["max_bin"] for m in chosen["measured"] if "max_bin" in m} == set(MAX_BINS)
     # the model learned something real from the simulated degradation
@@ -90,8 +96,9 @@ def test_cross_validation_sees_the_training_rows_only(
     assert seen["timestamps"].max() < split.cut_ms
     # a threshold given explicitly overrides the chosen one; the choice is still recorded
     assert metrics["threshold"] == 0.65
-    assert json.loads((tmp_path / "m" / "training.json").read_text())["threshold"] == 0.65
-    assert metrics["cross_validation"]["threshold"] in THRESHOLDS
+    info = json.loads((tmp_path / "m" / "training.json").read_text())
+    assert (info["threshold"], info["threshold_source"]) == (0.65, "given (--threshold)")
+    assert metrics["cross_validation"]["cv_threshold"] in THRESHOLDS
 
 
 def test_cross_validation_prefers_the_max_bin_that_resolves_the_signal() -> None:
@@ -257,3 +264,70 @@ def test_alert_quality_counts_alerts_that_an_incident_followed():
     empty = alert_quality([], [], horizon_ms=hour)
     assert empty["alert_precision"] is None
     assert empty["failure_recall"] is None
+
+
+def _episodes_fleet(
+    machines: int, episodes_per_machine: int, signal: bool, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows every 10 min per machine; each episode is 12 positive rows after 60 normal ones.
+    With `signal` feature 0 rises through each episode (a learnable precursor); without it
+    the features are noise."""
+    rng = np.random.default_rng(seed)
+    xs, labels, names, times = [], [], [], []
+    for m in range(machines):
+        for e in range(episodes_per_machine):
+            label = np.array([0] * 60 + [1] * 12, dtype=np.int8)
+            x = rng.random((len(label), 3))
+            if signal:
+                x[60:, 0] += np.linspace(1.0, 3.0, 12)
+            start = e * len(label)
+            xs.append(x)
+            labels.append(label)
+            names.append(np.array([f"M{m:02d}"] * len(label)))
+            times.append((start + np.arange(len(label), dtype=np.int64)) * 600_000)
+    return np.vstack(xs), np.concatenate(labels), np.concatenate(names), np.concatenate(times)
+
+
+def test_a_small_training_set_keeps_the_default_threshold() -> None:
+    from ml_pipeline.train import ALERT_THRESHOLD, MIN_CV_FAILURES, failure_episodes
+
+    # 6 machines x 1 failure: the signal is clean, but 6 failures are too few to choose on
+    x, label, machines, times = _episodes_fleet(6, 1, signal=True)
+    assert failure_episodes(label, machines, times) == 6 < MIN_CV_FAILURES
+    choice = cross_validate(x, label, machines, times, rounds=20, folds=3, max_bins=(64,))
+    assert choice.source == "default: only 6 failures"
+    assert choice.threshold == ALERT_THRESHOLD
+    assert choice.cv_threshold in THRESHOLDS  # what cross-validation would have picked
+    assert choice.measured[-1]["failure_episodes"] == 6
+
+
+def test_a_large_training_set_gets_the_cross_validated_threshold() -> None:
+    from ml_pipeline.train import CROSS_VALIDATION, MIN_CV_FAILURES
+
+    # 9 machines x 3 failures with a clear precursor: enough evidence, precise alerts
+    x, label, machines, times = _episodes_fleet(9, 3, signal=True)
+    choice = cross_validate(x, label, machines, times, rounds=20, folds=3, max_bins=(64,))
+    assert choice.source == CROSS_VALIDATION
+    assert choice.threshold == choice.cv_threshold
+    assert choice.measured[-1]["failure_episodes"] == 27 >= MIN_CV_FAILURES
+    assert choice.measured[-1]["cv_alert_precision"] >= 0.5
+
+
+def test_imprecise_cross_validated_alerts_keep_the_default_threshold() -> None:
+    from ml_pipeline.train import ALERT_THRESHOLD, MIN_CV_ALERT_PRECISION
+
+    # as many failures, but nothing foretells them: the best choice alerts mostly in vain
+    x, label, machines, times = _episodes_fleet(9, 3, signal=False)
+    choice = cross_validate(x, label, machines, times, rounds=20, folds=3, max_bins=(64,))
+    assert choice.measured[-1]["cv_alert_precision"] < MIN_CV_ALERT_PRECISION
+    assert choice.source.startswith("default: cross-validated alert precision")
+    assert choice.threshold == ALERT_THRESHOLD
+
+
+def test_the_compiled_manifest_records_the_threshold_and_its_rule(
+    model_dir: Path, compiled_dir: Path
+) -> None:
+    info = json.loads((model_dir / "training.json").read_text())
+    manifest = json.loads((compiled_dir / "manifest.json").read_text())
+    assert manifest["threshold"] == info["threshold"]
+    assert manifest["threshold_source"] == info["threshold_source"]
