@@ -56,11 +56,15 @@ def train(
     rounds: Annotated[int, typer.Option(help="Boosting rounds.")] = 150,
     threshold: Annotated[
         float | None,
-        typer.Option(help="Alert threshold (default: chosen by cross-validation on training)."),
+        typer.Option(
+            help="Alert threshold (default: chosen by cross-validation on training when it holds"
+            " enough failures, else 0.8; training.json records which as threshold_source)."
+        ),
     ] = None,
 ) -> None:
     """Train XGBoost (split by time and machine; max_bin and the alert threshold chosen by
-    cross-validation on the training machines) and write the model and metrics.json."""
+    cross-validation on the training machines, the threshold only on enough evidence) and write
+    the model and metrics.json."""
     from ml_pipeline.train import load_input, train_and_evaluate
 
     try:
