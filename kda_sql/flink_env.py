@@ -231,7 +231,17 @@ def run_rules(
     )
     seconds = time.perf_counter() - began
     if done.returncode != 0:
-        raise FlinkEnvError(f"the Flink job failed ({done.returncode}): {done.stderr[-4000:]}")
+        # The Java exceptions' own messages first: a long stack trace buries them.
+        causes = [
+            line.removeprefix(": ").strip()
+            for line in done.stderr.splitlines()
+            if line.startswith(("Caused by: ", ": ")) and "Exception: " in line
+        ]
+        raise FlinkEnvError(
+            f"the Flink job failed ({done.returncode}): "
+            + "".join(f"{cause}\n" for cause in causes[-5:])
+            + done.stderr[-4000:]
+        )
     return FlinkRun(
         _json_lines(output_dir), seconds, done.stderr, _json_lines(dead_letter_dir(output_dir))
     )

@@ -219,3 +219,24 @@ def test_merged_jar_keeps_every_jars_table_factories(decoder_jar: Path, tmp_path
     assert "org.apache.flink.formats.json.JsonFormatFactory" in factories
     assert "com/iiot/flink/BatchDecoder.class" in names
     assert any(n.startswith("org/apache/flink/formats/json/") for n in names)
+
+
+def test_a_reading_column_of_another_type_is_refused_when_the_job_is_planned(
+    decoder_jar: Path, tmp_path: Path
+):
+    """A reading's row answers only its own column's getter (no boxed fields to cast), so the
+    format refuses a table that declares a reading column with another type, naming it."""
+    from kda_sql.flink_env import FlinkEnvError, run_rules
+    from kda_sql.generate import RENDERED_DIR
+
+    sql = tmp_path / "sql"
+    sql.mkdir()
+    for path in RENDERED_DIR.glob("*.sql"):
+        (sql / path.name).write_text(path.read_text())
+    table = sql / "00_readings_table.sql"
+    assert "`value` DOUBLE," in table.read_text()
+    table.write_text(table.read_text().replace("`value` DOUBLE,", "`value` FLOAT,"))
+    batches = tmp_path / "batches.b64"
+    batches.write_bytes(base64.b64encode(good_batch(good_readings(3, start_ms=T0_MS))) + b"\n")
+    with pytest.raises(FlinkEnvError, match="iiot-batch: column value must be DOUBLE, not FLOAT"):
+        run_rules(batches, tmp_path / "out", sql_dir=sql, batches=True, jar=decoder_jar)

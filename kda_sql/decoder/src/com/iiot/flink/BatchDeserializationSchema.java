@@ -13,6 +13,7 @@ import org.apache.flink.metrics.Counter;
 import org.apache.flink.table.data.GenericRowData;
 import org.apache.flink.table.data.RowData;
 import org.apache.flink.table.data.StringData;
+import org.apache.flink.table.types.logical.LogicalTypeRoot;
 import org.apache.flink.util.Collector;
 
 /**
@@ -34,11 +35,18 @@ public final class BatchDeserializationSchema implements DeserializationSchema<R
     static final List<String> COLUMNS = Arrays.asList("timestamp", "factory_id", "machine_id",
             "sensor_id", "metric", "value", "unit", "dead_letter_reason", "dead_letter_batch_id",
             "dead_letter_sha256", "dead_letter_bytes", "dead_letter_payload");
+    /** Each column's type: a reading's row answers only its column's own getter. */
+    static final List<LogicalTypeRoot> ROOTS = Arrays.asList(LogicalTypeRoot.BIGINT,
+            LogicalTypeRoot.VARCHAR, LogicalTypeRoot.VARCHAR, LogicalTypeRoot.VARCHAR,
+            LogicalTypeRoot.VARCHAR, LogicalTypeRoot.DOUBLE, LogicalTypeRoot.VARCHAR,
+            LogicalTypeRoot.VARCHAR, LogicalTypeRoot.VARCHAR, LogicalTypeRoot.VARCHAR,
+            LogicalTypeRoot.INTEGER, LogicalTypeRoot.VARBINARY);
     private static final int DEAD_LETTER_PAYLOAD_CAP = 64 * 1024;
 
     private final TypeInformation<RowData> producedType;
     private final int[] target; // COLUMNS index -> produced field position, -1 if absent
     private final int arity;
+    private final int[] readingField; // field position -> ReadingRow's field, -1: null
     private final boolean base64;
     private transient BatchDecoder decoder;
     private transient Counter readings;
@@ -52,6 +60,16 @@ public final class BatchDeserializationSchema implements DeserializationSchema<R
         for (int i = 0; i < COLUMNS.size(); i++) {
             target[i] = fieldNames.indexOf(COLUMNS.get(i));
         }
+        this.readingField = new int[arity];
+        java.util.Arrays.fill(readingField, -1);
+        int[] keyColumns = {1, 2, 3, 4, 6}; // factory, machine, sensor, metric, unit
+        for (int k = 0; k < keyColumns.length; k++) {
+            if (target[keyColumns[k]] >= 0) {
+                readingField[target[keyColumns[k]]] = ReadingRow.KEY + k;
+            }
+        }
+        if (target[0] >= 0) readingField[target[0]] = ReadingRow.TIMESTAMP;
+        if (target[5] >= 0) readingField[target[5]] = ReadingRow.VALUE;
         this.base64 = base64;
     }
 
@@ -98,20 +116,11 @@ public final class BatchDeserializationSchema implements DeserializationSchema<R
                 keys[s][k] = StringData.fromBytes(columns.seriesUtf8[s][k]); // no re-encoding
             }
         }
+        ReadingRow.Batch batch = new ReadingRow.Batch(arity, readingField, columns.timestamp,
+                columns.value, columns.seriesIndex, keys);
         int[] order = columns.timeOrder();
-        int tTs = target[0], tF = target[1], tM = target[2], tS = target[3], tMe = target[4],
-                tV = target[5], tU = target[6];
         for (int i : order) {
-            GenericRowData row = new GenericRowData(arity);
-            StringData[] key = keys[columns.seriesIndex[i]];
-            if (tTs >= 0) row.setField(tTs, columns.timestamp[i]);
-            if (tF >= 0) row.setField(tF, key[0]);
-            if (tM >= 0) row.setField(tM, key[1]);
-            if (tS >= 0) row.setField(tS, key[2]);
-            if (tMe >= 0) row.setField(tMe, key[3]);
-            if (tV >= 0) row.setField(tV, columns.value[i]);
-            if (tU >= 0) row.setField(tU, key[4]);
-            out.collect(row);
+            out.collect(new ReadingRow(batch, i));
         }
         readings.inc(order.length);
     }

@@ -19,6 +19,8 @@ import org.apache.flink.table.factories.DeserializationFormatFactory;
 import org.apache.flink.table.factories.DynamicTableFactory;
 import org.apache.flink.table.factories.FactoryUtil;
 import org.apache.flink.table.types.DataType;
+import org.apache.flink.table.types.logical.LogicalType;
+import org.apache.flink.table.types.logical.LogicalTypeRoot;
 import org.apache.flink.table.types.logical.utils.LogicalTypeChecks;
 
 /**
@@ -50,10 +52,18 @@ public final class BatchFormatFactory implements DeserializationFormatFactory {
                     DynamicTableSource.Context context, DataType physicalDataType) {
                 List<String> names =
                         LogicalTypeChecks.getFieldNames(physicalDataType.getLogicalType());
-                for (String name : names) {
-                    if (!BatchDeserializationSchema.COLUMNS.contains(name)) {
-                        throw new ValidationException(IDENTIFIER + ": unknown column " + name
-                                + "; the format produces " + BatchDeserializationSchema.COLUMNS);
+                List<LogicalType> types = physicalDataType.getLogicalType().getChildren();
+                for (int i = 0; i < names.size(); i++) {
+                    int column = BatchDeserializationSchema.COLUMNS.indexOf(names.get(i));
+                    if (column < 0) {
+                        throw new ValidationException(IDENTIFIER + ": unknown column "
+                                + names.get(i) + "; the format produces "
+                                + BatchDeserializationSchema.COLUMNS);
+                    }
+                    LogicalTypeRoot root = BatchDeserializationSchema.ROOTS.get(column);
+                    if (!types.get(i).is(root)) {
+                        throw new ValidationException(IDENTIFIER + ": column " + names.get(i)
+                                + " must be " + root + ", not " + types.get(i));
                     }
                 }
                 TypeInformation<RowData> type = context.createTypeInformation(physicalDataType);
