@@ -28,6 +28,7 @@ source design's 100 shards at $43,200 a month.
 
     python bench/stream.py [--hours 24] [--machines 10] [--factories 2] [--batch-readings 20000]
                            [--no-decode-only] [--no-copying] [--rocksdb] [--repeat 1]
+                           [--sql-dir kda_sql/sql]
 
 Decode only (`json_decode_only_events_per_s`, `batches_decode_only_events_per_s`): the same
 sources (format, event time, watermark) into a filter that keeps nothing, no rules. `--rocksdb`
@@ -149,12 +150,12 @@ def with_cpu_seconds(job: Callable[[], FlinkRun]) -> tuple[FlinkRun, float]:
     return result, sum(seen.values())
 
 
-def decode_only_sql(folder: Path) -> Path:
+def decode_only_sql(folder: Path, rendered: Path = RENDERED_DIR) -> Path:
     """The rendered tables and dead-letter route, and `DECODE_ONLY_SQL` instead of the rules."""
     folder.mkdir(parents=True, exist_ok=True)
     for name in (*TABLE_FILES, DEAD_LETTER_FILE):
         if name != "02_valid_readings_view.sql":
-            (folder / name).write_text((RENDERED_DIR / name).read_text())
+            (folder / name).write_text((rendered / name).read_text())
     (folder / "10_every_reading.sql").write_text(DECODE_ONLY_SQL)
     return folder
 
@@ -258,6 +259,10 @@ def main() -> None:
         "--no-decode-only", action="store_true", help="skip the decode-only (no rules) runs"
     )
     parser.add_argument(
+        "--sql-dir", type=Path, default=RENDERED_DIR,
+        help="the rendered rules to run (default: kda_sql/sql)",
+    )  # fmt: skip
+    parser.add_argument(
         "--no-copying", action="store_true",
         help="skip the rules with pipeline.object-reuse off (Flink's default)",
     )  # fmt: skip
@@ -276,13 +281,14 @@ def main() -> None:
         small = simulate(root / "small", args.factories, args.machines, 1.0, args.batch_readings)
         large = simulate(root / "large", args.factories, args.machines, args.hours,
                          args.batch_readings)  # fmt: skip
-        variants: dict[str, tuple[Path | None, dict[str, str]]] = {"rules": (None, {})}
+        rules = args.sql_dir
+        variants: dict[str, tuple[Path | None, dict[str, str]]] = {"rules": (rules, {})}
         if not args.no_decode_only:
-            variants["decode_only"] = (decode_only_sql(root / "decode-only-sql"), {})
+            variants["decode_only"] = (decode_only_sql(root / "decode-only-sql", rules), {})
         if not args.no_copying:
-            variants["rules_copying"] = (None, COPYING)
+            variants["rules_copying"] = (rules, COPYING)
         if args.rocksdb:
-            variants["rules_rocksdb"] = (None, ROCKSDB)
+            variants["rules_rocksdb"] = (rules, ROCKSDB)
         runs: dict[tuple[str, str], list[tuple[FlinkRun, FlinkRun]]] = {}
         cpu: dict[tuple[str, str], list[tuple[float, float]]] = {}
         for _ in range(args.repeat):
