@@ -20,6 +20,9 @@ import msgspec
 DEFAULT_CATALOG_PATH = Path(__file__).resolve().parent.parent / "config" / "metrics.yaml"
 CATALOG_ENV_VAR = "IIOT_METRICS_CATALOG"
 SUPPORTED_VERSIONS = frozenset({1})
+# The severity rule keeps the last `debounce` readings of each series in Flink state (an OVER
+# window of that many rows): a bound keeps a typo from holding thousands per series.
+MAX_STREAM_DEBOUNCE = 100
 _METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
@@ -46,8 +49,14 @@ class EdgeThresholds(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
 
 
 class StreamSeverity(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Cloud severity rule: raises once the series has been above `warning` for `debounce`
+    consecutive readings (event-time order), CRITICAL when all of them are above `critical`.
+    `debounce` None (the default) is the metric's `edge.debounce`: the gateway and the cloud
+    then need the same run of readings before they alert (`Metric.stream_debounce`)."""
+
     warning: float
     critical: float
+    debounce: int | None = None
 
 
 class RapidChange(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -63,6 +72,14 @@ class Metric(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     edge: EdgeThresholds
     stream: StreamSeverity | None = None
     rapid_change: RapidChange | None = None
+
+    @property
+    def stream_debounce(self) -> int | None:
+        """Consecutive readings above `stream.warning` the severity rule needs: the stream's
+        own `debounce`, else the edge's; None without a severity rule."""
+        if self.stream is None:
+            return None
+        return self.edge.debounce if self.stream.debounce is None else self.stream.debounce
 
     @property
     def decimals(self) -> int:
@@ -168,6 +185,13 @@ def _problems(metric: Metric) -> Iterator[str]:
             limit = getattr(stream, level)
             if not valid.contains(limit):
                 yield f"stream.{level} ({limit}) is outside valid_range [{valid.min}, {valid.max}]"
+        debounce = metric.stream_debounce  # the edge's when the stream names none
+        if debounce is not None and not 1 <= debounce <= MAX_STREAM_DEBOUNCE:
+            named = "stream.debounce" if stream.debounce is not None else "edge.debounce"
+            yield (
+                f"stream.debounce ({named}) must be between 1 and {MAX_STREAM_DEBOUNCE} "
+                f"readings, got {debounce}"
+            )
     if metric.rapid_change is not None:
         rule = metric.rapid_change
         if rule.window_seconds < 1:

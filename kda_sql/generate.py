@@ -139,6 +139,36 @@ def _series_lookup(
     return f"    {value}"
 
 
+def _run_queries(debounce: dict[str, int]) -> str:
+    """Each reading of a severity-ruled metric with the lowest value and the number of the
+    last `debounce` readings of its series (itself included), in event-time order: one OVER
+    window per distinct debounce (Flink computes every OVER aggregate of a SELECT on one
+    window), joined by UNION ALL."""
+    by_size: dict[int, list[str]] = {}
+    for name, size in debounce.items():
+        by_size.setdefault(size, []).append(name)
+    indent = "    "
+    queries = [
+        "\n".join(
+            [
+                f"{indent}SELECT",
+                f"{indent}  *,",
+                f"{indent}  MIN(`value`) OVER run AS run_low,",
+                f"{indent}  COUNT(*) OVER run AS run_readings",
+                f"{indent}FROM valid_readings",
+                f"{indent}WHERE metric IN ({', '.join(_quote(name) for name in names)})",
+                f"{indent}WINDOW run AS (",
+                f"{indent}  PARTITION BY factory_id, machine_id, metric",
+                f"{indent}  ORDER BY event_time",
+                f"{indent}  ROWS BETWEEN {size - 1} PRECEDING AND CURRENT ROW",
+                f"{indent})",
+            ]
+        )
+        for size, names in sorted(by_size.items())
+    ]
+    return f"\n{indent}UNION ALL\n".join(queries)
+
+
 def render(catalog: MetricCatalog, calibration: Calibration | None = None) -> dict[str, str]:
     """File name -> rendered SQL (one statement per file) for this catalog, with the learned
     rapid-change limits and windows of `calibration` when given."""
@@ -160,26 +190,29 @@ def render(catalog: MetricCatalog, calibration: Calibration | None = None) -> di
 
     severity = {name: m.stream for name, m in sorted(catalog.items()) if m.stream is not None}
     if severity:
+        debounce = {name: catalog[name].stream_debounce or 1 for name in severity}
         rendered[SEVERITY_FILE] = _fill(
             _template("severity_rules.sql"),
             {
                 **common,
                 "severity_cases": "\n".join(
-                    f"{_INDENT}WHEN metric = {_quote(name)} AND `value` > "
+                    f"{_INDENT}WHEN metric = {_quote(name)} AND run_low > "
                     f"{_number(rule.critical)} THEN 'CRITICAL'\n"
                     f"{_INDENT}WHEN metric = {_quote(name)} THEN 'WARNING'"
                     for name, rule in severity.items()
                 ),
                 "threshold_cases": "\n".join(
-                    f"{_INDENT}WHEN metric = {_quote(name)} AND `value` > "
+                    f"{_INDENT}WHEN metric = {_quote(name)} AND run_low > "
                     f"{_number(rule.critical)} THEN {_number(rule.critical)}\n"
                     f"{_INDENT}WHEN metric = {_quote(name)} THEN {_number(rule.warning)}"
                     for name, rule in severity.items()
                 ),
+                "run_queries": _run_queries(debounce),
                 "severity_conditions": "    "
                 + _joined(
                     (
-                        f"(metric = {_quote(name)} AND `value` > {_number(rule.warning)})"
+                        f"(metric = {_quote(name)} AND run_readings = {debounce[name]} "
+                        f"AND run_low > {_number(rule.warning)})"
                         for name, rule in severity.items()
                     ),
                     "\n    OR ",
@@ -250,7 +283,8 @@ def rule_summaries(catalog: MetricCatalog) -> list[RuleSummary]:
                     f"{name.upper()}_HIGH",
                     name,
                     f"WARNING > {m.stream.warning:g} {m.unit}, "
-                    f"CRITICAL > {m.stream.critical:g} {m.unit}",
+                    f"CRITICAL > {m.stream.critical:g} {m.unit}, "
+                    f"for {m.stream_debounce} consecutive readings",
                     f"metrics.{name}.stream",
                 )
             )

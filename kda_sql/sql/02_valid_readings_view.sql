@@ -1,7 +1,7 @@
 -- Readings the rules may look at: known metric with the catalog's unit, value inside the
 -- physically valid range (outside it is a sensor fault, quarantined upstream, never alerted on),
 -- timestamp in milliseconds (not before 2000).
--- Rendered from the metric catalog (config/metrics.yaml, digest c79723468fd4d143).
+-- Rendered from the metric catalog (config/metrics.yaml, digest 74e702590443328e).
 CREATE TEMPORARY VIEW valid_readings AS
 SELECT *
 FROM readings

@@ -149,16 +149,54 @@ def build() -> Streams:
         wiggle = (second % 6 - 3) / 3  # -1 .. +1
         add(Row(second, "M-NORMAL", m, v + wiggle * 0.5) for m, v in normal.items())
 
-    # TEMP: thresholds are exclusive ("above"): 100.0 and 120.0 are not above their limits.
+    # TEMP: a severity anomaly needs 3 consecutive readings (the catalog's debounce) above the
+    # warning level, CRITICAL when all 3 are above the critical level; both exclusive ("above"):
+    # the runs ending at 20 s (99.9) and 30 s (100.0) are not above 100, the one ending at 50 s
+    # (120.0) is not above 120. WARNING at 40 s and 50 s, CRITICAL at 60 s.
     add(
         Row(second, "M-TEMP", "temperature", value)
-        for second, value in ((0, 99.9), (10, 100.0), (20, 100.5), (30, 120.0), (40, 121.0))
-    )
-    # VIB: vibration WARNING above 60, CRITICAL above 80.
+        for second, value in (
+            (0, 99.9), (10, 100.0), (20, 100.5), (30, 120.0), (40, 121.0), (50, 122.0),
+            (60, 125.0),
+        )
+    )  # fmt: skip
+    # VIB: vibration WARNING above 60, CRITICAL above 80: WARNING at 30 s and 40 s (80.0 is not
+    # above 80), CRITICAL at 50 s.
     add(
         Row(second, "M-VIB", "vibration", value)
-        for second, value in ((0, 59.9), (10, 60.5), (20, 80.0), (30, 80.1))
+        for second, value in ((0, 59.9), (10, 60.5), (20, 80.0), (30, 80.1), (40, 80.5), (50, 81.0))
     )
+    # SPIKE: steady 95 degC with a single reading of 150 (a sensor glitch, as the simulator
+    # and real sensors report now and then) and later two consecutive readings of 110: no run
+    # of 3 above 100, so nothing (a rule on single readings would raise CRITICAL and twice
+    # WARNING). The spreads stay below the rapid-change limit without the spike.
+    add(
+        Row(s, "M-SPIKE", "temperature", {30: 150.0, 70: 110.0, 75: 110.0}.get(s, 95.0))
+        for s in range(0, 120, 5)
+    )
+    # KEYED: two machines, each with two readings of 110 in a row (on a steady 95),
+    # interleaved in time (four readings above 100 in a row across the fleet); a machine of
+    # the same id in another factory above 100 in between, and vibration above its warning
+    # level (60) in between on the same machine: runs are per factory, machine and metric.
+    # Mixed up, each of these would make a run of 3 (the vibration one with the readings of
+    # 95 and 110 before it): nothing.
+    for machine, offset in (("M-KEY-A", 0.0), ("M-KEY-B", 2.5)):
+        add(
+            Row(s + offset, machine, "temperature", 110.0 if s in (20, 25) else 95.0)
+            for s in range(0, 60, 5)
+        )
+    add([Row(22.0, "M-KEY-A", "temperature", 110.0, factory_id="F2")])
+    add([Row(23.0, "M-KEY-A", "vibration", 70.0)])
+    # SEV-OOO: 110 at 15, 20 and 25 s on a steady 95, but the 25 s reading arrives after the
+    # 27 s one (95), before the watermark passes 27 s: in arrival order no 3 readings in a row
+    # are above 100, in event-time order they are: WARNING at 25 s. (Flink's OVER window sorts
+    # a series' rows as the watermark passes them; it drops a row only when a later one of its
+    # series has been emitted.)
+    add(
+        Row(s, "M-SEV-OOO", "temperature", 110.0 if s in (15, 20, 25) else 95.0,
+            order=27.5 if s == 25 else None)
+        for s in (*range(0, 30, 5), 27, *range(30, 60, 5))
+    )  # fmt: skip
     # PRESSURE: no severity rule for pressure in the catalog.
     add([Row(5, "M-PRESSURE", "pressure", 450.0)])
     # FAULT: sensor fault codes, out-of-range and wrong-unit readings are never alerted on.
@@ -194,11 +232,13 @@ def build() -> Streams:
     for row in step_series("M-OOO", "temperature", 40.0, 90.0):
         row.order = row.second + (5 if row.second % 10 == 0 else -5)
         add([row])
-    # LATE: steady 40, plus one reading of 200 stamped 10 s that arrives after 110 s. Its
-    # windows (ending 20..70 s) have fired by then, so it raises no RAPID_CHANGE (in time it
-    # would: stddev 46), but the stateless severity rule still raises it as CRITICAL.
+    # LATE: steady 40, plus three readings of 200 stamped 10.5, 11 and 11.5 s that arrive after
+    # 110 s, far behind the watermark. Their RAPID_CHANGE windows (ending 20..70 s) have fired
+    # by then, and the severity rule's event-time OVER window drops them as well (in time they
+    # would raise CRITICAL at 11.5 s): nothing. The lake's late evaluation
+    # re-evaluates such a backlog (local_platform/connected/late.py).
     add(Row(s, "M-LATE", "temperature", 40.0) for s in range(0, 120, 5))
-    add([Row(10.5, "M-LATE", "temperature", 200.0, order=112.0)])
+    add(Row(s, "M-LATE", "temperature", 200.0, order=112.0) for s in (10.5, 11.0, 11.5))
 
     streams.garbage = [
         b"not json at all",

@@ -38,8 +38,10 @@ def test_checked_in_sql_is_up_to_date_with_the_catalog(catalog):
 def test_every_threshold_comes_from_the_catalog():
     sql = render(parse_catalog(CATALOG_YAML, source="test.yaml"))
     severity = sql["10_severity_rules.sql"]
-    assert "(metric = 'temperature' AND `value` > 77.5)" in severity
-    assert "WHEN metric = 'temperature' AND `value` > 91.25 THEN 'CRITICAL'" in severity
+    # this catalog's edge names no debounce: 1 reading (the default), so one OVER window of 1
+    assert "(metric = 'temperature' AND run_readings = 1 AND run_low > 77.5)" in severity
+    assert "WHEN metric = 'temperature' AND run_low > 91.25 THEN 'CRITICAL'" in severity
+    assert "ROWS BETWEEN 0 PRECEDING AND CURRENT ROW" in severity
     assert "vibration" not in severity  # no stream rule for vibration in this catalog
     # one HOP query per window size, each with its own metrics and limits
     assert set(sql) == {
@@ -70,6 +72,9 @@ def test_rule_summaries_name_their_catalog_source(catalog):
         "metrics.temperature.stream"
     )
     assert rules[("RAPID_CHANGE", "rpm")].condition == "stddev over 60 s > 300 rpm"
+    assert rules[("TEMPERATURE_HIGH", "temperature")].condition == (
+        "WARNING > 100 degC, CRITICAL > 120 degC, for 3 consecutive readings"
+    )
 
 
 def test_runner_fills_parameters_and_names_a_missing_one(tmp_path: Path):
