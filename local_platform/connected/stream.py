@@ -23,8 +23,8 @@ simulated time between the readings that raised it and the moment it reached the
 stream.
 
 Late readings: a reading that reaches the feed more than the watermark delay behind the newest
-event time it has seen is late for the job's windows (the event-time windows drop it; the
-stateless severity rules still fire). The feed keeps each factory's late spans (`late_spans` in
+event time it has seen is late for the job's windows (the event-time windows and the severity
+rules' runs drop it). The feed keeps each factory's late spans (`late_spans` in
 its status) for the lake's batch evaluation of the same rules at the end of the run. When the
 runner asks (`stream/finish`), the feed writes an end-of-stream batch: far ahead in event time,
 dropped by the rules' own filter, it moves the watermark past every open window.
@@ -94,27 +94,42 @@ def sorted_batches(columns: ReadingColumns) -> list[bytes]:
 SENTINEL = "SENTINEL"
 
 
-def end_of_stream_row() -> bytes:
-    """The end of a bounded input: a row the rules' view drops (no such metric) whose event
-    time moves the watermark past every window, then a sentinel reading whose anomaly (a
-    stateless rule, so it fires after the windows) tells that all output is committed."""
+def _end_of_stream_rows() -> list[_Row]:
+    """A row the rules' view drops (no such metric) whose event time moves the watermark past
+    every window of the run; then a sentinel series above the temperature rule's critical
+    level for as many readings as its debounce (`Metric.stream_debounce`: the severity rule
+    raises only on such a run, and emits it once the watermark passes it), and a second
+    dropped row that moves the watermark past the sentinel's run. The sentinel's anomaly comes
+    after every other output, so it tells that all output is committed."""
+    run = load_catalog()["temperature"].stream_debounce or 1
     end = _Row(END_OF_STREAM_MS, "END", "END", "END", "end_of_stream", 0.0, "none")
-    sentinel = _Row(
-        END_OF_STREAM_MS + 1, SENTINEL, SENTINEL, "SENTINEL-temperature", "temperature", 200.0,
-        "degC",
-    )  # fmt: skip
-    return msgspec.json.encode(end) + b"\n" + msgspec.json.encode(sentinel) + b"\n"
+    key = (SENTINEL, SENTINEL, "SENTINEL-temperature", "temperature")
+    sentinel = [_Row(END_OF_STREAM_MS + 1 + i, *key, 200.0, "degC") for i in range(run)]
+    past = END_OF_STREAM_MS + run + FLINK_DELAY_MS + 1_000
+    after = _Row(past, "END", "END", "END", "end_of_stream", 0.0, "none")
+    return [end, *sentinel, after]
+
+
+def end_of_stream_row() -> bytes:
+    """The end of a bounded input (`_end_of_stream_rows`) as JSON rows."""
+    return b"".join(msgspec.json.encode(row) + b"\n" for row in _end_of_stream_rows())
 
 
 def end_of_stream_batch() -> bytes:
-    """`end_of_stream_row`'s two rows as one compact batch (the live job reads batches)."""
-    end = SeriesKey("END", "END", "END", "end_of_stream", "none")
-    sentinel = SeriesKey(SENTINEL, SENTINEL, "SENTINEL-temperature", "temperature", "degC")
+    """`end_of_stream_row`'s rows as one compact batch (the live job reads batches)."""
+    rows = _end_of_stream_rows()
+    keys: dict[SeriesKey, int] = {}
+    index = [
+        keys.setdefault(
+            SeriesKey(r.factory_id, r.machine_id, r.sensor_id, r.metric, r.unit), len(keys)
+        )
+        for r in rows
+    ]
     columns = ReadingColumns(
-        [end, sentinel],
-        np.array([0, 1], dtype=np.int32),
-        np.array([END_OF_STREAM_MS, END_OF_STREAM_MS + 1], dtype=np.int64),
-        np.array([0.0, 200.0]),
+        list(keys),
+        np.array(index, dtype=np.int32),
+        np.array([r.timestamp for r in rows], dtype=np.int64),
+        np.array([r.value for r in rows]),
     )
     return encode_batch(columns, producer="stream-feed")
 

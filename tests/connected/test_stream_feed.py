@@ -8,11 +8,13 @@ from itertools import pairwise
 
 import numpy as np
 
+from iiot.catalog import load_catalog
 from iiot.contract import ReadingColumns, SeriesKey
 from iiot.wire import decode_batch
 from local_platform.connected.stream import (
     BATCH_READINGS,
     END_OF_STREAM_MS,
+    FLINK_DELAY_MS,
     SENTINEL,
     batch_lines,
     end_of_stream_batch,
@@ -60,7 +62,7 @@ def test_released_readings_become_time_ordered_batches_of_gateway_size():
     assert [base64.b64decode(line) for line in lines] == batches
 
 
-def test_the_end_of_stream_batch_holds_the_far_row_then_the_sentinel():
+def test_the_end_of_stream_batch_holds_the_far_row_then_the_sentinel_run():
     columns = decode_batch(end_of_stream_batch()).columns
     rows = sorted(
         zip(
@@ -70,8 +72,14 @@ def test_the_end_of_stream_batch_holds_the_far_row_then_the_sentinel():
             strict=True,
         )
     )
+    run = load_catalog()["temperature"].stream_debounce
+    assert run == 3
     assert rows == [
         (END_OF_STREAM_MS, "END", "end_of_stream"),  # not a metric: the rules' view drops it
-        (END_OF_STREAM_MS + 1, SENTINEL, "temperature"),  # 200 degC: a stateless anomaly
+        # 200 degC for as many readings as the severity rule's debounce: one anomaly
+        *((END_OF_STREAM_MS + 1 + i, SENTINEL, "temperature") for i in range(run)),
+        # moves the watermark past the sentinel's run, so the rule emits it
+        (END_OF_STREAM_MS + run + FLINK_DELAY_MS + 1_000, "END", "end_of_stream"),
     ]
-    assert columns.value.tolist()[columns.timestamp.tolist().index(END_OF_STREAM_MS + 1)] == 200.0
+    values = dict(zip(columns.timestamp.tolist(), columns.value.tolist(), strict=True))
+    assert [values[END_OF_STREAM_MS + 1 + i] for i in range(run)] == [200.0] * run
