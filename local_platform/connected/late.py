@@ -1,8 +1,9 @@
 """Late data, evaluated: the lake's batch evaluation of the stream rules over what came late.
 
 A factory's backlog (after its uplink came back, or after its gateway restarted) reaches the
-stream rules behind their watermark: the event-time windows (RAPID_CHANGE) drop it, only the
-stateless severity rules fire. At the end of the run the same Flink SQL runs once more, bounded,
+stream rules behind their watermark: the event-time windows (RAPID_CHANGE) and the debounced
+severity rules' OVER windows (a series' readings older than its last emitted one) drop it. At
+the end of the run the same Flink SQL runs once more, bounded,
 over each late span's readings as the lake holds them (silver, in event-time order, with the
 window's length of context on both sides): what it finds and the live stream did not is routed
 as late alerts (the anomaly stream -> the alert router), each with its delay.
