@@ -197,16 +197,22 @@ def cpu_us_per_event(events: tuple[int, int], cpu: list[tuple[float, float]]) ->
     )
 
 
-def steady_rate(events: tuple[int, int], runs: list[tuple[FlinkRun, FlinkRun]]) -> float:
+def _rate(events: tuple[int, int], small: FlinkRun, large: FlinkRun) -> float | None:
+    """The larger input's extra events over its extra seconds; None when it took no longer than
+    the small one (a loaded machine's noise swamped the difference: no rate can be read)."""
+    extra = large.seconds - small.seconds
+    return (events[1] - events[0]) / extra if extra > 0 else None
+
+
+def steady_rate(events: tuple[int, int], runs: list[tuple[FlinkRun, FlinkRun]]) -> int | None:
     """Events per second after start-up: the larger input's extra events over its extra time,
-    the median over the repetitions."""
-    return statistics.median(
-        (events[1] - events[0]) / max(large.seconds - small.seconds, 1e-9) for small, large in runs
-    )
+    the median over the repetitions that give one (None if none does)."""
+    rates = [r for small, large in runs if (r := _rate(events, small, large)) is not None]
+    return round(statistics.median(rates)) if rates else None
 
 
-def each_rate(events: tuple[int, int], runs: list[tuple[FlinkRun, FlinkRun]]) -> list[int]:
-    return [round((events[1] - events[0]) / max(b.seconds - a.seconds, 1e-9)) for a, b in runs]
+def each_rate(events: tuple[int, int], runs: list[tuple[FlinkRun, FlinkRun]]) -> list[int | None]:
+    return [None if (r := _rate(events, a, b)) is None else round(r) for a, b in runs]
 
 
 def kinesis_at_1m_per_s() -> dict[str, object]:
@@ -324,9 +330,9 @@ def main() -> None:
         "job seconds (incl. JVM start)": round(last_json[1].seconds, 1),
         "events/s (whole job)": round(large.json_lines / last_json[1].seconds),
         "job seconds for 1 h input": round(last_json[0].seconds, 1),
-        "events/s (after start-up)": round(steady_rate(json_events, json_runs)),
-        "json_rules_events_per_s": round(steady_rate(json_events, json_runs)),
-        "decode_rules_events_per_s": round(steady_rate(batch_events, batch_runs)),
+        "events/s (after start-up)": steady_rate(json_events, json_runs),
+        "json_rules_events_per_s": steady_rate(json_events, json_runs),
+        "decode_rules_events_per_s": steady_rate(batch_events, batch_runs),
         "batch job seconds (incl. JVM start)": round(last_batches[1].seconds, 1),
         "batch job seconds for 1 h input": round(last_batches[0].seconds, 1),
         "repetitions": args.repeat,
@@ -345,11 +351,9 @@ def main() -> None:
     for variant in variants:
         if variant == "rules":
             continue
-        figures[f"json_{variant}_events_per_s"] = round(
-            steady_rate(json_events, runs[variant, "json"])
-        )
-        figures[f"batches_{variant}_events_per_s"] = round(
-            steady_rate(batch_events, runs[variant, "batches"])
+        figures[f"json_{variant}_events_per_s"] = steady_rate(json_events, runs[variant, "json"])
+        figures[f"batches_{variant}_events_per_s"] = steady_rate(
+            batch_events, runs[variant, "batches"]
         )
         figures[f"json_{variant}_cpu_us_per_reading"] = round(
             cpu_us_per_event(json_events, cpu[variant, "json"]), 2
