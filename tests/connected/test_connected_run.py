@@ -14,6 +14,7 @@ from iiot.catalog import load_catalog
 from kda_sql.calibration import Calibration
 from local_platform.connected.plan import Faults, Plan
 from local_platform.connected.runner import run
+from local_platform.connected.stream import IDLE_S
 
 pytestmark = pytest.mark.slow
 
@@ -30,9 +31,13 @@ def test_a_tiny_fleet_reconciles_exactly_through_the_faults(
         history_hours=4,
         malformed_rate=0.01,
         readings_per_s=2_000,
-        faults=Faults(kill_down_s=1.0, influx_down_s=2.0),
+        # the outage must silence F01 well past the feed's idleness bound in wall seconds, or
+        # F02 is held back for it and its backlog is not late (the default 0.2 of 7.2 live wall
+        # seconds is 1.4 s, under IDLE_S: on an idle machine nothing came late)
+        faults=Faults(outage_start_h=0.05, outage_hours=0.45, kill_down_s=1.0, influx_down_s=2.0),
         model_lifecycle=False,  # too few failures to learn from (tests/connected/test_model_swap.py)
     )
+    assert plan.faults.outage_hours * plan.live_wall_s >= 1.5 * IDLE_S
     document = run(plan)
     assert document["ok"], json.dumps([c for c in document["checks"] if not c["ok"]], indent=1)
     readings = document["readings"]
