@@ -51,8 +51,27 @@ RUN_OUTPUTS = (
     reconcile.RECONCILIATION_FILE,
     FIGURES_FILE,
     FAULTS_FILE,
+    "ml",  # this run's models and alert quality
+    "report.html",
+    # derived from an earlier run's model, or written by the step-by-step demo
+    # (`iiot demo --step`) into the same folder: the report would read them as this run's
+    "whatif",
+    "simulation",
+    "edge",
+    "quarantine.jsonl",
 )
 DRAIN_TIMEOUT_S = 120.0
+
+
+def clear_outputs(run_dir: Path) -> None:
+    """Remove what an earlier run left in `run_dir` (`RUN_OUTPUTS`), so the report and the
+    reconciliation read only this run's files; anything else in the folder stays."""
+    for name in RUN_OUTPUTS:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 class RunFailedError(RuntimeError):
@@ -109,12 +128,7 @@ class Run:
     def setup(self) -> None:
         plan = self.plan
         Supervisor(plan.run_dir).reap_leftovers() if (plan.run_dir / "pids.json").exists() else None
-        for name in RUN_OUTPUTS:
-            path = plan.run_dir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+        clear_outputs(plan.run_dir)
         plan.run_dir.mkdir(parents=True, exist_ok=True)
         plan.status_dir.mkdir(parents=True, exist_ok=True)
         plan.landing_dir.mkdir(parents=True, exist_ok=True)
