@@ -47,6 +47,13 @@ from stacks.iot_stack import GATEWAY_STATUS_TOPIC
 
 SENSOR_BUFFER = "com.iiot.SensorBuffer"
 FAILURE_PREDICTOR = "com.iiot.FailurePredictor"
+# Keys each factory deployment resets to the recipe's defaults before its merge. Greengrass
+# keeps a component's configuration on the device across versions, so a gateway first deployed
+# when the recipe pinned the predictor's thresholds (0.8 / 0.6 / 0.95) would keep them as
+# explicit overrides of the model's own threshold; the recipe no longer sets them.
+CONFIGURATION_RESETS: dict[str, tuple[str, ...]] = {
+    FAILURE_PREDICTOR: ("/alertThreshold", "/clearThreshold", "/shutdownThreshold"),
+}
 FAILURE_MODEL = "com.iiot.FailureModel"
 ANOMALY_MODEL = "com.iiot.AnomalyModel"
 # Components built from edge_components/<name>/src by edge_runtime.build (what `gdk component
@@ -282,7 +289,10 @@ class EdgeStack(Stack):
                             )
                             | ({"plcs": plcs[factory]} if name == OPCUA_COLLECTOR else {}),
                             sort_keys=True,
-                        )
+                        ),
+                        reset=list(CONFIGURATION_RESETS[name])
+                        if name in CONFIGURATION_RESETS
+                        else None,
                     ),
                 )
                 for name in factory_components

@@ -143,6 +143,14 @@ def test_the_predictor_is_configured_for_its_factory(dev: DevSynth) -> None:
         merge = json.loads(predictor["ConfigurationUpdate"]["Merge"])
         assert merge["factoryId"] == factory
         assert f"factory/{factory}/" in json.dumps(merge["accessControl"])
+        # An older version's pinned thresholds, kept on the device across versions, are reset
+        # (to the recipe's defaults, which set none): the model's own threshold is in force.
+        assert predictor["ConfigurationUpdate"]["Reset"] == [
+            "/alertThreshold",
+            "/clearThreshold",
+            "/shutdownThreshold",
+        ]
+        assert not {"alertThreshold", "clearThreshold", "shutdownThreshold"} & merge.keys()
 
 
 def test_deployments_wait_for_every_component_version_they_run(dev: DevSynth) -> None:
