@@ -203,19 +203,7 @@ class SmokeStack(Stack):
         ]
         for statement in statements:
             self.role.add_to_principal_policy(statement)
-        # Explicit statements, not influx_secret.grant_read: a grant would also write the
-        # role into the timeseries stack's key policy, a reference back to this stack.
-        self.role.add_to_principal_policy(
-            iam.PolicyStatement(
-                actions=["secretsmanager:GetSecretValue"], resources=[influx_secret.secret_arn]
-            )
-        )
-        if influx_secret.encryption_key is not None:
-            self.role.add_to_principal_policy(
-                iam.PolicyStatement(
-                    actions=["kms:Decrypt"], resources=[influx_secret.encryption_key.key_arn]
-                )
-            )
+        _read_secret(self.role, influx_secret)
         acknowledge(
             self.role,
             "iot:DescribeEndpoint has no resource-level permissions in IAM: the smoke tests "
@@ -294,19 +282,7 @@ class SmokeStack(Stack):
             vpc_subnets=subnets,
             security_groups=[group],
         )
-        # Explicit statements, not grant_read: a grant would write this stack's role into the
-        # time-series stack's key policy, a reference back to this stack (a cycle).
-        probe.role.add_to_principal_policy(
-            iam.PolicyStatement(
-                actions=["secretsmanager:GetSecretValue"], resources=[influx_secret.secret_arn]
-            )
-        )
-        if influx_secret.encryption_key is not None:
-            probe.role.add_to_principal_policy(
-                iam.PolicyStatement(
-                    actions=["kms:Decrypt"], resources=[influx_secret.encryption_key.key_arn]
-                )
-            )
+        _read_secret(probe.role, influx_secret)
         acknowledge(
             probe.role,
             "X-Ray PutTraceSegments/PutTelemetryRecords (active tracing) and the VPC network "
@@ -315,3 +291,18 @@ class SmokeStack(Stack):
             "AwsSolutions-IAM5[Resource::*]",
         )
         return probe.function
+
+
+def _read_secret(role: iam.IRole, secret: secretsmanager.ISecret) -> None:
+    """`role` may read `secret` (and decrypt it with its key). Explicit statements, not
+    `secret.grant_read`: a grant would also write the role into the time-series stack's key
+    policy, a reference back to this stack (a cycle)."""
+    role.add_to_principal_policy(
+        iam.PolicyStatement(
+            actions=["secretsmanager:GetSecretValue"], resources=[secret.secret_arn]
+        )
+    )
+    if secret.encryption_key is not None:
+        role.add_to_principal_policy(
+            iam.PolicyStatement(actions=["kms:Decrypt"], resources=[secret.encryption_key.key_arn])
+        )
