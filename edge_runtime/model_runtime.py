@@ -31,6 +31,9 @@ from edge_runtime.features import FeatureSpec
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+# The alert threshold of a model whose training chose none (too little evidence for
+# cross-validation, ml_pipeline/train.py) or whose manifest predates the field.
+DEFAULT_ALERT_THRESHOLD = 0.8
 XGBOOST_MODEL = "model.json"
 ARCH_ALIASES = {"amd64": "x86_64", "x86_64": "x86_64", "arm64": "aarch64", "aarch64": "aarch64"}
 
@@ -68,7 +71,7 @@ class Manifest:
                 model_version=str(data["model_version"]),
                 feature_names=list(data["feature_names"]),
                 feature_spec=spec,
-                threshold=float(data.get("threshold", 0.8)),
+                threshold=float(data.get("threshold", DEFAULT_ALERT_THRESHOLD)),
                 libraries=dict(data.get("libraries", {})),
                 xgboost_model=dict(data["xgboost_model"]),
                 raw=data,

@@ -36,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_runtime.features import FeatureSpec, FeatureTable
+from edge_runtime.model_runtime import DEFAULT_ALERT_THRESHOLD
 from ml_pipeline.evaluate import evaluate, write_metrics
 from ml_pipeline.labels import EXCLUDED, FailureEvent, label_rows
 
@@ -44,7 +45,7 @@ MODEL_FILE = "model.json"
 TRAINING_FILE = "training.json"
 # The conservative default: alerts at p >= 0.8 (the platform's threshold before it was
 # cross-validated, and what evaluates a model whose training recorded no threshold).
-ALERT_THRESHOLD = 0.8
+ALERT_THRESHOLD = DEFAULT_ALERT_THRESHOLD
 # Cross-validation may choose the alert threshold only on enough evidence. A threshold is chosen
 # on failure episodes (runs of positive rows per machine), not rows: rows of one episode are
 # strongly correlated. With n episodes one failure more or less moves the measured recall by

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_runtime.model_runtime import DEFAULT_ALERT_THRESHOLD
 from iiot.catalog import MetricCatalog, load_catalog
 from spark_jobs import kpis
 
@@ -35,8 +36,6 @@ SCATTER_POINTS = 4000
 # so planned maintenance goes there.
 SHIFTS = (("early", 6, 14), ("late", 14, 22), ("night", 22, 30))
 PREVENTIVE_HOURS = 2.0  # a planned job stops the machine for 1-3 h in the simulator
-# The FailurePredictor's default alert threshold, for a model whose manifest names none.
-DEFAULT_ALERT_THRESHOLD = 0.8
 
 Panel = dict[str, Any]
 
