@@ -14,6 +14,17 @@ readings up to and including its latest one):
 Per machine: hours since the last completed maintenance (NaN when none is known), the machine
 model's code and its age in days at the latest reading (when the spec asks for metadata).
 
+Per residual pair ``(y, x)`` (``y__resid_x``): how far ``y`` is from what ``x`` predicts for this
+machine. Each reading of ``y`` with the latest reading of ``x`` updates an exponentially weighted
+least-squares line ``y = a + b x`` (time constant ``residual_baseline_hours``, the machine's own
+recent normal) and exponentially weighted means of both (``residual_smooth_minutes``); the
+feature is ``mean(y) - (a + b mean(x))``. A pump's temperature follows its load (its speed), so
+a temperature rise the load does not explain is visible whatever the shift, the machine model or
+a slow calibration drift (the baseline follows the drift, which is much slower than a fault's
+growth: a drift of r per hour leaves a residual of about r times the difference of the two time
+constants); seal leaks show the same way in pressure and flow. NaN until ``x`` has been seen and
+has varied. The state is a few running sums per pair.
+
 `batch_machine_features` computes every row of one machine's stream with vectorized numpy
 (training over the lake's silver data); `MachineFeatureState` updates the same vector with O(1)
 amortized work per reading (the gateway). `tests/ml/test_features.py` proves they agree.
@@ -50,6 +61,9 @@ class FeatureSpec:
     maintenance: bool = True
     machine_models: tuple[str, ...] = PUMP_MODELS  # empty: no machine metadata features
     version: int = 1
+    residuals: tuple[tuple[str, str], ...] = ()  # (y, x): y against what x predicts
+    residual_baseline_hours: float = 24.0
+    residual_smooth_minutes: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.metrics:
@@ -58,6 +72,11 @@ class FeatureSpec:
             raise ValueError(f"count windows must be at least 2 readings: {self.count_windows}")
         if any(m <= 0 for m in self.time_windows_minutes):
             raise ValueError(f"time windows must be positive: {self.time_windows_minutes}")
+        for y, x in self.residuals:
+            if y not in self.metrics or x not in self.metrics or y == x:
+                raise ValueError(f"a residual pair needs two of the spec's metrics: {(y, x)}")
+        if not self.residual_baseline_hours > 0 or not self.residual_smooth_minutes > 0:
+            raise ValueError("residual time constants must be positive")
 
     @property
     def slope_window(self) -> int:
@@ -87,10 +106,16 @@ class FeatureSpec:
         return tuple(names)
 
     @property
+    def residual_feature_names(self) -> tuple[str, ...]:
+        return tuple(f"{y}__resid_{x}" for y, x in self.residuals)
+
+    @property
     def names(self) -> list[str]:
-        return [
-            f"{metric}__{name}" for metric in self.metrics for name in self.metric_feature_names
-        ] + list(self.machine_feature_names)
+        return (
+            [f"{metric}__{name}" for metric in self.metrics for name in self.metric_feature_names]
+            + list(self.machine_feature_names)
+            + list(self.residual_feature_names)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,6 +129,9 @@ class FeatureSpec:
             maintenance=bool(data["maintenance"]),
             machine_models=tuple(data["machine_models"]),
             version=int(data.get("version", 1)),
+            residuals=tuple((str(y), str(x)) for y, x in data.get("residuals", ())),
+            residual_baseline_hours=float(data.get("residual_baseline_hours", 24.0)),
+            residual_smooth_minutes=float(data.get("residual_smooth_minutes", 30.0)),
         )
 
 
@@ -233,6 +261,83 @@ class _TimeWindow:
         return self.maxima[0][1]
 
 
+# a fit needs this much weight (readings, decayed) and a spread of x beyond rounding
+_MIN_FIT_WEIGHT = 30.0
+_MIN_RELATIVE_SPREAD = 1e-10
+
+
+class _ResidualState:
+    """Exponentially weighted sums for one (y, x) pair, centred on the first pair seen."""
+
+    __slots__ = (
+        "last_t",
+        "long_ms",
+        "short_ms",
+        "sx",
+        "sxs",
+        "sxx",
+        "sxy",
+        "sy",
+        "sys",
+        "w",
+        "ws",
+        "x0",
+        "y0",
+    )
+
+    def __init__(self, long_ms: float, short_ms: float) -> None:
+        self.long_ms = long_ms
+        self.short_ms = short_ms
+        self.last_t: int | None = None
+        self.x0 = self.y0 = 0.0
+        self.w = self.sx = self.sy = self.sxx = self.sxy = 0.0
+        self.ws = self.sxs = self.sys = 0.0
+
+    def push(self, t: int, y: float, x: float) -> float:
+        """Fold in one pair; the residual of the smoothed y against the fitted line."""
+        if self.last_t is None:
+            self.x0, self.y0 = x, y
+            d = ds = 1.0
+        else:
+            gap = t - self.last_t
+            d = math.exp(-gap / self.long_ms)
+            ds = math.exp(-gap / self.short_ms)
+        self.last_t = t
+        dx, dy = x - self.x0, y - self.y0
+        self.w = d * self.w + 1.0
+        self.sx = d * self.sx + dx
+        self.sy = d * self.sy + dy
+        self.sxx = d * self.sxx + dx * dx
+        self.sxy = d * self.sxy + dx * dy
+        self.ws = ds * self.ws + 1.0
+        self.sxs = ds * self.sxs + dx
+        self.sys = ds * self.sys + dy
+        return _residual(self.w, self.sx, self.sy, self.sxx, self.sxy, self.ws, self.sxs, self.sys)
+
+
+def _residual(
+    w: float, sx: float, sy: float, sxx: float, sxy: float, ws: float, sxs: float, sys_: float
+) -> float:
+    """mean_short(y) - (a + b mean_short(x)) from the sums; NaN without a fit yet.
+    `_residuals_of_sums` is the same arithmetic over arrays (the batch side)."""
+    mx, my = sx / w, sy / w
+    vx = sxx / w - mx * mx
+    if not (w >= _MIN_FIT_WEIGHT and vx > _MIN_RELATIVE_SPREAD * (sxx / w + 1.0)):
+        return math.nan
+    b = (sxy / w - mx * my) / vx
+    return sys_ / ws - (my + b * (sxs / ws - mx))
+
+
+def _residuals_of_sums(long: FloatArray, short: FloatArray) -> FloatArray:
+    w, sx, sy, sxx, sxy = long.T
+    ws, sxs, sys_ = short.T
+    mx, my = sx / w, sy / w
+    vx = sxx / w - mx * mx
+    ok = (w >= _MIN_FIT_WEIGHT) & (vx > _MIN_RELATIVE_SPREAD * (sxx / w + 1.0))
+    b = (sxy / w - mx * my) / np.where(ok, vx, 1.0)
+    return np.where(ok, sys_ / ws - (my + b * (sxs / ws - mx)), np.nan)
+
+
 class _SeriesState:
     __slots__ = ("buffer", "counts", "slope_window", "times")
 
@@ -264,6 +369,20 @@ class MachineFeatureState:
         self.last_maintenance_ms: int | None = None
         self.vector: FloatArray = np.full(len(spec.names), np.nan)
         self._machine_offset = len(spec.metrics) * spec.per_metric
+        # per metric: the residual pairs it is the y of (slot, state, index of x)
+        residual_offset = self._machine_offset + len(spec.machine_feature_names)
+        self._residuals_of: list[list[tuple[int, _ResidualState, int]]] = [[] for _ in spec.metrics]
+        for k, (y, x) in enumerate(spec.residuals):
+            self._residuals_of[self._metric_index[y]].append(
+                (
+                    residual_offset + k,
+                    _ResidualState(
+                        spec.residual_baseline_hours * HOUR_MS,
+                        spec.residual_smooth_minutes * 60_000,
+                    ),
+                    self._metric_index[x],
+                )
+            )
         self._model_code = model_code(spec, machine.model)
         self.last_timestamp_ms: int | None = None
         self.readings = 0
@@ -299,6 +418,10 @@ class MachineFeatureState:
             out[slot + 1] = span.max()
             out[slot + 2] = len(span.items)
             slot += 3
+        for residual_slot, residual, x_position in self._residuals_of[position]:
+            x_buffer = self._series[x_position].buffer
+            if x_buffer:
+                out[residual_slot] = residual.push(timestamp_ms, value, x_buffer[-1])
         self._update_machine(timestamp_ms)
         self.readings += 1
         return True
@@ -453,6 +576,61 @@ def batch_machine_features(
         out[valid, slot] = model_code(spec, machine.model)
         if machine.installed_ms is not None:
             out[valid, slot + 1] = (t[valid] - machine.installed_ms) / DAY_MS
+    if spec.residuals:
+        first = len(spec.metrics) * spec.per_metric + len(spec.machine_feature_names)
+        out[:, first:] = _batch_residuals(spec, timestamps, metrics, values)[rows]
+    return out
+
+
+def _ew_sums(t: IntArray, z: FloatArray, tau_ms: float) -> FloatArray:
+    """S_i = sum over j <= i of z_j exp(-(t_i - t_j) / tau) for each column of z, vectorized
+    in blocks spanning at most 20 tau (so the rescaling stays within float range)."""
+    out = np.empty_like(z)
+    carry = np.zeros(z.shape[1])
+    previous: int | None = None
+    begin, length = 0, len(t)
+    while begin < length:
+        end = int(np.searchsorted(t, t[begin] + 20 * tau_ms, side="right"))
+        lag = (t[begin:end] - t[begin]) / tau_ms
+        if previous is not None:
+            carry = carry * math.exp(-(int(t[begin]) - previous) / tau_ms)
+        grown = np.cumsum(z[begin:end] * np.exp(lag)[:, None], axis=0)
+        out[begin:end] = (carry[None, :] + grown) * np.exp(-lag)[:, None]
+        carry = out[end - 1]
+        previous = int(t[end - 1])
+        begin = end
+    return out
+
+
+def _batch_residuals(
+    spec: FeatureSpec, timestamps: IntArray, metrics: npt.NDArray[Any], values: FloatArray
+) -> FloatArray:
+    """Every residual feature as of every reading, NaN where the pair is not defined yet."""
+    length = len(timestamps)
+    positions = np.arange(length)
+    out = np.full((length, len(spec.residuals)), np.nan)
+    for k, (y, x) in enumerate(spec.residuals):
+        x_member = metrics == x
+        latest_x = np.maximum.accumulate(np.where(x_member, positions, -1))
+        rows = np.flatnonzero((metrics == y) & (latest_x >= 0))
+        if not len(rows):
+            continue
+        yv, xv, t = values[rows], values[latest_x[rows]], timestamps[rows]
+        dx, dy = xv - xv[0], yv - yv[0]
+        ones = np.ones(len(rows))
+        long = _ew_sums(
+            t,
+            np.column_stack([ones, dx, dy, dx * dx, dx * dy]),
+            spec.residual_baseline_hours * HOUR_MS,
+        )
+        short = _ew_sums(t, np.column_stack([ones, dx, dy]), spec.residual_smooth_minutes * 60_000)
+        residual = _residuals_of_sums(long, short)
+        # forward-fill to every later reading (the value holds until y's next reading)
+        is_row = np.zeros(length, dtype=bool)
+        is_row[rows] = True
+        latest = np.maximum.accumulate(np.where(is_row, positions, -1))
+        seen = latest >= 0
+        out[seen, k] = residual[np.searchsorted(rows, latest[seen])]
     return out
 
 

@@ -34,8 +34,19 @@ DEFAULT_METRICS = ("temperature", "vibration", "pressure", "rpm", "flow_rate")
 DEFAULT_SAMPLE_MS = 5 * 60_000
 
 
+# Each sensor against what the pump's speed predicts for it (`edge_runtime.features`): a fault
+# that moves one sensor while the load does not (overheating: temperature; a seal leak: pressure
+# and flow) shows at every load and on every machine model.
+DEFAULT_RESIDUALS = (
+    ("temperature", "rpm"),
+    ("vibration", "rpm"),
+    ("pressure", "rpm"),
+    ("flow_rate", "rpm"),
+)
+
+
 def default_spec() -> FeatureSpec:
-    return FeatureSpec(metrics=DEFAULT_METRICS)
+    return FeatureSpec(metrics=DEFAULT_METRICS, residuals=DEFAULT_RESIDUALS, version=2)
 
 
 @dataclass
@@ -92,7 +103,7 @@ def read_history(directory: Path) -> History:
 
 def reading_columns(table: Any, catalog: MetricCatalog) -> tuple[np.ndarray, ...]:
     """A readings table (machine_id, metric, timestamp, value) as numpy columns, and the mask
-    of the rows inside their metric's valid range (unknown metrics are not valid)."""
+    of the rows inside their metric's valid range (unknown and derived metrics are not valid)."""
     import pyarrow.compute as pc
 
     machine = table.column("machine_id").combine_chunks().cast("string").to_numpy(False)
@@ -101,7 +112,7 @@ def reading_columns(table: Any, catalog: MetricCatalog) -> tuple[np.ndarray, ...
     value = table.column("value").to_numpy()
     valid = np.zeros(len(value), dtype=bool)
     for name in np.unique(metric):
-        if name in catalog:
+        if name in catalog.measured:  # never a derived series: the model's own output
             bounds = catalog[name].valid_range
             rows = metric == name
             valid |= rows & (value >= bounds.min) & (value <= bounds.max)

@@ -54,7 +54,14 @@ def test_batch_and_incremental_features_are_equal_on_a_simulated_stream(
 
 
 def test_equal_on_hard_streams_flat_sensor_ties_gaps_and_unknown_metrics() -> None:
-    spec = FeatureSpec(metrics=("a", "b"), count_windows=(3, 8), time_windows_minutes=(5,))
+    spec = FeatureSpec(
+        metrics=("a", "b"),
+        count_windows=(3, 8),
+        time_windows_minutes=(5,),
+        residuals=(("a", "b"), ("b", "a")),
+        residual_baseline_hours=0.5,
+        residual_smooth_minutes=2.0,
+    )
     rng = np.random.default_rng(3)
     n = 4000
     t = np.sort(rng.integers(0, n * 20_000, n)).astype(np.int64)  # ties and uneven gaps
@@ -100,3 +107,68 @@ def test_spec_round_trips_and_rejects_nonsense() -> None:
     assert len(spec.names) == len(set(spec.names))
     with pytest.raises(ValueError, match="count windows"):
         FeatureSpec(metrics=("a",), count_windows=(1,))
+
+
+def _pump(hours: float, interval_ms: int, seed: int, a: float, b: float, extra=None):  # type: ignore[no-untyped-def]
+    """A y that is a + b x plus noise, x following shifts of load, readings interleaved."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(0, int(hours * 3_600_000), interval_ms, dtype=np.int64)
+    hour = (t / 3_600_000) % 24
+    x = np.where(hour < 8, 1100.0, np.where(hour < 16, 1400.0, 1300.0)) + rng.normal(0, 4, len(t))
+    y = a + b * x + rng.normal(0, 0.3, len(t))
+    if extra is not None:
+        y += extra(t)
+    stream_t = np.repeat(t, 2)
+    stream_m = np.tile(np.array(["x", "y"]), len(t))
+    stream_v = np.column_stack([x, y]).reshape(-1)
+    return stream_t, stream_m, stream_v
+
+
+RESIDUAL_SPEC = FeatureSpec(
+    metrics=("x", "y"), count_windows=(6,), time_windows_minutes=(60,), residuals=(("y", "x"),)
+)
+
+
+@pytest.mark.parametrize(("a", "b"), [(20.0, 0.03), (-5.0, 0.08), (300.0, -0.1)])
+def test_residual_is_zero_whatever_line_the_machine_follows(a: float, b: float) -> None:
+    t, m, v = _pump(72, 10_000, 5, a, b)
+    feature = RESIDUAL_SPEC.names.index("y__resid_x")
+    batch = batch_machine_features(RESIDUAL_SPEC, t, m, v, MachineInfo("M"))
+    late = batch[len(t) // 3 :, feature]
+    assert np.isfinite(late).all()
+    # within a few noise sigmas (0.3) of zero, while y itself swings by b * 300 over shifts
+    assert np.abs(late).max() < 0.5
+    assert np.ptp(v[m == "y"]) > 8
+
+
+def test_residual_shows_a_rise_the_load_does_not_explain_and_follows_slow_drift() -> None:
+    hour_ms = 3_600_000
+    fault_start = 60 * hour_ms
+
+    def fault(t):  # type: ignore[no-untyped-def]
+        # calibration drift of 2 degrees a day throughout, a fault growing over the last 12 h
+        progress = np.clip((t - fault_start) / (12 * hour_ms), 0, None)
+        return 2.0 * t / (24 * hour_ms) + 15.0 * progress**2
+
+    t, m, v = _pump(72, 10_000, 6, 20.0, 0.03, fault)
+    feature = RESIDUAL_SPEC.names.index("y__resid_x")
+    online = incremental(RESIDUAL_SPEC, t, m, v, MachineInfo("M"), [])[:, feature]
+    before = online[(t > 24 * hour_ms) & (t < fault_start)]
+    at_failure = online[-1]
+    # the baseline follows the drift (5 degrees by the fault) with a lag of the drift rate
+    # times the time constants' difference (2 / 24 * 23.5 = 1.96 degrees), never more
+    assert np.abs(before).max() < 2.2
+    assert at_failure > 10.0  # most of the 15 degrees the fault added shows
+
+
+def test_residual_waits_for_both_sensors_and_a_spread_of_load() -> None:
+    state = MachineFeatureState(RESIDUAL_SPEC, MachineInfo("M"))
+    feature = RESIDUAL_SPEC.names.index("y__resid_x")
+    state.update(0, "y", 50.0)  # no x yet
+    assert np.isnan(state.vector[feature])
+    for i in range(1, 100):
+        state.update(i * 10_000, "x", 1400.0)  # a constant load: no line to fit
+        state.update(i * 10_000, "y", 50.0)
+    assert np.isnan(state.vector[feature])
+    with pytest.raises(ValueError, match="residual pair"):
+        FeatureSpec(metrics=("x",), residuals=(("x", "y"),))
