@@ -1,5 +1,12 @@
 """Anomaly alerting: the anomaly stream (Flink rules and gateways write to it), the operators'
-alert topic, and the alert router Lambda that reads the stream and notifies."""
+alert topic, and the alert router Lambda that reads the stream and notifies.
+
+What the router knows of each machine's state: the maintenance system publishes every completed
+job to IoT Core (`iiot/<env>/factory/<factory>/maintenance`, the topic the gateways' predictors
+read as `factory/<factory>/maintenance`); the maintenance rule writes it into the machine state
+table (one item per job), where the router finds when a machine returned to service and
+shelves its start-up transients (lambdas/alert_router/service.py). Gateways may not publish on
+that topic (their IoT policy), only the maintenance system's integration."""
 
 from __future__ import annotations
 
@@ -7,10 +14,13 @@ from typing import Any
 
 from aws_cdk import Duration, RemovalPolicy, Stack
 from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_iot as iot
 from aws_cdk import aws_kinesis as kinesis
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_event_sources as sources
+from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
@@ -19,7 +29,23 @@ from config.environments import Environment
 from stacks import artifacts
 from stacks.constructs.access import acknowledge, data_removal_policy
 from stacks.constructs.dead_letters import dead_letter_queue
-from stacks.constructs.python_function import PythonFunction
+from stacks.constructs.python_function import PythonFunction, log_retention
+
+# The maintenance system's topic for completed jobs (the environment's factory topic).
+MAINTENANCE_TOPIC = "factory/maintenance"
+# How long a completed job stays in the machine state table (DynamoDB TTL): the router needs a
+# machine's latest job before an anomaly, also for a backlog replayed from the anomaly stream
+# (at most its retention, a few days).
+MACHINE_STATE_RETENTION_S = 30 * 86_400
+# What the maintenance rule keeps of a completed job (beside the TTL): its key, machine and job.
+MACHINE_STATE_FIELDS = (
+    "factory_id",
+    "machine_id",
+    "completed_at_ms",
+    "started_at_ms",
+    "maintenance_id",
+    "kind",
+)
 
 
 class AlertingStack(Stack):
@@ -89,6 +115,7 @@ class AlertingStack(Stack):
         # Powertools idempotency records keyed on anomaly_id (default attribute names).
         cooldowns = table("Cooldowns", "pk", "expires_at")
         idempotency = table("Idempotency", "id", "expiration")
+        self.machine_state = self._machine_state(env_config)
         self.escalation_topic = sns.Topic(
             self,
             "EscalationTopic",
@@ -111,6 +138,7 @@ class AlertingStack(Stack):
                 "COOLDOWN_TABLE": cooldowns.table_name,
                 "IDEMPOTENCY_TABLE": idempotency.table_name,
                 "DEAD_LETTER_QUEUE_URL": dead_letters.queue_url,
+                "MACHINE_STATE_TABLE": self.machine_state.table_name,
                 "POWERTOOLS_SERVICE_NAME": "alert-router",
                 "POWERTOOLS_METRICS_NAMESPACE": env_config.metrics_namespace,
                 "IIOT_ENVIRONMENT": env_config.name,
@@ -123,6 +151,11 @@ class AlertingStack(Stack):
         self.escalation_topic.grant_publish(router)
         cooldowns.grant_read_write_data(router)
         idempotency.grant_read_write_data(router)
+        # The router only asks for a machine's latest completed job (a Query; DynamoDB reads
+        # the customer-key table with the caller's kms:Decrypt). Its start-up window is the
+        # function's default (STARTUP_WINDOW_SECONDS, lambdas/alert_router/models.py).
+        self.machine_state.grant(router, "dynamodb:Query")
+        self.key.grant(router, "kms:Decrypt", "kms:DescribeKey")
         dead_letters.grant_send_messages(router)
         router.add_event_source(
             sources.KinesisEventSource(
@@ -152,3 +185,68 @@ class AlertingStack(Stack):
             "AwsSolutions-IAM5[Action::kms:ReEncrypt*]",
         )
         return router
+
+    def _machine_state(self, env_config: Environment) -> dynamodb.Table:
+        """The machine state table and the IoT rule that fills it from the maintenance
+        system's completed jobs (each job once: its machine and completion time are the key)."""
+        table = dynamodb.Table(
+            self,
+            "MachineState",
+            partition_key=dynamodb.Attribute(name="machine_id", type=dynamodb.AttributeType.STRING),
+            sort_key=dynamodb.Attribute(name="completed_at_ms", type=dynamodb.AttributeType.NUMBER),
+            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
+            encryption=dynamodb.TableEncryption.CUSTOMER_MANAGED,
+            encryption_key=self.key,
+            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
+                point_in_time_recovery_enabled=True
+            ),
+            time_to_live_attribute="expires_at",
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+        errors = logs.LogGroup(
+            self,
+            "MaintenanceRuleErrors",
+            retention=log_retention(env_config.log_retention_days),
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+        role = iam.Role(
+            self,
+            "MaintenanceRuleRole",
+            assumed_by=iam.ServicePrincipal("iot.amazonaws.com"),
+            description="IoT maintenance rule: completed jobs into the machine state table",
+        )
+        table.grant(role, "dynamodb:PutItem")
+        self.key.grant(role, "kms:Decrypt", "kms:DescribeKey")
+        errors.grant_write(role)
+        topic = env_config.factory_topic(MAINTENANCE_TOPIC, "+")
+        self.maintenance_rule = iot.CfnTopicRule(
+            self,
+            "MaintenanceRule",
+            # Rule names are account-wide and allow only [a-zA-Z0-9_] (as IotStack.rule_name).
+            rule_name=f"iiot_{env_config.name}_MaintenanceRule",
+            topic_rule_payload=iot.CfnTopicRule.TopicRulePayloadProperty(
+                description="Completed maintenance jobs of the topic's factory -> machine state "
+                "table (the alert router's start-up shelving)",
+                sql=f"SELECT {', '.join(MACHINE_STATE_FIELDS)}, "  # noqa: S608
+                f"floor(completed_at_ms / 1000) + {MACHINE_STATE_RETENTION_S} AS expires_at "
+                f"FROM '{topic}' WHERE factory_id = topic(4)",
+                aws_iot_sql_version="2016-03-23",
+                rule_disabled=False,
+                actions=[
+                    iot.CfnTopicRule.ActionProperty(
+                        dynamo_d_bv2=iot.CfnTopicRule.DynamoDBv2ActionProperty(
+                            put_item=iot.CfnTopicRule.PutItemInputProperty(
+                                table_name=table.table_name
+                            ),
+                            role_arn=role.role_arn,
+                        )
+                    )
+                ],
+                error_action=iot.CfnTopicRule.ActionProperty(
+                    cloudwatch_logs=iot.CfnTopicRule.CloudwatchLogsActionProperty(
+                        log_group_name=errors.log_group_name, role_arn=role.role_arn
+                    )
+                ),
+            ),
+        )
+        return table

@@ -3,7 +3,9 @@
 Kinesis batches report partial failures (only a failed record is retried). Each anomaly in a
 record is handled on its own: a bad one goes to the dead-letter queue with its index and
 reason, the good ones of the same record are routed, each once per its stable `anomaly_id`
-(Powertools idempotency), so a retried batch never alerts twice. Logic:
+(Powertools idempotency), so a retried batch never alerts twice. An anomaly not sent is logged
+with its reason and counted per reason (`SUPPRESSION_METRICS`): a repeat within the cooldown, or
+a start-up transient after maintenance (the machine state table). Logic:
 `service.AnomalyRouter` and `service.AlertService`; adapters: `repository.py`, `lambdas/shared`.
 """
 
@@ -30,8 +32,12 @@ from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from iiot.catalog import load_catalog
-from lambdas.alert_router.models import AlertSettings
-from lambdas.alert_router.repository import DynamoCooldownStore, SnsNotifier
+from lambdas.alert_router.models import AlertSettings, Reason
+from lambdas.alert_router.repository import (
+    DynamoCooldownStore,
+    DynamoMachineState,
+    SnsNotifier,
+)
 from lambdas.alert_router.service import AlertService, AnomalyRouter, PayloadOutcome
 from lambdas.shared.dead_letter import SqsDeadLetter
 from lambdas.shared.idempotency import PowertoolsOnce
@@ -43,6 +49,11 @@ tracer = Tracer(service=SERVICE)
 # "IIoT" is the local default. An explicit namespace= would override the deployed one.
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "IIoT"), service=SERVICE)
 processor = BatchProcessor(event_type=EventType.KinesisDataStreams)
+# Suppressions counted per reason (beside Anomalies_suppressed): repeats, start-up shelving.
+SUPPRESSION_METRICS: dict[str, str] = {
+    Reason.REPEAT: "Suppressed_repeat",
+    Reason.STARTUP: "Suppressed_startup",
+}
 
 
 @dataclass(frozen=True)
@@ -70,6 +81,8 @@ def _build(settings: AlertSettings) -> Dependencies:
         escalation=SnsNotifier(sns, settings.escalation_topic_arn),
         cooldown_seconds=settings.cooldown_seconds,
         units=load_catalog().units,
+        machine_state=DynamoMachineState(dynamodb, settings.machine_state_table),
+        startup_window_seconds=settings.startup_window_seconds,
     )
     dead_letter = SqsDeadLetter(boto3.client("sqs"), settings.dead_letter_queue_url)
     return Dependencies(
@@ -82,6 +95,13 @@ def observe(outcome: PayloadOutcome, origin: dict[str, str]) -> None:
     for routed in outcome.routed:
         name = "duplicate" if routed.duplicate else routed.decision
         metrics.add_metric(name=f"Anomalies_{name}", unit=MetricUnit.Count, value=1)
+        if routed.reason in SUPPRESSION_METRICS and not routed.duplicate:
+            metrics.add_metric(
+                name=SUPPRESSION_METRICS[routed.reason], unit=MetricUnit.Count, value=1
+            )
+        why = {"reason": routed.reason} if routed.reason else {}
+        if routed.maintenance_id:
+            why["maintenance_id"] = routed.maintenance_id
         logger.info(
             "anomaly routed",
             extra={
@@ -89,6 +109,8 @@ def observe(outcome: PayloadOutcome, origin: dict[str, str]) -> None:
                 "duplicate": routed.duplicate,
                 "anomaly_id": routed.anomaly.anomaly_id,
                 "machine_id": routed.anomaly.machine_id,
+                "anomaly_type": routed.anomaly.anomaly_type,
+                **why,
             },
         )
     for invalid in outcome.invalid:

@@ -24,6 +24,14 @@ from iiot.anomaly import Anomaly
 from iiot.wire import Limits, json_integrity_problem
 
 DEFAULT_COOLDOWN_SECONDS = 900
+# A machine that returns to service after maintenance starts with every sensor changing at once:
+# its rate-of-change alarms in this window are shelved (ISA-18.2 / EEMUA 191 state-based
+# alarming); 0 turns the start-up shelving off.
+DEFAULT_STARTUP_WINDOW_SECONDS = 1800
+# The anomaly types a start-up sets off by itself: the stream's rate-of-change rule (a
+# stateless transient). Severity rules and the predictors' alerts (TEMPERATURE_HIGH,
+# THRESHOLD_LOW, FAILURE_PREDICTED, ...) say the machine is in a bad state and always go out.
+STARTUP_TRANSIENT_TYPES = frozenset({"RAPID_CHANGE"})
 
 # What one payload of anomalies may cost the router. A Kinesis record is at most 1 MiB and an
 # IoT message 128 KiB; producers send one anomaly per message (about 300 bytes), so 100 per
@@ -37,8 +45,17 @@ class Decision(StrEnum):
 
     SENT = "sent"
     ESCALATED = "escalated"  # sent, and to the escalation topic too (CRITICAL)
-    SUPPRESSED = "suppressed"  # a repeat within the cooldown
+    SUPPRESSED = "suppressed"  # counted and logged with its reason, nobody paged
     NOT_ALERTED = "not_alerted"  # INFO severity or a CLEARED state: logged, nobody paged
+
+
+class Reason(StrEnum):
+    """Why an anomaly was not sent: logged with each decision and counted per reason."""
+
+    REPEAT = "repeat within the cooldown"
+    STARTUP = "start-up after maintenance"
+    CLEARED = "cleared"
+    INFO = "INFO severity"
 
 
 @dataclass(frozen=True)
@@ -50,23 +67,43 @@ class AlertSettings:
     cooldown_table: str
     idempotency_table: str
     dead_letter_queue_url: str
+    machine_state_table: str
     cooldown_seconds: int = DEFAULT_COOLDOWN_SECONDS
+    startup_window_seconds: int = DEFAULT_STARTUP_WINDOW_SECONDS
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> AlertSettings:
-        cooldown = environ.get("COOLDOWN_SECONDS", str(DEFAULT_COOLDOWN_SECONDS))
-        if not cooldown.isdigit():
-            raise ValueError(
-                f"COOLDOWN_SECONDS must be a whole number of seconds, got {cooldown!r}"
-            )
+        def seconds(name: str, default: int) -> int:
+            value = environ.get(name, str(default))
+            if not value.isdigit():
+                raise ValueError(f"{name} must be a whole number of seconds, got {value!r}")
+            return int(value)
+
         return cls(
             alert_topic_arn=environ["ALERT_TOPIC_ARN"],
             escalation_topic_arn=environ["ESCALATION_TOPIC_ARN"],
             cooldown_table=environ["COOLDOWN_TABLE"],
             idempotency_table=environ["IDEMPOTENCY_TABLE"],
             dead_letter_queue_url=environ["DEAD_LETTER_QUEUE_URL"],
-            cooldown_seconds=int(cooldown),
+            machine_state_table=environ["MACHINE_STATE_TABLE"],
+            cooldown_seconds=seconds("COOLDOWN_SECONDS", DEFAULT_COOLDOWN_SECONDS),
+            startup_window_seconds=seconds(
+                "STARTUP_WINDOW_SECONDS", DEFAULT_STARTUP_WINDOW_SECONDS
+            ),
         )
+
+
+@dataclass(frozen=True)
+class ReturnToService:
+    """A machine back in service: the maintenance system's record of a completed job (a repair
+    after a failure or a preventive job), as the maintenance rule writes it into the machine
+    state table (`stacks/alerting_stack.py`)."""
+
+    factory_id: str
+    machine_id: str
+    completed_at_ms: int
+    maintenance_id: str = ""
+    kind: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
-"""Adapters for the alert router: DynamoDB cooldown store, SNS notifier, SQS dead letters,
-and in-memory versions for the local demo and tests. Clients are passed in, never created here
-at import time."""
+"""Adapters for the alert router: DynamoDB cooldown store and machine state, SNS notifier, SQS
+dead letters, and in-memory versions for the local demo and tests. Clients are passed in, never
+created here at import time."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from iiot.anomaly import SEVERITY_ORDER, Anomaly
-from lambdas.alert_router.models import Notification
+from lambdas.alert_router.models import Notification, ReturnToService
 
 # DynamoDB's TTL removes a cooldown item a while after it stops mattering (wall clock); the
 # decision itself uses the event-time `until_ms`, so expiry is only housekeeping.
@@ -65,6 +65,47 @@ class DynamoCooldownStore:
             )
 
 
+class DynamoMachineState:
+    """The machine state table: one item per completed maintenance job, written by the IoT
+    maintenance rule (partition key `machine_id`, sort key `completed_at_ms`, the factory and
+    the job as attributes). The router asks for a machine's latest return to service at or
+    before an anomaly's event time, so a replay decides as the live stream did."""
+
+    def __init__(self, client: Any, table_name: str) -> None:
+        self._client = client
+        self._table = table_name
+
+    def last_return_to_service(
+        self, factory_id: str, machine_id: str, at_ms: int
+    ) -> ReturnToService | None:
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "machine_id = :machine AND completed_at_ms <= :at",
+            # Machine ids are unique per factory only: a job of another factory's machine of
+            # the same name is not this one's.
+            "FilterExpression": "factory_id = :factory",
+            "ExpressionAttributeValues": {
+                ":machine": {"S": machine_id},
+                ":at": {"N": str(at_ms)},
+                ":factory": {"S": factory_id},
+            },
+            "ScanIndexForward": False,  # newest first
+        }
+        while True:
+            page = self._client.query(**query)
+            for item in page.get("Items", []):
+                return ReturnToService(
+                    factory_id=factory_id,
+                    machine_id=machine_id,
+                    completed_at_ms=int(item["completed_at_ms"]["N"]),
+                    maintenance_id=item.get("maintenance_id", {}).get("S", ""),
+                    kind=item.get("kind", {}).get("S", ""),
+                )
+            if "LastEvaluatedKey" not in page:
+                return None
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
 class SnsNotifier:
     def __init__(self, client: Any, topic_arn: str) -> None:
         self._client = client
@@ -110,3 +151,24 @@ class RecordingNotifier:
 
     def publish(self, notification: Notification) -> None:
         self.sent.append(notification)
+
+
+@dataclass
+class InMemoryMachineState:
+    """The same answers as DynamoMachineState, from a list of jobs (demo, unit tests)."""
+
+    jobs: list[ReturnToService] = field(default_factory=list)
+
+    def record(self, job: ReturnToService) -> None:
+        self.jobs.append(job)
+
+    def last_return_to_service(
+        self, factory_id: str, machine_id: str, at_ms: int
+    ) -> ReturnToService | None:
+        done = [
+            job
+            for job in self.jobs
+            if (job.factory_id, job.machine_id) == (factory_id, machine_id)
+            and job.completed_at_ms <= at_ms
+        ]
+        return max(done, key=lambda j: j.completed_at_ms, default=None)

@@ -7,6 +7,15 @@ drained late alerts exactly as the live stream would have. A higher severity bre
 cooldown held by a lower one (a WARNING followed by a CRITICAL pages the on-call person).
 Adapters are injected: DynamoDB/SNS in the Lambda (`repository.py`), in-memory in the demo.
 
+Start-up shelving (ISA-18.2 / EEMUA 191 state-based alarming): a machine that returns to service
+after a repair or a preventive job starts with every sensor changing at once, which the stream's
+rate-of-change rule reports on every metric. With a machine state (the maintenance system's
+completed jobs, `MachineState`), an anomaly of `STARTUP_TRANSIENT_TYPES` within the start-up
+window after the machine's latest completed job (event time, as the cooldown) is SUPPRESSED with
+the reason "start-up after maintenance": logged and counted with its job, never sent, never
+dropped unseen. Severity alerts (TEMPERATURE_HIGH, THRESHOLD_LOW, FAILURE_PREDICTED, ...) always
+go through: they say the machine is in a bad state, start-up or not.
+
 `AnomalyRouter` takes a whole payload (a Kinesis record or an IoT rule message): each anomaly
 in it is checked and routed on its own, once per `anomaly_id`; each bad one goes to the
 dead-letter queue with its index and reason, and never holds back the good ones.
@@ -23,9 +32,12 @@ from typing import Any, Protocol
 
 from iiot.anomaly import SEVERITY_ORDER, Anomaly
 from lambdas.alert_router.models import (
+    STARTUP_TRANSIENT_TYPES,
     Decision,
     InvalidAnomaly,
     Notification,
+    Reason,
+    ReturnToService,
     encode_iot_event,
     parse_anomalies,
 )
@@ -43,6 +55,14 @@ class CooldownStore(Protocol):
 
     def release(self, key: str, *, anomaly: Anomaly) -> None:
         """Undo this anomaly's claim (its notification failed; a retry must not be suppressed)."""
+        ...
+
+
+class MachineState(Protocol):
+    def last_return_to_service(
+        self, factory_id: str, machine_id: str, at_ms: int
+    ) -> ReturnToService | None:
+        """The machine's latest completed maintenance job at or before `at_ms`, if any."""
         ...
 
 
@@ -125,8 +145,19 @@ def format_notification(anomaly: Anomaly, unit: str = "") -> Notification:
     )
 
 
+@dataclass(frozen=True)
+class Routing:
+    """The decision on one anomaly, why it was not sent (None when it was), and for a start-up
+    suppression the maintenance job the machine returned to service from."""
+
+    decision: Decision
+    reason: Reason | None = None
+    job: ReturnToService | None = None
+
+
 class AlertService:
-    """Decides per anomaly: alert, escalate, suppress as a repeat, or only log."""
+    """Decides per anomaly: alert, escalate, suppress (a repeat, or a start-up transient after
+    maintenance), or only log."""
 
     def __init__(
         self,
@@ -136,24 +167,51 @@ class AlertService:
         escalation: Notifier,
         cooldown_seconds: int,
         units: Mapping[str, str] | None = None,
+        machine_state: MachineState | None = None,
+        startup_window_seconds: int = 0,
     ) -> None:
         self._store = cooldown_store
         self._alerts = alerts
         self._escalation = escalation
         self._cooldown_ms = cooldown_seconds * 1000
         self._units = dict(units or {})
+        self._machine_state = machine_state
+        self._startup_ms = startup_window_seconds * 1000
 
     def route(self, anomaly: Anomaly) -> Decision:
+        return self.decide(anomaly).decision
+
+    def starting_up(self, anomaly: Anomaly) -> ReturnToService | None:
+        """The completed job whose start-up window `anomaly` falls in, when it is a start-up
+        transient; None otherwise (or without a machine state)."""
         if (
-            anomaly.state == "CLEARED"
-            or SEVERITY_ORDER[anomaly.severity] < SEVERITY_ORDER["WARNING"]
+            self._machine_state is None
+            or self._startup_ms <= 0
+            or anomaly.anomaly_type not in STARTUP_TRANSIENT_TYPES
         ):
-            return Decision.NOT_ALERTED
+            return None
+        job = self._machine_state.last_return_to_service(
+            anomaly.factory_id, anomaly.machine_id, anomaly.timestamp
+        )
+        if job is None or anomaly.timestamp - job.completed_at_ms > self._startup_ms:
+            return None
+        return job
+
+    def decide(self, anomaly: Anomaly) -> Routing:
+        if anomaly.state == "CLEARED":
+            return Routing(Decision.NOT_ALERTED, Reason.CLEARED)
+        if SEVERITY_ORDER[anomaly.severity] < SEVERITY_ORDER["WARNING"]:
+            return Routing(Decision.NOT_ALERTED, Reason.INFO)
+        # Before the cooldown: a shelved start-up transient must not hold the slot of an alert
+        # that comes after the window.
+        job = self.starting_up(anomaly)
+        if job is not None:
+            return Routing(Decision.SUPPRESSED, Reason.STARTUP, job)
         key = cooldown_key(anomaly)
         if not self._store.claim(
             key, anomaly=anomaly, until_ms=anomaly.timestamp + self._cooldown_ms
         ):
-            return Decision.SUPPRESSED
+            return Routing(Decision.SUPPRESSED, Reason.REPEAT)
         notification = format_notification(anomaly, self._units.get(anomaly.metric, ""))
         try:
             self._alerts.publish(notification)
@@ -163,7 +221,7 @@ class AlertService:
             # Nobody was told (or the on-call was not): free the slot so the retry alerts.
             self._store.release(key, anomaly=anomaly)
             raise
-        return Decision.ESCALATED if notification.escalate else Decision.SENT
+        return Routing(Decision.ESCALATED if notification.escalate else Decision.SENT)
 
 
 class RoutingFailedError(RuntimeError):
@@ -176,6 +234,8 @@ class RoutedAnomaly:
     anomaly: Anomaly
     decision: str
     duplicate: bool  # routed before (a redelivery): nothing was sent again
+    reason: str | None = None  # why it was not sent (Reason), None when it was
+    maintenance_id: str | None = None  # the job whose start-up suppressed it
 
 
 @dataclass
@@ -240,7 +300,21 @@ class AnomalyRouter:
         return self.route_payload(payload, {"source": "iot"})
 
     def _route_once(self, anomaly: Anomaly) -> RoutedAnomaly:
-        result = self._once.run(
-            anomaly.anomaly_id, lambda: {"decision": self._service.route(anomaly).value}
+        def decide() -> dict[str, Any]:
+            routing = self._service.decide(anomaly)
+            result: dict[str, Any] = {"decision": routing.decision.value}
+            if routing.reason is not None:
+                result["reason"] = routing.reason.value
+            if routing.job is not None:
+                result["maintenance_id"] = routing.job.maintenance_id
+            return result
+
+        # A redelivery answers with the first routing's record, reason included.
+        result = self._once.run(anomaly.anomaly_id, decide)
+        return RoutedAnomaly(
+            anomaly,
+            str(result["decision"]),
+            bool(result.get(DUPLICATE)),
+            reason=result.get("reason"),
+            maintenance_id=result.get("maintenance_id"),
         )
-        return RoutedAnomaly(anomaly, str(result["decision"]), bool(result.get(DUPLICATE)))

@@ -8,7 +8,8 @@ names they give them (prefix `iiot-local`):
 * Kinesis: the telemetry stream (IoT rule -> Firehose and the InfluxDB writer; the stream
   rules' feed reads it too) and the anomaly stream (IoT rule and the stream rules -> the alert
   router);
-* DynamoDB: the writer's and the router's idempotency tables, the router's cooldown table;
+* DynamoDB: the writer's and the router's idempotency tables, the router's cooldown table, and
+  the machine state table the maintenance rule fills (`ingress.py`) and the router reads;
 * SQS: the dead-letter queues of both functions, the event sources' on-failure destinations,
   and an inbox per SNS topic (what people would receive, read back by the reconciliation);
 * SNS: the alert and escalation topics;
@@ -58,6 +59,7 @@ class CloudResources:
     writer_on_failure: str
     router_idempotency_table: str
     router_cooldown_table: str
+    router_machine_state_table: str
     router_dead_letters: str
     router_on_failure: str
     alert_topic: str
@@ -75,6 +77,24 @@ def _table(dynamodb: Any, name: str, key: str) -> str:
         TableName=name,
         KeySchema=[{"AttributeName": key, "KeyType": "HASH"}],
         AttributeDefinitions=[{"AttributeName": key, "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    return name
+
+
+def _machine_state_table(dynamodb: Any, name: str) -> str:
+    """One item per completed maintenance job, keyed by machine and completion time (the
+    alerting stack's `MachineState`)."""
+    dynamodb.create_table(
+        TableName=name,
+        KeySchema=[
+            {"AttributeName": "machine_id", "KeyType": "HASH"},
+            {"AttributeName": "completed_at_ms", "KeyType": "RANGE"},
+        ],
+        AttributeDefinitions=[
+            {"AttributeName": "machine_id", "AttributeType": "S"},
+            {"AttributeName": "completed_at_ms", "AttributeType": "N"},
+        ],
         BillingMode="PAY_PER_REQUEST",
     )
     return name
@@ -114,6 +134,7 @@ def create_resources() -> CloudResources:
         writer_on_failure=queue("writer-on-failure"),
         router_idempotency_table=_table(dynamodb, f"{PREFIX}-router-idempotency", "id"),
         router_cooldown_table=_table(dynamodb, f"{PREFIX}-cooldowns", "pk"),
+        router_machine_state_table=_machine_state_table(dynamodb, f"{PREFIX}-machine-state"),
         router_dead_letters=queue("router-dead-letters"),
         router_on_failure=queue("router-on-failure"),
         alert_topic=alert_topic,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from typing import Any
 from local_platform.connected.kinesis import ACCOUNT, REGION, ShardReader, client
 from local_platform.connected.plan import Plan
 from local_platform.connected.service import Service
+
+log = logging.getLogger(__name__)
 
 HANDLERS = {
     "influx_writer": "lambdas.influx_writer.handler",
@@ -106,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         "--ledger", type=Path, help="append each record's arrival time and data here (JSON lines)"
     )
     args = parser.parse_args(argv)
+    from iiot import logs
+
+    logs.configure("INFO")
     plan = Plan.read(args.plan)
     handler: Any
     if args.function == "influx_writer":
@@ -142,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             response = handler(kinesis_event(args.stream, shard, records), context)
         except Exception:  # a function error: the whole batch failed
             counters["function_errors"] += 1
+            # Lambda writes the error and its stack trace to the function's log
+            log.exception("function error", extra={"shard": shard, "records": len(records)})
             return records[0]["SequenceNumber"], True
         failures = (response or {}).get("batchItemFailures") or []
         if not failures:

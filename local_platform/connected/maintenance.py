@@ -10,7 +10,10 @@ of the fleet. A record is sent once its job is completed in simulated time:
   rejected lines with their reason, and `gold/machine_day_kpis` (availability, downtime, MTBF
   and MTTR per machine-day);
 * to the factory's gateway: `factory/<id>/maintenance` with the machine and the completion
-  time, which the FailurePredictor turns into its time-since-maintenance feature.
+  time, which the FailurePredictor turns into its time-since-maintenance feature;
+* to IoT Core on the same topic (`iiot/<env>/factory/<id>/maintenance` when deployed), where
+  the maintenance rule writes it into the machine state table (`ingress.py`,
+  `stacks/alerting_stack.py`): the alert router learns when a machine returned to service.
 
 The training set (`models.export_training_set`) reads these silver tables beside silver
 readings, so a model never sees a failure the maintenance system had not reported yet.
@@ -86,8 +89,25 @@ def build_tables(plan: Plan) -> dict[str, int]:
     }
 
 
+MAINTENANCE_TOPIC = "factory/{factory_id}/maintenance"
+
+
+def topic(factory_id: str) -> str:
+    """The completed jobs' topic of one factory (on its gateway's broker and on IoT Core)."""
+    return MAINTENANCE_TOPIC.format(factory_id=factory_id)
+
+
 def gateway_message(job: dict[str, Any]) -> bytes:
-    """What the CMMS bridge tells a gateway when a job is completed."""
+    """What the CMMS bridge says when a job is completed (to the gateway and to IoT Core): the
+    machine and the completion time the predictor needs, and the job the maintenance rule
+    records."""
     return json.dumps(
-        {"machine_id": job["machine_id"], "completed_at_ms": int(job["completed_at_ms"])}
+        {
+            "factory_id": job["factory_id"],
+            "machine_id": job["machine_id"],
+            "completed_at_ms": int(job["completed_at_ms"]),
+            "started_at_ms": int(job["started_at_ms"]),
+            "maintenance_id": job["maintenance_id"],
+            "kind": job["kind"],
+        }
     ).encode()

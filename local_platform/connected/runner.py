@@ -180,7 +180,11 @@ class Run:
         cloud = self.brokers["cloud"]
         self.supervisor.start(
             "iot-rules",
-            self._python("local_platform.connected.ingress"),
+            self._python(
+                "local_platform.connected.ingress",
+                "--machine-state-table",
+                resources.router_machine_state_table,
+            ),
             env=self.env,
             ready=lambda: cloud.subscribed("iot-rules", topics.ANOMALIES),
         )
@@ -213,11 +217,13 @@ class Run:
         jobs, failures, machines = maintenance.schedule(plan)
         self.cmms = (jobs, failures)
         self.cmms_fed_ms = plan.live_start_ms
+        past_jobs = [j for j in jobs if int(j["completed_at_ms"]) <= plan.live_start_ms]
         maintenance.land(
             plan,
-            [j for j in jobs if int(j["completed_at_ms"]) <= plan.live_start_ms],
+            past_jobs,
             [f for f in failures if int(f["repaired_at_ms"]) <= plan.live_start_ms],
         )
+        self._tell_cloud(past_jobs)  # the machine state the alert router starts from
         for factory in plan.factory_ids:
             write_json(
                 plan.gateway_dir(factory) / "machines.json",
@@ -331,6 +337,7 @@ class Run:
             "IDEMPOTENCY_TABLE": resources.router_idempotency_table,
             "DEAD_LETTER_QUEUE_URL": resources.router_dead_letters,
             "COOLDOWN_SECONDS": "900",
+            "MACHINE_STATE_TABLE": resources.router_machine_state_table,
             "POWERTOOLS_SERVICE_NAME": "alert-router",
         }
         for function, stream, retries, on_failure, env, timeout in (
@@ -480,24 +487,38 @@ class Run:
     def _tell_gateway(self, factory: str, jobs: list[dict[str, Any]]) -> None:
         if not jobs or not self.plan.model_lifecycle:
             return
+        self._publish_jobs(self.brokers[factory].url, f"cmms-bridge-{factory}", jobs)
+
+    def _tell_cloud(self, jobs: list[dict[str, Any]]) -> None:
+        """Completed jobs to IoT Core, where the maintenance rule records them for the alert
+        router (`ingress.py`)."""
+        if jobs:
+            self._publish_jobs(self.brokers["cloud"].url, "cmms-integration", jobs)
+
+    @staticmethod
+    def _publish_jobs(broker_url: str, client_id: str, jobs: list[dict[str, Any]]) -> None:
         from local_platform.publisher import MqttWriter
 
-        writer = MqttWriter(self.brokers[factory].url, f"cmms-bridge-{factory}")
+        writer = MqttWriter(broker_url, client_id)
         try:
             for job in jobs:
-                writer.publish(f"factory/{factory}/maintenance", maintenance.gateway_message(job))
+                writer.publish(
+                    maintenance.topic(job["factory_id"]), maintenance.gateway_message(job)
+                )
             writer.flush()
         finally:
             writer.close()
 
     def _feed_maintenance(self, now_sim: int) -> None:
-        """Jobs and failures completed since the last call: to the lake and the gateways."""
+        """Jobs and failures completed since the last call: to the lake, the gateways and IoT
+        Core (the alert router's machine state)."""
         plan = self.plan
         jobs, failures = self.cmms
         done = maintenance.completed(jobs, "completed_at_ms", self.cmms_fed_ms, now_sim)
         repaired = maintenance.completed(failures, "repaired_at_ms", self.cmms_fed_ms, now_sim)
         self.cmms_fed_ms = now_sim
         maintenance.land(plan, done, repaired)
+        self._tell_cloud(done)
         for factory in plan.factory_ids:
             self._tell_gateway(factory, [j for j in done if j["factory_id"] == factory])
 
@@ -570,13 +591,14 @@ class Run:
         while True:
             if faults is not None:
                 faults.tick()
-            if plan.model_lifecycle:
-                now_sim = self.clock.sim_ms()
-                if now_sim - self.cmms_fed_ms >= 600_000:  # every ten simulated minutes
-                    self._feed_maintenance(min(now_sim, plan.live_end_ms))
-                if swap_pending and now_sim >= plan.at(plan.model_swap_at):
-                    swap_pending = False
-                    self._deploy_new_model(now_sim)
+            now_sim = self.clock.sim_ms()
+            # The maintenance system's completed jobs, every simulated minute: the alert router
+            # must know a machine is back in service before its start-up transients arrive.
+            if now_sim - self.cmms_fed_ms >= 60_000:
+                self._feed_maintenance(min(now_sim, plan.live_end_ms))
+            if plan.model_lifecycle and swap_pending and now_sim >= plan.at(plan.model_swap_at):
+                swap_pending = False
+                self._deploy_new_model(now_sim)
 
             statuses = [
                 read_json(plan.status_dir / f"sensors-{f}.json", {}) for f in plan.factory_ids
@@ -690,8 +712,7 @@ class Run:
                 ),
                 deadline,
             )
-        if plan.model_lifecycle:
-            self._feed_maintenance(plan.live_end_ms)
+        self._feed_maintenance(plan.live_end_ms)
         self.drained_at = time.time()
         self.progress("draining the pipeline", 4, len(stages))
 

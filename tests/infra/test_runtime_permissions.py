@@ -177,6 +177,7 @@ def test_alert_router(cloud: Cloud, fake_aws: None, monkeypatch: pytest.MonkeyPa
         resource_named(cloud, "AWS::SNS::Topic", variables["ESCALATION_TOPIC_ARN"]),
         resource_named(cloud, "AWS::DynamoDB::Table", variables["COOLDOWN_TABLE"]),
         resource_named(cloud, "AWS::DynamoDB::Table", variables["IDEMPOTENCY_TABLE"]),
+        resource_named(cloud, "AWS::DynamoDB::Table", variables["MACHINE_STATE_TABLE"]),
         resource_named(cloud, "AWS::SQS::Queue", variables["DEAD_LETTER_QUEUE_URL"]),
     )
     for name, value in variables.items():
@@ -188,13 +189,15 @@ def test_alert_router(cloud: Cloud, fake_aws: None, monkeypatch: pytest.MonkeyPa
             anomaly(severity="CRITICAL", value=125.0, threshold=120.0, machine_id="F01-M004"),
             b'{"machine_id": "half an anomaly"}',
             anomaly(),  # a redelivery: the idempotency record stops a second alert
+            # a rate-of-change alarm: the router asks the machine state when it was serviced
+            anomaly(anomaly_type="RAPID_CHANGE", metric="rpm", value=600.0, threshold=120.0),
         ]
     )
     with recording() as calls:
         assert handler.handler(event, LambdaContext()) == {"batchItemFailures": []}
     handler._build.cache_clear()
     operations = {str(call) for call in calls}
-    assert {"sns.Publish", "sqs.SendMessage", "dynamodb.PutItem"} <= operations
+    assert {"sns.Publish", "sqs.SendMessage", "dynamodb.PutItem", "dynamodb.Query"} <= operations
     check("alert router (Lambda)", cloud, permissions, calls)
 
 

@@ -425,12 +425,55 @@ def test_alert_router_gets_every_setting_it_requires(synth: Synth) -> None:
 
 def test_alert_tables_have_point_in_time_recovery_and_ttl(synth: Synth) -> None:
     tables = resources(synth, "dev", "alerting", "AWS::DynamoDB::Table")
-    assert len(tables) == 2
+    assert len(tables) == 3  # cooldowns, idempotency, machine state
     for table in tables.values():
         props = table["Properties"]
         assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
         assert props["TimeToLiveSpecification"]["Enabled"] is True
         assert props["SSESpecification"]["SSEEnabled"] is True
+
+
+def test_maintenance_rule_fills_the_machine_state_the_router_reads(synth: Synth) -> None:
+    """The maintenance system's completed jobs (the environment's factory topic, only the
+    topic's own factory) go into the machine state table, keyed by machine and completion
+    time; the router gets the table and may only Query it."""
+    alerting = template(synth, "dev", "alerting")
+    table_id = alerting.find_resources(
+        "AWS::DynamoDB::Table",
+        {
+            "Properties": {
+                "KeySchema": [
+                    {"AttributeName": "machine_id", "KeyType": "HASH"},
+                    {"AttributeName": "completed_at_ms", "KeyType": "RANGE"},
+                ]
+            }
+        },
+    )
+    (table,) = table_id
+    (rule,) = resources(synth, "dev", "alerting", "AWS::IoT::TopicRule").values()
+    payload = rule["Properties"]["TopicRulePayload"]
+    assert rule["Properties"]["RuleName"] == "iiot_dev_MaintenanceRule"
+    assert "FROM 'iiot/dev/factory/+/maintenance' WHERE factory_id = topic(4)" in payload["Sql"]
+    for field in ("machine_id", "completed_at_ms", "factory_id", "maintenance_id"):
+        assert field in payload["Sql"]
+    ((action,),) = [a.values() for a in payload["Actions"]]
+    assert action["PutItem"]["TableName"] == {"Ref": table}
+    assert "CloudwatchLogs" in payload["ErrorAction"]
+    function = next(iter(resources(synth, "dev", "alerting", "AWS::Lambda::Function").values()))
+    variables = function["Properties"]["Environment"]["Variables"]
+    assert variables["MACHINE_STATE_TABLE"] == {"Ref": table}
+    granted = [
+        statement
+        for statement in statements(synth, "dev", "alerting")
+        if {"Fn::GetAtt": [table, "Arn"]} in _as_list(statement["Resource"])
+    ]
+    actions = sorted(a for s in granted for a in _as_list(s["Action"]))
+    # The router's Query and the rule's PutItem, nothing else on this table.
+    assert actions == ["dynamodb:PutItem", "dynamodb:Query"]
+
+
+def _as_list(value: object) -> list[object]:
+    return value if isinstance(value, list) else [value]
 
 
 # --- warehouse and time series -------------------------------------------------------------

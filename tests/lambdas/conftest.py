@@ -61,6 +61,22 @@ def create_table(name: str, key: str) -> None:
     )
 
 
+def create_machine_state_table(name: str) -> None:
+    """The machine state table as the alerting stack defines it (one item per completed job)."""
+    boto3.client("dynamodb").create_table(
+        TableName=name,
+        KeySchema=[
+            {"AttributeName": "machine_id", "KeyType": "HASH"},
+            {"AttributeName": "completed_at_ms", "KeyType": "RANGE"},
+        ],
+        AttributeDefinitions=[
+            {"AttributeName": "machine_id", "AttributeType": "S"},
+            {"AttributeName": "completed_at_ms", "AttributeType": "N"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+
+
 def create_queue(name: str) -> str:
     return boto3.client("sqs").create_queue(QueueName=name)["QueueUrl"]
 
@@ -119,7 +135,7 @@ def influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 @pytest.fixture
 def router(aws, monkeypatch):
     """The alert router's environment on moto: topics with SQS subscribers (to read what people
-    would get), cooldown and idempotency tables, the dead-letter queue."""
+    would get), cooldown, idempotency and machine state tables, the dead-letter queue."""
     sns = boto3.client("sns")
     sqs = boto3.client("sqs")
     names = {}
@@ -134,6 +150,8 @@ def router(aws, monkeypatch):
     cooldown, idempotency = unique("cooldown"), unique("idempotency")
     create_table(cooldown, "pk")
     create_table(idempotency, "id")
+    machine_state = unique("machine-state")
+    create_machine_state_table(machine_state)
     dead_letters = create_queue(unique("dead-letters"))
     monkeypatch.setenv("ALERT_TOPIC_ARN", names["alerts"][0])
     monkeypatch.setenv("ESCALATION_TOPIC_ARN", names["escalation"][0])
@@ -141,11 +159,14 @@ def router(aws, monkeypatch):
     monkeypatch.setenv("IDEMPOTENCY_TABLE", idempotency)
     monkeypatch.setenv("DEAD_LETTER_QUEUE_URL", dead_letters)
     monkeypatch.setenv("COOLDOWN_SECONDS", "900")
+    monkeypatch.setenv("MACHINE_STATE_TABLE", machine_state)
+    monkeypatch.setenv("STARTUP_WINDOW_SECONDS", "1800")
     return {
         "alerts": names["alerts"][1],
         "escalation": names["escalation"][1],
         "dead_letters": dead_letters,
         "cooldown": cooldown,
         "idempotency": idempotency,
+        "machine_state": machine_state,
         "escalation_topic": names["escalation"][0],
     }

@@ -5,14 +5,16 @@ their own action, because the service acts with the caller's credentials:
 
 - publishing to an SNS topic or sending to an SQS queue encrypted with a customer key needs
   `kms:GenerateDataKey` and `kms:Decrypt` on that key; reading an object or a secret encrypted
-  with one needs `kms:Decrypt`, writing an object `kms:GenerateDataKey`;
+  with one needs `kms:Decrypt`, writing an object `kms:GenerateDataKey`; any item call on a
+  DynamoDB table encrypted with one needs `kms:Decrypt` (DynamoDB reads the table's key);
 - handing a role to a service (a job's execution role) needs `iam:PassRole` on it;
 - creating a Greengrass component version reads its artifacts from S3 (to digest them);
 - a SageMaker job runs as its role: it pulls its image from ECR, reads its S3 inputs, writes
   its outputs and its logs (`job_accesses`).
 
 Which key encrypts what comes from the templates (`Cloud`): topics' and queues'
-`KmsMasterKeyId`, buckets' default encryption, secrets' `KmsKeyId`. AWS managed keys
+`KmsMasterKeyId`, buckets' default encryption, secrets' `KmsKeyId`, tables'
+`SSESpecification`. AWS managed keys
 (`alias/aws/...`) need no grant.
 """
 
@@ -121,6 +123,10 @@ def accesses(call: Call, cloud: Cloud) -> list[Access]:
     for resource in resources_of(call, cloud):
         add(f"{prefix}:{call.operation}", resource)
     # What the call implies.
+    if service == "dynamodb" and "TableName" in params:
+        # A table encrypted with a customer key: DynamoDB reads the table's key with the
+        # caller's kms:Decrypt.
+        keyed(_table(cloud, params["TableName"]), "kms:Decrypt")
     if service == "sns" and call.operation in ("Publish", "PublishBatch"):
         keyed(params.get("TopicArn") or params["TargetArn"], "kms:GenerateDataKey", "kms:Decrypt")
     elif service == "sqs" and call.operation in ("SendMessage", "SendMessageBatch"):
@@ -254,6 +260,10 @@ def encryption_key(cloud: Cloud, resource_arn: str) -> str | None:
                 return _key_arn(
                     cloud, cloud.resolve(resource.stack, resource.properties.get(key_property))
                 )
+    for table in cloud.resources("AWS::DynamoDB::Table"):
+        if cloud.attributes(table)["Arn"] == resource_arn:
+            sse = cloud.resolve(table.stack, table.properties.get("SSESpecification", {}))
+            return _key_arn(cloud, sse.get("KMSMasterKeyId")) if sse.get("SSEEnabled") else None
     for bucket in cloud.resources("AWS::S3::Bucket"):
         if cloud.attributes(bucket)["Arn"] == resource_arn:
             encryption = cloud.resolve(bucket.stack, bucket.properties.get("BucketEncryption", {}))

@@ -404,6 +404,12 @@ def topic_rule_accesses(cloud: Cloud, rule: Resource) -> list[tuple[str, Access]
                 group = cloud.arn("logs", f"log-group:{props['LogGroupName']}:log-stream:x")
                 for verb in ("logs:CreateLogStream", "logs:PutLogEvents"):
                     found.append((role, Access(verb, group, why)))
+            elif kind == "DynamoDBv2":
+                table = cloud.arn("dynamodb", f"table/{props['PutItem']['TableName']}")
+                found.append((role, Access("dynamodb:PutItem", table, why)))
+                key = encryption_key(cloud, table)
+                if key is not None:  # DynamoDB reads the table's key with the caller's grant
+                    found.append((role, Access("kms:Decrypt", key, f"{why} -> the table's key")))
             else:
                 raise ValueError(f"{why}: no rule for the action {kind}")
     return found
