@@ -686,25 +686,40 @@ def _print_reconciliation(document: dict[str, Any], work_dir: Path) -> None:
 
 
 def _alert_quality_line(quality: dict[str, Any]) -> str:
-    """The alerts' worth in one line: precision (alerts a failure of the machine followed within
-    the horizon), failures alerted, and per alert type."""
+    """The alerts' worth: precision (alerts a failure of the machine followed within the
+    horizon) and failures alerted, per alert type, for the notifications people received (the
+    headline) and for every RAISED anomaly at the router (`raw_anomalies`: the detectors' own
+    precision, repeats and shelved start-up transients included);
+    local_platform/connected/alert_quality.py says why both."""
 
     def share(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.2f}"
 
-    types = ", ".join(
-        f"{kind} {part['alerts']} at {share(part['precision'])}"
-        for kind, part in sorted(
-            quality.get("by_type", {}).items(), key=lambda item: -int(item[1]["alerts"])
+    def figures(part: dict[str, Any], what: str) -> str:
+        types = ", ".join(
+            f"{kind} {entry['alerts']} at {share(entry['precision'])}"
+            for kind, entry in sorted(
+                part.get("by_type", {}).items(), key=lambda item: -int(item[1]["alerts"])
+            )
         )
-    )
-    return (
-        f"alert precision {share(quality.get('alert_precision'))} "
-        f"({quality.get('alerts_followed_by_an_incident', 0)} of {quality.get('alerts', 0)} "
-        f"alerts followed by a failure within {quality.get('horizon_hours', 24):g} h); "
-        f"failures alerted {quality.get('failures_alerted', 0)}/{quality.get('failures', 0)}"
-        + (f"; by type: {types}" if types else "")
-    )
+        return (
+            f"{share(part.get('alert_precision'))} "
+            f"({part.get('alerts_followed_by_an_incident', 0)} of {part.get('alerts', 0)} "
+            f"{what} followed by a failure within {quality.get('horizon_hours', 24):g} h); "
+            f"failures alerted {part.get('failures_alerted', 0)}/{part.get('failures', 0)}"
+            + (f"; by type: {types}" if types else "")
+        )
+
+    line = "alert precision " + figures(quality, "notifications")
+    raw = quality.get("raw_anomalies")
+    if raw:
+        line += "\nraw anomaly precision " + figures(raw, "RAISED anomalies at the router")
+    suppressed = quality.get("suppressed")
+    if suppressed:
+        line += "\nsuppressed by the router: " + ", ".join(
+            f"{what} {count}" for what, count in suppressed.items()
+        )
+    return line
 
 
 def _short(value: Any) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 
 from iiot import topics
 from local_platform.connected import aws, lake, late, maintenance, models, reconcile
+from local_platform.connected.alert_quality import alert_quality as judge_alerts
 from local_platform.connected.clock import SimClock
 from local_platform.connected.influxd import InfluxServer, V2WriteRelay, start_influxd
 from local_platform.connected.kinesis import aws_environment
@@ -789,7 +790,7 @@ class Run:
                 reconcile.reconcile_cloud(plan, result, self.influx, self.resources)
             if self._predictors:
                 reconcile.reconcile_predictor_anomalies(plan, result)
-            reconcile.alert_quality(plan, result)
+            judge_alerts(plan, result)  # notifications and raw anomalies (alert_quality.py)
             assert self.clock is not None
             reconcile.reconcile_stream(plan, result, self.clock)
             result.figures["stream"]["calibration"] = self.calibration_figures

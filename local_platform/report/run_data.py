@@ -535,7 +535,14 @@ def alert_precision(
     run cannot tell whether it was right. Leaving the open ones out would favour the alerts
     already proven right (on a 24 h run nearly every alert is open), so the precision is a
     range: `precision` counts the open alerts as false alarms, `precision_open_right` as
-    hits; the truth lies between."""
+    hits; the truth lies between.
+
+    What "an alert" is: for a connected run (`ml/alert_quality.json` with a `definition`,
+    local_platform/connected/alert_quality.py) the rows are first the notifications the alert
+    router sent to people (an alarm is what an operator is told: repeats its cooldown held back
+    and start-up transients it shelved after maintenance reached nobody), then every RAISED
+    anomaly at the router (`raw_anomalies`: the detectors' own precision, never hidden by the
+    router). The step-by-step demo's file has one definition (the predictor's alerts)."""
     end = history.get("end_ms")
     failures: dict[str, list[int]] = {}
     for failure in history["failures"]:
@@ -562,15 +569,20 @@ def alert_precision(
     quality = run.root / "ml" / "alert_quality.json"
     if quality.is_file():
         q = json.loads(quality.read_text())
-        for kind, entry in q.get("by_type", {}).items():
-            rows.append(
-                {
-                    "source": f"demo ml step: {kind}",
-                    "alerts": entry.get("alerts", 0),
-                    "followed": entry.get("followed", 0),
-                    "open": None,  # its own evaluation (ml_pipeline.evaluate.alert_quality)
-                }
-            )
+        connected = "definition" in q  # the connected run's two definitions
+        parts = [("notifications" if connected else "demo ml step", q)]
+        if connected and "raw_anomalies" in q:
+            parts.append(("every RAISED anomaly", q["raw_anomalies"]))
+        for label, part in parts:
+            for kind, entry in part.get("by_type", {}).items():
+                rows.append(
+                    {
+                        "source": f"{label}: {kind}",
+                        "alerts": entry.get("alerts", 0),
+                        "followed": entry.get("followed", 0),
+                        "open": None,  # its own evaluation (ml_pipeline.evaluate.alert_quality)
+                    }
+                )
     stream = stream_alerts(run)
     if not stream:
         from local_platform.report.connected_run import anomaly_records
