@@ -9,8 +9,11 @@ driven by one operating model:
   failure mode's signature grows (bearing wear: vibration and heat; seal leak: pressure and flow
   drop; overheating: temperature), accelerating towards the failure;
 * a failure stops the machine until it is repaired (a corrective maintenance record); planned
-  preventive maintenance also stops it and, when it falls inside a degradation, averts that
-  failure, as a good inspection does;
+  preventive maintenance also stops it (1-3 h) and, when it falls inside a degradation, averts
+  that failure, as a good inspection does. Periodic maintenance renews the machine either way
+  (its wear-out clock restarts). A job a planner orders instead (`planned_maintenance`, acting
+  on alerts) that falls before the degradation is an inspection that finds nothing: 0.5-1 h,
+  and the machine keeps its wear, so the failure still comes;
 * sensors add noise, slow calibration drift, spikes, dropouts (missing readings), stuck
   stretches (a frozen value) and rare fault codes (-999, outside the valid range);
 * a configurable share of JSON payloads is malformed (missing fields, wrong types, NaN, unknown
@@ -42,6 +45,9 @@ CHUNK_MS = HOUR_MS
 DEFAULT_START = datetime(2026, 1, 5, tzinfo=UTC)  # a Monday
 SIMULATED_METRICS = ("temperature", "vibration", "pressure", "rpm", "flow_rate")
 FAILURE_MODES = ("bearing_wear", "seal_leak", "overheating")
+# A planner's job that finds no developing fault is an inspection (hours, uniform): shorter than
+# a job that replaces the worn part (1-3 h), and it leaves the machine's wear as it was.
+INSPECTION_HOURS = (0.5, 1.0)
 SENSOR_FAULT_CODE = -999.0
 
 FloatArray = npt.NDArray[np.float64]
@@ -264,6 +270,28 @@ class FleetSimulator:
                 mode = FAILURE_MODES[int(rng.choice(3, p=[0.5, 0.3, 0.2]))]
                 shape = float(rng.uniform(1.5, 3.0))
                 degradation_start = max(clock, failure_at - onset)
+                # A planner's job (`planned_maintenance`) starts with an inspection: before the
+                # degradation it finds nothing, the machine returns to service after it and
+                # keeps its wear (the failure still comes, nothing was replaced).
+                while planned is not None and next_pm < degradation_start:
+                    inspection = int(
+                        rng.uniform(INSPECTION_HOURS[0], INSPECTION_HOURS[1]) * HOUR_MS
+                    )
+                    if next_pm < cfg.end_ms:
+                        maintenance.append(
+                            Maintenance(
+                                f"PM-{machine.machine_id}-{len(maintenance)}",
+                                machine.factory_id,
+                                machine.machine_id,
+                                "preventive",
+                                next_pm,
+                                next_pm + inspection,
+                                "",
+                                False,
+                            )
+                        )
+                    timeline.stops.append((next_pm, next_pm + inspection))
+                    next_pm = _next_start(planned, next_pm + inspection)
                 # Preventive maintenance due before the failure resets the clock: a job that
                 # falls inside the degradation finds the fault and averts the failure.
                 if next_pm < failure_at:

@@ -22,6 +22,7 @@ from local_platform.report.whatif import (
 from local_platform.simulator import FleetConfig, FleetSimulator
 
 runner = CliRunner()
+HOUR = 3_600_000
 
 
 def _ms(text: str) -> int:
@@ -61,6 +62,39 @@ def test_both_arms_share_the_fleet_until_a_job_changes_it(catalog):
         (target.machine_id, job, job >= target.degradation_start_ms)
     ]
     assert target.failed_at_ms not in [f for f, _ in history(planned, target.machine_id)]
+
+
+def test_a_job_before_the_degradation_is_an_inspection_and_the_failure_still_comes(catalog):
+    fleet = FleetConfig(factories=1, machines_per_factory=4, hours=96, seed=3, mtbf_hours=30)
+    base = FleetSimulator(replace(fleet, planned_maintenance=()), catalog)
+
+    def running_before(failure) -> int:  # type: ignore[no-untyped-def]
+        """When the machine last came back before this failure's degradation."""
+        earlier = [
+            f.repaired_at_ms
+            for f in base.failures
+            if f.machine_id == failure.machine_id and f.failed_at_ms < failure.failed_at_ms
+        ]
+        return max([fleet.start_ms, *earlier])
+
+    target = next(f for f in base.failures if f.degradation_start_ms - running_before(f) > 6 * HOUR)
+    job = target.degradation_start_ms - 3 * HOUR
+    planned = FleetSimulator(
+        replace(fleet, planned_maintenance=((target.machine_id, job),)), catalog
+    )
+    [inspection] = [m for m in planned.maintenance if m.kind == "preventive"]
+    assert inspection.started_at_ms == job
+    assert not inspection.averted_failure
+    assert 0.5 * HOUR <= inspection.completed_at_ms - job <= 1.0 * HOUR
+    # nothing was replaced: the machine fails as it would have, at the same time and mode
+    assert [(f.failed_at_ms, f.failure_mode, f.degradation_start_ms) for f in planned.failures] == [
+        (f.failed_at_ms, f.failure_mode, f.degradation_start_ms) for f in base.failures
+    ]
+    # a periodic plan (no planner) still renews the machine at every job, as before
+    periodic = FleetSimulator(replace(fleet, preventive_interval_hours=20), catalog)
+    jobs = [m for m in periodic.maintenance if m.kind == "preventive"]
+    assert jobs
+    assert all(m.completed_at_ms - m.started_at_ms >= HOUR for m in jobs)
 
 
 @pytest.mark.slow
