@@ -8,7 +8,8 @@ compact batches of at most `--batch-readings` readings (one base64 batch per lin
 `iiot-batch` format (`kda_sql/decoder`) decodes inside the source, as the deployed application
 decodes the telemetry stream. Each job runs every rendered rule (severity, rapid change over
 60 s HOP windows sliding by 10 s) at parallelism 1 (one task slot), heap state, a watermark
-after every reading. Each is run on a 1-hour input and on the whole input; events/s after
+every 200 ms as the deployed application emits them (`--per-reading-watermark`: after every
+reading, as the tests do). Each is run on a 1-hour input and on the whole input; events/s after
 start-up is the difference in readings over the difference in job seconds (the JVM start,
 planning and submission cost the same in both), so `decode_rules_events_per_s` is decode +
 rules on one slot after JVM start, and `json_rules_events_per_s` the JSON source's figure from
@@ -28,7 +29,7 @@ source design's 100 shards at $43,200 a month.
 
     python bench/stream.py [--hours 24] [--machines 10] [--factories 2] [--batch-readings 20000]
                            [--no-decode-only] [--no-copying] [--rocksdb] [--repeat 1]
-                           [--sql-dir kda_sql/sql]
+                           [--per-reading-watermark] [--sql-dir kda_sql/sql]
 
 Decode only (`json_decode_only_events_per_s`, `batches_decode_only_events_per_s`): the same
 sources (format, event time, watermark) into a filter that keeps nothing, no rules. `--rocksdb`
@@ -80,6 +81,11 @@ ROCKSDB = {  # Managed Flink's state backend and checkpoint interval
     "flink.execution.checkpointing.interval": "60 s",
 }
 COPYING = {"flink.pipeline.object-reuse": "false"}  # Flink's default; the runner turns it on
+# Watermarks as the deployed application emits them: every 200 ms (Flink's
+# `pipeline.auto-watermark-interval` default; the runner sets none on the service). The tests and
+# `run_rules` emit one after every reading, so that which readings are late does not depend on
+# timing; `--per-reading-watermark` measures that.
+PRODUCTION_WATERMARKS = {"watermark.interval.ms": "200"}
 _JIT_THREADS = ("C1 CompilerThre", "C2 CompilerThre")  # /proc comm: 15 characters
 
 
@@ -276,6 +282,10 @@ def main() -> None:
         "--repeat", type=int, default=1, help="repetitions (figures: the median of each)"
     )
     parser.add_argument(
+        "--per-reading-watermark", action="store_true",
+        help="a watermark after every reading (the tests' setting) instead of every 200 ms",
+    )  # fmt: skip
+    parser.add_argument(
         "--rocksdb", action="store_true", help="also run the rules on RocksDB state (Managed "
         "Flink's backend) with 60 s checkpoints"
     )  # fmt: skip
@@ -288,13 +298,17 @@ def main() -> None:
         large = simulate(root / "large", args.factories, args.machines, args.hours,
                          args.batch_readings)  # fmt: skip
         rules = args.sql_dir
-        variants: dict[str, tuple[Path | None, dict[str, str]]] = {"rules": (rules, {})}
+        watermarks: dict[str, str] = {} if args.per_reading_watermark else PRODUCTION_WATERMARKS
+        variants: dict[str, tuple[Path | None, dict[str, str]]] = {"rules": (rules, watermarks)}
         if not args.no_decode_only:
-            variants["decode_only"] = (decode_only_sql(root / "decode-only-sql", rules), {})
+            variants["decode_only"] = (
+                decode_only_sql(root / "decode-only-sql", rules),
+                watermarks,
+            )
         if not args.no_copying:
-            variants["rules_copying"] = (rules, COPYING)
+            variants["rules_copying"] = (rules, {**watermarks, **COPYING})
         if args.rocksdb:
-            variants["rules_rocksdb"] = (rules, ROCKSDB)
+            variants["rules_rocksdb"] = (rules, {**watermarks, **ROCKSDB})
         runs: dict[tuple[str, str], list[tuple[FlinkRun, FlinkRun]]] = {}
         cpu: dict[tuple[str, str], list[tuple[float, float]]] = {}
         for _ in range(args.repeat):
@@ -366,6 +380,7 @@ def main() -> None:
             "bench_batches": large.batches,
             "bench_batch_bytes_per_reading": round(large.batch_bytes / large.readings, 2),
             "load_average_1m": round(os.getloadavg()[0], 1),
+            "watermark_interval_ms": int(watermarks.get("watermark.interval.ms", "0")),
             **kinesis_at_1m_per_s(),
         }
     )
