@@ -3,6 +3,12 @@
 Every part of the platform (edge checks, stream SQL, lake quality rules, simulator) reads its
 numbers from here, so a threshold changes in exactly one place. The loader is strict: an
 invalid catalog is rejected with a message naming the file, the metric and the problem.
+
+A metric is *measured* (a sensor reports it) or *derived* (`derived: <component>`: the
+platform computes it, e.g. the failure predictor's `failure_probability`). A derived series
+travels and is stored like a reading (the same contract, buffer, lake and InfluxDB), but no
+threshold or stream rule runs on it (it has no `edge` limits, `stream` or `rapid_change`) and it
+is never a model feature (`MetricCatalog.measured`): a model trained on its own output leaks.
 """
 
 from __future__ import annotations
@@ -69,9 +75,15 @@ class Metric(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     unit: str
     resolution: float
     valid_range: ValidRange
-    edge: EdgeThresholds
+    edge: EdgeThresholds = EdgeThresholds()  # required for a measured metric (checked)
     stream: StreamSeverity | None = None
     rapid_change: RapidChange | None = None
+    # The component that computes a derived series; None for a sensor's (measured) metric.
+    derived: str | None = None
+
+    @property
+    def is_derived(self) -> bool:
+        return self.derived is not None
 
     @property
     def stream_debounce(self) -> int | None:
@@ -119,9 +131,21 @@ class MetricCatalog(Mapping[str, Metric]):
     def __repr__(self) -> str:
         return f"MetricCatalog({sorted(self._metrics)}, source={self.source!r})"
 
+    @property
+    def measured(self) -> dict[str, Metric]:
+        """The sensors' metrics (catalog order): what thresholds, rules and features use."""
+        return {name: m for name, m in self._metrics.items() if not m.is_derived}
+
+    @property
+    def derived(self) -> dict[str, Metric]:
+        """The series the platform computes (catalog order): stored and shown, never a
+        feature and never checked against thresholds."""
+        return {name: m for name, m in self._metrics.items() if m.is_derived}
+
     def edge_threshold_config(self) -> dict[str, dict[str, Any]]:
         """The gateway thresholds in the components' `thresholds` configuration shape: the one
-        place the catalog becomes what a recipe and a factory's deployment carry."""
+        place the catalog becomes what a recipe and a factory's deployment carry (measured
+        metrics only: a derived series has no limits)."""
         return {
             name: {
                 "min": metric.edge.min,
@@ -129,7 +153,7 @@ class MetricCatalog(Mapping[str, Metric]):
                 "hysteresis": metric.edge.hysteresis,
                 "debounce": metric.edge.debounce,
             }
-            for name, metric in self._metrics.items()
+            for name, metric in self.measured.items()
         }
 
     def to_builtins(self) -> dict[str, Any]:
@@ -137,6 +161,10 @@ class MetricCatalog(Mapping[str, Metric]):
         metrics = {name: msgspec.to_builtins(metric) for name, metric in self._metrics.items()}
         for spec in metrics.values():
             del spec["name"]
+            if spec["derived"] is None:
+                del spec["derived"]  # a measured metric's content (and digest) as before
+            else:
+                del spec["edge"]
         return {"version": self.version, "metrics": metrics}
 
     @property
@@ -156,6 +184,17 @@ def _problems(metric: Metric) -> Iterator[str]:
     if not valid.min < valid.max:
         yield f"valid_range.min ({valid.min}) must be below valid_range.max ({valid.max})"
     edge = metric.edge
+    if metric.derived is not None:
+        if not _METRIC_NAME.match(metric.derived):
+            yield f"derived: {metric.derived!r} must name the component that computes it"
+        if metric.stream is not None or metric.rapid_change is not None:
+            yield (
+                "a derived series takes no stream or rapid_change rule (the component that "
+                "computes it raises its own alerts)"
+            )
+        if edge != EdgeThresholds():
+            yield "a derived series takes no edge thresholds"
+        return
     if edge.min is None and edge.max is None:
         yield "edge needs at least one of min or max"
     for side in ("min", "max"):

@@ -250,7 +250,7 @@ def catalog_show(
     def shown(limit: float | None) -> str:
         return "-" if limit is None else f"{limit:g}"
 
-    for name, metric in catalog.items():
+    for name, metric in catalog.measured.items():
         edge, stream, rapid = metric.edge, metric.stream, metric.rapid_change
         table.add_row(
             name,
@@ -261,6 +261,12 @@ def catalog_show(
             f"stddev > {rapid.stddev_limit:g} over {rapid.window_seconds} s" if rapid else "-",
         )
     stdout.print(table)
+    for name, metric in catalog.derived.items():
+        stdout.print(
+            f"derived: {name} ({metric.unit}, [{metric.valid_range.min:g}, "
+            f"{metric.valid_range.max:g}]) from {metric.derived}; no threshold or stream rule, "
+            "never a model feature"
+        )
 
 
 @catalog_app.command("check")

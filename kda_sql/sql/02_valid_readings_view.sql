@@ -1,7 +1,7 @@
 -- Readings the rules may look at: known metric with the catalog's unit, value inside the
 -- physically valid range (outside it is a sensor fault, quarantined upstream, never alerted on),
 -- timestamp in milliseconds (not before 2000).
--- Rendered from the metric catalog (config/metrics.yaml, digest 74e702590443328e).
+-- Rendered from the metric catalog (config/metrics.yaml, digest e5d1d83a88ad61a1).
 CREATE TEMPORARY VIEW valid_readings AS
 SELECT *
 FROM readings
@@ -10,7 +10,8 @@ WHERE `timestamp` >= 946684800000
   AND machine_id IS NOT NULL
   AND `value` IS NOT NULL
   AND (
-      (metric = 'flow_rate' AND unit = 'L/min' AND `value` BETWEEN 0.0 AND 2000.0)
+      (metric = 'failure_probability' AND unit = 'probability' AND `value` BETWEEN 0.0 AND 1.0)
+      OR (metric = 'flow_rate' AND unit = 'L/min' AND `value` BETWEEN 0.0 AND 2000.0)
       OR (metric = 'pressure' AND unit = 'bar' AND `value` BETWEEN 0.0 AND 500.0)
       OR (metric = 'rpm' AND unit = 'rpm' AND `value` BETWEEN 0.0 AND 10000.0)
       OR (metric = 'temperature' AND unit = 'degC' AND `value` BETWEEN -40.0 AND 250.0)

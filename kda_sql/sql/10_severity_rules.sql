@@ -10,7 +10,7 @@
 -- them, and drops a row no later than the last timestamp its series has emitted (a reading
 -- behind the watermark), as the rapid-change windows drop late readings; the lake's late
 -- evaluation re-evaluates such a backlog (`local_platform/connected/late.py`).
--- Rendered from the metric catalog (config/metrics.yaml, digest 74e702590443328e).
+-- Rendered from the metric catalog (config/metrics.yaml, digest e5d1d83a88ad61a1).
 INSERT INTO anomalies
 SELECT
   factory_id,

@@ -7,7 +7,7 @@
 -- standard deviation of a short window as much as a real change does, but only a change keeps
 -- it up without that reading. A window needs 3 readings to be judged.
 -- A window fires once the watermark passes its end; readings later than that are dropped.
--- Rendered from the metric catalog (config/metrics.yaml, digest 74e702590443328e).
+-- Rendered from the metric catalog (config/metrics.yaml, digest e5d1d83a88ad61a1).
 INSERT INTO anomalies
 SELECT
   factory_id,

@@ -35,6 +35,9 @@ RECIPES = {
 }
 LOCAL_SETTINGS: dict[str, dict[str, Any]] = {
     "sensor-buffer": {
+        # The predictor's probabilities (derived series failure_probability) stay out of the
+        # connected run until its reconciliation counts them apart from the sensors' readings.
+        "storePredictions": False,
         "healthIntervalSeconds": 1.0,
         "backoffMaxSeconds": 1.0,
         "synchronous": "NORMAL",

@@ -4,17 +4,19 @@ Two dashboards for Amazon Managed Grafana, written as JSON under `dashboards/`
 (`iiot dashboards` regenerates them; a test fails when they drift from the catalog):
 
 * **Pumps** (`iiot-pumps`): the oil-pump case study's four panels over Timestream for
-  InfluxDB (Flux): each catalog metric over time per machine with its edge limits and stream
-  severities as thresholds; temperature against pressure, with readings beyond a limit as
-  their own series; readings beyond the edge limits per machine; the latest reading of each
-  sensor as KPI stats coloured by the same limits. Variables: factory and machine.
+  InfluxDB (Flux): each measured catalog metric (derived series are the fleet dashboard's)
+  over time per machine with its edge limits and stream severities as thresholds;
+  temperature against pressure, with readings beyond a limit as their own series; readings
+  beyond the edge limits per machine; the latest reading of each sensor as KPI stats
+  coloured by the same limits. Variables: factory and machine.
 * **Fleet risk and anomalies** (`iiot-fleet`): the failure predictor's latest probability per
-  machine and its trend (InfluxDB measurement `failure_probability`, which the platform does
-  not write yet: the InfluxDB writer takes readings only, the predictor's probabilities travel
-  as FAILURE_PREDICTED anomalies; the panels say so), anomalies and readings per
-  machine-day and factory-day from the lake's gold tables through the warehouse (Redshift
-  Spectrum, schema `lake`), and availability, downtime, MTBF and MTTR per factory-day and
-  machine-day from the warehouse's KPI views (schema `kpi`, stacks/warehouse_stack.py).
+  machine and its trend (InfluxDB measurement `failure_probability`: the catalog's derived
+  series, which each gateway's SensorBuffer stores from the predictor's local predictions
+  topic, deadband-bounded, and uploads with the readings; the InfluxDB writer writes it like
+  any reading), anomalies and readings per machine-day and factory-day from the lake's gold
+  tables through the warehouse (Redshift Spectrum, schema `lake`), and availability,
+  downtime, MTBF and MTTR per factory-day and machine-day from the warehouse's KPI views
+  (schema `kpi`, stacks/warehouse_stack.py).
 
 The data sources are template variables (`${influxdb}`, `${redshift}`), so the same JSON
 works in every environment's workspace. The InfluxDB bucket and the readings' measurement
@@ -25,6 +27,7 @@ per metric, tags factory_id, machine_id, sensor_id, unit, field `value`).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +44,14 @@ from iiot.catalog import Metric, MetricCatalog, load_catalog
 DASHBOARDS_DIR = Path(__file__).resolve().parents[2] / "dashboards"
 BUCKET = "telemetry"  # the InfluxDB writer's bucket (stacks/timeseries_stack.py BUCKET)
 INFLUX = model.DataSourceRef(type_val="influxdb", uid="${influxdb}")
-# What the risk panels need and the platform does not send yet (see the module's docstring).
-NOT_WRITTEN_YET = (
-    "Reads InfluxDB measurement failure_probability (tags factory_id, machine_id). The "
-    "platform's InfluxDB writer takes readings only: until the predictor's probabilities are "
-    "written there, this panel shows no data."
+# The derived series the risk panels read (config/metrics.yaml, `derived: failure_predictor`).
+RISK_METRIC = "failure_probability"
+RISK_SOURCE = (
+    "The failure predictor's probability of a failure within its horizon: InfluxDB measurement "
+    "failure_probability (tags factory_id, machine_id; field value). Each gateway's "
+    "SensorBuffer stores it from the predictor's predictions when it moved by the deadband "
+    "(predictionDeadband) or predictionMaxIntervalSeconds passed, and uploads it with the "
+    "readings (at least once)."
 )
 REDSHIFT = model.DataSourceRef(type_val="grafana-redshift-datasource", uid="${redshift}")
 MACHINE_FILTER = (
@@ -153,7 +159,8 @@ def _variables() -> list[cogbuilder.Builder[model.VariableModel]]:
 
 
 def pumps_dashboard(catalog: MetricCatalog) -> dict[str, Any]:
-    """The case study's four panels, one time series per catalog metric."""
+    """The case study's four panels, one time series per measured catalog metric."""
+    metrics = catalog.measured
     builder = (
         dash.Dashboard("Pumps: readings, anomalies, KPIs")
         .uid("iiot-pumps")
@@ -170,7 +177,7 @@ def pumps_dashboard(catalog: MetricCatalog) -> dict[str, Any]:
         dash.Row("Readings per machine over time").grid_pos(_pos(0, y, 24, 1))
     )
     y += 1
-    for index, (name, metric) in enumerate(catalog.items()):
+    for index, (name, metric) in enumerate(metrics.items()):
         panel = (
             timeseries.Panel()
             .title(f"{name} ({metric.unit})")
@@ -192,7 +199,7 @@ def pumps_dashboard(catalog: MetricCatalog) -> dict[str, Any]:
             .grid_pos(_pos((index % 2) * 12, y + (index // 2) * 8, 12, 8))
         )
         builder = builder.with_panel(panel)
-    y += ((len(catalog) + 1) // 2) * 8
+    y += ((len(metrics) + 1) // 2) * 8
     builder = builder.with_row(dash.Row("Anomalies and KPIs").grid_pos(_pos(0, y, 24, 1)))
     y += 1
     scatter_flux = (
@@ -218,10 +225,10 @@ def pumps_dashboard(catalog: MetricCatalog) -> dict[str, Any]:
     count_body = '  |> group(columns: ["machine_id"])\n  |> count()'
     counts = "\n".join(
         f"{name} = " + _flux(name, f"  |> filter(fn: (r) => {beyond})\n" + count_body)
-        for name, metric in catalog.items()
+        for name, metric in metrics.items()
         if (beyond := _beyond(metric)) is not None
     )
-    names = ", ".join(name for name, metric in catalog.items() if _beyond(metric))
+    names = ", ".join(name for name, metric in metrics.items() if _beyond(metric))
     counts += (
         f"\nunion(tables: [{names}])\n"
         '  |> group(columns: ["machine_id"])\n  |> sum()\n  |> group()\n'
@@ -235,8 +242,8 @@ def pumps_dashboard(catalog: MetricCatalog) -> dict[str, Any]:
         .grid_pos(_pos(12, y, 12, 10))
     )
     y += 10
-    width = 24 // len(catalog) if len(catalog) <= 6 else 4
-    for index, (name, metric) in enumerate(catalog.items()):
+    width = 24 // len(metrics) if len(metrics) <= 6 else 4
+    for index, (name, metric) in enumerate(metrics.items()):
         builder = builder.with_panel(
             stat.Panel()
             .title(f"latest {name}")
@@ -251,7 +258,7 @@ def pumps_dashboard(catalog: MetricCatalog) -> dict[str, Any]:
     return _json(builder)
 
 
-def _anomaly_expression(catalog: MetricCatalog) -> str:
+def _anomaly_expression(catalog: Mapping[str, Metric]) -> str:
     checks = []
     for name in ("temperature", "pressure"):
         if name in catalog and (beyond := _beyond(catalog[name])):
@@ -259,7 +266,7 @@ def _anomaly_expression(catalog: MetricCatalog) -> str:
     return ("if " + " or ".join(checks) + ' then "anomaly" else "normal"') if checks else '"normal"'
 
 
-def fleet_dashboard() -> dict[str, Any]:
+def fleet_dashboard(catalog: MetricCatalog) -> dict[str, Any]:
     """Fleet risk (the predictor's probabilities) and anomalies from the warehouse."""
     redshift = (
         dash.DatasourceVariable("redshift").label("Redshift").type("grafana-redshift-datasource")
@@ -274,8 +281,10 @@ def fleet_dashboard() -> dict[str, Any]:
     )
     for variable in [*_variables(), redshift]:
         builder = builder.with_variable(variable)
+    if RISK_METRIC not in catalog.derived:
+        raise ValueError(f"the catalog has no derived series {RISK_METRIC} for the risk panels")
     latest = _flux(
-        "failure_probability",
+        RISK_METRIC,
         '  |> last()\n  |> group()\n  |> keep(columns: ["machine_id", "factory_id", "_value"])\n'
         '  |> sort(columns: ["_value"], desc: true)',
     )
@@ -288,7 +297,7 @@ def fleet_dashboard() -> dict[str, Any]:
     builder = builder.with_panel(
         BarChart()
         .title("Fleet risk: latest failure probability per machine (24 h horizon)")
-        .description(NOT_WRITTEN_YET)
+        .description(RISK_SOURCE)
         .datasource(INFLUX)
         .min(0)
         .max(1)
@@ -297,14 +306,14 @@ def fleet_dashboard() -> dict[str, Any]:
         .grid_pos(_pos(0, 0, 12, 9))
     )
     trend = _flux(
-        "failure_probability",
+        RISK_METRIC,
         "  |> aggregateWindow(every: v.windowPeriod, fn: max, createEmpty: false)\n"
         '  |> group(columns: ["machine_id"])',
     )
     builder = builder.with_panel(
         timeseries.Panel()
         .title("Failure probability over time")
-        .description(NOT_WRITTEN_YET)
+        .description(RISK_SOURCE)
         .datasource(INFLUX)
         .min(0)
         .max(1)
@@ -413,7 +422,7 @@ def _json(builder: dash.Dashboard) -> dict[str, Any]:
 def dashboards(catalog: MetricCatalog | None = None) -> dict[str, dict[str, Any]]:
     """File name -> dashboard JSON."""
     catalog = catalog or load_catalog()
-    return {"pumps.json": pumps_dashboard(catalog), "fleet.json": fleet_dashboard()}
+    return {"pumps.json": pumps_dashboard(catalog), "fleet.json": fleet_dashboard(catalog)}
 
 
 def write_dashboards(out_dir: Path = DASHBOARDS_DIR) -> list[Path]:

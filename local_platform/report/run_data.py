@@ -292,7 +292,8 @@ def readings_panel(readings: dict[str, np.ndarray] | None, catalog: MetricCatalo
             last = int(np.argmax(readings["timestamp"][both]))
             latest[str(machine)][str(metric)] = round(float(readings["value"][both][last]), 2)
     limits = {
-        name: {"min": m.edge.min, "max": m.edge.max, "unit": m.unit} for name, m in catalog.items()
+        name: {"min": m.edge.min, "max": m.edge.max, "unit": m.unit}
+        for name, m in catalog.measured.items()  # the sensors'; the risk has its own panel
     }
     return {
         "available": True,

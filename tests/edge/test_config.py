@@ -26,9 +26,12 @@ def test_recipe_default_configuration_is_generated_from_the_catalog(
 ) -> None:
     assert recipe_default_configuration(recipe()) == default_configuration(catalog)
     thresholds = recipe()["ComponentConfiguration"]["DefaultConfiguration"]["thresholds"]
-    for name, metric in catalog.items():
+    for name, metric in catalog.measured.items():
         assert thresholds[name]["max"] == metric.edge.max
         assert thresholds[name]["debounce"] == metric.edge.debounce
+    # a derived series (the predictor's probability) is checked by no threshold
+    assert catalog.derived
+    assert not set(catalog.derived) & set(thresholds)
 
 
 def test_recipe_access_control_lists_exact_topics() -> None:
@@ -42,6 +45,7 @@ def test_recipe_access_control_lists_exact_topics() -> None:
     assert "factory/sensor/data" in resources
     assert "factory/anomalies" in resources
     assert "factory/local/alerts" in resources
+    assert "factory/{iot:thingName}/predictions" in resources  # the derived series' input
     assert not [r for r in resources if "#" in r or r.endswith("*")]
 
 
@@ -57,7 +61,9 @@ def test_component_configuration_round_trip(catalog: MetricCatalog, tmp_path: Pa
     config = from_component_config(document, catalog=catalog, factory_id="F1", data_dir=tmp_path)
     assert config.full_policy == "drop_oldest"
     assert config.thresholds["temperature"].max == 100.0
-    assert config.topics_in == ("factory/F1/readings",)
+    assert config.topics_in == ("factory/F1/readings", "factory/F1/predictions")
+    assert (config.prediction_deadband, config.prediction_max_interval_s) == (0.01, 300.0)
+    assert "failure_probability" not in config.thresholds
     assert config.limits == Limits()  # the core's defaults
     assert config.quarantine_max_bytes == document["quarantineMaxBytes"]
 

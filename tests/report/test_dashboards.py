@@ -100,7 +100,9 @@ def test_every_panel_queries_a_declared_data_source(generated):
 
 def test_each_catalog_metric_has_its_panels_and_limits(generated, catalog):
     panels = generated["pumps.json"]["panels"]
-    for metric_name, metric in catalog.items():
+    for metric_name in catalog.derived:  # the fleet dashboard's, not a pump's reading
+        assert not [p for p in panels if metric_name in json.dumps(p.get("targets", []))]
+    for metric_name, metric in catalog.measured.items():
         series = [
             p for p in panels if p["type"] == "timeseries" and p["title"].startswith(metric_name)
         ]
@@ -118,7 +120,11 @@ def test_each_catalog_metric_has_its_panels_and_limits(generated, catalog):
     assert any("Temperature vs pressure" in t for t in titles)
     assert any("per machine" in t for t in titles)
     fleet = generated["fleet.json"]["panels"]
-    assert any("Fleet risk" in p["title"] for p in fleet)
+    risk = [p for p in fleet if "failure_probability" in json.dumps(p.get("targets", []))]
+    assert any("Fleet risk" in p["title"] for p in risk)
+    for panel in risk:  # the data path writes it now: no "shows no data" caveat
+        assert "no data" not in panel["description"]
+        assert 'r._measurement == "failure_probability"' in panel["targets"][0]["query"]
 
 
 def test_every_warehouse_query_reads_a_table_the_warehouse_has(generated):

@@ -74,6 +74,19 @@ def run(
     max_bytes_per_s: Annotated[float, typer.Option(help="Upload bandwidth cap.")] = 400 * 1024,
     health_interval_s: Annotated[float, typer.Option(help="Status period.")] = 30.0,
     backoff_max_s: Annotated[float, typer.Option(help="Longest retry delay.")] = 30.0,
+    store_predictions: Annotated[
+        bool,
+        typer.Option(
+            help="Store the failure predictor's predictions (factory/F/predictions) as the "
+            "derived series failure_probability."
+        ),
+    ] = True,
+    prediction_deadband: Annotated[
+        float, typer.Option(help="Store a probability once it moved by this much.")
+    ] = 0.01,
+    prediction_max_interval_s: Annotated[
+        float, typer.Option(help="...or once this long (event time) passed since the last.")
+    ] = 300.0,
     catalog: Annotated[Path | None, typer.Option(help="Metric catalog YAML.")] = None,
 ) -> None:
     """Run the component against MQTT brokers until SIGTERM/Ctrl-C."""
@@ -109,6 +122,9 @@ def run(
             max_bytes_per_s=max_bytes_per_s,
             health_interval_s=health_interval_s,
             backoff_max_s=backoff_max_s,
+            store_predictions=store_predictions,
+            prediction_deadband=prediction_deadband,
+            prediction_max_interval_s=prediction_max_interval_s,
         )
     except (CatalogError, ConfigError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from iiot import topics
 from iiot.catalog import EdgeThresholds, MetricCatalog
 from iiot.wire import DEFAULT_LIMITS, Limits
+from sensor_buffer.derived import PREDICTIONS_TOPIC
 
 FullPolicy = Literal["reject_new", "drop_oldest", "downsample_oldest"]
 FULL_POLICIES: tuple[str, ...] = ("reject_new", "drop_oldest", "downsample_oldest")
@@ -44,6 +45,12 @@ class BufferConfig:
     upload_topic: str = topics.SENSOR_DATA
     anomalies_topic: str = topics.ANOMALIES
     status_topic: str = ""  # default: factory/{factory_id}/gateway/status
+    # The failure predictor's probabilities as the derived series failure_probability
+    # (sensor_buffer.derived): stored when they moved by the deadband or the interval passed
+    store_predictions: bool = True
+    predictions_topic: str = ""  # default: factory/{factory_id}/predictions
+    prediction_deadband: float = 0.01
+    prediction_max_interval_s: float = 300.0
     # Group commit
     commit_interval_ms: float = 5.0
     commit_max_readings: int = 5_000
@@ -82,8 +89,20 @@ class BufferConfig:
             raise ConfigError("; ".join(problems))
 
     @property
-    def topics_in(self) -> tuple[str, ...]:
+    def readings_topics(self) -> tuple[str, ...]:
         return self.input_topics or (topics.readings_topic(self.factory_id),)
+
+    @property
+    def predictions(self) -> str:
+        """The predictions topic the buffer stores from; empty when it stores none."""
+        if not self.store_predictions:
+            return ""
+        return self.predictions_topic or PREDICTIONS_TOPIC.format(factory_id=self.factory_id)
+
+    @property
+    def topics_in(self) -> tuple[str, ...]:
+        """Every topic the buffer subscribes to: the readings, and the predictions."""
+        return self.readings_topics + ((self.predictions,) if self.predictions else ())
 
     @property
     def status(self) -> str:
@@ -105,8 +124,9 @@ class BufferConfig:
         return self.data_dir / "sensor_buffer.sqlite3"
 
     def with_catalog(self, catalog: MetricCatalog) -> BufferConfig:
-        """Fill thresholds from the catalog for every metric the configuration leaves out."""
-        merged = {name: metric.edge for name, metric in catalog.items()}
+        """Fill thresholds from the catalog for every measured metric the configuration leaves
+        out (a derived series, such as the predictor's probability, has none)."""
+        merged = {name: metric.edge for name, metric in catalog.measured.items()}
         merged.update(self.thresholds)
         return replace(self, thresholds=merged)
 
@@ -134,6 +154,7 @@ def _problems(config: BufferConfig) -> list[str]:
         "backoff_initial_s",
         "backoff_max_s",
         "health_interval_s",
+        "prediction_max_interval_s",
     )
     problems.extend(
         f"{name}: must be positive, got {getattr(config, name)}"
@@ -161,6 +182,17 @@ def _problems(config: BufferConfig) -> list[str]:
         )
     if config.downsample_factor < 2:
         problems.append(f"downsample_factor: must be at least 2, got {config.downsample_factor}")
+    if not 0 <= config.prediction_deadband < 1:
+        problems.append(
+            "prediction_deadband: a probability change in [0, 1) (0 stores every prediction), "
+            f"got {config.prediction_deadband}"
+        )
+    if not isinstance(config.store_predictions, bool):
+        problems.append(
+            f"store_predictions: expected true or false, got {config.store_predictions!r}"
+        )
+    if config.predictions and config.predictions in config.readings_topics:
+        problems.append(f"predictions_topic: {config.predictions!r} is also a readings topic")
     if config.batch_max_readings < config.commit_max_readings:
         problems.append("batch_max_readings: must be at least commit_max_readings")
     for name, edge in config.thresholds.items():
@@ -181,6 +213,10 @@ _KEYS = {
     "uploadTopic": "upload_topic",
     "anomaliesTopic": "anomalies_topic",
     "statusTopic": "status_topic",
+    "storePredictions": "store_predictions",
+    "predictionsTopic": "predictions_topic",
+    "predictionDeadband": "prediction_deadband",
+    "predictionMaxIntervalSeconds": "prediction_max_interval_s",
     "commitIntervalMs": "commit_interval_ms",
     "commitMaxReadings": "commit_max_readings",
     "synchronous": "synchronous",
@@ -275,7 +311,14 @@ def default_configuration(catalog: MetricCatalog) -> dict[str, Any]:
     # factoryId is set per thing group by the deployment (empty: the thing name is used).
     document: dict[str, Any] = {"factoryId": "", "dataDir": "data"}
     for key, name in _KEYS.items():
-        if name in ("factory_id", "data_dir", "thresholds", "input_topics", "status_topic"):
+        if name in (
+            "factory_id",
+            "data_dir",
+            "thresholds",
+            "input_topics",
+            "status_topic",
+            "predictions_topic",
+        ):
             continue  # per deployment, or derived from factoryId
         document[key] = getattr(defaults, name)
     document["maxDiskBytes"] = defaults.max_disk_bytes

@@ -45,6 +45,7 @@ from iiot.wire import (
     validate_batch,
     validate_json,
 )
+from sensor_buffer.derived import Converted, PredictionSeries
 from sensor_buffer.store import FullEvent, QuarantineItem, Store, payload_digest
 from sensor_buffer.thresholds import ThresholdChecker
 
@@ -120,6 +121,8 @@ class IngestResult:
     quarantined: int = 0
     quarantine_evicted: int = 0
     duplicates: int = 0
+    predictions: int = 0  # prediction messages turned into failure_probability readings
+    predictions_suppressed: int = 0  # held back by the deadband
     anomalies: list[Anomaly] = field(default_factory=list)
     full_events: list[FullEvent] = field(default_factory=list)
 
@@ -137,8 +140,12 @@ class Ingestor:
         max_block_readings: int = 5_000,
         limits: Limits = DEFAULT_LIMITS,
         clock: Callable[[], float] = time.time,
+        predictions: PredictionSeries | None = None,
+        predictions_topic: str = "",
     ) -> None:
         self.store = store
+        self.predictions = predictions
+        self.predictions_topic = predictions_topic
         self.limits = limits
         self.validator = validator
         self.checker = checker
@@ -192,6 +199,7 @@ class Ingestor:
         digests: list[bytes] = []
         fast_items: list[Incoming] = []
         exact_items: list[Incoming] = []
+        quarantine: list[QuarantineItem] = []
         seen_now: set[bytes] = set()
         for item in items:
             digest = _identity(item.payload, self.limits)
@@ -200,13 +208,14 @@ class Ingestor:
                 continue
             seen_now.add(digest)
             digests.append(digest)
-            if self._fast_candidate(item.payload):
+            if self.predictions is not None and item.topic == self.predictions_topic:
+                self._prediction(item, exact_items, quarantine, result)
+            elif self._fast_candidate(item.payload):
                 fast_items.append(item)
             else:
                 exact_items.append(item)
 
         parts: Parts = ([], [], [])
-        quarantine: list[QuarantineItem] = []
         fast_sid, fast_ts, fast_value, unsure = self._fast_json(fast_items)
         if len(fast_sid):
             parts[0].append(fast_sid)
@@ -228,16 +237,32 @@ class Ingestor:
 
         anomalies = self._check_thresholds(sid, ts, value)
         result.anomalies = anomalies
-        appended, events = self.store.append(
-            sid,
-            ts,
-            value,
-            anomalies=[(a.anomaly_id, encode_anomaly(a)) for a in anomalies],
-            quarantine=quarantine,
-            digests=digests,
-            counters={"duplicates_dropped": result.duplicates} if result.duplicates else None,
-            max_block_readings=self.max_block_readings,
-        )
+        counters = {
+            name: amount
+            for name, amount in (
+                ("duplicates_dropped", result.duplicates),
+                ("predictions_converted", result.predictions),
+                ("predictions_suppressed", result.predictions_suppressed),
+            )
+            if amount
+        }
+        try:
+            appended, events = self.store.append(
+                sid,
+                ts,
+                value,
+                anomalies=[(a.anomaly_id, encode_anomaly(a)) for a in anomalies],
+                quarantine=quarantine,
+                digests=digests,
+                counters=counters or None,
+                max_block_readings=self.max_block_readings,
+            )
+        except BaseException:
+            if self.predictions is not None:
+                self.predictions.rollback()  # redelivered, they meet the deadband as before
+            raise
+        if self.predictions is not None:
+            self.predictions.commit()
         result.stored = appended.stored
         result.rejected_full = appended.rejected
         result.quarantine_evicted = appended.quarantine_evicted
@@ -246,6 +271,38 @@ class Ingestor:
             if item.ack is not None:
                 item.ack()
         return result
+
+    def _prediction(
+        self,
+        item: Incoming,
+        exact_items: list[Incoming],
+        quarantine: list[QuarantineItem],
+        result: IngestResult,
+    ) -> None:
+        """A prediction message: its failure_probability reading takes the exact path (one
+        reading: the contract's checks and reasons), a bad one is quarantined whole with the
+        reason, one within the deadband is acknowledged and counted."""
+        assert self.predictions is not None
+        try:
+            converted = self.predictions.convert(item.payload)
+        except Exception as exc:  # isolated like any payload
+            log.warning("prediction quarantined: conversion raised", exc_info=True)
+            converted = Converted(reason=f"prediction: could not be converted ({exc!r})")
+        if converted.reason is not None:
+            quarantine.append(
+                QuarantineItem(
+                    item.received_ms,
+                    item.topic,
+                    converted.reason,
+                    None,
+                    item.payload[:_QUARANTINED_BYTES],
+                )
+            )
+        elif converted.reading is None:
+            result.predictions_suppressed += 1
+        else:
+            result.predictions += 1
+            exact_items.append(Incoming(item.topic, converted.reading, item.received_ms))
 
     def _fast_candidate(self, payload: bytes) -> bool:
         """Whether the fast path may try a payload: JSON within the byte limit, ASCII only (the

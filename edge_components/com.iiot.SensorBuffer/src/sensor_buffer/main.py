@@ -25,6 +25,8 @@ from iiot.catalog import MetricCatalog, load_catalog
 from iiot.contract import Validator
 from sensor_buffer.alert_window import AlertWindow
 from sensor_buffer.config import BufferConfig, from_component_config
+from sensor_buffer.derived import METRIC as PREDICTION_METRIC
+from sensor_buffer.derived import PredictionSeries
 from sensor_buffer.health import HealthTracker
 from sensor_buffer.ingest import Incoming, Ingestor, IngestResult, micro_batch_share
 from sensor_buffer.store import Store
@@ -63,6 +65,13 @@ class SensorBuffer:
             clock=clock,
         )
         self.checker = ThresholdChecker(self.config.thresholds, self.store.series.__getitem__)
+        predictions = None
+        if self.config.predictions and PREDICTION_METRIC in catalog.derived:
+            predictions = PredictionSeries(
+                catalog[PREDICTION_METRIC],
+                deadband=config.prediction_deadband,
+                max_interval_ms=int(config.prediction_max_interval_s * 1000),
+            )
         self.ingestor = Ingestor(
             self.store,
             Validator(catalog, clock=clock),
@@ -71,6 +80,8 @@ class SensorBuffer:
             max_block_readings=config.commit_max_readings,
             limits=config.limits,
             clock=clock,
+            predictions=predictions,
+            predictions_topic=self.config.predictions,
         )
         self.uploader = Uploader(self.store, transport.publish_cloud, self.config)
         self.health = HealthTracker(self.store, clock)

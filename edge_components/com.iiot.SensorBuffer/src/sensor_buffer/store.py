@@ -101,6 +101,8 @@ COUNTERS = (
     "retention_dropped",
     "duplicates_dropped",
     "anomalies_sent",
+    "predictions_converted",  # into failure_probability readings, then validated (derived.py)
+    "predictions_suppressed",  # held back by the deadband
 )
 
 
