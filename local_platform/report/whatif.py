@@ -60,7 +60,10 @@ class Policy:
     # at most one job per machine in this time. Chosen on the validation fleet (`choose_policy`,
     # the demo run's seed + 3000, its model, 7 days): downtime reduction 29% at 1 h, 40% at 4 h,
     # 42% at 12 h, 39% at 24 h; a day's gap after a job that found nothing dropped the alert of
-    # a failure developing within it (3 of the 10 failures left on the what-if's own fleet)
+    # a failure developing within it (3 of the 10 failures left on the what-if's own fleet).
+    # Again with the 20-day model (the ml step's since 323a1bc; its own threshold 0.95): 12 h
+    # at the model's threshold -46.7%; pinning alertThreshold 0.9, -35.6% at 12 h and at 24 h
+    # (alerts under 0.95 wait for the next shift change: 7 failures came first)
     min_gap_hours: float = 12.0
     warmup_hours: float = 2.0  # readings the predictor sees before its alerts count
     # the predictors' alertThreshold, as a deployment may pin it; None: the model's own
@@ -252,9 +255,8 @@ def run_whatif(
             if alert is None:
                 continue
             earliest = alert[0] + int(policy.lead_hours * HOUR_MS)
-            start = (
-                earliest if alert[1] >= policy.urgent_probability else next_shift_change(earliest)
-            )
+            urgent = alert[1] >= policy.urgent_probability
+            start = earliest if urgent else next_shift_change(earliest)
             if start >= fleet.end_ms:
                 continue
             plan[machine].append(start)
@@ -264,6 +266,7 @@ def run_whatif(
                     "alert_ms": alert[0],
                     "probability": round(alert[1], 3),
                     "job_ms": start,
+                    "urgent": urgent,  # at once, not at the next shift change
                 }
             )
             frontier[machine] = start + int(policy.min_gap_hours * HOUR_MS)
@@ -321,6 +324,9 @@ def run_whatif(
         "downtime_reduction": round(reduction, 4),
         "unplanned_reduction": round(unplanned, 4),
         "extra_maintenance_h": pred["planned_h"],
+        # jobs ordered at once on a CRITICAL alert (p >= urgent_probability): with a model whose
+        # own alert threshold is that high, every job is one
+        "urgent_jobs": sum(a["urgent"] for a in alerts),
         "goal_reduction": 0.5,
         "meets_goal": reduction >= 0.5,
         "jobs": alerts,
