@@ -139,6 +139,12 @@ def _series_lookup(
     return f"    {value}"
 
 
+# The columns a severity anomaly is made of: the OVER window carries only these (with `SELECT *`
+# every reading it buffers held the source's 13 columns, the dead-letter ones included, through
+# the exchange and in the window's state).
+_RUN_COLUMNS = ("factory_id", "machine_id", "metric", "sensor_id", "`value`", "`timestamp`")
+
+
 def _run_queries(debounce: dict[str, int]) -> str:
     """Each reading of a severity-ruled metric with the lowest value and the number of the
     last `debounce` readings of its series (itself included), in event-time order: one OVER
@@ -152,7 +158,7 @@ def _run_queries(debounce: dict[str, int]) -> str:
         "\n".join(
             [
                 f"{indent}SELECT",
-                f"{indent}  *,",
+                f"{indent}  {', '.join(_RUN_COLUMNS)},",
                 f"{indent}  MIN(`value`) OVER run AS run_low,",
                 f"{indent}  COUNT(*) OVER run AS run_readings",
                 f"{indent}FROM valid_readings",

@@ -43,7 +43,7 @@ FROM (
     END AS threshold
   FROM (
     SELECT
-      *,
+      factory_id, machine_id, metric, sensor_id, `value`, `timestamp`,
       MIN(`value`) OVER run AS run_low,
       COUNT(*) OVER run AS run_readings
     FROM valid_readings
