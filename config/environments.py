@@ -106,7 +106,10 @@ WIRE_BYTES_PER_READING = {100: 18.29, 500: 5.89, 2000: 2.71, 5000: 1.88}
 # (the JSON rules in the same run: 138K/s). Managed Flink keeps state in RocksDB, where
 # the windows' firing dominates (17-29K/s in the previous session's research, 10.5K/s on a
 # loaded machine here): with autoscaling on (prod) the service adds KPUs when the
-# application falls behind, and the FlinkConsumerBehind alarm says when it does.
+# application falls behind, and the FlinkConsumerBehind alarm says when it does. Since a4771db
+# the bench emits watermarks every 200 ms as the deployed application does (before: after every
+# reading, the tests' setting, about 10-20% more task CPU); re-measure on an idle machine with
+# `.venv/bin/python bench/stream.py --repeat 3 --no-copying` before changing this figure.
 DECODE_RULES_EVENTS_PER_SLOT = 113_000
 # Readings per second one source subtask decodes (the iiot-batch format decodes inside the
 # Kinesis source, and a shard is read by one subtask only, so this bounds the readings one
