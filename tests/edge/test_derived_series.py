@@ -82,7 +82,7 @@ def test_a_prediction_is_stored_as_a_reading_and_raises_no_threshold_alert(
     assert (result.accepted, result.stored, result.quarantined) == (1, 1, 0)
     assert stored(ingestor) == [
         (
-            tuple(SeriesKey("F1", "F1-M001", "failure_predictor", METRIC, "probability")),
+            tuple(SeriesKey("F1", "F1-M001", "F1-M001-failure_predictor", METRIC, "probability")),
             NOW_MS - 60_000,
             0.97,
         )
@@ -123,6 +123,22 @@ def test_machines_have_their_own_deadband(tmp_path: Path, catalog: MetricCatalog
     ]
     ingestor.process(items)
     assert sorted(key[1] for key, _, _ in stored(ingestor)) == ["F1-M001", "F1-M002"]
+
+
+def test_each_machine_has_its_own_sensor_id(tmp_path: Path, catalog: MetricCatalog) -> None:
+    """Two machines' probabilities at the same time are two readings: the lake, the contract
+    and the connected run's reconciliation identify a reading by (sensor_id, timestamp), so a
+    sensor id shared by the fleet would make one machine's probability a copy of another's."""
+    ingestor, _ = make_ingestor(tmp_path, catalog)
+    ts = NOW_MS - 60_000
+    ingestor.process(
+        [Incoming(TOPIC, prediction(0.4, machine=m, ts=ts), NOW_MS) for m in ("F1-M001", "F1-M002")]
+    )
+    rows = stored(ingestor)
+    assert sorted((key[2], t) for key, t, _ in rows) == [
+        ("F1-M001-failure_predictor", ts),
+        ("F1-M002-failure_predictor", ts),
+    ]
 
 
 def test_a_steady_stream_of_predictions_adds_few_readings(

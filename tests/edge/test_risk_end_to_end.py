@@ -34,7 +34,7 @@ from tests.edge.mqtt_helpers import Collector, Key, uploaded, wait_for
 pytestmark = pytest.mark.slow
 METRIC = "failure_probability"
 TOPIC = topic(PREDICTIONS, "F01")
-SERIES = ("F01", "{machine}", "failure_predictor", METRIC, "probability")
+SERIES = ("F01", "{machine}", "{machine}-failure_predictor", METRIC, "probability")
 
 
 @pytest.fixture
@@ -171,7 +171,8 @@ def test_a_prediction_becomes_an_influxdb_point_and_a_lake_row_across_an_outage(
     points = Counter(
         key(s["tags"]["machine_id"], ts, value)
         for s in series
-        if s["tags"]["factory_id"] == "F01" and s["tags"]["sensor_id"] == "failure_predictor"
+        if s["tags"]["factory_id"] == "F01"
+        and s["tags"]["sensor_id"] == f"{s['tags']['machine_id']}-failure_predictor"
         for ts, value in s["values"]
     )
     assert points == expected

@@ -84,7 +84,7 @@ class PredictionSeries:
         if metric.derived is None:
             raise ValueError(f"{metric.name} is not a derived metric of the catalog")
         self.metric = metric
-        self.sensor_id = metric.derived
+        self.component = metric.derived
         self.deadband = deadband
         self.max_interval_ms = max_interval_ms
         self._last: dict[str, _Last] = {}
@@ -114,7 +114,9 @@ class PredictionSeries:
             timestamp=prediction.timestamp,
             factory_id=prediction.factory_id,
             machine_id=machine,
-            sensor_id=self.sensor_id,
+            # one sensor id per machine, like a sensor's (`<machine>-<metric>`): the lake and
+            # the contract identify a reading by (sensor_id, timestamp)
+            sensor_id=f"{machine}-{self.component}",
             metric=self.metric.name,
             value=p,
             unit=self.metric.unit,
