@@ -48,7 +48,7 @@ def run(
     from iiot.catalog import load_catalog
     from spark_jobs import io, jobs
     from spark_jobs.engine import sail_session
-    from spark_jobs.transforms import quality_rules
+    from spark_jobs.transforms import derived_metrics, quality_rules
 
     if job not in ("bronze", "silver", "gold", "all", "maintenance"):
         stderr.print(
@@ -79,7 +79,9 @@ def run(
         elif job == "silver":
             results = [jobs.run_silver(spark, paths, rules, settings=settings, progress=progress)]
         else:
-            results = [jobs.run_gold(spark, paths, progress=progress)]
+            results = [
+                jobs.run_gold(spark, paths, progress=progress, derived=derived_metrics(rules))
+            ]
     table = Table("job", "new rows", "quarantined", "duplicates", "partitions", "seconds")
     for r in results:
         table.add_row(

@@ -334,10 +334,11 @@ def features_arrow(
     sigma: float,
     min_periods: int,
     dedupe: bool,
+    unflagged: frozenset[str] = frozenset(),
 ) -> Iterator[Any]:
     """`mapInArrow` body: one partition's rows (every series whole in it) with the features
-    appended (`FEATURES`), copies dropped when `dedupe`. Rows keep their partition order, so no
-    input column is copied."""
+    appended (`FEATURES`), copies dropped when `dedupe`; rows of an `unflagged` metric never
+    get `is_anomaly`. Rows keep their partition order, so no input column is copied."""
     import pyarrow as pa
 
     parts = list(batches)
@@ -365,6 +366,14 @@ def features_arrow(
         sigma=sigma,
         min_periods=min_periods,
     )
+    if unflagged:
+        import pyarrow.compute as pc
+
+        metric = table.column("metric").cast(pa.string())
+        skip = np.asarray(pc.is_in(metric, pa.array(sorted(unflagged))).to_numpy(False), bool)
+        if skip.any():
+            flags, nulls = computed["is_anomaly"]
+            computed["is_anomaly"] = (flags & ~skip[order], nulls)
     arrow_types = {"int": pa.int32(), "double": pa.float64(), "boolean": pa.bool_()}
     for name, kind in FEATURES:
         values, nulls = computed[name]

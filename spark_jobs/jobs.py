@@ -287,7 +287,16 @@ def run_silver(
     # partitions to use every core and to bound the rows each Python call holds.
     series_partitions = max(parallelism, -(-result.rows_in // settings.rows_per_partition))
     changed = _merge_readings(
-        spark, paths, readings, partitions, earliest, settings, result, progress, series_partitions
+        spark,
+        paths,
+        readings,
+        partitions,
+        earliest,
+        settings,
+        result,
+        progress,
+        series_partitions,
+        transforms.derived_metrics(rules),
     )
     io.record_changes(spark, paths, top, changed)
     io.write_watermark(spark, paths, "silver", top)
@@ -313,12 +322,17 @@ def _merge_readings(
     result: StepResult,
     progress: Progress,
     series_partitions: int,
+    derived: frozenset[str] = frozenset(),
 ) -> set[tuple[Any, str]]:
     """Merge the readings; return the (event_date, factory_id) partitions that changed."""
     result.partitions = len(partitions)
     if not partitions:
         return set()
-    features = {**_feature_settings(settings), "partitions": series_partitions}
+    features = {
+        **_feature_settings(settings),
+        "partitions": series_partitions,
+        "unflagged": derived,
+    }
     if not io.table_exists(spark, paths.silver):
         progress(f"silver: writing {result.rows_in} accepted readings (duplicates included)")
         rows = transforms.silver_rows(
@@ -413,9 +427,14 @@ def _day(epoch_ms: int) -> date:
 
 
 def run_gold(
-    spark: SparkSession, paths: io.LakePaths, *, progress: Progress = _nothing
+    spark: SparkSession,
+    paths: io.LakePaths,
+    *,
+    progress: Progress = _nothing,
+    derived: frozenset[str] = frozenset(),
 ) -> StepResult:
-    """Recompute the daily aggregates of the partitions silver changed since the last run."""
+    """Recompute the daily aggregates of the partitions silver changed since the last run
+    (`derived`: computed series, left out of the factories' counts, `transforms.factory_daily`)."""
     began = time.perf_counter()
     result = StepResult("gold")
     if not io.table_exists(spark, paths.silver):
@@ -439,7 +458,11 @@ def run_gold(
     machine_days = spark.createDataFrame(machine_frame.collect(), machine_frame.schema)
     for uri, frame, keys in (
         (paths.machine_daily, machine_days, MACHINE_DAILY_KEYS),
-        (paths.factory_daily, transforms.factory_daily(machine_days), FACTORY_DAILY_KEYS),
+        (
+            paths.factory_daily,
+            transforms.factory_daily(machine_days, derived),
+            FACTORY_DAILY_KEYS,
+        ),
     ):
         if io.table_exists(spark, uri):
             columns = [c for c in frame.columns if c not in keys]
@@ -481,7 +504,9 @@ def run_all(
         )
     ]
     results.append(run_silver(spark, paths, rules, settings=settings, progress=progress))
-    results.append(run_gold(spark, paths, progress=progress))
+    results.append(
+        run_gold(spark, paths, progress=progress, derived=transforms.derived_metrics(rules))
+    )
     for step in results:
         log.info("lake job finished", extra=step.figures())
     return results

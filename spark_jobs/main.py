@@ -53,7 +53,7 @@ def run(
     """Run one job (or all) on `spark`; return each job's figures."""
     from iiot.catalog import load_catalog
     from spark_jobs import io, jobs, maintenance
-    from spark_jobs.transforms import quality_rules
+    from spark_jobs.transforms import derived_metrics, quality_rules
 
     paths = io.LakePaths.from_root(lake_root)
     rules = quality_rules(load_catalog())
@@ -88,7 +88,9 @@ def run(
             jobs.run_bronze(spark, paths, full_listing=full_listing)  # type: ignore[arg-type]
         ],
         "silver": lambda: [jobs.run_silver(spark, paths, rules)],  # type: ignore[arg-type]
-        "gold": lambda: [jobs.run_gold(spark, paths)],  # type: ignore[arg-type]
+        "gold": lambda: [
+            jobs.run_gold(spark, paths, derived=derived_metrics(rules))  # type: ignore[arg-type]
+        ],
         "all": lambda: jobs.run_all(spark, paths, rules, full_listing=full_listing),  # type: ignore[arg-type]
     }
     return [result.figures() for result in steps[job]()]

@@ -401,19 +401,30 @@ def _decode_arrow(batches: Iterator[Any]) -> Iterator[Any]:
 
 @dataclass(frozen=True)
 class QualityRule:
-    """What a reading of one metric must satisfy: its unit and the physically valid range."""
+    """What a reading of one metric must satisfy: its unit and the physically valid range.
+    `derived`: a series the platform computes (the catalog's `derived`, e.g. the predictor's
+    failure_probability), stored like a reading but no sensor: the 3-sigma flag and the
+    factories' sensor and reading counts leave it out."""
 
     unit: str
     min: float
     max: float
+    derived: bool = False
 
 
 def quality_rules(catalog: MetricCatalog) -> dict[str, QualityRule]:
     """The catalog's units and valid ranges, as plain parameters for `quality_check`."""
     return {
-        name: QualityRule(metric.unit, metric.valid_range.min, metric.valid_range.max)
+        name: QualityRule(
+            metric.unit, metric.valid_range.min, metric.valid_range.max, metric.is_derived
+        )
         for name, metric in catalog.items()
     }
+
+
+def derived_metrics(rules: Mapping[str, QualityRule]) -> frozenset[str]:
+    """The metrics of `rules` that are computed series, not sensors (`QualityRule.derived`)."""
+    return frozenset(name for name, rule in rules.items() if rule.derived)
 
 
 def quality_check(
@@ -634,6 +645,7 @@ def rolling_features(
     min_periods: int,
     dedupe: bool = False,
     partitions: int | None = None,
+    unflagged: frozenset[str] = frozenset(),
 ) -> DataFrame:
     """Rolling statistics per machine and metric, and 3-sigma anomaly flags.
 
@@ -655,7 +667,8 @@ def rolling_features(
     (`spark_jobs.features.STD_FLOOR`) did not hide.
 
     `partitions`: how many partitions the series are spread over (`by_series`); each
-    partition's rows are in one Python call's memory at once.
+    partition's rows are in one Python call's memory at once. `unflagged`: metrics whose rows
+    get their statistics but never `is_anomaly` (the derived series, `derived_metrics`).
     """
     import functools
 
@@ -675,6 +688,7 @@ def rolling_features(
         sigma=sigma,
         min_periods=min_periods,
         dedupe=dedupe,
+        unflagged=unflagged,
     )
     return by_series(readings, partitions).mapInArrow(body, schema)
 
@@ -753,10 +767,13 @@ def machine_daily(silver: DataFrame) -> DataFrame:
     )
 
 
-def factory_daily(machine_days: DataFrame) -> DataFrame:
+def factory_daily(machine_days: DataFrame, derived: frozenset[str] = frozenset()) -> DataFrame:
     """Per factory and day, from `machine_daily`'s rows: active machines (distinct machines,
     not rows), active sensors (a sensor belongs to one machine and metric, so the per-machine
-    counts add up), readings, anomalies and machines with anomalies."""
+    counts add up), readings, anomalies and machines with anomalies. The `derived` metrics'
+    rows (computed series, no sensors: `derived_metrics`) are left out."""
+    if derived:
+        machine_days = machine_days.filter(~F.col("metric").isin(sorted(derived)))
     return machine_days.groupBy("event_date", "factory_id").agg(
         F.countDistinct("machine_id").cast("long").alias("active_machines"),
         F.sum("sensor_count").cast("long").alias("active_sensors"),

@@ -135,6 +135,39 @@ def test_rolling_frame_covers_the_last_n_readings_and_flags_spikes(spark: Any) -
     assert not by_position[100]["is_anomaly"]
 
 
+def test_a_derived_series_gets_statistics_but_no_flag_and_is_no_sensor(spark: Any) -> None:
+    """The predictor's failure_probability is stored like a reading: its jump is a change of
+    risk, not a sensor outlier, and the factories' sensor and reading counts leave it out."""
+    from iiot.catalog import load_catalog
+
+    rules = transforms.quality_rules(load_catalog())
+    derived = transforms.derived_metrics(rules)
+    assert derived == {"failure_probability"}
+    assert "rpm" not in derived
+    values = [0.1, 0.11, 0.1, 0.11, 0.1, 0.11, 0.9, 0.1]
+    rows = [
+        (MONDAY + i * 10_000, "M1", metric, "u", v * scale, i + offset)
+        for metric, scale, offset in (("failure_probability", 1.0, 0), ("rpm", 100.0, 100))
+        for i, v in enumerate(values)
+    ]
+    silver = transforms.rolling_features(
+        transforms.with_time_dimensions(decoded(spark, rows)),
+        last_n=3,
+        time_window_ms=25_000,
+        sigma=3.0,
+        min_periods=3,
+        unflagged=derived,
+    )
+    flagged = {r["position"]: r for r in silver.collect() if r["is_anomaly"]}
+    assert sorted(flagged) == [106]  # the same jump: flagged on the sensor only
+    unflagged_jump = silver.filter("position = 6").collect()[0]
+    assert abs(unflagged_jump["zscore"]) > 3  # its statistics are still there
+    out = transforms.factory_daily(transforms.machine_daily(silver), derived).collect()
+    assert [(r["active_sensors"], r["reading_count"], r["anomaly_count"]) for r in out] == [
+        (1, len(values), 1)
+    ]
+
+
 def test_duplicates_keep_the_first_ingested_copy(spark: Any) -> None:
     rows = [(MONDAY, "M1", "rpm", "rpm", 1.0, 0), (MONDAY, "M1", "rpm", "rpm", 2.0, 1)]
     out = transforms.dedupe_readings(decoded(spark, rows)).select("position", "value")
