@@ -36,7 +36,12 @@ RECIPES = {
 LOCAL_SETTINGS: dict[str, dict[str, Any]] = {
     "sensor-buffer": {
         # The predictor's probabilities (derived series failure_probability) stay out of the
-        # connected run until its reconciliation counts them apart from the sensors' readings.
+        # connected run for now. With them on (reconcile.py counts them apart from the sensors'
+        # readings), a default demo at load 13-24 failed its reconciliation: the local hop from
+        # the predictor to the buffer is QoS 0, and F02's buffer took 1,558 of its 1,636
+        # predictions in one burst 22 s after the sensors stopped, after the final lake run
+        # (silver 90 rows, InfluxDB 1,648 points). The hop needs QoS 1 with the buffer's
+        # commit-then-ack, and the drain must wait for the predictors, before this goes on.
         "storePredictions": False,
         "healthIntervalSeconds": 1.0,
         "backoffMaxSeconds": 1.0,

@@ -196,21 +196,34 @@ def silver_progress(lake_dir: Path, live_start_ms: int) -> tuple[int, dict[str, 
 
 
 def silver_counts(lake_dir: Path, live_start_ms: int, live_end_ms: int) -> dict[str, Any]:
-    """The live readings in silver: rows, distinct (sensor, time) keys, per factory, and how
-    many batches they came in."""
+    """The live readings in silver: rows (of them, `derived_rows` of the series the platform
+    computes), distinct (sensor, time) keys, per factory, and the history before the live span."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.dataset as ds
+
+    from iiot.catalog import load_catalog
 
     table = _table(lake_dir / "silver" / "readings")
     if table is None:
-        return {"rows": 0, "distinct_keys": 0, "by_factory": {}, "history_rows": 0}
+        return {
+            "rows": 0,
+            "derived_rows": 0,
+            "distinct_keys": 0,
+            "by_factory": {},
+            "history_rows": 0,
+        }
     dataset = table.to_pyarrow_dataset()
     live = (ds.field("timestamp") >= live_start_ms) & (ds.field("timestamp") < live_end_ms)
-    data = dataset.to_table(columns=["factory_id", "sensor_id", "timestamp"], filter=live)
+    data = dataset.to_table(columns=["factory_id", "sensor_id", "metric", "timestamp"], filter=live)
     keys = data.group_by(["sensor_id", "timestamp"]).aggregate([]).num_rows
     by_factory = Counter(data.column("factory_id").to_pylist())
     history_rows = dataset.count_rows(filter=ds.field("timestamp") < live_start_ms)
+    derived = pa.array(sorted(load_catalog().derived), pa.string())
     return {
         "rows": data.num_rows,
+        # rows of the series the platform computes (the predictor's failure_probability)
+        "derived_rows": int(pc.sum(pc.is_in(data.column("metric"), derived)).as_py() or 0),
         "distinct_keys": keys,
         "by_factory": dict(sorted(by_factory.items())),
         "history_rows": history_rows,

@@ -34,6 +34,9 @@ from local_platform.connected.plan import Plan, read_json, write_json
 from local_platform.connected.sensors import factory_messages
 
 RECONCILIATION_FILE = "reconciliation.json"
+# The FailurePredictor's topic (factory/<id>/predictions), which the SensorBuffer stores as the
+# derived series failure_probability: its rows are counted apart from the sensors' readings.
+PREDICTIONS_TOPIC_SUFFIX = "/predictions"
 
 
 def reason_field(reason: str) -> str:
@@ -75,8 +78,12 @@ def gateway_counts(database: Path) -> dict[str, Any]:
     try:
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         reasons: Counter[str] = Counter()
-        for (reason,) in db.execute("SELECT reason FROM quarantine"):
-            reasons[reason_field(reason)] += 1
+        predictions_quarantined = 0
+        for reason, topic in db.execute("SELECT reason, topic FROM quarantine"):
+            if str(topic).endswith(PREDICTIONS_TOPIC_SUFFIX):
+                predictions_quarantined += 1
+            else:
+                reasons[reason_field(reason)] += 1
         backlog = db.execute("SELECT COALESCE(SUM(count), 0) FROM blocks").fetchone()[0]
         outbox = db.execute("SELECT COUNT(*) FROM outbox WHERE acked = 0").fetchone()[0]
     finally:
@@ -89,6 +96,7 @@ def gateway_counts(database: Path) -> dict[str, Any]:
     return {
         **counters,
         "quarantine_rows_by_reason": dict(sorted(reasons.items())),
+        "predictions_quarantined": predictions_quarantined,
         "unsent_readings": int(backlog),
         "unacked_batches": int(outbox),
     }
@@ -143,8 +151,16 @@ def reconcile_readings(plan: Plan, result: Reconciliation) -> None:
 
     published = sum(int(s.get("readings", 0)) for s in sensors.values())
     valid = sum(e["valid"] for e in expected.values())
-    committed = sum(g.get("readings_committed", 0) for g in gateways.values())
-    gateway_quarantined = sum(g.get("quarantined", 0) for g in gateways.values())
+    # The gateways also store the FailurePredictor's probabilities as readings of the derived
+    # series failure_probability (one per prediction the deadband let through): they travel
+    # with the sensors' readings from the buffer on, and are counted apart from them here.
+    stored = sum(g.get("readings_committed", 0) for g in gateways.values())
+    predictions = sum(g.get("predictions_converted", 0) for g in gateways.values())
+    predictions_quarantined = sum(g.get("predictions_quarantined", 0) for g in gateways.values())
+    committed = stored - predictions
+    gateway_quarantined = (
+        sum(g.get("quarantined", 0) for g in gateways.values()) - predictions_quarantined
+    )
     uploaded = sum(g.get("readings_uploaded", 0) for g in gateways.values())
     lost_at_gateway = sum(
         g.get(k, 0)
@@ -154,6 +170,7 @@ def reconcile_readings(plan: Plan, result: Reconciliation) -> None:
     expected_reasons = _sum([e["quarantined_by_reason"] for e in expected.values()])
     gateway_reasons = _sum([g.get("quarantine_rows_by_reason", {}) for g in gateways.values()])
     lake_quarantined = sum(lake_quarantine.values())
+    measured_rows = silver["rows"] - silver["derived_rows"]
 
     for factory in plan.factory_ids:
         result.check(
@@ -178,9 +195,18 @@ def reconcile_readings(plan: Plan, result: Reconciliation) -> None:
         expected_reasons,
     )
     result.check(
+        "predictions the gateways quarantined (the predictor sends probabilities in 0..1)",
+        predictions_quarantined,
+        0,
+    )
+    result.check(
         "readings lost at the gateways (full, retention, downsampling)", lost_at_gateway, 0
     )
-    result.check("readings uploaded (PUBACKed by the cloud) = committed", uploaded, committed)
+    result.check(
+        "readings uploaded (PUBACKed by the cloud) = committed (sensors' + predictions')",
+        uploaded,
+        stored,
+    )
     result.check(
         "readings landed (distinct batches) = uploaded", landed["unique_readings"], uploaded
     )
@@ -189,7 +215,12 @@ def reconcile_readings(plan: Plan, result: Reconciliation) -> None:
         silver["distinct_keys"],
         silver["rows"],
     )
-    result.check("readings in silver = valid readings", silver["rows"], valid)
+    result.check("sensors' readings in silver = valid readings", measured_rows, valid)
+    result.check(
+        "failure_probability rows in silver = predictions the gateways stored",
+        silver["derived_rows"],
+        predictions,
+    )
     result.check("silver rows outside the live span", silver.get("outside_live_span", 0), 0)
     result.check(
         "readings quarantined by the lake",
@@ -200,7 +231,7 @@ def reconcile_readings(plan: Plan, result: Reconciliation) -> None:
     result.check(
         "published = in silver exactly once + quarantined (by reason)",
         published,
-        silver["rows"] + gateway_quarantined + lake_quarantined,
+        measured_rows + gateway_quarantined + lake_quarantined,
     )
     result.figures["readings"] = {
         "published": published,
@@ -216,6 +247,14 @@ def reconcile_readings(plan: Plan, result: Reconciliation) -> None:
             g.get("duplicates_dropped", 0) for g in gateways.values()
         ),
         "uploaded": uploaded,
+        "predictions": {
+            "stored_as_failure_probability": predictions,
+            "held_back_by_deadband": sum(
+                g.get("predictions_suppressed", 0) for g in gateways.values()
+            ),
+            "quarantined": predictions_quarantined,
+            "in_silver": silver["derived_rows"],
+        },
         "iot_rule_telemetry_messages": ingress.get("telemetry_messages", 0),
         "iot_rule_telemetry_readings": ingress.get("telemetry_readings", 0),
         "iot_rule_errors": ingress.get("errors", 0),
@@ -284,13 +323,23 @@ def reconcile_cloud(plan: Plan, result: Reconciliation, influx: Any, resources: 
     writer_points = sum(int(w.get("points", 0)) for w in first_writes)
     writer_dead = drain_queue(resources.writer_dead_letters)
     writer_failed = drain_queue(resources.writer_on_failure)
+    predictions = readings.get("predictions", {}).get("stored_as_failure_probability", 0)
+    derived = set(load_catalog().derived)  # the InfluxDB measurement is the metric
+    derived_points = sum(n for name, n in points.items() if name in derived)
     result.check(
-        "readings in InfluxDB (queried back) = valid readings", sum(points.values()), valid
+        "sensors' readings in InfluxDB (queried back) = valid readings",
+        sum(points.values()) - derived_points,
+        valid,
+    )
+    result.check(
+        "failure_probability points in InfluxDB (queried back) = predictions the gateways stored",
+        derived_points,
+        predictions,
     )
     result.check(
         "points the writer wrote (first writes of each batch) = readings uploaded",
         writer_points,
-        committed,
+        committed + predictions,
     )
     result.check("records the writer dead-lettered", len(writer_dead), 0)
     result.check("writer batches given up (on-failure destination)", len(writer_failed), 0)
@@ -322,6 +371,7 @@ def reconcile_cloud(plan: Plan, result: Reconciliation, influx: Any, resources: 
     result.figures["influxdb"] = {
         "points_by_measurement": points,
         "points": sum(points.values()),
+        "failure_probability_points": derived_points,
         "writer_records": len(written),
         "writer_duplicate_records": len(written) - len(first_writes),
         "writer_dead_letters": len(writer_dead),
@@ -369,10 +419,15 @@ def reconcile_stream(plan: Plan, result: Reconciliation, clock: Any) -> None:
 
     stream = read_json(plan.status_dir / "stream.json", {})
     valid = result.figures.get("readings", {}).get("expected_valid", 0)
+    predictions = (
+        result.figures.get("readings", {})
+        .get("predictions", {})
+        .get("stored_as_failure_probability", 0)
+    )
     result.check(
-        "readings fed to the stream rules (once per batch) = valid readings",
+        "readings fed to the stream rules (once per batch) = valid readings + predictions stored",
         int(stream.get("rows", 0)),
-        valid,
+        valid + predictions,
     )
     output = plan.stream_dir / "anomalies"
     found = [
@@ -604,42 +659,3 @@ def reconcile_predictor_anomalies(plan: Plan, result: Reconciliation) -> None:
         "left_in_outboxes": waiting,
         "unknown_at_router": strangers[:20],
     }
-
-
-def alert_quality(plan: Plan, result: Reconciliation, horizon_ms: int = 24 * 3_600_000) -> None:
-    """How much the run's alerts were worth (`ml_pipeline.evaluate.alert_quality`): every
-    RAISED anomaly that reached the alert router (each id once; the predictors' and the stream
-    rules', live and late) against the fleet's failures, an alert counting as right when a
-    failure of its machine followed within `horizon_ms` (or was under way); and the failures
-    of the live hours an alert announced. Also written as `ml/alert_quality.json`, which the
-    fleet report shows."""
-    import json
-
-    from local_platform.connected import maintenance
-    from ml_pipeline.evaluate import Incident
-    from ml_pipeline.evaluate import alert_quality as judge
-
-    _, failures, _ = maintenance.schedule(plan)
-    incidents = [
-        Incident(str(f["machine_id"]), int(f["failed_at_ms"]), int(f["repaired_at_ms"]))
-        for f in failures
-        if int(f["failed_at_ms"]) < plan.live_end_ms
-    ]
-    alerts = [a for a in _anomaly_ledger(plan).values() if a.timestamp >= plan.live_start_ms]
-    quality = judge(alerts, incidents, horizon_ms=horizon_ms, since_ms=plan.live_start_ms)
-    by_source: dict[str, dict[str, Any]] = {}
-    for source in sorted({a.source for a in alerts}):
-        part = judge(
-            [a for a in alerts if a.source == source],
-            incidents,
-            horizon_ms=horizon_ms,
-            since_ms=plan.live_start_ms,
-        )
-        by_source[source] = {
-            k: part[k] for k in ("alerts", "alert_precision", "failures_alerted", "failures")
-        }
-    quality["by_source"] = by_source
-    result.figures["alert_quality"] = quality
-    path = plan.work_dir / "ml" / "alert_quality.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(quality, indent=2) + "\n")
