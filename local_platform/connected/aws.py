@@ -82,7 +82,7 @@ def _table(dynamodb: Any, name: str, key: str) -> str:
     return name
 
 
-def _machine_state_table(dynamodb: Any, name: str) -> str:
+def create_machine_state_table(dynamodb: Any, name: str) -> str:
     """One item per completed maintenance job, keyed by machine and completion time (the
     alerting stack's `MachineState`)."""
     dynamodb.create_table(
@@ -134,7 +134,7 @@ def create_resources() -> CloudResources:
         writer_on_failure=queue("writer-on-failure"),
         router_idempotency_table=_table(dynamodb, f"{PREFIX}-router-idempotency", "id"),
         router_cooldown_table=_table(dynamodb, f"{PREFIX}-cooldowns", "pk"),
-        router_machine_state_table=_machine_state_table(dynamodb, f"{PREFIX}-machine-state"),
+        router_machine_state_table=create_machine_state_table(dynamodb, f"{PREFIX}-machine-state"),
         router_dead_letters=queue("router-dead-letters"),
         router_on_failure=queue("router-on-failure"),
         alert_topic=alert_topic,

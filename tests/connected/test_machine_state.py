@@ -72,7 +72,7 @@ def test_the_router_reads_what_the_rule_wrote_in_the_runs_table(monkeypatch):
         monkeypatch.setenv(name, value)
     with mock_aws():
         dynamodb = boto3.client("dynamodb")
-        table = aws._machine_state_table(dynamodb, "iiot-local-machine-state")
+        table = aws.create_machine_state_table(dynamodb, "iiot-local-machine-state")
         earlier = JOB | {"maintenance_id": "PM-F01-M003-1", "kind": "preventive"}
         earlier |= {"completed_at_ms": JOB["completed_at_ms"] - 86_400_000}
         for job in (earlier, JOB):

@@ -62,19 +62,11 @@ def create_table(name: str, key: str) -> None:
 
 
 def create_machine_state_table(name: str) -> None:
-    """The machine state table as the alerting stack defines it (one item per completed job)."""
-    boto3.client("dynamodb").create_table(
-        TableName=name,
-        KeySchema=[
-            {"AttributeName": "machine_id", "KeyType": "HASH"},
-            {"AttributeName": "completed_at_ms", "KeyType": "RANGE"},
-        ],
-        AttributeDefinitions=[
-            {"AttributeName": "machine_id", "AttributeType": "S"},
-            {"AttributeName": "completed_at_ms", "AttributeType": "N"},
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    """The machine state table as the alerting stack defines it (one item per completed job):
+    the connected run's own definition."""
+    from local_platform.connected.aws import create_machine_state_table as create
+
+    create(boto3.client("dynamodb"), name)
 
 
 def create_queue(name: str) -> str:
