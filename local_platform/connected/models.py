@@ -41,6 +41,7 @@ import tempfile
 import time
 import zipfile
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,13 @@ def export_training_set(plan: Plan, out: Path, until_ms: int) -> dict[str, int]:
     silver = DeltaTable(str(plan.lake_dir / "silver" / "readings")).to_pyarrow_dataset()
     columns = ["timestamp", "factory_id", "machine_id", "sensor_id", "metric", "value", "unit"]
     readings = silver.to_table(columns=columns, filter=ds.field("timestamp") < until_ms)
+    if readings.num_rows == 0:  # e.g. a history no longer than the model's lag
+        until = datetime.fromtimestamp(until_ms / 1000, UTC)
+        raise LifecycleError(
+            f"the lake holds no readings before {until:%Y-%m-%d %H:%M} UTC to train on: the "
+            f"history ({plan.history_hours} h) must be longer than the model's lag "
+            f"({plan.model_lag_hours} h)"
+        )
     readings = readings.set_column(
         0, "timestamp", readings.column("timestamp").cast(pa.timestamp("ms", tz="UTC"))
     )
