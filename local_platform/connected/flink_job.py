@@ -32,7 +32,10 @@ def _properties(source: Path, sink: Path, delay_s: int, jar: Path | None) -> dic
     properties.update(source_properties(source, batches=jar is not None, jar=jar))
     properties.update(
         {
-            "source.source.monitor-interval": "1 s",
+            # The feed writes a file once the job has opened the one before (stream.FileFeed:
+            # the source reads the files of one scan in no order), so each file waits for a
+            # scan: every 200 ms.
+            "source.source.monitor-interval": "200 ms",
             "sink.connector": "filesystem",
             "sink.path": str(sink),
             "sink.format": "json",
