@@ -782,11 +782,14 @@ def test_deployments_configure_the_catalogs_thresholds(synth: Synth, catalog: An
     components = deployment["Properties"]["Components"]
     merge = json.loads(components["com.iiot.dev.SensorBuffer"]["ConfigurationUpdate"]["Merge"])
     assert merge["factoryId"] in environments()["dev"].factories
-    for name, metric in catalog.items():
+    # the sensors' metrics; a derived series (the predictor's failure_probability) has none
+    assert set(merge["thresholds"]) == set(catalog.measured)
+    for name, metric in catalog.measured.items():
         assert merge["thresholds"][name]["max"] == metric.edge.max
         assert merge["thresholds"][name]["debounce"] == metric.edge.debounce
     topics_ = json.dumps(merge["accessControl"])
     assert f"factory/{merge['factoryId']}/readings" in topics_
+    assert f"factory/{merge['factoryId']}/predictions" in topics_  # the derived series, in
     # The environment's IoT Core topics of the factory: configured, and the only ones the
     # relay may use (and the only ones the gateway's IoT policy lets it publish).
     factory = merge["factoryId"]
