@@ -83,6 +83,9 @@ def _build(settings: AlertSettings) -> Dependencies:
         units=load_catalog().units,
         machine_state=DynamoMachineState(dynamodb, settings.machine_state_table),
         startup_window_seconds=settings.startup_window_seconds,
+        on_machine_state_error=lambda: metrics.add_metric(
+            name="MachineStateUnavailable", unit=MetricUnit.Count, value=1
+        ),
     )
     dead_letter = SqsDeadLetter(boto3.client("sqs"), settings.dead_letter_queue_url)
     return Dependencies(

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import reprlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -169,6 +169,7 @@ class AlertService:
         units: Mapping[str, str] | None = None,
         machine_state: MachineState | None = None,
         startup_window_seconds: int = 0,
+        on_machine_state_error: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = cooldown_store
         self._alerts = alerts
@@ -177,6 +178,7 @@ class AlertService:
         self._units = dict(units or {})
         self._machine_state = machine_state
         self._startup_ms = startup_window_seconds * 1000
+        self._on_machine_state_error = on_machine_state_error
 
     def route(self, anomaly: Anomaly) -> Decision:
         return self.decide(anomaly).decision
@@ -190,9 +192,17 @@ class AlertService:
             or anomaly.anomaly_type not in STARTUP_TRANSIENT_TYPES
         ):
             return None
-        job = self._machine_state.last_return_to_service(
-            anomaly.factory_id, anomaly.machine_id, anomaly.timestamp
-        )
+        try:
+            job = self._machine_state.last_return_to_service(
+                anomaly.factory_id, anomaly.machine_id, anomaly.timestamp
+            )
+        except Exception as exc:  # fail open: shelving must never hold an alert back
+            log.warning(
+                "machine state unavailable; routed without start-up shelving",
+                extra={"anomaly_id": anomaly.anomaly_id, "error": repr(exc)},
+            )
+            self._on_machine_state_error()
+            return None
         if job is None or anomaly.timestamp - job.completed_at_ms > self._startup_ms:
             return None
         return job

@@ -181,3 +181,43 @@ def test_start_up_transients_are_suppressed_logged_and_counted_severity_goes_out
     metrics = next(json.loads(line) for line in lines if '"_aws"' in line)
     assert metrics["Suppressed_startup"] == [1.0, 1.0, 1.0]
     assert metrics["Anomalies_sent"] == [1.0]
+
+
+class BrokenMachineState:
+    def last_return_to_service(self, factory_id: str, machine_id: str, at_ms: int):
+        raise ConnectionError("machine state table unreachable")
+
+
+def test_an_unreadable_machine_state_fails_open_the_alert_goes_out():
+    """Shelving only ever holds an alert back: when the machine state cannot be read, the
+    anomaly is routed as if there were none (counted), never held or retried for it."""
+    errors = []
+    alerts = RecordingNotifier()
+    service = AlertService(
+        cooldown_store=InMemoryCooldownStore(),
+        alerts=alerts,
+        escalation=RecordingNotifier(),
+        cooldown_seconds=900,
+        machine_state=BrokenMachineState(),
+        startup_window_seconds=1800,
+        on_machine_state_error=lambda: errors.append(1),
+    )
+    assert service.route(rapid_change()) == Decision.SENT
+    assert len(alerts.sent) == 1
+    assert errors == [1]
+
+
+def test_the_lambda_sends_and_counts_when_the_machine_state_table_is_gone(
+    router, lambda_context, capsys, monkeypatch
+):
+    monkeypatch.setenv("MACHINE_STATE_TABLE", "iiot-no-such-table")
+    handler._build.cache_clear()
+    event = kinesis_event([encode_anomaly(rapid_change())])
+    assert handler.handler(event, lambda_context) == {"batchItemFailures": []}
+    handler._build.cache_clear()
+    (alert,) = drain(router["alerts"])
+    assert "F01-M003" in alert["Subject"]
+    lines = capsys.readouterr().out.splitlines()
+    metrics = next(json.loads(line) for line in lines if '"_aws"' in line)
+    assert metrics["MachineStateUnavailable"] == [1.0]
+    assert metrics["Anomalies_sent"] == [1.0]
