@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import msgspec
 
 from iiot.catalog import Metric
+from iiot.contract import Reading
 
 PREDICTIONS_TOPIC = "factory/{factory_id}/predictions"  # failure_predictor.messages.PREDICTIONS
 METRIC = "failure_probability"
@@ -41,16 +42,6 @@ class _Prediction(msgspec.Struct, frozen=True):
     timestamp: int
     probability: float
     alert: bool = False
-
-
-class _Reading(msgspec.Struct, frozen=True):
-    timestamp: int
-    factory_id: str
-    machine_id: str
-    sensor_id: str
-    metric: str
-    value: float
-    unit: str
 
 
 _decode = msgspec.json.Decoder(_Prediction).decode
@@ -110,7 +101,7 @@ class PredictionSeries:
         if last is not None and not self._due(last, now):
             return Converted()
         self._pending[machine] = now
-        reading = _Reading(
+        reading = Reading(
             timestamp=prediction.timestamp,
             factory_id=prediction.factory_id,
             machine_id=machine,
