@@ -106,6 +106,30 @@ class IpcTransport:
                 publish_message=PublishMessage(binary_message=BinaryMessage(message=payload)),
             )
 
+    def publish_local_confirmed(self, topic: str, payload: bytes) -> Future[None]:
+        """Publish on local pub/sub; the future completes with the nucleus's reply. Local
+        pub/sub is not MQTT: the nucleus hands the message in memory to the components
+        subscribed at that moment and keeps no queue or session, so the reply means only
+        that it took the message (a subscriber that is not running never gets it)."""
+        result: Future[None] = Future()
+        if self._client is None:
+            result.set_exception(ConnectionError("IPC client not started"))
+            return result
+        ipc_future = self._client.publish_to_topic_async(
+            topic=topic,
+            publish_message=PublishMessage(binary_message=BinaryMessage(message=payload)),
+        )
+
+        def done(f: Future[Any]) -> None:
+            error = f.exception()
+            if error is None:
+                result.set_result(None)
+            else:
+                result.set_exception(error)
+
+        ipc_future.add_done_callback(done)
+        return result
+
     def publish_cloud(self, topic: str, payload: bytes) -> Future[None]:
         """Publish at QoS 1; the future completes after IoT Core's PUBACK (or fails)."""
         result: Future[None] = Future()

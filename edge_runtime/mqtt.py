@@ -5,7 +5,9 @@ Both components use it outside Greengrass. Two clients: one on the gateway's loc
 production; another or the same mosquitto locally). Inputs are subscribed at QoS 1 with
 *manual* PUBACKs: a message is acknowledged to the local broker only when the component calls
 its `ack` (the SensorBuffer after the commit), so the broker redelivers whatever a crash
-interrupted. Cloud publishes are QoS 1; their PUBACK resolves the publish future.
+interrupted. Cloud publishes are QoS 1; their PUBACK resolves the publish future. Local
+publishes are QoS 0 (alerts, status), or QoS 1 with `publish_local_confirmed` (the
+FailurePredictor's predictions, which the SensorBuffer stores).
 
 With a persistent session (the SensorBuffer's), the input session is the component's: whoever
 connects with its client id takes it over and receives (and acknowledges) the messages queued
@@ -276,28 +278,40 @@ class MqttTransport:
         if self._local is not None:
             self._local.publish(topic, payload, mqtt5.QoS.AT_MOST_ONCE)
 
+    def publish_local_confirmed(self, topic: str, payload: bytes) -> Future[None]:
+        """QoS 1 on the local broker; the future resolves on its PUBACK (the broker then keeps
+        the message for every subscriber's session, a persistent one across that subscriber's
+        restart, until the subscriber acknowledges it)."""
+        return _qos1(self._local, self._broker, topic, payload)
+
     def publish_cloud(self, topic: str, payload: bytes) -> Future[None]:
-        result: Future[None] = Future()
-        if self._cloud is None or not self._cloud.connected.is_set():
-            result.set_exception(ConnectionError(f"not connected to {self._cloud_broker}"))
-            return result
-        crt_future = self._cloud.publish(topic, payload, mqtt5.QoS.AT_LEAST_ONCE)
-
-        def done(f: Any) -> None:
-            try:
-                completion = f.result()
-                code = completion.puback.reason_code if completion.puback else None
-                if code is not None and code not in _ACCEPTED:
-                    raise ConnectionError(f"PUBACK reason code {code!r}")
-                result.set_result(None)
-            except Exception as exc:
-                result.set_exception(exc)
-
-        crt_future.add_done_callback(done)
-        return result
+        return _qos1(self._cloud, self._cloud_broker, topic, payload)
 
     def stop(self) -> None:
         for client in (self._local, self._cloud):
             if client is not None:
                 client.stopping = True
                 client.client.stop()
+
+
+def _qos1(client: _Client | None, url: str, topic: str, payload: bytes) -> Future[None]:
+    """A QoS 1 publish whose future resolves on an accepting PUBACK and fails otherwise (not
+    connected, refused, the connection lost before the PUBACK)."""
+    result: Future[None] = Future()
+    if client is None or not client.connected.is_set():
+        result.set_exception(ConnectionError(f"not connected to {url}"))
+        return result
+    crt_future = client.publish(topic, payload, mqtt5.QoS.AT_LEAST_ONCE)
+
+    def done(f: Any) -> None:
+        try:
+            completion = f.result()
+            code = completion.puback.reason_code if completion.puback else None
+            if code is not None and code not in _ACCEPTED:
+                raise ConnectionError(f"PUBACK reason code {code!r}")
+            result.set_result(None)
+        except Exception as exc:
+            result.set_exception(exc)
+
+    crt_future.add_done_callback(done)
+    return result

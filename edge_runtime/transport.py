@@ -23,7 +23,14 @@ class Transport(Protocol):
         """Connect and subscribe to the input topics."""
 
     def publish_local(self, topic: str, payload: bytes) -> None:
-        """Publish on the gateway's local bus (alerts, status, predictions): fire and forget."""
+        """Publish on the gateway's local bus (alerts, status): fire and forget."""
+
+    def publish_local_confirmed(self, topic: str, payload: bytes) -> Future[None]:
+        """Publish on the local bus and learn whether the bus took it: the future resolves when
+        the local broker acknowledged it (MQTT QoS 1: its PUBACK, after which a subscriber's
+        persistent session holds it until that subscriber acknowledges it), or when the
+        Greengrass nucleus accepted it (IPC: delivered in memory to the subscribers running at
+        that moment, no queue for one that is not); it fails when the bus did not take it."""
 
     def publish_cloud(self, topic: str, payload: bytes) -> Future[None]:
         """Publish to the cloud at QoS 1; the future resolves on the broker's PUBACK."""
@@ -37,7 +44,8 @@ class MemoryTransport:
 
     `local` and `cloud` hold each side's publishes, `published` all of them in order;
     `auto_ack=False` keeps cloud futures pending (in `pending`) until the test resolves them,
-    and `fail_next` fails that many cloud publishes at once.
+    and `fail_next` fails that many cloud publishes at once (`fail_next_local` that many
+    confirmed local publishes).
     """
 
     def __init__(self, *, auto_ack: bool = True) -> None:
@@ -49,6 +57,7 @@ class MemoryTransport:
         self.topics: tuple[str, ...] = ()
         self.handler: MessageHandler | None = None
         self.fail_next = 0
+        self.fail_next_local = 0
         self._lock = threading.Lock()
 
     def start(self, topics: tuple[str, ...], on_message: MessageHandler) -> None:
@@ -62,6 +71,20 @@ class MemoryTransport:
         with self._lock:
             self.local.append((topic, payload))
             self.published.append((topic, payload))
+
+    def publish_local_confirmed(self, topic: str, payload: bytes) -> Future[None]:
+        """Recorded like `publish_local`; resolved at once, or failed while `fail_next_local`
+        lasts (then not recorded)."""
+        future: Future[None] = Future()
+        with self._lock:
+            if self.fail_next_local:
+                self.fail_next_local -= 1
+                future.set_exception(ConnectionError("simulated local bus failure"))
+                return future
+            self.local.append((topic, payload))
+            self.published.append((topic, payload))
+        future.set_result(None)
+        return future
 
     def publish_cloud(self, topic: str, payload: bytes) -> Future[None]:
         future: Future[None] = Future()

@@ -35,13 +35,8 @@ RECIPES = {
 }
 LOCAL_SETTINGS: dict[str, dict[str, Any]] = {
     "sensor-buffer": {
-        # The predictor's probabilities (derived series failure_probability) stay out of the
-        # connected run for now. With them on (reconcile.py counts them apart from the sensors'
-        # readings), a default demo at load 13-24 failed its reconciliation: the local hop from
-        # the predictor to the buffer is QoS 0, and F02's buffer took 1,558 of its 1,636
-        # predictions in one burst 22 s after the sensors stopped, after the final lake run
-        # (silver 90 rows, InfluxDB 1,648 points). The hop needs QoS 1 with the buffer's
-        # commit-then-ack, and the drain must wait for the predictors, before this goes on.
+        # Off until a demo with it on reconciles (the hop is QoS 1 and the drain waits for the
+        # predictors now).
         "storePredictions": False,
         "healthIntervalSeconds": 1.0,
         "backoffMaxSeconds": 1.0,
@@ -103,60 +98,86 @@ def run_sensor_buffer(raw: dict[str, Any], broker: str, cloud: str) -> None:
     run_until_signalled(lambda: SensorBuffer(config, transport, catalog))
 
 
+def payloads_file(status: Path) -> Path:
+    """Where a predictor process keeps the count of readings payloads it handled."""
+    return status.with_suffix(".payloads")
+
+
+def handled_payloads(status_dir: Path, factory: str) -> int:
+    """The readings payloads the factory's predictor processes handled, all of them (a payload
+    redelivered after a kill -9 may count twice, none is missed)."""
+    return sum(
+        int.from_bytes(path.read_bytes()[:8] or b"\0", "little")
+        for path in status_dir.glob(f"predictor-{factory}-*.payloads")
+    )
+
+
 def run_failure_predictor(
     raw: dict[str, Any], broker: str, cloud: str, status: Path | None = None
 ) -> None:
     import os
-    import secrets
     import threading
-    from collections import Counter
+    import time
 
     from failure_predictor.config import PredictorConfig
-    from failure_predictor.main import PredictorComponent
+    from failure_predictor.main import LocalBusCounts, PredictorComponent
 
-    from edge_runtime.mqtt import MqttTransport
+    from edge_runtime.mqtt import MqttTransport, session_client_id
     from edge_runtime.run import run_until_signalled
     from iiot import topics
     from iiot.anomaly import decode_anomaly
     from local_platform.connected.plan import write_json
 
-    predictions: Counter[str] = Counter()
     raised: dict[str, str] = {}  # anomaly id -> type: every anomaly this process raised
     lock = threading.Lock()
     writing = threading.Lock()  # two threads write the status file (one partial file name)
-    marker = b'"model_version":"'
+    running: list[PredictorComponent] = []  # the component of this process (one at a time)
 
     def write_status() -> None:
         if status is None:
             return
         with writing:
+            bus = running[-1].counts.snapshot() if running else {}
             with lock:
                 document = {
                     "pid": os.getpid(),
-                    "predictions": dict(predictions),
+                    "updated": time.time(),
+                    # predictions the local broker took (PUBACK), by model version: the run's
+                    # record of which version predicted what
+                    "predictions": bus.pop("predictions_confirmed_by_version", {}),
+                    **bus,
                     "anomalies": dict(raised),
                 }
             write_json(status, document)
 
     class CountingTransport(MqttTransport):
-        """The MQTT transport, counting the predictions it publishes by model version (the
-        run's record of which version predicted what; the local bus is QoS 0), and recording
-        each anomaly the predictor raises by id before it enters the outbox (the predictor
-        publishes it on the local alerts topic first), so the reconciliation can follow every
-        one to the alert router, also across a kill -9."""
+        """The MQTT transport, recording each anomaly the predictor raises by id before it
+        enters the outbox (the predictor publishes it on the local alerts topic first), so the
+        reconciliation can follow every one to the alert router, also across a kill -9."""
 
         def publish_local(self, topic: str, payload: bytes) -> None:
-            if topic.endswith("/predictions"):
-                start = payload.find(marker) + len(marker)
-                version = payload[start : payload.find(b'"', start)].decode(errors="replace")
-                with lock:
-                    predictions[version] += 1
-            elif topic == topics.LOCAL_ALERTS:
+            if topic == topics.LOCAL_ALERTS:
                 anomaly = decode_anomaly(payload)
                 with lock:
                     raised[anomaly.anomaly_id] = anomaly.anomaly_type
                 write_status()
             super().publish_local(topic, payload)
+
+    class DurableCounts(LocalBusCounts):
+        """Also writes the readings payloads handled to `<status>.payloads` (8 bytes, one
+        write per payload, into the page cache): a kill -9 cannot lose that count, and the
+        payload it may miss (killed between the two) was not acknowledged either, so the
+        broker redelivers it to the next process. The sum over the factory's processes then
+        reaches the sensors' message count exactly when every message was handled."""
+
+        def __init__(self, path: Path) -> None:
+            super().__init__()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+
+        def handled_readings(self) -> None:
+            super().handled_readings()
+            os.pwrite(self._fd, self.readings_payloads.to_bytes(8, "little"), 0)
 
     def report(stop: threading.Event) -> None:
         while True:
@@ -167,11 +188,19 @@ def run_failure_predictor(
 
     def make() -> PredictorComponent:
         config = PredictorConfig.from_mapping(raw)
-        # A clean session per run, as `failure_predictor.main --mqtt` does: its state is in
-        # memory and does not outlive the process.
-        client_id = f"failure-predictor-{config.factory_id}-{secrets.token_hex(8)}"
-        transport = CountingTransport(broker, cloud, client_id, persistent_session=False)
-        return PredictorComponent(config, transport)
+        # A persistent session on the gateway's broker, kept across a kill -9 and restart (the
+        # id is kept next to the outbox): the readings published while the predictor is down
+        # wait for it, so every reading the sensors sent reaches a predictor and the run can
+        # tell when the predictors are done (their payload count reaches the sensors').
+        client_id = session_client_id(
+            Path(config.outbox_path).parent, f"failure-predictor-{config.factory_id}"
+        )
+        transport = CountingTransport(broker, cloud, client_id)
+        component = PredictorComponent(config, transport)
+        if status is not None:
+            component.counts = DurableCounts(payloads_file(status))
+        running.append(component)
+        return component
 
     done = threading.Event()
     reporter = threading.Thread(target=report, args=(done,), daemon=True)

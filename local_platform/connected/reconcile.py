@@ -96,7 +96,9 @@ def gateway_counts(database: Path) -> dict[str, Any]:
     return {
         **counters,
         "quarantine_rows_by_reason": dict(sorted(reasons.items())),
-        "predictions_quarantined": predictions_quarantined,
+        # quarantine rows from the predictions topic: predictions that were none (also the
+        # counter predictions_quarantined) and converted readings the contract refused
+        "prediction_quarantine_rows": predictions_quarantined,
         "unsent_readings": int(backlog),
         "unacked_batches": int(outbox),
     }
@@ -156,7 +158,7 @@ def reconcile_readings(plan: Plan, result: Reconciliation) -> None:
     # with the sensors' readings from the buffer on, and are counted apart from them here.
     stored = sum(g.get("readings_committed", 0) for g in gateways.values())
     predictions = sum(g.get("predictions_converted", 0) for g in gateways.values())
-    predictions_quarantined = sum(g.get("predictions_quarantined", 0) for g in gateways.values())
+    predictions_quarantined = sum(g.get("prediction_quarantine_rows", 0) for g in gateways.values())
     committed = stored - predictions
     gateway_quarantined = (
         sum(g.get("quarantined", 0) for g in gateways.values()) - predictions_quarantined
@@ -559,14 +561,67 @@ def reconcile_models(
     }
 
 
+def predictor_statuses(plan: Plan, factory: str) -> list[dict[str, Any]]:
+    """The status of each predictor process the factory's gateway ran (one per start)."""
+    return [
+        read_json(path, {}) for path in sorted(plan.status_dir.glob(f"predictor-{factory}-*.json"))
+    ]
+
+
+PREDICTIONS_TAKEN = ("predictions_converted", "predictions_suppressed", "predictions_quarantined")
+
+
+def reconcile_predictions(plan: Plan, result: Reconciliation) -> None:
+    """The predictor -> buffer hop: every prediction a predictor published that the local
+    broker took (PUBACK) was taken by the gateway's buffer (stored, held back by the deadband,
+    or quarantined), each once. After a kill -9 the killed process's status may miss what it
+    confirmed in its last half second, so there the buffer may have taken more."""
+    gateways = result.figures.get("gateways", {})
+    by_factory: dict[str, dict[str, Any]] = {}
+    for factory in plan.factory_ids:
+        statuses = predictor_statuses(plan, factory)
+        confirmed = sum(int(s.get("predictions_confirmed", 0)) for s in statuses)
+        counts = gateways.get(factory, {})
+        taken = sum(int(counts.get(name, 0)) for name in PREDICTIONS_TAKEN)
+        refused = sum(int(s.get("predictions_refused", 0)) for s in statuses)
+        in_flight = int(statuses[-1].get("predictions_in_flight", 0)) if statuses else 0
+        by_factory[factory] = {
+            "predictor_processes": len(statuses),
+            "published": sum(int(s.get("predictions_published", 0)) for s in statuses),
+            "confirmed_by_local_broker": confirmed,
+            "refused_by_local_broker": refused,
+            "taken_by_buffer": taken,
+            "stored_as_failure_probability": int(counts.get("predictions_converted", 0)),
+        }
+        if len(statuses) <= 1:
+            result.check(
+                f"{factory}: predictions the local broker took = predictions the buffer took "
+                "(stored + held back by the deadband + quarantined)",
+                taken,
+                confirmed,
+            )
+        else:
+            result.check(
+                f"{factory}: predictions the buffer took >= predictions the local broker took "
+                f"({len(statuses)} predictor processes: a kill -9 in between)",
+                taken >= confirmed,
+                True,
+                note=f"buffer {taken}, recorded as confirmed {confirmed}",
+            )
+        result.check(f"{factory}: predictions the local broker refused", refused, 0)
+        result.check(f"{factory}: predictions unconfirmed at the end", in_flight, 0)
+    result.figures.setdefault("readings", {}).setdefault("predictions", {})["hop"] = by_factory
+
+
 def predictions_by_version(plan: Plan) -> dict[str, dict[str, int]]:
     """Per factory, the predictions its predictor processes published, by model version
-    (each process start writes its own `status/predictor-<factory>-<pid>.json`)."""
+    (each process start writes its own `status/predictor-<factory>-<pid>.json`; counted on the
+    local broker's PUBACK)."""
     result: dict[str, dict[str, int]] = {}
     for factory in plan.factory_ids:
         total: Counter[str] = Counter()
-        for path in plan.status_dir.glob(f"predictor-{factory}-*.json"):
-            total.update(read_json(path, {}).get("predictions", {}))
+        for status in predictor_statuses(plan, factory):
+            total.update(status.get("predictions", {}))
         result[factory] = dict(sorted(total.items()))
     return result
 

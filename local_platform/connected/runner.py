@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from iiot import topics
-from local_platform.connected import aws, lake, late, maintenance, models, reconcile
+from local_platform.connected import aws, gateway, lake, late, maintenance, models, reconcile
 from local_platform.connected.alert_quality import alert_quality as judge_alerts
 from local_platform.connected.clock import SimClock
 from local_platform.connected.influxd import InfluxServer, V2WriteRelay, start_influxd
@@ -658,10 +658,11 @@ class Run:
         deadline = time.time() + DRAIN_TIMEOUT_S
         stages = ["gateways", "iot rules", "delivery stream", "stream rules and functions"]
         self.progress("draining the pipeline", 0, len(stages))
-        published = {
-            f: int(read_json(plan.status_dir / f"sensors-{f}.json", {}).get("readings", 0))
-            for f in plan.factory_ids
+        sensors = {
+            f: read_json(plan.status_dir / f"sensors-{f}.json", {}) for f in plan.factory_ids
         }
+        published = {f: int(s.get("readings", 0)) for f, s in sensors.items()}
+        messages = {f: int(s.get("messages", 0)) for f, s in sensors.items()}
         while time.time() < deadline:
             self._report_uploads()
             pending = []
@@ -679,6 +680,8 @@ class Run:
                     pending.append(factory)
             if self._predictors and any(reconcile.outbox_waiting(plan).values()):
                 pending.append("predictor outboxes")
+            if self._predictors:
+                pending.extend(self._predictions_pending(messages))
             if not pending:
                 break
             self.supervisor.check(self._long_running())
@@ -716,6 +719,39 @@ class Run:
         self._feed_maintenance(plan.live_end_ms)
         self.drained_at = time.time()
         self.progress("draining the pipeline", 4, len(stages))
+
+    def _predictions_pending(self, messages: dict[str, int]) -> list[str]:
+        """The factories whose predictions are not all in the buffer yet: the predictor has not
+        handled every readings payload the sensors sent (it may lag them under load), a
+        prediction still waits for the local broker's PUBACK, or the buffer has not taken
+        (stored, held back or quarantined) every prediction the broker took."""
+        plan = self.plan
+        assert self.monitor is not None
+        pending = []
+        for factory in plan.factory_ids:
+            process = self.supervisor.processes.get(f"failure-predictor-{factory}")
+            if process is None:
+                continue
+            current = read_json(plan.status_dir / f"predictor-{factory}-{process.pid}.json", {})
+            statuses = reconcile.predictor_statuses(plan, factory)
+            confirmed = sum(int(s.get("predictions_confirmed", 0)) for s in statuses)
+            buffer, _ = self.monitor.status(factory)
+            taken = sum(int(buffer.get(name, 0)) for name in reconcile.PREDICTIONS_TAKEN)
+            own = gateway.payloads_file(plan.status_dir / f"predictor-{factory}-{process.pid}.json")
+            handled_by_current = (
+                int.from_bytes(own.read_bytes()[:8] or b"\0", "little") if own.exists() else -1
+            )
+            done = (
+                gateway.handled_payloads(plan.status_dir, factory) >= messages[factory]
+                # the status was written after the last payload was handled
+                and current.get("readings_payloads") == handled_by_current
+                and current.get("predictions_in_flight") == 0
+                and time.time() - float(current.get("updated", 0)) < 3
+                and taken >= confirmed
+            )
+            if not done:
+                pending.append(f"predictions of {factory}")
+        return pending
 
     def _wait_quiet(
         self, name: str, condition: Callable[[dict[str, Any]], bool], deadline: float
@@ -772,6 +808,8 @@ class Run:
         result = reconcile.Reconciliation()
         with self._timed("reconciliation"):
             reconcile.reconcile_readings(plan, result)
+            if self._predictors:
+                reconcile.reconcile_predictions(plan, result)
             result.figures["late_data"] = late_figures
             if plan.model_lifecycle:
                 assert self.monitor is not None

@@ -9,6 +9,12 @@ Anomalies reach the cloud through a durable outbox (`edge_runtime.outbox`): each
 to a SQLite file in the work folder before it is published at QoS 1, deleted on its PUBACK, and
 retried with backoff while the cloud is unreachable; after a restart (kill -9 included) what was
 not acknowledged is sent again with the same anomaly id, which the cloud de-duplicates by.
+
+Predictions go to the local bus with a confirmation (`Transport.publish_local_confirmed`: MQTT
+QoS 1, so the local broker holds each for the SensorBuffer's persistent session until the
+buffer has committed it; on Greengrass the nucleus's reply); `LocalBusCounts` counts what was
+handed over, confirmed and refused, and the readings payloads handled, which a local run uses
+to know that every prediction the predictor made has reached the buffer.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ import logging
 import os
 import secrets
 import threading
+import time
+from collections import Counter
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +38,7 @@ from edge_runtime.outbox import MEMORY, OutboxSender, SqliteOutbox
 from edge_runtime.run import run_until_signalled
 from edge_runtime.transport import Ack, Transport
 from failure_predictor.config import ConfigError, PredictorConfig
-from failure_predictor.messages import MAINTENANCE, SHUTDOWN_CONFIRMATIONS, topic
+from failure_predictor.messages import MAINTENANCE, PREDICTIONS, SHUTDOWN_CONFIRMATIONS, topic
 from failure_predictor.model_loader import AnomalyModelHandle, ModelHandle
 from failure_predictor.predictor import FailurePredictor
 from iiot import logs, topics
@@ -80,6 +89,80 @@ def open_outbox(
     )
 
 
+class _Version(msgspec.Struct):
+    model_version: str = "?"
+
+
+_version = msgspec.json.Decoder(_Version).decode
+_REFUSED_LOG_EVERY_S = 60.0
+
+
+class LocalBusCounts:
+    """What the predictor handed to the local bus and what became of it, and the readings
+    payloads it handled (thread-safe: the transport confirms on its own thread)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.readings_payloads = 0
+        self.published = 0  # predictions handed to the bus
+        self.confirmed = 0  # ... that the bus took (the local broker's PUBACK)
+        self.refused = 0  # ... that it did not take (not connected, refused, connection lost)
+        self.confirmed_by_version: Counter[str] = Counter()
+        self._refused_logged = 0
+        self._refused_log_at = 0.0
+
+    def handled_readings(self) -> None:
+        with self._lock:
+            self.readings_payloads += 1
+
+    def publish_prediction(self, transport: Transport, name: str, payload: bytes) -> None:
+        with self._lock:
+            self.published += 1
+        try:
+            future = transport.publish_local_confirmed(name, payload)
+        except Exception as exc:  # the transport raised instead of failing the future
+            future = Future()
+            future.set_exception(exc)
+        future.add_done_callback(lambda done: self._settled(done, payload))
+
+    def _settled(self, future: Future[None], payload: bytes) -> None:
+        error = future.exception()
+        if error is None:
+            try:
+                version = _version(payload).model_version
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                version = "?"
+            with self._lock:
+                self.confirmed += 1
+                self.confirmed_by_version[version] += 1
+            return
+        now = time.monotonic()
+        with self._lock:
+            self.refused += 1
+            due = now - self._refused_log_at >= _REFUSED_LOG_EVERY_S
+            if due:
+                since, self._refused_logged = self.refused - self._refused_logged, self.refused
+                self._refused_log_at = now
+        if due:
+            # Not retried: the next prediction (at most predictEverySeconds later) carries the
+            # machine's risk on; the buffer never sees this one.
+            log.warning(
+                "prediction not taken by the local bus (not stored by the SensorBuffer)",
+                extra={"error": str(error), "refused_since_last_log": since},
+            )
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "readings_payloads": self.readings_payloads,
+                "predictions_published": self.published,
+                "predictions_confirmed": self.confirmed,
+                "predictions_refused": self.refused,
+                "predictions_in_flight": self.published - self.confirmed - self.refused,
+                "predictions_confirmed_by_version": dict(self.confirmed_by_version),
+            }
+
+
 def anomaly_key(payload: bytes) -> str:
     """The anomaly's stable id (what the cloud de-duplicates by); a payload that is not an
     anomaly message is keyed by its digest."""
@@ -90,12 +173,18 @@ def anomaly_key(payload: bytes) -> str:
 
 
 def build(
-    config: PredictorConfig, transport: Transport, outbox: OutboxSender | None = None
+    config: PredictorConfig,
+    transport: Transport,
+    outbox: OutboxSender | None = None,
+    counts: LocalBusCounts | None = None,
 ) -> FailurePredictor:
     """The predictor, subscribed through `transport` to readings, confirmations and
     maintenance events; its anomalies go to the cloud through `outbox` (by default one from
-    the configuration, whose retries then happen on the next anomaly only: start it)."""
+    the configuration, whose retries then happen on the next anomaly only: start it), its
+    predictions to the local bus with a confirmation, counted in `counts`."""
     sender = outbox if outbox is not None else open_outbox(config, transport)
+    bus = counts if counts is not None else LocalBusCounts()
+    predictions = topic(PREDICTIONS, config.factory_id)
 
     def publish(name: str, payload: bytes) -> None:
         if name in CLOUD_TOPICS:
@@ -106,6 +195,10 @@ def build(
             except Exception:  # the outbox cannot be written (disk full, closed): best effort
                 log.exception("anomaly outbox write failed; publishing without it")
                 transport.publish_cloud(config.anomalies_topic, payload)
+        elif name == predictions:
+            # QoS 1 on MQTT: the broker keeps it for the SensorBuffer, which acknowledges it
+            # only once committed; the confirmation is counted.
+            bus.publish_prediction(transport, name, payload)
         else:
             transport.publish_local(name, payload)
 
@@ -131,7 +224,10 @@ def build(
             elif name == maintenance:
                 predictor.on_maintenance(payload)
             else:
-                predictor.on_payload(payload)
+                try:
+                    predictor.on_payload(payload)
+                finally:  # its predictions are handed to the bus by now
+                    bus.handled_readings()
         finally:
             if ack is not None:
                 ack()
@@ -152,12 +248,13 @@ class PredictorComponent:
         self.work_dir = work_dir
         self.predictor: FailurePredictor | None = None
         self.outbox: OutboxSender | None = None
+        self.counts = LocalBusCounts()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         outbox = self.outbox = open_outbox(self.config, self.transport, self.work_dir)
-        predictor = self.predictor = build(self.config, self.transport, outbox)
+        predictor = self.predictor = build(self.config, self.transport, outbox, self.counts)
         outbox.start()  # sends what an earlier run left unacknowledged, then retries
 
         def poll_model() -> None:

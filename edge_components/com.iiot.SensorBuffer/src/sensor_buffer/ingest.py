@@ -123,6 +123,7 @@ class IngestResult:
     duplicates: int = 0
     predictions: int = 0  # prediction messages turned into failure_probability readings
     predictions_suppressed: int = 0  # held back by the deadband
+    predictions_quarantined: int = 0  # not a prediction: quarantined whole with the reason
     anomalies: list[Anomaly] = field(default_factory=list)
     full_events: list[FullEvent] = field(default_factory=list)
 
@@ -243,6 +244,7 @@ class Ingestor:
                 ("duplicates_dropped", result.duplicates),
                 ("predictions_converted", result.predictions),
                 ("predictions_suppressed", result.predictions_suppressed),
+                ("predictions_quarantined", result.predictions_quarantined),
             )
             if amount
         }
@@ -289,6 +291,7 @@ class Ingestor:
             log.warning("prediction quarantined: conversion raised", exc_info=True)
             converted = Converted(reason=f"prediction: could not be converted ({exc!r})")
         if converted.reason is not None:
+            result.predictions_quarantined += 1
             quarantine.append(
                 QuarantineItem(
                     item.received_ms,

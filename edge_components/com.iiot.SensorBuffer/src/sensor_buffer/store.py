@@ -103,6 +103,7 @@ COUNTERS = (
     "anomalies_sent",
     "predictions_converted",  # into failure_probability readings, then validated (derived.py)
     "predictions_suppressed",  # held back by the deadband
+    "predictions_quarantined",  # not a prediction (undecodable, NaN, outside 0..1)
 )
 
 
