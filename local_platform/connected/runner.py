@@ -663,6 +663,7 @@ class Run:
         }
         published = {f: int(s.get("readings", 0)) for f, s in sensors.items()}
         messages = {f: int(s.get("messages", 0)) for f, s in sensors.items()}
+        stores = stores_predictions(plan)
         while time.time() < deadline:
             self._report_uploads()
             pending = []
@@ -681,7 +682,7 @@ class Run:
             if self._predictors and any(reconcile.outbox_waiting(plan).values()):
                 pending.append("predictor outboxes")
             if self._predictors:
-                pending.extend(self._predictions_pending(messages))
+                pending.extend(self._predictions_pending(messages, stores))
             if not pending:
                 break
             self.supervisor.check(self._long_running())
@@ -720,7 +721,7 @@ class Run:
         self.drained_at = time.time()
         self.progress("draining the pipeline", 4, len(stages))
 
-    def _predictions_pending(self, messages: dict[str, int]) -> list[str]:
+    def _predictions_pending(self, messages: dict[str, int], stores: bool) -> list[str]:
         """The factories whose predictions are not all in the buffer yet: the predictor has not
         handled every readings payload the sensors sent (it may lag them under load), a
         prediction still waits for the local broker's PUBACK, or the buffer has not taken
@@ -747,7 +748,8 @@ class Run:
                 and current.get("readings_payloads") == handled_by_current
                 and current.get("predictions_in_flight") == 0
                 and time.time() - float(current.get("updated", 0)) < 3
-                and taken >= confirmed
+                # (a buffer configured not to store them takes none)
+                and (taken >= confirmed or not stores)
             )
             if not done:
                 pending.append(f"predictions of {factory}")
@@ -808,7 +810,7 @@ class Run:
         result = reconcile.Reconciliation()
         with self._timed("reconciliation"):
             reconcile.reconcile_readings(plan, result)
-            if self._predictors:
+            if self._predictors and stores_predictions(plan):
                 reconcile.reconcile_predictions(plan, result)
             result.figures["late_data"] = late_figures
             if plan.model_lifecycle:
@@ -1033,6 +1035,12 @@ class _FaultSchedule:
         if relay is not None and "influxdb" in self.records:
             self._record("influxdb", writes_refused_while_down=relay.unavailable)
         self.run.faults[:] = list(self.records.values())
+
+
+def stores_predictions(plan: Plan) -> bool:
+    """Whether the gateways' SensorBuffers store the predictions (storePredictions)."""
+    raw = gateway.component_configuration("sensor-buffer", plan, plan.factory_ids[0])
+    return bool(raw.get("storePredictions", True))
 
 
 def _exists(path: Path) -> Callable[[], bool]:
