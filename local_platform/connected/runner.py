@@ -664,6 +664,7 @@ class Run:
         published = {f: int(s.get("readings", 0)) for f, s in sensors.items()}
         messages = {f: int(s.get("messages", 0)) for f, s in sensors.items()}
         stores = stores_predictions(plan)
+        predictor_progress = -1
         while time.time() < deadline:
             self._report_uploads()
             pending = []
@@ -683,6 +684,13 @@ class Run:
                 pending.append("predictor outboxes")
             if self._predictors:
                 pending.extend(self._predictions_pending(messages, stores))
+                # Under load a predictor lags the sensors: the drain waits while it moves on.
+                handled = sum(
+                    gateway.handled_payloads(plan.status_dir, f) for f in plan.factory_ids
+                )
+                if handled > predictor_progress:
+                    predictor_progress = handled
+                    deadline = max(deadline, time.time() + DRAIN_TIMEOUT_S)
             if not pending:
                 break
             self.supervisor.check(self._long_running())

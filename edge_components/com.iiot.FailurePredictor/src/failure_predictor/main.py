@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import secrets
 import threading
 import time
@@ -36,7 +37,7 @@ import msgspec
 
 from edge_runtime.outbox import MEMORY, OutboxSender, SqliteOutbox
 from edge_runtime.run import run_until_signalled
-from edge_runtime.transport import Ack, Transport
+from edge_runtime.transport import Ack, MessageHandler, Transport
 from failure_predictor.config import ConfigError, PredictorConfig
 from failure_predictor.messages import MAINTENANCE, PREDICTIONS, SHUTDOWN_CONFIRMATIONS, topic
 from failure_predictor.model_loader import AnomalyModelHandle, ModelHandle
@@ -163,6 +164,43 @@ class LocalBusCounts:
             }
 
 
+class InputQueue:
+    """The transport's messages, handled on a thread of their own: the MQTT client's callback
+    only queues them, so its event loop keeps reading PUBACKs and PINGRESPs while the predictor
+    works through a backlog (handled on the callback, a predictor behind the readings held the
+    loop until the broker's keep-alive dropped the connection, failing every prediction
+    awaiting its PUBACK). Unbounded here; the broker bounds it (QoS 1 messages are
+    acknowledged after handling, at most the client's receive maximum unacknowledged)."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[tuple[str, bytes, Ack | None] | None] = queue.Queue()
+        self.handler: MessageHandler | None = None
+        self._thread: threading.Thread | None = None
+
+    def put(self, name: str, payload: bytes, ack: Ack | None) -> None:
+        self._queue.put((name, payload, ack))
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="failure-predictor-input")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            assert self.handler is not None
+            try:
+                self.handler(*item)
+            except Exception:  # one bad message must not end the predictor's input
+                log.exception("input message not handled", extra={"topic": item[0]})
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Handles what was queued before, then ends (within `timeout`, or it goes on as a
+        daemon thread; what the transport delivers later stays unacknowledged)."""
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
 def anomaly_key(payload: bytes) -> str:
     """The anomaly's stable id (what the cloud de-duplicates by); a payload that is not an
     anomaly message is keyed by its digest."""
@@ -177,11 +215,13 @@ def build(
     transport: Transport,
     outbox: OutboxSender | None = None,
     counts: LocalBusCounts | None = None,
+    inputs: InputQueue | None = None,
 ) -> FailurePredictor:
     """The predictor, subscribed through `transport` to readings, confirmations and
     maintenance events; its anomalies go to the cloud through `outbox` (by default one from
     the configuration, whose retries then happen on the next anomaly only: start it), its
-    predictions to the local bus with a confirmation, counted in `counts`."""
+    predictions to the local bus with a confirmation, counted in `counts`. With `inputs` the
+    messages are handled on its thread (started by the caller), else on the transport's."""
     sender = outbox if outbox is not None else open_outbox(config, transport)
     bus = counts if counts is not None else LocalBusCounts()
     predictions = topic(PREDICTIONS, config.factory_id)
@@ -232,7 +272,11 @@ def build(
             if ack is not None:
                 ack()
 
-    transport.start((readings, confirmations, maintenance), on_message)
+    if inputs is not None:
+        inputs.handler = on_message
+    transport.start(
+        (readings, confirmations, maintenance), inputs.put if inputs is not None else on_message
+    )
     return predictor
 
 
@@ -249,12 +293,16 @@ class PredictorComponent:
         self.predictor: FailurePredictor | None = None
         self.outbox: OutboxSender | None = None
         self.counts = LocalBusCounts()
+        self.inputs = InputQueue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         outbox = self.outbox = open_outbox(self.config, self.transport, self.work_dir)
-        predictor = self.predictor = build(self.config, self.transport, outbox, self.counts)
+        self.inputs.start()
+        predictor = self.predictor = build(
+            self.config, self.transport, outbox, self.counts, self.inputs
+        )
         outbox.start()  # sends what an earlier run left unacknowledged, then retries
 
         def poll_model() -> None:
@@ -269,6 +317,7 @@ class PredictorComponent:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
+        self.inputs.stop()  # handles what was queued, with the outbox and transport still up
         if self.outbox is not None:
             self.outbox.stop()
         self.transport.stop()
