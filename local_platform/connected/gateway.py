@@ -35,9 +35,6 @@ RECIPES = {
 }
 LOCAL_SETTINGS: dict[str, dict[str, Any]] = {
     "sensor-buffer": {
-        # Off until a demo with it on reconciles (the hop is QoS 1 and the drain waits for the
-        # predictors now).
-        "storePredictions": False,
         "healthIntervalSeconds": 1.0,
         "backoffMaxSeconds": 1.0,
         "synchronous": "NORMAL",
