@@ -12,18 +12,28 @@ from local_platform.connected.plan import Plan, write_json
 from local_platform.connected.reconcile import Reconciliation, reconcile_predictions
 
 
-def _predictor(plan: Plan, factory: str, pid: int, confirmed: int, payloads: int) -> None:
+def _predictor(
+    plan: Plan,
+    factory: str,
+    pid: int,
+    confirmed: int,
+    payloads: int,
+    *,
+    in_flight: int = 0,
+    updated: float = 2.0,
+) -> None:
     status = plan.status_dir / f"predictor-{factory}-{pid}.json"
     write_json(
         status,
         {
             "pid": pid,
+            "updated": updated,
             "predictions": {"v1": confirmed},
             "readings_payloads": payloads,
-            "predictions_published": confirmed,
+            "predictions_published": confirmed + in_flight,
             "predictions_confirmed": confirmed,
             "predictions_refused": 0,
-            "predictions_in_flight": 0,
+            "predictions_in_flight": in_flight,
         },
     )
     payloads_file(status).write_bytes(payloads.to_bytes(8, "little"))
@@ -53,8 +63,9 @@ def test_payloads_are_summed_over_the_processes_of_a_factory(tmp_path: Path) -> 
 def test_the_hop_is_exact_per_factory_and_at_least_across_a_kill(tmp_path: Path) -> None:
     plan = Plan(work_dir=tmp_path)
     _predictor(plan, "F01", 10, 400, 1000)
-    _predictor(plan, "F02", 11, 300, 500)
-    _predictor(plan, "F02", 12, 150, 500)  # the process after a kill -9
+    # killed with predictions awaiting their PUBACK (its file sorts after the next one's)
+    _predictor(plan, "F02", 831, 300, 500, in_flight=12, updated=1.0)
+    _predictor(plan, "F02", 2098, 150, 500)  # the process after the kill -9
     result = Reconciliation()
     result.figures["gateways"] = _gateways({"F01": 400, "F02": 460})
     reconcile_predictions(plan, result)
@@ -62,6 +73,8 @@ def test_the_hop_is_exact_per_factory_and_at_least_across_a_kill(tmp_path: Path)
     hop = result.figures["readings"]["predictions"]["hop"]
     assert hop["F02"]["predictor_processes"] == 2
     assert hop["F02"]["confirmed_by_local_broker"] == 450
+
+    assert not hop["F02"]["refused_by_local_broker"]
 
     # one prediction the broker took that the buffer never took fails the factory's check
     short = Reconciliation()
