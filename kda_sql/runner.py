@@ -49,6 +49,14 @@ DEFAULTS = {
     # (bench/stream.py: the task threads' CPU per reading, decode + rules, drops by a third).
     # Set in the job's own configuration, so the deployed application runs with it too.
     "flink.pipeline.object-reuse": "true",
+    # One event-time column, one watermark assigner and one validity filter for every rule.
+    # Without it the planner plans each INSERT on its own and pushes each one's column list
+    # below the watermark: the source task computed event_time, assigned watermarks and (for
+    # the two rules) evaluated valid_readings' filter once per statement, three times a reading.
+    # With it a view or table that several statements read (readings, valid_readings) is
+    # planned once and its output shared (same rows, same watermarks: one assigner instead of
+    # three copies of it). bench/stream.py measures it; `tests/stream` give the same anomalies.
+    "flink.table.optimizer.reuse-optimize-block-with-digest-enabled": "true",
 }
 _COMMENT = re.compile(r"^\s*--.*$", re.MULTILINE)
 
