@@ -27,7 +27,11 @@ event time it has seen is late for the job's windows (the event-time windows and
 rules' runs drop it). The feed keeps each factory's late spans (`late_spans` in
 its status) for the lake's batch evaluation of the same rules at the end of the run. When the
 runner asks (`stream/finish`), the feed writes an end-of-stream batch: far ahead in event time,
-dropped by the rules' own filter, it moves the watermark past every open window.
+dropped by the rules' own filter, it moves the watermark past every open window; then sentinel
+readings that raise one anomaly in every rule (`sentinel_anomalies`). Each rule's INSERT is its
+own sink, committed by its own task, so the output is complete only once every rule's sentinel
+is committed (`holds_sentinel`): with one sentinel (the severity rule's) a loaded CI run read
+the output while the window rule's last 40 RAPID_CHANGE windows were still uncommitted.
 
 File order: the job's continuous file source hands it the files it finds in one scan of the
 folder in no particular order (Flink's split assigner keeps unassigned files in a hash set), so
@@ -148,22 +152,61 @@ def sorted_batches(columns: ReadingColumns) -> list[bytes]:
 
 
 SENTINEL = "SENTINEL"
+SENTINEL_RAPID = "SENTINEL-RAPID"  # the rapid-change sentinels' machine: their own OVER partitions
+SENTINEL_CHANGES = 6  # readings alternating between a metric's valid limits, 1 s apart
+
+
+def sentinel_anomalies() -> frozenset[tuple[str, str]]:
+    """(metric, anomaly type) of every anomaly the end of stream raises: one per metric with a
+    severity rule (<METRIC>_HIGH) and one per metric with a rapid-change rule (RAPID_CHANGE),
+    so that every rule's INSERT (each its own sink) commits one."""
+    catalog = load_catalog().measured
+    return frozenset(
+        [(name, f"{name.upper()}_HIGH") for name, m in catalog.items() if m.stream is not None]
+        + [(name, "RAPID_CHANGE") for name, m in catalog.items() if m.rapid_change is not None]
+    )
 
 
 def _end_of_stream_rows() -> list[_Row]:
-    """A row the rules' view drops (no such metric) whose event time moves the watermark past
-    every window of the run; then a sentinel series above the temperature rule's critical
-    level for as many readings as its debounce (`Metric.stream_debounce`: the severity rule
-    raises only on such a run, and emits it once the watermark passes it), and a second
-    dropped row that moves the watermark past the sentinel's run. The sentinel's anomaly comes
-    after every other output, so it tells that all output is committed."""
-    run = load_catalog()["temperature"].stream_debounce or 1
-    end = _Row(END_OF_STREAM_MS, "END", "END", "END", "end_of_stream", 0.0, "none")
-    key = (SENTINEL, SENTINEL, "SENTINEL-temperature", "temperature")
-    sentinel = [_Row(END_OF_STREAM_MS + 1 + i, *key, 200.0, "degC") for i in range(run)]
-    past = END_OF_STREAM_MS + run + FLINK_DELAY_MS + 1_000
-    after = _Row(past, "END", "END", "END", "end_of_stream", 0.0, "none")
-    return [end, *sentinel, after]
+    """The end of the rules' input, in event-time order: a row the rules' view drops (no such
+    metric) whose event time moves the watermark past every window of the run; then sentinels
+    that raise one anomaly per rule and metric (`sentinel_anomalies`); and a second dropped row
+    that moves the watermark past the sentinels' windows and runs, so the rules emit them.
+
+    - Severity: per metric with a stream rule, its valid maximum (above the critical level)
+      for as many readings as its debounce (`Metric.stream_debounce`: the rule raises only on
+      such a run, and emits it once the watermark passes it).
+    - Rapid change: per metric with a rapid-change rule, `SENTINEL_CHANGES` readings 1 s apart
+      alternating between its valid minimum and maximum (without the farthest reading the
+      window's standard deviation stays above half the range, far above any limit; the
+      calibrated rules look a limit up by series and fall back to the catalog's for these).
+
+    Each rule's INSERT is its own sink, committed by its own task at each checkpoint, and each
+    emits its sentinels after all its other output (they are the last windows and runs in event
+    time). So the sentinels of every rule in committed files (`holds_sentinel`) tell that all
+    output is committed; one rule's sentinel does not tell it of another rule's output (the
+    window rule's last output could still be uncommitted, and was, in a loaded CI run)."""
+    catalog = load_catalog().measured
+    start = END_OF_STREAM_MS + 1
+    rows = [_Row(END_OF_STREAM_MS, "END", "END", "END", "end_of_stream", 0.0, "none")]
+    longest_s = 0
+    for name, metric in catalog.items():
+        limits = metric.valid_range
+        if metric.stream is not None:
+            key = (SENTINEL, SENTINEL, f"SENTINEL-{name}", name)
+            run = metric.stream_debounce or 1
+            rows += [_Row(start + i, *key, limits.max, metric.unit) for i in range(run)]
+        if metric.rapid_change is not None:
+            key = (SENTINEL, SENTINEL_RAPID, f"{SENTINEL_RAPID}-{name}", name)
+            rows += [
+                _Row(start + 1_000 * i, *key, limits.max if i % 2 else limits.min, metric.unit)
+                for i in range(SENTINEL_CHANGES)
+            ]
+            longest_s = max(longest_s, metric.rapid_change.window_seconds)
+    last = max(row.timestamp for row in rows)
+    past = last + longest_s * 1_000 + FLINK_DELAY_MS + 1_000
+    rows.append(_Row(past, "END", "END", "END", "end_of_stream", 0.0, "none"))
+    return sorted(rows, key=lambda row: row.timestamp)
 
 
 def end_of_stream_row() -> bytes:
@@ -191,13 +234,21 @@ def end_of_stream_batch() -> bytes:
 
 
 def holds_sentinel(folder: Path) -> bool:
-    """Whether the job's committed output holds the sentinel's anomaly."""
+    """Whether the job's committed output holds every sentinel anomaly (`sentinel_anomalies`):
+    then every rule's output before them is committed too."""
     marker = f'"factory_id":"{SENTINEL}"'.encode()
-    return any(
-        marker in path.read_bytes()
-        for path in folder.rglob("*")
-        if path.is_file() and not path.name.startswith(".")
-    )
+    found: set[tuple[str, str]] = set()
+    for path in folder.rglob("*"):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        content = path.read_bytes()
+        if marker not in content:
+            continue
+        for line in content.splitlines():
+            if marker in line:
+                anomaly = decode_anomaly(line)
+                found.add((anomaly.metric, anomaly.anomaly_type))
+    return sentinel_anomalies() <= found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     ledger = (plan.stream_dir / "anomalies-forwarded.jsonl").open("ab")
     seen: set[Any] = set()
     forwarded_files: set[str] = set()
+    sentinels: set[tuple[str, str]] = set()  # (metric, anomaly type) of the sentinels forwarded
     late_spans: dict[str, list[int]] = {}  # factory -> [first, last, readings]
     counters: dict[str, Any] = {
         "batches": 0,
@@ -383,7 +435,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 anomaly = decode_anomaly(line)
                 if anomaly.factory_id == SENTINEL:
-                    counters["sentinel_seen"] = True
+                    sentinels.add((anomaly.metric, anomaly.anomaly_type))
+                    counters["sentinel_seen"] = sentinel_anomalies() <= sentinels
                     continue
                 kinesis.put_record(
                     StreamName=ANOMALY_STREAM,
