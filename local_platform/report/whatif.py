@@ -6,12 +6,15 @@ so each machine draws its wear, failures and repairs from its own random stream:
 the same machines developing the same faults until a planned job changes one machine's history.
 
 The predictive arm is closed-loop. The FailurePredictor component's own logic, with the run's
-compiled model, reads each machine's readings as the gateway would; its first FAILURE_PREDICTED
-alert becomes a planned job at the next shift change (06:00, 14:00, 22:00) at least
-`lead` later; the simulator runs again with that job, which averts the failure when it falls
-inside the degradation (as a good inspection does); the predictor then reads on from the job,
-and so on until no new alert asks for a job. A machine gets at most one job per `min_gap`.
-Nothing the predictor does not see (the simulator's failure times) reaches the planner.
+compiled model, reads each machine's readings as the gateway would (its whole history: the
+gateway keeps its feature state through the jobs); its first FAILURE_PREDICTED alert becomes a
+planned job at the next shift change (06:00, 14:00, 22:00) at least `lead` later, or after the
+lead alone when the alert is urgent (p >= `urgent_probability`) or the risk reaches that before
+the shift change (the job is pulled forward); the simulator runs again with that job, which
+averts the failure when it falls inside the degradation (as a good inspection does); the
+predictor then reads on from the job, and so on until no new alert asks for a job. A machine
+gets at most one job per `min_gap`. Nothing the predictor does not see (the simulator's failure
+times) reaches the planner.
 
 Accounting (the simulator's rules, the same for both arms; the run-to-failure arm just has no
 jobs):
@@ -27,7 +30,8 @@ jobs):
   inspections, so "hours since maintenance" keeps counting through them.
 
 A planner that knew every failure time could do no better than one 1-3 h job per failure
-against a 2-8 h repair: about 60% less downtime on the default fleet, the ceiling of any
+against a 2-8 h repair: 59.5% less downtime on the default run's what-if fleet and 56.1% on its
+validation fleet (one job an hour before each failure, closed loop), the ceiling of any
 predictor here.
 """
 
@@ -55,7 +59,10 @@ SHIFT_CHANGES = (6, 14, 22)
 class Policy:
     lead_hours: float = 0.5  # from an alert to the earliest job start
     # an alert at or above this probability is served at once (after the lead), not at the
-    # next shift change: the predictor calls it CRITICAL (its shutdown-request threshold)
+    # next shift change, and so is one whose risk reaches it before that change. 0.95 is the
+    # predictor's CRITICAL level (`failure_predictor.config.SHUTDOWN_FLOOR`: it calls an alert
+    # CRITICAL at p >= max(0.95, its alert threshold)); with a model whose own threshold is
+    # 0.95 every alert is urgent
     urgent_probability: float = 0.95
     # at most one job per machine in this time. Chosen on the validation fleet (`choose_policy`,
     # the demo run's seed + 3000, its model, 7 days): downtime reduction 29% at 1 h, 40% at 4 h,
@@ -63,9 +70,19 @@ class Policy:
     # a failure developing within it (3 of the 10 failures left on the what-if's own fleet).
     # Again with the 20-day model (the ml step's since 323a1bc; its own threshold 0.95): 12 h
     # at the model's threshold -46.7%; pinning alertThreshold 0.9, -35.6% at 12 h and at 24 h
-    # (alerts under 0.95 wait for the next shift change: 7 failures came first)
+    # (alerts under 0.95 wait for the next shift change: 7 failures came first). With jobs
+    # pulled forward when the risk reaches `urgent_probability` (and the whole history, which
+    # alone changed nothing: -46.7%), the planner's own alert threshold on the validation
+    # fleet: 0.9 -54.9% (-53.1% serving every alert at once), 0.85 -51.1% (-51.5%). On the
+    # what-if fleet 0.9 gave -41.4% (-39.7%) against -45.3% at the model's 0.95: ten more
+    # inspections that found nothing and the same overheating failures missed, so the lower
+    # threshold is one validation fleet's luck and the default stays the model's own
     min_gap_hours: float = 12.0
-    warmup_hours: float = 2.0  # readings the predictor sees before its alerts count
+    warmup_hours: float = 2.0  # readings the predictor sees before its first alerts count
+    # the predictor keeps its state through the planner's jobs, as a gateway does (it reads the
+    # machine's whole history from the fleet's start); False: it starts afresh `warmup_hours`
+    # before each watch window
+    whole_history: bool = True
     # the predictors' alertThreshold, as a deployment may pin it; None: the model's own
     alert_threshold: float | None = None
 
@@ -118,6 +135,18 @@ def machine_readings(
     return out
 
 
+@dataclass(frozen=True)
+class Alert:
+    """A FAILURE_PREDICTED alert the planner acts on."""
+
+    at_ms: int
+    probability: float
+    # the first prediction at or above the urgent probability from the alert on, when it came
+    # before the job the alert alone would get (the next shift change after the lead): a risk
+    # that keeps rising pulls the job forward
+    urgent_ms: int | None
+
+
 def first_alert(
     machine_id: str,
     readings: MachineReadings,
@@ -126,15 +155,21 @@ def first_alert(
     model_dir: Path,
     catalog: MetricCatalog,
     machine_config: dict[str, str],
-    warmup_ms: int,
+    read_from_ms: int,
     alert_threshold: float | None = None,
-) -> tuple[int, float] | None:
-    """The first FAILURE_PREDICTED alert (time, probability) at or after `since_ms`, from a
-    predictor that reads the machine's readings from `since_ms - warmup_ms` on. An alert the
-    predictor raised during the warm-up and still holds at `since_ms` counts at the first
-    reading from then on: the predictor raises an alert once and holds it until the
-    probability falls below the clear threshold, so dropping it would leave a machine that is
-    already at risk when the planner starts watching without a job."""
+    *,
+    urgent_probability: float = 1.0,
+    lead_ms: int = 0,
+) -> Alert | None:
+    """The first FAILURE_PREDICTED alert at or after `since_ms`, from a predictor that reads
+    the machine's readings from `read_from_ms` on. An alert the predictor raised before
+    `since_ms` and still holds then counts at the first reading from then on: the predictor
+    raises an alert once and holds it until the probability falls below the clear threshold,
+    so dropping it would leave a machine that is already at risk when the planner starts
+    watching without a job. An alert under `urgent_probability` waits for the next shift
+    change after `lead_ms`; the predictor reads on until then, and its first prediction at or
+    above `urgent_probability` (early enough to start before that shift change) is returned
+    as `urgent_ms`."""
     from failure_predictor.config import PredictorConfig
     from failure_predictor.model_loader import ModelHandle
     from failure_predictor.predictor import FailurePredictor
@@ -164,9 +199,12 @@ def first_alert(
         predictor.on_maintenance(
             json.dumps({"machine_id": machine_id, "completed_at_ms": done}).encode()
         )
-    start = int(np.searchsorted(readings.timestamp, since_ms - warmup_ms))
+    start = int(np.searchsorted(readings.timestamp, read_from_ms))
     on_reading = predictor.on_reading
+    last_probability = predictor.counters.last_probability
     active: tuple[int, float] | None = None  # the alert the predictor holds
+    found: tuple[int, float] | None = None  # the alert the planner acts on
+    deadline = 0  # a non-urgent alert's job: urgency counts only if it can start before
     for t, metric, value in zip(
         readings.timestamp[start:].tolist(),
         readings.metric[start:].tolist(),
@@ -174,12 +212,21 @@ def first_alert(
         strict=True,
     ):
         on_reading(t, machine_id, metric, value)
+        if found is not None:
+            if t + lead_ms >= deadline:
+                return Alert(found[0], found[1], None)
+            if last_probability.get(machine_id, 0.0) >= urgent_probability:
+                return Alert(found[0], found[1], t)
+            continue
         for at, probability, state in events:
             active = (at, probability) if state == "RAISED" else None
         events.clear()
         if active is not None and t >= since_ms:
-            return (active[0] if active[0] >= since_ms else t, active[1])
-    return None
+            found = (active[0] if active[0] >= since_ms else t, active[1])
+            if found[1] >= urgent_probability:
+                return Alert(found[0], found[1], found[0])
+            deadline = next_shift_change(found[0] + lead_ms)
+    return Alert(found[0], found[1], None) if found is not None else None
 
 
 def downtime(simulator: FleetSimulator) -> dict[str, Any]:
@@ -224,6 +271,7 @@ def run_whatif(
         m.machine_id: {"model": m.model, "installedOn": m.installed_on} for m in machines.values()
     }
     warmup = int(policy.warmup_hours * HOUR_MS)
+    lead = int(policy.lead_hours * HOUR_MS)
     plan: dict[str, list[int]] = {m: [] for m in machines}
     alerts: list[dict[str, Any]] = []
     frontier = dict.fromkeys(machines, fleet.start_ms + warmup)
@@ -249,24 +297,31 @@ def run_whatif(
                 model_dir,
                 catalog,
                 configs.get(machine, {}),
-                warmup,
+                fleet.start_ms if policy.whole_history else frontier[machine] - warmup,
                 policy.alert_threshold,
+                urgent_probability=policy.urgent_probability,
+                lead_ms=lead,
             )
             if alert is None:
                 continue
-            earliest = alert[0] + int(policy.lead_hours * HOUR_MS)
-            urgent = alert[1] >= policy.urgent_probability
-            start = earliest if urgent else next_shift_change(earliest)
+            urgent = alert.urgent_ms is not None
+            if alert.urgent_ms is not None:
+                start = alert.urgent_ms + lead
+            else:
+                start = next_shift_change(alert.at_ms + lead)
             if start >= fleet.end_ms:
                 continue
             plan[machine].append(start)
             alerts.append(
                 {
                     "machine_id": machine,
-                    "alert_ms": alert[0],
-                    "probability": round(alert[1], 3),
+                    "alert_ms": alert.at_ms,
+                    "probability": round(alert.probability, 3),
                     "job_ms": start,
-                    "urgent": urgent,  # at once, not at the next shift change
+                    # at once (after the lead), not at the next shift change: the alert was
+                    # urgent, or the risk reached the urgent probability before that change
+                    "urgent": urgent,
+                    "escalated": urgent and alert.probability < policy.urgent_probability,
                 }
             )
             frontier[machine] = start + int(policy.min_gap_hours * HOUR_MS)
@@ -327,6 +382,7 @@ def run_whatif(
         # jobs ordered at once on a CRITICAL alert (p >= urgent_probability): with a model whose
         # own alert threshold is that high, every job is one
         "urgent_jobs": sum(a["urgent"] for a in alerts),
+        "escalated_jobs": sum(a["escalated"] for a in alerts),
         "goal_reduction": 0.5,
         "meets_goal": reduction >= 0.5,
         "jobs": alerts,
@@ -413,11 +469,19 @@ if __name__ == "__main__":  # python -m local_platform.report.whatif RUN: the va
     parser.add_argument("--days", type=float, default=7.0)
     parser.add_argument("--min-gap-hours", type=float, nargs="+", default=[24.0, 4.0])
     parser.add_argument("--urgent-probability", type=float, nargs="+", default=[0.95])
+    parser.add_argument(
+        "--alert-threshold",
+        type=float,
+        nargs="+",
+        default=[None],
+        help="the planner's alert thresholds (default: the model's own)",
+    )
     args = parser.parse_args()
     grid = [
-        Policy(min_gap_hours=gap, urgent_probability=urgent)
+        Policy(min_gap_hours=gap, urgent_probability=urgent, alert_threshold=threshold)
         for gap in args.min_gap_hours
         for urgent in args.urgent_probability
+        for threshold in args.alert_threshold
     ]
     chosen, rows = choose_policy(args.run, grid, args.days)
     for row in rows:

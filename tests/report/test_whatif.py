@@ -113,10 +113,14 @@ def test_whatif_on_a_run_and_in_the_report(full_run: Path, catalog):
         # after the alert and its lead, at a shift change unless urgent
         assert job["job_ms"] >= job["alert_ms"] + Policy().lead_hours * 3_600_000
         hour = datetime.fromtimestamp(job["job_ms"] / 1000, tz=UTC)
+        # urgent: the alert was, or the risk reached the urgent probability before the shift
+        # change (escalated)
         urgent = job["probability"] >= Policy().urgent_probability
-        assert job["urgent"] == urgent
-        assert urgent or (hour.hour, hour.minute) in {(6, 0), (14, 0), (22, 0)}
+        assert job["urgent"] == (urgent or job["escalated"])
+        assert job["escalated"] == (job["urgent"] and not urgent)
+        assert job["urgent"] or (hour.hour, hour.minute) in {(6, 0), (14, 0), (22, 0)}
     assert figures["urgent_jobs"] == sum(job["urgent"] for job in figures["jobs"])
+    assert figures["escalated_jobs"] == sum(job["escalated"] for job in figures["jobs"])
     # jobs inside a degradation avert its failure (the machine may fail again later: on the
     # fixture's 2 days that can cost more than it saves, which the test does not judge)
     assert pred["averted"] >= 1
