@@ -41,6 +41,12 @@ DEFAULTS = {
     "window.slide.seconds": "10",
     "parallelism": "1",
     "local.time.zone": "UTC",
+    # The readings' WATERMARK is assigned after the source (the Kinesis connector does not take
+    # it into the source), one watermark per source subtask, and the rules take the minimum over
+    # all subtasks. A subtask that reads nothing (no shard: prod runs more subtasks than shards)
+    # would hold that minimum at its start forever and no rule would ever emit; after this long
+    # without a reading a subtask is left out until it reads again (kda_sql/README.md).
+    "flink.table.exec.source.idle-timeout": "60 s",
     # Operators chained in one task hand each row on instead of copying it first (Flink copies by
     # default, in case user code keeps or changes a row it has passed on; the SQL operators and
     # the formats here do neither: every format emits a new row per record). The copies were
