@@ -4,8 +4,9 @@ Kinesis batches report partial failures (only a failed record is retried). Each 
 record is handled on its own: a bad one goes to the dead-letter queue with its index and
 reason, the good ones of the same record are routed, each once per its stable `anomaly_id`
 (Powertools idempotency), so a retried batch never alerts twice. An anomaly not sent is logged
-with its reason and counted per reason (`SUPPRESSION_METRICS`): a repeat within the cooldown, or
-a start-up transient after maintenance (the machine state table). Logic:
+with its reason and counted per reason (`SUPPRESSION_METRICS`): a repeat within the cooldown, a
+start-up transient after maintenance (the machine state table), or a failure prediction already
+announced for the machine since its latest job. Logic:
 `service.AnomalyRouter` and `service.AlertService`; adapters: `repository.py`, `lambdas/shared`.
 """
 
@@ -53,6 +54,7 @@ processor = BatchProcessor(event_type=EventType.KinesisDataStreams)
 SUPPRESSION_METRICS: dict[str, str] = {
     Reason.REPEAT: "Suppressed_repeat",
     Reason.STARTUP: "Suppressed_startup",
+    Reason.EPISODE: "Suppressed_episode",
 }
 
 
@@ -83,6 +85,7 @@ def _build(settings: AlertSettings) -> Dependencies:
         units=load_catalog().units,
         machine_state=DynamoMachineState(dynamodb, settings.machine_state_table),
         startup_window_seconds=settings.startup_window_seconds,
+        failure_realert_seconds=settings.failure_realert_seconds,
         on_machine_state_error=lambda: metrics.add_metric(
             name="MachineStateUnavailable", unit=MetricUnit.Count, value=1
         ),

@@ -32,6 +32,14 @@ DEFAULT_STARTUP_WINDOW_SECONDS = 1800
 # stateless transient). Severity rules and the predictors' alerts (TEMPERATURE_HIGH,
 # THRESHOLD_LOW, FAILURE_PREDICTED, ...) say the machine is in a bad state and always go out.
 STARTUP_TRANSIENT_TYPES = frozenset({"RAPID_CHANGE"})
+# A failure prediction says "this machine is likely to fail soon": the predictor raises it
+# again after each clear while the machine's risk wavers around its threshold, which told the
+# same person the same thing up to six times a shift in the demo. It is announced once per
+# episode (ISA-18.2 re-alarming): a repeat of equal or lower severity within this interval is
+# suppressed, a higher severity breaks through, and a completed maintenance job on the machine
+# starts a new episode. 12 h is two shifts, the maintenance plan's spacing of jobs on a machine.
+DEFAULT_FAILURE_REALERT_SECONDS = 12 * 3600
+EPISODE_TYPES = frozenset({"FAILURE_PREDICTED"})
 
 # What one payload of anomalies may cost the router. A Kinesis record is at most 1 MiB and an
 # IoT message 128 KiB; producers send one anomaly per message (about 300 bytes), so 100 per
@@ -54,6 +62,7 @@ class Reason(StrEnum):
 
     REPEAT = "repeat within the cooldown"
     STARTUP = "start-up after maintenance"
+    EPISODE = "failure already announced for this machine"
     CLEARED = "cleared"
     INFO = "INFO severity"
 
@@ -70,6 +79,7 @@ class AlertSettings:
     machine_state_table: str
     cooldown_seconds: int = DEFAULT_COOLDOWN_SECONDS
     startup_window_seconds: int = DEFAULT_STARTUP_WINDOW_SECONDS
+    failure_realert_seconds: int = DEFAULT_FAILURE_REALERT_SECONDS
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> AlertSettings:
@@ -89,6 +99,9 @@ class AlertSettings:
             cooldown_seconds=seconds("COOLDOWN_SECONDS", DEFAULT_COOLDOWN_SECONDS),
             startup_window_seconds=seconds(
                 "STARTUP_WINDOW_SECONDS", DEFAULT_STARTUP_WINDOW_SECONDS
+            ),
+            failure_realert_seconds=seconds(
+                "FAILURE_REALERT_SECONDS", DEFAULT_FAILURE_REALERT_SECONDS
             ),
         )
 

@@ -16,6 +16,11 @@ the reason "start-up after maintenance": logged and counted with its job, never 
 dropped unseen. Severity alerts (TEMPERATURE_HIGH, THRESHOLD_LOW, FAILURE_PREDICTED, ...) always
 go through: they say the machine is in a bad state, start-up or not.
 
+Failure predictions are announced once per episode: a FAILURE_PREDICTED (`EPISODE_TYPES`) holds
+its machine's slot for `failure_realert_seconds` (12 h) instead of the cooldown, and its slot is
+keyed on the machine's latest completed job, so a repair or a preventive job starts a new
+episode at once. A machine state that cannot be read falls back to the ordinary cooldown.
+
 `AnomalyRouter` takes a whole payload (a Kinesis record or an IoT rule message): each anomaly
 in it is checked and routed on its own, once per `anomaly_id`; each bad one goes to the
 dead-letter queue with its index and reason, and never holds back the good ones.
@@ -32,6 +37,8 @@ from typing import Any, Protocol
 
 from iiot.anomaly import SEVERITY_ORDER, Anomaly
 from lambdas.alert_router.models import (
+    DEFAULT_FAILURE_REALERT_SECONDS,
+    EPISODE_TYPES,
     STARTUP_TRANSIENT_TYPES,
     Decision,
     InvalidAnomaly,
@@ -170,6 +177,7 @@ class AlertService:
         machine_state: MachineState | None = None,
         startup_window_seconds: int = 0,
         on_machine_state_error: Callable[[], None] = lambda: None,
+        failure_realert_seconds: int = DEFAULT_FAILURE_REALERT_SECONDS,
     ) -> None:
         self._store = cooldown_store
         self._alerts = alerts
@@ -179,33 +187,54 @@ class AlertService:
         self._machine_state = machine_state
         self._startup_ms = startup_window_seconds * 1000
         self._on_machine_state_error = on_machine_state_error
+        self._realert_ms = failure_realert_seconds * 1000
 
     def route(self, anomaly: Anomaly) -> Decision:
         return self.decide(anomaly).decision
 
-    def starting_up(self, anomaly: Anomaly) -> ReturnToService | None:
-        """The completed job whose start-up window `anomaly` falls in, when it is a start-up
-        transient; None otherwise (or without a machine state)."""
-        if (
-            self._machine_state is None
-            or self._startup_ms <= 0
-            or anomaly.anomaly_type not in STARTUP_TRANSIENT_TYPES
-        ):
-            return None
+    def _latest_job(self, anomaly: Anomaly) -> tuple[bool, ReturnToService | None]:
+        """(whether the machine state could be read, the machine's latest completed job at or
+        before the anomaly). Fails open: an unreadable state is logged and counted, never
+        raised, so a suppression feature can never hold an alert back."""
+        if self._machine_state is None:
+            return False, None
         try:
-            job = self._machine_state.last_return_to_service(
+            return True, self._machine_state.last_return_to_service(
                 anomaly.factory_id, anomaly.machine_id, anomaly.timestamp
             )
-        except Exception as exc:  # fail open: shelving must never hold an alert back
+        except Exception as exc:
             log.warning(
-                "machine state unavailable; routed without start-up shelving",
+                "machine state unavailable; routed without it",
                 extra={"anomaly_id": anomaly.anomaly_id, "error": repr(exc)},
             )
             self._on_machine_state_error()
+            return False, None
+
+    def starting_up(self, anomaly: Anomaly) -> ReturnToService | None:
+        """The completed job whose start-up window `anomaly` falls in, when it is a start-up
+        transient; None otherwise (or without a machine state)."""
+        if self._startup_ms <= 0 or anomaly.anomaly_type not in STARTUP_TRANSIENT_TYPES:
             return None
+        _, job = self._latest_job(anomaly)
         if job is None or anomaly.timestamp - job.completed_at_ms > self._startup_ms:
             return None
         return job
+
+    def slot(self, anomaly: Anomaly) -> tuple[str, int, Reason]:
+        """(cooldown key, held until, why a repeat is suppressed) for an alert of `anomaly`: a
+        failure prediction holds its machine's episode (since the latest completed job) for the
+        re-alert interval, any other anomaly its key for the cooldown."""
+        key = cooldown_key(anomaly)
+        if anomaly.anomaly_type in EPISODE_TYPES and self._realert_ms > self._cooldown_ms:
+            readable, job = self._latest_job(anomaly)
+            if readable or self._machine_state is None:
+                episode = (
+                    "in-service"
+                    if job is None
+                    else job.maintenance_id or f"job-{job.completed_at_ms}"
+                )
+                return f"{key}#{episode}", anomaly.timestamp + self._realert_ms, Reason.EPISODE
+        return key, anomaly.timestamp + self._cooldown_ms, Reason.REPEAT
 
     def decide(self, anomaly: Anomaly) -> Routing:
         if anomaly.state == "CLEARED":
@@ -217,11 +246,9 @@ class AlertService:
         job = self.starting_up(anomaly)
         if job is not None:
             return Routing(Decision.SUPPRESSED, Reason.STARTUP, job)
-        key = cooldown_key(anomaly)
-        if not self._store.claim(
-            key, anomaly=anomaly, until_ms=anomaly.timestamp + self._cooldown_ms
-        ):
-            return Routing(Decision.SUPPRESSED, Reason.REPEAT)
+        key, until_ms, repeat = self.slot(anomaly)
+        if not self._store.claim(key, anomaly=anomaly, until_ms=until_ms):
+            return Routing(Decision.SUPPRESSED, repeat)
         notification = format_notification(anomaly, self._units.get(anomaly.metric, ""))
         try:
             self._alerts.publish(notification)
