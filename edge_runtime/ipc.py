@@ -65,6 +65,28 @@ def message_of(event: SubscriptionResponseMessage) -> tuple[str, bytes] | None:
     return None
 
 
+def _failed(error: BaseException) -> Future[None]:
+    result: Future[None] = Future()
+    result.set_exception(error)
+    return result
+
+
+def _completion(ipc_future: Future[Any]) -> Future[None]:
+    """A future that completes (or fails) when the IPC operation's reply arrives, without its
+    response object."""
+    result: Future[None] = Future()
+
+    def done(f: Future[Any]) -> None:
+        error = f.exception()
+        if error is None:
+            result.set_result(None)
+        else:
+            result.set_exception(error)
+
+    ipc_future.add_done_callback(done)
+    return result
+
+
 class IpcTransport:
     """One IPC client: subscriptions to local topics, local and IoT Core publishes.
 
@@ -111,44 +133,24 @@ class IpcTransport:
         pub/sub is not MQTT: the nucleus hands the message in memory to the components
         subscribed at that moment and keeps no queue or session, so the reply means only
         that it took the message (a subscriber that is not running never gets it)."""
-        result: Future[None] = Future()
         if self._client is None:
-            result.set_exception(ConnectionError("IPC client not started"))
-            return result
-        ipc_future = self._client.publish_to_topic_async(
-            topic=topic,
-            publish_message=PublishMessage(binary_message=BinaryMessage(message=payload)),
+            return _failed(ConnectionError("IPC client not started"))
+        return _completion(
+            self._client.publish_to_topic_async(
+                topic=topic,
+                publish_message=PublishMessage(binary_message=BinaryMessage(message=payload)),
+            )
         )
-
-        def done(f: Future[Any]) -> None:
-            error = f.exception()
-            if error is None:
-                result.set_result(None)
-            else:
-                result.set_exception(error)
-
-        ipc_future.add_done_callback(done)
-        return result
 
     def publish_cloud(self, topic: str, payload: bytes) -> Future[None]:
         """Publish at QoS 1; the future completes after IoT Core's PUBACK (or fails)."""
-        result: Future[None] = Future()
         if self._client is None:
-            result.set_exception(ConnectionError("IPC client not started"))
-            return result
-        ipc_future = self._client.publish_to_iot_core_async(
-            topic_name=topic, qos=QOS.AT_LEAST_ONCE, payload=payload
+            return _failed(ConnectionError("IPC client not started"))
+        return _completion(
+            self._client.publish_to_iot_core_async(
+                topic_name=topic, qos=QOS.AT_LEAST_ONCE, payload=payload
+            )
         )
-
-        def done(f: Future[Any]) -> None:
-            error = f.exception()
-            if error is None:
-                result.set_result(None)
-            else:
-                result.set_exception(error)
-
-        ipc_future.add_done_callback(done)
-        return result
 
     def stop(self) -> None:
         for operation in self._operations:

@@ -58,6 +58,7 @@ class FakeIpcClient:
     def __init__(self) -> None:
         self.subscriptions: dict[str, object] = {}
         self.local: list[tuple[str, bytes]] = []
+        self.local_replies: list[Future] = []
         self.cloud: list[tuple[str, str, bytes, Future]] = []
         FakeIpcClient.instances.append(self)
 
@@ -67,6 +68,9 @@ class FakeIpcClient:
 
     def publish_to_topic_async(self, *, topic, publish_message):
         self.local.append((topic, publish_message.binary_message.message))
+        reply: Future = Future()
+        self.local_replies.append(reply)
+        return reply
 
     def publish_to_iot_core_async(self, *, topic_name, qos, payload):
         future: Future = Future()
@@ -111,4 +115,17 @@ def test_greengrass_ipc_transport_maps_messages_and_pubacks() -> None:
     client.cloud[1][3].set_exception(TimeoutError("no PUBACK"))
     with pytest.raises(TimeoutError):
         failing.result(1)
+    # Local pub/sub with a confirmation: the nucleus's reply completes it, its error fails it.
+    confirmed = transport.publish_local_confirmed("factory/local/predictions", b"p")
+    assert client.local[-1] == ("factory/local/predictions", b"p")
+    assert not confirmed.done()
+    client.local_replies[-1].set_result(object())
+    assert confirmed.result(1) is None
+    refused = transport.publish_local_confirmed("factory/local/predictions", b"q")
+    client.local_replies[-1].set_exception(ConnectionError("nucleus gone"))
+    with pytest.raises(ConnectionError):
+        refused.result(1)
     transport.stop()
+    not_started = IpcTransport(client_factory=FakeIpcClient)
+    with pytest.raises(ConnectionError, match="not started"):
+        not_started.publish_local_confirmed("factory/local/predictions", b"r").result(1)
