@@ -22,7 +22,7 @@ from lambdas.alert_router.repository import (
 from lambdas.alert_router.service import AlertService
 
 from .conftest import drain, kinesis_event
-from .router_data import MINUTE, T0, anomaly
+from .router_data import MINUTE, REQUIRED_ENVIRON, T0, anomaly
 from .test_alert_router_startup import BrokenMachineState, completed_job
 
 HOUR = 60 * MINUTE
@@ -107,15 +107,7 @@ def test_an_unreadable_machine_state_falls_back_to_the_cooldown():
 
 
 def test_the_interval_is_configured_in_whole_seconds():
-    required = (
-        "ALERT_TOPIC_ARN",
-        "ESCALATION_TOPIC_ARN",
-        "COOLDOWN_TABLE",
-        "IDEMPOTENCY_TABLE",
-        "DEAD_LETTER_QUEUE_URL",
-        "MACHINE_STATE_TABLE",
-    )
-    environ = dict.fromkeys(required, "x")
+    environ = REQUIRED_ENVIRON
     assert AlertSettings.from_environ(environ).failure_realert_seconds == 43200
     settings = AlertSettings.from_environ(environ | {"FAILURE_REALERT_SECONDS": "3600"})
     assert settings.failure_realert_seconds == 3600

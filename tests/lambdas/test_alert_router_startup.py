@@ -24,7 +24,7 @@ from lambdas.alert_router.repository import (
 from lambdas.alert_router.service import AlertService
 
 from .conftest import drain, kinesis_event
-from .router_data import MINUTE, T0, anomaly
+from .router_data import MINUTE, REQUIRED_ENVIRON, T0, anomaly
 
 REPAIRED = ReturnToService("F01", "F01-M003", T0, "CM-F01-M003-7", "corrective")
 
@@ -105,15 +105,7 @@ def test_a_window_of_zero_turns_the_shelving_off():
 
 
 def test_the_window_is_configured_in_whole_seconds():
-    required = (
-        "ALERT_TOPIC_ARN",
-        "ESCALATION_TOPIC_ARN",
-        "COOLDOWN_TABLE",
-        "IDEMPOTENCY_TABLE",
-        "DEAD_LETTER_QUEUE_URL",
-        "MACHINE_STATE_TABLE",
-    )
-    environ = dict.fromkeys(required, "x")
+    environ = REQUIRED_ENVIRON
     assert AlertSettings.from_environ(environ).startup_window_seconds == 1800
     settings = AlertSettings.from_environ(environ | {"STARTUP_WINDOW_SECONDS": "600"})
     assert settings.startup_window_seconds == 600
