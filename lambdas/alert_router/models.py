@@ -30,14 +30,16 @@ DEFAULT_COOLDOWN_SECONDS = 900
 DEFAULT_STARTUP_WINDOW_SECONDS = 1800
 # The anomaly types a start-up sets off by itself: the stream's rate-of-change rule (a
 # stateless transient). Severity rules and the predictors' alerts (TEMPERATURE_HIGH,
-# THRESHOLD_LOW, FAILURE_PREDICTED, ...) say the machine is in a bad state and always go out.
+# THRESHOLD_LOW, FAILURE_PREDICTED, ...) say the machine is in a bad state: never shelved.
 STARTUP_TRANSIENT_TYPES = frozenset({"RAPID_CHANGE"})
 # A failure prediction says "this machine is likely to fail soon": the predictor raises it
 # again after each clear while the machine's risk wavers around its threshold, which told the
 # same person the same thing up to six times a shift in the demo. It is announced once per
 # episode (ISA-18.2 re-alarming): a repeat of equal or lower severity within this interval is
 # suppressed, a higher severity breaks through, and a completed maintenance job on the machine
-# starts a new episode. 12 h is two shifts, the maintenance plan's spacing of jobs on a machine.
+# starts a new episode. 12 h is the maintenance planner's least spacing of jobs on one machine
+# (`min_gap_hours`, local_platform/report/whatif.py). Episodes need an interval longer than the
+# cooldown: at or below it, a FAILURE_PREDICTED is a repeat like any other anomaly.
 DEFAULT_FAILURE_REALERT_SECONDS = 12 * 3600
 EPISODE_TYPES = frozenset({"FAILURE_PREDICTED"})
 

@@ -13,8 +13,8 @@ rate-of-change rule reports on every metric. With a machine state (the maintenan
 completed jobs, `MachineState`), an anomaly of `STARTUP_TRANSIENT_TYPES` within the start-up
 window after the machine's latest completed job (event time, as the cooldown) is SUPPRESSED with
 the reason "start-up after maintenance": logged and counted with its job, never sent, never
-dropped unseen. Severity alerts (TEMPERATURE_HIGH, THRESHOLD_LOW, FAILURE_PREDICTED, ...) always
-go through: they say the machine is in a bad state, start-up or not.
+dropped unseen. Severity alerts (TEMPERATURE_HIGH, THRESHOLD_LOW, FAILURE_PREDICTED, ...) are
+never shelved: they say the machine is in a bad state, start-up or not.
 
 Failure predictions are announced once per episode: a FAILURE_PREDICTED (`EPISODE_TYPES`) holds
 its machine's slot for `failure_realert_seconds` (12 h) instead of the cooldown, and its slot is
@@ -228,10 +228,10 @@ class AlertService:
         if anomaly.anomaly_type in EPISODE_TYPES and self._realert_ms > self._cooldown_ms:
             readable, job = self._latest_job(anomaly)
             if readable or self._machine_state is None:
+                # The job's id and completion time: a maintenance system that reuses ids still
+                # opens a new episode with each job.
                 episode = (
-                    "in-service"
-                    if job is None
-                    else job.maintenance_id or f"job-{job.completed_at_ms}"
+                    "in-service" if job is None else f"{job.maintenance_id}@{job.completed_at_ms}"
                 )
                 return f"{key}#{episode}", anomaly.timestamp + self._realert_ms, Reason.EPISODE
         return key, anomaly.timestamp + self._cooldown_ms, Reason.REPEAT

@@ -40,8 +40,10 @@ def predicted(minutes: float = 0, **changes):
     return anomaly(**(fields | changes))
 
 
-def service(machine_state=None, errors=None) -> tuple[AlertService, RecordingNotifier]:
-    alerts = RecordingNotifier()
+def service(
+    machine_state=None, errors=None, alerts=None, realert_s=12 * 3600
+) -> tuple[AlertService, RecordingNotifier]:
+    alerts = alerts if alerts is not None else RecordingNotifier()
     routed = AlertService(
         cooldown_store=InMemoryCooldownStore(),
         alerts=alerts,
@@ -50,7 +52,7 @@ def service(machine_state=None, errors=None) -> tuple[AlertService, RecordingNot
         machine_state=machine_state if machine_state is not None else InMemoryMachineState([]),
         startup_window_seconds=1800,
         on_machine_state_error=(lambda: errors.append(1)) if errors is not None else lambda: None,
-        failure_realert_seconds=12 * 3600,
+        failure_realert_seconds=realert_s,
     )
     return routed, alerts
 
@@ -86,6 +88,36 @@ def test_a_completed_job_starts_a_new_episode():
     # After the job the machine is renewed: a prediction is news again, once.
     assert router.route(predicted(4 * 60)) == Decision.SENT
     assert router.route(predicted(5 * 60)) == Decision.SUPPRESSED
+
+
+class FailingOnce(RecordingNotifier):
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 1
+
+    def publish(self, notification) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("SNS unreachable")
+        super().publish(notification)
+
+
+def test_a_prediction_whose_notification_failed_is_sent_on_the_retry():
+    router, alerts = service(alerts=FailingOnce())
+    with pytest.raises(ConnectionError):
+        router.route(predicted())
+    assert router.route(predicted()) == Decision.SENT  # the retry: its slot was freed
+    assert len(alerts.sent) == 1
+    assert router.route(predicted(60)) == Decision.SUPPRESSED
+
+
+def test_an_interval_no_longer_than_the_cooldown_turns_episodes_off():
+    job = ReturnToService("F01", "F01-M003", T0 + 5 * MINUTE, "PM-1", "preventive")
+    router, _ = service(InMemoryMachineState([job]), realert_s=900)
+    assert router.route(predicted()) == Decision.SENT
+    routing = router.decide(predicted(10))  # the job does not reset an ordinary cooldown
+    assert (routing.decision, routing.reason) == (Decision.SUPPRESSED, Reason.REPEAT)
+    assert router.route(predicted(16)) == Decision.SENT
 
 
 def test_other_anomaly_types_keep_the_cooldown():
@@ -141,4 +173,9 @@ def test_the_lambda_announces_a_prediction_once_until_the_machine_is_serviced(
     metrics = next(json.loads(line) for line in lines if '"_aws"' in line)
     assert metrics["Suppressed_episode"] == [1.0]
     assert metrics["Anomalies_sent"] == [1.0]
-    assert boto3.client("dynamodb").scan(TableName=router["cooldown"])["Count"] == 2
+    items = boto3.client("dynamodb").scan(TableName=router["cooldown"])["Items"]
+    keys = sorted(item["pk"]["S"] for item in items)
+    assert keys == [
+        f"F01#F01-M003#FAILURE_PREDICTED#failure#CM-F01-M003-8@{T0 + 4 * HOUR}",
+        "F01#F01-M003#FAILURE_PREDICTED#failure#in-service",
+    ]
