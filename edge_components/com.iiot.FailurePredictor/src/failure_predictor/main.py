@@ -24,11 +24,11 @@ import hashlib
 import json
 import logging
 import os
-import queue
 import secrets
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -105,6 +105,7 @@ class LocalBusCounts:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.readings_payloads = 0
+        self.readings_dropped = 0  # ... of them dropped unread: the input backlog was full
         self.published = 0  # predictions handed to the bus
         self.confirmed = 0  # ... that the bus took (the local broker's PUBACK)
         self.refused = 0  # ... that it did not take (not connected, refused, connection lost)
@@ -115,6 +116,13 @@ class LocalBusCounts:
     def handled_readings(self) -> None:
         with self._lock:
             self.readings_payloads += 1
+
+    def dropped_readings(self) -> int:
+        """A readings payload dropped unread (counted as handled too); the total dropped."""
+        with self._lock:
+            self.readings_payloads += 1
+            self.readings_dropped += 1
+            return self.readings_dropped
 
     def publish_prediction(self, transport: Transport, name: str, payload: bytes) -> None:
         with self._lock:
@@ -156,6 +164,7 @@ class LocalBusCounts:
         with self._lock:
             return {
                 "readings_payloads": self.readings_payloads,
+                "readings_dropped": self.readings_dropped,
                 "predictions_published": self.published,
                 "predictions_confirmed": self.confirmed,
                 "predictions_refused": self.refused,
@@ -164,29 +173,79 @@ class LocalBusCounts:
             }
 
 
+# What the readings waiting for the predictor may hold in memory. The MQTT broker bounds it for
+# QoS 1 input (acknowledged after handling: at most the client's receive maximum waits), but
+# nothing slows Greengrass IPC or QoS 0 input, so a predictor behind a burst must not grow
+# without bound: past this the oldest readings are dropped, acknowledged and counted.
+INPUT_BACKLOG_BYTES = 64 * 1024 * 1024
+
+_InputItem = tuple[str, bytes, "Ack | None"]
+
+
 class InputQueue:
     """The transport's messages, handled on a thread of their own: the MQTT client's callback
     only queues them, so its event loop keeps reading PUBACKs and PINGRESPs while the predictor
     works through a backlog (handled on the callback, a predictor behind the readings held the
     loop until the broker's keep-alive dropped the connection, failing every prediction
-    awaiting its PUBACK). Unbounded here; the broker bounds it (QoS 1 messages are
-    acknowledged after handling, at most the client's receive maximum unacknowledged)."""
+    awaiting its PUBACK).
 
-    def __init__(self) -> None:
-        self._queue: queue.Queue[tuple[str, bytes, Ack | None] | None] = queue.Queue()
+    Control messages (`is_control`: operator confirmations, maintenance events) are handled
+    before any waiting reading, so a backlog never makes a confirmation expire. Readings wait
+    up to `max_bytes`; past it the oldest are handed to `on_dropped` (which acknowledges and
+    counts them) instead of growing memory: the SensorBuffer stores every reading whatever the
+    predictor keeps up with, and the next prediction carries the machine's risk on."""
+
+    def __init__(self, max_bytes: int = INPUT_BACKLOG_BYTES) -> None:
+        self.max_bytes = max_bytes
         self.handler: MessageHandler | None = None
+        self.is_control: Callable[[str], bool] = lambda name: False
+        self.on_dropped: Callable[[str, bytes, Ack | None], None] = lambda *item: None
+        self._control: deque[_InputItem] = deque()
+        self._readings: deque[_InputItem] = deque()
+        self._bytes = 0
+        self._closed = False
+        self._ready = threading.Condition()
         self._thread: threading.Thread | None = None
 
     def put(self, name: str, payload: bytes, ack: Ack | None) -> None:
-        self._queue.put((name, payload, ack))
+        dropped: list[_InputItem] = []
+        with self._ready:
+            if self.is_control(name):
+                self._control.append((name, payload, ack))
+            else:
+                self._readings.append((name, payload, ack))
+                self._bytes += len(payload)
+                while self._bytes > self.max_bytes and len(self._readings) > 1:
+                    oldest = self._readings.popleft()
+                    self._bytes -= len(oldest[1])
+                    dropped.append(oldest)
+            self._ready.notify()
+        for item in dropped:
+            self.on_dropped(*item)
+
+    def waiting_bytes(self) -> int:
+        with self._ready:
+            return self._bytes
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="failure-predictor-input")
         self._thread.daemon = True
         self._thread.start()
 
+    def _next(self) -> _InputItem | None:
+        with self._ready:
+            while not (self._control or self._readings or self._closed):
+                self._ready.wait()
+            if self._control:
+                return self._control.popleft()
+            if self._readings:
+                item = self._readings.popleft()
+                self._bytes -= len(item[1])
+                return item
+            return None  # closed, and everything before was handled
+
     def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
+        while (item := self._next()) is not None:
             assert self.handler is not None
             try:
                 self.handler(*item)
@@ -196,7 +255,9 @@ class InputQueue:
     def stop(self, timeout: float = 10.0) -> None:
         """Handles what was queued before, then ends (within `timeout`, or it goes on as a
         daemon thread; what the transport delivers later stays unacknowledged)."""
-        self._queue.put(None)
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -272,8 +333,24 @@ def build(
             if ack is not None:
                 ack()
 
+    def on_dropped(name: str, payload: bytes, ack: Ack | None) -> None:
+        total = bus.dropped_readings()
+        if total == 1 or total % 1000 == 0:
+            log.warning(
+                "input backlog full: oldest readings dropped unread (the SensorBuffer still "
+                "stores them; predictions skip them)",
+                extra={"readings_dropped": total, "backlog_bytes": inputs_bytes()},
+            )
+        if ack is not None:
+            ack()
+
+    def inputs_bytes() -> int:
+        return inputs.waiting_bytes() if inputs is not None else 0
+
     if inputs is not None:
         inputs.handler = on_message
+        inputs.is_control = lambda name: name in (confirmations, maintenance)
+        inputs.on_dropped = on_dropped
     transport.start(
         (readings, confirmations, maintenance), inputs.put if inputs is not None else on_message
     )
