@@ -382,6 +382,12 @@ def _whatif(data: dict[str, Any]) -> str:
                 if w["downtime_reduction"] >= 0.5
                 else ": not met for total downtime, once the planned jobs count)."
             )
+            + (
+                " A planner that knew every failure time (a job an hour before each) would "
+                f"reach <b>{w['ceiling_reduction'] * -100:+.0f}%</b>."
+                if "ceiling_reduction" in w
+                else ""
+            )
             + "</p>"
         )
     return f"""<section id="whatif"><h2>Downtime what-if: run-to-failure vs acting on alerts</h2>

@@ -15,9 +15,12 @@ from local_platform.cli import app
 from local_platform.report.run_data import collect
 from local_platform.report.whatif import (
     Policy,
+    downtime,
     fleet_after_run,
     next_shift_change,
+    perfect_plan,
     run_whatif,
+    with_history,
 )
 from local_platform.simulator import FleetConfig, FleetSimulator
 
@@ -97,12 +100,130 @@ def test_a_job_before_the_degradation_is_an_inspection_and_the_failure_still_com
     assert all(m.completed_at_ms - m.started_at_ms >= HOUR for m in jobs)
 
 
+def test_the_history_runs_before_the_window_and_is_not_counted(catalog):
+    window = FleetConfig(
+        factories=1, machines_per_factory=4, hours=48, interval_ms=60_000, seed=3, mtbf_hours=30
+    )
+    simulated = with_history(window, 2)
+    assert simulated.start_ms == window.start_ms - 48 * HOUR
+    assert simulated.end_ms == window.end_ms
+    sim = FleetSimulator(replace(simulated, planned_maintenance=()), catalog)
+    start, end = window.start_ms, window.end_ms
+    inside = [f for f in sim.failures if start <= f.failed_at_ms < end]
+    history = [f for f in sim.failures if f.failed_at_ms < start]
+    assert history, "no failure in the history"
+    assert inside, "no failure in the window"
+    figures = downtime(sim, (start, end))
+    assert figures["failures"] == len(inside)
+    # each repair counts its part inside the window (from the failure records, not the jobs)
+    expected = sum(
+        max(min(f.repaired_at_ms, end) - max(f.failed_at_ms, start), 0) for f in sim.failures
+    )
+    assert figures["unplanned_h"] == pytest.approx(expected / HOUR, abs=0.01)
+    assert figures["unplanned_h"] < downtime(sim)["unplanned_h"]
+    assert figures["planned_jobs"] == 0
+    with pytest.raises(ValueError, match="history"):
+        with_history(window, -1)
+
+
+def test_a_repair_straddling_the_window_start_counts_only_its_part_inside(catalog):
+    fleet = FleetConfig(
+        factories=1, machines_per_factory=1, hours=96, interval_ms=60_000, seed=3, mtbf_hours=30
+    )
+    sim = FleetSimulator(replace(fleet, planned_maintenance=()), catalog)
+    failure = next(f for f in sim.failures if f.failed_at_ms > fleet.start_ms + HOUR)
+    repair = failure.repaired_at_ms - failure.failed_at_ms
+    # the window opens an hour into the repair and closes when it ends: its failure came
+    # before the window, so only the repair's remaining hours count
+    part = downtime(sim, (failure.failed_at_ms + HOUR, failure.repaired_at_ms))
+    assert part["failures"] == 0
+    assert part["unplanned_h"] == pytest.approx((repair - HOUR) / HOUR, abs=0.01)
+    # a window that closes an hour into the repair: the failure counts, an hour of its repair
+    head = downtime(sim, (failure.failed_at_ms - HOUR, failure.failed_at_ms + HOUR))
+    assert head["failures"] == 1
+    assert head["unplanned_h"] == pytest.approx(1.0, abs=0.01)
+
+
+def test_no_history_is_the_old_what_if(catalog):
+    window = FleetConfig(
+        factories=1, machines_per_factory=4, hours=72, interval_ms=60_000, seed=4, mtbf_hours=30
+    )
+    assert with_history(window, 0) == window
+    sim = FleetSimulator(replace(window, planned_maintenance=()), catalog)
+    # the old accounting: the whole simulated span, a repair under way at its start counting
+    # its part (the first wear-out clock starts before the fleet does)
+    assert downtime(sim, (window.start_ms, window.end_ms)) == downtime(sim)
+    expected = sum(
+        min(f.repaired_at_ms, window.end_ms) - max(f.failed_at_ms, window.start_ms)
+        for f in sim.failures
+    )
+    assert downtime(sim)["unplanned_h"] == pytest.approx(expected / HOUR, abs=0.01)
+    # a history changes the window's failures: the fleet starts earlier, so each machine's
+    # wear-out clock does too
+    longer = FleetSimulator(replace(with_history(window, 2), planned_maintenance=()), catalog)
+    in_window = [
+        (f.machine_id, f.failed_at_ms) for f in longer.failures if f.failed_at_ms >= window.start_ms
+    ]
+    assert in_window != [(f.machine_id, f.failed_at_ms) for f in sim.failures]
+
+
+def test_the_perfect_plan_averts_every_failure_it_can_reach(catalog):
+    window = FleetConfig(
+        factories=1, machines_per_factory=5, hours=72, interval_ms=60_000, seed=3, mtbf_hours=30
+    )
+    simulated = with_history(window, 1)
+    span = (window.start_ms, window.end_ms)
+    rtf_sim = FleetSimulator(replace(simulated, planned_maintenance=()), catalog)
+    rtf = downtime(rtf_sim, span)
+    perfect, rounds = perfect_plan(simulated, catalog, span)
+    best = downtime(perfect, span)
+    assert rtf["failures"] >= 3
+    # closed loop: a job changes the machine's later failures, which need jobs of their own
+    assert rounds >= 2
+    assert best["downtime_h"] < rtf["downtime_h"]
+    jobs = [m for m in perfect.maintenance if m.kind == "preventive"]
+    assert jobs
+    assert all(m.started_at_ms >= window.start_ms for m in jobs), "a job before the window"
+    # what is left: a failure in the window's first hour (its job would start before the
+    # window) or one whose job came to nothing (the machine came back less than an hour before)
+    for failure in perfect.failures:
+        if not span[0] <= failure.failed_at_ms < span[1]:
+            continue
+        job = failure.failed_at_ms - HOUR
+        assert job < span[0] or (failure.machine_id, job) in {
+            (m.machine_id, m.started_at_ms) for m in jobs if not m.averted_failure
+        }
+    # and no job is wasted: one that found nothing was an hour before a failure that came
+    came = {(f.machine_id, f.failed_at_ms - HOUR) for f in perfect.failures}
+    assert all((m.machine_id, m.started_at_ms) in came for m in jobs if not m.averted_failure)
+    # a window that opens half an hour before a failure: too late for its job
+    failure = next(f for f in rtf_sim.failures if f.failed_at_ms > simulated.start_ms + 2 * HOUR)
+    late = (failure.failed_at_ms - HOUR // 2, window.end_ms)
+    perfect, _ = perfect_plan(simulated, catalog, late)
+    assert (failure.machine_id, failure.failed_at_ms) in {
+        (f.machine_id, f.failed_at_ms) for f in perfect.failures
+    }
+    assert all(m.started_at_ms >= late[0] for m in perfect.maintenance if m.kind == "preventive")
+
+
 @pytest.mark.slow
 def test_whatif_on_a_run_and_in_the_report(full_run: Path, catalog):
     fleet = replace(fleet_after_run(full_run, days=2.0), machines_per_factory=2)
-    figures = run_whatif(fleet, full_run / "ml" / "failure_model", catalog, Policy())
+    figures = run_whatif(
+        fleet, full_run / "ml" / "failure_model", catalog, Policy(), history_days=1.0
+    )
     rtf, pred = figures["run_to_failure"], figures["predictive"]
     assert rtf["planned_jobs"] == 0
+    # a day of history, run to failure and not counted: the window is the 2 days after the run
+    assert figures["config"]["history_days"] == 1.0
+    assert figures["config"]["start"] == fleet.start.isoformat()
+    baseline = FleetSimulator(replace(with_history(fleet, 1.0), planned_maintenance=()), catalog)
+    assert rtf == downtime(baseline, (fleet.start_ms, fleet.end_ms))
+    assert any(f.failed_at_ms < fleet.start_ms for f in baseline.failures)
+    # the perfect planner does at least as well as the predictor's (on this fleet; a job's
+    # duration is drawn from the machine's random stream, so it is not a theorem)
+    assert figures["ceiling_reduction"] >= figures["downtime_reduction"]
+    assert figures["ceiling"]["failures"] <= pred["failures"]
     # the fixture's model holds its alerts from the first hours on: an alert already raised
     # when the planner starts watching plans a job too (a planner that plans nothing would
     # pass every identity below)
@@ -110,6 +231,7 @@ def test_whatif_on_a_run_and_in_the_report(full_run: Path, catalog):
     assert pred["planned_jobs"] <= len(figures["jobs"])  # a job the machine is down for is not done
     assert pred["planned_jobs"] == pred["averted"] + pred["false_alarm_jobs"]
     for job in figures["jobs"]:
+        assert job["job_ms"] >= fleet.start_ms, "a job before the window"
         # after the alert and its lead, at a shift change unless urgent
         assert job["job_ms"] >= job["alert_ms"] + Policy().lead_hours * 3_600_000
         hour = datetime.fromtimestamp(job["job_ms"] / 1000, tz=UTC)
