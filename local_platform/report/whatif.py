@@ -571,6 +571,7 @@ def choose_policy(
                 "history_days": history_days,
                 "downtime_reduction": figures["downtime_reduction"],
                 "ceiling_reduction": figures["ceiling_reduction"],
+                "ceiling": figures["ceiling"],
                 "run_to_failure": figures["run_to_failure"],
                 "predictive": figures["predictive"],
                 "failures": figures["failures"],
