@@ -43,7 +43,8 @@ jobs), inside the window [start, end) only:
   inspections, so "hours since maintenance" keeps counting through them.
 
 The ceiling (`perfect_plan`, `ceiling_reduction` in the figures): a planner that knew every
-failure time, one job an hour before each failure in the window, closed loop (the job changes
+failure time, one job an hour before each failure in the window (at its start when that is
+later), closed loop (the job changes
 the machine's later failures, which get their own jobs, until no new failure appears), under
 the same accounting. It runs only the simulator's schedule, not the readings or the predictor,
 so it costs little. It is the bound of any predictor here in practice, not a theorem: a job's
@@ -303,12 +304,13 @@ def perfect_plan(
     max_rounds: int = 1000,
 ) -> tuple[FleetSimulator, int]:
     """The fleet with a planner that knows every failure time: a job `lead_hours` before each
-    failure inside `window` (default the simulated span), closed loop. Each round gives each
-    machine a job before its first failure in the window that has none yet (a job changes the
-    machine's later failures), until a round adds no job. A failure whose job would start
-    before the window, or whose job came to nothing (the machine came back from a stop less
-    than the lead before it, so the job was an inspection), is left to happen. Returns the
-    simulator with the final plan and the rounds it took."""
+    failure inside `window` (default the simulated span), or at the window's start when that
+    is later (no job before the window), closed loop. Each round gives each machine a job
+    before its first failure in the window that has none yet (a job changes the machine's
+    later failures), until a round adds no job. A failure at the window's very start, or whose
+    job came to nothing (the machine came back from a stop less than the lead before it, so
+    the job was an inspection), is left to happen. Returns the simulator with the final plan
+    and the rounds it took."""
     start_ms, end_ms = window or (fleet.start_ms, fleet.end_ms)
     lead = int(lead_hours * HOUR_MS)
     plan: set[tuple[str, int]] = set()
@@ -316,11 +318,11 @@ def perfect_plan(
         simulator = FleetSimulator(replace(fleet, planned_maintenance=tuple(sorted(plan))), catalog)
         added: set[str] = set()
         for failure in simulator.failures:  # in time order
-            job = (failure.machine_id, failure.failed_at_ms - lead)
+            job = (failure.machine_id, max(failure.failed_at_ms - lead, start_ms))
             if (
                 failure.machine_id in added
                 or not start_ms <= failure.failed_at_ms < end_ms
-                or job[1] < start_ms
+                or job[1] >= failure.failed_at_ms
                 or job in plan
             ):
                 continue

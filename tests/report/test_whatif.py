@@ -184,26 +184,36 @@ def test_the_perfect_plan_averts_every_failure_it_can_reach(catalog):
     jobs = [m for m in perfect.maintenance if m.kind == "preventive"]
     assert jobs
     assert all(m.started_at_ms >= window.start_ms for m in jobs), "a job before the window"
-    # what is left: a failure in the window's first hour (its job would start before the
-    # window) or one whose job came to nothing (the machine came back less than an hour before)
+    # what is left: a failure whose job came to nothing (the machine came back less than an
+    # hour before it)
     for failure in perfect.failures:
         if not span[0] <= failure.failed_at_ms < span[1]:
             continue
-        job = failure.failed_at_ms - HOUR
-        assert job < span[0] or (failure.machine_id, job) in {
+        job = max(failure.failed_at_ms - HOUR, span[0])
+        assert (failure.machine_id, job) in {
             (m.machine_id, m.started_at_ms) for m in jobs if not m.averted_failure
         }
     # and no job is wasted: one that found nothing was an hour before a failure that came
     came = {(f.machine_id, f.failed_at_ms - HOUR) for f in perfect.failures}
     assert all((m.machine_id, m.started_at_ms) in came for m in jobs if not m.averted_failure)
-    # a window that opens half an hour before a failure: too late for its job
-    failure = next(f for f in rtf_sim.failures if f.failed_at_ms > simulated.start_ms + 2 * HOUR)
+    # a window that opens half an hour before a failure, inside its degradation: its job
+    # starts with the window, not an hour before the failure, and averts it
+    failure = next(
+        f
+        for f in rtf_sim.failures
+        if f.failed_at_ms - f.degradation_start_ms > HOUR
+        and f.degradation_start_ms > simulated.start_ms
+    )
     late = (failure.failed_at_ms - HOUR // 2, window.end_ms)
     perfect, _ = perfect_plan(simulated, catalog, late)
-    assert (failure.machine_id, failure.failed_at_ms) in {
+    planned = [m for m in perfect.maintenance if m.kind == "preventive"]
+    assert all(m.started_at_ms >= late[0] for m in planned)
+    assert (failure.machine_id, late[0], True) in {
+        (m.machine_id, m.started_at_ms, m.averted_failure) for m in planned
+    }
+    assert (failure.machine_id, failure.failed_at_ms) not in {
         (f.machine_id, f.failed_at_ms) for f in perfect.failures
     }
-    assert all(m.started_at_ms >= late[0] for m in perfect.maintenance if m.kind == "preventive")
 
 
 @pytest.mark.slow
