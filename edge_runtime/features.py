@@ -23,7 +23,12 @@ a temperature rise the load does not explain is visible whatever the shift, the 
 a slow calibration drift (the baseline follows the drift, which is much slower than a fault's
 growth: a drift of r per hour leaves a residual of about r times the difference of the two time
 constants); seal leaks show the same way in pressure and flow. NaN until ``x`` has been seen and
-has varied. The state is a few running sums per pair.
+has varied. The state is a few running sums per pair. With ``residual_daily_cycle`` the line
+also fits a daily cycle, ``y = a + b x + c sin(2 pi h / 24) + d cos(2 pi h / 24)`` at the hour
+of day h (UTC: the fitted phase takes care of the plant's time zone): the ambient temperature's
+swing over the day, which the speed does not explain and which is as large as an early
+overheating, leaves the residual; the cycle's coefficients are ridge-shrunk (`_DAILY_RIDGE`), so
+on the first hours of a series the line is the plain one.
 
 `batch_machine_features` computes every row of one machine's stream with vectorized numpy
 (training over the lake's silver data); `MachineFeatureState` updates the same vector with O(1)
@@ -64,6 +69,9 @@ class FeatureSpec:
     residuals: tuple[tuple[str, str], ...] = ()  # (y, x): y against what x predicts
     residual_baseline_hours: float = 24.0
     residual_smooth_minutes: float = 30.0
+    # the residuals' lines also fit a daily cycle (sine and cosine of the time of day): the
+    # ambient temperature's swing over the day, which the speed does not explain
+    residual_daily_cycle: bool = False
 
     def __post_init__(self) -> None:
         if not self.metrics:
@@ -132,6 +140,7 @@ class FeatureSpec:
             residuals=tuple((str(y), str(x)) for y, x in data.get("residuals", ())),
             residual_baseline_hours=float(data.get("residual_baseline_hours", 24.0)),
             residual_smooth_minutes=float(data.get("residual_smooth_minutes", 30.0)),
+            residual_daily_cycle=bool(data.get("residual_daily_cycle", False)),
         )
 
 
@@ -338,6 +347,124 @@ def _residuals_of_sums(long: FloatArray, short: FloatArray) -> FloatArray:
     return np.where(ok, sys_ / ws - (my + b * (sxs / ws - mx)), np.nan)
 
 
+# the daily cycle's coefficients are ridge-shrunk by this much (a variance: the sine's over a
+# whole day is 0.5), so a line fitted on a few hours, where the cycle and the speed both move
+# slowly, stays the plain line instead of trading huge opposite coefficients
+_DAILY_RIDGE = 0.01
+_DAY_ANGLE = 2 * math.pi / DAY_MS
+
+
+class _DailyResidualState:
+    """`_ResidualState` whose line is ``y = a + b x + c sin(day) + d cos(day)``: the long sums
+    of the regressors u = (x - x0, sin, cos) and y, their cross products, and the short means."""
+
+    __slots__ = (
+        "c",
+        "cc",
+        "cs",
+        "cy",
+        "last_t",
+        "long_ms",
+        "s",
+        "sc",
+        "short_ms",
+        "ss",
+        "ss_s",
+        "sy",
+        "w",
+        "ws",
+        "x",
+        "x0",
+        "x_s",
+        "xc",
+        "xs",
+        "xx",
+        "xy",
+        "y",
+        "y0",
+        "y_s",
+    )
+
+    def __init__(self, long_ms: float, short_ms: float) -> None:
+        self.long_ms = long_ms
+        self.short_ms = short_ms
+        self.last_t: int | None = None
+        self.x0 = self.y0 = 0.0
+        self.w = self.x = self.s = self.c = self.y = 0.0
+        self.xx = self.xs = self.xc = self.ss = self.sc = self.cc = 0.0
+        self.xy = self.sy = self.cy = 0.0
+        self.ws = self.x_s = self.ss_s = self.cs = self.y_s = 0.0
+
+    def push(self, t: int, y: float, x: float) -> float:
+        if self.last_t is None:
+            self.x0, self.y0 = x, y
+            d = ds = 1.0
+        else:
+            gap = t - self.last_t
+            d = math.exp(-gap / self.long_ms)
+            ds = math.exp(-gap / self.short_ms)
+        self.last_t = t
+        angle = (t % DAY_MS) * _DAY_ANGLE
+        sn, cn = math.sin(angle), math.cos(angle)
+        dx, dy = x - self.x0, y - self.y0
+        self.w = d * self.w + 1.0
+        self.x = d * self.x + dx
+        self.s = d * self.s + sn
+        self.c = d * self.c + cn
+        self.y = d * self.y + dy
+        self.xx = d * self.xx + dx * dx
+        self.xs = d * self.xs + dx * sn
+        self.xc = d * self.xc + dx * cn
+        self.ss = d * self.ss + sn * sn
+        self.sc = d * self.sc + sn * cn
+        self.cc = d * self.cc + cn * cn
+        self.xy = d * self.xy + dx * dy
+        self.sy = d * self.sy + sn * dy
+        self.cy = d * self.cy + cn * dy
+        self.ws = ds * self.ws + 1.0
+        self.x_s = ds * self.x_s + dx
+        self.ss_s = ds * self.ss_s + sn
+        self.cs = ds * self.cs + cn
+        self.y_s = ds * self.y_s + dy
+        fitted, residual = _daily_residual(
+            (
+                *(self.w, self.x, self.s, self.c, self.y, self.xx, self.xs, self.xc),
+                *(self.ss, self.sc, self.cc, self.xy, self.sy, self.cy),
+            ),
+            (self.ws, self.x_s, self.ss_s, self.cs, self.y_s),
+        )
+        return residual if fitted else math.nan
+
+
+def _daily_residual(long: Sequence[Any], short: Sequence[Any]) -> tuple[Any, Any]:
+    """(whether the line is defined, mean_short(y) minus the line at the short means of u),
+    from the sums; the same arithmetic on floats (gateway) and on arrays (batch)."""
+    w, x, s, c, y, xx, xs, xc, ss, sc, cc, xy, sy, cy = long
+    ws, x_s, s_s, c_s, y_s = short
+    mx, ms, mc, my = x / w, s / w, c / w, y / w
+    # covariances of (x, sin, cos), the cycle's ridge-shrunk, and with y
+    a00 = xx / w - mx * mx
+    a01, a02 = xs / w - mx * ms, xc / w - mx * mc
+    a11 = ss / w - ms * ms + _DAILY_RIDGE
+    a12, a22 = sc / w - ms * mc, cc / w - mc * mc + _DAILY_RIDGE
+    b0, b1, b2 = xy / w - mx * my, sy / w - ms * my, cy / w - mc * my
+    fitted = (w >= _MIN_FIT_WEIGHT) & (a00 > _MIN_RELATIVE_SPREAD * (xx / w + 1.0))
+    if fitted is False:
+        return False, math.nan
+    # the symmetric 3x3 system by its adjugate: positive definite where `fitted` (the cycle's
+    # ridge on a covariance, and a spread of x)
+    k00, k11, k22 = a11 * a22 - a12 * a12, a00 * a22 - a02 * a02, a00 * a11 - a01 * a01
+    k01, k02, k12 = a02 * a12 - a01 * a22, a01 * a12 - a02 * a11, a01 * a02 - a00 * a12
+    det = a00 * k00 + a01 * k01 + a02 * k02
+    if fitted is not True:  # arrays: rows without a line divide by 1, their value is unused
+        det = np.where(fitted, det, 1.0)
+    slope_x = (k00 * b0 + k01 * b1 + k02 * b2) / det
+    slope_s = (k01 * b0 + k11 * b1 + k12 * b2) / det
+    slope_c = (k02 * b0 + k12 * b1 + k22 * b2) / det
+    line = my + slope_x * (x_s / ws - mx) + slope_s * (s_s / ws - ms) + slope_c * (c_s / ws - mc)
+    return fitted, y_s / ws - line
+
+
 class _SeriesState:
     __slots__ = ("buffer", "counts", "slope_window", "times")
 
@@ -371,12 +498,15 @@ class MachineFeatureState:
         self._machine_offset = len(spec.metrics) * spec.per_metric
         # per metric: the residual pairs it is the y of (slot, state, index of x)
         residual_offset = self._machine_offset + len(spec.machine_feature_names)
-        self._residuals_of: list[list[tuple[int, _ResidualState, int]]] = [[] for _ in spec.metrics]
+        self._residuals_of: list[list[tuple[int, _ResidualState | _DailyResidualState, int]]] = [
+            [] for _ in spec.metrics
+        ]
+        line = _DailyResidualState if spec.residual_daily_cycle else _ResidualState
         for k, (y, x) in enumerate(spec.residuals):
             self._residuals_of[self._metric_index[y]].append(
                 (
                     residual_offset + k,
-                    _ResidualState(
+                    line(
                         spec.residual_baseline_hours * HOUR_MS,
                         spec.residual_smooth_minutes * 60_000,
                     ),
@@ -618,13 +748,31 @@ def _batch_residuals(
         yv, xv, t = values[rows], values[latest_x[rows]], timestamps[rows]
         dx, dy = xv - xv[0], yv - yv[0]
         ones = np.ones(len(rows))
-        long = _ew_sums(
-            t,
-            np.column_stack([ones, dx, dy, dx * dx, dx * dy]),
+        long_ms, short_ms = (
             spec.residual_baseline_hours * HOUR_MS,
+            spec.residual_smooth_minutes * 60_000,
         )
-        short = _ew_sums(t, np.column_stack([ones, dx, dy]), spec.residual_smooth_minutes * 60_000)
-        residual = _residuals_of_sums(long, short)
+        if spec.residual_daily_cycle:
+            angle = (t % DAY_MS) * _DAY_ANGLE
+            sn, cn = np.sin(angle), np.cos(angle)
+            long = _ew_sums(
+                t,
+                np.column_stack(
+                    [
+                        *(ones, dx, sn, cn, dy),
+                        *(dx * dx, dx * sn, dx * cn, sn * sn, sn * cn, cn * cn),
+                        *(dx * dy, sn * dy, cn * dy),
+                    ]
+                ),
+                long_ms,
+            )
+            short = _ew_sums(t, np.column_stack([ones, dx, sn, cn, dy]), short_ms)
+            fitted, value = _daily_residual(list(long.T), list(short.T))
+            residual = np.where(fitted, value, np.nan)
+        else:
+            long = _ew_sums(t, np.column_stack([ones, dx, dy, dx * dx, dx * dy]), long_ms)
+            short = _ew_sums(t, np.column_stack([ones, dx, dy]), short_ms)
+            residual = _residuals_of_sums(long, short)
         # forward-fill to every later reading (the value holds until y's next reading)
         is_row = np.zeros(length, dtype=bool)
         is_row[rows] = True

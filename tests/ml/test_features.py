@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -172,3 +174,63 @@ def test_residual_waits_for_both_sensors_and_a_spread_of_load() -> None:
     assert np.isnan(state.vector[feature])
     with pytest.raises(ValueError, match="residual pair"):
         FeatureSpec(metrics=("x",), residuals=(("x", "y"),))
+
+
+DAILY_SPEC = replace(RESIDUAL_SPEC, residual_daily_cycle=True, version=3)
+
+
+def _ambient(t):  # type: ignore[no-untyped-def]
+    """The day's ambient swing: 4 degrees either side, warmest at 15:00 (as the simulator's)."""
+    return 4.0 * np.sin(2 * np.pi * ((t / 3_600_000) % 24 - 9) / 24)
+
+
+def test_daily_cycle_takes_the_ambient_swing_out_of_the_residual_and_keeps_a_fault() -> None:
+    hour_ms = 3_600_000
+    fault_start = 60 * hour_ms
+
+    def ambient_and_fault(t):  # type: ignore[no-untyped-def]
+        return _ambient(t) + 6.0 * np.clip((t - fault_start) / (12 * hour_ms), 0, None) ** 2
+
+    t, m, v = _pump(72, 10_000, 7, 20.0, 0.03, ambient_and_fault)
+    feature = DAILY_SPEC.names.index("y__resid_x")
+    daily = incremental(DAILY_SPEC, t, m, v, MachineInfo("M"), [])[:, feature]
+    plain = incremental(RESIDUAL_SPEC, t, m, v, MachineInfo("M"), [])[:, feature]
+    steady = (t > 30 * hour_ms) & (t < fault_start)
+    # on the speed alone the residual keeps most of the 8-degree swing; with the cycle, noise
+    assert np.ptp(plain[steady]) > 4.0
+    assert np.abs(daily[steady]).max() < 0.6
+    # the fault's last 12 h (6 degrees; the 24 h baseline follows part of it) stand out from
+    # that quiet background, where on the speed alone they are smaller than the daily swing
+    assert daily[-1] > 2.0
+    assert daily[-1] > 5 * np.abs(daily[steady]).max()
+    assert plain[-1] < np.ptp(plain[steady])
+
+
+def test_daily_cycle_is_the_plain_line_on_a_few_hours_and_batch_equals_gateway() -> None:
+    # the first hours: the cycle barely moves and is ridge-shrunk, so the residual is close to
+    # the plain line's instead of trading huge opposite coefficients with the speed
+    t, m, v = _pump(4, 10_000, 8, 20.0, 0.03, _ambient)
+    feature = DAILY_SPEC.names.index("y__resid_x")
+    daily = incremental(DAILY_SPEC, t, m, v, MachineInfo("M"), [])[:, feature]
+    plain = incremental(RESIDUAL_SPEC, t, m, v, MachineInfo("M"), [])[:, feature]
+    both = np.isfinite(plain)
+    assert (np.isfinite(daily) == both).all()
+    assert np.abs(daily[both]).max() < 2.0
+    # the hard stream of the test above (ties, gaps, a stuck sensor, a jump), with the cycle
+    rng = np.random.default_rng(9)
+    n = 6000
+    t = np.sort(rng.integers(0, 3 * DAY_MS, n)).astype(np.int64)
+    m = rng.choice(np.array(["x", "y", "other"]), n)
+    v = rng.normal(1500.0, 3.0, n) + _ambient(t)
+    v[500:900] = 1500.25
+    v[2000:2100] *= 100.0
+    machine = MachineInfo("M", "CP-400", installed_ms=-400 * DAY_MS)
+    spec = replace(DAILY_SPEC, residuals=(("y", "x"), ("x", "y")), residual_baseline_hours=2.0)
+    assert_same(
+        batch_machine_features(spec, t, m, v, machine, [int(t[1000])]),
+        incremental(spec, t, m, v, machine, [int(t[1000])]),
+    )
+    # a model trained before the cycle existed keeps its plain line
+    old = DAILY_SPEC.to_dict()
+    del old["residual_daily_cycle"]
+    assert not FeatureSpec.from_dict(old).residual_daily_cycle
