@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -130,6 +130,15 @@ class FeatureSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
+        """The spec a model was trained with. A key this code does not know is a feature it
+        cannot compute (a model from newer training code than the gateway's): refused, so the
+        gateway keeps its model instead of scoring vectors that only look the same."""
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(
+                f"feature spec {data.get('version')} has settings this code does not know: "
+                f"{sorted(unknown)} (update the FailurePredictor component before the model)"
+            )
         return cls(
             metrics=tuple(data["metrics"]),
             count_windows=tuple(data["count_windows"]),

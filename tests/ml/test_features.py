@@ -234,3 +234,27 @@ def test_daily_cycle_is_the_plain_line_on_a_few_hours_and_batch_equals_gateway()
     old = DAILY_SPEC.to_dict()
     del old["residual_daily_cycle"]
     assert not FeatureSpec.from_dict(old).residual_daily_cycle
+
+
+def test_a_spec_with_a_setting_this_code_does_not_know_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A model trained by newer code than the gateway's: its manifest is refused (the gateway
+    keeps the model it has) instead of scored on features computed another way."""
+    import json
+
+    from edge_runtime.model_runtime import Manifest, ModelError
+
+    newer = {**DAILY_SPEC.to_dict(), "residual_weekly_cycle": True}
+    with pytest.raises(ValueError, match="residual_weekly_cycle"):
+        FeatureSpec.from_dict(newer)
+    (tmp_path / "manifest.json").write_text(
+        json.dumps(
+            {
+                "model_version": "9",
+                "feature_names": DAILY_SPEC.names,
+                "feature_spec": newer,
+                "xgboost_model": {"file": "model.json", "sha256": "0"},
+            }
+        )
+    )
+    with pytest.raises(ModelError, match="not a valid model manifest"):
+        Manifest.read(tmp_path)
