@@ -535,9 +535,10 @@ def whatif(
         typer.Option(
             min=0.0,
             help="Days the fleet runs before those DAYS, to failure in both arms and not "
-            "counted, as the gateways' predictors had been running (default 3).",
+            "counted, as the gateways' predictors had been running (it moves the window's "
+            "failures: another fleet).",
         ),
-    ] = 3.0,
+    ] = 0.0,
 ) -> None:
     """Downtime what-if: the run's fleet for DAYS more, twice, seeded identically.
 
