@@ -6,8 +6,10 @@ and `plan.json`; its failures and maintenance jobs in the lake's `silver/failure
 maintenance.py), completed by the CMMS's own schedule regenerated from `plan.json` (same seed,
 same schedule) for the jobs the lake had not been sent yet when the run ended; the failure
 predictions are the gateways' predictors' FAILURE_PREDICTED alerts on the anomaly stream
-(`cloud/anomaly-stream-records.jsonl`); the quarantine is each gateway's SensorBuffer table
-(`gateways/<factory>/sensor_buffer/sensor_buffer.sqlite3`), or the reconciliation's counts.
+(`cloud/anomaly-stream-records.jsonl`) and, for the risk over time, the failure_probability
+series the gateways stored (silver readings, `with_stored_risk`); the quarantine is each
+gateway's SensorBuffer table (`gateways/<factory>/sensor_buffer/sensor_buffer.sqlite3`), or the
+reconciliation's counts.
 """
 
 from __future__ import annotations
@@ -248,4 +250,43 @@ def gateway_quarantine(root: Path) -> dict[str, dict[str, int]]:
             log.warning("gateway database unreadable", extra={"path": str(database), "error": exc})
             continue
         out[factory] = dict(reasons.most_common())
+    return out
+
+
+def with_stored_risk(
+    predictions: dict[str, Any] | None,
+    machines: list[dict[str, str]],
+    stored: dict[str, Any],
+    iso: Any,
+    points: int = 300,
+) -> dict[str, Any]:
+    """`predictions` (`gateway_predictions`, or None) with each machine's risk over time and
+    latest probability taken from the failure_probability series its gateway stored (every
+    prediction the SensorBuffer's deadband let through, uploaded like a reading), at most
+    `points` a machine; the alerts stay the anomaly stream's. An alert carries a probability
+    only when it crosses a threshold, so without the stored series a machine below the
+    threshold throughout has no risk at all."""
+    import numpy as np
+
+    out = predictions if predictions is not None else {}
+    factory_of = {m["machine_id"]: m["factory_id"] for m in machines}
+    machine, timestamp, value = stored["machine"], stored["timestamp"], stored["value"]
+    order = np.lexsort((timestamp, machine))
+    machine, timestamp, value = machine[order], timestamp[order], value[order]
+    names, starts = np.unique(machine, return_index=True)
+    ends = [*starts[1:], len(machine)]
+    for name, begin, end in zip(names.tolist(), starts.tolist(), ends, strict=True):
+        entry = out.setdefault(
+            name, {"factory_id": factory_of.get(name, ""), "alerts": [], "last": None}
+        )
+        step = max((end - begin) // points, 1)
+        picked = list(range(begin, end, step))
+        if picked[-1] != end - 1:
+            picked.append(end - 1)  # the latest always
+        entry["times"] = [iso(int(t)) for t in timestamp[picked]]
+        entry["probabilities"] = [round(float(v), 4) for v in value[picked]]
+        entry["last"] = float(value[end - 1])
+    for entry in out.values():
+        entry.setdefault("times", [])
+        entry.setdefault("probabilities", [])
     return out

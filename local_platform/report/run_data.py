@@ -238,7 +238,7 @@ def reliability(history: dict[str, Any], predictions: dict[str, Any] | None) -> 
 # ------------------------------------------------------------------------ readings panels
 
 
-def _valid_readings(run: Run, catalog: MetricCatalog) -> dict[str, np.ndarray] | None:
+def _valid_readings(run: Run, catalog: MetricCatalog) -> dict[str, Any] | None:
     """The simulation's readings, or the lake's silver readings when the run has no
     simulation files (a connected run regenerates its sensors' messages from the seed)."""
     import pyarrow.parquet as pq
@@ -257,11 +257,21 @@ def _valid_readings(run: Run, catalog: MetricCatalog) -> dict[str, np.ndarray] |
     else:
         return None
     machine, metric, timestamp, value, valid = reading_columns(table, catalog)
+    # the failure predictor's probability: a derived series, stored like a reading (connected
+    # runs); the risk panels read it
+    risk = np.isin(
+        metric, [name for name, m in catalog.derived.items() if m.derived == "failure_predictor"]
+    )
     return {
         "machine": machine[valid].astype(str),
         "metric": metric[valid].astype(str),
         "timestamp": timestamp[valid],
         "value": value[valid],
+        "risk": {
+            "machine": machine[risk].astype(str),
+            "timestamp": timestamp[risk],
+            "value": value[risk],
+        },
     }
 
 
@@ -801,24 +811,32 @@ def collect(run_dir: Path, catalog: MetricCatalog | None = None) -> dict[str, An
     predictions = None
     predictor_label = "failure predictor (replayed)"
     alert_threshold: float | None = None
-    try:
-        predictions = predictor_panel(run, catalog)
-    except Exception as exc:  # a broken model leaves the risk panels empty, not the report
-        log.warning("failure predictor replay failed", extra={"error": repr(exc)})
-    if predictions is None and not run.has_simulation():
-        # a connected run: the gateways' predictors ran on the live readings
-        from local_platform.report.connected_run import gateway_predictions
-
-        try:
-            predictions, alert_threshold = gateway_predictions(run.root, history["machines"], _iso)
-            predictor_label = "gateways' failure predictors (anomaly stream)"
-        except Exception as exc:
-            log.warning("gateway predictions unreadable", extra={"error": repr(exc)})
     readings = None
     try:
         readings = _valid_readings(run, catalog)
     except Exception as exc:
         log.warning("readings unreadable", extra={"error": repr(exc)})
+    try:
+        predictions = predictor_panel(run, catalog)
+    except Exception as exc:  # a broken model leaves the risk panels empty, not the report
+        log.warning("failure predictor replay failed", extra={"error": repr(exc)})
+    risk_label = predictor_label
+    if predictions is None and not run.has_simulation():
+        # a connected run: the gateways' predictors ran on the live readings
+        from local_platform.report.connected_run import gateway_predictions, with_stored_risk
+
+        try:
+            predictions, alert_threshold = gateway_predictions(run.root, history["machines"], _iso)
+            predictor_label = risk_label = "gateways' failure predictors (anomaly stream)"
+        except Exception as exc:
+            log.warning("gateway predictions unreadable", extra={"error": repr(exc)})
+        stored = readings.get("risk") if readings else None
+        if stored is not None and len(stored["value"]):
+            predictions = with_stored_risk(predictions, history["machines"], stored, _iso)
+            risk_label = (
+                "gateways' failure predictors (their stored failure_probability, lake silver; "
+                "alerts from the anomaly stream)"
+            )
     rel = _guard("reliability", lambda: reliability(history, predictions))
     manifest = history["manifest"]
     overview = {
@@ -850,7 +868,7 @@ def collect(run_dir: Path, catalog: MetricCatalog | None = None) -> dict[str, An
         "risk": {
             "available": predictions is not None,
             "machines": predictions or {},
-            "source": predictor_label,
+            "source": risk_label,
             "reason": "no failure model (ml/failure_model) and simulation, or gateway "
             "predictor alerts (cloud/anomaly-stream-records.jsonl), in this run",
         },
@@ -861,7 +879,7 @@ def collect(run_dir: Path, catalog: MetricCatalog | None = None) -> dict[str, An
                 rel,
                 history["end_ms"],
                 alert_threshold if alert_threshold is not None else _alert_threshold(run),
-                predictor_label,
+                risk_label,
             ),
         ),
         "data_path": _guard("data_path", lambda: data_path(run)),

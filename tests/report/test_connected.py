@@ -27,6 +27,35 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 QUARANTINED = {"F01": {"unit": 2, "value": 1}, "F02": {"payload": 1}}
 
 
+def _stored_risk(
+    lake: Path, machines: list, start_ms: int, hours: int, final: dict[str, float]
+) -> None:
+    """The gateways' failure_probability rows in silver.readings: every 5 minutes from 0.05
+    up to `final` per machine."""
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    times = np.arange(start_ms, start_ms + hours * H, 5 * 60_000)
+    rows: dict[str, list] = {k: [] for k in ("factory_id", "machine_id", "timestamp", "value")}
+    for machine in machines:
+        rows["factory_id"] += [machine.factory_id] * len(times)
+        rows["machine_id"] += [machine.machine_id] * len(times)
+        rows["timestamp"] += times.tolist()
+        rows["value"] += np.linspace(0.05, final[machine.machine_id], len(times)).tolist()
+    n = len(rows["value"])
+    table = pa.table(
+        {
+            "factory_id": rows["factory_id"],
+            "machine_id": rows["machine_id"],
+            "metric": ["failure_probability"] * n,
+            "timestamp": pa.array(rows["timestamp"], pa.int64()),
+            "value": rows["value"],
+            "is_anomaly": [False] * n,
+        }
+    )
+    write_deltalake(str(lake / "silver" / "readings"), table, mode="append")
+
+
 def _silver_readings(lake: Path, machines: list, start_ms: int, hours: int) -> None:
     """A small silver.readings in the lake job's column types (strings, the z-score flag)."""
     import pyarrow as pa
@@ -135,6 +164,13 @@ def connected_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]
     caught = live[0]
     by_id = {m.machine_id: m for m in machines}
     quiet = next(m for m in machines if m.machine_id != caught["machine_id"])
+    # and the failure_probability series their SensorBuffers stored: a rise to 0.92 on the
+    # caught machine, 0.3 at the end on the quiet one, 0.1 on the others
+    final = {m.machine_id: 0.1 for m in machines} | {
+        caught["machine_id"]: 0.92,
+        quiet.machine_id: 0.3,
+    }
+    _stored_risk(plan.lake_dir, machines, plan.live_start_ms, 24, final)
     plan.cloud_dir.mkdir()
     (plan.cloud_dir / "anomaly-stream-records.jsonl").write_text(
         "\n".join(
@@ -225,7 +261,19 @@ def test_every_panel_reads_a_connected_run(connected_run: tuple[Path, dict]):
 
     risk = data["risk"]
     assert risk["available"]
-    assert risk["machines"][truth["quiet"].machine_id]["last"] == pytest.approx(0.3)
+    assert "stored failure_probability" in risk["source"]
+    # the risk over time is the stored series (288 predictions a machine, drawn at most 300),
+    # not the three alert events; a machine without an alert has one too
+    quiet = risk["machines"][truth["quiet"].machine_id]
+    assert quiet["last"] == pytest.approx(0.3)
+    assert len(quiet["probabilities"]) == 24 * 12
+    assert quiet["probabilities"][0] == pytest.approx(0.05)
+    start = datetime.fromtimestamp(plan.live_start_ms / 1000, tz=UTC)
+    assert quiet["times"][0] == start.strftime("%Y-%m-%d %H:%M")
+    silent = [m for m in risk["machines"].values() if not m["alerts"]]
+    assert silent
+    assert all(m["last"] == pytest.approx(0.1) for m in silent)
+    assert risk["machines"][truth["caught"]["machine_id"]]["alerts"]  # the stream's alerts kept
     plan_panel = data["plan"]
     assert plan_panel["available"], plan_panel.get("reason")
     assert plan_panel["alert_threshold"] == 0.7  # the predictors' own threshold
