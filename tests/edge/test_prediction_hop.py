@@ -10,6 +10,7 @@ prediction the broker confirmed is stored and uploaded, each key exactly once.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter
@@ -111,12 +112,24 @@ def _connected(transport: MqttTransport) -> bool:
     return True
 
 
-def test_refused_predictions_are_counted_not_confirmed() -> None:
+def test_refused_predictions_are_counted_not_confirmed(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import failure_predictor.main
+
+    # a gateway 5 s after boot: the monotonic clock starts near zero
+    monkeypatch.setattr(failure_predictor.main.time, "monotonic", lambda: 5.0)
     transport = MemoryTransport()
     counts = LocalBusCounts()
     transport.fail_next_local = 2
-    for i in range(5):
-        counts.publish_prediction(transport, TOPIC, prediction(i, 0, version=f"v{i % 2}"))
+    with caplog.at_level(logging.WARNING, logger="failure_predictor"):
+        for i in range(5):
+            counts.publish_prediction(transport, TOPIC, prediction(i, 0, version=f"v{i % 2}"))
+    # the first refusal is logged at once (however soon after boot), the second within the
+    # minute is only counted
+    refusals = [r for r in caplog.records if "not taken by the local bus" in r.getMessage()]
+    assert len(refusals) == 1
+    assert refusals[0].refused_since_last_log == 1
     snapshot = counts.snapshot()
     assert snapshot["predictions_published"] == 5
     assert snapshot["predictions_refused"] == 2

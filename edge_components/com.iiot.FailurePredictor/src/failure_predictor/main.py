@@ -23,6 +23,7 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 import os
 import secrets
 import threading
@@ -111,7 +112,7 @@ class LocalBusCounts:
         self.refused = 0  # ... that it did not take (not connected, refused, connection lost)
         self.confirmed_by_version: Counter[str] = Counter()
         self._refused_logged = 0
-        self._refused_log_at = 0.0
+        self._refused_log_at = -math.inf  # the first refusal is logged at once
 
     def handled_readings(self) -> None:
         with self._lock:
