@@ -655,7 +655,8 @@ class Run:
         """Wait until the gateways hold nothing and the cloud has taken everything."""
         plan = self.plan
         assert self.monitor is not None
-        deadline = time.time() + DRAIN_TIMEOUT_S
+        began = time.time()
+        deadline = began + DRAIN_TIMEOUT_S
         stages = ["gateways", "iot rules", "delivery stream", "stream rules and functions"]
         self.progress("draining the pipeline", 0, len(stages))
         sensors = {
@@ -665,6 +666,7 @@ class Run:
         messages = {f: int(s.get("messages", 0)) for f, s in sensors.items()}
         stores = stores_predictions(plan)
         predictor_progress = -1
+        pending: list[str] = []
         while time.time() < deadline:
             self._report_uploads()
             pending = []
@@ -696,7 +698,10 @@ class Run:
             self.supervisor.check(self._long_running())
             time.sleep(0.25)
         else:
-            raise RunFailedError(f"the gateways did not drain within {DRAIN_TIMEOUT_S:.0f} s")
+            raise RunFailedError(
+                f"the gateways did not drain in {time.time() - began:.0f} s (nothing moved for "
+                f"{DRAIN_TIMEOUT_S:.0f} s): still pending: {', '.join(pending)}"
+            )
         self.progress("draining the pipeline", 1, len(stages))
         self._wait_quiet(
             "ingress",
@@ -1046,9 +1051,18 @@ class _FaultSchedule:
 
 
 def stores_predictions(plan: Plan) -> bool:
-    """Whether the gateways' SensorBuffers store the predictions (storePredictions)."""
-    raw = gateway.component_configuration("sensor-buffer", plan, plan.factory_ids[0])
-    return bool(raw.get("storePredictions", True))
+    """Whether the gateways' SensorBuffers store the predictions (storePredictions): one
+    setting for the run, refused when the factories' configurations disagree (the drain and the
+    reconciliation count the predictions one way for every gateway)."""
+    settings = {
+        bool(
+            gateway.component_configuration("sensor-buffer", plan, f).get("storePredictions", True)
+        )
+        for f in plan.factory_ids
+    }
+    if len(settings) != 1:
+        raise ValueError("the gateways disagree on storePredictions: one setting per run")
+    return settings.pop()
 
 
 def _exists(path: Path) -> Callable[[], bool]:
