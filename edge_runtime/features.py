@@ -284,35 +284,20 @@ _MIN_FIT_WEIGHT = 30.0
 _MIN_RELATIVE_SPREAD = 1e-10
 
 
-class _ResidualState:
-    """Exponentially weighted sums for one (y, x) pair, centred on the first pair seen."""
+class _PairState:
+    """What every residual's running sums share: the two time constants, the latest time and
+    the first pair seen (the sums are centred on it)."""
 
-    __slots__ = (
-        "last_t",
-        "long_ms",
-        "short_ms",
-        "sx",
-        "sxs",
-        "sxx",
-        "sxy",
-        "sy",
-        "sys",
-        "w",
-        "ws",
-        "x0",
-        "y0",
-    )
+    __slots__ = ("last_t", "long_ms", "short_ms", "x0", "y0")
 
     def __init__(self, long_ms: float, short_ms: float) -> None:
         self.long_ms = long_ms
         self.short_ms = short_ms
         self.last_t: int | None = None
         self.x0 = self.y0 = 0.0
-        self.w = self.sx = self.sy = self.sxx = self.sxy = 0.0
-        self.ws = self.sxs = self.sys = 0.0
 
-    def push(self, t: int, y: float, x: float) -> float:
-        """Fold in one pair; the residual of the smoothed y against the fitted line."""
+    def _decay(self, t: int, y: float, x: float) -> tuple[float, float]:
+        """The long and short decay factors since the latest pair (the first pair: 1, 1)."""
         if self.last_t is None:
             self.x0, self.y0 = x, y
             d = ds = 1.0
@@ -321,6 +306,22 @@ class _ResidualState:
             d = math.exp(-gap / self.long_ms)
             ds = math.exp(-gap / self.short_ms)
         self.last_t = t
+        return d, ds
+
+
+class _ResidualState(_PairState):
+    """Exponentially weighted sums for one (y, x) pair, centred on the first pair seen."""
+
+    __slots__ = ("sx", "sxs", "sxx", "sxy", "sy", "sys", "w", "ws")
+
+    def __init__(self, long_ms: float, short_ms: float) -> None:
+        super().__init__(long_ms, short_ms)
+        self.w = self.sx = self.sy = self.sxx = self.sxy = 0.0
+        self.ws = self.sxs = self.sys = 0.0
+
+    def push(self, t: int, y: float, x: float) -> float:
+        """Fold in one pair; the residual of the smoothed y against the fitted line."""
+        d, ds = self._decay(t, y, x)
         dx, dy = x - self.x0, y - self.y0
         self.w = d * self.w + 1.0
         self.sx = d * self.sx + dx
@@ -363,56 +364,24 @@ _DAILY_RIDGE = 0.01
 _DAY_ANGLE = 2 * math.pi / DAY_MS
 
 
-class _DailyResidualState:
+class _DailyResidualState(_PairState):
     """`_ResidualState` whose line is ``y = a + b x + c sin(day) + d cos(day)``: the long sums
     of the regressors u = (x - x0, sin, cos) and y, their cross products, and the short means."""
 
     __slots__ = (
-        "c",
-        "cc",
-        "cs",
-        "cy",
-        "last_t",
-        "long_ms",
-        "s",
-        "sc",
-        "short_ms",
-        "ss",
-        "ss_s",
-        "sy",
-        "w",
-        "ws",
-        "x",
-        "x0",
-        "x_s",
-        "xc",
-        "xs",
-        "xx",
-        "xy",
-        "y",
-        "y0",
-        "y_s",
+        *("c", "cc", "cs", "cy", "s", "sc", "ss", "ss_s", "sy", "w", "ws"),
+        *("x", "x_s", "xc", "xs", "xx", "xy", "y", "y_s"),
     )
 
     def __init__(self, long_ms: float, short_ms: float) -> None:
-        self.long_ms = long_ms
-        self.short_ms = short_ms
-        self.last_t: int | None = None
-        self.x0 = self.y0 = 0.0
+        super().__init__(long_ms, short_ms)
         self.w = self.x = self.s = self.c = self.y = 0.0
         self.xx = self.xs = self.xc = self.ss = self.sc = self.cc = 0.0
         self.xy = self.sy = self.cy = 0.0
         self.ws = self.x_s = self.ss_s = self.cs = self.y_s = 0.0
 
     def push(self, t: int, y: float, x: float) -> float:
-        if self.last_t is None:
-            self.x0, self.y0 = x, y
-            d = ds = 1.0
-        else:
-            gap = t - self.last_t
-            d = math.exp(-gap / self.long_ms)
-            ds = math.exp(-gap / self.short_ms)
-        self.last_t = t
+        d, ds = self._decay(t, y, x)
         angle = (t % DAY_MS) * _DAY_ANGLE
         sn, cn = math.sin(angle), math.cos(angle)
         dx, dy = x - self.x0, y - self.y0
