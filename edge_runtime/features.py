@@ -27,8 +27,12 @@ has varied. The state is a few running sums per pair. With ``residual_daily_cycl
 also fits a daily cycle, ``y = a + b x + c sin(2 pi h / 24) + d cos(2 pi h / 24)`` at the hour
 of day h (UTC: the fitted phase takes care of the plant's time zone): the ambient temperature's
 swing over the day, which the speed does not explain and which is as large as an early
-overheating, leaves the residual; the cycle's coefficients are ridge-shrunk (`_DAILY_RIDGE`), so
-on the first hours of a series the line is the plain one.
+overheating, leaves the residual (the features are then named ``y__resid_x_day``). The cycle's
+coefficients are ridge-shrunk, the more the less of a day the sums cover (`_DAILY_RIDGE`), so
+on the first hours of a series the line is the plain one. The cost: the extra freedom lets the
+line follow part of a fault that grows over many hours (a 6 degree rise over 12 h, 60 h into
+a series, leaves 2.8 against the plain line's 4.6), against a background that is quiet instead
+of swinging by the ambient's 8 degrees.
 
 `batch_machine_features` computes every row of one machine's stream with vectorized numpy
 (training over the lake's silver data); `MachineFeatureState` updates the same vector with O(1)
@@ -115,7 +119,11 @@ class FeatureSpec:
 
     @property
     def residual_feature_names(self) -> tuple[str, ...]:
-        return tuple(f"{y}__resid_{x}" for y, x in self.residuals)
+        # the daily cycle's residuals are other features, and named so: a gateway whose code
+        # predates the cycle refuses such a model (its names differ from the spec's it reads)
+        # instead of scoring it on the plain line's residuals
+        day = "_day" if self.residual_daily_cycle else ""
+        return tuple(f"{y}__resid_{x}{day}" for y, x in self.residuals)
 
     @property
     def names(self) -> list[str]:
@@ -357,10 +365,15 @@ def _residuals_of_sums(long: FloatArray, short: FloatArray) -> FloatArray:
     return np.where(ok, sys_ / ws - (my + b * (sxs / ws - mx)), np.nan)
 
 
-# the daily cycle's coefficients are ridge-shrunk by this much (a variance: the sine's over a
-# whole day is 0.5), so a line fitted on a few hours, where the cycle and the speed both move
-# slowly, stays the plain line instead of trading huge opposite coefficients
+# The daily cycle's coefficients are ridge-shrunk, so a line fitted on a few hours, where the
+# cycle and the speed both move slowly, is the plain line instead of trading huge opposite
+# coefficients or taking a slow rise for the cycle: by `_DAILY_RIDGE` (a variance: the sine's
+# over a whole day is 0.5), and by `_DAILY_RIDGE_UNCOVERED` times how far the sums' variance of
+# sine plus cosine falls short of `_DAILY_COVERED` (about 0.975 once a 24 h baseline holds
+# days; a few hours hold an arc of the circle, (2 pi H / 24)^2 / 12 over H hours).
 _DAILY_RIDGE = 0.01
+_DAILY_RIDGE_UNCOVERED = 10.0
+_DAILY_COVERED = 0.9
 _DAY_ANGLE = 2 * math.pi / DAY_MS
 
 
@@ -423,18 +436,21 @@ def _daily_residual(long: Sequence[Any], short: Sequence[Any]) -> tuple[Any, Any
     # covariances of (x, sin, cos), the cycle's ridge-shrunk, and with y
     a00 = xx / w - mx * mx
     a01, a02 = xs / w - mx * ms, xc / w - mx * mc
-    a11 = ss / w - ms * ms + _DAILY_RIDGE
-    a12, a22 = sc / w - ms * mc, cc / w - mc * mc + _DAILY_RIDGE
+    v11, v22 = ss / w - ms * ms, cc / w - mc * mc
+    short_of = _DAILY_COVERED - (v11 + v22)
+    ridge = _DAILY_RIDGE + _DAILY_RIDGE_UNCOVERED * (short_of + abs(short_of)) / 2
+    a11, a12, a22 = v11 + ridge, sc / w - ms * mc, v22 + ridge
     b0, b1, b2 = xy / w - mx * my, sy / w - ms * my, cy / w - mc * my
     fitted = (w >= _MIN_FIT_WEIGHT) & (a00 > _MIN_RELATIVE_SPREAD * (xx / w + 1.0))
-    if fitted is False:
+    arrays = isinstance(fitted, np.ndarray)
+    if not arrays and not fitted:
         return False, math.nan
     # the symmetric 3x3 system by its adjugate: positive definite where `fitted` (the cycle's
     # ridge on a covariance, and a spread of x)
     k00, k11, k22 = a11 * a22 - a12 * a12, a00 * a22 - a02 * a02, a00 * a11 - a01 * a01
     k01, k02, k12 = a02 * a12 - a01 * a22, a01 * a12 - a02 * a11, a01 * a02 - a00 * a12
     det = a00 * k00 + a01 * k01 + a02 * k02
-    if fitted is not True:  # arrays: rows without a line divide by 1, their value is unused
+    if arrays:  # rows without a line divide by 1, their value is unused
         det = np.where(fitted, det, 1.0)
     slope_x = (k00 * b0 + k01 * b1 + k02 * b2) / det
     slope_s = (k01 * b0 + k11 * b1 + k12 * b2) / det
