@@ -217,19 +217,22 @@ def test_the_perfect_plan_averts_every_failure_it_can_reach(catalog):
 
 
 @pytest.mark.slow
-def test_whatif_on_a_run_and_in_the_report(full_run: Path, catalog):
+@pytest.mark.parametrize("history_days", [0.0, 1.0])  # the default, and a day of history
+def test_whatif_on_a_run_and_in_the_report(full_run: Path, catalog, history_days: float):
     fleet = replace(fleet_after_run(full_run, days=2.0), machines_per_factory=2)
     figures = run_whatif(
-        fleet, full_run / "ml" / "failure_model", catalog, Policy(), history_days=1.0
+        fleet, full_run / "ml" / "failure_model", catalog, Policy(), history_days=history_days
     )
     rtf, pred = figures["run_to_failure"], figures["predictive"]
     assert rtf["planned_jobs"] == 0
-    # a day of history, run to failure and not counted: the window is the 2 days after the run
-    assert figures["config"]["history_days"] == 1.0
+    # the history runs to failure and is not counted: the window is the 2 days after the run
+    assert figures["config"]["history_days"] == history_days
     assert figures["config"]["start"] == fleet.start.isoformat()
-    baseline = FleetSimulator(replace(with_history(fleet, 1.0), planned_maintenance=()), catalog)
+    simulated = with_history(fleet, history_days)
+    baseline = FleetSimulator(replace(simulated, planned_maintenance=()), catalog)
     assert rtf == downtime(baseline, (fleet.start_ms, fleet.end_ms))
-    assert any(f.failed_at_ms < fleet.start_ms for f in baseline.failures)
+    if history_days:
+        assert any(f.failed_at_ms < fleet.start_ms for f in baseline.failures)
     # the perfect planner does at least as well as the predictor's (on this fleet; a job's
     # duration is drawn from the machine's random stream, so it is not a theorem)
     assert figures["ceiling_reduction"] >= figures["downtime_reduction"]
