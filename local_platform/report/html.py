@@ -324,8 +324,10 @@ def _risk(data: dict[str, Any]) -> str:
             for e in plan["ranking"]
         ]
         plan_html = (
-            f"<p>{plan['planned']} machine(s) to service: those at or above the model's "
-            f"alert threshold (p &ge; {plan['alert_threshold']:.2f} of a failure within 24 h). "
+            f"<p>{plan['planned']} machine(s) to service: those at or above the job "
+            f"threshold (p &ge; {plan.get('job_threshold', plan['alert_threshold']):.2f} of a "
+            f"failure within 24 h; the model alerts from {plan['alert_threshold']:.2f}, a job "
+            f"stops production). "
             f"Each job starts at the first shift change (06:00, 14:00, 22:00 UTC) at least "
             f"{plan['lead_h']:g} h after the run's end, or after that lead alone at "
             f"p &ge; {plan['urgent_probability']:.2f}: the policy the downtime what-if below "

@@ -476,13 +476,16 @@ def maintenance_plan(
     end_ms: int | None,
     alert_threshold: float = DEFAULT_ALERT_THRESHOLD,
     predictor_label: str = "failure predictor replay",
+    policy: Any = None,
 ) -> Panel:
     """Machines ranked by the predictor's latest failure probability, and for each at or above
-    the model's alert threshold a planned job by the policy the downtime what-if measures
-    (`whatif.Policy`): at the first shift change at least the lead time after the run's end,
-    or after the lead alone when the probability reaches the predictor's shutdown level. The
-    probability is of a failure within the model's 24 h horizon, so no job waits longer.
-    Expected downtime avoided = probability x (mean repair time - a planned job's stop)."""
+    the job threshold a planned job by the policy the downtime what-if measures
+    (`whatif.Policy`, or `policy`): the job threshold is the policy's alert threshold, never
+    below the model's own (`alert_threshold`); the job starts at the first shift change at
+    least the lead time after the run's end, or after the lead alone when the probability
+    reaches the predictor's shutdown level. The probability is of a failure within the model's
+    24 h horizon, so no job waits longer. Expected downtime avoided = probability x (mean
+    repair time - a planned job's stop)."""
     if predictions is None:
         return missing(
             "no failure model (ml/failure_model) and simulation, or gateway predictor alerts, "
@@ -492,7 +495,8 @@ def maintenance_plan(
         return missing("the run's manifest gives no end time")
     from local_platform.report.whatif import Policy, next_shift_change
 
-    policy = Policy()
+    policy = policy or Policy()
+    jobs_from = max(alert_threshold, policy.alert_threshold or 0.0)
     mttr = [r["mttr_h"] for r in reliability_panel.get("machines", []) if r.get("mttr_h")]
     repair_h = float(np.mean(mttr)) if mttr else 5.0  # the simulator's repairs take 2-8 h
     ranking = []
@@ -506,7 +510,7 @@ def maintenance_plan(
             "probability": round(probability, 3) if p["last"] is not None else None,
             "alerts": len(p["alerts"]),
         }
-        if probability >= alert_threshold:
+        if probability >= jobs_from:
             earliest = end_ms + int(policy.lead_hours * HOUR_MS)
             urgent = probability >= policy.urgent_probability
             when = earliest if urgent else next_shift_change(earliest)
@@ -527,6 +531,7 @@ def maintenance_plan(
         "ranking": ranking,
         "planned": len(planned),
         "alert_threshold": alert_threshold,
+        "job_threshold": jobs_from,
         "urgent_probability": policy.urgent_probability,
         "lead_h": policy.lead_hours,
         "repair_h": round(repair_h, 2),

@@ -69,13 +69,9 @@ from local_platform.simulator import FleetConfig, FleetSimulator, Maintenance
 HOUR_MS = 3_600_000
 SHIFT_CHANGES = (6, 14, 22)
 # Days the fleet runs before the watch window, the same in both arms (a deployed gateway's
-# predictor has been reading for days). None by default: measured with the 20-day model on the
-# three fleets below, 3 days of history gave -35.1% / -42.3% / -38.5% against -44.8% / -46.7% /
-# -48.2% without, but on those same history fleets a predictor started afresh 2 h before the
-# window gave -38.9% / -41.4% / -39.2%: the history does not help the predictor, it moves every
-# failure (the simulator draws them from the fleet's start) and lets calibration drift grow, so
-# the difference is the fleet's, not the warm-up's; and each closed-loop round reads the whole
-# history again (+60% CPU). `iiot whatif --history-days 3` runs it.
+# predictor has been reading for days). None by default: it moves every failure (the simulator
+# draws them from the fleet's start) without helping the predictor, and each closed-loop round
+# reads the whole history again (+60% CPU); the figures are in the README's what-if section.
 HISTORY_DAYS = 0.0
 
 
@@ -107,8 +103,24 @@ class Policy:
     # machine's whole history from the fleet's start); False: it starts afresh `warmup_hours`
     # before each watch window
     whole_history: bool = True
-    # the predictors' alertThreshold, as a deployment may pin it; None: the model's own
-    alert_threshold: float | None = None
+    # the alert threshold the planner's predictors run with (alertThreshold), never below the
+    # model's own: a job stops production, so the planner orders one on a CRITICAL alert only
+    # (0.95, `urgent_probability`), every job then at once. None: the model's own threshold.
+    # Chosen on the validation fleets (seed + 3000 / + 4000) with the spec-3 model, whose
+    # cross-validation chose 0.9: -53.6% / -43.0% at 0.95 against -48.1% / -40.4% at its 0.9
+    alert_threshold: float | None = 0.95
+
+
+def job_threshold(policy: Policy, model_dir: Path) -> float | None:
+    """The alert threshold the planner's predictors run with: the policy's, but never below
+    the model's own (the manifest's `threshold`); None: the model's own."""
+    if policy.alert_threshold is None:
+        return None
+    manifest = model_dir / "manifest.json"
+    own = json.loads(manifest.read_text()).get("threshold") if manifest.is_file() else None
+    if isinstance(own, int | float) and not isinstance(own, bool):
+        return max(policy.alert_threshold, float(own))
+    return policy.alert_threshold
 
 
 @dataclass
@@ -386,7 +398,7 @@ def run_whatif(
                 catalog,
                 configs.get(machine, {}),
                 simulated.start_ms if policy.whole_history else frontier[machine] - warmup,
-                policy.alert_threshold,
+                job_threshold(policy, model_dir),
                 urgent_probability=policy.urgent_probability,
                 lead_ms=lead,
             )
@@ -611,8 +623,8 @@ if __name__ == "__main__":  # python -m local_platform.report.whatif RUN: the va
         "--alert-threshold",
         type=float,
         nargs="+",
-        default=[None],
-        help="the planner's alert thresholds (default: the model's own)",
+        default=[Policy.alert_threshold],
+        help="the planner's alert thresholds, never below the model's own (default: the policy's)",
     )
     args = parser.parse_args()
     grid = [

@@ -164,10 +164,10 @@ def connected_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]
     caught = live[0]
     by_id = {m.machine_id: m for m in machines}
     quiet = next(m for m in machines if m.machine_id != caught["machine_id"])
-    # and the failure_probability series their SensorBuffers stored: a rise to 0.92 on the
+    # and the failure_probability series their SensorBuffers stored: a rise to 0.97 on the
     # caught machine, 0.3 at the end on the quiet one, 0.1 on the others
     final = {m.machine_id: 0.1 for m in machines} | {
-        caught["machine_id"]: 0.92,
+        caught["machine_id"]: 0.97,
         quiet.machine_id: 0.3,
     }
     _stored_risk(plan.lake_dir, machines, plan.live_start_ms, 24, final)
@@ -280,7 +280,8 @@ def test_every_panel_reads_a_connected_run(connected_run: tuple[Path, dict]):
     assert len(plan_panel["ranking"]) == 4
     top = plan_panel["ranking"][0]
     assert top["machine_id"] == truth["caught"]["machine_id"]
-    assert "when" in top
+    assert "when" in top  # p 0.97: at or above the job threshold, 0.95
+    assert plan_panel["job_threshold"] == 0.95
 
     precision = {row["source"]: row for row in data["precision"]["rows"]}
     assert precision["gateways' failure predictors (anomaly stream)"]["alerts"] == 2

@@ -22,6 +22,7 @@ from local_platform.report.run_data import (
     maintenance_plan,
     reliability,
 )
+from local_platform.report.whatif import Policy
 
 runner = CliRunner()
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -79,8 +80,10 @@ def test_reliability_kpis_plan_and_health_from_a_run(full_run: Path):
     probabilities = [entry["probability"] for entry in plan["ranking"]]
     assert probabilities == sorted(probabilities, reverse=True)
     for entry in plan["ranking"]:
-        # a job for every machine at or above the model's alert threshold, none below it
-        assert ("when" in entry) == (entry["probability"] >= plan["alert_threshold"])
+        # a job for every machine at or above the job threshold (the policy's, never below the
+        # model's alert threshold), none below it
+        assert plan["job_threshold"] == max(plan["alert_threshold"], Policy().alert_threshold)
+        assert ("when" in entry) == (entry["probability"] >= plan["job_threshold"])
         if "when" in entry and "urgent" not in entry["window"]:
             assert entry["when"][11:16] in {"06:00", "14:00", "22:00"}
     health = data["data_path"]
@@ -203,7 +206,20 @@ def test_the_plan_follows_the_what_ifs_policy_and_the_alert_threshold():
     history = _history()
     rel = reliability(history, None)
     predictions = _predictions({"F01-M001": 0.97, "F01-M002": 0.85, "F01-M003": 0.79}, {})
-    plan = maintenance_plan(predictions, rel, history["end_ms"], alert_threshold=0.8)
+    # the default policy orders a job on a CRITICAL risk only (p >= 0.95, at once); the model's
+    # alert at 0.85 is watched
+    default = maintenance_plan(predictions, rel, history["end_ms"], alert_threshold=0.8)
+    assert default["job_threshold"] == 0.95
+    assert [e["machine_id"] for e in default["ranking"] if "when" in e] == ["F01-M001"]
+    assert default["ranking"][0]["window"].startswith("night shift 22:00-06:00 (urgent")
+    # a policy that orders jobs on every alert: the model's threshold
+    plan = maintenance_plan(
+        predictions,
+        rel,
+        history["end_ms"],
+        alert_threshold=0.8,
+        policy=Policy(alert_threshold=None),
+    )
     by_machine = {e["machine_id"]: e for e in plan["ranking"]}
     assert [e["machine_id"] for e in plan["ranking"]] == ["F01-M001", "F01-M002", "F01-M003"]
     # p >= 0.95: after the 0.5 h lead, at once; otherwise the first shift change after it
