@@ -129,6 +129,7 @@ def full_run(tmp_path_factory: pytest.TempPathFactory, catalog: MetricCatalog) -
                 },
                 "unplanned_reduction": 0.5,
                 "downtime_reduction": 0.3,
+                "ceiling_reduction": 0.55,
             }
         )
     )

@@ -281,6 +281,8 @@ def test_every_panel_renders_in_chromium(full_run: Path, capsys: pytest.CaptureF
     assert body is not None
     assert 'data-ready="1"' in body.group(0), "the charts never finished drawing"
     assert "Every count reconciles" in dom.stdout
+    # the what-if against its ceiling (the fixture's figures, or test_whatif's real ones)
+    assert "A planner that knew every failure time" in dom.stdout
     # axes carry their titles (plotly.js 3 drops a title given as a bare string)
     drawn_titles = set(re.findall(r'<text class="[xy]title"[^>]*>([^<]+)</text>', dom.stdout))
     assert {"USD per machine a month", "machine-hours of downtime", "pressure (bar)"} <= (
