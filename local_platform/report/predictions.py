@@ -44,11 +44,20 @@ def alert_thresholds(model_dir: Path) -> dict[str, float]:
     a manifest that names none."""
     from failure_predictor.config import AlertThresholds
 
+    threshold = model_threshold(model_dir)
+    if threshold is None:
+        return {}
+    return AlertThresholds.around(threshold).as_configuration()
+
+
+def model_threshold(model_dir: Path) -> float | None:
+    """The alert threshold the model's training chose (its manifest's `threshold`), or None
+    for a manifest that names none."""
     manifest = model_dir / "manifest.json"
     threshold = json.loads(manifest.read_text()).get("threshold") if manifest.is_file() else None
     if not isinstance(threshold, int | float) or isinstance(threshold, bool):
-        return {}
-    return AlertThresholds.around(float(threshold)).as_configuration()
+        return None
+    return float(threshold)
 
 
 def replay_run(

@@ -114,13 +114,12 @@ class Policy:
 def job_threshold(policy: Policy, model_dir: Path) -> float | None:
     """The alert threshold the planner's predictors run with: the policy's, but never below
     the model's own (the manifest's `threshold`); None: the model's own."""
+    from local_platform.report.predictions import model_threshold
+
     if policy.alert_threshold is None:
         return None
-    manifest = model_dir / "manifest.json"
-    own = json.loads(manifest.read_text()).get("threshold") if manifest.is_file() else None
-    if isinstance(own, int | float) and not isinstance(own, bool):
-        return max(policy.alert_threshold, float(own))
-    return policy.alert_threshold
+    own = model_threshold(model_dir)
+    return policy.alert_threshold if own is None else max(policy.alert_threshold, own)
 
 
 @dataclass
