@@ -398,13 +398,27 @@ class FleetSimulator:
             chunk_end = min(chunk_start + CHUNK_MS, cfg.end_ms)
             yield self._chunk(index, chunk_start, chunk_end)
 
+    def prelude(self, hours: float) -> Iterator[ReadingColumns]:
+        """The readings of the whole hours (at least `hours`) before the simulated span, one
+        hour at a time, in time order: what a gateway had read before the span starts. By the
+        same schedule: a degradation or a stop that began before the start shows, a machine
+        runs healthy before its first drawn life, and sensors have no dropouts or stuck spells
+        there. Each prelude hour has its own random stream, apart from the span's."""
+        cfg = self.config
+        for index in range(-math.ceil(hours * HOUR_MS / CHUNK_MS), 0):
+            chunk_start = cfg.start_ms + index * CHUNK_MS
+            yield self._chunk(index, chunk_start, chunk_start + CHUNK_MS)
+
     @property
     def chunk_count(self) -> int:
         return math.ceil((self.config.end_ms - self.config.start_ms) / CHUNK_MS)
 
     def _chunk(self, index: int, chunk_start: int, chunk_end: int) -> ReadingColumns:
         cfg = self.config
-        rng = np.random.default_rng([self._chunk_seed, index])
+        # a prelude hour (`prelude`, index < 0) draws from a seed of its own length
+        rng = np.random.default_rng(
+            [self._chunk_seed, index] if index >= 0 else [self._chunk_seed, 1, -index]
+        )
         first_step = math.ceil((chunk_start - cfg.start_ms) / cfg.interval_ms)
         t = cfg.start_ms + cfg.interval_ms * np.arange(
             first_step, math.ceil((chunk_end - cfg.start_ms) / cfg.interval_ms), dtype=np.int64

@@ -161,3 +161,51 @@ def test_invalid_configuration_is_explained():
     with pytest.raises(ValueError, match="time zone"):
         FleetConfig(start=datetime(2026, 1, 1))
     FleetConfig(start=datetime(2026, 1, 1, tzinfo=UTC))
+
+
+def test_the_prelude_is_the_hours_before_the_span_by_the_same_schedule(catalog):
+    from iiot.contract import ReadingColumns
+
+    sim = simulate(catalog, machines_per_factory=12, hours=24, mtbf_hours=60, seed=5)
+    start = sim.config.start_ms
+    prelude = ReadingColumns.concat(list(sim.prelude(30.5)))  # whole hours: 31
+    assert prelude.timestamp.min() == start - 31 * HOUR_MS
+    assert prelude.timestamp.max() == start - sim.config.interval_ms
+    assert np.all(np.diff(prelude.timestamp) >= 0), "the prelude is in time order"
+    again = ReadingColumns.concat(
+        list(
+            simulate(catalog, machines_per_factory=12, hours=24, mtbf_hours=60, seed=5).prelude(31)
+        )
+    )
+    assert np.array_equal(prelude.value, again.value)
+    # a prelude leaves the span's readings and schedule as they were
+    assert np.array_equal(
+        all_readings(sim).value,
+        all_readings(
+            simulate(catalog, machines_per_factory=12, hours=24, mtbf_hours=60, seed=5)
+        ).value,
+    )
+    # a fault that began before the start grows through the prelude as it does in the span
+    early = [
+        f
+        for f in sim.failures
+        if f.failure_mode == "bearing_wear"
+        and f.degradation_start_ms < start - 12 * HOUR_MS
+        # at least half-way through its degradation at the start
+        and start - f.degradation_start_ms >= (f.failed_at_ms - f.degradation_start_ms) / 2
+        and f.failed_at_ms > start
+    ]
+    assert early, "the scenario should hold a bearing fault under way at the start"
+    for failure in early:
+        index = next(
+            i
+            for i, key in enumerate(sim.series)
+            if key.machine_id == failure.machine_id and key.metric == "vibration"
+        )
+        rows = prelude.series_index == index
+        ts, value = prelude.timestamp[rows], prelude.value[rows]
+        first = value[
+            (ts >= failure.degradation_start_ms) & (ts < failure.degradation_start_ms + HOUR_MS)
+        ]
+        last = value[ts >= start - HOUR_MS]
+        assert np.median(last) > 1.2 * np.median(first), failure

@@ -303,3 +303,31 @@ def test_the_planner_orders_jobs_on_critical_alerts_never_below_the_models_thres
     assert job_threshold(Policy(), model(0.97)) == 0.97  # never below the model's own
     assert job_threshold(Policy(), model(None)) == 0.95
     assert job_threshold(Policy(alert_threshold=None), model(0.9)) is None  # the model's own
+
+
+@pytest.mark.parametrize("whole_history", [True, False])
+def test_the_predictor_reads_the_prelude_before_the_window(catalog, monkeypatch, whole_history):
+    from local_platform.report import whatif
+
+    window = FleetConfig(
+        factories=1, machines_per_factory=2, hours=6, interval_ms=60_000, seed=3, mtbf_hours=30
+    )
+    seen: dict[str, tuple[int, int, int]] = {}
+
+    def no_alert(
+        machine, readings, since_ms, completions, model, catalog, config, read_from, *_, **__
+    ):
+        seen[machine] = (int(readings.timestamp[0]), read_from, since_ms)
+
+    monkeypatch.setattr(whatif, "first_alert", no_alert)
+    policy = Policy(prelude_hours=5, whole_history=whole_history, alert_threshold=None)
+    run_whatif(window, Path("no-model"), catalog, policy)
+    assert set(seen) == {"F01-M001", "F01-M002"}
+    for first, read_from, since in seen.values():
+        if whole_history:  # the readings and the predictor start 5 h before the fleet, the
+            # planner at the window's start (the predictor warmed up in the prelude)
+            assert first == read_from == window.start_ms - 5 * HOUR
+            assert since == window.start_ms
+        else:  # a predictor started afresh at the fleet's start: no prelude, its warm-up first
+            assert first == read_from == window.start_ms
+            assert since == window.start_ms + 2 * HOUR
