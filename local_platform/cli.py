@@ -564,9 +564,9 @@ def whatif(
         highlight=False,
     )
     stdout.print(
-        f"downtime reduction {figures['downtime_reduction']:.0%} (unplanned "
+        f"downtime reduction {figures['downtime_reduction']:.1%} (unplanned "
         f"{figures['unplanned_reduction']:.0%}; a planner that knew every failure time: "
-        f"{figures['ceiling_reduction']:.0%}); the case study claims 50%. Written to {path}",
+        f"{figures['ceiling_reduction']:.1%}); the case study claims 50%. Written to {path}",
         highlight=False,
     )
 

@@ -150,7 +150,7 @@ def _overview(data: dict[str, Any]) -> str:
             (
                 "what-if: unplanned / total downtime",
                 f"{whatif['unplanned_reduction'] * -100:+.0f}% / "
-                f"{whatif['downtime_reduction'] * -100:+.0f}%",
+                f"{whatif['downtime_reduction'] * -100:+.1f}%",
             )
         )
     if plan.get("available"):
@@ -377,7 +377,7 @@ def _whatif(data: dict[str, Any]) -> str:
             )
             + ".</p>"
             f"<p><b>Unplanned downtime {w['unplanned_reduction'] * -100:+.0f}%</b>, total "
-            f"downtime including the planned jobs <b>{w['downtime_reduction'] * -100:+.0f}%"
+            f"downtime including the planned jobs <b>{w['downtime_reduction'] * -100:+.1f}%"
             "</b> (the case study claims 50% less downtime"
             + (
                 ": met for total downtime)."
@@ -386,7 +386,7 @@ def _whatif(data: dict[str, Any]) -> str:
             )
             + (
                 " A planner that knew every failure time (a job an hour before each) would "
-                f"reach <b>{w['ceiling_reduction'] * -100:+.0f}%</b>."
+                f"reach <b>{w['ceiling_reduction'] * -100:+.1f}%</b>."
                 if "ceiling_reduction" in w
                 else ""
             )

@@ -331,3 +331,57 @@ def test_the_predictor_reads_the_prelude_before_the_window(catalog, monkeypatch,
         else:  # a predictor started afresh at the fleet's start: no prelude, its warm-up first
             assert first == read_from == window.start_ms
             assert since == window.start_ms + 2 * HOUR
+
+
+@pytest.mark.slow
+def test_an_on_delay_orders_the_job_once_the_risk_has_held_that_long(full_run: Path, catalog):
+    from failure_predictor.config import PredictorConfig
+    from failure_predictor.model_loader import ModelHandle
+    from failure_predictor.predictor import FailurePredictor
+
+    from local_platform.report.predictions import model_threshold
+    from local_platform.report.whatif import first_alert, machine_readings
+
+    fleet = fleet_after_run(full_run, days=2.0)
+    sim = FleetSimulator(replace(fleet, planned_maintenance=()), catalog)
+    model = full_run / "ml" / "failure_model"
+    threshold = model_threshold(model)
+    assert threshold is not None
+    readings = machine_readings(sim, catalog, {m.machine_id for m in sim.machines})
+    delay = 10 * 60_000
+    delayed_alerts = 0
+    for machine in sim.machines:
+        config = {"model": machine.model, "installedOn": machine.installed_on}
+        args = (machine.machine_id, readings[machine.machine_id], fleet.start_ms, [], model)
+        plain = first_alert(*args, catalog, config, fleet.start_ms)
+        delayed = first_alert(*args, catalog, config, fleet.start_ms, on_delay_ms=delay)
+        if plain is None:  # no alert: nothing to hold
+            assert delayed is None
+            continue
+        if delayed is None:
+            continue
+        delayed_alerts += 1
+        assert delayed.at_ms >= plain.at_ms + delay
+        # every prediction of the on-delay was at or above the threshold
+        predictor = FailurePredictor(
+            PredictorConfig.from_mapping(
+                {"factoryId": "F", "modelDir": str(model), "machines": {machine.machine_id: config}}
+            ),
+            ModelHandle(model),
+            lambda topic, payload: None,
+            catalog,
+        )
+        held = []
+        stream = readings[machine.machine_id]
+        for t, metric, value in zip(
+            stream.timestamp.tolist(), stream.metric.tolist(), stream.value.tolist(), strict=True
+        ):
+            if t > delayed.at_ms:
+                break
+            before = predictor.counters.predictions
+            predictor.on_reading(t, machine.machine_id, metric, value)
+            if predictor.counters.predictions > before and t >= delayed.at_ms - delay:
+                held.append(predictor.counters.last_probability[machine.machine_id])
+        assert len(held) >= 5, "about a prediction a minute"
+        assert min(held) >= threshold
+    assert delayed_alerts, "the fixture's model held no alert for the on-delay"
