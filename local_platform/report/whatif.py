@@ -661,43 +661,26 @@ if __name__ == "__main__":  # python -m local_platform.report.whatif RUN: the va
         default=VALIDATION_SEED_OFFSET,
         help="the fleet: the run's seed + this (default the validation fleet's)",
     )
-    parser.add_argument("--min-gap-hours", type=float, nargs="+", default=[Policy.min_gap_hours])
-    parser.add_argument(
-        "--prelude-hours",
-        type=float,
-        nargs="+",
-        default=[Policy.prelude_hours],
-        help="hours of readings the predictor read before the fleet's start",
-    )
-    parser.add_argument(
-        "--on-delay-minutes",
-        type=float,
-        nargs="+",
-        default=[Policy.on_delay_minutes],
-        help="minutes the risk must hold at or above the alert threshold before a job",
-    )
-    parser.add_argument("--urgent-probability", type=float, nargs="+", default=[0.95])
-    parser.add_argument(
-        "--alert-threshold",
-        type=float,
-        nargs="+",
-        default=[Policy.alert_threshold],
-        help="the planner's alert thresholds, never below the model's own (default: the policy's)",
-    )
+    sweep = {  # the Policy fields the sweep takes lists of, and what they are
+        "min_gap_hours": "hours between two jobs on one machine",
+        "prelude_hours": "hours of readings the predictor read before the fleet's start",
+        "on_delay_minutes": "minutes the risk holds at or above the alert threshold before a job",
+        "urgent_probability": "the probability of an alert served at once",
+        "alert_threshold": "the planner's alert thresholds, never below the model's own",
+    }
+    for name, text in sweep.items():
+        default = getattr(Policy, name)
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            type=float,
+            nargs="+",
+            default=[default],
+            help=f"{text} (default {default})",
+        )
     args = parser.parse_args()
     grid = [
-        Policy(
-            min_gap_hours=gap,
-            prelude_hours=prelude,
-            on_delay_minutes=on_delay,
-            urgent_probability=urgent,
-            alert_threshold=threshold,
-        )
-        for gap in args.min_gap_hours
-        for prelude in args.prelude_hours
-        for on_delay in args.on_delay_minutes
-        for urgent in args.urgent_probability
-        for threshold in args.alert_threshold
+        Policy(**dict(zip(sweep, values, strict=True)))
+        for values in itertools.product(*(getattr(args, name) for name in sweep))
     ]
     chosen, rows = choose_policy(args.run, grid, args.days, args.history_days, args.seed_offset)
     for row in rows:

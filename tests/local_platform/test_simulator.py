@@ -30,6 +30,17 @@ def all_readings(simulator):
     return ReadingColumns.concat(list(simulator.chunks()))
 
 
+def one_series(simulator, columns, machine_id: str, metric: str):
+    """The timestamps and values of one machine's metric in `columns`."""
+    index = next(
+        i
+        for i, key in enumerate(simulator.series)
+        if key.machine_id == machine_id and key.metric == metric
+    )
+    rows = columns.series_index == index
+    return columns.timestamp[rows], columns.value[rows]
+
+
 def test_same_seed_same_output_different_seed_different_output(catalog):
     first, again = all_readings(simulate(catalog)), all_readings(simulate(catalog))
     other = all_readings(simulate(catalog, seed=4))
@@ -87,13 +98,7 @@ def test_degradation_shows_in_vibration_hours_before_each_failure(catalog):
     ]
     assert bearing, "the scenario should contain bearing failures with history before them"
     for failure in bearing:
-        index = next(
-            i
-            for i, key in enumerate(sim.series)
-            if key.machine_id == failure.machine_id and key.metric == "vibration"
-        )
-        series = columns.series_index == index
-        ts, value = columns.timestamp[series], columns.value[series]
+        ts, value = one_series(sim, columns, failure.machine_id, "vibration")
         healthy = value[
             (ts >= failure.degradation_start_ms - 6 * HOUR_MS) & (ts < failure.degradation_start_ms)
         ]
@@ -197,13 +202,7 @@ def test_the_prelude_is_the_hours_before_the_span_by_the_same_schedule(catalog):
     ]
     assert early, "the scenario should hold a bearing fault under way at the start"
     for failure in early:
-        index = next(
-            i
-            for i, key in enumerate(sim.series)
-            if key.machine_id == failure.machine_id and key.metric == "vibration"
-        )
-        rows = prelude.series_index == index
-        ts, value = prelude.timestamp[rows], prelude.value[rows]
+        ts, value = one_series(sim, prelude, failure.machine_id, "vibration")
         first = value[
             (ts >= failure.degradation_start_ms) & (ts < failure.degradation_start_ms + HOUR_MS)
         ]
