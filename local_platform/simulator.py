@@ -409,6 +409,17 @@ class FleetSimulator:
             chunk_start = cfg.start_ms + index * CHUNK_MS
             yield self._chunk(index, chunk_start, chunk_start + CHUNK_MS)
 
+    def repaired_before_start(self) -> dict[str, list[int]]:
+        """Per machine, the end of each stop before the simulated span, in time order: the
+        repairs of the failures before it, which `failures` and `maintenance` leave out (no
+        job is planned before the span), and which a gateway that read the prelude was told
+        of."""
+        start = self.config.start_ms
+        return {
+            machine.machine_id: sorted(end for _, end in timeline.stops if end <= start)
+            for machine, timeline in zip(self.machines, self._timelines, strict=True)
+        }
+
     @property
     def chunk_count(self) -> int:
         return math.ceil((self.config.end_ms - self.config.start_ms) / CHUNK_MS)

@@ -381,7 +381,7 @@ def _whatif(data: dict[str, Any]) -> str:
             "</b> (the case study claims 50% less downtime"
             + (
                 ": met for total downtime)."
-                if w["downtime_reduction"] >= 0.5
+                if w.get("meets_goal", w["downtime_reduction"] >= 0.5)
                 else ": not met for total downtime, once the planned jobs count)."
             )
             + (

@@ -7,8 +7,9 @@ the same machines developing the same faults until a planned job changes one mac
 
 History before the window. The figures count a watch window (by default the 7 days after the
 run, `fleet_after_run`); the fleet can be simulated from `history_days` before it
-(`with_history`; `HISTORY_DAYS`, none by default: it changed the fleet, not the predictor's
-figures, see there), as a deployed platform's gateways have been running for days. Both arms
+(`with_history`; `HISTORY_DAYS`, none by default: it moves the window's failures, see there),
+as a deployed platform's gateways have been running for days; the prelude (below) gives the
+predictor that reading without moving them. Both arms
 run to failure through the history, identically (no planned job starts before the window: the
 planner starts watching at its start); the predictor reads the whole history, and a repair
 that straddles the window's start counts only its part inside the window. The simulator draws
@@ -18,17 +19,18 @@ failures than the same window without one (`history_days` 0: the fleet starts at
 
 The predictive arm is closed-loop. The FailurePredictor component's own logic, with the run's
 compiled model, reads each machine's readings as the gateway would (its whole history: the
-gateway keeps its feature state through the jobs), from `prelude_hours` before the simulated
-fleet's start (`FleetSimulator.prelude`: the same schedule, so the same failures): a deployed
-gateway has read its machines for days, and a predictor started at the window takes a fault
-already under way for the machine's normal; its first FAILURE_PREDICTED alert in the
-window (once its risk has held for the on-delay, `on_delay_minutes`, if one is set) becomes a
-planned job at the next shift change (06:00, 14:00, 22:00) at least `lead`
-later, or after the lead alone when the alert is urgent (p >= `urgent_probability`) or the risk
-reaches that before the shift change (the job is pulled forward); the simulator runs again with
-that job, which averts the failure when it falls inside the degradation (as a good inspection
-does); the predictor then reads on from the job, and so on until no new alert asks for a job. A
-machine gets at most one job per `min_gap`. Nothing the predictor does not see (the
+gateway keeps its feature state through the jobs), with `whole_history` from `prelude_hours`
+before the simulated fleet's start (`FleetSimulator.prelude`: the same schedule, so the same
+failures), told of the repairs before it (`repaired_before_start`): a deployed gateway has
+read its machines for days, and a predictor started at the window takes a fault already under
+way for the machine's normal. Its first FAILURE_PREDICTED alert in the window (once its risk
+has held for the on-delay, `on_delay_minutes`, if one is set) becomes a planned job at the
+next shift change (06:00, 14:00, 22:00) at least `lead` later, or after the lead alone when
+the alert is urgent (p >= `urgent_probability`) or the risk reaches that before the shift
+change (the job is pulled forward); the simulator runs again with that job, which averts the
+failure when it falls inside the degradation (as a good inspection does); the predictor then
+reads on from the job, and so on until no new alert asks for a job. A machine gets at most
+one job per `min_gap`. Nothing the predictor does not see (the
 simulator's failure times) reaches the planner.
 
 Accounting (the simulator's rules, the same for both arms; the run-to-failure arm just has no
@@ -75,8 +77,9 @@ HOUR_MS = 3_600_000
 SHIFT_CHANGES = (6, 14, 22)
 # Days the fleet runs before the watch window, the same in both arms (a deployed gateway's
 # predictor has been reading for days). None by default: it moves every failure (the simulator
-# draws them from the fleet's start) without helping the predictor, and each closed-loop round
-# reads the whole history again (+60% CPU); the figures are in the README's what-if section.
+# draws them from the fleet's start), so its figures are another fleet's (with spec 2 they did
+# not improve), and each closed-loop round reads the whole history again (+60% CPU). The
+# prelude (`Policy.prelude_hours`) lets the predictor read before the window on the same fleet.
 HISTORY_DAYS = 0.0
 
 
@@ -105,8 +108,8 @@ class Policy:
     min_gap_hours: float = 12.0
     warmup_hours: float = 2.0  # readings the predictor sees before its first alerts count
     # the predictor keeps its state through the planner's jobs, as a gateway does (it reads the
-    # machine's whole history from the fleet's start); False: it starts afresh `warmup_hours`
-    # before each watch window
+    # machine's whole history, from `prelude_hours` before the fleet's start); False: it starts
+    # afresh `warmup_hours` before each watch window, with no prelude
     whole_history: bool = True
     # with `whole_history`, the predictor has also read the machine's readings of these hours
     # before the simulated span (`FleetSimulator.prelude`: the same schedule, so the same
@@ -117,12 +120,12 @@ class Policy:
     prelude_hours: float = 48.0
     # an alarm's on-delay (ISA-18.2): the planner orders a job once the risk has stayed at or
     # above the alert threshold for this long (every prediction, about one a minute), so a
-    # risk that crosses it for a moment orders nothing. 0: on the predictor's alert itself.
-    # None by default: on the validation fleets (seed + 3000 / + 4000, pooled, with the 48 h
+    # risk that crosses it for a moment orders nothing. 0 (the default): on the predictor's
+    # alert itself. On the validation fleets (seed + 3000 / + 4000, pooled, with the 48 h
     # prelude) none gave -50.5%, 5 min -51.4%, 10 min -52.7%, 20 min -51.3%, 30 min -51.4%,
-    # but 10 min on four more fleets (seed + 5000 to + 8000) lost 4.7 h of 434.8 h (-47.2 /
-    # -48.9 / -48.2 / -43.0% against -50.3 / -51.9 / -45.8 / -43.0%): the validation's gain
-    # was its fleets' luck
+    # but 10 min on four more fleets (seed + 5000 to + 8000) gave -47.2 / -48.9 / -48.2 /
+    # -43.0% against -50.3 / -51.9 / -45.8 / -43.0% without: the validation's gain was its
+    # fleets' luck (the README's what-if section)
     on_delay_minutes: float = 0.0
     # the alert threshold the planner's predictors run with (alertThreshold), never below the
     # model's own: a job stops production, so the planner orders one on a CRITICAL alert only
@@ -247,7 +250,8 @@ def first_alert(
         if topic == topics.LOCAL_ALERTS:
             anomaly = decode_anomaly(payload)
             if anomaly.anomaly_type == "FAILURE_PREDICTED":
-                threshold = 0.0 if anomaly.threshold is None else anomaly.threshold
+                # the level the risk must hold for the on-delay (a RAISED alert carries it)
+                threshold = anomaly.value if anomaly.threshold is None else anomaly.threshold
                 events.append((anomaly.timestamp, anomaly.value, anomaly.state, threshold))
 
     config = PredictorConfig.from_mapping(
@@ -288,7 +292,9 @@ def first_alert(
             active = (at, probability, threshold) if state == "RAISED" else None
         events.clear()
         p = last_probability.get(machine_id, 0.0)
-        if active is None or p < active[2]:
+        if not on_delay_ms:
+            pass
+        elif active is None or p < active[2]:
             streak = None
         elif streak is None:
             streak = t
@@ -426,7 +432,8 @@ def run_whatif(
         jobs = tuple((m, start) for m, starts in plan.items() for start in starts)
         simulator = FleetSimulator(replace(simulated, planned_maintenance=jobs), catalog)
         readings = machine_readings(simulator, catalog, active, prelude / HOUR_MS)
-        completions: dict[str, list[int]] = {}
+        # the repairs the predictor watched in the prelude, then the simulated span's
+        completions = simulator.repaired_before_start() if prelude else {}
         for job in simulator.maintenance:
             if job.kind == "corrective" or job.averted_failure:  # not an inspection
                 completions.setdefault(job.machine_id, []).append(job.completed_at_ms)

@@ -183,7 +183,7 @@ def test_the_prelude_is_the_hours_before_the_span_by_the_same_schedule(catalog):
         )
     )
     assert np.array_equal(prelude.value, again.value)
-    # a prelude leaves the span's readings and schedule as they were
+    # reading the prelude leaves the span's readings as they were
     assert np.array_equal(
         all_readings(sim).value,
         all_readings(
@@ -195,7 +195,7 @@ def test_the_prelude_is_the_hours_before_the_span_by_the_same_schedule(catalog):
         f
         for f in sim.failures
         if f.failure_mode == "bearing_wear"
-        and f.degradation_start_ms < start - 12 * HOUR_MS
+        and start - 31 * HOUR_MS <= f.degradation_start_ms < start - 12 * HOUR_MS
         # at least half-way through its degradation at the start
         and start - f.degradation_start_ms >= (f.failed_at_ms - f.degradation_start_ms) / 2
         and f.failed_at_ms > start
@@ -208,3 +208,29 @@ def test_the_prelude_is_the_hours_before_the_span_by_the_same_schedule(catalog):
         ]
         last = value[ts >= start - HOUR_MS]
         assert np.median(last) > 1.2 * np.median(first), failure
+
+
+def test_repairs_before_the_start_stop_the_machine_in_the_prelude_and_are_reported(catalog):
+    from iiot.contract import ReadingColumns
+
+    sim = simulate(catalog, machines_per_factory=12, hours=24, mtbf_hours=30, seed=5)
+    start = sim.config.start_ms
+    recorded = {(m.machine_id, m.completed_at_ms) for m in sim.maintenance}
+    repaired = [
+        (machine, end) for machine, ends in sim.repaired_before_start().items() for end in ends
+    ]
+    assert repaired, "the scenario should hold repairs before the start"
+    for machine, end in repaired:
+        assert end <= start
+        assert (machine, end) not in recorded  # the span's own repairs are in `maintenance`
+    prelude = ReadingColumns.concat(list(sim.prelude(24)))
+    shown = 0
+    for machine, end in repaired:
+        if end - 20 * 60_000 < start - 24 * HOUR_MS or end + 20 * 60_000 > start:
+            continue  # both sides of the restart inside the prelude
+        ts, rpm = one_series(sim, prelude, machine, "rpm")
+        stopped = rpm[(ts >= end - 10 * 60_000) & (ts < end)]
+        running = rpm[(ts >= end + 10 * 60_000) & (ts < end + 20 * 60_000)]
+        assert np.median(stopped) < 20 < 500 < np.median(running)
+        shown += 1
+    assert shown, "no repair ended inside the prelude"

@@ -310,19 +310,28 @@ def test_the_predictor_reads_the_prelude_before_the_window(catalog, monkeypatch,
     from local_platform.report import whatif
 
     window = FleetConfig(
-        factories=1, machines_per_factory=2, hours=6, interval_ms=60_000, seed=3, mtbf_hours=30
+        factories=1, machines_per_factory=2, hours=6, interval_ms=60_000, seed=7, mtbf_hours=30
     )
     seen: dict[str, tuple[int, int, int]] = {}
+    told: dict[str, list[int]] = {}
 
     def no_alert(
         machine, readings, since_ms, completions, model, catalog, config, read_from, *_, **__
     ):
         seen[machine] = (int(readings.timestamp[0]), read_from, since_ms)
+        told[machine] = completions
 
     monkeypatch.setattr(whatif, "first_alert", no_alert)
     policy = Policy(prelude_hours=5, whole_history=whole_history, alert_threshold=None)
     run_whatif(window, Path("no-model"), catalog, policy)
     assert set(seen) == {"F01-M001", "F01-M002"}
+    # the predictor is told of the repairs it watched in the prelude, and of the span's
+    sim = FleetSimulator(replace(window, planned_maintenance=()), catalog)
+    for machine, completions in told.items():
+        span = [m.completed_at_ms for m in sim.maintenance if m.machine_id == machine]
+        before = sim.repaired_before_start()[machine] if whole_history else []
+        assert completions == before + span
+    assert any(sim.repaired_before_start().values()), "no repair before the start to tell of"
     for first, read_from, since in seen.values():
         if whole_history:  # the readings and the predictor start 5 h before the fleet, the
             # planner at the window's start (the predictor warmed up in the prelude)
@@ -385,3 +394,92 @@ def test_an_on_delay_orders_the_job_once_the_risk_has_held_that_long(full_run: P
         assert len(held) >= 5, "about a prediction a minute"
         assert min(held) >= threshold
     assert delayed_alerts, "the fixture's model held no alert for the on-delay"
+
+
+class _ScriptedPredictor:
+    """A FailurePredictor stand-in whose risk at each reading is the reading's value: it raises
+    FAILURE_PREDICTED at p >= 0.95 and clears it below 0.7, as the real one does."""
+
+    def __init__(self, config, model, publish, catalog) -> None:  # type: ignore[no-untyped-def]
+        from types import SimpleNamespace
+
+        self.publish = publish
+        self.counters = SimpleNamespace(last_probability={})
+        self.alert = False
+
+    def on_maintenance(self, payload: bytes) -> None:
+        pass
+
+    def on_reading(self, t: int, machine: str, metric: str, p: float) -> None:
+        from iiot import topics
+        from iiot.anomaly import Anomaly, encode_anomaly
+
+        self.counters.last_probability[machine] = p
+        if self.alert == (p >= 0.95) or (self.alert and p >= 0.7):
+            return
+        self.alert = not self.alert
+        event = Anomaly(
+            factory_id="F",
+            machine_id=machine,
+            metric="failure_probability",
+            anomaly_type="FAILURE_PREDICTED",
+            severity="CRITICAL",
+            value=p,
+            threshold=0.95 if self.alert else 0.7,
+            timestamp=t,
+            source="edge",
+            state="RAISED" if self.alert else "CLEARED",
+        )
+        self.publish(topics.LOCAL_ALERTS, encode_anomaly(event))
+
+
+@pytest.mark.parametrize(
+    ("since_min", "on_delay_min", "expected_min"),
+    [
+        (0, 0, 10),  # the alert itself
+        (0, 5, 15),  # the risk holds from 10 to 20 min
+        # the dip at 20 min (0.9, the alert held) restarts the on-delay at 25 min
+        (0, 10, 35),
+        (0, 15, 40),
+        (12, 0, 12),  # an alert held when the watch starts counts at its start
+        (12, 5, 15),  # an on-delay under way before the watch counts from its start
+        (60, 5, None),  # cleared at 50 min: nothing from 60 min on
+    ],
+)
+def test_the_on_delay_counts_from_the_first_moment_the_risk_holds(
+    monkeypatch, since_min: int, on_delay_min: int, expected_min: int | None
+):
+    import failure_predictor.model_loader
+    import failure_predictor.predictor
+    import numpy as np
+
+    from local_platform.report.whatif import MachineReadings, first_alert
+
+    monkeypatch.setattr(failure_predictor.predictor, "FailurePredictor", _ScriptedPredictor)
+    monkeypatch.setattr(failure_predictor.model_loader, "ModelHandle", lambda folder: None)
+    minute = 60_000
+    # one reading a minute: quiet, then the risk from 10 min, a dip at 20, cleared at 50
+    risk = [0.2] * 10 + [0.96] * 10 + [0.9] * 5 + [0.97] * 25 + [0.3] * 20
+    readings = MachineReadings(
+        np.arange(len(risk), dtype=np.int64) * minute,
+        np.array(["temperature"] * len(risk)),
+        np.array(risk),
+    )
+    alert = first_alert(
+        "M1",
+        readings,
+        since_min * minute,
+        [],
+        Path("model"),
+        None,  # type: ignore[arg-type]
+        {},
+        0,
+        urgent_probability=0.95,
+        on_delay_ms=on_delay_min * minute,
+    )
+    if expected_min is None:
+        assert alert is None
+        return
+    assert alert is not None
+    assert alert.at_ms == expected_min * minute
+    assert alert.urgent_ms == alert.at_ms  # p >= 0.95: served at once
