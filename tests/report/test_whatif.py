@@ -325,7 +325,7 @@ def test_the_predictor_reads_the_prelude_before_the_window(catalog, monkeypatch,
     policy = Policy(prelude_hours=5, whole_history=whole_history, alert_threshold=None)
     run_whatif(window, Path("no-model"), catalog, policy)
     assert set(seen) == {"F01-M001", "F01-M002"}
-    # the predictor is told of the repairs it watched in the prelude, and of the span's
+    # the predictor is told of the repairs before the span (whole history), and of the span's
     sim = FleetSimulator(replace(window, planned_maintenance=()), catalog)
     for machine, completions in told.items():
         span = [m.completed_at_ms for m in sim.maintenance if m.machine_id == machine]
