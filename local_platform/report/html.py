@@ -371,7 +371,8 @@ def _whatif(data: dict[str, Any]) -> str:
             f"{pred['false_alarm_jobs']} found nothing)"
             + (
                 f"; of the failures left, {pred['failures_missed']} had no alert in the 24 h "
-                f"before and {pred['failures_late']} were alerted too late for their job"
+                f"before and {pred['failures_late']} "
+                f"{'was' if pred['failures_late'] == 1 else 'were'} alerted too late for their job"
                 if "failures_missed" in pred
                 else ""
             )

@@ -135,6 +135,20 @@ class Policy:
     # cross-validation chose 0.9: -53.6% / -43.0% at 0.95 against -48.1% / -40.4% at its 0.9
     alert_threshold: float | None = 0.95
 
+    def __post_init__(self) -> None:
+        durations = ("lead_hours", "min_gap_hours", "warmup_hours", "prelude_hours")
+        problems = [
+            f"{name} must be zero or more, got {getattr(self, name)}"
+            for name in (*durations, "on_delay_minutes")
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0)
+        ]
+        for name in ("urgent_probability", "alert_threshold"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                problems.append(f"{name} must be a probability, got {value}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
 
 def job_threshold(policy: Policy, model_dir: Path) -> float | None:
     """The alert threshold the planner's predictors run with: the policy's, but never below

@@ -8,6 +8,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -18,6 +19,7 @@ from local_platform.report.whatif import (
     downtime,
     fleet_after_run,
     job_threshold,
+    machine_readings,
     next_shift_change,
     perfect_plan,
     run_whatif,
@@ -305,6 +307,22 @@ def test_the_planner_orders_jobs_on_critical_alerts_never_below_the_models_thres
     assert job_threshold(Policy(alert_threshold=None), model(0.9)) is None  # the model's own
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"prelude_hours": -1.0},
+        {"on_delay_minutes": -5.0},
+        {"min_gap_hours": float("nan")},
+        {"alert_threshold": 1.5},
+        {"urgent_probability": -0.1},
+    ],
+)
+def test_a_policy_with_a_nonsense_setting_is_refused(change):
+    (name,) = change
+    with pytest.raises(ValueError, match=name):
+        Policy(**change)
+
+
 @pytest.mark.parametrize("whole_history", [True, False])
 def test_the_predictor_reads_the_prelude_before_the_window(catalog, monkeypatch, whole_history):
     from local_platform.report import whatif
@@ -314,12 +332,14 @@ def test_the_predictor_reads_the_prelude_before_the_window(catalog, monkeypatch,
     )
     seen: dict[str, tuple[int, int, int]] = {}
     told: dict[str, list[int]] = {}
+    given: dict = {}
 
     def no_alert(
         machine, readings, since_ms, completions, model, catalog, config, read_from, *_, **__
     ):
         seen[machine] = (int(readings.timestamp[0]), read_from, since_ms)
         told[machine] = completions
+        given[machine] = readings
 
     monkeypatch.setattr(whatif, "first_alert", no_alert)
     policy = Policy(prelude_hours=5, whole_history=whole_history, alert_threshold=None)
@@ -332,6 +352,12 @@ def test_the_predictor_reads_the_prelude_before_the_window(catalog, monkeypatch,
         before = sim.repaired_before_start()[machine] if whole_history else []
         assert completions == before + span
     assert any(sim.repaired_before_start().values()), "no repair before the start to tell of"
+    # the readings the predictor is given: the machine's, from the prelude's start, in order
+    whole = machine_readings(sim, catalog, set(given), 5 if whole_history else 0)
+    for machine, readings in given.items():
+        assert np.array_equal(readings.timestamp, whole[machine].timestamp)
+        assert np.array_equal(readings.value, whole[machine].value)
+        assert np.array_equal(readings.metric, whole[machine].metric)
     for first, read_from, since in seen.values():
         if whole_history:  # the readings and the predictor start 5 h before the fleet, the
             # planner at the window's start (the predictor warmed up in the prelude)
@@ -349,7 +375,7 @@ def test_an_on_delay_orders_the_job_once_the_risk_has_held_that_long(full_run: P
     from failure_predictor.predictor import FailurePredictor
 
     from local_platform.report.predictions import model_threshold
-    from local_platform.report.whatif import first_alert, machine_readings
+    from local_platform.report.whatif import first_alert
 
     fleet = fleet_after_run(full_run, days=2.0)
     sim = FleetSimulator(replace(fleet, planned_maintenance=()), catalog)
@@ -451,7 +477,6 @@ def test_the_on_delay_counts_from_the_first_moment_the_risk_holds(
 ):
     import failure_predictor.model_loader
     import failure_predictor.predictor
-    import numpy as np
 
     from local_platform.report.whatif import MachineReadings, first_alert
 
