@@ -412,8 +412,7 @@ class FleetSimulator:
     def repaired_before_start(self) -> dict[str, list[int]]:
         """Per machine, the end of each stop before the simulated span, in time order: the
         repairs of the failures before it, which `failures` and `maintenance` leave out (no
-        job is planned before the span), and which a gateway that read the prelude was told
-        of."""
+        job is planned before the span), and which a gateway would have been told of."""
         start = self.config.start_ms
         return {
             machine.machine_id: sorted(end for _, end in timeline.stops if end <= start)
@@ -426,7 +425,9 @@ class FleetSimulator:
 
     def _chunk(self, index: int, chunk_start: int, chunk_end: int) -> ReadingColumns:
         cfg = self.config
-        # a prelude hour (`prelude`, index < 0) draws from a seed of its own length
+        # a prelude hour (`prelude`, index < 0) draws from a stream apart from every span
+        # hour's: SeedSequence pads the two-word seed [seed, index] with zero words, and the
+        # prelude's third word, -index, is at least 1
         rng = np.random.default_rng(
             [self._chunk_seed, index] if index >= 0 else [self._chunk_seed, 1, -index]
         )

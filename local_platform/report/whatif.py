@@ -307,12 +307,9 @@ def first_alert(
             active = (at, probability, threshold) if state == "RAISED" else None
         events.clear()
         p = last_probability.get(machine_id, 0.0)
-        if not on_delay_ms:
-            pass
-        elif active is None or p < active[2]:
-            streak = None
-        elif streak is None:
-            streak = t
+        if on_delay_ms:  # since when the alert is held with every prediction at its level
+            held = active is not None and p >= active[2]
+            streak = (t if streak is None else streak) if held else None
         if active is None or t < since_ms:
             candidate = None
         elif on_delay_ms:  # the moment the risk has held for the on-delay
@@ -432,6 +429,8 @@ def run_whatif(
     }
     warmup = int(policy.warmup_hours * HOUR_MS)
     lead = int(policy.lead_hours * HOUR_MS)
+    on_delay = int(policy.on_delay_minutes * 60_000)
+    threshold = job_threshold(policy, model_dir)  # the model's manifest, read once
     plan: dict[str, list[int]] = {m: [] for m in machines}
     alerts: list[dict[str, Any]] = []
     # the planner watches from the window's start (no job before it), or once the predictor
@@ -439,6 +438,8 @@ def run_whatif(
     prelude = int(policy.prelude_hours * HOUR_MS) if policy.whole_history else 0
     read_from = simulated.start_ms - prelude
     frontier = dict.fromkeys(machines, max(fleet.start_ms, read_from + warmup))
+    # a gateway knows its machines' maintenance history: the repairs before the span too
+    told = baseline.repaired_before_start() if policy.whole_history else {}
     active = set(machines)
     iterations = 0
     simulator = baseline
@@ -447,9 +448,9 @@ def run_whatif(
         jobs = tuple((m, start) for m, starts in plan.items() for start in starts)
         simulator = FleetSimulator(replace(simulated, planned_maintenance=jobs), catalog)
         readings = machine_readings(simulator, catalog, active, prelude / HOUR_MS)
-        # the repairs before the simulated span (a gateway knows its machines' maintenance
-        # history), then the span's
-        completions = simulator.repaired_before_start() if policy.whole_history else {}
+        # the repairs before the span (the same whatever the plan: no job is before the
+        # window), then the span's
+        completions = {m: list(ends) for m, ends in told.items()}
         for job in simulator.maintenance:
             if job.kind == "corrective" or job.averted_failure:  # not an inspection
                 completions.setdefault(job.machine_id, []).append(job.completed_at_ms)
@@ -464,10 +465,10 @@ def run_whatif(
                 catalog,
                 configs.get(machine, {}),
                 read_from if policy.whole_history else frontier[machine] - warmup,
-                job_threshold(policy, model_dir),
+                threshold,
                 urgent_probability=policy.urgent_probability,
                 lead_ms=lead,
-                on_delay_ms=int(policy.on_delay_minutes * 60_000),
+                on_delay_ms=on_delay,
             )
             if alert is None:
                 continue

@@ -171,25 +171,17 @@ def test_invalid_configuration_is_explained():
 def test_the_prelude_is_the_hours_before_the_span_by_the_same_schedule(catalog):
     from iiot.contract import ReadingColumns
 
-    sim = simulate(catalog, machines_per_factory=12, hours=24, mtbf_hours=60, seed=5)
+    fleet = {"machines_per_factory": 12, "hours": 24, "mtbf_hours": 60, "seed": 5}
+    sim = simulate(catalog, **fleet)
     start = sim.config.start_ms
     prelude = ReadingColumns.concat(list(sim.prelude(30.5)))  # whole hours: 31
     assert prelude.timestamp.min() == start - 31 * HOUR_MS
     assert prelude.timestamp.max() == start - sim.config.interval_ms
     assert np.all(np.diff(prelude.timestamp) >= 0), "the prelude is in time order"
-    again = ReadingColumns.concat(
-        list(
-            simulate(catalog, machines_per_factory=12, hours=24, mtbf_hours=60, seed=5).prelude(31)
-        )
-    )
+    again = ReadingColumns.concat(list(simulate(catalog, **fleet).prelude(31)))
     assert np.array_equal(prelude.value, again.value)
     # reading the prelude leaves the span's readings as they were
-    assert np.array_equal(
-        all_readings(sim).value,
-        all_readings(
-            simulate(catalog, machines_per_factory=12, hours=24, mtbf_hours=60, seed=5)
-        ).value,
-    )
+    assert np.array_equal(all_readings(sim).value, all_readings(simulate(catalog, **fleet)).value)
     # a fault that began before the start grows through the prelude as it does in the span
     early = [
         f
