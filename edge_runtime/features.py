@@ -32,7 +32,11 @@ coefficients are ridge-shrunk, the more the less of a day the sums cover (`_DAIL
 on the first hours of a series the line is the plain one. The cost: the extra freedom lets the
 line follow part of a fault that grows over many hours (a 6 degree rise over 12 h, 60 h into
 a series, leaves 2.8 against the plain line's 4.6), against a background that is quiet instead
-of swinging by the ambient's 8 degrees.
+of swinging by the ambient's 8 degrees. With ``residual_x_floor`` a pair whose ``x`` is at or
+below the floor (a stopped pump: speed 0, ambient temperature, no pressure or flow) is left out
+of the line and the means, and the residual holds its value until the pump runs again: folded
+in, a stop lies off the operating line by the whole load term (tens of degrees) and bends it
+for a day after every repair or planned job.
 
 `batch_machine_features` computes every row of one machine's stream with vectorized numpy
 (training over the lake's silver data); `MachineFeatureState` updates the same vector with O(1)
@@ -76,6 +80,11 @@ class FeatureSpec:
     # the residuals' lines also fit a daily cycle (sine and cosine of the time of day): the
     # ambient temperature's swing over the day, which the speed does not explain
     residual_daily_cycle: bool = False
+    # a pair whose x is at or below this (x's unit) is left out of the residual's line and
+    # means, and the residual holds its value meanwhile: a stopped pump (speed 0) reads the
+    # ambient temperature, no pressure and no flow, which is not its operating normal (the
+    # line through the operating points misses the stopped point by the whole load term)
+    residual_x_floor: float | None = None
 
     def __post_init__(self) -> None:
         if not self.metrics:
@@ -89,6 +98,8 @@ class FeatureSpec:
                 raise ValueError(f"a residual pair needs two of the spec's metrics: {(y, x)}")
         if not self.residual_baseline_hours > 0 or not self.residual_smooth_minutes > 0:
             raise ValueError("residual time constants must be positive")
+        if self.residual_x_floor is not None and not math.isfinite(self.residual_x_floor):
+            raise ValueError(f"the residual floor must be finite: {self.residual_x_floor}")
 
     @property
     def slope_window(self) -> int:
@@ -134,7 +145,12 @@ class FeatureSpec:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        # a setting left at "off" is left out: a gateway whose code predates it still takes
+        # the model, which it computes the same way (`from_dict` refuses keys it does not know)
+        if data["residual_x_floor"] is None:
+            del data["residual_x_floor"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
@@ -158,6 +174,9 @@ class FeatureSpec:
             residual_baseline_hours=float(data.get("residual_baseline_hours", 24.0)),
             residual_smooth_minutes=float(data.get("residual_smooth_minutes", 30.0)),
             residual_daily_cycle=bool(data.get("residual_daily_cycle", False)),
+            residual_x_floor=(
+                None if data.get("residual_x_floor") is None else float(data["residual_x_floor"])
+            ),
         )
 
 
@@ -542,9 +561,10 @@ class MachineFeatureState:
             out[slot + 1] = span.max()
             out[slot + 2] = len(span.items)
             slot += 3
+        floor = self.spec.residual_x_floor
         for residual_slot, residual, x_position in self._residuals_of[position]:
             x_buffer = self._series[x_position].buffer
-            if x_buffer:
+            if x_buffer and (floor is None or x_buffer[-1] > floor):
                 out[residual_slot] = residual.push(timestamp_ms, value, x_buffer[-1])
         self._update_machine(timestamp_ms)
         self.readings += 1
@@ -736,7 +756,10 @@ def _batch_residuals(
     for k, (y, x) in enumerate(spec.residuals):
         x_member = metrics == x
         latest_x = np.maximum.accumulate(np.where(x_member, positions, -1))
-        rows = np.flatnonzero((metrics == y) & (latest_x >= 0))
+        pairs = (metrics == y) & (latest_x >= 0)
+        if spec.residual_x_floor is not None:
+            pairs &= values[np.maximum(latest_x, 0)] > spec.residual_x_floor
+        rows = np.flatnonzero(pairs)
         if not len(rows):
             continue
         yv, xv, t = values[rows], values[latest_x[rows]], timestamps[rows]

@@ -176,6 +176,37 @@ def test_residual_waits_for_both_sensors_and_a_spread_of_load() -> None:
         FeatureSpec(metrics=("x",), residuals=(("x", "y"),))
 
 
+def test_a_stopped_pump_is_left_out_of_the_residual_line() -> None:
+    """A stop (a repair, a planned job) reads speed 0 and the ambient temperature: far off the
+    line of the operating points. Folded in, it bends the line for a day after the restart;
+    with the floor it is left out, and the residual holds its value through the stop."""
+    hour_ms = 3_600_000
+    stop = (40 * hour_ms, 46 * hour_ms)
+    t, m, v = _pump(72, 10_000, 10, -20.0, 0.05)
+    stopped = (t >= stop[0]) & (t < stop[1])
+    speed = stopped & (m == "x")
+    v[speed] = np.abs(np.random.default_rng(11).normal(0, 4, speed.sum()))  # a sensor's noise
+    v[stopped & (m == "y")] = 22.0  # the ambient: the line predicts -20 there
+    floored = replace(RESIDUAL_SPEC, residual_x_floor=100.0)
+    feature = RESIDUAL_SPEC.names.index("y__resid_x")
+    plain = incremental(RESIDUAL_SPEC, t, m, v, MachineInfo("M"), [])[:, feature]
+    online = incremental(floored, t, m, v, MachineInfo("M"), [])
+    assert_same(batch_machine_features(floored, t, m, v, MachineInfo("M")), online)
+    after = (t > stop[1] + hour_ms) & (t < stop[1] + 24 * hour_ms)
+    assert np.abs(plain[after]).max() > 3.0  # the stop bends the line for hours
+    assert np.abs(online[after, feature]).max() < 0.3  # noise only
+    # while stopped the residual keeps its value from the last operating pair
+    first = int(np.argmax(stopped))
+    assert (online[stopped, feature] == online[first - 1, feature]).all()
+    # a model trained without the floor keeps every pair, and its manifest does not name the
+    # floor: a gateway whose code predates it takes the model
+    assert "residual_x_floor" not in RESIDUAL_SPEC.to_dict()
+    assert FeatureSpec.from_dict(RESIDUAL_SPEC.to_dict()).residual_x_floor is None
+    assert FeatureSpec.from_dict(floored.to_dict()) == floored
+    with pytest.raises(ValueError, match="floor"):
+        replace(RESIDUAL_SPEC, residual_x_floor=float("nan"))
+
+
 DAILY_SPEC = replace(RESIDUAL_SPEC, residual_daily_cycle=True, version=3)
 
 
