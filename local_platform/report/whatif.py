@@ -578,9 +578,9 @@ def run_whatif(
 
 
 WHATIF_SEED_OFFSET = 2000  # the what-if's fleet: the run's seed + this
-# The fleet the policy's parameters are chosen on (`choose_policy`): another seed than the
-# what-if's, so its figure is not the one the parameters were tuned to.
-VALIDATION_SEED_OFFSET = 3000
+# The fleets the policy's parameters are chosen on (`choose_policy`, pooled): other seeds than
+# the what-if's, so its figure is not the one the parameters were tuned to.
+VALIDATION_SEED_OFFSETS = (3000, 4000)
 
 
 def fleet_after_run(
@@ -634,36 +634,72 @@ def write_whatif(
     return out
 
 
+def pooled(fleets: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several fleets' what-if figures as one: the downtime hours summed per arm, and the
+    reductions of the sums (a big fleet weighs by its hours, not as one fleet of many)."""
+    hours = {
+        arm: round(sum(f[arm]["downtime_h"] for f in fleets), 2)
+        for arm in ("run_to_failure", "predictive", "ceiling")
+    }
+    base = hours["run_to_failure"]
+    return {
+        "fleets": len(fleets),
+        "downtime_h": hours,
+        "failures_left": sum(f["predictive"]["failures"] for f in fleets),
+        "false_alarm_jobs": sum(f["predictive"]["false_alarm_jobs"] for f in fleets),
+        "downtime_reduction": round(1 - hours["predictive"] / base, 4) if base else 0.0,
+        "ceiling_reduction": round(1 - hours["ceiling"] / base, 4) if base else 0.0,
+    }
+
+
 def choose_policy(
     run_dir: Path,
     candidates: list[Policy],
     days: float = 7.0,
     history_days: float = HISTORY_DAYS,
-    seed_offset: int = VALIDATION_SEED_OFFSET,
+    seed_offsets: tuple[int, ...] = VALIDATION_SEED_OFFSETS,
 ) -> tuple[Policy, list[dict[str, Any]]]:
-    """The candidate with the largest downtime reduction on the validation fleet (the run's
-    fleet on the seed + `seed_offset`, by default VALIDATION_SEED_OFFSET, simulated from
-    `history_days` before its window), and each candidate's figures there."""
+    """The candidate with the largest downtime reduction on the validation fleets pooled (the
+    run's fleet on each seed + offset of `seed_offsets`, simulated from `history_days` before
+    its window), and each candidate's figures: per fleet and pooled. A fleet's figure moves by
+    a few points with one failure caught or missed, so a choice made on one fleet is mostly
+    that fleet's luck."""
+    if not seed_offsets:
+        raise ValueError("choose a policy on at least one fleet")
     model_dir = run_dir / "ml" / "failure_model"
-    fleet = fleet_after_run(run_dir, days, seed_offset)
     catalog = load_catalog()
-    measured = []
+    fleets = [fleet_after_run(run_dir, days, offset) for offset in seed_offsets]
+    measured: list[dict[str, Any]] = []
     for policy in candidates:
-        figures = run_whatif(fleet, model_dir, catalog, policy, history_days=history_days)
+        per_fleet = []
+        for offset, fleet in zip(seed_offsets, fleets, strict=True):
+            figures = run_whatif(fleet, model_dir, catalog, policy, history_days=history_days)
+            per_fleet.append(
+                {
+                    "seed_offset": offset,
+                    **{
+                        key: figures[key]
+                        for key in (
+                            "downtime_reduction",
+                            "ceiling_reduction",
+                            "ceiling",
+                            "run_to_failure",
+                            "predictive",
+                            "failures",
+                            "seconds",
+                        )
+                    },
+                }
+            )
         measured.append(
             {
                 "policy": asdict(policy),
                 "history_days": history_days,
-                "downtime_reduction": figures["downtime_reduction"],
-                "ceiling_reduction": figures["ceiling_reduction"],
-                "ceiling": figures["ceiling"],
-                "run_to_failure": figures["run_to_failure"],
-                "predictive": figures["predictive"],
-                "failures": figures["failures"],
-                "seconds": figures["seconds"],
+                "pooled": pooled(per_fleet),
+                "fleets": per_fleet,
             }
         )
-    best = max(range(len(candidates)), key=lambda i: measured[i]["downtime_reduction"])
+    best = max(range(len(candidates)), key=lambda i: measured[i]["pooled"]["downtime_reduction"])
     return candidates[best], measured
 
 
@@ -682,8 +718,10 @@ if __name__ == "__main__":  # python -m local_platform.report.whatif RUN: the va
     parser.add_argument(
         "--seed-offset",
         type=int,
-        default=VALIDATION_SEED_OFFSET,
-        help="the fleet: the run's seed + this (default the validation fleet's)",
+        nargs="+",
+        default=list(VALIDATION_SEED_OFFSETS),
+        help="the fleets, pooled: the run's seed + each of these (default the validation "
+        f"fleets', {' '.join(map(str, VALIDATION_SEED_OFFSETS))})",
     )
     sweep = {  # the Policy fields the sweep takes lists of, and what they are
         "min_gap_hours": "hours between two jobs on one machine",
@@ -706,7 +744,9 @@ if __name__ == "__main__":  # python -m local_platform.report.whatif RUN: the va
         Policy(**dict(zip(sweep, values, strict=True)))
         for values in itertools.product(*(getattr(args, name) for name in sweep))
     ]
-    chosen, rows = choose_policy(args.run, grid, args.days, args.history_days, args.seed_offset)
+    chosen, rows = choose_policy(
+        args.run, grid, args.days, args.history_days, tuple(args.seed_offset)
+    )
     for row in rows:
         print(json.dumps(row))
     print(json.dumps({"chosen": asdict(chosen)}))

@@ -13,15 +13,18 @@ import pytest
 from typer.testing import CliRunner
 
 from local_platform.cli import app
+from local_platform.report import whatif
 from local_platform.report.run_data import collect
 from local_platform.report.whatif import (
     Policy,
+    choose_policy,
     downtime,
     fleet_after_run,
     job_threshold,
     machine_readings,
     next_shift_change,
     perfect_plan,
+    pooled,
     run_whatif,
     with_history,
 )
@@ -508,3 +511,58 @@ def test_the_on_delay_counts_from_the_first_moment_the_risk_holds(
     assert alert is not None
     assert alert.at_ms == expected_min * minute
     assert alert.urgent_ms == alert.at_ms  # p >= 0.95: served at once
+
+
+def _figures(run_to_failure: float, predictive: float, ceiling: float) -> dict:  # type: ignore[type-arg]
+    arm = {"downtime_h": predictive, "failures": 1, "false_alarm_jobs": 2}
+    return {
+        "downtime_reduction": round(1 - predictive / run_to_failure, 4),
+        "ceiling_reduction": round(1 - ceiling / run_to_failure, 4),
+        "ceiling": {"downtime_h": ceiling},
+        "run_to_failure": {"downtime_h": run_to_failure},
+        "predictive": arm,
+        "failures": [],
+        "seconds": 0.1,
+    }
+
+
+def test_pooled_figures_sum_the_hours_before_dividing():
+    both = pooled([_figures(10.0, 2.0, 1.0), _figures(100.0, 60.0, 40.0)])
+    assert both["downtime_h"] == {"run_to_failure": 110.0, "predictive": 62.0, "ceiling": 41.0}
+    # 1 - 62/110, not the mean of 80% and 40%
+    assert both["downtime_reduction"] == pytest.approx(0.4364, abs=1e-4)
+    assert both["ceiling_reduction"] == pytest.approx(1 - 41 / 110, abs=1e-4)
+    assert (both["fleets"], both["failures_left"], both["false_alarm_jobs"]) == (2, 2, 4)
+
+
+def test_the_policy_is_chosen_on_the_validation_fleets_pooled(tmp_path: Path, monkeypatch):
+    """A candidate that wins one small fleet by many points but loses hours on the other is
+    not chosen: the choice is the pooled reduction's."""
+    lucky, steady = Policy(min_gap_hours=1.0), Policy(min_gap_hours=24.0)
+    offsets = (3000, 4000)
+    seed = {fleet_after_run(tmp_path, 7.0, o).seed: o for o in offsets}
+    canned = {  # (policy, seed offset) -> (run to failure, predictive, ceiling) hours
+        (lucky, 3000): (20.0, 4.0, 3.0),  # -80%
+        (lucky, 4000): (120.0, 80.0, 50.0),  # -33%
+        (steady, 3000): (20.0, 10.0, 3.0),  # -50%
+        (steady, 4000): (120.0, 60.0, 50.0),  # -50%
+    }
+    calls = []
+
+    def fake_run_whatif(fleet, model_dir, catalog, policy, history_days):  # type: ignore[no-untyped-def]
+        calls.append((policy, seed[fleet.seed], history_days))
+        return _figures(*canned[(policy, seed[fleet.seed])])
+
+    monkeypatch.setattr(whatif, "run_whatif", fake_run_whatif)
+    chosen, rows = choose_policy(tmp_path, [lucky, steady], history_days=0.5, seed_offsets=offsets)
+    assert chosen == steady
+    assert len(calls) == 4
+    assert {c[2] for c in calls} == {0.5}
+    assert [r["pooled"]["downtime_reduction"] for r in rows] == [
+        pytest.approx(1 - 84 / 140, abs=1e-4),
+        pytest.approx(0.5),
+    ]
+    assert [f["seed_offset"] for f in rows[0]["fleets"]] == list(offsets)
+    assert rows[0]["fleets"][0]["downtime_reduction"] == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="at least one fleet"):
+        choose_policy(tmp_path, [steady], seed_offsets=())
