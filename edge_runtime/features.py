@@ -22,21 +22,25 @@ feature is ``mean(y) - (a + b mean(x))``. A pump's temperature follows its load 
 a temperature rise the load does not explain is visible whatever the shift, the machine model or
 a slow calibration drift (the baseline follows the drift, which is much slower than a fault's
 growth: a drift of r per hour leaves a residual of about r times the difference of the two time
-constants); seal leaks show the same way in pressure and flow. NaN until ``x`` has been seen and
-has varied. The state is a few running sums per pair. With ``residual_daily_cycle`` the line
-also fits a daily cycle, ``y = a + b x + c sin(2 pi h / 24) + d cos(2 pi h / 24)`` at the hour
-of day h (UTC: the fitted phase takes care of the plant's time zone): the ambient temperature's
-swing over the day, which the speed does not explain and which is as large as an early
-overheating, leaves the residual (the features are then named ``y__resid_x_day``). The cycle's
-coefficients are ridge-shrunk, the more the less of a day the sums cover (`_DAILY_RIDGE`), so
-on the first hours of a series the line is the plain one. The cost: the extra freedom lets the
-line follow part of a fault that grows over many hours (a 6 degree rise over 12 h, 60 h into
-a series, leaves 2.8 against the plain line's 4.6), against a background that is quiet instead
-of swinging by the ambient's 8 degrees. With ``residual_x_floor`` a pair whose ``x`` is at or
-below the floor (a stopped pump: speed 0, ambient temperature, no pressure or flow) is left out
-of the line and the means, and the residual holds its value until the pump runs again: folded
-in, a stop lies off the operating line by the whole load term (tens of degrees) and bends it
-for a day after every repair or planned job.
+constants); seal leaks show the same way in pressure and flow. NaN until ``x`` has been seen
+(above the floor, when there is one) and has varied. The state is a few running sums per pair.
+With ``residual_daily_cycle`` the line also fits a daily cycle,
+``y = a + b x + c sin(2 pi h / 24) + d cos(2 pi h / 24)`` at the hour of day h (UTC: the fitted
+phase takes care of the plant's time zone): the ambient temperature's swing over the day,
+which the speed does not explain and which is as large as an early overheating, leaves the
+residual (the features are then named ``y__resid_x_day``). The cycle's coefficients are
+ridge-shrunk, the more the less of a day the sums cover (`_DAILY_RIDGE`), so on the first hours
+of a series the line is the plain one. The cost: the extra freedom lets the line follow part of
+a fault that grows over many hours (a 6 degree rise over 12 h, 60 h into a series, leaves 2.8
+against the plain line's 4.6), against a background that is quiet instead of swinging by the
+ambient's 8 degrees. With ``residual_x_floor`` a pair whose ``x`` is at or below the floor (a
+stopped pump: speed 0, ambient temperature, no pressure or flow) is left out of the line and the
+means, and the residual holds its value until the pump runs again: folded in, a stop lies off
+the operating line by the whole load term (tens of degrees) and bends it for a day after every
+repair or planned job. A pair's x is the latest x reading when y arrives, so where y comes
+before x at each instant (the simulator writes temperature, vibration and pressure before rpm)
+the stop's first y still pairs with the last running x and is folded in: one point per stop. All
+pairs must share the floor's x (one metric, in its unit).
 
 `batch_machine_features` computes every row of one machine's stream with vectorized numpy
 (training over the lake's silver data); `MachineFeatureState` updates the same vector with O(1)
@@ -98,8 +102,14 @@ class FeatureSpec:
                 raise ValueError(f"a residual pair needs two of the spec's metrics: {(y, x)}")
         if not self.residual_baseline_hours > 0 or not self.residual_smooth_minutes > 0:
             raise ValueError("residual time constants must be positive")
-        if self.residual_x_floor is not None and not math.isfinite(self.residual_x_floor):
-            raise ValueError(f"the residual floor must be finite: {self.residual_x_floor}")
+        if self.residual_x_floor is not None:
+            if not math.isfinite(self.residual_x_floor):
+                raise ValueError(f"the residual floor must be finite: {self.residual_x_floor}")
+            if len({x for _, x in self.residuals}) > 1:
+                raise ValueError(
+                    "a residual floor is in one metric's unit: every pair needs the same x, "
+                    f"not {sorted({x for _, x in self.residuals})}"
+                )
 
     @property
     def slope_window(self) -> int:

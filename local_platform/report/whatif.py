@@ -666,6 +666,8 @@ def choose_policy(
     that fleet's luck."""
     if not seed_offsets:
         raise ValueError("choose a policy on at least one fleet")
+    if len(set(seed_offsets)) != len(seed_offsets):
+        raise ValueError(f"a fleet given twice would count twice: {list(seed_offsets)}")
     model_dir = run_dir / "ml" / "failure_model"
     catalog = load_catalog()
     fleets = [fleet_after_run(run_dir, days, offset) for offset in seed_offsets]
@@ -720,8 +722,8 @@ if __name__ == "__main__":  # python -m local_platform.report.whatif RUN: the va
         type=int,
         nargs="+",
         default=list(VALIDATION_SEED_OFFSETS),
-        help="the fleets, pooled: the run's seed + each of these (default the validation "
-        f"fleets', {' '.join(map(str, VALIDATION_SEED_OFFSETS))})",
+        help="the fleets, pooled: the run's seed + each of these, after RUN (default the "
+        f"validation fleets', {' '.join(map(str, VALIDATION_SEED_OFFSETS))})",
     )
     sweep = {  # the Policy fields the sweep takes lists of, and what they are
         "min_gap_hours": "hours between two jobs on one machine",

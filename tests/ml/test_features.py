@@ -176,13 +176,19 @@ def test_residual_waits_for_both_sensors_and_a_spread_of_load() -> None:
         FeatureSpec(metrics=("x",), residuals=(("x", "y"),))
 
 
-def test_a_stopped_pump_is_left_out_of_the_residual_line() -> None:
+@pytest.mark.parametrize("y_first", [False, True])
+def test_a_stopped_pump_is_left_out_of_the_residual_line(y_first: bool) -> None:
     """A stop (a repair, a planned job) reads speed 0 and the ambient temperature: far off the
     line of the operating points. Folded in, it bends the line for a day after the restart;
-    with the floor it is left out, and the residual holds its value through the stop."""
+    with the floor it is left out, and the residual holds its value through the stop. Where y
+    comes before x at each instant (the simulator's order for temperature and rpm), the stop's
+    first y pairs with the last running x and is folded in: one point of the stop."""
     hour_ms = 3_600_000
     stop = (40 * hour_ms, 46 * hour_ms)
     t, m, v = _pump(72, 10_000, 10, -20.0, 0.05)
+    if y_first:  # each instant's two readings swapped: y, then x
+        v = v.reshape(-1, 2)[:, ::-1].reshape(-1)
+        m = m.reshape(-1, 2)[:, ::-1].reshape(-1)
     stopped = (t >= stop[0]) & (t < stop[1])
     speed = stopped & (m == "x")
     v[speed] = np.abs(np.random.default_rng(11).normal(0, 4, speed.sum()))  # a sensor's noise
@@ -195,16 +201,62 @@ def test_a_stopped_pump_is_left_out_of_the_residual_line() -> None:
     after = (t > stop[1] + hour_ms) & (t < stop[1] + 24 * hour_ms)
     assert np.abs(plain[after]).max() > 3.0  # the stop bends the line for hours
     assert np.abs(online[after, feature]).max() < 0.3  # noise only
-    # while stopped the residual keeps its value from the last operating pair
+    # through the stop the residual holds one value: the last operating pair's, or with y
+    # first the stop's first y's (42 degrees off the line, a fraction of it in the half-hour
+    # mean of some 180 readings)
     first = int(np.argmax(stopped))
-    assert (online[stopped, feature] == online[first - 1, feature]).all()
-    # a model trained without the floor keeps every pair, and its manifest does not name the
-    # floor: a gateway whose code predates it takes the model
-    assert "residual_x_floor" not in RESIDUAL_SPEC.to_dict()
-    assert FeatureSpec.from_dict(RESIDUAL_SPEC.to_dict()).residual_x_floor is None
+    held = online[stopped, feature]
+    assert (held == held[-1]).all()
+    if y_first:
+        assert 0.05 < abs(held[-1] - online[first - 1, feature]) < 0.5
+    else:
+        assert held[-1] == online[first - 1, feature]
+
+
+def test_the_floor_is_in_one_metrics_unit_and_an_unset_floor_is_not_written() -> None:
+    floored = replace(RESIDUAL_SPEC, residual_x_floor=100.0)
     assert FeatureSpec.from_dict(floored.to_dict()) == floored
-    with pytest.raises(ValueError, match="floor"):
+    with pytest.raises(ValueError, match="finite"):
         replace(RESIDUAL_SPEC, residual_x_floor=float("nan"))
+    with pytest.raises(ValueError, match="same x"):
+        FeatureSpec(metrics=("a", "b"), residuals=(("a", "b"), ("b", "a")), residual_x_floor=1.0)
+    # a spec without the floor writes exactly the settings gateways older than the floor know
+    # (`from_dict` there refuses any other key), so they take its models
+    assert set(default_spec().to_dict()) == {
+        *("metrics", "count_windows", "time_windows_minutes", "maintenance"),
+        *("machine_models", "version", "residuals", "residual_baseline_hours"),
+        *("residual_smooth_minutes", "residual_daily_cycle"),
+    }
+    assert FeatureSpec.from_dict(RESIDUAL_SPEC.to_dict()).residual_x_floor is None
+
+
+@pytest.mark.parametrize("daily_cycle", [False, True])
+def test_floored_batch_equals_gateway_on_a_hard_stream(daily_cycle: bool) -> None:
+    """Ties in any metric order, x exactly at the floor, a series that starts stopped, gaps."""
+    rng = np.random.default_rng(12)
+    n = 6000
+    t = np.sort(rng.integers(0, 3 * DAY_MS, n)).astype(np.int64)
+    m = rng.choice(np.array(["x", "y", "other"]), n)
+    v = rng.normal(1510.0, 8.0, n)
+    v[rng.random(n) < 0.05] = 1500.0  # at the floor: left out (the floor is exclusive)
+    v[:300] = 0.0  # starts stopped
+    v[3000:3400] = 0.0  # a stop in the middle
+    spec = replace(
+        RESIDUAL_SPEC,
+        residual_x_floor=1500.0,
+        residual_baseline_hours=2.0,
+        residual_daily_cycle=daily_cycle,
+    )
+    machine = MachineInfo("M", "CP-400", installed_ms=-400 * DAY_MS)
+    online = incremental(spec, t, m, v, machine, [int(t[1000])])
+    assert_same(batch_machine_features(spec, t, m, v, machine, [int(t[1000])]), online)
+    # the floor is exclusive: a y whose latest x is exactly at it does not move the residual
+    feature = spec.names.index("y__resid_x_day" if daily_cycle else "y__resid_x")
+    latest_x = np.maximum.accumulate(np.where(m == "x", np.arange(n), -1))
+    at_floor = np.flatnonzero((m == "y") & (latest_x >= 0) & (v[np.maximum(latest_x, 0)] == 1500.0))
+    at_floor = at_floor[at_floor > 400]
+    assert len(at_floor) > 10
+    np.testing.assert_array_equal(online[at_floor, feature], online[at_floor - 1, feature])
 
 
 DAILY_SPEC = replace(RESIDUAL_SPEC, residual_daily_cycle=True, version=3)

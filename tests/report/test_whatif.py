@@ -566,3 +566,5 @@ def test_the_policy_is_chosen_on_the_validation_fleets_pooled(tmp_path: Path, mo
     assert rows[0]["fleets"][0]["downtime_reduction"] == pytest.approx(0.8)
     with pytest.raises(ValueError, match="at least one fleet"):
         choose_policy(tmp_path, [steady], seed_offsets=())
+    with pytest.raises(ValueError, match="count twice"):
+        choose_policy(tmp_path, [steady], seed_offsets=(3000, 3000))
