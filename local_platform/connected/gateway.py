@@ -100,13 +100,15 @@ def payloads_file(status: Path) -> Path:
     return status.with_suffix(".payloads")
 
 
+def payload_count(path: Path) -> int:
+    """The count one predictor process wrote to its `payloads_file` (0 before its first)."""
+    return int.from_bytes(path.read_bytes()[:8] or b"\0", "little")
+
+
 def handled_payloads(status_dir: Path, factory: str) -> int:
     """The readings payloads the factory's predictor processes handled, all of them (a payload
     redelivered after a kill -9 may count twice, none is missed)."""
-    return sum(
-        int.from_bytes(path.read_bytes()[:8] or b"\0", "little")
-        for path in status_dir.glob(f"predictor-{factory}-*.payloads")
-    )
+    return sum(payload_count(path) for path in status_dir.glob(f"predictor-{factory}-*.payloads"))
 
 
 def run_failure_predictor(

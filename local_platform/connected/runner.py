@@ -752,9 +752,7 @@ class Run:
             buffer, _ = self.monitor.status(factory)
             taken = sum(int(buffer.get(name, 0)) for name in reconcile.PREDICTIONS_TAKEN)
             own = gateway.payloads_file(plan.status_dir / f"predictor-{factory}-{process.pid}.json")
-            handled_by_current = (
-                int.from_bytes(own.read_bytes()[:8] or b"\0", "little") if own.exists() else -1
-            )
+            handled_by_current = gateway.payload_count(own) if own.exists() else -1
             done = (
                 gateway.handled_payloads(plan.status_dir, factory) >= messages[factory]
                 # the status was written after the last payload was handled
