@@ -180,6 +180,12 @@ def anomaly_records(root: Path) -> list[dict[str, Any]]:
     return out
 
 
+def _risk_entry(factory_id: str) -> dict[str, Any]:
+    """One machine's risk as the report's risk panels take it: times and probabilities over
+    time, the latest probability (None: none seen) and its alerts (RAISED times)."""
+    return {"factory_id": factory_id, "times": [], "probabilities": [], "last": None, "alerts": []}
+
+
 def gateway_predictions(
     root: Path, machines: list[dict[str, str]], iso: Any
 ) -> tuple[dict[str, Any] | None, float | None]:
@@ -195,28 +201,10 @@ def gateway_predictions(
     if not events:
         return None, None
     events.sort(key=lambda a: int(a.get("timestamp", 0)))
-    out: dict[str, Any] = {
-        m["machine_id"]: {
-            "factory_id": m["factory_id"],
-            "times": [],
-            "probabilities": [],
-            "last": None,
-            "alerts": [],
-        }
-        for m in machines
-    }
+    out: dict[str, Any] = {m["machine_id"]: _risk_entry(m["factory_id"]) for m in machines}
     threshold = None
     for event in events:
-        machine = out.setdefault(
-            event["machine_id"],
-            {
-                "factory_id": event.get("factory_id", ""),
-                "times": [],
-                "probabilities": [],
-                "last": None,
-                "alerts": [],
-            },
-        )
+        machine = out.setdefault(event["machine_id"], _risk_entry(event.get("factory_id", "")))
         t = int(event["timestamp"])
         value = event.get("value")
         if isinstance(value, int | float):
@@ -276,9 +264,7 @@ def with_stored_risk(
     names, starts = np.unique(machine, return_index=True)
     ends = [*starts[1:], len(machine)]
     for name, begin, end in zip(names.tolist(), starts.tolist(), ends, strict=True):
-        entry = out.setdefault(
-            name, {"factory_id": factory_of.get(name, ""), "alerts": [], "last": None}
-        )
+        entry = out.setdefault(name, _risk_entry(factory_of.get(name, "")))
         step = max((end - begin) // points, 1)
         picked = list(range(begin, end, step))
         if picked[-1] != end - 1:
@@ -286,7 +272,4 @@ def with_stored_risk(
         entry["times"] = [iso(int(t)) for t in timestamp[picked]]
         entry["probabilities"] = [round(float(v), 4) for v in value[picked]]
         entry["last"] = float(value[end - 1])
-    for entry in out.values():
-        entry.setdefault("times", [])
-        entry.setdefault("probabilities", [])
     return out
