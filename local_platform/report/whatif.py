@@ -85,26 +85,19 @@ HISTORY_DAYS = 0.0
 
 @dataclass(frozen=True)
 class Policy:
+    """How the planner acts on the predictor's alerts. Each default was chosen on the
+    validation fleets (`choose_policy`); the README's what-if section has the measurements,
+    with the values and changes not kept."""
+
     lead_hours: float = 0.5  # from an alert to the earliest job start
     # an alert at or above this probability is served at once (after the lead), not at the
-    # next shift change, and so is one whose risk reaches it before that change. 0.95 is the
-    # predictor's CRITICAL level (`failure_predictor.config.SHUTDOWN_FLOOR`: it calls an alert
-    # CRITICAL at p >= max(0.95, its alert threshold)); with a model whose own threshold is
-    # 0.95 every alert is urgent
+    # next shift change, and so is one whose risk reaches it before that change: the
+    # predictor's CRITICAL level (`failure_predictor.config.SHUTDOWN_FLOOR`: p >= max(0.95,
+    # its alert threshold)), so with the default `alert_threshold` every job is at once
     urgent_probability: float = 0.95
-    # at most one job per machine in this time. Chosen on the validation fleet (`choose_policy`,
-    # the demo run's seed + 3000, its model, 7 days): downtime reduction 29% at 1 h, 40% at 4 h,
-    # 42% at 12 h, 39% at 24 h; a day's gap after a job that found nothing dropped the alert of
-    # a failure developing within it (3 of the 10 failures left on the what-if's own fleet).
-    # Again with the 20-day model (the ml step's since 323a1bc; its own threshold 0.95): 12 h
-    # at the model's threshold -46.7%; pinning alertThreshold 0.9, -35.6% at 12 h and at 24 h
-    # (alerts under 0.95 wait for the next shift change: 7 failures came first). With jobs
-    # pulled forward when the risk reaches `urgent_probability` (and the whole history, which
-    # alone changed nothing: -46.7%), the planner's own alert threshold on the validation
-    # fleet: 0.9 -54.9% (-53.1% serving every alert at once), 0.85 -51.1% (-51.5%). On the
-    # what-if fleet 0.9 gave -41.4% (-39.7%) against -45.3% at the model's 0.95: ten more
-    # inspections that found nothing and the same overheating failures missed, so the lower
-    # threshold is one validation fleet's luck and the default stays the model's own
+    # at most one job per machine in this time: on seed + 3000 with an earlier model, 1 h gave
+    # -29%, 4 h -40%, 12 h -42%, 24 h -39% (a day's gap after an inspection that found nothing
+    # dropped the alert of a failure developing within it)
     min_gap_hours: float = 12.0
     warmup_hours: float = 2.0  # readings the predictor sees before its first alerts count
     # the predictor keeps its state through the planner's jobs, as a gateway does (it reads the
@@ -114,25 +107,18 @@ class Policy:
     # with `whole_history`, the predictor has also read the machine's readings of these hours
     # before the simulated span (`FleetSimulator.prelude`: the same schedule, so the same
     # failures), as a deployed gateway has: a degradation that began before the window is then
-    # read from its start, not taken for the machine's normal. Chosen on the validation fleets
-    # (seed + 3000 / + 4000, pooled): none -48.8%, 24 h -50.1%, 48 h -50.5%, 72 h the same
-    # figures as 48 h on both; none and 48 h measured again once the predictor was told of the
-    # repairs before the window (`repaired_before_start`): the same figures
+    # read from its start, not taken for the machine's normal (pooled: none -48.8%, 24 h
+    # -50.1%, 48 h -50.5%, 72 h as 48 h)
     prelude_hours: float = 48.0
     # an alarm's on-delay (ISA-18.2): the planner orders a job once the risk has stayed at or
     # above the alert threshold for this long (every prediction, about one a minute), so a
-    # risk that crosses it for a moment orders nothing. 0 (the default): on the predictor's
-    # alert itself. On the validation fleets (seed + 3000 / + 4000, pooled, with the 48 h
-    # prelude) none gave -50.5%, 5 min -51.4%, 10 min -52.7%, 20 min -51.3%, 30 min -51.4%,
-    # but 10 min on four more fleets (seed + 5000 to + 8000) gave -47.2 / -48.9 / -48.2 /
-    # -43.0% against -50.3 / -51.9 / -45.8 / -43.0% without: the validation's gain was its
-    # fleets' luck (the README's what-if section)
+    # risk that crosses it for a moment orders nothing. 0: on the predictor's alert itself
+    # (10 min gained on the validation fleets and lost on four later ones)
     on_delay_minutes: float = 0.0
     # the alert threshold the planner's predictors run with (alertThreshold), never below the
-    # model's own: a job stops production, so the planner orders one on a CRITICAL alert only
-    # (0.95, `urgent_probability`), every job then at once. None: the model's own threshold.
-    # Chosen on the validation fleets (seed + 3000 / + 4000) with the spec-3 model, whose
-    # cross-validation chose 0.9: -53.6% / -43.0% at 0.95 against -48.1% / -40.4% at its 0.9
+    # model's own: a job stops production, so the planner orders one on a CRITICAL alert only.
+    # None: the model's own threshold (with spec 3, its cross-validation's 0.9 gave -48.1% /
+    # -40.4% against -53.6% / -43.0% at 0.95)
     alert_threshold: float | None = 0.95
 
     def __post_init__(self) -> None:
