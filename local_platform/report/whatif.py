@@ -85,19 +85,21 @@ HISTORY_DAYS = 0.0
 
 @dataclass(frozen=True)
 class Policy:
-    """How the planner acts on the predictor's alerts. Each default was chosen on the
-    validation fleets (`choose_policy`); the README's what-if section has the measurements,
-    with the values and changes not kept."""
+    """How the planner acts on the predictor's alerts. The defaults the sweep takes
+    (`min_gap_hours`, `prelude_hours`, `on_delay_minutes`, `alert_threshold`) were measured
+    on the validation fleets (`choose_policy`), the last three on both; the README's what-if
+    section has those measurements, with the values and changes not kept."""
 
     lead_hours: float = 0.5  # from an alert to the earliest job start
-    # an alert at or above this probability is served at once (after the lead), not at the
-    # next shift change, and so is one whose risk reaches it before that change: the
-    # predictor's CRITICAL level (`failure_predictor.config.SHUTDOWN_FLOOR`: p >= max(0.95,
-    # its alert threshold)), so with the default `alert_threshold` every job is at once
+    # the predictor's CRITICAL level (`failure_predictor.config.SHUTDOWN_FLOOR`: p >=
+    # max(0.95, its alert threshold)): an alert at or above it is served at once (after the
+    # lead), not at the next shift change, and so is one whose risk reaches it before that
+    # change; with the default `alert_threshold` every job is at once
     urgent_probability: float = 0.95
-    # at most one job per machine in this time: on seed + 3000 with an earlier model, 1 h gave
-    # -29%, 4 h -40%, 12 h -42%, 24 h -39% (a day's gap after an inspection that found nothing
-    # dropped the alert of a failure developing within it)
+    # at most one job per machine in this time. On seed + 3000 with an earlier model, 1 h gave
+    # -29%, 4 h -40%, 12 h -42%, 24 h -39% (on the what-if fleet a day's gap after an
+    # inspection that found nothing dropped the alerts of 3 of the 10 failures left); with the
+    # 20-day model 12 h gave -46.7%, and at alertThreshold 0.9 12 h and 24 h tied (-35.6%)
     min_gap_hours: float = 12.0
     warmup_hours: float = 2.0  # readings the predictor sees before its first alerts count
     # the predictor keeps its state through the planner's jobs, as a gateway does (it reads the
@@ -113,7 +115,8 @@ class Policy:
     # an alarm's on-delay (ISA-18.2): the planner orders a job once the risk has stayed at or
     # above the alert threshold for this long (every prediction, about one a minute), so a
     # risk that crosses it for a moment orders nothing. 0: on the predictor's alert itself
-    # (10 min gained on the validation fleets and lost on four later ones)
+    # (10 min gained on the validation fleets and did not hold on four later ones: it lost on
+    # two, gained on one and tied on one)
     on_delay_minutes: float = 0.0
     # the alert threshold the planner's predictors run with (alertThreshold), never below the
     # model's own: a job stops production, so the planner orders one on a CRITICAL alert only.
