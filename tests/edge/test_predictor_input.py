@@ -6,6 +6,7 @@ counted, never held in memory."""
 from __future__ import annotations
 
 import threading
+import time
 
 from failure_predictor.main import InputQueue, LocalBusCounts
 
@@ -77,3 +78,40 @@ def test_one_reading_larger_than_the_bound_is_still_handled():
     gate.set()
     inputs.stop()
     assert handled == ["x" * 50]
+
+
+def test_stopping_leaves_what_waits_unacknowledged_and_handles_nothing_after():
+    """A stop that outlasts its timeout behind a backlog does not go on handling it while the
+    outbox and transport close under it (an anomaly raised then would be lost): what waits is
+    left unhandled and unacknowledged, the message in hand is finished, and later messages are
+    not taken."""
+    inputs, handled, gate = recording_queue()
+    acked: list[int] = []
+    in_hand = threading.Event()
+    handle = inputs.handler
+    assert handle is not None
+
+    def signalling(name: str, payload: bytes, ack) -> None:
+        in_hand.set()
+        handle(name, payload, ack)
+
+    inputs.handler = signalling
+    inputs.start()
+    for n in range(5):
+        inputs.put("factory/F1/readings", f"reading {n}".encode(), lambda n=n: acked.append(n))
+    assert in_hand.wait(10)  # reading 0 is in the handler, held by the gate
+
+    def release_once_cleared() -> None:  # stop's first wait has run out and cleared the rest
+        while inputs.waiting_bytes():
+            time.sleep(0.01)
+        gate.set()
+
+    release = threading.Thread(target=release_once_cleared)
+    release.start()
+    left = inputs.stop(timeout=0.05)
+    release.join()
+    assert left == 4
+    assert (handled, acked) == (["reading 0"], [0])  # the one in hand finished
+    inputs.put("factory/F1/readings", b"late", lambda: acked.append(-1))
+    assert (handled, acked) == (["reading 0"], [0])
+    assert inputs.waiting_bytes() == 0

@@ -211,6 +211,8 @@ class InputQueue:
     def put(self, name: str, payload: bytes, ack: Ack | None) -> None:
         dropped: list[_InputItem] = []
         with self._ready:
+            if self._closed:  # stopping: not taken, not acknowledged
+                return
             if self.is_control(name):
                 self._control.append((name, payload, ack))
             else:
@@ -253,14 +255,32 @@ class InputQueue:
             except Exception:  # one bad message must not end the predictor's input
                 log.exception("input message not handled", extra={"topic": item[0]})
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Handles what was queued before, then ends (within `timeout`, or it goes on as a
-        daemon thread; what the transport delivers later stays unacknowledged)."""
+    def stop(self, timeout: float = 10.0, finish_timeout: float = 10.0) -> int:
+        """Takes no more messages and handles those queued, for up to `timeout` seconds. What
+        still waits then is left unhandled and unacknowledged, logged, and its count returned
+        (the predictor's session is not persistent: those readings are skipped like the ones
+        sent while it is down; the SensorBuffer stores them). Returns once the message in hand
+        is done (up to `finish_timeout` more), so no message is handled after the outbox and the
+        transport stop: an anomaly raised then would be lost."""
         with self._ready:
             self._closed = True
             self._ready.notify()
         if self._thread is not None:
             self._thread.join(timeout)
+        with self._ready:
+            left = len(self._control) + len(self._readings)
+            self._control.clear()
+            self._readings.clear()
+            self._bytes = 0
+        if left:
+            log.warning(
+                "stopping with messages unhandled: left unacknowledged", extra={"left": left}
+            )
+        if self._thread is not None:
+            self._thread.join(finish_timeout)
+            if self._thread.is_alive():
+                log.error("stopping: the message in hand was not done in time")
+        return left
 
 
 def anomaly_key(payload: bytes) -> str:
@@ -395,7 +415,9 @@ class PredictorComponent:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
-        self.inputs.stop()  # handles what was queued, with the outbox and transport still up
+        # handles what was queued (for up to 10 s) and nothing after, while the outbox and the
+        # transport are still up
+        self.inputs.stop()
         if self.outbox is not None:
             self.outbox.stop()
         self.transport.stop()
