@@ -87,8 +87,8 @@ HISTORY_DAYS = 0.0
 class Policy:
     """How the planner acts on the predictor's alerts. The defaults the sweep takes
     (`min_gap_hours`, `prelude_hours`, `on_delay_minutes`, `alert_threshold`) were measured
-    on the validation fleets (`choose_policy`), the last three on both; the README's what-if
-    section has those measurements, with the values and changes not kept."""
+    on the validation fleets (`choose_policy`), the last three on both; this folder's
+    README.md has those measurements, with the values and changes not kept."""
 
     lead_hours: float = 0.5  # from an alert to the earliest job start
     # the predictor's CRITICAL level (`failure_predictor.config.SHUTDOWN_FLOOR`: p >=
@@ -690,6 +690,12 @@ def choose_policy(
                 "fleets": per_fleet,
             }
         )
+    if measured and not measured[0]["pooled"]["downtime_h"]["run_to_failure"]:
+        # the baseline arm does not depend on the policy: no failure on any fleet, no choice
+        raise ValueError(
+            f"no downtime to reduce on the fleets {list(seed_offsets)} (no failure in the "
+            "run-to-failure arm): every candidate scores the same; choose on longer or more fleets"
+        )
     best = max(range(len(candidates)), key=lambda i: measured[i]["pooled"]["downtime_reduction"])
     return candidates[best], measured
 
@@ -731,13 +737,16 @@ if __name__ == "__main__":  # python -m local_platform.report.whatif RUN: the va
             help=f"{text} (default {default})",
         )
     args = parser.parse_args()
-    grid = [
-        Policy(**dict(zip(sweep, values, strict=True)))
-        for values in itertools.product(*(getattr(args, name) for name in sweep))
-    ]
-    chosen, rows = choose_policy(
-        args.run, grid, args.days, args.history_days, tuple(args.seed_offset)
-    )
+    try:  # a nonsense setting, a fleet given twice, fleets without a failure: exit 2, stderr
+        grid = [
+            Policy(**dict(zip(sweep, values, strict=True)))
+            for values in itertools.product(*(getattr(args, name) for name in sweep))
+        ]
+        chosen, rows = choose_policy(
+            args.run, grid, args.days, args.history_days, tuple(args.seed_offset)
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
     for row in rows:
         print(json.dumps(row))
     print(json.dumps({"chosen": asdict(chosen)}))

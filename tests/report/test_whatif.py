@@ -518,8 +518,8 @@ def test_the_on_delay_counts_from_the_first_moment_the_risk_holds(
 def _figures(run_to_failure: float, predictive: float, ceiling: float) -> dict:  # type: ignore[type-arg]
     arm = {"downtime_h": predictive, "failures": 1, "false_alarm_jobs": 2}
     return {
-        "downtime_reduction": round(1 - predictive / run_to_failure, 4),
-        "ceiling_reduction": round(1 - ceiling / run_to_failure, 4),
+        "downtime_reduction": round(1 - predictive / run_to_failure, 4) if run_to_failure else 0.0,
+        "ceiling_reduction": round(1 - ceiling / run_to_failure, 4) if run_to_failure else 0.0,
         "ceiling": {"downtime_h": ceiling},
         "run_to_failure": {"downtime_h": run_to_failure},
         "predictive": arm,
@@ -570,3 +570,6 @@ def test_the_policy_is_chosen_on_the_validation_fleets_pooled(tmp_path: Path, mo
         choose_policy(tmp_path, [steady], seed_offsets=())
     with pytest.raises(ValueError, match="count twice"):
         choose_policy(tmp_path, [steady], seed_offsets=(3000, 3000))
+    canned = dict.fromkeys(canned, (0.0, 0.0, 0.0))  # no failure on either fleet
+    with pytest.raises(ValueError, match="no downtime to reduce"):
+        choose_policy(tmp_path, [lucky, steady], history_days=0.5, seed_offsets=offsets)
