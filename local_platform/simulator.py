@@ -423,14 +423,17 @@ class FleetSimulator:
     def chunk_count(self) -> int:
         return math.ceil((self.config.end_ms - self.config.start_ms) / CHUNK_MS)
 
-    def _chunk(self, index: int, chunk_start: int, chunk_end: int) -> ReadingColumns:
-        cfg = self.config
-        # a prelude hour (`prelude`, index < 0) draws from a stream apart from every span
-        # hour's: SeedSequence pads the two-word seed [seed, index] with zero words, and the
-        # prelude's third word, -index, is at least 1
-        rng = np.random.default_rng(
+    def _chunk_rng(self, index: int) -> np.random.Generator:
+        """Hour `index`'s random stream. A prelude hour (`prelude`, index < 0) draws from a
+        stream apart from every span hour's: SeedSequence pads the two-word seed [seed, index]
+        with zero words, and the prelude's third word, -index, is at least 1."""
+        return np.random.default_rng(
             [self._chunk_seed, index] if index >= 0 else [self._chunk_seed, 1, -index]
         )
+
+    def _chunk(self, index: int, chunk_start: int, chunk_end: int) -> ReadingColumns:
+        cfg = self.config
+        rng = self._chunk_rng(index)
         first_step = math.ceil((chunk_start - cfg.start_ms) / cfg.interval_ms)
         t = cfg.start_ms + cfg.interval_ms * np.arange(
             first_step, math.ceil((chunk_end - cfg.start_ms) / cfg.interval_ms), dtype=np.int64

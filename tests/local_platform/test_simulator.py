@@ -202,6 +202,20 @@ def test_the_prelude_is_the_hours_before_the_span_by_the_same_schedule(catalog):
         assert np.median(last) > 1.2 * np.median(first), failure
 
 
+def test_every_hour_of_the_prelude_and_the_span_has_a_stream_of_its_own(catalog):
+    """A prelude hour shares no random stream with a span hour (the seed words [seed, 1, k]
+    against [seed, i], which SeedSequence pads with zeros), so the prelude repeats no noise."""
+    sim = simulate(catalog, machines_per_factory=2, hours=24, seed=5)
+    hours = range(-2000, 2000)
+    first_draws = {tuple(sim._chunk_rng(index).integers(0, 2**63, size=4)) for index in hours}
+    assert len(first_draws) == len(hours)
+    # the padding the comment relies on: [s, 1] and [s, 1, 0] are one stream
+    assert np.array_equal(
+        np.random.default_rng([7, 1]).integers(0, 2**63, 4),
+        np.random.default_rng([7, 1, 0]).integers(0, 2**63, 4),
+    )
+
+
 def test_repairs_before_the_start_stop_the_machine_in_the_prelude_and_are_reported(catalog):
     from iiot.contract import ReadingColumns
 
