@@ -52,7 +52,7 @@ def default_spec() -> FeatureSpec:
     # 100 rpm): on the demo's 20-day history it raised the held-out PR-AUC from 0.54 to 0.71
     # (6 failures) but lowered the cross-validated one from 0.71 to 0.68 (28 episodes) and
     # the failure recall at the chosen threshold from 0.86 to 0.71, and the downtime what-if
-    # on seven fleets went from -47.6% to -46.8% pooled (the README's what-if section), no
+    # on seven fleets went from -47.6% to -46.8% pooled (local_platform/report/README.md), no
     # gain. A FailurePredictor built from this code computes it; an older one refuses a model
     # trained with it (`FeatureSpec.from_dict`), so such a model needs the component first.
     return FeatureSpec(
