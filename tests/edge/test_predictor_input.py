@@ -80,28 +80,32 @@ def test_one_reading_larger_than_the_bound_is_still_handled():
     assert handled == ["x" * 50]
 
 
-def test_stopping_leaves_what_waits_unacknowledged_and_handles_nothing_after():
+def test_stopping_leaves_the_readings_waiting_and_handles_nothing_after():
     """A stop that outlasts its timeout behind a backlog does not go on handling it while the
-    outbox and transport close under it (an anomaly raised then would be lost): what waits is
-    left unhandled and unacknowledged, the message in hand is finished, and later messages are
-    not taken."""
-    inputs, handled, gate = recording_queue()
+    outbox and transport close under it (an anomaly raised then would be lost): the readings
+    waiting are left unhandled and unacknowledged, a confirmation waiting is still handled,
+    stop returns once the message in hand is done, and later messages are not taken."""
+    inputs = InputQueue()
+    handled: list[str] = []
     acked: list[int] = []
-    in_hand = threading.Event()
-    handle = inputs.handler
-    assert handle is not None
+    gate, in_hand = threading.Event(), threading.Event()
 
-    def signalling(name: str, payload: bytes, ack) -> None:
+    def handle(name: str, payload: bytes, ack) -> None:
         in_hand.set()
-        handle(name, payload, ack)
+        gate.wait(10)
+        time.sleep(0.2)  # still busy when the gate opens: stop must wait for it
+        handled.append(payload.decode())
+        ack()
 
-    inputs.handler = signalling
+    inputs.handler = handle
+    inputs.is_control = lambda name: name == CONFIRMATIONS
     inputs.start()
     for n in range(5):
         inputs.put("factory/F1/readings", f"reading {n}".encode(), lambda n=n: acked.append(n))
     assert in_hand.wait(10)  # reading 0 is in the handler, held by the gate
+    inputs.put(CONFIRMATIONS, b"confirm", lambda: acked.append(-1))
 
-    def release_once_cleared() -> None:  # stop's first wait has run out and cleared the rest
+    def release_once_cleared() -> None:  # stop's first wait has run out and cleared readings
         while inputs.waiting_bytes():
             time.sleep(0.01)
         gate.set()
@@ -109,9 +113,9 @@ def test_stopping_leaves_what_waits_unacknowledged_and_handles_nothing_after():
     release = threading.Thread(target=release_once_cleared)
     release.start()
     left = inputs.stop(timeout=0.05)
-    release.join()
     assert left == 4
-    assert (handled, acked) == (["reading 0"], [0])  # the one in hand finished
-    inputs.put("factory/F1/readings", b"late", lambda: acked.append(-1))
-    assert (handled, acked) == (["reading 0"], [0])
-    assert inputs.waiting_bytes() == 0
+    assert (handled, acked) == (["reading 0", "confirm"], [0, -1])
+    release.join()
+    inputs.put("factory/F1/readings", b"late", lambda: acked.append(-2))
+    assert (handled, acked) == (["reading 0", "confirm"], [0, -1])
+    assert (inputs.waiting_bytes(), inputs.refused) == (0, 1)

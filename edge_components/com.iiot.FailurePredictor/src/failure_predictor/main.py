@@ -205,15 +205,18 @@ class InputQueue:
         self._readings: deque[_InputItem] = deque()
         self._bytes = 0
         self._closed = False
+        self._refused = 0
         self._ready = threading.Condition()
         self._thread: threading.Thread | None = None
 
     def put(self, name: str, payload: bytes, ack: Ack | None) -> None:
         dropped: list[_InputItem] = []
         with self._ready:
-            if self._closed:  # stopping: not taken, not acknowledged
-                return
-            if self.is_control(name):
+            refused = self._closed  # stopping: not taken, not acknowledged (`refused`)
+            if refused:
+                self._refused += 1
+                first_refused = self._refused == 1
+            elif self.is_control(name):
                 self._control.append((name, payload, ack))
             else:
                 self._readings.append((name, payload, ack))
@@ -223,6 +226,8 @@ class InputQueue:
                     self._bytes -= len(oldest[1])
                     dropped.append(oldest)
             self._ready.notify()
+        if refused and first_refused:
+            log.warning("stopping: messages arriving now are not taken", extra={"topic": name})
         for item in dropped:
             self.on_dropped(*item)
 
@@ -256,11 +261,12 @@ class InputQueue:
                 log.exception("input message not handled", extra={"topic": item[0]})
 
     def stop(self, timeout: float = 10.0, finish_timeout: float = 10.0) -> int:
-        """Takes no more messages and handles those queued, for up to `timeout` seconds. What
-        still waits then is left unhandled and unacknowledged, logged, and its count returned
-        (the predictor's session is not persistent: those readings are skipped like the ones
-        sent while it is down; the SensorBuffer stores them). Returns once the message in hand
-        is done (up to `finish_timeout` more), so no message is handled after the outbox and the
+        """Takes no more messages and handles those queued, for up to `timeout` seconds. The
+        readings still waiting then are left unhandled and unacknowledged, logged, and their
+        count returned (the predictor's session is not persistent: they are skipped like the
+        ones sent while it is down; the SensorBuffer stores them). Control messages waiting are
+        few and quick, and are still handled. Returns once that and the message in hand are
+        done (up to `finish_timeout` more), so no message is handled after the outbox and the
         transport stop: an anomaly raised then would be lost."""
         with self._ready:
             self._closed = True
@@ -268,19 +274,24 @@ class InputQueue:
         if self._thread is not None:
             self._thread.join(timeout)
         with self._ready:
-            left = len(self._control) + len(self._readings)
-            self._control.clear()
+            left = len(self._readings)
             self._readings.clear()
             self._bytes = 0
         if left:
             log.warning(
-                "stopping with messages unhandled: left unacknowledged", extra={"left": left}
+                "stopping with readings unhandled: left unacknowledged", extra={"left": left}
             )
         if self._thread is not None:
             self._thread.join(finish_timeout)
             if self._thread.is_alive():
-                log.error("stopping: the message in hand was not done in time")
+                log.error("stopping: the messages in hand were not done in time")
         return left
+
+    @property
+    def refused(self) -> int:
+        """Messages that arrived after `stop` began, not taken (nor acknowledged)."""
+        with self._ready:
+            return self._refused
 
 
 def anomaly_key(payload: bytes) -> str:
