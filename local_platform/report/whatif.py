@@ -641,6 +641,11 @@ def pooled(fleets: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+class SweepError(ValueError):
+    """The policy sweep cannot choose: no candidate, no fleet or one given twice, no model, or
+    no failure on the fleets to reduce."""
+
+
 def choose_policy(
     run_dir: Path,
     candidates: list[Policy],
@@ -653,11 +658,15 @@ def choose_policy(
     its window), and each candidate's figures: per fleet and pooled. A fleet's figure moves by
     a few points with one failure caught or missed, so a choice made on one fleet is mostly
     that fleet's luck."""
+    if not candidates:
+        raise SweepError("no candidate policy to choose from")
     if not seed_offsets:
-        raise ValueError("choose a policy on at least one fleet")
+        raise SweepError("choose a policy on at least one fleet")
     if len(set(seed_offsets)) != len(seed_offsets):
-        raise ValueError(f"a fleet given twice would count twice: {list(seed_offsets)}")
+        raise SweepError(f"a fleet given twice would count twice: {list(seed_offsets)}")
     model_dir = run_dir / "ml" / "failure_model"
+    if not (model_dir / "manifest.json").is_file():  # else every failure is missed, all tie
+        raise SweepError(f"{model_dir} holds no compiled failure model (run the ml step)")
     catalog = load_catalog()
     fleets = [fleet_after_run(run_dir, days, offset) for offset in seed_offsets]
     measured: list[dict[str, Any]] = []
@@ -682,19 +691,20 @@ def choose_policy(
                     },
                 }
             )
+        both = pooled(per_fleet)
+        if not both["downtime_h"]["run_to_failure"]:  # the same arm for every candidate
+            raise SweepError(
+                f"no downtime to reduce on the fleets {list(seed_offsets)} (no failure in the "
+                "run-to-failure arm): every candidate would score the same; choose on longer "
+                "or more fleets"
+            )
         measured.append(
             {
                 "policy": asdict(policy),
                 "history_days": history_days,
-                "pooled": pooled(per_fleet),
+                "pooled": both,
                 "fleets": per_fleet,
             }
-        )
-    if measured and not measured[0]["pooled"]["downtime_h"]["run_to_failure"]:
-        # the baseline arm does not depend on the policy: no failure on any fleet, no choice
-        raise ValueError(
-            f"no downtime to reduce on the fleets {list(seed_offsets)} (no failure in the "
-            "run-to-failure arm): every candidate scores the same; choose on longer or more fleets"
         )
     best = max(range(len(candidates)), key=lambda i: measured[i]["pooled"]["downtime_reduction"])
     return candidates[best], measured
@@ -737,15 +747,18 @@ if __name__ == "__main__":  # python -m local_platform.report.whatif RUN: the va
             help=f"{text} (default {default})",
         )
     args = parser.parse_args()
-    try:  # a nonsense setting, a fleet given twice, fleets without a failure: exit 2, stderr
+    try:  # a nonsense setting or fleet list, no model, no failure: on stderr, exit 2
         grid = [
             Policy(**dict(zip(sweep, values, strict=True)))
             for values in itertools.product(*(getattr(args, name) for name in sweep))
         ]
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
         chosen, rows = choose_policy(
             args.run, grid, args.days, args.history_days, tuple(args.seed_offset)
         )
-    except ValueError as exc:
+    except SweepError as exc:
         parser.error(str(exc))
     for row in rows:
         print(json.dumps(row))

@@ -17,6 +17,7 @@ from local_platform.report import whatif
 from local_platform.report.run_data import collect
 from local_platform.report.whatif import (
     Policy,
+    SweepError,
     choose_policy,
     downtime,
     fleet_after_run,
@@ -556,6 +557,11 @@ def test_the_policy_is_chosen_on_the_validation_fleets_pooled(tmp_path: Path, mo
         return _figures(*canned[(policy, seed[fleet.seed])])
 
     monkeypatch.setattr(whatif, "run_whatif", fake_run_whatif)
+    with pytest.raises(SweepError, match="no compiled failure model"):  # else all would tie
+        choose_policy(tmp_path, [lucky, steady], history_days=0.5, seed_offsets=offsets)
+    model = tmp_path / "ml" / "failure_model"
+    model.mkdir(parents=True)
+    (model / "manifest.json").write_text("{}")  # the fake what-if reads no model
     chosen, rows = choose_policy(tmp_path, [lucky, steady], history_days=0.5, seed_offsets=offsets)
     assert chosen == steady
     assert len(calls) == 4
@@ -570,6 +576,10 @@ def test_the_policy_is_chosen_on_the_validation_fleets_pooled(tmp_path: Path, mo
         choose_policy(tmp_path, [steady], seed_offsets=())
     with pytest.raises(ValueError, match="count twice"):
         choose_policy(tmp_path, [steady], seed_offsets=(3000, 3000))
+    with pytest.raises(SweepError, match="no candidate"):
+        choose_policy(tmp_path, [], seed_offsets=offsets)
     canned = dict.fromkeys(canned, (0.0, 0.0, 0.0))  # no failure on either fleet
-    with pytest.raises(ValueError, match="no downtime to reduce"):
+    calls.clear()
+    with pytest.raises(SweepError, match="no downtime to reduce"):
         choose_policy(tmp_path, [lucky, steady], history_days=0.5, seed_offsets=offsets)
+    assert len(calls) == 2, "refused after the first candidate's fleets, not the whole grid"
