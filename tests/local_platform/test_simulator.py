@@ -209,7 +209,8 @@ def test_every_hour_of_the_prelude_and_the_span_has_a_stream_of_its_own(catalog)
     hours = range(-2000, 2000)
     first_draws = {tuple(sim._chunk_rng(index).integers(0, 2**63, size=4)) for index in hours}
     assert len(first_draws) == len(hours)
-    # the padding the comment relies on: [s, 1] and [s, 1, 0] are one stream
+    # numpy's zero padding, which the seed words rely on (a guard on the dependency): [s, 1]
+    # and [s, 1, 0] are one stream, so a prelude word of 0 would repeat span hour 1
     assert np.array_equal(
         np.random.default_rng([7, 1]).integers(0, 2**63, 4),
         np.random.default_rng([7, 1, 0]).integers(0, 2**63, 4),
