@@ -119,3 +119,29 @@ def test_stopping_leaves_the_readings_waiting_and_handles_nothing_after():
     inputs.put("factory/F1/readings", b"late", lambda: acked.append(-2))
     assert (handled, acked) == (["reading 0", "confirm"], [0, -1])
     assert (inputs.waiting_bytes(), inputs.refused) == (0, 1)
+
+
+def test_a_stop_that_runs_out_of_time_begins_nothing_waiting_after_it_returns():
+    """Past both waits (a message in hand that does not finish), the confirmation waiting is
+    left too: handled after stop returned, its shutdown decision would find the transport
+    closed."""
+    inputs, handled, gate = recording_queue()
+    in_hand = threading.Event()
+    handle = inputs.handler
+    assert handle is not None
+
+    def signalling(name: str, payload: bytes, ack) -> None:
+        in_hand.set()
+        handle(name, payload, ack)
+
+    inputs.handler = signalling
+    inputs.start()
+    inputs.put("factory/F1/readings", b"reading 0", None)
+    assert in_hand.wait(10)  # held by the gate through both of stop's waits
+    inputs.put(CONFIRMATIONS, b"confirm", None)
+    assert inputs.stop(timeout=0.01, finish_timeout=0.01) == 1
+    gate.set()
+    assert inputs._thread is not None
+    inputs._thread.join(10)
+    assert not inputs._thread.is_alive()
+    assert handled == ["reading 0"]

@@ -215,7 +215,8 @@ class InputQueue:
             refused = self._closed  # stopping: not taken, not acknowledged (`refused`)
             if refused:
                 self._refused += 1
-                first_refused = self._refused == 1
+                # the first one logged, and every control message (an operator's answer)
+                log_refusal = self._refused == 1 or self.is_control(name)
             elif self.is_control(name):
                 self._control.append((name, payload, ack))
             else:
@@ -226,8 +227,8 @@ class InputQueue:
                     self._bytes -= len(oldest[1])
                     dropped.append(oldest)
             self._ready.notify()
-        if refused and first_refused:
-            log.warning("stopping: messages arriving now are not taken", extra={"topic": name})
+        if refused and log_refusal:
+            log.warning("stopping: a message arriving now is not taken", extra={"topic": name})
         for item in dropped:
             self.on_dropped(*item)
 
@@ -264,10 +265,11 @@ class InputQueue:
         """Takes no more messages and handles those queued, for up to `timeout` seconds. The
         readings still waiting then are left unhandled and unacknowledged, logged, and their
         count returned (the predictor's session is not persistent: they are skipped like the
-        ones sent while it is down; the SensorBuffer stores them). Control messages waiting are
-        few and quick, and are still handled. Returns once that and the message in hand are
-        done (up to `finish_timeout` more), so no message is handled after the outbox and the
-        transport stop: an anomaly raised then would be lost."""
+        ones sent while it is down; the SensorBuffer stores them). The control messages waiting
+        are few and quick and are still handled, for up to `finish_timeout` more with the
+        message in hand; past that, those not begun are left too (and counted) with an error. So
+        once stop returns nothing queued is begun, and the outbox and the transport can close:
+        an anomaly or a shutdown decision raised after that would be lost."""
         with self._ready:
             self._closed = True
             self._ready.notify()
@@ -284,7 +286,15 @@ class InputQueue:
         if self._thread is not None:
             self._thread.join(finish_timeout)
             if self._thread.is_alive():
-                log.error("stopping: the messages in hand were not done in time")
+                with self._ready:
+                    late = [name for name, _, _ in self._control]
+                    self._control.clear()
+                log.error(
+                    "stopping: the message in hand was not done in time; the control "
+                    "messages waiting are left unhandled",
+                    extra={"control_left": len(late), "topics": sorted(set(late))},
+                )
+                left += len(late)
         return left
 
     @property
@@ -432,6 +442,11 @@ class PredictorComponent:
         if self.outbox is not None:
             self.outbox.stop()
         self.transport.stop()
+        if self.inputs.refused:
+            log.warning(
+                "messages that arrived while stopping were not taken",
+                extra={"refused": self.inputs.refused},
+            )
         if self.outbox is not None:
             self.outbox.outbox.close()  # what is unacknowledged is sent by the next start
 
