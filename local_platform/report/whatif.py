@@ -642,8 +642,8 @@ def pooled(fleets: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class SweepError(ValueError):
-    """The policy sweep cannot choose: no candidate, no fleet or one given twice, no model, or
-    no failure on the fleets to reduce."""
+    """The policy sweep cannot choose: no candidate, no fleet or one given twice, days not
+    positive or history days negative, no model, or no failure on the fleets to reduce."""
 
 
 def choose_policy(
@@ -664,6 +664,10 @@ def choose_policy(
         raise SweepError("choose a policy on at least one fleet")
     if len(set(seed_offsets)) != len(seed_offsets):
         raise SweepError(f"a fleet given twice would count twice: {list(seed_offsets)}")
+    if not math.isfinite(days) or days <= 0:
+        raise SweepError(f"days must be positive, got {days}")
+    if not math.isfinite(history_days) or history_days < 0:
+        raise SweepError(f"history days must be zero or more, got {history_days}")
     model_dir = run_dir / "ml" / "failure_model"
     if not (model_dir / "manifest.json").is_file():  # else every failure is missed, all tie
         raise SweepError(f"{model_dir} holds no compiled failure model (run the ml step)")
@@ -747,14 +751,14 @@ if __name__ == "__main__":  # python -m local_platform.report.whatif RUN: the va
             help=f"{text} (default {default})",
         )
     args = parser.parse_args()
-    try:  # a nonsense setting or fleet list, no model, no failure: on stderr, exit 2
+    try:  # a nonsense policy setting: on stderr, exit 2
         grid = [
             Policy(**dict(zip(sweep, values, strict=True)))
             for values in itertools.product(*(getattr(args, name) for name in sweep))
         ]
     except ValueError as exc:
         parser.error(str(exc))
-    try:
+    try:  # what the sweep cannot choose on (SweepError): the same
         chosen, rows = choose_policy(
             args.run, grid, args.days, args.history_days, tuple(args.seed_offset)
         )

@@ -4,6 +4,8 @@ alerts, the figures the report shows."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -529,6 +531,29 @@ def _figures(run_to_failure: float, predictive: float, ceiling: float) -> dict: 
     }
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--min-gap-hours", "-1"], "min_gap_hours must be zero or more"),
+        (["--days", "0"], "days must be positive"),
+        (["--history-days", "-1"], "history days must be zero or more"),
+        (["--seed-offset", "3000", "3000"], "count twice"),
+        ([], "no compiled failure model"),
+    ],
+)
+def test_the_sweep_command_refuses_what_it_cannot_choose_on(tmp_path: Path, args, message):
+    """Each is refused before any fleet is simulated: the message on stderr, exit 2."""
+    done = subprocess.run(
+        [sys.executable, "-m", "local_platform.report.whatif", str(tmp_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_pooled_figures_sum_the_hours_before_dividing():
     both = pooled([_figures(10.0, 2.0, 1.0), _figures(100.0, 60.0, 40.0)])
     assert both["downtime_h"] == {"run_to_failure": 110.0, "predictive": 62.0, "ceiling": 41.0}
@@ -572,9 +597,9 @@ def test_the_policy_is_chosen_on_the_validation_fleets_pooled(tmp_path: Path, mo
     ]
     assert [f["seed_offset"] for f in rows[0]["fleets"]] == list(offsets)
     assert rows[0]["fleets"][0]["downtime_reduction"] == pytest.approx(0.8)
-    with pytest.raises(ValueError, match="at least one fleet"):
+    with pytest.raises(SweepError, match="at least one fleet"):
         choose_policy(tmp_path, [steady], seed_offsets=())
-    with pytest.raises(ValueError, match="count twice"):
+    with pytest.raises(SweepError, match="count twice"):
         choose_policy(tmp_path, [steady], seed_offsets=(3000, 3000))
     with pytest.raises(SweepError, match="no candidate"):
         choose_policy(tmp_path, [], seed_offsets=offsets)
