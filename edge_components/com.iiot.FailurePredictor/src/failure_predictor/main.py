@@ -211,6 +211,7 @@ class InputQueue:
 
     def put(self, name: str, payload: bytes, ack: Ack | None) -> None:
         dropped: list[_InputItem] = []
+        log_refusal = False
         with self._ready:
             refused = self._closed  # stopping: not taken, not acknowledged (`refused`)
             if refused:
@@ -227,7 +228,7 @@ class InputQueue:
                     self._bytes -= len(oldest[1])
                     dropped.append(oldest)
             self._ready.notify()
-        if refused and log_refusal:
+        if log_refusal:
             log.warning("stopping: a message arriving now is not taken", extra={"topic": name})
         for item in dropped:
             self.on_dropped(*item)
