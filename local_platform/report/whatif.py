@@ -598,6 +598,20 @@ def fleet_after_run(
     )
 
 
+def check_inputs(run_dir: Path, days: float, history_days: float) -> Path:
+    """`run_dir`'s compiled failure model, once the what-if's inputs are known to make sense:
+    ValueError for days not positive or history days negative, FileNotFoundError without a
+    model (before any fleet is simulated)."""
+    if not math.isfinite(days) or days <= 0:
+        raise ValueError(f"days must be positive, got {days}")
+    if not math.isfinite(history_days) or history_days < 0:
+        raise ValueError(f"history days must be zero or more, got {history_days}")
+    model_dir = run_dir / "ml" / "failure_model"
+    if not (model_dir / "manifest.json").is_file():
+        raise FileNotFoundError(f"{model_dir} holds no compiled failure model (run the ml step)")
+    return model_dir
+
+
 def write_whatif(
     run_dir: Path,
     days: float = 7.0,
@@ -607,13 +621,7 @@ def write_whatif(
 ) -> Path:
     """Run the what-if with `run_dir`'s model on its fleet; write `out` (default
     `run_dir/whatif/whatif.json`)."""
-    model_dir = run_dir / "ml" / "failure_model"
-    if not (model_dir / "manifest.json").is_file():
-        raise FileNotFoundError(f"{model_dir} holds no compiled failure model (run the ml step)")
-    if not math.isfinite(days) or days <= 0:
-        raise ValueError(f"days must be positive, got {days}")
-    if not math.isfinite(history_days) or history_days < 0:
-        raise ValueError(f"history days must be zero or more, got {history_days}")
+    model_dir = check_inputs(run_dir, days, history_days)
     figures = run_whatif(
         fleet_after_run(run_dir, days), model_dir, policy=policy, history_days=history_days
     )
@@ -664,13 +672,10 @@ def choose_policy(
         raise SweepError("choose a policy on at least one fleet")
     if len(set(seed_offsets)) != len(seed_offsets):
         raise SweepError(f"a fleet given twice would count twice: {list(seed_offsets)}")
-    if not math.isfinite(days) or days <= 0:
-        raise SweepError(f"days must be positive, got {days}")
-    if not math.isfinite(history_days) or history_days < 0:
-        raise SweepError(f"history days must be zero or more, got {history_days}")
-    model_dir = run_dir / "ml" / "failure_model"
-    if not (model_dir / "manifest.json").is_file():  # else every failure is missed, all tie
-        raise SweepError(f"{model_dir} holds no compiled failure model (run the ml step)")
+    try:  # without a model every failure is missed and all candidates tie
+        model_dir = check_inputs(run_dir, days, history_days)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SweepError(str(exc)) from exc
     catalog = load_catalog()
     fleets = [fleet_after_run(run_dir, days, offset) for offset in seed_offsets]
     measured: list[dict[str, Any]] = []
